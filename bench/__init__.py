@@ -1,0 +1,1 @@
+"""Benchmarks, analytic problems and reports of steps versus quality."""

@@ -1,0 +1,162 @@
+"""Analytic problems with exact denoisers: a Gaussian (closed-form probability-flow solution) and a Gaussian mixture.
+
+Both are models in the diffsolve sense: `model(x, t_model) -> x0_hat` with a `diffsolve_spec`, so
+`Sampler(GaussianMixtureProblem.default())` works with no other argument.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from ..errors import InvalidArgument
+from ..field import ModelSpec
+from ..schedules import EDMSchedule, NoiseSchedule, get_schedule
+
+
+def _path(schedule: NoiseSchedule, t: torch.Tensor | float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.as_tensor(t, dtype=torch.float64)
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    shape = (-1,) + (1,) * (like.ndim - 1) if a.ndim == 1 else ()
+    return a.reshape(shape).to(like), s.reshape(shape).to(like)
+
+
+class GaussianProblem(torch.nn.Module):
+    """Data x0 ~ N(mean, diag(var)): E[x0 | x_t] is linear and z = (x - alpha mean) / sqrt(alpha^2 var + sigma^2)
+    is constant along the probability-flow ODE, so every trajectory is known exactly."""
+
+    def __init__(self, mean: Sequence[float] | torch.Tensor, var: Sequence[float] | torch.Tensor,
+                 schedule: NoiseSchedule | str | None = None):
+        super().__init__()
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        var = torch.as_tensor(var, dtype=torch.float64)
+        if mean.shape != var.shape or mean.ndim != 1:
+            raise InvalidArgument("mean and var must be 1-D of the same length")
+        if not torch.all(var > 0):
+            raise InvalidArgument("var must be positive")
+        self.register_buffer("mean", mean)
+        self.register_buffer("var", var)
+        self.schedule = get_schedule(schedule) if schedule is not None else EDMSchedule()
+
+    @classmethod
+    def default(cls, dim: int = 8, schedule: NoiseSchedule | str | None = None, seed: int = 0) -> "GaussianProblem":
+        g = torch.Generator().manual_seed(seed)
+        mean = torch.randn(dim, generator=g, dtype=torch.float64)
+        var = torch.exp(torch.linspace(math.log(0.25), math.log(4.0), dim, dtype=torch.float64))
+        return cls(mean, var, schedule)
+
+    @property
+    def diffsolve_spec(self) -> ModelSpec:
+        return ModelSpec(prediction="x0", schedule=self.schedule, sample_shape=(self.mean.numel(),))
+
+    def identity(self) -> str:
+        return f"GaussianProblem(dim={self.mean.numel()}, sum_mean={float(self.mean.sum()):.12g}, " \
+               f"sum_var={float(self.var.sum()):.12g}, schedule={self.schedule.identity()})"
+
+    def forward(self, x: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+        t = self.schedule.t_from_model_time(t_model.to(torch.float64))
+        return self.denoise(x, t)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        a, s = _path(self.schedule, t, x)
+        m, v = self.mean.to(x), self.var.to(x)
+        return m + a * v / (a * a * v + s * s) * (x - a * m)
+
+    def ode_solution(self, x_from: torch.Tensor, t_from: float, t_to: float) -> torch.Tensor:
+        """Exact probability-flow transport of x_from at time t_from to time t_to."""
+        a0, s0 = _path(self.schedule, t_from, x_from)
+        a1, s1 = _path(self.schedule, t_to, x_from)
+        m, v = self.mean.to(x_from), self.var.to(x_from)
+        z = (x_from - a0 * m) / torch.sqrt(a0 * a0 * v + s0 * s0)
+        return a1 * m + torch.sqrt(a1 * a1 * v + s1 * s1) * z
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(n, self.mean.numel(), generator=generator, dtype=torch.float64)
+        return self.mean + eps * self.var.sqrt()
+
+
+class GaussianMixtureProblem(torch.nn.Module):
+    """Data x0 ~ sum_k w_k N(mu_k, var_k I) in any dimension; exact denoiser, density and samples."""
+
+    def __init__(self, means: torch.Tensor, variances: Sequence[float] | torch.Tensor,
+                 weights: Sequence[float] | torch.Tensor | None = None, schedule: NoiseSchedule | str | None = None):
+        super().__init__()
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.ndim != 2:
+            raise InvalidArgument("means must be [K, dim]")
+        K = means.shape[0]
+        variances = torch.as_tensor(variances, dtype=torch.float64).reshape(-1)
+        if variances.numel() == 1:
+            variances = variances.expand(K).clone()
+        weights = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else \
+            torch.as_tensor(weights, dtype=torch.float64)
+        if variances.numel() != K or weights.numel() != K or not torch.all(variances > 0) or not torch.all(weights > 0):
+            raise InvalidArgument("variances and weights need one positive value per component")
+        self.register_buffer("means", means)
+        self.register_buffer("variances", variances)
+        self.register_buffer("weights", weights / weights.sum())
+        self.schedule = get_schedule(schedule) if schedule is not None else EDMSchedule()
+
+    @classmethod
+    def default(cls, dim: int = 16, components: int = 8, schedule: NoiseSchedule | str | None = None,
+                seed: int = 0) -> "GaussianMixtureProblem":
+        """A fixed, seeded mixture: means spread on a sphere of radius 3, component std 0.3 to 0.6."""
+        g = torch.Generator().manual_seed(seed)
+        means = torch.randn(components, dim, generator=g, dtype=torch.float64)
+        means = 3.0 * means / means.norm(dim=1, keepdim=True)
+        std = 0.3 + 0.3 * torch.rand(components, generator=g, dtype=torch.float64)
+        weights = 0.5 + torch.rand(components, generator=g, dtype=torch.float64)
+        return cls(means, std ** 2, weights, schedule)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def diffsolve_spec(self) -> ModelSpec:
+        return ModelSpec(prediction="x0", schedule=self.schedule, sample_shape=(self.dim,))
+
+    def identity(self) -> str:
+        return (f"GaussianMixtureProblem(K={self.means.shape[0]}, dim={self.dim}, "
+                f"sum_means={float(self.means.sum()):.12g}, sum_var={float(self.variances.sum()):.12g}, "
+                f"sum_w2={float((self.weights ** 2).sum()):.12g}, schedule={self.schedule.identity()})")
+
+    def forward(self, x: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+        t = self.schedule.t_from_model_time(t_model.to(torch.float64))
+        return self.denoise(x, t)
+
+    def _responsibilities(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: [B, d]; a, s: [B, 1] or scalars. Component k of x_t is N(a mu_k, (a^2 v_k + s^2) I).
+        mu = self.means.to(x)
+        v = self.variances.to(x)
+        tot = a * a * v + s * s                                                   # [B, K]
+        d2 = ((x[:, None, :] - a[..., None] * mu[None]) ** 2).sum(-1) if a.ndim else \
+            ((x[:, None, :] - a * mu[None]) ** 2).sum(-1)
+        logp = torch.log(self.weights.to(x)) - 0.5 * d2 / tot - 0.5 * self.dim * torch.log(2 * math.pi * tot)
+        return torch.softmax(logp, dim=1), tot
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        a, s = _path(self.schedule, t, x)
+        a2 = a.reshape(-1, 1) if a.ndim else a
+        s2 = s.reshape(-1, 1) if s.ndim else s
+        r, tot = self._responsibilities(x, a2, s2)                                # [B, K]
+        mu = self.means.to(x)
+        v = self.variances.to(x)
+        gain = a2 * v / tot                                                        # [B, K]
+        a3 = a2[..., None] if a2.ndim else a2
+        post = mu[None] + gain[..., None] * (x[:, None, :] - a3 * mu[None])       # [B, K, d]
+        return (r[..., None] * post).sum(1)
+
+    def log_prob(self, x0: torch.Tensor) -> torch.Tensor:
+        """Exact log density of the data distribution at x0 ([B, d] -> [B])."""
+        x0 = x0.to(torch.float64)
+        mu, v, w = self.means, self.variances, self.weights
+        d2 = ((x0[:, None, :] - mu[None]) ** 2).sum(-1)
+        logp = torch.log(w) - 0.5 * d2 / v - 0.5 * self.dim * torch.log(2 * math.pi * v)
+        return torch.logsumexp(logp, dim=1)
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.means[k] + eps * self.variances[k].sqrt()[:, None]

@@ -1,0 +1,182 @@
+"""Step grids: plain functions that return float64 times t (decreasing noise) in the schedule's own time.
+
+For the EDM schedule t is the EDM sigma, so `karras(...)` returns k-diffusion's `get_sigmas_karras` values.
+`final="zero"` appends the exact noise-free end t = 0; `final="min"` ends at the schedule's smallest noise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import InvalidArgument, check_choice, unknown_name
+from .schedules import NoiseSchedule, VPDiscrete
+
+FINALS = ("zero", "min")
+
+# Align Your Steps, Stable Diffusion 1.5 (Sabour et al. 2024; the 10-step list as diffusers ships it).
+AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.0)
+
+
+def _f64(x) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float64)
+
+
+def _count(steps: int, final: str) -> int:
+    """How many points precede the appended t = 0 (or end the grid, for final='min')."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+    check_choice("final", final, FINALS)
+    return steps if final == "zero" else steps + 1
+
+
+def _finish(t: torch.Tensor, final: str) -> torch.Tensor:
+    return torch.cat([t, t.new_zeros(1)]) if final == "zero" else t
+
+
+def _need(schedule: NoiseSchedule | None, grid: str) -> NoiseSchedule:
+    if schedule is None:
+        raise InvalidArgument(f"grid={grid!r} needs a noise schedule; a plain velocity field takes 'time_uniform' "
+                              "or an explicit list of times")
+    return schedule
+
+
+def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = None, sigma_max: float | None = None,
+           rho: float = 7.0, final: str = "zero") -> torch.Tensor:
+    """EDM polynomial noise levels, uniform in s^(1/rho) (Karras et al. 2022, eq. 5)."""
+    sch = _need(schedule, "karras")
+    n = _count(steps, final)
+    smin = sch.sigma_min if sigma_min is None else float(sigma_min)
+    smax = sch.sigma_max if sigma_max is None else float(sigma_max)
+    if not math.isfinite(smax):
+        raise InvalidArgument("grid='karras' needs a finite sigma_max; this schedule reaches pure noise, "
+                              "pass sigma_max= or use grid='time_uniform'")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    s = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    return _finish(sch.t_from_edm_sigma(s), final)
+
+
+def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None = None, t_max: float | None = None,
+                   final: str = "zero") -> torch.Tensor:
+    """Uniform in lambda = log(alpha/sigma) (DPM-Solver skip_type='logSNR')."""
+    sch = _need(schedule, "logsnr_uniform")
+    n = _count(steps, final)
+    lo = sch.t_min if t_min is None else t_min
+    hi = sch.t_max if t_max is None else t_max
+    lam = torch.linspace(float(sch.lambda_(hi)), float(sch.lambda_(lo)), n, dtype=torch.float64)
+    if not torch.isfinite(lam).all():
+        raise InvalidArgument("grid='logsnr_uniform' needs finite log-SNR at both ends; pass t_max= below pure noise")
+    t = sch.t_from_lambda(lam)
+    t[0], t[-1] = hi, lo   # exact ends, free of inverse round-off
+    return _finish(t, final)
+
+
+def time_uniform(steps: int, schedule: NoiseSchedule | None, *, t_min: float | None = None,
+                 t_max: float | None = None, final: str = "zero") -> torch.Tensor:
+    """Uniform in the schedule's time (DPM-Solver 'time_uniform'; flow matching's default)."""
+    _count(steps, final)
+    hi = (schedule.t_max if schedule is not None else 1.0) if t_max is None else float(t_max)
+    lo = 0.0 if final == "zero" else ((schedule.t_min if schedule is not None else 0.0) if t_min is None else t_min)
+    return torch.linspace(hi, lo, steps + 1, dtype=torch.float64)
+
+
+def time_quadratic(steps: int, schedule: NoiseSchedule, *, t_min: float | None = None, t_max: float | None = None,
+                   final: str = "zero") -> torch.Tensor:
+    """Uniform in sqrt(t) (DDIM's quadratic spacing; DPM-Solver 'time_quadratic')."""
+    sch = _need(schedule, "time_quadratic")
+    n = _count(steps, final)
+    lo = sch.t_min if t_min is None else t_min
+    hi = sch.t_max if t_max is None else t_max
+    return _finish(torch.linspace(hi ** 0.5, lo ** 0.5, n, dtype=torch.float64) ** 2, final)
+
+
+def discrete(steps: int, schedule: NoiseSchedule, *, spacing: str = "trailing", steps_offset: int = 0,
+             final: str = "zero") -> torch.Tensor:
+    """diffusers' integer timestep spacings ('linspace', 'leading', 'trailing') on a discrete VP schedule."""
+    sch = _need(schedule, "discrete")
+    if not isinstance(sch, VPDiscrete):
+        raise InvalidArgument("grid='discrete' needs a VPDiscrete schedule (integer timesteps)")
+    check_choice("spacing", spacing, ("linspace", "leading", "trailing"))
+    _count(steps, "zero")
+    N = sch.N
+    if steps > N:
+        raise InvalidArgument(f"steps={steps} exceeds the {N} discrete timesteps of the schedule")
+    if spacing == "linspace":
+        idx = torch.linspace(0, N - 1, steps, dtype=torch.float64).round().flip(0)
+    elif spacing == "leading":
+        ratio = N // steps
+        idx = (torch.arange(0, steps, dtype=torch.float64) * ratio).round().flip(0) + steps_offset
+    else:
+        ratio = N / steps
+        idx = torch.round(torch.arange(N, 0, -ratio, dtype=torch.float64)) - 1
+    t = sch.t_from_index(idx)
+    return _finish(t, final)
+
+
+def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[float] = AYS_SD15,
+                     final: str = "zero") -> torch.Tensor:
+    """Align Your Steps noise levels, log-linearly interpolated to any count (Sabour et al. 2024)."""
+    sch = _need(schedule, "ays")
+    n = _count(steps, final)
+    base = _f64([s for s in sigmas if s > 0])
+    xs = torch.linspace(0, 1, base.numel(), dtype=torch.float64)
+    new = torch.linspace(0, 1, n, dtype=torch.float64)
+    from .schedules import interp
+    s = torch.exp(interp(new, xs, torch.log(base)))
+    return _finish(sch.t_from_edm_sigma(s), final)
+
+
+def from_sigmas(sigmas: Sequence[float], schedule: NoiseSchedule) -> torch.Tensor:
+    """A user list of EDM noise levels s = sigma/alpha (k-diffusion `sigmas`) as schedule times."""
+    return _need(schedule, "sigmas").t_from_edm_sigma(_f64(sigmas))
+
+
+GRIDS: dict[str, Callable[..., torch.Tensor]] = {
+    "karras": karras,
+    "logsnr_uniform": logsnr_uniform,
+    "time_uniform": time_uniform,
+    "time_quadratic": time_quadratic,
+    "discrete": discrete,
+    "ays": align_your_steps,
+}
+
+
+def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.Tensor, steps: int | None,
+              schedule: NoiseSchedule | None, **options) -> torch.Tensor:
+    """Times for `steps` steps from a grid name, a grid function, or an explicit list of times; validated."""
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise unknown_name("grid", grid, GRIDS)
+        t = GRIDS[grid](steps, schedule, **options)
+    elif callable(grid):
+        t = _f64(grid(steps, schedule, **options))
+    else:
+        if options:
+            raise InvalidArgument(f"grid options {sorted(options)} do not apply to an explicit list of times")
+        t = _f64(grid)
+        if steps is not None and t.numel() - 1 != steps:
+            raise InvalidArgument(f"steps={steps} does not match the explicit grid of {t.numel() - 1} steps")
+    validate_grid(t, schedule)
+    return t
+
+
+def validate_grid(t: torch.Tensor, schedule: NoiseSchedule | None) -> None:
+    """Finite, 1-D, strictly decreasing times inside [t_min, t_max] (an exact final 0 is allowed)."""
+    if t.ndim != 1 or t.numel() < 2:
+        raise InvalidArgument(f"grid must be a 1-D sequence of at least 2 times, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise InvalidArgument("grid contains NaN or Inf")
+    if not torch.all(t[1:] < t[:-1]):
+        bad = int(torch.nonzero(t[1:] >= t[:-1])[0])
+        raise InvalidArgument(f"grid must be strictly decreasing in noise; t[{bad}]={float(t[bad]):.6g} "
+                              f"is followed by t[{bad + 1}]={float(t[bad + 1]):.6g}")
+    lo = schedule.t_min if schedule is not None else 0.0
+    hi = schedule.t_max if schedule is not None else 1.0
+    tol = 1e-9 * max(1.0, abs(hi))
+    if float(t[0]) > hi + tol:
+        raise InvalidArgument(f"grid starts at t={float(t[0]):.6g}, above the schedule's t_max={hi:.6g}")
+    inner = t[:-1] if float(t[-1]) == 0.0 else t
+    if float(inner.min()) < lo - tol or float(t[-1]) < 0:
+        raise InvalidArgument(f"grid reaches t={float(inner.min()):.6g}, below the schedule's t_min={lo:.6g} "
+                              "(only an exact final 0 may lie below it)")

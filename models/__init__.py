@@ -1,0 +1,1 @@
+"""Models that ship with diffsolve (trained in the project; weights under weights/)."""

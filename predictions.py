@@ -1,0 +1,67 @@
+"""Every network parameterization to and from the data prediction x0_hat, in one place (DPM-Solver model_wrapper).
+
+All conversions take the path scalars at one time: alpha, sigma and their time derivatives (Python floats or
+float64 tensors broadcastable to x). `velocity` is dx/dt in the schedule's own (diffusion) time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import check_choice
+
+PREDICTIONS = ("eps", "x0", "v", "score", "velocity", "denoiser")
+ALIASES = {"epsilon": "eps", "noise": "eps", "sample": "x0", "data": "x0", "v_prediction": "v",
+           "flow": "velocity", "edm": "denoiser"}
+
+
+def canonical_prediction(name: str) -> str:
+    name = ALIASES.get(name, name)
+    check_choice("prediction", name, PREDICTIONS + tuple(ALIASES))
+    return name
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    """Path scalars at one time t: x_t = alpha x0 + sigma eps."""
+
+    alpha: float
+    sigma: float
+    d_alpha: float = 0.0
+    d_sigma: float = 0.0
+
+
+def to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, p: PathPoint) -> torch.Tensor:
+    """Network output `out` at state `x` -> data prediction x0_hat (notes table 2)."""
+    a, s = p.alpha, p.sigma
+    if prediction in ("x0", "denoiser"):
+        return out
+    if prediction == "eps":
+        return (x - s * out) / a
+    if prediction == "v":
+        return (a * x - s * out) / (a * a + s * s)
+    if prediction == "score":
+        return (x + s * s * out) / a
+    if prediction == "velocity":
+        return (s * out - p.d_sigma * x) / (s * p.d_alpha - p.d_sigma * a)
+    check_choice("prediction", prediction, PREDICTIONS)
+    raise AssertionError
+
+
+def from_x0(prediction: str, x0: torch.Tensor, x: torch.Tensor, p: PathPoint) -> torch.Tensor:
+    """The inverse of to_x0: what a network of this parameterization would output given x0_hat."""
+    a, s = p.alpha, p.sigma
+    if prediction in ("x0", "denoiser"):
+        return x0
+    eps = (x - a * x0) / s
+    if prediction == "eps":
+        return eps
+    if prediction == "v":
+        return a * eps - s * x0
+    if prediction == "score":
+        return -eps / s
+    if prediction == "velocity":
+        return p.d_alpha * x0 + p.d_sigma * eps
+    check_choice("prediction", prediction, PREDICTIONS)
+    raise AssertionError

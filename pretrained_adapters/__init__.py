@@ -1,0 +1,5 @@
+"""Adapters that turn models from other frameworks into diffsolve fields (and diffsolve solvers into theirs)."""
+from .mnist_ddpm import load_mnist_ddpm
+from .torchcfm import load_torchcfm_mlp
+
+__all__ = ["load_mnist_ddpm", "load_torchcfm_mlp"]

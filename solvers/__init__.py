@@ -1,0 +1,9 @@
+"""Solvers: stateless steps over a precomputed plan, and the registry that names them."""
+from .base import Plan, Solver, available_solvers, get_solver, register, registry_entries
+from . import euler, runge_kutta, dpm_solver  # noqa: F401  (registration)
+from .euler import Euler
+from .runge_kutta import TABLEAUX, ButcherTableau, RungeKutta
+from .dpm_solver import DPMSolverPP2M
+
+__all__ = ["Plan", "Solver", "available_solvers", "get_solver", "register", "registry_entries", "Euler",
+           "RungeKutta", "ButcherTableau", "TABLEAUX", "DPMSolverPP2M"]
