@@ -111,6 +111,12 @@ def discrete(steps: int, schedule: NoiseSchedule, *, spacing: str = "trailing", 
         ratio = N / steps
         idx = torch.round(torch.arange(N, 0, -ratio, dtype=torch.float64)) - 1
     t = sch.t_from_index(idx)
+    if final == "min":
+        # diffusers' final_sigmas_type='sigma_min': one more step, to the first training timestep
+        if float(t[-1]) <= sch.t_min:
+            raise InvalidArgument(f"spacing={spacing!r} already ends at the first training timestep; "
+                                  "use final='zero' or another spacing")
+        return torch.cat([t, t.new_full((1,), sch.t_min)])
     return _finish(t, final)
 
 
@@ -123,7 +129,8 @@ def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[fl
     xs = torch.linspace(0, 1, base.numel(), dtype=torch.float64)
     new = torch.linspace(0, 1, n, dtype=torch.float64)
     from .schedules import interp
-    s = torch.exp(interp(new, xs, torch.log(base)))
+    # The published values are rounded (SD's sigma_max is 14.6146): keep them inside the schedule's range.
+    s = torch.exp(interp(new, xs, torch.log(base))).clamp(max=sch.sigma_max)
     return _finish(sch.t_from_edm_sigma(s), final)
 
 

@@ -178,9 +178,9 @@ class VPDiscrete(VPSchedule):
         # The node (0, 0) makes t = 0 exactly noise-free, so a grid may end at zero noise.
         self._t = torch.cat([torch.zeros(1, dtype=torch.float64), t_nodes])
         self._la = torch.cat([torch.zeros(1, dtype=torch.float64), log_alpha_nodes])
-        lam_nodes = log_alpha_nodes - 0.5 * torch.log(-torch.expm1(2 * log_alpha_nodes))
-        self._lam_inc = lam_nodes.flip(0)            # increasing lambda for searchsorted
-        self._t_by_lam = t_nodes.flip(0)
+        # log alpha decreases in t; flipped copies make it increasing for searchsorted
+        self._la_inc = self._la.flip(0)
+        self._t_by_la = self._t.flip(0)
         self.t_min = 1.0 / self.N
         self.t_max = 1.0
 
@@ -194,8 +194,10 @@ class VPDiscrete(VPSchedule):
         return slope.reshape(t.shape)
 
     def t_from_lambda(self, lam: Tensorish) -> torch.Tensor:
+        """Exact inverse of the interpolant: lambda -> log alpha = -log(1 + e^{-2 lambda}) / 2 -> t (DPM-Solver)."""
         lam = _f64(lam)
-        t = interp(lam, self._lam_inc, self._t_by_lam)
+        la = -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
+        t = interp(la, self._la_inc, self._t_by_la)
         return torch.where(torch.isposinf(lam), torch.zeros_like(t), t)
 
     def timestep_index(self, t: Tensorish) -> torch.Tensor:

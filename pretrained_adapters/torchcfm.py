@@ -33,4 +33,4 @@ def load_torchcfm_mlp(path: str | Path, dim: int = 2, width: int = 64) -> TorchC
     from safetensors.torch import load_file
     model = TorchCFMMLP(dim, width)
     model.load_state_dict(load_file(str(path)), strict=True)
-    return model.eval()
+    return model.eval().requires_grad_(False)

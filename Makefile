@@ -1,0 +1,25 @@
+# One command each, on a fresh machine: `make bench` (the main job) and `make test` (the suite). Both set up .venv.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.diffsolve-installed
+EXTRAS ?= dev,triton,diffusers,plots
+
+.PHONY: setup bench test clean
+
+setup: $(STAMP)
+
+# torch is pinned first so that no later requirement pulls a newer (CUDA) build.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+bench: setup
+	$(VENV)/bin/diffsolve bench $(ARGS)
+
+test: setup
+	$(PY) -m pytest -n 2 --durations=15 $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,26 @@
+"""Shared test helpers: where ../shared lives, thread counts, and the Triton interpreter on CPU-only machines."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Triton kernels run in its CPU interpreter where there is no GPU; this must be set before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+# Under pytest-xdist each worker gets one core.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    path = SHARED / "models"
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing: tests need ../shared beside the repository root")
+    return path
