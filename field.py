@@ -59,6 +59,8 @@ def model_spec_of(model: Any) -> ModelSpec | None:
 class VectorField:
     """`VectorField(model, prediction=..., schedule=...)`: the common form of a network (DPM-Solver model_wrapper).
 
+    `clip_x0=(low, high)` clamps the data prediction (diffusers' `clip_sample`); off by default.
+
     `model(x, t_model, **kwargs)` is called with a 1-D tensor of model times (one per sample). With
     `schedule=None` and `prediction="velocity"` the model is a plain ODE `dx/dt = f(x, t)` on t in [0, 1]; only
     the generic integrators (Euler, Heun, Runge-Kutta, torchdiffeq) accept such a field.
@@ -68,7 +70,8 @@ class VectorField:
 
     def __init__(self, model: Callable[..., torch.Tensor], prediction: str | None = None,
                  schedule: NoiseSchedule | str | None = None, *, time_convention: str | None = None,
-                 sample_shape: tuple[int, ...] | None = None, model_kwargs: Mapping[str, Any] | None = None):
+                 sample_shape: tuple[int, ...] | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                 clip_x0: tuple[float, float] | None = None):
         if not callable(model):
             raise InvalidArgument(f"model must be callable, got {type(model).__name__}")
         spec = model_spec_of(model)
@@ -96,6 +99,10 @@ class VectorField:
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.model_kwargs = dict(model_kwargs or {})
         self.spec = spec
+        if clip_x0 is not None and not (len(clip_x0) == 2 and float(clip_x0[0]) < float(clip_x0[1])):
+            raise InvalidArgument(f"clip_x0={clip_x0!r}: must be a pair (low, high) with low < high")
+        # diffusers' clip_sample: the data prediction is clamped to the data range before each update
+        self.clip_x0 = (float(clip_x0[0]), float(clip_x0[1])) if clip_x0 is not None else None
 
     # --- host-side, before the loop ---------------------------------------------------------------
     @property
@@ -141,7 +148,8 @@ class VectorField:
         out = self.call_model(x, p, **kwargs)
         if self.prediction == "velocity" and self.time_convention == "flow":
             out = -out
-        return to_x0(self.prediction, out, x, p.path)
+        x0 = to_x0(self.prediction, out, x, p.path)
+        return x0.clamp(*self.clip_x0) if self.clip_x0 is not None else x0
 
     def velocity(self, x: torch.Tensor, p: EvalPoint, **kwargs: Any) -> torch.Tensor:
         """dx/dt in the schedule's diffusion time (t decreasing towards data)."""

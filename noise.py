@@ -1,11 +1,21 @@
-"""Initial noise: from one seed, one seed per sample, or a torch.Generator."""
+"""Noise: the initial draw (from one seed, one seed per sample, or a torch.Generator) and the per-run step noise.
+
+Step noise for stochastic solvers is counter based (Salmon et al. 2011, "Parallel random numbers: as easy as
+1, 2, 3"): the normal draw of sample b at step i, draw j, entry k is a hash of (key_b, i, j, k), computed with
+integer tensor ops on the sample's device. It therefore depends on the sample's key and the step, never on call
+order, batch size or the sample's position in a batch, and needs no host-device sync or generator state.
+"""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 from .errors import InvalidArgument
+
+_M32 = 0xFFFFFFFF
+_SALT_STEP = 0x5EED5A17          # separates the step-noise stream from the initial noise of the same seed
 
 
 def draw_noise(shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
@@ -28,3 +38,103 @@ def draw_noise(shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
     rows = [torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
             for s in seeds]
     return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Counter-based hashing (host side for keys, tensor side for draws)
+# ------------------------------------------------------------------------------------------------
+def _mix32_py(x: int) -> int:
+    """lowbias32 (C. Wellons, "Prospecting for hash functions"): a 32-bit bijective integer hash."""
+    x &= _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    x ^= x >> 16
+    return x
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding 32-bit values; products wrap, and only their low 32 bits are kept."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def sample_key(seed: int, index: int = 0) -> tuple[int, int]:
+    """Two 32-bit keys for one sample from an arbitrary Python int seed (and a sample index, for one-seed batches)."""
+    s = int(seed)
+    lo, hi = s & _M32, (s >> 32) & _M32
+    k1 = _mix32_py(lo ^ _mix32_py(hi ^ _mix32_py(int(index) ^ _SALT_STEP)))
+    k2 = _mix32_py(k1 ^ 0x68E31DA4 ^ _mix32_py(hi + 0x1B56C4E9))
+    return k1, k2
+
+
+class NoiseSource:
+    """Per-run step noise: `draw(i, j)` is a standard normal tensor shaped like the run's state, for step i, draw j.
+
+    Sample b's numbers are a function of (keys[b], i, j) only. Build it with `NoiseSource.for_run` from the same
+    seed= / generator= the run's initial noise came from.
+    """
+
+    def __init__(self, keys: Sequence[tuple[int, int]], sample_shape: Sequence[int], *,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        self.sample_shape = tuple(int(v) for v in sample_shape)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self.keys = [(int(a) & _M32, int(b) & _M32) for a, b in keys]
+        kt = torch.tensor(self.keys, dtype=torch.int64).reshape(-1, 2)
+        self._k1 = kt[:, :1].to(self.device)
+        self._k2 = kt[:, 1:].to(self.device)
+        numel = math.prod(self.sample_shape)
+        # Two counters per entry: the pair of uniforms of one Box-Muller draw.
+        self._ctr = torch.arange(numel, dtype=torch.int64, device=self.device)[None, :]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def for_run(cls, shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
+                generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> "NoiseSource":
+        """Keys from a seed list (one per sample: batch invariant), one seed (key of (seed, index)), a generator
+        (one base seed drawn from it before the loop), or neither (a base seed from torch's global generator)."""
+        shape = tuple(int(v) for v in shape)
+        if seed is not None and generator is not None:
+            raise InvalidArgument("give seed= or generator=, not both")
+        if seed is not None and not isinstance(seed, int):
+            seeds = [int(s) for s in seed]
+            if len(seeds) != shape[0]:
+                raise InvalidArgument(f"seed= has {len(seeds)} entries but the batch has {shape[0]} samples")
+            keys = [sample_key(s) for s in seeds]
+        else:
+            if seed is None:
+                # One host draw, before the loop: reproducible under torch.manual_seed or the given generator.
+                where = generator.device if generator is not None else "cpu"
+                seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=where).item())
+            keys = [sample_key(int(seed), b) for b in range(shape[0])]
+        return cls(keys, shape[1:], device=device, dtype=dtype)
+
+    def draw(self, i: int, j: int = 0) -> torch.Tensor:
+        """Standard normal noise for step i, draw j: [batch, *sample_shape]."""
+        step = _mix32_py(_mix32_py(int(i) ^ 0x2C1B3C6D) ^ (int(j) * 0x297A2D39 + 0x9E3779B9))
+        base = _mix32(self._k1 ^ step)                             # [B, 1]
+        ctr = self._ctr * 2                                        # [1, n]
+        h1 = _mix32(_mix32(_mix32(ctr ^ base) + self._k2) ^ step)
+        h2 = _mix32(_mix32(_mix32((ctr + 1) ^ base) + self._k2) ^ step)
+        # 24-bit uniforms in (0, 1): exact in float32, so the draw is the same on every device.
+        u1 = ((h1 >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+        u2 = ((h2 >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+        z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+        return z.reshape(self.batch_size, *self.sample_shape).to(self.dtype)
+
+    def entropy(self, b: int) -> int:
+        """A 64-bit integer seed for sample b (for Brownian trees that take a seed, such as torchsde's)."""
+        k1, k2 = self.keys[b]
+        return (k1 << 31) ^ k2
+
+    def subset(self, index: Sequence[int]) -> "NoiseSource":
+        """The noise of the chosen samples, unchanged."""
+        return NoiseSource([self.keys[k] for k in index], self.sample_shape, device=self.device, dtype=self.dtype)

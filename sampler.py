@@ -13,7 +13,7 @@ import torch
 from .errors import InvalidArgument, NonFiniteError
 from .field import EvalPoint, VectorField, as_field
 from .grids import make_grid
-from .noise import draw_noise
+from .noise import NoiseSource, draw_noise
 from .solvers.base import Plan, Solver, get_solver
 
 
@@ -39,6 +39,7 @@ class SampleResult:
     t: torch.Tensor
     solver: str
     trajectory: torch.Tensor | None = None
+    stats: dict | None = None           # adaptive runs: accepted/rejected steps, completed flag (see solvers.adaptive)
 
 
 class Evaluator:
@@ -52,6 +53,13 @@ class Evaluator:
         self.step = 0
         self.first_bad: torch.Tensor | None = None
         self.last_denoised: torch.Tensor | None = None
+        self.noise_source: NoiseSource | None = None
+
+    def noise(self, i: int, j: int = 0) -> torch.Tensor:
+        """Standard normal noise like the state for step i, draw j: a function of each sample's seed and (i, j)."""
+        if self.noise_source is None:
+            raise InvalidArgument("this run has no step-noise source; stochastic solvers run through Sampler.run/solve")
+        return self.noise_source.draw(i, j)
 
     def _seen(self, out: torch.Tensor) -> torch.Tensor:
         self.nfe += self.field.evals_per_call
@@ -94,12 +102,24 @@ class Sampler:
 
     `solver` is a registry name (`diffsolve.solvers.available_solvers()`) or a Solver; `grid` a name in
     `diffsolve.grids.GRIDS`, a function `(steps, schedule, **options) -> times`, or an explicit list of times.
+    `scheduler=` (a diffusers scheduler or its config) reads schedule, prediction, timesteps and solver from it.
     """
 
     def __init__(self, model: Any, solver: str | Solver | None = None, grid: Any = None, *,
                  prediction: str | None = None, schedule: Any = None, time_convention: str | None = None,
                  sample_shape: Sequence[int] | None = None, grid_options: dict | None = None,
-                 check_finite: bool = True, progress: bool = True, **solver_options: Any):
+                 check_finite: bool = True, progress: bool = True, scheduler: Any = None, **solver_options: Any):
+        if scheduler is not None:
+            # A diffusers network + scheduler: its schedule, prediction type, timesteps and matching solver.
+            from .pretrained_adapters.diffusers import from_diffusers, grid_options_of, solver_of, solver_options_of
+            model = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape)
+            prediction = schedule = sample_shape = None
+            if grid is None:
+                grid, opts = grid_options_of(scheduler)
+                grid_options = {**opts, **(grid_options or {})}
+            if solver is None:
+                solver = solver_of(scheduler)
+                solver_options = {**solver_options_of(scheduler), **solver_options}
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
                               sample_shape=tuple(sample_shape) if sample_shape is not None else None)
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)
@@ -140,12 +160,17 @@ class Sampler:
         explicit = not (isinstance(self.grid, str) or callable(self.grid))
         if steps is not None and nfe is not None:
             raise InvalidArgument("give steps= or nfe=, not both")
-        if steps is None and nfe is None and not explicit:
+        if steps is None and nfe is None and not explicit and not getattr(self.solver, "adaptive", False):
             raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
-        if nfe is not None and not explicit:
-            steps = self.steps_for_nfe(nfe)
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
             raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+        if getattr(self.solver, "adaptive", False):
+            # No fixed grid: the solver takes the grid's span (or the grid itself, for fixed-step methods) and nfe=
+            # as its budget.
+            return self.solver.plan_adaptive(self.field, self.times(steps if steps is not None or explicit else 2),
+                                             steps=steps, nfe=nfe)
+        if nfe is not None and not explicit:
+            steps = self.steps_for_nfe(nfe)
         plan = self.solver.plan(self.field, self.times(steps))
         if nfe is not None and plan.nfe * self.field.evals_per_call > nfe:
             raise InvalidArgument(f"nfe={nfe} is too small: solver {self.solver.name!r} needs "
@@ -182,17 +207,30 @@ class Sampler:
         mdev, mdtype = _model_device_dtype(self.field.model)
         noise = self.initial_noise(noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
                                    device=device or mdev, dtype=dtype or (mdtype if noise is None else None))
+        step_noise = None
+        if not self.solver.deterministic:
+            step_noise = NoiseSource.for_run(noise.shape, seed=seed, generator=generator, device=noise.device,
+                                             dtype=noise.dtype)
         return self.solve(plan, noise, callback=callback, return_trajectory=return_trajectory,
-                          progress=progress, **model_kwargs)
+                          progress=progress, step_noise=step_noise, **model_kwargs)
 
     def solve(self, plan: Plan, noise: torch.Tensor, *, callback: Callable[[StepInfo], None] | None = None,
-              return_trajectory: bool = False, progress: bool | None = None, **model_kwargs: Any) -> SampleResult:
-        """Run a prepared plan from standard-normal `noise` (scaled here by the prior's std at the first time)."""
+              return_trajectory: bool = False, progress: bool | None = None, step_noise: NoiseSource | None = None,
+              **model_kwargs: Any) -> SampleResult:
+        """Run a prepared plan from standard-normal `noise` (scaled here by the prior's std at the first time).
+
+        `step_noise` feeds stochastic solvers (`ev.noise(i, j)`); without it one is seeded from torch's global RNG.
+        """
         t0 = float(plan.t[0])
         scale = self.field.schedule.prior_std(t0) if self.field.schedule is not None else 1.0
         x = noise * scale
         ev = Evaluator(self.field, model_kwargs, self.check_finite)
         solver = self.solver
+        if not solver.deterministic:
+            ev.noise_source = step_noise if step_noise is not None else NoiseSource.for_run(
+                x.shape, device=x.device, dtype=x.dtype)
+        if getattr(solver, "adaptive", False):
+            return solver.solve_adaptive(ev, x, plan, callback=callback, return_trajectory=return_trajectory)
         state = solver.init(plan)
         traj = [x] if return_trajectory else None
         show = self.progress if progress is None else progress
@@ -210,3 +248,15 @@ class Sampler:
         ev.raise_if_bad(plan.t)
         return SampleResult(samples=x, nfe=ev.nfe, steps=plan.steps, t=plan.t, solver=solver.name,
                             trajectory=torch.stack(traj) if traj is not None else None)
+
+    def graphed(self, steps: int | None = None, *, nfe: int | None = None, shape: Sequence[int] | None = None,
+                batch_size: int | None = None, device: Any = None, dtype: Any = None, **model_kwargs: Any):
+        """The fixed-step loop captured in a CUDA graph (CUDA only); `.run(noise)` / `.run(seed=)` replays it."""
+        from .kernels.graph import GraphedRun
+        if shape is None:
+            if self.field.sample_shape is None:
+                raise InvalidArgument("shape= is missing: the model does not declare its sample shape")
+            shape = (batch_size or 1, *self.field.sample_shape)
+        mdev, mdtype = _model_device_dtype(self.field.model)
+        return GraphedRun(self, self.plan(steps, nfe), shape, device=device or mdev,
+                          dtype=dtype or mdtype or torch.float32, **model_kwargs)

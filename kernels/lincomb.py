@@ -1,25 +1,191 @@
-"""The linear combination every solver update reduces to, and its PyTorch reference."""
+"""The linear combination every solver update reduces to: the PyTorch reference and the fused Triton kernel.
+
+Coefficients are Python floats (one per tensor, shared by the batch), or a tensor of shape [K] (shared) or
+[batch, K] (one row per sample) that may live on the device, so that a captured CUDA graph can replay them.
+Half-precision inputs are accumulated in float32; the result has tensors[0]'s dtype, shape and memory format.
+"""
 from __future__ import annotations
 
+from numbers import Real
 from typing import Sequence
 
 import torch
 
+from .backend import KernelUnavailable, accumulation_dtype, requested_backend, same_layout, triton_impl, use_triton
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+MAX_FUSED_TERMS = 8     # more inputs are chained through a float32 partial sum
 
 
-def lincomb_reference(coeffs: Sequence[float], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def _check(coeffs, tensors) -> int:
+    k = coeffs.shape[-1] if isinstance(coeffs, torch.Tensor) else len(coeffs)
+    if k != len(tensors) or not tensors:
+        raise ValueError(f"lincomb needs as many coefficients as tensors, got {k} and {len(tensors)}")
+    if isinstance(coeffs, torch.Tensor) and coeffs.dim() not in (1, 2):
+        raise ValueError(f"a coefficient tensor must have shape [K] or [batch, K], got {tuple(coeffs.shape)}")
+    return k
+
+
+def _coef_ref(coeffs, k: int, like: torch.Tensor, acc: torch.dtype):
+    if isinstance(coeffs, torch.Tensor):
+        c = coeffs[..., k].to(device=like.device, dtype=acc)
+        return c.reshape(-1, *([1] * (like.dim() - 1))) if coeffs.dim() == 2 else c
+    return coeffs[k]
+
+
+def lincomb_reference(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """sum_k coeffs[k] * tensors[k], accumulated in float32 for half-precision inputs, returned in tensors[0]'s dtype."""
-    if len(coeffs) != len(tensors) or not tensors:
-        raise ValueError(f"lincomb needs as many coefficients as tensors, got {len(coeffs)} and {len(tensors)}")
+    _check(coeffs, tensors)
     out_dtype = tensors[0].dtype
     acc_dtype = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
-    acc = tensors[0].to(acc_dtype) * coeffs[0]
-    for c, t in zip(coeffs[1:], tensors[1:]):
-        acc = acc.add(t.to(acc_dtype), alpha=c) if isinstance(c, (int, float)) else acc + c * t.to(acc_dtype)
+    c0 = _coef_ref(coeffs, 0, tensors[0], acc_dtype)
+    acc = tensors[0].to(acc_dtype) * c0
+    for k, t in enumerate(tensors[1:], start=1):
+        c = _coef_ref(coeffs, k, tensors[0], acc_dtype)
+        acc = acc.add(t.to(acc_dtype), alpha=c) if isinstance(c, Real) else acc + c * t.to(acc_dtype)
     return acc.to(out_dtype)
 
 
-def lincomb(coeffs: Sequence[float], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Dispatch point for the fused update kernels; the PyTorch reference is the fallback."""
+# --------------------------------------------------------------------------------------------------------------
+# Triton path
+# --------------------------------------------------------------------------------------------------------------
+def _batch(t: torch.Tensor) -> int:
+    return t.shape[0] if t.dim() >= 1 else 1
+
+
+def coefficient_tensor(values, batch: int | None = None, *, device=None, dtype=torch.float64) -> torch.Tensor:
+    """Host float64 coefficients -> a device tensor [K] (or [batch, K] when `values` is per sample / batch= given)."""
+    c = torch.as_tensor(values, dtype=torch.float64)
+    if batch is not None and c.dim() == 1:
+        c = c.expand(batch, -1)
+    return c.to(device=device, dtype=dtype).contiguous()
+
+
+def _row_tensor(row, batch: int, device, acc: torch.dtype) -> torch.Tensor:
+    """One coefficient row as a tensor [K] (shared) or [batch, K] (per sample)."""
+    if isinstance(row, torch.Tensor):
+        return row.to(device=device, dtype=acc)
+    if all(isinstance(c, Real) for c in row):
+        return torch.tensor([float(c) for c in row], dtype=torch.float64).to(device=device, dtype=acc)
+    vals = []
+    for c in row:   # floats and tensors (0-d, or one value per sample)
+        c = torch.as_tensor(c, dtype=acc, device=device).reshape(-1)
+        if c.numel() not in (1, batch):
+            raise ValueError(f"a tensor coefficient must hold 1 or {batch} (batch) values, got {c.numel()}")
+        vals.append(c.expand(batch))
+    return torch.stack(vals, dim=-1)
+
+
+def _as_rows(rows, k: int, batch: int, device, acc: torch.dtype):
+    """(scalars, ctensor): M rows of floats for kernel arguments, or a [M, KC] / [batch, M, KC] tensor in acc."""
+    if acc != torch.float64 and all(not isinstance(r, torch.Tensor) and all(isinstance(c, Real) for c in r)
+                                    for r in rows):
+        return [list(map(float, r)) for r in rows], None   # kernel scalar arguments are fp32
+    rows = [_row_tensor(r, batch, device, acc) for r in rows]
+    if any(r.shape[-1] != k for r in rows):
+        raise ValueError(f"coefficient rows must have {k} entries")
+    if any(r.dim() == 2 for r in rows):
+        rows = [r if r.dim() == 2 else r.unsqueeze(0).expand(batch, -1) for r in rows]
+        if any(r.shape[0] != batch for r in rows):
+            raise ValueError(f"per-sample coefficients must have {batch} rows (the batch)")
+    return None, torch.stack(rows, dim=-2).contiguous()
+
+
+def _split_rows(scalars, ctensor, start: int, stop: int, prepend_one: bool):
+    """Columns [start, stop) of the coefficients, optionally with a leading 1 for a carried partial sum."""
+    if scalars is not None:
+        return [([1.0] if prepend_one else []) + r[start:stop] for r in scalars], None
+    part = ctensor[..., start:stop]
+    if prepend_one:
+        part = torch.cat([torch.ones_like(part[..., :1]), part], dim=-1)
+    return None, part.contiguous()
+
+
+def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, seed: int | None = None,
+                   noise_offset: int = 0) -> tuple[torch.Tensor, ...]:
+    """M (1 or 2) combinations of the same inputs in one pass; optional in-kernel N(0,1) noise term (M == 1).
+
+    `rows`: M coefficient rows (float sequences or tensors [K] / [batch, K]); the noise coefficient, when
+    `seed` is given, is the extra last column of rows[0] (K + 1 entries).
+    """
+    impl = triton_impl()
+    k = len(tensors)
+    noise = seed is not None
+    if noise and len(rows) != 1:
+        raise ValueError("in-kernel noise is for a single output")
+    ref = tensors[0]
+    dense, fmt = same_layout(list(tensors))
+    acc = accumulation_dtype(ref.dtype)
+    outs = [torch.empty(ref.shape, dtype=ref.dtype, device=ref.device, memory_format=fmt) for _ in rows]
+    if ref.numel() == 0:
+        return tuple(outs)
+    batch = _batch(ref)
+    scalars, ctensor = _as_rows(rows, k + int(noise), batch, ref.device, acc)
+    per_sample = ref.numel() // batch
+    noise_scalar = 0.0
+    if noise and scalars is not None:
+        noise_scalar = float(scalars[0][-1])
+        scalars = [scalars[0][:-1]]
+    if k <= MAX_FUSED_TERMS:
+        impl.launch(outs, dense, scalars=scalars, ctensor=ctensor, per_sample=per_sample, acc=acc,
+                    noise_scalar=noise_scalar, seed=seed, noise_offset=noise_offset)
+        return tuple(outs)
+    # Long combinations: the first MAX_FUSED_TERMS terms into a partial sum kept in the accumulation dtype.
+    s, c = _split_rows(scalars, ctensor, 0, MAX_FUSED_TERMS, False)
+    partials = [torch.empty(ref.shape, dtype=acc, device=ref.device, memory_format=fmt) for _ in rows]
+    impl.launch(partials, dense[:MAX_FUSED_TERMS], scalars=s, ctensor=c, per_sample=per_sample, acc=acc)
+    start = MAX_FUSED_TERMS
+    while True:
+        stop = min(start + MAX_FUSED_TERMS - 1, k)
+        last = stop == k
+        s, c = _split_rows(scalars, ctensor, start, stop + (int(noise) if last and ctensor is not None else 0), True)
+        if len(partials) == 2:
+            dst = outs if last else [torch.empty_like(p) for p in partials]
+            # two outputs: combine each partial with its own row
+            for j in range(2):
+                sj = [s[j]] if s is not None else None
+                cj = c[..., j:j + 1, :].contiguous() if c is not None else None
+                impl.launch([dst[j]], [partials[j], *dense[start:stop]], scalars=sj, ctensor=cj,
+                            per_sample=per_sample, acc=acc)
+        else:
+            dst = outs if last else [torch.empty_like(partials[0])]
+            impl.launch(dst, [partials[0], *dense[start:stop]], scalars=s, ctensor=c, per_sample=per_sample,
+                        acc=acc, noise_scalar=noise_scalar if last else 0.0,
+                        seed=seed if last else None, noise_offset=noise_offset)
+        if last:
+            return tuple(outs)
+        partials, start = dst, stop
+
+
+def lincomb_triton(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The fused kernel for lincomb_reference: one read of each input, one write, fp32 accumulation for halves."""
+    _check(coeffs, tensors)
+    return combine_triton([coeffs], list(tensors))[0]
+
+
+def lincomb_pair_reference(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two combinations of the same inputs (e.g. x0_hat and the update that uses it)."""
+    return lincomb_reference(rows[0], tensors), lincomb_reference(rows[1], tensors)
+
+
+def lincomb_pair(rows, tensors: Sequence[torch.Tensor], *, backend: str | None = None):
+    """Two combinations of the same inputs in one pass over them (Triton), or the reference."""
+    if len(rows) != 2:
+        raise ValueError(f"lincomb_pair takes two coefficient rows, got {len(rows)}")
+    for r in rows:
+        _check(r, tensors)
+    if use_triton(tensors, backend):
+        return combine_triton(list(rows), list(tensors))
+    return lincomb_pair_reference(rows, tensors)
+
+
+def lincomb(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tensor], *,
+            backend: str | None = None) -> torch.Tensor:
+    """sum_k coeffs[k] tensors[k]: the fused Triton kernel where it can run (see kernels.backend), else the reference."""
+    if use_triton(tensors, backend):
+        return lincomb_triton(coeffs, tensors)
     return lincomb_reference(coeffs, tensors)
+
+
+__all__ = ["lincomb", "lincomb_reference", "lincomb_triton", "lincomb_pair", "lincomb_pair_reference",
+           "combine_triton", "coefficient_tensor", "KernelUnavailable", "requested_backend"]

@@ -3,3 +3,4 @@ from .mnist_ddpm import load_mnist_ddpm
 from .torchcfm import load_torchcfm_mlp
 
 __all__ = ["load_mnist_ddpm", "load_torchcfm_mlp"]
+from . import diffusers  # noqa: E402,F401  (imports the diffusers library lazily, so it stays optional)

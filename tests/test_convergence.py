@@ -19,6 +19,16 @@ TOL = 0.3
 OPTIONS = {"lower_order_final": False, "frame": "time"}
 
 
+# Multistep methods warmed up by lower-order steps reach their asymptotic regime later; these grids and step
+# counts are where their declared order shows (measured; see the solver modules' docstrings).
+SETTINGS = {
+    "deis": ("time_uniform", (64, 128, 256, 512)),
+    "lms": ("logsnr_uniform", (32, 64, 128, 256)),
+    "ipndm_v": ("logsnr_uniform", (32, 64, 128, 256)),
+    "unipc_bh2": ("logsnr_uniform", (16, 32, 64, 128)),
+}
+
+
 def _options_for(name):
     import inspect
     solver = get_solver(name)
@@ -61,9 +71,10 @@ def test_registry_has_the_foundation_solvers():
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_declared_order_on_gaussian(name):
     problem = GaussianProblem.default(schedule=VPContinuous(t_min=1e-2))
-    errs = errors_of(name, problem, "time_uniform", _options_for(name))
+    grid, steps = SETTINGS.get(name, ("time_uniform", STEPS))
+    errs = errors_of(name, problem, grid, _options_for(name), steps)
     order = get_solver(name, **_options_for(name)).order
-    measured = slope(errs)
+    measured = slope(errs, steps)
     assert abs(measured - order) <= TOL, f"{name}: declared order {order}, measured {measured:.2f}, errors {errs}"
     assert errs[-1] < errs[0]
 

@@ -1,0 +1,187 @@
+"""Time one solver update step, x' = sum_k c_k T_k, per implementation; print time, GB/s and % of copy bandwidth.
+
+    python -m diffsolve.bench.kernel_bench                       # CPU: eager and torch.compile, small sizes
+    python -m diffsolve.bench.kernel_bench --sizes toy,latents,images --dtypes float32,bfloat16 --terms 2,6
+    python -m diffsolve.bench.kernel_bench --device cuda         # adds the Triton kernel
+
+Implementations: `eager` = kernels.lincomb_reference (the tests' reference), `compile` = torch.compile of it,
+`triton` = kernels.lincomb_triton (CUDA only; the interpreter is not a timing). Bandwidth = (K reads + 1 write)
+bytes / time; the peak is a device-to-device copy (read + write) measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..kernels.lincomb import lincomb_reference
+
+SIZES = {
+    "toy": (4096, 2),                  # a 2-D toy problem, 4096 points
+    "small": (16, 3, 32, 32),
+    "latents": (8, 4, 128, 128),       # SD-style latents
+    "images": (64, 3, 256, 256),       # pixel-space images
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class Row:
+    size: str
+    shape: tuple
+    dtype: str
+    k: int
+    impl: str
+    seconds: float | None
+    gbps: float | None
+    frac: float | None                  # of the large-buffer copy bandwidth (the device's peak)
+    frac_same: float | None             # of a copy moving the same bytes (cache effects included)
+    note: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, *, min_time: float = 0.2, max_reps: int = 200,
+            warmup: int = 2) -> float:
+    """Median seconds per call (CUDA: events around each call; CPU: perf_counter)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2 ** 20) -> float:
+    """Bytes per second of a device-to-device copy (one read, one write) of `nbytes`."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    sec = time_fn(lambda: dst.copy_(src), device)
+    return 2 * nbytes / sec
+
+
+def make_inputs(shape, dtype, k, device):
+    g = torch.Generator().manual_seed(0)
+    ts = [torch.randn(shape, generator=g).to(device=device, dtype=dtype) for _ in range(k)]
+    coeffs = [0.9 - 0.1 * j for j in range(k)]
+    return coeffs, ts
+
+
+def compiled_reference() -> Callable | str:
+    """A fresh torch.compile of the reference (after a dynamo reset: one cell must not hit another's recompile
+    limit and silently fall back to eager), or why it is unavailable."""
+    try:
+        torch._dynamo.reset()
+        return torch.compile(lincomb_reference, dynamic=False)
+    except Exception as e:  # noqa: BLE001 - report, do not fail the table
+        return f"torch.compile unavailable: {type(e).__name__}: {e}"
+
+
+def implementations(device: torch.device, want: list[str]) -> dict[str, Callable | str]:
+    """name -> callable(coeffs, tensors), or a string saying why it is not available here."""
+    impls: dict[str, Callable | str] = {}
+    if "eager" in want:
+        impls["eager"] = lincomb_reference
+    if "compile" in want:
+        impls["compile"] = compiled_reference()
+    if "triton" in want:
+        if device.type != "cuda":
+            impls["triton"] = "GPU only (not measured on CPU)"
+        else:
+            from ..kernels.lincomb import lincomb_triton
+            impls["triton"] = lincomb_triton
+    return impls
+
+
+def run(sizes: list[str], dtypes: list[str], terms: list[int], device: torch.device, impl_names: list[str],
+        min_time: float = 0.2) -> tuple[float, list[Row]]:
+    peak = copy_bandwidth(device)
+    impls = implementations(device, impl_names)
+    rows: list[Row] = []
+    for size in sizes:
+        shape = SIZES[size]
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            for k in terms:
+                coeffs, ts = make_inputs(shape, dtype, k, device)
+                nbytes = (k + 1) * ts[0].numel() * ts[0].element_size()
+                if "compile" in impls:
+                    impls["compile"] = compiled_reference()
+                # a copy moving the same bytes: the bandwidth this working set can get (cache-resident when small)
+                src = torch.empty(nbytes // 2 // 4, dtype=torch.float32, device=device)
+                dst = torch.empty_like(src)
+                same = nbytes / time_fn(lambda: dst.copy_(src), device, min_time=min_time)
+                del src, dst
+                for name, fn in impls.items():
+                    if isinstance(fn, str):
+                        rows.append(Row(size, shape, dname, k, name, None, None, None, None, fn))
+                        continue
+                    try:
+                        sec = time_fn(lambda: fn(coeffs, ts), device, min_time=min_time)
+                    except Exception as e:  # noqa: BLE001 - e.g. inductor failing on this box
+                        rows.append(Row(size, shape, dname, k, name, None, None, None, None,
+                                        f"failed: {type(e).__name__}: {str(e)[:80]}"))
+                        continue
+                    gbps = nbytes / sec / 1e9
+                    rows.append(Row(size, shape, dname, k, name, sec, gbps, gbps * 1e9 / peak, gbps * 1e9 / same))
+                del ts
+    return peak, rows
+
+
+def format_table(peak: float, rows: list[Row], device: torch.device) -> str:
+    lines = [f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+             f"torch {torch.__version__}, threads {torch.get_num_threads()}",
+             f"copy bandwidth (read+write of a 256 MiB buffer, same run): {peak / 1e9:.2f} GB/s = %peak's 100; "
+             "%copy@size: against a copy moving the same bytes (small sets are cache-resident, above DRAM peak)",
+             f"{'size':<8} {'shape':<18} {'dtype':<9} {'K':>2} {'impl':<8} {'time/us':>10} {'GB/s':>8} {'%peak':>6} {'%copy@size':>10}  note"]
+    for r in rows:
+        t = f"{r.seconds * 1e6:10.1f}" if r.seconds is not None else f"{'-':>10}"
+        g = f"{r.gbps:8.2f}" if r.gbps is not None else f"{'-':>8}"
+        f = f"{100 * r.frac:6.1f}" if r.frac is not None else f"{'-':>6}"
+        fs = f"{100 * r.frac_same:10.1f}" if r.frac_same is not None else f"{'-':>10}"
+        lines.append(f"{r.size:<8} {'x'.join(map(str, r.shape)):<18} {r.dtype:<9} {r.k:>2} {r.impl:<8} {t} {g} {f} "
+                     f"{fs}  {r.note}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="toy,small,latents", help=f"comma list of {sorted(SIZES)}")
+    ap.add_argument("--dtypes", default="float32", help=f"comma list of {sorted(DTYPES)}")
+    ap.add_argument("--terms", default="2,4,6", help="numbers of input tensors K, comma list")
+    ap.add_argument("--impls", default="eager,compile,triton", help="comma list of eager, compile, triton")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared box inductor's OpenMP kernels at 2+ threads "
+                         "spin-wait for milliseconds per call)")
+    ap.add_argument("--min-time", type=float, default=0.2, help="seconds of timing per cell")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    peak, rows = run(a.sizes.split(","), a.dtypes.split(","), [int(v) for v in a.terms.split(",")], device,
+                     a.impls.split(","), a.min_time)
+    print(format_table(peak, rows, device))
+
+
+if __name__ == "__main__":
+    main()

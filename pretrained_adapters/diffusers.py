@@ -1,0 +1,443 @@
+"""diffusers models and scheduler configs as diffsolve fields, grids and samplers (diffusers stays optional).
+
+A diffusers scheduler config fixes three things diffsolve keeps apart: the Gaussian path (betas or
+alphas_cumprod -> `VPDiscrete`; flow matching -> `RectifiedFlow` with model time 1000 sigma), what the network
+predicts (`prediction_type`), and the inference timesteps (`timestep_spacing`, `steps_offset`, karras sigmas,
+flow `shift`). `from_diffusers(unet, scheduler)` gives the field; `diffusers_grid` / `grid_from_scheduler` give
+the diffusers timesteps as diffsolve times, so a diffsolve solver and a diffusers scheduler run on the same
+points. diffusers itself is imported only where a scheduler object is built or stepped.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InvalidArgument, check_choice
+from ..field import VectorField
+from ..schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
+
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
+SPACINGS = ("linspace", "leading", "trailing")
+# Which timestep formula a diffusers scheduler class uses (they differ in 'linspace' and 'leading').
+STYLES = ("dpmsolver", "ddim", "euler", "flow")
+_STYLE_OF_CLASS = {
+    "DDIMScheduler": "ddim", "DDPMScheduler": "ddim", "PNDMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler", "HeunDiscreteScheduler": "euler",
+    "LMSDiscreteScheduler": "euler", "KDPM2DiscreteScheduler": "euler", "KDPM2AncestralDiscreteScheduler": "euler",
+    "DPMSolverMultistepScheduler": "dpmsolver", "DPMSolverSinglestepScheduler": "dpmsolver",
+    "UniPCMultistepScheduler": "dpmsolver", "DEISMultistepScheduler": "dpmsolver",
+    "FlowMatchEulerDiscreteScheduler": "flow", "FlowMatchHeunDiscreteScheduler": "flow",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Scheduler configs
+# ------------------------------------------------------------------------------------------------
+def config_of(scheduler_or_config: Any) -> dict:
+    """A plain dict from a diffusers scheduler, its `.config` (FrozenDict) or a config dict (JSON as loaded)."""
+    cfg = getattr(scheduler_or_config, "config", scheduler_or_config)
+    if not isinstance(cfg, Mapping):
+        raise InvalidArgument(f"scheduler must be a diffusers scheduler or a config mapping, got "
+                              f"{type(scheduler_or_config).__name__}")
+    out = dict(cfg)
+    if "_class_name" not in out and not isinstance(scheduler_or_config, Mapping):
+        out["_class_name"] = type(scheduler_or_config).__name__
+    return out
+
+
+def is_flow_config(cfg: Mapping) -> bool:
+    """Flow matching (FlowMatch* schedulers, or a multistep solver with use_flow_sigmas)."""
+    name = str(cfg.get("_class_name", ""))
+    return name.startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas", False)) or \
+        cfg.get("prediction_type") == "flow_prediction"
+
+
+def prediction_of(cfg: Mapping) -> str:
+    """diffsolve's prediction name for the config's prediction_type (flow matching: velocity)."""
+    if is_flow_config(cfg):
+        return "velocity"
+    ptype = cfg.get("prediction_type", "epsilon")
+    check_choice("prediction_type", ptype, PREDICTION_TYPES)
+    return PREDICTION_TYPES[ptype]
+
+
+def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
+    """diffusers' betas_for_alpha_bar (Nichol & Dhariwal cosine), computed as diffusers does."""
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    return torch.tensor([min(1 - f((i + 1) / n) / f(i / n), max_beta) for i in range(n)], dtype=torch.float32)
+
+
+def betas_of(cfg: Mapping) -> torch.Tensor:
+    """The float32 betas a diffusers scheduler builds from this config (same arithmetic, same rounding)."""
+    n = int(cfg.get("num_train_timesteps", 1000))
+    start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    trained = cfg.get("trained_betas")
+    kind = cfg.get("beta_schedule", "linear")
+    if trained is not None:
+        return torch.as_tensor(np.asarray(trained), dtype=torch.float32).reshape(-1).clone()
+    if kind == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float32)
+    if kind == "scaled_linear":
+        return torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float32) ** 2
+    if kind == "squaredcos_cap_v2":
+        return _cosine_betas(n)
+    if kind == "sigmoid":
+        return torch.sigmoid(torch.linspace(-6, 6, n)) * (end - start) + start
+    check_choice("beta_schedule", kind, ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"))
+    raise AssertionError
+
+
+def _rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2024, Alg. 1, as diffusers applies it."""
+    ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    a0, aT = ab[0].clone(), ab[-1].clone()
+    ab = (ab - aT) * (a0 / (a0 - aT))
+    ab2 = ab ** 2
+    alphas = torch.cat([ab2[0:1], ab2[1:] / ab2[:-1]])
+    return 1 - alphas
+
+
+def alphas_cumprod_of(scheduler_or_config: Any) -> torch.Tensor:
+    """alphas_cumprod as float64 holding diffusers' float32 values (the scheduler's own tensor when given one)."""
+    ac = getattr(scheduler_or_config, "alphas_cumprod", None)
+    if isinstance(ac, torch.Tensor):
+        return ac.detach().to("cpu", torch.float64)
+    cfg = config_of(scheduler_or_config)
+    betas = betas_of(cfg)
+    if cfg.get("rescale_betas_zero_snr", False):
+        betas = _rescale_zero_terminal_snr(betas)
+    ac = torch.cumprod(1.0 - betas, dim=0)
+    if cfg.get("rescale_betas_zero_snr", False):
+        ac[-1] = 2.0 ** -24      # diffusers' stand-in for zero terminal SNR, so that the first sigma is finite
+    return ac.to(torch.float64)
+
+
+def schedule_from_diffusers(scheduler_or_config: Any) -> NoiseSchedule:
+    """VPDiscrete (model time = integer timestep n, alpha^2 = alphas_cumprod[n]) or RectifiedFlow (model time 1000 t)."""
+    cfg = config_of(scheduler_or_config)
+    if is_flow_config(cfg):
+        n = int(cfg.get("num_train_timesteps", 1000))
+        return RectifiedFlow(model_time_scale=float(n), t_min=min(1e-4, 0.5 / n))
+    return VPDiscrete(alphas_cumprod=alphas_cumprod_of(scheduler_or_config), model_time_scale=1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------
+class DiffusersModel(torch.nn.Module):
+    """`model(x, t, **kw)` for a diffusers network: timestep passed by keyword when it has one, `.sample` unwrapped.
+
+    `timestep_scale` multiplies the time first (Flux-style transformers take timestep / 1000).
+    """
+
+    def __init__(self, model: Callable[..., Any], timestep_scale: float = 1.0):
+        super().__init__()
+        if not callable(model):
+            raise InvalidArgument(f"model must be callable, got {type(model).__name__}")
+        self.inner = model
+        self.timestep_scale = float(timestep_scale)
+        fwd = getattr(model, "forward", model)
+        try:
+            params = inspect.signature(fwd).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self._by_keyword = "timestep" in params
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self.timestep_scale != 1.0:
+            t = t * self.timestep_scale
+        out = self.inner(x, timestep=t, **kwargs) if self._by_keyword else self.inner(x, t, **kwargs)
+        if hasattr(out, "sample"):
+            return out.sample
+        if isinstance(out, (tuple, list)):
+            return out[0]
+        return out
+
+
+def sample_shape_of(model: Any) -> tuple[int, ...] | None:
+    """(channels, size, size) from a diffusers UNet/transformer config, when it says so."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    ch = cfg.get("in_channels") if isinstance(cfg, Mapping) else getattr(cfg, "in_channels", None)
+    size = cfg.get("sample_size") if isinstance(cfg, Mapping) else getattr(cfg, "sample_size", None)
+    if ch is None or size is None:
+        return None
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return (int(ch), *map(int, size))
+
+
+def from_diffusers(model: Callable[..., Any], scheduler_or_config: Any, *, prediction: str | None = None,
+                   sample_shape: Sequence[int] | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                   timestep_scale: float = 1.0) -> VectorField:
+    """The VectorField of a diffusers network under its scheduler config (schedule, prediction type, model time)."""
+    cfg = config_of(scheduler_or_config)
+    shape = tuple(sample_shape) if sample_shape is not None else sample_shape_of(model)
+    if cfg.get("thresholding", False):
+        raise InvalidArgument("scheduler config has thresholding=True (dynamic thresholding), which diffsolve does "
+                              "not reproduce; set it to False")
+    clip = None
+    if cfg.get("clip_sample", False):
+        r = float(cfg.get("clip_sample_range", 1.0))
+        clip = (-r, r)
+    return VectorField(DiffusersModel(model, timestep_scale), prediction=prediction or prediction_of(cfg),
+                       schedule=schedule_from_diffusers(scheduler_or_config), sample_shape=shape,
+                       model_kwargs=model_kwargs, clip_x0=clip)
+
+
+# ------------------------------------------------------------------------------------------------
+# Grids: diffusers' inference timesteps as diffsolve times
+# ------------------------------------------------------------------------------------------------
+def _style(cfg: Mapping, style: str | None) -> str:
+    if style is None:
+        style = _STYLE_OF_CLASS.get(str(cfg.get("_class_name", "")), "flow" if is_flow_config(cfg) else "dpmsolver")
+    check_choice("style", style, STYLES)
+    return style
+
+
+def discrete_timesteps(steps: int, num_train_timesteps: int, *, spacing: str = "linspace", steps_offset: int = 0,
+                       style: str = "dpmsolver") -> np.ndarray:
+    """diffusers' inference timesteps (float64, largest first) for one scheduler family (`style`)."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+    check_choice("spacing", spacing, SPACINGS)
+    check_choice("style", style, STYLES[:3])
+    n = int(num_train_timesteps)
+    if steps > n:
+        raise InvalidArgument(f"steps={steps} exceeds num_train_timesteps={n}")
+    if spacing == "trailing":
+        return np.arange(n, 0, -n / steps).round() - 1
+    if style == "dpmsolver":      # DPMSolver*/UniPC/DEIS: steps + 1 points, the last (0) dropped
+        if spacing == "linspace":
+            return np.linspace(0, n - 1, steps + 1).round()[::-1][:-1].copy()
+        ratio = n // (steps + 1)
+        return (np.arange(0, steps + 1) * ratio).round()[::-1][:-1] + steps_offset
+    if spacing == "linspace":
+        ts = np.linspace(0, n - 1, steps)
+        # DDIM rounds; Euler-family schedulers keep the float32 values and interpolate sigma between nodes
+        return ts.round()[::-1].copy() if style == "ddim" else ts.astype(np.float32).astype(np.float64)[::-1].copy()
+    return (np.arange(0, steps) * (n // steps)).round()[::-1] + steps_offset
+
+
+def _node_sigmas(ac: torch.Tensor) -> np.ndarray:
+    # diffusers computes these from float32 alphas_cumprod with torch float32 arithmetic
+    a = ac.to(torch.float32)
+    return (((1 - a) / a) ** 0.5).numpy()
+
+
+def _karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    ramp = np.linspace(0, 1, n)
+    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def times_from_timesteps(schedule: VPDiscrete, timesteps: Sequence[float], sigmas: Sequence[float] | None = None,
+                         final: float | str = "zero") -> torch.Tensor:
+    """diffsolve times for diffusers (timesteps, sigmas): t_from_index(n) at integer timesteps whose sigma is the
+    node's own, otherwise the time whose EDM sigma is diffusers' sigma (the value its update uses)."""
+    ts = np.asarray(timesteps, dtype=np.float64)
+    t = schedule.t_from_index(torch.from_numpy(ts.copy()))
+    if sigmas is not None:
+        sg = np.asarray(sigmas, dtype=np.float64)[: ts.size]
+        node = _node_sigmas(schedule.alphas_cumprod)
+        for i, (n, s) in enumerate(zip(ts, sg)):
+            on_node = float(n).is_integer() and 0 <= n < node.size and abs(node[int(n)] - s) <= 1e-6 * s
+            if not on_node:
+                t[i] = schedule.t_from_edm_sigma(float(s))
+    if final == "zero":
+        end = torch.zeros(1, dtype=torch.float64)
+    elif final == "sigma_min":
+        end = schedule.t_from_index(torch.zeros(1, dtype=torch.float64))
+    elif final == "none":
+        return t
+    else:
+        raise InvalidArgument(f"final={final!r}; allowed values: 'zero', 'sigma_min', 'none'")
+    if float(t[-1]) <= float(end[0]):
+        return t   # the last timestep is already the end point (diffusers then takes a zero-length step)
+    return torch.cat([t, end])
+
+
+def diffusers_grid(steps: int, schedule: NoiseSchedule, *, style: str = "dpmsolver", timestep_spacing: str = "linspace",
+                   steps_offset: int = 0, use_karras_sigmas: bool = False, final: str = "zero",
+                   shift: float = 1.0, num_train_timesteps: int | None = None) -> torch.Tensor:
+    """A diffsolve grid function (`Sampler(grid=diffusers_grid, grid_options=...)`) giving diffusers' timesteps.
+
+    VP schedules: the spacing formulas of the scheduler family `style` ('dpmsolver': DPMSolver*, UniPC, DEIS;
+    'ddim': DDIM/DDPM/PNDM; 'euler': Euler/Heun/LMS), optional karras sigmas; `final` 'zero' or 'sigma_min'.
+    Flow matching (`style='flow'` or a RectifiedFlow schedule): FlowMatchEulerDiscreteScheduler's shifted
+    sigmas s' = shift s / (1 + (shift - 1) s).
+    """
+    if isinstance(schedule, RectifiedFlow) or style == "flow":
+        return flow_grid(steps, schedule, shift=shift,
+                         num_train_timesteps=num_train_timesteps or int(getattr(schedule, "model_time_scale", 1000)))
+    if not isinstance(schedule, VPDiscrete):
+        raise InvalidArgument("diffusers_grid needs a VPDiscrete or RectifiedFlow schedule")
+    check_choice("final", final, ("zero", "sigma_min"))
+    n = num_train_timesteps or schedule.N
+    ts = discrete_timesteps(steps, n, spacing=timestep_spacing, steps_offset=steps_offset, style=style)
+    node = _node_sigmas(schedule.alphas_cumprod).astype(np.float64)
+    sigmas = np.interp(ts, np.arange(node.size), node).astype(np.float32).astype(np.float64)
+    if use_karras_sigmas:
+        if style == "euler":
+            lo, hi = float(sigmas[-1]), float(sigmas[0])
+        else:
+            lo, hi = float(node[0]), float(node[-1])
+        sigmas = _karras(lo, hi, steps).astype(np.float32).astype(np.float64)   # diffusers stores float32
+        # nearest integer timestep as a candidate node: sigmas equal to a node's map to its exact time
+        ts = schedule.timestep_index(schedule.t_from_edm_sigma(torch.from_numpy(sigmas))).round().numpy()
+    return times_from_timesteps(schedule, ts, sigmas, final=final)
+
+
+def shift_sigmas(s: torch.Tensor | np.ndarray | float, shift: float):
+    """SD3 / FlowMatchEuler timestep shift: s' = shift s / (1 + (shift - 1) s)."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def flow_grid(steps: int, schedule: NoiseSchedule | None = None, *, shift: float = 1.0,
+              num_train_timesteps: int = 1000, final: str = "zero") -> torch.Tensor:
+    """FlowMatchEulerDiscreteScheduler.set_timesteps (static shift) as diffsolve times t = sigma, then 0."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+    if not shift > 0:
+        raise InvalidArgument(f"shift={shift!r}: must be > 0")
+    check_choice("final", final, ("zero",))
+    n = int(num_train_timesteps)
+    # diffusers shifts its float32 training sigmas once in __init__ (giving sigma_min), then the float64
+    # inference sigmas again, and stores float32: reproduce each rounding so the model sees the same times
+    s_min = float(shift_sigmas(torch.tensor(1.0, dtype=torch.float32) / n, float(shift)))
+    base = np.linspace(1.0 * n, s_min * n, steps) / n
+    sig = shift_sigmas(base, shift).astype(np.float32).astype(np.float64)
+    return torch.cat([torch.from_numpy(sig), torch.zeros(1, dtype=torch.float64)])
+
+
+def grid_from_scheduler(scheduler: Any, steps: int, schedule: NoiseSchedule | None = None,
+                        **set_timesteps_kwargs: Any) -> torch.Tensor:
+    """Run (a copy of) a diffusers scheduler's set_timesteps and return its points as diffsolve times.
+
+    Multi-stage schedulers (Heun) list points twice; the distinct ones are returned. DDIM steps to
+    t - num_train_timesteps // steps, which is the next listed timestep only for 'leading' spacing.
+    """
+    sch = copy.deepcopy(scheduler)
+    sch.set_timesteps(steps, **set_timesteps_kwargs)
+    cfg = config_of(scheduler)
+    schedule = schedule or schedule_from_diffusers(scheduler)
+    ts = sch.timesteps.detach().to("cpu", torch.float64).numpy()
+    sig = getattr(sch, "sigmas", None)
+    if isinstance(schedule, RectifiedFlow):
+        s = sig.detach().to("cpu", torch.float64)
+        s = torch.unique_consecutive(s)
+        return s if float(s[-1]) == 0.0 else torch.cat([s, torch.zeros(1, dtype=torch.float64)])
+    if not isinstance(schedule, VPDiscrete):
+        raise InvalidArgument("grid_from_scheduler needs a VPDiscrete or RectifiedFlow schedule")
+    if sig is None:       # DDIM / DDPM / PNDM: alphas_cumprod at the timesteps, then the final alpha
+        final = "zero" if cfg.get("set_alpha_to_one", True) else "sigma_min"
+        return times_from_timesteps(schedule, np.unique(ts)[::-1], None, final=final)
+    sg = sig.detach().to("cpu", torch.float64).numpy()
+    # keep each distinct (timestep, sigma) once, in order (Heun repeats interior points)
+    keep_t, keep_s = [ts[0]], [sg[0]]
+    for n, s in zip(ts[1:], sg[1:ts.size]):
+        if s != keep_s[-1]:
+            keep_t.append(n)
+            keep_s.append(s)
+    last = float(sg[-1])
+    final = "zero" if last == 0.0 else "sigma_min"
+    return times_from_timesteps(schedule, keep_t, keep_s, final=final)
+
+
+def noise_scale_of(scheduler: Any, steps: int) -> float:
+    """Factor f such that `Sampler.run(noise=f * noise)` starts where the diffusers loop starts from `noise`.
+
+    diffusers' Euler-family schedulers integrate x~ = x / alpha and start from `noise * init_noise_sigma`; with
+    'linspace' / 'trailing' spacing that factor is sigma_max rather than sqrt(sigma_max^2 + 1), so their x_T has
+    standard deviation sigma(t_max) < 1 instead of diffsolve's VP prior std 1.
+    """
+    sch = copy.deepcopy(scheduler)
+    sch.set_timesteps(steps)
+    f = float(getattr(sch, "init_noise_sigma", 1.0))
+    cfg = config_of(scheduler)
+    if _style(cfg, None) == "euler" and not is_flow_config(cfg):
+        s0 = float(sch.sigmas[0])
+        f /= math.sqrt(1.0 + s0 * s0)
+    return f
+
+
+def grid_options_of(scheduler_or_config: Any) -> tuple[Callable[..., torch.Tensor], dict]:
+    """(grid function, grid_options) that reproduce the scheduler config's default timesteps in diffsolve."""
+    cfg = config_of(scheduler_or_config)
+    if is_flow_config(cfg) and str(cfg.get("_class_name", "")).startswith("FlowMatch"):
+        if cfg.get("use_dynamic_shifting", False):
+            raise InvalidArgument("use_dynamic_shifting=True needs mu per resolution; pass grid=flow_grid with "
+                                  "shift=exp(mu) instead")
+        return flow_grid, {"shift": float(cfg.get("shift", 1.0)),
+                           "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
+    style = _style(cfg, None)
+    final = "zero" if cfg.get("set_alpha_to_one", True) else "sigma_min"
+    if style != "ddim":
+        # DEIS has no final_sigmas_type: it ends at alphas_cumprod[0]
+        final = cfg.get("final_sigmas_type", "sigma_min" if "DEIS" in str(cfg.get("_class_name")) else "zero")
+    return diffusers_grid, {"style": style, "timestep_spacing": cfg.get("timestep_spacing", "linspace"),
+                            "steps_offset": int(cfg.get("steps_offset", 0) or 0),
+                            "use_karras_sigmas": bool(cfg.get("use_karras_sigmas", False)), "final": final}
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampler
+# ------------------------------------------------------------------------------------------------
+_SOLVER_OF_CLASS = {
+    "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
+    "FlowMatchEulerDiscreteScheduler": "euler", "FlowMatchHeunDiscreteScheduler": "heun",
+    "DEISMultistepScheduler": "deis", "IPNDMScheduler": "ipndm", "LMSDiscreteScheduler": "lms",
+}
+
+
+def solver_of(scheduler_or_config: Any) -> str:
+    """The registered diffsolve solver that does what this diffusers scheduler does."""
+    cfg = config_of(scheduler_or_config)
+    name = str(cfg.get("_class_name", ""))
+    order = int(cfg.get("solver_order", 2))
+    if name == "DPMSolverMultistepScheduler":
+        return {1: "euler", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
+    if name == "DPMSolverSinglestepScheduler":
+        return {1: "euler", 2: "dpmpp_2s", 3: "dpm_solver_3"}[order]
+    if name == "UniPCMultistepScheduler":
+        return "unipc_bh1" if cfg.get("solver_type", "bh2") == "bh1" else "unipc_bh2"
+    return _SOLVER_OF_CLASS.get(name, "dpmpp_2m")
+
+
+def solver_options_of(scheduler_or_config: Any) -> dict:
+    """Options that make `solver_of`'s solver take the scheduler's exact update (diffusers' 3M halves the x0'' term)."""
+    cfg = config_of(scheduler_or_config)
+    if str(cfg.get("_class_name", "")) == "DPMSolverMultistepScheduler" and int(cfg.get("solver_order", 2)) == 3:
+        return {"third_order": "reference"}
+    return {}
+
+
+def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: Any = None, *, grid: Any = None,
+                           grid_options: Mapping[str, Any] | None = None, prediction: str | None = None,
+                           sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
+                           **sampler_kwargs: Any):
+    """`Sampler` for a diffusers network + scheduler: same path, prediction and (by default) the same timesteps.
+
+    `solver=None` picks the diffsolve solver matching the scheduler class (`solver_of`).
+    """
+    from ..sampler import Sampler
+    field = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape,
+                           timestep_scale=timestep_scale)
+    if grid is None:
+        grid, opts = grid_options_of(scheduler)
+        opts.update(grid_options or {})
+    else:
+        opts = dict(grid_options or {})
+    if solver is None:
+        solver = solver_of(scheduler)
+        sampler_kwargs = {**solver_options_of(scheduler), **sampler_kwargs}
+    return Sampler(field, solver, grid, grid_options=opts, **sampler_kwargs)
+
+
+__all__ = ["DiffusersModel", "from_diffusers", "schedule_from_diffusers", "prediction_of", "alphas_cumprod_of",
+           "diffusers_grid", "flow_grid", "shift_sigmas", "grid_from_scheduler", "grid_options_of",
+           "times_from_timesteps", "discrete_timesteps", "noise_scale_of", "sampler_from_diffusers", "solver_of", "solver_options_of", "config_of"]

@@ -1,0 +1,179 @@
+"""Shared host-side helpers of the fast solvers: log-SNR, per-step order schedules, AFS, Lagrange quadrature.
+
+Everything here runs on the host in float64 inside `plan()`; nothing touches a device tensor.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InvalidArgument
+from ..field import EvalPoint, VectorField
+from ..kernels import lincomb
+from .base import Plan, Solver
+from .euler import ddim_coefficients
+
+LOWER_ORDER_FINAL = (True, False, "auto")
+
+
+def lambda_of(p: EvalPoint) -> float:
+    """log(alpha / sigma), +inf at zero noise and -inf at pure noise."""
+    if p.sigma == 0:
+        return math.inf
+    if p.alpha == 0:
+        return -math.inf
+    return math.log(p.alpha) - math.log(p.sigma)
+
+
+def edm_s(p: EvalPoint) -> float:
+    """EDM noise level s = sigma / alpha (inf at pure noise, 0 at zero noise)."""
+    return p.sigma / p.alpha if p.alpha != 0 else math.inf
+
+
+def check_lower_order_final(option) -> None:
+    if not (isinstance(option, bool) or option == "auto"):
+        raise InvalidArgument(f"lower_order_final={option!r}; allowed values: True, False, 'auto'")
+
+
+def check_order(order, allowed: Sequence[int]) -> int:
+    if isinstance(order, bool) or not isinstance(order, int) or order not in allowed:
+        raise InvalidArgument(f"order={order!r}; allowed values: {', '.join(map(str, allowed))}")
+    return order
+
+
+def step_orders(lams: Sequence[float], max_order: int, lower_order_final, ends_at_zero: bool,
+                singular_end: bool = True) -> tuple[int, ...]:
+    """Order of each multistep step: warm start, history only over finite log-SNR, lower order at the end.
+
+    lower_order_final: True caps step i at n - i (UniPC / DPM-Solver `lower_order_final`); 'auto' is diffusers'
+    DPMSolverMultistep rule (last step first order when it reaches zero noise or n < 15, second-to-last at most
+    second order when n < 15); False keeps the order. A step into zero noise is first order when `singular_end`
+    (formulas in log-SNR or log-sigma are undefined there); a step out of pure noise is always first order.
+    """
+    n = len(lams) - 1
+    out = []
+    run = 0
+    for i in range(n):
+        run = run + 1 if math.isfinite(lams[i]) else 0
+        k = min(max_order, max(run, 1))
+        if not math.isfinite(lams[i]) or (singular_end and not math.isfinite(lams[i + 1])):
+            k = 1
+        if lower_order_final == "auto":
+            if i == n - 1 and (ends_at_zero or n < 15):
+                k = 1
+            if i == n - 2 and n < 15:
+                k = min(k, 2)
+        elif lower_order_final:
+            k = min(k, n - i)
+        out.append(k)
+    return tuple(out)
+
+
+def afs_x0_coefficient(p: EvalPoint) -> float:
+    """AFS (diff-sampler): x0_hat = c x with c from d = x~ / sqrt(1 + s^2), written to stay finite at alpha = 0."""
+    r = math.hypot(p.alpha, p.sigma)
+    return p.alpha / (r * (r + p.sigma))
+
+
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
+
+
+def lagrange_integrals(nodes: Sequence[float], lo: float, hi: float, variable: str = "s") -> tuple[float, ...]:
+    """int_lo^hi L_j(u(tau)) dtau for the Lagrange basis through `nodes` (in tau), u = tau or u = log tau.
+
+    Gauss-Legendre on 24 points: exact for the polynomial case, and for u = log tau the integrand e^v P(v)
+    (after tau = e^v) is resolved to round-off for the step sizes a sampler takes.
+    """
+    nodes = [float(v) for v in nodes]
+    if variable == "s":
+        u_nodes = nodes
+        half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
+        u = mid + half * _GL_NODES
+        jac = half * _GL_WEIGHTS
+    elif variable == "logs":
+        if lo <= 0 or hi <= 0 or min(nodes) <= 0:
+            raise InvalidArgument("Lagrange integration in log sigma needs positive noise levels")
+        u_nodes = [math.log(v) for v in nodes]
+        a, b = math.log(lo), math.log(hi)
+        half, mid = 0.5 * (b - a), 0.5 * (b + a)
+        u = mid + half * _GL_NODES
+        jac = half * _GL_WEIGHTS * np.exp(u)
+    else:
+        raise InvalidArgument(f"variable={variable!r}; allowed values: 's', 'logs'")
+    out = []
+    for j, uj in enumerate(u_nodes):
+        basis = np.ones_like(u)
+        for k, uk in enumerate(u_nodes):
+            if k != j:
+                basis = basis * (u - uk) / (uj - uk)
+        out.append(float(np.sum(jac * basis)))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Multistep on the EDM-frame slope: x~ = x / alpha, s = sigma / alpha, dx~/ds = d = (x~ - D) / s = eps
+# ------------------------------------------------------------------------------------------------
+class SlopeMultistep(Solver):
+    """Adams-Bashforth family on the EDM-frame slope d = (x~ - D) / s (which equals the noise prediction eps).
+
+    x_{i+1} = alpha_{i+1} (x_i / alpha_i + sum_j c_j d_{i-j}): subclasses give the weights c_j of an order-k step
+    (`weights`). First-order steps (warm start, a start at pure noise, a step into zero noise where the rule
+    needs log s) are written as DDIM, which equals Euler in the EDM frame and stays finite at alpha = 0.
+    The state holds the past slopes, newest first.
+    """
+
+    calls_per_step = 1
+    max_orders: tuple[int, ...] = (1, 2, 3, 4)
+    singular_end = False            # True when the weights need log s at the step's end (s = 0 not allowed)
+
+    def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False):
+        self.solver_order = check_order(order, self.max_orders)     # the highest order a step uses
+        self.order = self.solver_order                               # declared global order
+        check_lower_order_final(lower_order_final)
+        self.lower_order_final = lower_order_final
+        self.afs = bool(afs)
+
+    def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
+        """c_j for slopes at s_hist = (s_i, s_{i-1}, ...) (k values) over the step s_i -> s_next."""
+        raise NotImplementedError
+
+    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+        return steps - (1 if self.afs else 0)
+
+    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
+        self.check_field(field)
+        pts = self.grid_points(field, t)
+        n = len(pts) - 1
+        s = [edm_s(p) for p in pts]
+        lam = [lambda_of(p) for p in pts]
+        orders = step_orders(lam, self.solver_order, self.lower_order_final, pts[-1].sigma == 0,
+                             singular_end=self.singular_end)
+        data = []
+        for i, k in enumerate(orders):
+            p, q = pts[i], pts[i + 1]
+            if k == 1:
+                data.append(ddim_coefficients(p, q))
+                continue
+            c = self.weights([s[i - j] for j in range(k)], s[i + 1], k)
+            data.append((q.alpha / p.alpha,) + tuple(q.alpha * cj for cj in c))
+        slope = tuple((1.0 / p.sigma, -p.alpha / p.sigma) for p in pts[:-1])
+        afs = afs_x0_coefficient(pts[0]) if self.afs else None
+        return Plan(t=t, points=pts, nfe=n - (1 if self.afs else 0), steps_data=tuple(data),
+                    extra={"afs": afs, "orders": orders, "slope": slope})
+
+    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
+        co = plan.steps_data[i]
+        if i == 0 and plan.extra["afs"] is not None:
+            m = lincomb((plan.extra["afs"],), (x,))
+        else:
+            m = ev.denoise(x, plan.points[i])
+        last = i == plan.steps - 1
+        d = None if (last and len(co) == 2) or self.solver_order == 1 else lincomb(plan.extra["slope"][i], (x, m))
+        if len(co) == 2:
+            x_next = lincomb(co, (x, m))
+        else:
+            x_next = lincomb(co, (x, d, *state[: len(co) - 2]))
+        return x_next, ((d, *state)[: self.solver_order - 1] if d is not None else state)
