@@ -99,7 +99,8 @@ class VectorField:
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.model_kwargs = dict(model_kwargs or {})
         self.spec = spec
-        if clip_x0 is not None and not (len(clip_x0) == 2 and float(clip_x0[0]) < float(clip_x0[1])):
+        if clip_x0 is not None and not (isinstance(clip_x0, (tuple, list)) and len(clip_x0) == 2
+                                        and float(clip_x0[0]) < float(clip_x0[1])):
             raise InvalidArgument(f"clip_x0={clip_x0!r}: must be a pair (low, high) with low < high")
         # diffusers' clip_sample: the data prediction is clamped to the data range before each update
         self.clip_x0 = (float(clip_x0[0]), float(clip_x0[1])) if clip_x0 is not None else None
@@ -123,8 +124,12 @@ class VectorField:
         alpha, sigma = float(sch.alpha(tt)), float(sch.sigma(tt))
         d_alpha = float(sch.d_alpha(tt)) if t > 0 else 0.0
         d_sigma = float(sch.d_sigma(tt)) if t > 0 else 0.0
+        if alpha == 0.0 and self.prediction in ("eps", "score", "denoiser"):
+            raise InvalidArgument(
+                f"prediction={self.prediction!r} gives no data prediction at pure noise (alpha = 0 at t={t:g}); "
+                f"start the grid below it, e.g. grid_options={{'t_max': {0.999 * t:g}}}")
         if self.prediction == "denoiser":
-            mt = sigma / alpha if alpha else float("inf")
+            mt = sigma / alpha
         else:
             mt = float(sch.model_time(1.0 - tt if self.time_convention == "flow" else tt))
         return EvalPoint(t=t, model_time=mt, alpha=alpha, sigma=sigma, d_alpha=d_alpha, d_sigma=d_sigma)

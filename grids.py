@@ -155,9 +155,9 @@ def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.
     if isinstance(grid, str):
         if grid not in GRIDS:
             raise unknown_name("grid", grid, GRIDS)
-        t = GRIDS[grid](steps, schedule, **options)
+        t = _call_grid(grid, GRIDS[grid], steps, schedule, options)
     elif callable(grid):
-        t = _f64(grid(steps, schedule, **options))
+        t = _f64(_call_grid(getattr(grid, "__name__", "custom"), grid, steps, schedule, options))
     else:
         if options:
             raise InvalidArgument(f"grid options {sorted(options)} do not apply to an explicit list of times")
@@ -166,6 +166,19 @@ def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.
             raise InvalidArgument(f"steps={steps} does not match the explicit grid of {t.numel() - 1} steps")
     validate_grid(t, schedule)
     return t
+
+
+def _call_grid(name: str, fn: Callable[..., torch.Tensor], steps, schedule, options: dict) -> torch.Tensor:
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    known = [k for k, v in params.items() if v.kind == v.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if known and unknown and not any(v.kind == v.VAR_KEYWORD for v in params.values()):
+        raise InvalidArgument(f"grid {name!r} does not take option(s) {unknown}; its options are {known}")
+    return fn(steps, schedule, **options)
 
 
 def validate_grid(t: torch.Tensor, schedule: NoiseSchedule | None) -> None:

@@ -133,7 +133,7 @@ class NoiseSource:
     def entropy(self, b: int) -> int:
         """A 64-bit integer seed for sample b (for Brownian trees that take a seed, such as torchsde's)."""
         k1, k2 = self.keys[b]
-        return (k1 << 31) ^ k2
+        return ((k1 & 0x7FFFFFFF) << 32) | (k2 & 0xFFFFFFFF)     # disjoint bits, below 2^63
 
     def subset(self, index: Sequence[int]) -> "NoiseSource":
         """The noise of the chosen samples, unchanged."""

@@ -93,6 +93,19 @@ def _model_device_dtype(model: Any) -> tuple[torch.device | None, torch.dtype | 
     return None, None
 
 
+FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                "float64": torch.float64, "half": torch.float16, "float": torch.float32, "double": torch.float64}
+
+
+def as_dtype(dtype: Any) -> torch.dtype | None:
+    """A floating torch dtype from a dtype or its name."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    if isinstance(dtype, str) and dtype.replace("torch.", "") in FLOAT_DTYPES:
+        return FLOAT_DTYPES[dtype.replace("torch.", "")]
+    raise InvalidArgument(f"dtype={dtype!r} is not a floating dtype; allowed values: {', '.join(FLOAT_DTYPES)}")
+
+
 def default_solver_name(field: VectorField) -> str:
     return "dpmpp_2m" if field.has_schedule else "heun"
 
@@ -189,11 +202,16 @@ class Sampler:
             if want is not None and tuple(noise.shape) != want:
                 raise InvalidArgument(f"noise has shape {tuple(noise.shape)} but the model expects {want} "
                                       "(batch, *sample_shape)")
+            if not noise.is_floating_point():
+                raise InvalidArgument(f"noise= must be a floating-point tensor, got dtype {noise.dtype}")
             return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
         if shape is None:
             if sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape; "
                                       "pass shape=(batch, ...) or noise=")
+            if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                           or batch_size < 1):
+                raise InvalidArgument(f"batch_size={batch_size!r}: must be an integer >= 1")
             shape = (batch_size or 1, *sample_shape)
         return draw_noise(shape, seed=seed, generator=generator, device=device, dtype=dtype or torch.float32)
 
@@ -204,6 +222,7 @@ class Sampler:
             **model_kwargs: Any) -> SampleResult:
         """Sample: `steps=` or `nfe=` (never more model evaluations than nfe), noise from `noise=` or drawn."""
         plan = self.plan(steps, nfe)
+        dtype = as_dtype(dtype)
         mdev, mdtype = _model_device_dtype(self.field.model)
         noise = self.initial_noise(noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
                                    device=device or mdev, dtype=dtype or (mdtype if noise is None else None))

@@ -254,9 +254,9 @@ class VPContinuous(VPSchedule):
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0,
                  model_time_scale: float = 1.0):
         if not 0 < beta_min < beta_max:
-            raise InvalidArgument("need 0 < beta_min < beta_max")
+            raise InvalidArgument(f"need 0 < beta_min < beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}")
         if not 0 < t_min < t_max:
-            raise InvalidArgument("need 0 < t_min < t_max")
+            raise InvalidArgument(f"need 0 < t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
         self.b0, self.b1 = float(beta_min), float(beta_max)
         self.t_min, self.t_max = float(t_min), float(t_max)
         self.model_time_scale = float(model_time_scale)
@@ -295,7 +295,8 @@ class VESchedule(NoiseSchedule):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, model_input: str = "sigma"):
         if not 0 < sigma_min < sigma_max:
-            raise InvalidArgument("need 0 < sigma_min < sigma_max")
+            raise InvalidArgument(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, "
+                                  f"sigma_max={sigma_max!r}")
         if model_input not in ("sigma", "t"):
             raise InvalidArgument(f"model_input={model_input!r}; allowed values: 'sigma', 't'")
         self.smin, self.smax = float(sigma_min), float(sigma_max)
@@ -325,10 +326,6 @@ class VESchedule(NoiseSchedule):
         t = (torch.log(s.clamp_min(1e-300)) - math.log(self.smin)) / math.log(self.smax / self.smin)
         return torch.where(s == 0, torch.zeros_like(t), t)
 
-    @property
-    def sigma_min(self) -> float:
-        return self.smin
-
     def model_time(self, t: Tensorish) -> torch.Tensor:
         return self.sigma(t) if self.model_input == "sigma" else _f64(t)
 
@@ -347,7 +344,8 @@ class EDMSchedule(NoiseSchedule):
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         if not 0 < sigma_min < sigma_max:
-            raise InvalidArgument("need 0 < sigma_min < sigma_max")
+            raise InvalidArgument(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, "
+                                  f"sigma_max={sigma_max!r}")
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
 
     def log_alpha(self, t: Tensorish) -> torch.Tensor:
@@ -383,7 +381,7 @@ class RectifiedFlow(NoiseSchedule):
 
     def __init__(self, model_time_scale: float = 1.0, t_max: float = 1.0, t_min: float = 1e-4):
         if not 0 < t_min < t_max <= 1:
-            raise InvalidArgument("need 0 < t_min < t_max <= 1")
+            raise InvalidArgument(f"need 0 < t_min < t_max <= 1, got t_min={t_min!r}, t_max={t_max!r}")
         self.model_time_scale = float(model_time_scale)
         self.t_min, self.t_max = float(t_min), float(t_max)
 

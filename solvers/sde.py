@@ -40,14 +40,20 @@ def sigma_ratio(p: EvalPoint, q: EvalPoint) -> float:
 
 
 def ancestral_split(s_next: float, r: float, eta: float) -> tuple[float, float]:
-    """(s_up, s_down / s) for a step from s to s_next = r s (k-diffusion get_ancestral_step, Karras et al. 2022):
+    """(s_up, s_down) for a step from s to s_next = r s (k-diffusion get_ancestral_step, Karras et al. 2022):
     s_up = min(s', eta s' sqrt(1 - r^2)), s_down = sqrt(s'^2 - s_up^2). With eta = 1 this is the DDPM posterior
     q(x_s' | x_s, x0) in the EDM frame; with eta in [0, 1] it is DDIM's sigma_t(eta) (Song et al. 2021, eq. 16)."""
     if s_next == 0:
         return 0.0, 0.0
     s_up = min(s_next, eta * s_next * math.sqrt(max(0.0, 1.0 - r * r)))
-    s_down = math.sqrt(max(0.0, s_next * s_next - s_up * s_up))
-    return s_up, (s_down / s_next) * r
+    return s_up, math.sqrt(max(0.0, s_next * s_next - s_up * s_up))
+
+
+def ancestral_euler_coefficients(p: EvalPoint, q: EvalPoint, s_down: float) -> tuple[float, float]:
+    """x' = a x + b D for the Euler step from s_p down to s_down, landing on alpha_q:
+    a = alpha_q s_down / sigma_p, b = alpha_q (1 - s_down alpha_p / sigma_p); finite at pure noise (alpha_p = 0)."""
+    ratio = s_down / p.sigma
+    return q.alpha * ratio, q.alpha * (1.0 - ratio * p.alpha)
 
 
 def renoise_coefficients(p: EvalPoint, q: EvalPoint, s_noise: float = 1.0) -> tuple[float, float]:
@@ -107,10 +113,10 @@ class EulerAncestral(StochasticSolver):
         data = []
         for p, q in zip(pts[:-1], pts[1:]):
             r = sigma_ratio(p, q)
-            s_up, down = ancestral_split(q.s, r, self.eta)
+            s_up, s_down = ancestral_split(q.s, r, self.eta)
             # x' = alpha' [ (s_down/s) y + (1 - s_down/s) D + s_noise s_up z ],  y = x / alpha
-            a = q.alpha * down / p.alpha if down else 0.0
-            data.append(AncestralStep(a, q.alpha * (1.0 - down), q.alpha * self.s_noise * s_up))
+            a, b = ancestral_euler_coefficients(p, q, s_down)
+            data.append(AncestralStep(a, b, q.alpha * self.s_noise * s_up))
         return Plan(t=t, points=pts, nfe=len(pts) - 1, steps_data=tuple(data))
 
     def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
@@ -143,15 +149,15 @@ class DPMSolverPP2SAncestral(StochasticSolver):
         data, nfe = [], 0
         for p, q in zip(pts[:-1], pts[1:]):
             r = sigma_ratio(p, q)
-            s_up, down = ancestral_split(q.s, r, self.eta)
+            s_up, s_down = ancestral_split(q.s, r, self.eta)
             c = q.alpha * self.s_noise * s_up
-            if down == 0.0 or not math.isfinite(p.s):
+            if s_down == 0.0 or not math.isfinite(p.s):
                 # Down to zero noise (or up from pure noise, where log s is infinite): the first-order step.
-                a = q.alpha * down / p.alpha if down else 0.0
-                data.append(AncestralStep(a, q.alpha * (1.0 - down), c))
+                a, b = ancestral_euler_coefficients(p, q, s_down)
+                data.append(AncestralStep(a, b, c))
                 nfe += 1
                 continue
-            s_down = down * p.s
+            down = s_down / p.s
             h = math.log(p.s) - math.log(s_down)
             mid = edm_point(field, math.sqrt(p.s * s_down))
             # y2 = (s_mid/s) y - expm1(-h/2) D ; y' = (s_down/s) y - expm1(-h) D2
@@ -348,8 +354,9 @@ class DPMSolverPPSDE(StochasticSolver):
         self.s_noise = _check_nonneg("s_noise", s_noise)
         self.solver_type = solver_type
         self.name = alias or f"dpmpp_{history}m_sde"
-        # Weak order is 1 with noise (eta > 0); with eta = 0 these are the deterministic multistep methods.
-        self.order = 1 if self.eta > 0 else history
+        # Weak order is 1 with noise (eta > 0). With eta = 0 they are the deterministic multistep methods; the 3M
+        # history term is k-diffusion's, which halves the second difference, so (3M) is then of order 2 too.
+        self.order = 1 if self.eta > 0 else 2
 
     def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
         self.check_field(field)

@@ -55,7 +55,8 @@ class _ODEFunc(torch.nn.Module):
         if self.span.budget is not None and \
                 self.ev.nfe + (1 + reserve) * self.ev.field.evals_per_call > self.span.budget:
             raise _OutOfBudget(f"the NFE budget of {self.span.budget} would be exceeded (used {self.ev.nfe})")
-        tau_f = float(tau)
+        tau_f = float(tau)          # adaptive control syncs every step anyway; the field needs host scalars
+        self.ev.step = self.stats.accepted
         p = self.ev.field.at(self.tau_to_t(tau_f))
         y = y.reshape(self.shape)
         # The integration variable u increases along the solve: u = -t, u = -s or u = lambda.
@@ -170,7 +171,9 @@ class TorchdiffeqSolver(AdaptiveSolver):
         # Trajectories: every grid point for fixed-grid methods; adaptive ones report accepted times only.
         stats = RunStats(span.t_start, x, return_trajectory and self.fixed_grid)
         func = _ODEFunc(self, ev, frame, span, stats, tau_to_t, 1, x.shape)
-        tt = torch.tensor(taus, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+        # Times stay float64 whatever the state's dtype (torchdiffeq keeps its own time dtype), so that the exact
+        # ends below match and no time leaves the schedule's range through float32 round-off.
+        tt = torch.tensor(taus, dtype=torch.float64, device=x.device)
         # Exact grid ends for the inverse maps (round-off in tau must not leave the schedule's range).
         ends = {taus[0]: span.t_start, taus[-1]: span.t_stop if not self.fixed_grid else grid[-1]}
         func.tau_to_t = lambda v, f=tau_to_t: ends.get(v, f(v))

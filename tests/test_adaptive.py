@@ -138,7 +138,10 @@ def test_reports_steps_and_shared_step_control(setup):
     res = solve(prob, noise, "dpm_adaptive", order=2, rtol=0.05)
     st = res.stats
     assert st["accepted"] == res.steps == res.t.numel() - 1
-    assert st["rejected"] >= 0 and st["shared_step_control"] is True
+    assert st["shared_step_control"] is True
+    # a first step far too large must be rejected, and the rejection counted
+    big = solve(prob, noise, "dpm_adaptive", order=2, rtol=0.05, h_init=8.0).stats
+    assert big["rejected"] >= 1 and big["accepted"] >= 1
     # Order 2: 2 calls per attempt, 1 when the data prediction at the accepted point was kept from a rejection.
     attempts = st["accepted"] + st["rejected"]
     assert attempts + st["accepted"] <= res.nfe <= 2 * attempts

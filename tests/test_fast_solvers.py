@@ -281,18 +281,19 @@ def test_singlestep_costs():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(NEW_SOLVERS))
 def test_rectified_flow_from_pure_noise_to_zero(name):
+    """Every option set, from t = 1 (alpha = 0) to exactly zero noise: accurate, and better with more steps (the
+    final step into zero noise is first order, so at least order 1 overall)."""
     problem = GaussianProblem.default(schedule=RectifiedFlow())
-    errs = []
-    for steps in (16, 64):
-        for opts in ({}, _with_options(name)):
-            noise = _noise()
+    noise = _noise()
+    exact = problem.ode_solution(noise, 1.0, 0.0)
+    for opts in ({}, _with_options(name)):
+        errs = []
+        for steps in (16, 64):
             out = Sampler(problem, name, grid="time_uniform", grid_options={"final": "zero"}, progress=False,
                           **opts).run(steps=steps, noise=noise)
             assert float(out.t[0]) == 1.0 and float(out.t[-1]) == 0.0
-            assert torch.isfinite(out.samples).all()
-        exact = problem.ode_solution(noise, 1.0, 0.0)
-        errs.append(float((out.samples - exact).pow(2).mean().sqrt()))
-    assert errs[1] < errs[0] and errs[1] < 0.05, errs
+            errs.append(float((out.samples - exact).pow(2).mean().sqrt()))
+        assert errs[1] < errs[0] / 3 and errs[1] < 0.05, (opts, errs)
 
 
 @pytest.mark.parametrize("name", sorted(NEW_SOLVERS))
