@@ -1,14 +1,15 @@
-"""Solvers: stateless steps over a precomputed plan, and the registry that names them."""
-from .base import Plan, Solver, available_solvers, get_solver, register, registry_entries
-from . import euler, runge_kutta, dpm_solver  # noqa: F401  (registration)
-from .euler import Euler
-from .runge_kutta import TABLEAUX, ButcherTableau, RungeKutta
-from .dpm_solver import DPMSolverPP2M
+"""Solvers: stateless steps over a precomputed plan, and the registry that names them.
 
-__all__ = ["Plan", "Solver", "available_solvers", "get_solver", "register", "registry_entries", "Euler",
-           "RungeKutta", "ButcherTableau", "TABLEAUX", "DPMSolverPP2M"]
-from . import multistep, unipc, deis, ipndm, lms  # noqa: F401,E402  (registration: fast ODE solvers)
-from . import sde  # noqa: F401  (issue 4: stochastic samplers)
-from . import adaptive  # noqa: F401  (issue 4: adaptive ODE solvers)
-from . import torchdiffeq_bridge  # noqa: F401  (issue 4: torchdiffeq odeint bridge)
-from . import torchsde_bridge  # noqa: F401  (issue 4: torchsde reverse-SDE bridge)
+Importing a module registers its solvers; `available_solvers()` lists them and `get_solver(name, **options)`
+builds one.
+"""
+from . import euler, runge_kutta, dpm_solver, unipc, deis, ipndm, lms  # noqa: F401  (deterministic, fixed step)
+from . import sde, adaptive, torchdiffeq_bridge, torchsde_bridge  # noqa: F401  (stochastic and adaptive)
+from .base import Plan, Solver, available_solvers, get_solver, register, registry_entries
+from .dpm_solver import DPMSolverPP2M, DPMSolverPP3M
+from .euler import Euler
+from .multistep import MultistepSolver
+from .runge_kutta import TABLEAUX, ButcherTableau, RungeKutta
+
+__all__ = ["Plan", "Solver", "MultistepSolver", "available_solvers", "get_solver", "register", "registry_entries",
+           "Euler", "RungeKutta", "ButcherTableau", "TABLEAUX", "DPMSolverPP2M", "DPMSolverPP3M"]

@@ -14,21 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidArgument, check_choice
+from ..errors import check_choice
 from ..field import EvalPoint, VectorField
 from ..kernels import lincomb
 from .base import Plan, Solver, register
 from .euler import ddim_coefficients
-from .multistep import afs_x0_coefficient, check_lower_order_final, check_order, lambda_of, step_orders
-
-
-def resolve_lower_order_final(option: bool | str, steps: int, ends_at_zero: bool) -> bool:
-    """'auto' lowers the order of the final step when it reaches zero noise or the run is short (diffusers' rule)."""
-    if option == "auto":
-        return ends_at_zero or steps < 15
-    if isinstance(option, bool):
-        return option
-    raise InvalidArgument(f"lower_order_final={option!r}; allowed values: True, False, 'auto'")
+from .multistep import MultistepSolver, check_order, lambda_of
 
 
 @dataclass(frozen=True)
@@ -39,45 +30,6 @@ class MultistepCoefficients:
     b: tuple[float, ...]
 
 
-class DPMSolverPP2M(Solver):
-    """DPM-Solver++(2M): D = (1 + 1/2r) x0_n - (1/2r) x0_{n-1}, x' = (sigma'/sigma) x + alpha'(1 - e^{-h}) D."""
-
-    name = "dpmpp_2m"
-    order = 2
-    calls_per_step = 1
-    citation = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), Alg. 2"
-
-    def __init__(self, lower_order_final: bool | str = "auto"):
-        resolve_lower_order_final(lower_order_final, 1, False)
-        self.lower_order_final = lower_order_final
-
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        self.check_field(field)
-        pts = self.grid_points(field, t)
-        n = len(pts) - 1
-        lower_final = resolve_lower_order_final(self.lower_order_final, n, float(t[-1]) == 0.0)
-        lam = [lambda_of(p) for p in pts]
-        data = []
-        for i in range(n):
-            a, c = ddim_coefficients(pts[i], pts[i + 1])
-            first_order = i == 0 or (i == n - 1 and lower_final) or not math.isfinite(lam[i + 1] - lam[i])
-            if first_order:
-                data.append(MultistepCoefficients(a, (c,)))
-                continue
-            r = (lam[i] - lam[i - 1]) / (lam[i + 1] - lam[i])   # h_prev / h; inf after a start at pure noise
-            w = 0.5 / r
-            data.append(MultistepCoefficients(a, (c * (1 + w), -c * w)))
-        return Plan(t=t, points=pts, nfe=n, steps_data=tuple(data))
-
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        co: MultistepCoefficients = plan.steps_data[i]
-        x0 = ev.denoise(x, plan.points[i])
-        history = (x0, *state)[: len(co.b)]
-        x_next = lincomb((co.a, *co.b), (x, *history))
-        return x_next, (x0,)
-
-
-register("dpmpp_2m", DPMSolverPP2M, "DPM-Solver++(2M), multistep order 2")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,7 +71,7 @@ def dpmpp_multistep_coefficients(p: EvalPoint, q: EvalPoint, lams: tuple[float, 
 THIRD_ORDER = ("taylor", "reference")
 
 
-class DPMSolverPP3M(Solver):
+class DPMSolverPP3M(MultistepSolver):
     """DPM-Solver++(3M) (Lu et al. 2022b; dpm_solver_pytorch `multistep_dpm_solver_third_update`), data prediction.
 
     third_order='taylor' (default) weights the second difference D2 by the exact Taylor coefficient (order 3);
@@ -128,46 +80,46 @@ class DPMSolverPP3M(Solver):
     """
 
     name = "dpmpp_3m"
-    order = 3
-    calls_per_step = 1
     citation = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), multistep order 3"
 
     def __init__(self, order: int = 3, lower_order_final: bool | str = "auto", afs: bool = False,
                  third_order: str = "taylor"):
         check_choice("third_order", third_order, THIRD_ORDER)
         self.third_order = third_order
-        self.solver_order = check_order(order, (1, 2, 3))
-        self.order = 2 if (order == 3 and third_order == "reference") else self.solver_order
-        check_lower_order_final(lower_order_final)
-        self.lower_order_final = lower_order_final
-        self.afs = bool(afs)
-
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
-        return steps - (1 if self.afs else 0)
+        self.set_options(order, (1, 2, 3), lower_order_final, afs)
+        if order == 3 and third_order == "reference":
+            self.order = 2
 
     def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
         self.check_field(field)
         pts = self.grid_points(field, t)
-        n = len(pts) - 1
         lam = [lambda_of(p) for p in pts]
-        orders = step_orders(lam, self.solver_order, self.lower_order_final, lam[-1] == math.inf)
+        orders = self.step_orders(lam, lam[-1] == math.inf)
         data = []
         for i, k in enumerate(orders):
             lams = (lam[i + 1],) + tuple(lam[i - j] for j in range(k))
             data.append(dpmpp_multistep_coefficients(pts[i], pts[i + 1], lams, k, self.third_order))
-        afs = afs_x0_coefficient(pts[0]) if self.afs else None
-        return Plan(t=t, points=pts, nfe=n - (1 if self.afs else 0), steps_data=tuple(data),
-                    extra={"afs": afs, "orders": orders})
+        return self.make_plan(t, pts, data, orders)
 
     def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
         co: MultistepCoefficients = plan.steps_data[i]
-        if i == 0 and plan.extra["afs"] is not None:
-            x0 = lincomb((plan.extra["afs"],), (x,))
-        else:
-            x0 = ev.denoise(x, plan.points[i])
-        history = (x0, *state)
+        history = (self.data_prediction(ev, x, i, plan), *state)
         x_next = lincomb((co.a, *co.b), (x, *history[: len(co.b)]))
         return x_next, history[: self.solver_order - 1]
+
+
+class DPMSolverPP2M(DPMSolverPP3M):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): D = (1 + 1/2r) x0_n - (1/2r) x0_{n-1},
+    x' = (sigma'/sigma) x + alpha'(1 - e^{-h}) D; the 3M machinery at order 2."""
+
+    name = "dpmpp_2m"
+    citation = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), Alg. 2"
+
+    def __init__(self, lower_order_final: bool | str = "auto", afs: bool = False):
+        super().__init__(order=2, lower_order_final=lower_order_final, afs=afs)
+
+
+register("dpmpp_2m", DPMSolverPP2M, "DPM-Solver++(2M), multistep order 2")
 
 
 # ------------------------------------------------------------------------------------------------

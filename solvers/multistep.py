@@ -28,11 +28,6 @@ def lambda_of(p: EvalPoint) -> float:
     return math.log(p.alpha) - math.log(p.sigma)
 
 
-def edm_s(p: EvalPoint) -> float:
-    """EDM noise level s = sigma / alpha (inf at pure noise, 0 at zero noise)."""
-    return p.sigma / p.alpha if p.alpha != 0 else math.inf
-
-
 def check_lower_order_final(option) -> None:
     if not (isinstance(option, bool) or option == "auto"):
         raise InvalidArgument(f"lower_order_final={option!r}; allowed values: True, False, 'auto'")
@@ -114,9 +109,43 @@ def lagrange_integrals(nodes: Sequence[float], lo: float, hi: float, variable: s
 
 
 # ------------------------------------------------------------------------------------------------
+# What every multistep solver shares: order options, the AFS first step, the plan's bookkeeping
+# ------------------------------------------------------------------------------------------------
+class MultistepSolver(Solver):
+    """One model call per step; history of past outputs in the state. Subclasses give `coefficients(...)`."""
+
+    calls_per_step = 1
+
+    def set_options(self, order: int, allowed: Sequence[int], lower_order_final, afs: bool) -> None:
+        self.solver_order = check_order(order, allowed)     # the highest order a step uses
+        self.order = self.solver_order                       # declared global order (subclasses may adjust)
+        check_lower_order_final(lower_order_final)
+        self.lower_order_final = lower_order_final
+        self.afs = bool(afs)
+
+    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+        return steps - (1 if self.afs else 0)
+
+    def step_orders(self, lams: Sequence[float], ends_at_zero: bool, singular_end: bool = True) -> tuple[int, ...]:
+        return step_orders(lams, self.solver_order, self.lower_order_final, ends_at_zero, singular_end)
+
+    def make_plan(self, t: torch.Tensor, pts: Sequence[EvalPoint], data: Sequence[Any], orders: Sequence[int],
+                  **extra: Any) -> Plan:
+        afs = afs_x0_coefficient(pts[0]) if self.afs else None
+        return Plan(t=t, points=tuple(pts), nfe=self.model_calls(len(pts) - 1, None, False), steps_data=tuple(data),
+                    extra={"afs": afs, "orders": tuple(orders), **extra})
+
+    def data_prediction(self, ev, x: torch.Tensor, i: int, plan: Plan) -> torch.Tensor:
+        """x0_hat at grid point i: the model, or on the first step with AFS the analytical estimate (no call)."""
+        if i == 0 and plan.extra["afs"] is not None:
+            return lincomb((plan.extra["afs"],), (x,))
+        return ev.denoise(x, plan.points[i])
+
+
+# ------------------------------------------------------------------------------------------------
 # Multistep on the EDM-frame slope: x~ = x / alpha, s = sigma / alpha, dx~/ds = d = (x~ - D) / s = eps
 # ------------------------------------------------------------------------------------------------
-class SlopeMultistep(Solver):
+class SlopeMultistep(MultistepSolver):
     """Adams-Bashforth family on the EDM-frame slope d = (x~ - D) / s (which equals the noise prediction eps).
 
     x_{i+1} = alpha_{i+1} (x_i / alpha_i + sum_j c_j d_{i-j}): subclasses give the weights c_j of an order-k step
@@ -125,32 +154,22 @@ class SlopeMultistep(Solver):
     The state holds the past slopes, newest first.
     """
 
-    calls_per_step = 1
     max_orders: tuple[int, ...] = (1, 2, 3, 4)
     singular_end = False            # True when the weights need log s at the step's end (s = 0 not allowed)
 
     def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False):
-        self.solver_order = check_order(order, self.max_orders)     # the highest order a step uses
-        self.order = self.solver_order                               # declared global order
-        check_lower_order_final(lower_order_final)
-        self.lower_order_final = lower_order_final
-        self.afs = bool(afs)
+        self.set_options(order, self.max_orders, lower_order_final, afs)
 
     def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
         """c_j for slopes at s_hist = (s_i, s_{i-1}, ...) (k values) over the step s_i -> s_next."""
         raise NotImplementedError
 
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
-        return steps - (1 if self.afs else 0)
-
     def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
         self.check_field(field)
         pts = self.grid_points(field, t)
-        n = len(pts) - 1
-        s = [edm_s(p) for p in pts]
+        s = [p.s for p in pts]
         lam = [lambda_of(p) for p in pts]
-        orders = step_orders(lam, self.solver_order, self.lower_order_final, pts[-1].sigma == 0,
-                             singular_end=self.singular_end)
+        orders = self.step_orders(lam, pts[-1].sigma == 0, singular_end=self.singular_end)
         data = []
         for i, k in enumerate(orders):
             p, q = pts[i], pts[i + 1]
@@ -160,16 +179,11 @@ class SlopeMultistep(Solver):
             c = self.weights([s[i - j] for j in range(k)], s[i + 1], k)
             data.append((q.alpha / p.alpha,) + tuple(q.alpha * cj for cj in c))
         slope = tuple((1.0 / p.sigma, -p.alpha / p.sigma) for p in pts[:-1])
-        afs = afs_x0_coefficient(pts[0]) if self.afs else None
-        return Plan(t=t, points=pts, nfe=n - (1 if self.afs else 0), steps_data=tuple(data),
-                    extra={"afs": afs, "orders": orders, "slope": slope})
+        return self.make_plan(t, pts, data, orders, slope=slope)
 
     def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
         co = plan.steps_data[i]
-        if i == 0 and plan.extra["afs"] is not None:
-            m = lincomb((plan.extra["afs"],), (x,))
-        else:
-            m = ev.denoise(x, plan.points[i])
+        m = self.data_prediction(ev, x, i, plan)
         last = i == plan.steps - 1
         d = None if (last and len(co) == 2) or self.solver_order == 1 else lincomb(plan.extra["slope"][i], (x, m))
         if len(co) == 2:

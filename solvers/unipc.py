@@ -24,9 +24,9 @@ import torch
 from ..errors import check_choice
 from ..field import EvalPoint, VectorField
 from ..kernels import lincomb
-from .base import Plan, Solver, register
+from .base import Plan, register
 from .euler import ddim_coefficients
-from .multistep import afs_x0_coefficient, check_lower_order_final, check_order, lambda_of, step_orders
+from .multistep import MultistepSolver, lambda_of
 
 VARIANTS = ("bh1", "bh2")
 
@@ -100,7 +100,7 @@ def unipc_corrector(p: EvalPoint, q: EvalPoint, lams: tuple[float, ...], order: 
     return tuple(float(v) for v in coef)
 
 
-class UniPC(Solver):
+class UniPC(MultistepSolver):
     """UniPC multistep predictor-corrector, data prediction (Zhao et al. 2023, Alg. 2-3, B(h) variants bh1/bh2)."""
 
     calls_per_step = 1
@@ -110,23 +110,16 @@ class UniPC(Solver):
                  lower_order_final: bool | str = True, afs: bool = False):
         check_choice("variant", variant, VARIANTS)
         self.variant = variant
-        self.solver_order = check_order(order, (1, 2, 3))
+        self.set_options(order, (1, 2, 3), lower_order_final, afs)
         self.use_corrector = bool(use_corrector)
-        check_lower_order_final(lower_order_final)
-        self.lower_order_final = lower_order_final
-        self.afs = bool(afs)
         self.order = self.solver_order + 1 if self.use_corrector else self.solver_order
         self.name = f"unipc_{variant}"
-
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
-        return steps - (1 if self.afs else 0)
 
     def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
         self.check_field(field)
         pts = self.grid_points(field, t)
-        n = len(pts) - 1
         lam = [lambda_of(p) for p in pts]
-        orders = step_orders(lam, self.solver_order, self.lower_order_final, lam[-1] == math.inf)
+        orders = self.step_orders(lam, lam[-1] == math.inf)
         data = []
         for i, k in enumerate(orders):
             corr = None
@@ -136,9 +129,7 @@ class UniPC(Solver):
                 corr = unipc_corrector(pts[i - 1], pts[i], lams, kc, self.variant)
             lams = (lam[i + 1],) + tuple(lam[i - j] for j in range(k))
             data.append(UniPCStep(corr, unipc_predictor(pts[i], pts[i + 1], lams, k, self.variant), k))
-        afs = afs_x0_coefficient(pts[0]) if self.afs else None
-        return Plan(t=t, points=pts, nfe=n - (1 if self.afs else 0), steps_data=tuple(data),
-                    extra={"afs": afs, "orders": orders})
+        return self.make_plan(t, pts, data, orders)
 
     def init(self, plan: Plan) -> Any:
         return (None, ())
@@ -146,10 +137,7 @@ class UniPC(Solver):
     def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
         co: UniPCStep = plan.steps_data[i]
         x_prev, history = state
-        if i == 0 and plan.extra["afs"] is not None:
-            m = lincomb((plan.extra["afs"],), (x,))
-        else:
-            m = ev.denoise(x, plan.points[i])
+        m = self.data_prediction(ev, x, i, plan)
         if co.corrector is not None:
             x = lincomb(co.corrector, (x_prev, m, *history[: len(co.corrector) - 2]))
         history = (m, *history)
