@@ -15,15 +15,6 @@ from diffsolve.pretrained_adapters import diffusers as ad
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny convolutions run many times slower with 2 OpenMP threads on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------------
 # Without the diffusers library: configs as plain dicts
 # ------------------------------------------------------------------------------------------------

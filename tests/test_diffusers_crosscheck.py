@@ -30,15 +30,6 @@ def require(name: str) -> None:
                     "the diffusers cross-check for it cannot run")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # this tiny UNet runs ~20x slower with 2 OpenMP threads on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)

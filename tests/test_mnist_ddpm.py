@@ -27,14 +27,6 @@ OPTS = {"final": "min"}
 LOW, HIGH = 10, 25
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model():
     if not MODEL.is_file():
