@@ -1,4 +1,5 @@
-"""The `diffsolve` command line: `diffsolve bench` (steps versus quality) and `diffsolve solvers`."""
+"""The `diffsolve` command line: `bench` (steps versus quality), `solvers`, and `train` / `evaluate` for the
+built-in MNIST model (their options are those of `python -m diffsolve.models.train` / `.evaluate`)."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per process (default: per model; 1 for the small analytic problems)")
     sub.add_parser("solvers", help="list the registered solvers")
+    sub.add_parser("train", add_help=False,
+                   help="train the built-in MNIST UNet or classifier (diffsolve train --help for its options)")
+    sub.add_parser("evaluate", add_help=False,
+                   help="FD and classifier confidence of the built-in model vs the shared DDPM")
     return p
 
 
@@ -88,6 +93,15 @@ def _solvers() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import DiffsolveError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("train", "evaluate"):
+        # These own their options; forward the rest of the command line unchanged.
+        if argv[0] == "train":
+            from .models.train import main as run
+        else:
+            from .models.evaluate import main as run
+        run(argv[1:])
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,7 +132,6 @@ def _mean(v):
 
 
 def test_unet_training_smoke_loss_falls():
-    torch.set_num_threads(1)
     data = load_mnist("train")[0][:256]
     cfg = UNetConfig(channels=(8, 16, 16), emb_dim=32, iters=60, batch_size=16, lr=2e-3, warmup=1, log_every=0)
     res = train_unet(cfg, data=data)
@@ -144,13 +144,11 @@ def test_unet_training_smoke_loss_falls():
 
 
 def test_classifier_training_smoke_loss_falls():
-    torch.set_num_threads(1)
     res = train_classifier(ClassifierConfig(width=16, iters=60, batch_size=32, lr=3e-3, log_every=0))
     assert _mean(res.losses[-10:]) < 0.85 * _mean(res.losses[:10])
 
 
-SHARED_DDPM = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "models" / \
-    "mnist-ddpm-eps.safetensors"
+SHARED_DDPM = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "mnist-ddpm-eps.safetensors"
 
 
 @pytest.mark.slow

@@ -19,6 +19,15 @@ def test_first_python_block_runs_and_prints_what_it_says():
     assert float(lines[2]) < 0
 
 
+def test_builtin_model_block_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    block = next(b for b in blocks if "load_mnist_unet" in b)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    images = scope["images"]
+    assert images.shape == (16, 1, 28, 28) and bool(images.isfinite().all())
+
+
 def test_ci_runs_the_test_command_the_readme_gives():
     assert "make test" in README and "make bench" in README
     assert "make test" in (ROOT / ".ci" / "run").read_text()

