@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--models", default="builtin,ddpm", help="comma list of builtin, ddpm")
     ap.add_argument("--ddpm-grid", default=None, help="grid for the DDPM (default: its schedule's default)")
-    ap.add_argument("--grid-out", type=Path, default=Path("/work/bench-out-demo"), help="folder for sample grids")
+    ap.add_argument("--grid-out", type=Path, default=Path("diffsolve-eval"), help="folder for sample grids")
     ap.add_argument("--grid-nfe", default="5,10,50", help="NFE budgets of the grid rows (at most this many)")
     ap.add_argument("--grid-solvers", default="heun,dpmpp_2m", help="solvers of the grid rows")
     ap.add_argument("--cache", type=Path, default=None, help="folder to keep/reuse drawn samples (safetensors)")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             weights = SHARED_DDPM
             model, grid = mnist_ddpm.load_mnist_ddpm(weights), args.ddpm_grid
         else:
-            raise SystemExit(f"unknown model {name!r}")
+            raise SystemExit(f"--models: unknown model {name!r}; allowed values: builtin, ddpm")
         t0 = time.time()
         digest = hashlib.sha1(Path(weights).read_bytes()).hexdigest()[:10]   # cached samples follow the weights
         key = f"{name}-{digest}_{args.solver}_{args.steps}_{grid or 'default'}_n{args.n}_seed{args.seed}"
