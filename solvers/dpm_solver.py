@@ -91,10 +91,7 @@ class DPMSolverPP3M(MultistepSolver):
             self.order = 2
 
     def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        self.check_field(field)
-        pts = self.grid_points(field, t)
-        lam = [lambda_of(p) for p in pts]
-        orders = self.step_orders(lam, lam[-1] == math.inf)
+        pts, lam, orders = self.grid_lambdas(field, t)
         data = []
         for i, k in enumerate(orders):
             lams = (lam[i + 1],) + tuple(lam[i - j] for j in range(k))

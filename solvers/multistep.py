@@ -129,6 +129,13 @@ class MultistepSolver(Solver):
     def step_orders(self, lams: Sequence[float], ends_at_zero: bool, singular_end: bool = True) -> tuple[int, ...]:
         return step_orders(lams, self.solver_order, self.lower_order_final, ends_at_zero, singular_end)
 
+    def grid_lambdas(self, field: VectorField, t: torch.Tensor, singular_end: bool = True):
+        """(points, log-SNRs, per-step orders) of a grid: the start of every multistep plan."""
+        self.check_field(field)
+        pts = self.grid_points(field, t)
+        lam = [lambda_of(p) for p in pts]
+        return pts, lam, self.step_orders(lam, pts[-1].sigma == 0, singular_end)
+
     def make_plan(self, t: torch.Tensor, pts: Sequence[EvalPoint], data: Sequence[Any], orders: Sequence[int],
                   **extra: Any) -> Plan:
         afs = afs_x0_coefficient(pts[0]) if self.afs else None
@@ -165,11 +172,8 @@ class SlopeMultistep(MultistepSolver):
         raise NotImplementedError
 
     def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        self.check_field(field)
-        pts = self.grid_points(field, t)
+        pts, lam, orders = self.grid_lambdas(field, t, singular_end=self.singular_end)
         s = [p.s for p in pts]
-        lam = [lambda_of(p) for p in pts]
-        orders = self.step_orders(lam, pts[-1].sigma == 0, singular_end=self.singular_end)
         data = []
         for i, k in enumerate(orders):
             p, q = pts[i], pts[i + 1]

@@ -26,7 +26,7 @@ from ..field import EvalPoint, VectorField
 from ..kernels import lincomb
 from .base import Plan, register
 from .euler import ddim_coefficients
-from .multistep import MultistepSolver, lambda_of
+from .multistep import MultistepSolver
 
 VARIANTS = ("bh1", "bh2")
 
@@ -116,10 +116,7 @@ class UniPC(MultistepSolver):
         self.name = f"unipc_{variant}"
 
     def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        self.check_field(field)
-        pts = self.grid_points(field, t)
-        lam = [lambda_of(p) for p in pts]
-        orders = self.step_orders(lam, lam[-1] == math.inf)
+        pts, lam, orders = self.grid_lambdas(field, t)
         data = []
         for i, k in enumerate(orders):
             corr = None

@@ -25,15 +25,6 @@ from diffsolve.schedules import VPDiscrete
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: OpenMP threads only add barrier waits (badly so on a shared, loaded CPU).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _seeded_noise(seed: int, n: int, d: int) -> torch.Tensor:
     """The documented rule: sample i draws float32 normals from its own generator seeded seed * 2**24 + i."""
     rows = [torch.randn(d, generator=torch.Generator().manual_seed(seed * 2 ** 24 + i)) for i in range(n)]

@@ -23,15 +23,6 @@ from diffsolve.schedules import VPContinuous
 CHEAP = ReferenceSettings(method="dopri5", rtol=1e-6, atol=1e-6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: OpenMP threads only add barrier waits (badly so on a shared, loaded CPU).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _noise(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return draw_noise((n, d), seed=seed, dtype=torch.float64)
 
