@@ -42,6 +42,12 @@ def _need(schedule: NoiseSchedule | None, grid: str) -> NoiseSchedule:
     return schedule
 
 
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> torch.Tensor:
+    """n EDM noise levels from sigma_max down to sigma_min, uniform in s^(1/rho) (Karras et al. 2022, eq. 5)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
 def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = None, sigma_max: float | None = None,
            rho: float = 7.0, final: str = "zero") -> torch.Tensor:
     """EDM polynomial noise levels, uniform in s^(1/rho) (Karras et al. 2022, eq. 5)."""
@@ -52,9 +58,7 @@ def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = Non
     if not math.isfinite(smax):
         raise InvalidArgument("grid='karras' needs a finite sigma_max; this schedule reaches pure noise, "
                               "pass sigma_max= or use grid='time_uniform'")
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-    s = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-    return _finish(sch.t_from_edm_sigma(s), final)
+    return _finish(sch.t_from_edm_sigma(karras_sigmas(smin, smax, n, rho)), final)
 
 
 def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None = None, t_max: float | None = None,

@@ -1,97 +1,24 @@
-"""The Sampler and its loop: written once for every solver (NFE counting, NaN/Inf checks, callbacks, progress, dtype).
+"""The Sampler: a field, a solver and a grid; `run()` draws noise, plans on the host and calls the one loop.
 
-Inside the loop nothing syncs with the device: coefficients come from the solver's host-side plan, the NFE count
-is a Python integer, and the finite-check keeps the first bad step in a device tensor read once after the loop.
+Dtypes follow EDM: the state is float32 unless the run asks for another dtype (float64 for references and
+order tests), whatever the model's dtype; the field casts what the network sees. Sampling builds no autograd
+graph unless `grad=True`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import InvalidArgument, NonFiniteError
-from .field import EvalPoint, VectorField, as_field
+from .errors import InvalidArgument
+from .field import Field, as_field, device_of
 from .grids import make_grid
+from .loop import Evaluator, SampleResult, StepInfo, integrate
 from .noise import NoiseSource, draw_noise
 from .solvers.base import Plan, Solver, get_solver
 
-
-@dataclass
-class StepInfo:
-    """What a callback receives after each step."""
-
-    i: int
-    t: float
-    t_next: float
-    x: torch.Tensor
-    denoised: torch.Tensor | None
-    nfe: int
-
-
-@dataclass
-class SampleResult:
-    """Samples, the exact number of model evaluations per sample made, the grid, and (on request) the trajectory."""
-
-    samples: torch.Tensor
-    nfe: int
-    steps: int
-    t: torch.Tensor
-    solver: str
-    trajectory: torch.Tensor | None = None
-    stats: dict | None = None           # adaptive runs: accepted/rejected steps, completed flag (see solvers.adaptive)
-
-
-class Evaluator:
-    """Per-run wrapper of the field that counts model evaluations and remembers the first non-finite step."""
-
-    def __init__(self, field: VectorField, model_kwargs: dict, check_finite: bool):
-        self.field = field
-        self.kwargs = model_kwargs
-        self.check_finite = check_finite
-        self.nfe = 0
-        self.step = 0
-        self.first_bad: torch.Tensor | None = None
-        self.last_denoised: torch.Tensor | None = None
-        self.noise_source: NoiseSource | None = None
-
-    def noise(self, i: int, j: int = 0) -> torch.Tensor:
-        """Standard normal noise like the state for step i, draw j: a function of each sample's seed and (i, j)."""
-        if self.noise_source is None:
-            raise InvalidArgument("this run has no step-noise source; stochastic solvers run through Sampler.run/solve")
-        return self.noise_source.draw(i, j)
-
-    def _seen(self, out: torch.Tensor) -> torch.Tensor:
-        self.nfe += self.field.evals_per_call
-        if self.check_finite:
-            bad = ~torch.isfinite(out).all()
-            if self.first_bad is None:
-                self.first_bad = torch.full((), -1, dtype=torch.long, device=out.device)
-            self.first_bad = torch.where(bad & (self.first_bad < 0), self.step, self.first_bad)
-        return out
-
-    def denoise(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor:
-        out = self._seen(self.field.denoise(x, p, **self.kwargs))
-        self.last_denoised = out
-        return out
-
-    def velocity(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor:
-        return self._seen(self.field.velocity(x, p, **self.kwargs))
-
-    def raise_if_bad(self, t: torch.Tensor) -> None:
-        if self.first_bad is not None:
-            step = int(self.first_bad)      # the one host sync, after the loop
-            if step >= 0:
-                raise NonFiniteError(step, float(t[step]))
-
-
-def _model_device_dtype(model: Any) -> tuple[torch.device | None, torch.dtype | None]:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device, p.dtype
-    return None, None
-
+__all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "register_scheduler_adapter", "as_dtype"]
 
 FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "float64": torch.float64, "half": torch.float16, "float": torch.float32, "double": torch.float64}
@@ -106,8 +33,45 @@ def as_dtype(dtype: Any) -> torch.dtype | None:
     raise InvalidArgument(f"dtype={dtype!r} is not a floating dtype; allowed values: {', '.join(FLOAT_DTYPES)}")
 
 
-def default_solver_name(field: VectorField) -> str:
+@dataclass
+class SamplerParts:
+    """What an adapter hands the Sampler for another framework's model + scheduler."""
+
+    field: Field
+    solver: str | Solver
+    solver_options: dict = dc_field(default_factory=dict)
+    grid: Any = None
+    grid_options: dict = dc_field(default_factory=dict)
+
+
+# Adapters (diffusers) register how they read a scheduler; the core never imports them.
+_SCHEDULER_ADAPTERS: list[Callable[..., SamplerParts | None]] = []
+
+
+def register_scheduler_adapter(adapter: Callable[..., SamplerParts | None]) -> None:
+    """`adapter(model, scheduler, prediction=, sample_shape=) -> SamplerParts`, or None if not its scheduler."""
+    if adapter not in _SCHEDULER_ADAPTERS:
+        _SCHEDULER_ADAPTERS.append(adapter)
+
+
+def _parts_from_scheduler(model: Any, scheduler: Any, prediction: str | None,
+                          sample_shape: Sequence[int] | None) -> SamplerParts:
+    for adapter in _SCHEDULER_ADAPTERS:
+        parts = adapter(model, scheduler, prediction=prediction, sample_shape=sample_shape)
+        if parts is not None:
+            return parts
+    raise InvalidArgument(f"scheduler={type(scheduler).__name__}: no adapter reads this scheduler; diffusers "
+                          "schedulers and their configs are read by diffsolve.pretrained_adapters.diffusers")
+
+
+def default_solver_name(field: Field) -> str:
     return "dpmpp_2m" if field.has_schedule else "heun"
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{name}={value!r}: must be True or False")
+    return value
 
 
 class Sampler:
@@ -123,16 +87,12 @@ class Sampler:
                  sample_shape: Sequence[int] | None = None, grid_options: dict | None = None,
                  check_finite: bool = True, progress: bool = True, scheduler: Any = None, **solver_options: Any):
         if scheduler is not None:
-            # A diffusers network + scheduler: its schedule, prediction type, timesteps and matching solver.
-            from .pretrained_adapters.diffusers import from_diffusers, grid_options_of, solver_of, solver_options_of
-            model = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape)
-            prediction = schedule = sample_shape = None
+            parts = _parts_from_scheduler(model, scheduler, prediction, sample_shape)
+            model, prediction, schedule, sample_shape = parts.field, None, None, None
             if grid is None:
-                grid, opts = grid_options_of(scheduler)
-                grid_options = {**opts, **(grid_options or {})}
+                grid, grid_options = parts.grid, {**parts.grid_options, **(grid_options or {})}
             if solver is None:
-                solver = solver_of(scheduler)
-                solver_options = {**solver_options_of(scheduler), **solver_options}
+                solver, solver_options = parts.solver, {**parts.solver_options, **solver_options}
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
                               sample_shape=tuple(sample_shape) if sample_shape is not None else None)
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)
@@ -141,8 +101,8 @@ class Sampler:
         sch = self.field.schedule
         self.grid = grid if grid is not None else (sch.default_grid if sch is not None else "time_uniform")
         self.grid_options = dict(grid_options or {})
-        self.check_finite = check_finite
-        self.progress = progress
+        self.check_finite = _check_flag("check_finite", check_finite)
+        self.progress = _check_flag("progress", progress)
 
     # --- host-side planning ---------------------------------------------------------------------
     def times(self, steps: int) -> torch.Tensor:
@@ -173,11 +133,11 @@ class Sampler:
         explicit = not (isinstance(self.grid, str) or callable(self.grid))
         if steps is not None and nfe is not None:
             raise InvalidArgument("give steps= or nfe=, not both")
-        if steps is None and nfe is None and not explicit and not getattr(self.solver, "adaptive", False):
+        if steps is None and nfe is None and not explicit and not self.solver.adaptive:
             raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
             raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
-        if getattr(self.solver, "adaptive", False):
+        if self.solver.adaptive:
             # No fixed grid: the solver takes the grid's span (or the grid itself, for fixed-step methods) and nfe=
             # as its budget.
             return self.solver.plan_adaptive(self.field, self.times(steps if steps is not None or explicit else 2),
@@ -190,7 +150,7 @@ class Sampler:
                                   f"{plan.nfe * self.field.evals_per_call} model evaluations on this grid")
         return plan
 
-    # --- the loop -------------------------------------------------------------------------------
+    # --- noise ------------------------------------------------------------------------------------
     def initial_noise(self, *, noise: torch.Tensor | None, shape: Sequence[int] | None, batch_size: int | None,
                       seed: Any, generator: torch.Generator | None, device: Any, dtype: Any) -> torch.Tensor:
         sample_shape = self.field.sample_shape
@@ -215,58 +175,47 @@ class Sampler:
             shape = (batch_size or 1, *sample_shape)
         return draw_noise(shape, seed=seed, generator=generator, device=device, dtype=dtype or torch.float32)
 
+    # --- the run -----------------------------------------------------------------------------------
     def run(self, steps: int | None = None, *, nfe: int | None = None, noise: torch.Tensor | None = None,
             shape: Sequence[int] | None = None, batch_size: int | None = None, seed: Any = None,
             generator: torch.Generator | None = None, callback: Callable[[StepInfo], None] | None = None,
             return_trajectory: bool = False, progress: bool | None = None, device: Any = None, dtype: Any = None,
-            **model_kwargs: Any) -> SampleResult:
-        """Sample: `steps=` or `nfe=` (never more model evaluations than nfe), noise from `noise=` or drawn."""
+            grad: bool = False, **model_kwargs: Any) -> SampleResult:
+        """Sample: `steps=` or `nfe=` (never more model evaluations than nfe), noise from `noise=` or drawn.
+
+        The state is float32 unless `dtype=` (or the dtype of `noise=`) says otherwise. `grad=True` records the
+        autograd graph through the whole run (training through the sampler); by default none is built.
+        """
         plan = self.plan(steps, nfe)
         dtype = as_dtype(dtype)
-        mdev, mdtype = _model_device_dtype(self.field.model)
         noise = self.initial_noise(noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
-                                   device=device or mdev, dtype=dtype or (mdtype if noise is None else None))
+                                   device=device or device_of(self.field.model), dtype=dtype)
         step_noise = None
         if not self.solver.deterministic:
             step_noise = NoiseSource.for_run(noise.shape, seed=seed, generator=generator, device=noise.device,
                                              dtype=noise.dtype)
         return self.solve(plan, noise, callback=callback, return_trajectory=return_trajectory,
-                          progress=progress, step_noise=step_noise, **model_kwargs)
+                          progress=progress, step_noise=step_noise, grad=grad, **model_kwargs)
 
     def solve(self, plan: Plan, noise: torch.Tensor, *, callback: Callable[[StepInfo], None] | None = None,
               return_trajectory: bool = False, progress: bool | None = None, step_noise: NoiseSource | None = None,
-              **model_kwargs: Any) -> SampleResult:
+              grad: bool = False, **model_kwargs: Any) -> SampleResult:
         """Run a prepared plan from standard-normal `noise` (scaled here by the prior's std at the first time).
 
-        `step_noise` feeds stochastic solvers (`ev.noise(i, j)`); without it one is seeded from torch's global RNG.
+        `step_noise` feeds stochastic solvers (`ev.noise(j)`); without it one is seeded from torch's global RNG.
         """
+        _check_flag("grad", grad)
+        _check_flag("return_trajectory", return_trajectory)
         t0 = float(plan.t[0])
         scale = self.field.schedule.prior_std(t0) if self.field.schedule is not None else 1.0
-        x = noise * scale
-        ev = Evaluator(self.field, model_kwargs, self.check_finite)
-        solver = self.solver
-        if not solver.deterministic:
-            ev.noise_source = step_noise if step_noise is not None else NoiseSource.for_run(
-                x.shape, device=x.device, dtype=x.dtype)
-        if getattr(solver, "adaptive", False):
-            return solver.solve_adaptive(ev, x, plan, callback=callback, return_trajectory=return_trajectory)
-        state = solver.init(plan)
-        traj = [x] if return_trajectory else None
-        show = self.progress if progress is None else progress
-        steps = range(plan.steps)
-        if show:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc=solver.name, leave=False)
-        for i in steps:
-            ev.step = i
-            x, state = solver.step(ev, x, i, plan, state)
-            if traj is not None:
-                traj.append(x)
-            if callback is not None:
-                callback(StepInfo(i, float(plan.t[i]), float(plan.t[i + 1]), x, ev.last_denoised, ev.nfe))
-        ev.raise_if_bad(plan.t)
-        return SampleResult(samples=x, nfe=ev.nfe, steps=plan.steps, t=plan.t, solver=solver.name,
-                            trajectory=torch.stack(traj) if traj is not None else None)
+        if not self.solver.deterministic and step_noise is None:
+            step_noise = NoiseSource.for_run(noise.shape, device=noise.device, dtype=noise.dtype)
+        ev = Evaluator(self.field, model_kwargs, self.check_finite,
+                       step_noise if not self.solver.deterministic else None)
+        show = self.progress if progress is None else _check_flag("progress", progress)
+        with torch.set_grad_enabled(grad):
+            return integrate(self.solver, ev, noise * scale, plan, callback=callback,
+                             return_trajectory=return_trajectory, progress=show)
 
     def graphed(self, steps: int | None = None, *, nfe: int | None = None, shape: Sequence[int] | None = None,
                 batch_size: int | None = None, device: Any = None, dtype: Any = None, **model_kwargs: Any):
@@ -276,6 +225,5 @@ class Sampler:
             if self.field.sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape")
             shape = (batch_size or 1, *self.field.sample_shape)
-        mdev, mdtype = _model_device_dtype(self.field.model)
-        return GraphedRun(self, self.plan(steps, nfe), shape, device=device or mdev,
-                          dtype=dtype or mdtype or torch.float32, **model_kwargs)
+        return GraphedRun(self, self.plan(steps, nfe), shape, device=device or device_of(self.field.model),
+                          dtype=as_dtype(dtype) or torch.float32, **model_kwargs)

@@ -7,6 +7,8 @@ tensors (Python floats are accepted); they are evaluated on the host, before a s
 """
 from __future__ import annotations
 
+import hashlib
+
 import math
 from typing import Callable, Sequence
 
@@ -24,6 +26,7 @@ def _f64(t: Tensorish) -> torch.Tensor:
 def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear interpolation of (xp, fp), xp increasing, extrapolating linearly past both ends."""
     x = _f64(x)
+    xp, fp = xp.to(x.device), fp.to(x.device)     # per-sample times may live on the device
     idx = torch.searchsorted(xp, x.reshape(-1).contiguous()).clamp(1, xp.numel() - 1)
     x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
     out = f0 + (x.reshape(-1) - x0) * (f1 - f0) / (x1 - x0)
@@ -116,8 +119,8 @@ class NoiseSchedule:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def identity(self) -> str:
-        """A stable string that identifies the schedule (for caches)."""
+    def identity(self) -> str | None:
+        """A stable string that identifies the schedule (for caches); None when it cannot be identified."""
         return repr(self)
 
 
@@ -218,6 +221,11 @@ class VPDiscrete(VPSchedule):
         return (f"VPDiscrete(N={self.N}, abar[0]={float(ac[0]):.10g}, abar[-1]={float(ac[-1]):.10g}, "
                 f"sum={float(ac.sum()):.12g}, model_time_scale={self.model_time_scale:g}, "
                 f"model_time_offset={self.model_time_offset:g})")
+
+    def identity(self) -> str:
+        digest = hashlib.sha256(self.alphas_cumprod.numpy().tobytes()).hexdigest()
+        return (f"VPDiscrete(alphas_cumprod=sha256:{digest}, model_time_scale={self.model_time_scale!r}, "
+                f"model_time_offset={self.model_time_offset!r})")
 
     # --- builders for the beta schedules seen in the wild ---------------------------------------
     @classmethod
@@ -434,12 +442,15 @@ class CustomSchedule(NoiseSchedule):
 
     def __init__(self, alpha: Callable[[torch.Tensor], torch.Tensor], sigma: Callable[[torch.Tensor], torch.Tensor],
                  t_min: float = 1e-3, t_max: float = 1.0, model_time: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 name: str = "custom"):
+                 name: str = "custom", identity: str | None = None):
         if not 0 <= t_min < t_max:
             raise InvalidArgument("need 0 <= t_min < t_max")
         self._alpha, self._sigma, self._model_time = alpha, sigma, model_time
         self.t_min, self.t_max = float(t_min), float(t_max)
         self.name = name
+        if identity is not None and not isinstance(identity, str):
+            raise InvalidArgument(f"identity={identity!r}: must be a string that names these functions, or None")
+        self._identity = identity
         probe = torch.linspace(self.t_min if self.t_min > 0 else self.t_max * 1e-3, self.t_max, 257, dtype=torch.float64)
         lam = self.lambda_(probe)
         if not torch.all(lam[1:] < lam[:-1]):
@@ -461,6 +472,13 @@ class CustomSchedule(NoiseSchedule):
 
     def __repr__(self) -> str:
         return f"CustomSchedule(name={self.name!r}, t_min={self.t_min:g}, t_max={self.t_max:g})"
+
+    def identity(self) -> str | None:
+        # Functions have no stable identity: two schedules with the same name may differ, so only a caller-given
+        # identity string makes a custom schedule cacheable.
+        if self._identity is None:
+            return None
+        return f"CustomSchedule({self._identity!r}, t_min={self.t_min!r}, t_max={self.t_max!r})"
 
 
 SCHEDULES = {

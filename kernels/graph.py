@@ -46,24 +46,21 @@ class GraphedRun:
             self.static_out, self.static_bad = self._loop()
 
     def _loop(self):
-        from ..sampler import Evaluator
+        from ..loop import Evaluator, integrate
         s = self.sampler
-        plan = self.plan
-        t0 = float(plan.t[0])
+        t0 = float(self.plan.t[0])
         scale = s.field.schedule.prior_std(t0) if s.field.schedule is not None else 1.0
-        x = self.static_noise * scale
         ev = Evaluator(s.field, self.kwargs, s.check_finite)
-        state = s.solver.init(plan)
-        for i in range(plan.steps):
-            ev.step = i
-            x, state = s.solver.step(ev, x, i, plan, state)
+        with torch.no_grad():
+            # The one loop, with the finite flag left on the device: it is read after each replay.
+            res = integrate(s.solver, ev, self.static_noise * scale, self.plan, raise_nonfinite=False)
         self.nfe = ev.nfe
-        return x, ev.first_bad
+        return res.samples, ev.first_bad_step()
 
     def run(self, noise: torch.Tensor | None = None, *, seed: Any = None, generator: torch.Generator | None = None):
         """Replay for new standard-normal noise (given, or drawn like Sampler.run draws it); returns a SampleResult."""
         from ..noise import draw_noise
-        from ..sampler import SampleResult
+        from ..loop import SampleResult
         if noise is None:
             noise = draw_noise(self.shape, seed=seed, generator=generator, device=self.device, dtype=self.dtype)
         if tuple(noise.shape) != self.shape:

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import InvalidArgument, check_choice
 from ..field import VectorField
+from ..grids import karras_sigmas
 from ..schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
 
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
@@ -230,11 +231,6 @@ def _node_sigmas(ac: torch.Tensor) -> np.ndarray:
     return (((1 - a) / a) ** 0.5).numpy()
 
 
-def _karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
-    ramp = np.linspace(0, 1, n)
-    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-
-
 def times_from_timesteps(schedule: VPDiscrete, timesteps: Sequence[float], sigmas: Sequence[float] | None = None,
                          final: float | str = "zero") -> torch.Tensor:
     """diffsolve times for diffusers (timesteps, sigmas): t_from_index(n) at integer timesteps whose sigma is the
@@ -286,7 +282,7 @@ def diffusers_grid(steps: int, schedule: NoiseSchedule, *, style: str = "dpmsolv
             lo, hi = float(sigmas[-1]), float(sigmas[0])
         else:
             lo, hi = float(node[0]), float(node[-1])
-        sigmas = _karras(lo, hi, steps).astype(np.float32).astype(np.float64)   # diffusers stores float32
+        sigmas = karras_sigmas(lo, hi, steps).numpy().astype(np.float32).astype(np.float64)   # diffusers stores float32
         # nearest integer timestep as a candidate node: sigmas equal to a node's map to its exact time
         ts = schedule.timestep_index(schedule.t_from_edm_sigma(torch.from_numpy(sigmas))).round().numpy()
     return times_from_timesteps(schedule, ts, sigmas, final=final)
@@ -416,6 +412,22 @@ def solver_options_of(scheduler_or_config: Any) -> dict:
     return {}
 
 
+def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str | None = None,
+                  sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0) -> "SamplerParts | None":
+    """What `Sampler(model, scheduler=...)` needs from a diffusers scheduler (or its config): the field, the
+    matching solver and its options, and the grid that reproduces the scheduler's timesteps. None when
+    `scheduler` is not a diffusers scheduler or config."""
+    from ..sampler import SamplerParts
+    try:
+        config_of(scheduler)
+    except InvalidArgument:
+        return None
+    field = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape,
+                           timestep_scale=timestep_scale)
+    grid, grid_options = grid_options_of(scheduler)
+    return SamplerParts(field, solver_of(scheduler), solver_options_of(scheduler), grid, grid_options)
+
+
 def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: Any = None, *, grid: Any = None,
                            grid_options: Mapping[str, Any] | None = None, prediction: str | None = None,
                            sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
@@ -425,19 +437,28 @@ def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: An
     `solver=None` picks the diffsolve solver matching the scheduler class (`solver_of`).
     """
     from ..sampler import Sampler
-    field = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape,
-                           timestep_scale=timestep_scale)
+    parts = sampler_parts(model, scheduler, prediction=prediction, sample_shape=sample_shape,
+                          timestep_scale=timestep_scale)
+    if parts is None:
+        raise InvalidArgument(f"scheduler={type(scheduler).__name__} is not a diffusers scheduler or config")
     if grid is None:
-        grid, opts = grid_options_of(scheduler)
-        opts.update(grid_options or {})
+        grid, opts = parts.grid, {**parts.grid_options, **(grid_options or {})}
     else:
         opts = dict(grid_options or {})
     if solver is None:
-        solver = solver_of(scheduler)
-        sampler_kwargs = {**solver_options_of(scheduler), **sampler_kwargs}
-    return Sampler(field, solver, grid, grid_options=opts, **sampler_kwargs)
+        solver = parts.solver
+        sampler_kwargs = {**parts.solver_options, **sampler_kwargs}
+    return Sampler(parts.field, solver, grid, grid_options=opts, **sampler_kwargs)
 
 
 __all__ = ["DiffusersModel", "from_diffusers", "schedule_from_diffusers", "prediction_of", "alphas_cumprod_of",
            "diffusers_grid", "flow_grid", "shift_sigmas", "grid_from_scheduler", "grid_options_of",
-           "times_from_timesteps", "discrete_timesteps", "noise_scale_of", "sampler_from_diffusers", "solver_of", "solver_options_of", "config_of"]
+           "times_from_timesteps", "discrete_timesteps", "noise_scale_of", "sampler_from_diffusers", "sampler_parts", "solver_of", "solver_options_of", "config_of"]
+
+
+def _register() -> None:
+    from ..sampler import register_scheduler_adapter
+    register_scheduler_adapter(sampler_parts)
+
+
+_register()

@@ -1,37 +1,54 @@
-"""The solver protocol (diffrax style: a step takes the state and returns the new one) and the registry.
+"""The solver protocol and the registry.
 
-A solver is planned once per grid on the host (`plan`: every float64 coefficient of the run, no tensors on the
-device), then stepped: `step(ev, x, i, plan, state) -> (x_next, state)`. Nothing about a run is kept on the
-solver object, so one solver serves any batch size, device or number of runs.
+A step integrates one interval (diffrax style) and holds no hidden state:
+
+    x1, error, state = solver.step(ev, x0, t0, t1, state, coeffs)
+
+`t0` and `t1` are `EvalPoint`s (host floats from the plan, or per-sample device tensors); `coeffs` is the
+solver's own typed per-step data (a frozen dataclass), precomputed on the host for a fixed grid by `plan`, or
+by `coefficients(field, t0, t1)` for an interval that an adaptive controller chose; `error` is an estimate of
+the local error (embedded pairs) or None. Nothing about a run is kept on the solver object, so one solver
+serves any batch size, device or number of runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional, Protocol
 
 import torch
 
 from ..errors import InvalidArgument, unknown_name
-from ..field import EvalPoint, VectorField
+from ..field import EvalPoint, Field, FieldOutput
 
 
 class Evaluator(Protocol):
     """What a step may call: the field's data prediction or slope, counted and checked by the loop."""
 
+    field: Field
+    step: int
+
     def denoise(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor: ...
 
     def velocity(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor: ...
 
+    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput: ...
+
+    def noise(self, draw: int = 0) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """Base of every solver's per-step data: host floats and points, computed before the loop."""
+
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything a run's steps need, computed on the host in float64 before the loop."""
+    """Everything a fixed-grid run's steps need, computed on the host in float64 before the loop."""
 
-    t: torch.Tensor                     # grid times, float64, steps + 1 values
-    points: tuple[EvalPoint, ...]       # path scalars at each grid time
-    nfe: int                            # model evaluations the run will make
-    steps_data: tuple[Any, ...] = ()    # one entry per step, solver specific
-    extra: dict = dc_field(default_factory=dict)
+    t: torch.Tensor                          # grid times, float64, steps + 1 values
+    points: tuple[EvalPoint, ...]            # path scalars at each grid time
+    coeffs: tuple[Any, ...]                  # one StepCoefficients per step
+    nfe: int                                 # model evaluations the run will make
 
     @property
     def steps(self) -> int:
@@ -42,6 +59,9 @@ class Plan:
         return float(self.t[-1]) == 0.0
 
 
+StepOutput = tuple[torch.Tensor, Optional[torch.Tensor], Any]
+
+
 class Solver:
     """Base class: metadata plus the plan / init / step protocol."""
 
@@ -50,32 +70,50 @@ class Solver:
     calls_per_step: int = 1             # model evaluations per step (before savings on first/last steps)
     deterministic: ClassVar[bool] = True
     needs_schedule: ClassVar[bool] = True
+    adaptive: ClassVar[bool] = False    # the whole span in one call (solvers.adaptive)
     citation: ClassVar[str] = ""
 
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+    def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         """Model evaluations (per sample, before guidance) that `steps` steps will make."""
         return steps * self.calls_per_step
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        raise NotImplementedError
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The grid's points and every step's coefficients, on the host."""
+        self.check_field(field)
+        pts = self.grid_points(field, t)
+        coeffs = tuple(self.coefficients(field, pts[i], pts[i + 1]) for i in range(len(pts) - 1))
+        return Plan(t=t, points=pts, coeffs=coeffs, nfe=self.count_calls(coeffs, field, pts))
+
+    def coefficients(self, field: Field, t0: EvalPoint, t1: EvalPoint) -> Any:
+        """The per-step data for one interval (single-step solvers; multistep ones need the whole grid)."""
+        raise NotImplementedError(f"{type(self).__name__} plans whole grids only")
+
+    def count_calls(self, coeffs: tuple, field: Field, pts: tuple[EvalPoint, ...]) -> int:
+        return self.model_calls(len(coeffs), field, float(pts[-1].t) == 0.0)
 
     def init(self, plan: Plan) -> Any:
         return ()
 
-    def step(self, ev: Evaluator, x: torch.Tensor, i: int, plan: Plan, state: Any) -> tuple[torch.Tensor, Any]:
+    def step(self, ev: Evaluator, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any,
+             coeffs: Any) -> StepOutput:
         raise NotImplementedError
 
     # --- helpers shared by subclasses -----------------------------------------------------------
-    def check_field(self, field: VectorField) -> None:
+    def check_field(self, field: Field) -> None:
         if self.needs_schedule:
             field.require_schedule(self.name)
 
-    def grid_points(self, field: VectorField, t: torch.Tensor) -> tuple[EvalPoint, ...]:
+    def grid_points(self, field: Field, t: torch.Tensor) -> tuple[EvalPoint, ...]:
         return tuple(field.at(float(v)) for v in t)
+
+    def options(self) -> dict:
+        """The options this solver was built with (for describe / solvers --verbose)."""
+        return {}
 
     def describe(self) -> dict:
         return {"name": self.name, "order": self.order, "calls_per_step": self.calls_per_step,
-                "deterministic": self.deterministic, "needs_schedule": self.needs_schedule}
+                "deterministic": self.deterministic, "needs_schedule": self.needs_schedule,
+                "adaptive": self.adaptive}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, order={self.order})"
@@ -108,7 +146,7 @@ def get_solver(name: "str | Solver", **options: Any) -> Solver:
         if options:
             raise InvalidArgument(f"solver options {sorted(options)} given with a Solver object; set them on it")
         return name
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise unknown_name("solver", name, _REGISTRY)
     entry = _REGISTRY[name]
     try:

@@ -15,21 +15,29 @@ import numpy as np
 import torch
 
 from ..errors import check_choice
-from ..field import EvalPoint, VectorField
+from ..field import EvalPoint, Field
 from ..kernels import lincomb
-from .base import Plan, Solver, register
+from .base import Plan, Solver, StepCoefficients, register
 from .euler import ddim_coefficients
-from .multistep import MultistepSolver, check_order, lambda_of
+from .multistep import MultistepSolver, MultistepStep, check_order, lambda_of
 
 
 @dataclass(frozen=True)
-class MultistepCoefficients:
+class MultistepCoefficients(MultistepStep):
     """x' = a x + sum_k b[k] x0_hat_{i-k}: the history is newest first."""
 
     a: float
     b: tuple[float, ...]
 
 
+def history_differences(r0: float, r1: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows on (m0, m1, m2) of the DPM-Solver++(3M) differences: D1 ~ h m' and D2 ~ h^2 m''/2, newest first.
+
+    D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1, D1 = D1_0 + r0/(r0+r1)(D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1).
+    """
+    d10 = np.array([1.0, -1.0, 0.0]) / r0
+    d11 = np.array([0.0, 1.0, -1.0]) / r1
+    return d10 + r0 / (r0 + r1) * (d10 - d11), (d10 - d11) / (r0 + r1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -45,7 +53,7 @@ def dpmpp_multistep_coefficients(p: EvalPoint, q: EvalPoint, lams: tuple[float, 
     """
     a, c = ddim_coefficients(p, q)
     if order == 1:
-        return MultistepCoefficients(a, (c,))
+        return MultistepCoefficients(a, (c,), order=1)
     lam_t, lam0, lam1 = lams[0], lams[1], lams[2]
     h = lam_t - lam0
     phi1 = math.expm1(-h)                  # c = -alpha' phi1
@@ -53,19 +61,15 @@ def dpmpp_multistep_coefficients(p: EvalPoint, q: EvalPoint, lams: tuple[float, 
     r0 = (lam0 - lam1) / h
     if order == 2:
         w = 0.5 / r0
-        return MultistepCoefficients(a, (c * (1 + w), -c * w))
+        return MultistepCoefficients(a, (c * (1 + w), -c * w), order=2)
     lam2 = lams[3]
     r1 = (lam1 - lam2) / h
     phi2 = phi1 / h + 1.0
     phi3 = phi2 / h - 0.5
-    # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1, D1 = D1_0 + r0/(r0+r1)(D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1)
-    d10 = np.array([1.0, -1.0, 0.0]) / r0
-    d11 = np.array([0.0, 1.0, -1.0]) / r1
-    D1 = d10 + r0 / (r0 + r1) * (d10 - d11)
-    D2 = (d10 - d11) / (r0 + r1)
+    D1, D2 = history_differences(r0, r1)
     w2 = 2.0 if third_order == "taylor" else 1.0
     b = -al * phi1 * np.array([1.0, 0.0, 0.0]) + al * phi2 * D1 - w2 * al * phi3 * D2
-    return MultistepCoefficients(a, tuple(float(v) for v in b))
+    return MultistepCoefficients(a, tuple(float(v) for v in b), order=3)
 
 
 THIRD_ORDER = ("taylor", "reference")
@@ -90,19 +94,18 @@ class DPMSolverPP3M(MultistepSolver):
         if order == 3 and third_order == "reference":
             self.order = 2
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
         pts, lam, orders = self.grid_lambdas(field, t)
         data = []
         for i, k in enumerate(orders):
             lams = (lam[i + 1],) + tuple(lam[i - j] for j in range(k))
             data.append(dpmpp_multistep_coefficients(pts[i], pts[i + 1], lams, k, self.third_order))
-        return self.make_plan(t, pts, data, orders)
+        return self.make_plan(t, pts, data)
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        co: MultistepCoefficients = plan.steps_data[i]
-        history = (self.data_prediction(ev, x, i, plan), *state)
-        x_next = lincomb((co.a, *co.b), (x, *history[: len(co.b)]))
-        return x_next, history[: self.solver_order - 1]
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: MultistepCoefficients):
+        history = (self.data_prediction(ev, x, t0, coeffs), *state)
+        x_next = lincomb((coeffs.a, *coeffs.b), (x, *history[: len(coeffs.b)]))
+        return x_next, None, history[: self.solver_order - 1]
 
 
 class DPMSolverPP2M(DPMSolverPP3M):
@@ -123,52 +126,62 @@ register("dpmpp_2m", DPMSolverPP2M, "DPM-Solver++(2M), multistep order 2")
 # Singlestep DPM-Solver-2/-3 (noise prediction) and DPM-Solver++(2S) (data prediction)
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SinglestepCoefficients:
-    """Stage k input = lincomb(stage_coeffs[k], (x, m_0..m_k)); x' = lincomb(final, (x, m_0..m_K))."""
+class SinglestepCoefficients(StepCoefficients):
+    """Stage k input = lincomb(stage_coeffs[k], (x, m_0..m_k)); x' = lincomb(final, (x, m_0..m_K)).
+
+    `error`: the embedded lower-order solution's difference, x' - x_low = lincomb(error, (x, m_0..)), for the
+    adaptive controllers (None on fixed grids, where nobody reads it).
+    """
 
     stage_points: tuple[EvalPoint, ...]
     stage_coeffs: tuple[tuple[float, ...], ...]
     final: tuple[float, ...]
+    error: tuple[float, ...] | None = None
 
 
-def _t_of_lambda(field: VectorField, lam: float) -> float:
+@dataclass(frozen=True)
+class StartEval:
+    """The data prediction at a step's start, kept for a retry of the same step from the same state."""
+
+    x: torch.Tensor
+    m0: torch.Tensor
+
+
+def _t_of_lambda(field: Field, lam: float) -> float:
     return float(field.schedule.t_from_lambda(torch.tensor(lam, dtype=torch.float64)))
 
 
+INTERMEDIATE = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
+
+
 class DPMSolverSinglestep(Solver):
-    """Singlestep DPM-Solver-2/-3 (Lu et al. 2022, Alg. 1 r1=1/2, Alg. 2 r1=1/3 r2=2/3) and DPM-Solver++(2S).
+    """Singlestep DPM-Solver-2/-3 (Lu et al. 2022, Alg. 1 r1=1/2, Alg. 2 r1=1/3 r2=2/3) and DPM-Solver++(2S)/(3S).
 
     Intermediate points are placed in log-SNR. A step into zero noise is a first-order (DDIM) step, one model
     call: the log-SNR formulas are undefined there. A step out of pure noise (lambda = -inf, rectified flow at
     t = 1) spends its `order` model calls on that many DDIM sub-steps uniform in t, so the call count never
-    depends on where the grid starts; that step is first order.
+    depends on where the grid starts; that step is first order. With `embedded=True` every step also carries
+    the difference to the embedded lower-order solution (DPM-Solver-12/23 error control, solvers.adaptive).
     """
 
     calls_per_step = 2
     citation = "Lu et al. 2022, DPM-Solver (arXiv:2206.00927), Alg. 1-2; DPM-Solver++ (arXiv:2211.01095), Alg. 1"
 
-    def __init__(self, order: int = 2, prediction: str = "noise"):
+    def __init__(self, order: int = 2, prediction: str = "noise", embedded: bool = False):
         check_choice("prediction", prediction, ("noise", "data"))
-        self.order = check_order(order, (2, 3) if prediction == "noise" else (2,))
+        self.order = check_order(order, (2, 3))
         self.prediction = prediction
+        self.embedded = bool(embedded)
         self.calls_per_step = self.order
-        self.name = ("dpm_solver_%d" % self.order) if prediction == "noise" else "dpmpp_2s"
+        self.name = ("dpm_solver_%d" % self.order) if prediction == "noise" else "dpmpp_%ds" % self.order
 
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+    def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         return steps * self.order - ((self.order - 1) if ends_at_zero else 0)
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        self.check_field(field)
-        pts = self.grid_points(field, t)
-        data = []
-        nfe = 0
-        for i in range(len(pts) - 1):
-            co = self._step_coefficients(field, pts[i], pts[i + 1])
-            data.append(co)
-            nfe += 1 + len(co.stage_points)
-        return Plan(t=t, points=pts, nfe=nfe, steps_data=tuple(data))
+    def count_calls(self, coeffs: tuple, field: Field, pts) -> int:
+        return sum(1 + len(co.stage_points) for co in coeffs)
 
-    def _step_coefficients(self, field: VectorField, p: EvalPoint, q: EvalPoint) -> SinglestepCoefficients:
+    def coefficients(self, field: Field, p: EvalPoint, q: EvalPoint) -> SinglestepCoefficients:
         K = self.order
         ls, lt = lambda_of(p), lambda_of(q)
         if lt == math.inf:
@@ -186,15 +199,10 @@ class DPMSolverSinglestep(Solver):
                 stages.append(u)
             return self._pack(sub[1:-1], stages[:-1], stages[-1])
         h = lt - ls
-        rs = (0.5,) if K == 2 else (1.0 / 3.0, 2.0 / 3.0)
+        rs = INTERMEDIATE[K]
         mids = [field.at(_t_of_lambda(field, ls + r * h)) for r in rs]
         if self.prediction == "data":
-            r = rs[0]
-            p1 = mids[0]
-            u1 = (p1.sigma / p.sigma) * X - p1.alpha * math.expm1(-r * h) * M[0]
-            D = (1 - 0.5 / r) * M[0] + (0.5 / r) * M[1]
-            xt = (q.sigma / p.sigma) * X - q.alpha * math.expm1(-h) * D
-            return self._pack(mids, [u1], xt)
+            return self._data_prediction(p, q, mids, rs, h, X, M)
         eps0 = (X - p.alpha * M[0]) / p.sigma
         r1 = rs[0]
         p1 = mids[0]
@@ -203,7 +211,7 @@ class DPMSolverSinglestep(Solver):
         base = (q.alpha / p.alpha) * X - q.sigma * math.expm1(h) * eps0
         if K == 2:
             xt = base - q.sigma / (2 * r1) * math.expm1(h) * (eps1 - eps0)
-            return self._pack(mids, [u1], xt)
+            return self._pack(mids, [u1], xt, xt - base)
         r2 = rs[1]
         p2 = mids[1]
         D1 = eps1 - eps0
@@ -211,23 +219,51 @@ class DPMSolverSinglestep(Solver):
             - p2.sigma * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1
         eps2 = (u2 - p2.alpha * M[2]) / p2.sigma
         xt = base - (q.sigma / r2) * (math.expm1(h) / h - 1) * (eps2 - eps0)
-        return self._pack(mids, [u1, u2], xt)
+        low = base - q.sigma / (2 * r1) * math.expm1(h) * (eps1 - eps0)
+        return self._pack(mids, [u1, u2], xt, xt - low)
 
-    @staticmethod
-    def _pack(points, stages, final) -> SinglestepCoefficients:
+    def _data_prediction(self, p, q, mids, rs, h, X, M) -> SinglestepCoefficients:
+        """DPM-Solver++(2S) / (3S) in data prediction (Lu et al. 2022b, Alg. 1; the 3S stage of Alg. 5's ++ form)."""
+        phi1 = math.expm1(-h)
+        r1, p1 = rs[0], mids[0]
+        a_t = q.sigma / p.sigma
+        u1 = (p1.sigma / p.sigma) * X - p1.alpha * math.expm1(-r1 * h) * M[0]
+        w = (0.5 / r1) * q.alpha * phi1
+        second = a_t * X + (-q.alpha * phi1 + w) * M[0] - w * M[1]          # 2S with intermediate r1
+        if self.order == 2:
+            first = a_t * X - q.alpha * phi1 * M[0]                           # DDIM
+            return self._pack(mids, [u1], second, second - first)
+        r2, p2 = rs[1], mids[1]
+        phi_12 = math.expm1(-r2 * h)
+        phi_22 = phi_12 / (r2 * h) + 1.0
+        c22 = (r2 / r1) * p2.alpha * phi_22
+        u2 = (p2.sigma / p.sigma) * X + (-p2.alpha * phi_12 - c22) * M[0] + c22 * M[1]
+        c2 = (1.0 / r2) * q.alpha * (phi1 / h + 1.0)
+        third = a_t * X + (-q.alpha * phi1 - c2) * M[0] + c2 * M[2]
+        return self._pack(mids, [u1, u2], third, third - second)
+
+    def _pack(self, points, stages, final, error=None) -> SinglestepCoefficients:
         # stage k may only use x and m_0..m_k: trim the (zero) tail so lincomb gets matching lengths
         sc = tuple(tuple(float(v) for v in u[: k + 2]) for k, u in enumerate(stages))
         for k, u in enumerate(stages):
             if np.any(u[k + 2:] != 0):
                 raise AssertionError("stage uses a model output it has not computed yet")
-        return SinglestepCoefficients(tuple(points), sc, tuple(float(v) for v in final[: len(points) + 2]))
+        n = len(points) + 2
+        err = tuple(float(v) for v in error[:n]) if (error is not None and self.embedded) else None
+        return SinglestepCoefficients(tuple(points), sc, tuple(float(v) for v in final[:n]), err)
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        co: SinglestepCoefficients = plan.steps_data[i]
-        ms = [ev.denoise(x, plan.points[i])]
-        for p, c in zip(co.stage_points, co.stage_coeffs):
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: SinglestepCoefficients):
+        if isinstance(state, StartEval) and state.x is x:
+            m0 = state.m0                   # a retry of a rejected step: the start's prediction is known
+        else:
+            m0 = ev.denoise(x, t0)
+        ms = [m0]
+        for p, c in zip(coeffs.stage_points, coeffs.stage_coeffs):
             ms.append(ev.denoise(lincomb(c, (x, *ms)), p))
-        return lincomb(co.final, (x, *ms)), state
+        x1 = lincomb(coeffs.final, (x, *ms))
+        if coeffs.error is None:
+            return x1, None, state
+        return x1, lincomb(coeffs.error, (x, *ms)), StartEval(x, m0)
 
 
 register("dpmpp_3m", DPMSolverPP3M, "DPM-Solver++(3M), multistep order 3 (order=1..3)")
@@ -237,3 +273,5 @@ register("dpm_solver_3", DPMSolverSinglestep, "DPM-Solver-3, singlestep noise pr
          order=3, prediction="noise")
 register("dpmpp_2s", DPMSolverSinglestep, "DPM-Solver++(2S), singlestep data prediction, order 2, 2 calls/step",
          order=2, prediction="data")
+register("dpmpp_3s", DPMSolverSinglestep, "DPM-Solver++(3S), singlestep data prediction, order 3, 3 calls/step "
+         "(the higher-order half of DPM-Solver-23)", order=3, prediction="data")

@@ -1,13 +1,14 @@
 """Euler = DDIM (eta = 0) = first-order DPM-Solver(++): exact in the linear part of the probability-flow ODE."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..field import VectorField
+from ..field import EvalPoint, Field
 from ..kernels import lincomb
-from .base import Plan, Solver, register
+from .base import Solver, StepCoefficients, register
 
 
 def ddim_coefficients(p, q) -> tuple[float, float]:
@@ -19,6 +20,15 @@ def ddim_coefficients(p, q) -> tuple[float, float]:
     return a, q.alpha - p.alpha * a
 
 
+@dataclass(frozen=True)
+class EulerStep(StepCoefficients):
+    """x' = a x + b D (D the data prediction), or x' = x + b v on a plain velocity field."""
+
+    a: float
+    b: float
+    velocity: bool
+
+
 class Euler(Solver):
     """Euler / DDIM: x' = (sigma'/sigma) x + (alpha' - alpha sigma'/sigma) x0_hat; plain fields: x' = x + dt v."""
 
@@ -28,20 +38,14 @@ class Euler(Solver):
     needs_schedule = False
     citation = "Song et al. 2021 (DDIM, eq. 12); Karras et al. 2022 (Alg. 1 without correction)"
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        pts = self.grid_points(field, t)
+    def coefficients(self, field: Field, t0: EvalPoint, t1: EvalPoint) -> EulerStep:
         if field.has_schedule:
-            data = tuple(ddim_coefficients(pts[i], pts[i + 1]) for i in range(len(pts) - 1))
-        else:
-            data = tuple((1.0, pts[i + 1].t - pts[i].t) for i in range(len(pts) - 1))
-        return Plan(t=t, points=pts, nfe=self.model_calls(len(pts) - 1, field, True), steps_data=data,
-                    extra={"schedule": field.has_schedule})
+            return EulerStep(*ddim_coefficients(t0, t1), velocity=False)
+        return EulerStep(1.0, t1.t - t0.t, velocity=True)
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        a, b = plan.steps_data[i]
-        p = plan.points[i]
-        d = ev.denoise(x, p) if plan.extra["schedule"] else ev.velocity(x, p)
-        return lincomb((a, b), (x, d)), state
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: EulerStep):
+        d = ev.velocity(x, t0) if coeffs.velocity else ev.denoise(x, t0)
+        return lincomb((coeffs.a, coeffs.b), (x, d)), None, state
 
 
 register("euler", Euler, "Euler / DDIM (eta=0), order 1")

@@ -5,15 +5,16 @@ Everything here runs on the host in float64 inside `plan()`; nothing touches a d
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field as dc_field, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InvalidArgument
-from ..field import EvalPoint, VectorField
+from ..field import EvalPoint, Field
 from ..kernels import lincomb
-from .base import Plan, Solver
+from .base import Plan, Solver, StepCoefficients
 from .euler import ddim_coefficients
 
 LOWER_ORDER_FINAL = (True, False, "auto")
@@ -111,8 +112,17 @@ def lagrange_integrals(nodes: Sequence[float], lo: float, hi: float, variable: s
 # ------------------------------------------------------------------------------------------------
 # What every multistep solver shares: order options, the AFS first step, the plan's bookkeeping
 # ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MultistepStep(StepCoefficients):
+    """Base of multistep per-step data. `afs`: on the first step with the analytical first step, x0_hat = afs x
+    (no model call)."""
+
+    order: int = dc_field(default=1, kw_only=True)
+    afs: float | None = dc_field(default=None, kw_only=True)
+
+
 class MultistepSolver(Solver):
-    """One model call per step; history of past outputs in the state. Subclasses give `coefficients(...)`."""
+    """One model call per step; history of past outputs in the state. Subclasses give the per-step data."""
 
     calls_per_step = 1
 
@@ -123,35 +133,45 @@ class MultistepSolver(Solver):
         self.lower_order_final = lower_order_final
         self.afs = bool(afs)
 
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+    def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         return steps - (1 if self.afs else 0)
 
     def step_orders(self, lams: Sequence[float], ends_at_zero: bool, singular_end: bool = True) -> tuple[int, ...]:
         return step_orders(lams, self.solver_order, self.lower_order_final, ends_at_zero, singular_end)
 
-    def grid_lambdas(self, field: VectorField, t: torch.Tensor, singular_end: bool = True):
+    def grid_lambdas(self, field: Field, t: torch.Tensor, singular_end: bool = True):
         """(points, log-SNRs, per-step orders) of a grid: the start of every multistep plan."""
         self.check_field(field)
         pts = self.grid_points(field, t)
         lam = [lambda_of(p) for p in pts]
         return pts, lam, self.step_orders(lam, pts[-1].sigma == 0, singular_end)
 
-    def make_plan(self, t: torch.Tensor, pts: Sequence[EvalPoint], data: Sequence[Any], orders: Sequence[int],
-                  **extra: Any) -> Plan:
-        afs = afs_x0_coefficient(pts[0]) if self.afs else None
-        return Plan(t=t, points=tuple(pts), nfe=self.model_calls(len(pts) - 1, None, False), steps_data=tuple(data),
-                    extra={"afs": afs, "orders": tuple(orders), **extra})
+    def make_plan(self, t: torch.Tensor, pts: Sequence[EvalPoint], data: Sequence[MultistepStep]) -> Plan:
+        data = list(data)
+        if self.afs:
+            data[0] = replace(data[0], afs=afs_x0_coefficient(pts[0]))
+        return Plan(t=t, points=tuple(pts), coeffs=tuple(data), nfe=self.model_calls(len(pts) - 1, None, False))
 
-    def data_prediction(self, ev, x: torch.Tensor, i: int, plan: Plan) -> torch.Tensor:
-        """x0_hat at grid point i: the model, or on the first step with AFS the analytical estimate (no call)."""
-        if i == 0 and plan.extra["afs"] is not None:
-            return lincomb((plan.extra["afs"],), (x,))
-        return ev.denoise(x, plan.points[i])
+    def data_prediction(self, ev, x: torch.Tensor, t0: EvalPoint, coeffs: MultistepStep) -> torch.Tensor:
+        """x0_hat at the step's start: the model, or on the first step with AFS the analytical estimate (no call)."""
+        if coeffs.afs is not None:
+            return lincomb((coeffs.afs,), (x,))
+        return ev.denoise(x, t0)
 
 
 # ------------------------------------------------------------------------------------------------
 # Multistep on the EDM-frame slope: x~ = x / alpha, s = sigma / alpha, dx~/ds = d = (x~ - D) / s = eps
 # ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlopeStep(MultistepStep):
+    """x' = lincomb(update, (x, m)) for a first-order step, else lincomb(update, (x, d_i, d_{i-1}, ...));
+    `slope`: d_i = lincomb(slope, (x, m)); `keep_slope`: whether later steps need d_i."""
+
+    update: tuple[float, ...]
+    slope: tuple[float, float]
+    keep_slope: bool
+
+
 class SlopeMultistep(MultistepSolver):
     """Adams-Bashforth family on the EDM-frame slope d = (x~ - D) / s (which equals the noise prediction eps).
 
@@ -171,27 +191,27 @@ class SlopeMultistep(MultistepSolver):
         """c_j for slopes at s_hist = (s_i, s_{i-1}, ...) (k values) over the step s_i -> s_next."""
         raise NotImplementedError
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
         pts, lam, orders = self.grid_lambdas(field, t, singular_end=self.singular_end)
         s = [p.s for p in pts]
+        n = len(orders)
         data = []
         for i, k in enumerate(orders):
             p, q = pts[i], pts[i + 1]
             if k == 1:
-                data.append(ddim_coefficients(p, q))
-                continue
-            c = self.weights([s[i - j] for j in range(k)], s[i + 1], k)
-            data.append((q.alpha / p.alpha,) + tuple(q.alpha * cj for cj in c))
-        slope = tuple((1.0 / p.sigma, -p.alpha / p.sigma) for p in pts[:-1])
-        return self.make_plan(t, pts, data, orders, slope=slope)
+                update = ddim_coefficients(p, q)
+            else:
+                c = self.weights([s[i - j] for j in range(k)], s[i + 1], k)
+                update = (q.alpha / p.alpha,) + tuple(q.alpha * cj for cj in c)
+            keep = not (i == n - 1 and k == 1) and self.solver_order > 1
+            data.append(SlopeStep(update, (1.0 / p.sigma, -p.alpha / p.sigma), keep, order=k))
+        return self.make_plan(t, pts, data)
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        co = plan.steps_data[i]
-        m = self.data_prediction(ev, x, i, plan)
-        last = i == plan.steps - 1
-        d = None if (last and len(co) == 2) or self.solver_order == 1 else lincomb(plan.extra["slope"][i], (x, m))
-        if len(co) == 2:
-            x_next = lincomb(co, (x, m))
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: SlopeStep):
+        m = self.data_prediction(ev, x, t0, coeffs)
+        d = lincomb(coeffs.slope, (x, m)) if coeffs.keep_slope else None
+        if coeffs.order == 1:
+            x_next = lincomb(coeffs.update, (x, m))
         else:
-            x_next = lincomb(co, (x, d, *state[: len(co) - 2]))
-        return x_next, ((d, *state)[: self.solver_order - 1] if d is not None else state)
+            x_next = lincomb(coeffs.update, (x, d, *state[: len(coeffs.update) - 2]))
+        return x_next, None, ((d, *state)[: self.solver_order - 1] if d is not None else state)

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from ..errors import InvalidArgument, check_choice
-from ..field import EvalPoint, VectorField
+from ..field import EvalPoint, Field
 from ..kernels import lincomb
-from .base import Plan, Solver, register
+from .base import Plan, Solver, StepCoefficients, register
+from .frames import integration_frame
 
 FRAMES = ("edm", "time")
 
@@ -99,7 +100,7 @@ TABLEAUX = {
 
 
 @dataclass(frozen=True)
-class RKStep:
+class RKStep(StepCoefficients):
     tau0: float                         # integration variable at the step start (s or t)
     h: float                            # its increment over the step (negative: noise decreases)
     alpha0: float                       # x = alpha y at the start and end (1 in native time)
@@ -107,6 +108,7 @@ class RKStep:
     stage_points: tuple[EvalPoint, ...]
     stage_tau: tuple[float, ...]
     euler_only: bool                    # final step to zero noise where the end slope is singular
+    frame: str                          # 'edm' (y = x / alpha against s) or 'time' (x against t)
 
 
 class RungeKutta(Solver):
@@ -129,50 +131,44 @@ class RungeKutta(Solver):
         self.citation = "Butcher, Numerical Methods for ODEs; EDM frame: Karras et al. 2022, Alg. 1"
 
     # --- planning on the host -----------------------------------------------------------------
-    def choose_frame(self, field: VectorField, t: torch.Tensor) -> str:
-        if self.frame is not None:
-            if self.frame == "edm" and not field.has_schedule:
-                raise InvalidArgument("frame='edm' needs a Gaussian noise schedule; this is a plain velocity field")
-            return self.frame
-        if not field.has_schedule or field.prediction == "velocity":
-            return "time"
-        return "time" if float(field.schedule.alpha(float(t[0]))) == 0.0 else "edm"
-
-    def _end_singular(self, field: VectorField, frame: str) -> bool:
+    def _end_singular(self, field: Field, frame: str) -> bool:
         if not field.has_schedule:
             return False
         return frame == "edm" or field.prediction != "velocity"
 
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+    def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         n = steps * self.calls_per_step
         frame = "time" if not field.has_schedule or field.prediction == "velocity" else (self.frame or "edm")
         if ends_at_zero and self.tableau.last_stage_at_end and self._end_singular(field, frame):
             n -= self.calls_per_step - 1
         return n
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        frame = self.choose_frame(field, t)
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        frame = integration_frame(field, float(t[0]), self.frame)
         pts = self.grid_points(field, t)
+        steps = tuple(self.frame_coefficients(field, pts[i], pts[i + 1], frame) for i in range(len(pts) - 1))
+        nfe = sum(1 if st.euler_only else self.tableau.stages for st in steps)
+        return Plan(t=t, points=pts, coeffs=steps, nfe=nfe)
+
+    def coefficients(self, field: Field, t0: EvalPoint, t1: EvalPoint) -> RKStep:
+        return self.frame_coefficients(field, t0, t1, integration_frame(field, t0.t, self.frame))
+
+    def frame_coefficients(self, field: Field, p: EvalPoint, q: EvalPoint, frame: str) -> RKStep:
         sch = field.schedule
         tab = self.tableau
-        steps = []
-        for i in range(len(pts) - 1):
-            p, q = pts[i], pts[i + 1]
-            if frame == "edm":
-                tau0, tau1 = p.s, q.s
-                stage_t = [float(sch.t_from_edm_sigma(tau0 + float(c) * (tau1 - tau0))) for c in tab.c]
-                a0, a1 = p.alpha, q.alpha
-            else:
-                tau0, tau1 = p.t, q.t
-                stage_t = [tau0 + float(c) * (tau1 - tau0) for c in tab.c]
-                a0 = a1 = 1.0
-            euler_only = q.t == 0.0 and tab.last_stage_at_end and self._end_singular(field, frame)
-            stage_pts = tuple(p if float(c) == 0 else q if float(c) == 1 else field.at(ts)
-                              for c, ts in zip(tab.c, stage_t))
-            steps.append(RKStep(tau0, tau1 - tau0, a0, a1, stage_pts,
-                                tuple(tau0 + float(c) * (tau1 - tau0) for c in tab.c), euler_only))
-        nfe = sum(1 if st.euler_only else tab.stages for st in steps)
-        return Plan(t=t, points=pts, nfe=nfe, steps_data=tuple(steps), extra={"frame": frame})
+        if frame == "edm":
+            tau0, tau1 = p.s, q.s
+            stage_t = [float(sch.t_from_edm_sigma(tau0 + float(c) * (tau1 - tau0))) for c in tab.c]
+            a0, a1 = p.alpha, q.alpha
+        else:
+            tau0, tau1 = p.t, q.t
+            stage_t = [tau0 + float(c) * (tau1 - tau0) for c in tab.c]
+            a0 = a1 = 1.0
+        euler_only = q.t == 0.0 and tab.last_stage_at_end and self._end_singular(field, frame)
+        stage_pts = tuple(p if float(c) == 0 else q if float(c) == 1 else field.at(ts)
+                          for c, ts in zip(tab.c, stage_t))
+        return RKStep(tau0, tau1 - tau0, a0, a1, stage_pts, tuple(tau0 + float(c) * (tau1 - tau0) for c in tab.c),
+                      euler_only, frame)
 
     # --- the step -------------------------------------------------------------------------------
     def _slope(self, ev, y: torch.Tensor, p: EvalPoint, tau: float, frame: str) -> torch.Tensor:
@@ -181,20 +177,19 @@ class RungeKutta(Solver):
         d = ev.denoise(y * p.alpha if p.alpha != 1.0 else y, p)
         return lincomb((1.0 / tau, -1.0 / tau), (y, d))
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        st: RKStep = plan.steps_data[i]
-        frame = plan.extra["frame"]
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: RKStep):
+        st = coeffs
         y0 = x / st.alpha0 if st.alpha0 != 1.0 else x
         tab = self.tableau
         n_stages = 1 if st.euler_only else tab.stages
         ks: list[torch.Tensor] = []
         for j in range(n_stages):
-            coeffs = [st.h * float(a) for a in tab.a[j]]
-            yj = lincomb([1.0, *coeffs], [y0, *ks]) if any(coeffs) else y0
-            ks.append(self._slope(ev, yj, st.stage_points[j], st.stage_tau[j], frame))
+            cj = [st.h * float(a) for a in tab.a[j]]
+            yj = lincomb([1.0, *cj], [y0, *ks]) if any(cj) else y0
+            ks.append(self._slope(ev, yj, st.stage_points[j], st.stage_tau[j], st.frame))
         weights = [1.0] if st.euler_only else [float(b) for b in tab.b]
         y1 = lincomb([1.0, *(st.h * w for w in weights)], [y0, *ks])
-        return (y1 * st.alpha1 if st.alpha1 != 1.0 else y1), state
+        return (y1 * st.alpha1 if st.alpha1 != 1.0 else y1), None, state
 
 
 for _name, _tab in TABLEAUX.items():

@@ -5,7 +5,7 @@ All are written in the EDM frame y = x / alpha, s = sigma / alpha (Karras et al.
 model is the variance-exploding process y = x0 + s eps; this is how k-diffusion's formulas (alpha = 1) carry over
 to any schedule: x = alpha y at both ends of a step, and noise added to y with std s_up is noise alpha s_up in x.
 Coefficients are written with ratios (s'/s = sigma' alpha / (sigma alpha'), sigma'/sigma) so that they stay finite
-at pure noise (alpha = 0, flows). Noise comes from `ev.noise(i, j)`: a function of each sample's seed and the step.
+at pure noise (alpha = 0, flows). Noise comes from `ev.noise(j)`: a function of each sample's seed, the step and the draw j.
 """
 from __future__ import annotations
 
@@ -16,16 +16,17 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import InvalidArgument, check_choice
-from ..field import EvalPoint, VectorField
+from ..field import EvalPoint, Field
+from ..grids import karras_sigmas
 from ..kernels import lincomb
-from .base import Plan, Solver, get_solver, register
-from .dpm_solver import lambda_of
+from .base import Plan, Solver, StepCoefficients, get_solver, register
+from .dpm_solver import history_differences, lambda_of
 
 
 # ------------------------------------------------------------------------------------------------
 # EDM-frame helpers shared by every sampler here
 # ------------------------------------------------------------------------------------------------
-def edm_point(field: VectorField, s: float) -> EvalPoint:
+def edm_point(field: Field, s: float) -> EvalPoint:
     """The path point at EDM noise level s (t from the schedule's inverse), on the host."""
     if s == 0:
         return field.at(0.0)
@@ -73,7 +74,7 @@ def _check_nonneg(name: str, value: float) -> float:
 
 
 class StochasticSolver(Solver):
-    """Base of the SDE samplers: needs a Gaussian path, draws noise through ev.noise(i, j)."""
+    """Base of the SDE samplers: needs a Gaussian path, draws noise through ev.noise(j)."""
 
     deterministic = False
     needs_schedule = True
@@ -84,7 +85,7 @@ class StochasticSolver(Solver):
 # Ancestral samplers
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class AncestralStep:
+class AncestralStep(StepCoefficients):
     a: float                # x' = a x + b D + c z  (Euler-ancestral), or the 2S pieces below
     b: float
     c: float
@@ -107,24 +108,19 @@ class EulerAncestral(StochasticSolver):
         self.s_noise = _check_nonneg("s_noise", s_noise)
         self.name = alias
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        self.check_field(field)
-        pts = self.grid_points(field, t)
-        data = []
-        for p, q in zip(pts[:-1], pts[1:]):
-            r = sigma_ratio(p, q)
-            s_up, s_down = ancestral_split(q.s, r, self.eta)
-            # x' = alpha' [ (s_down/s) y + (1 - s_down/s) D + s_noise s_up z ],  y = x / alpha
-            a, b = ancestral_euler_coefficients(p, q, s_down)
-            data.append(AncestralStep(a, b, q.alpha * self.s_noise * s_up))
-        return Plan(t=t, points=pts, nfe=len(pts) - 1, steps_data=tuple(data))
+    def coefficients(self, field: Field, p: EvalPoint, q: EvalPoint) -> AncestralStep:
+        r = sigma_ratio(p, q)
+        s_up, s_down = ancestral_split(q.s, r, self.eta)
+        # x' = alpha' [ (s_down/s) y + (1 - s_down/s) D + s_noise s_up z ],  y = x / alpha
+        a, b = ancestral_euler_coefficients(p, q, s_down)
+        return AncestralStep(a, b, q.alpha * self.s_noise * s_up)
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        st: AncestralStep = plan.steps_data[i]
-        d = ev.denoise(x, plan.points[i])
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: AncestralStep):
+        st = coeffs
+        d = ev.denoise(x, t0)
         if st.c == 0.0:
-            return lincomb((st.a, st.b), (x, d)), state
-        return lincomb((st.a, st.b, st.c), (x, d, ev.noise(i, 0))), state
+            return lincomb((st.a, st.b), (x, d)), None, state
+        return lincomb((st.a, st.b, st.c), (x, d, ev.noise(0))), None, state
 
 
 class DPMSolverPP2SAncestral(StochasticSolver):
@@ -140,44 +136,39 @@ class DPMSolverPP2SAncestral(StochasticSolver):
         self.eta = _check_nonneg("eta", eta)
         self.s_noise = _check_nonneg("s_noise", s_noise)
 
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+    def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         return 2 * steps - (1 if ends_at_zero else 0)
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
-        self.check_field(field)
-        pts = self.grid_points(field, t)
-        data, nfe = [], 0
-        for p, q in zip(pts[:-1], pts[1:]):
-            r = sigma_ratio(p, q)
-            s_up, s_down = ancestral_split(q.s, r, self.eta)
-            c = q.alpha * self.s_noise * s_up
-            if s_down == 0.0 or not math.isfinite(p.s):
-                # Down to zero noise (or up from pure noise, where log s is infinite): the first-order step.
-                a, b = ancestral_euler_coefficients(p, q, s_down)
-                data.append(AncestralStep(a, b, c))
-                nfe += 1
-                continue
-            down = s_down / p.s
-            h = math.log(p.s) - math.log(s_down)
-            mid = edm_point(field, math.sqrt(p.s * s_down))
-            # y2 = (s_mid/s) y - expm1(-h/2) D ; y' = (s_down/s) y - expm1(-h) D2
-            mid_ab = (mid.alpha * math.exp(-0.5 * h) / p.alpha, -mid.alpha * math.expm1(-0.5 * h))
-            data.append(AncestralStep(q.alpha * down / p.alpha, 0.0, c, mid, mid_ab, -q.alpha * math.expm1(-h)))
-            nfe += 2
-        return Plan(t=t, points=pts, nfe=nfe, steps_data=tuple(data))
+    def count_calls(self, coeffs: tuple, field: Field, pts) -> int:
+        return sum(1 if co.mid is None else 2 for co in coeffs)
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        st: AncestralStep = plan.steps_data[i]
-        d = ev.denoise(x, plan.points[i])
+    def coefficients(self, field: Field, p: EvalPoint, q: EvalPoint) -> AncestralStep:
+        r = sigma_ratio(p, q)
+        s_up, s_down = ancestral_split(q.s, r, self.eta)
+        c = q.alpha * self.s_noise * s_up
+        if s_down == 0.0 or not math.isfinite(p.s):
+            # Down to zero noise (or up from pure noise, where log s is infinite): the first-order step.
+            a, b = ancestral_euler_coefficients(p, q, s_down)
+            return AncestralStep(a, b, c)
+        down = s_down / p.s
+        h = math.log(p.s) - math.log(s_down)
+        mid = edm_point(field, math.sqrt(p.s * s_down))
+        # y2 = (s_mid/s) y - expm1(-h/2) D ; y' = (s_down/s) y - expm1(-h) D2
+        mid_ab = (mid.alpha * math.exp(-0.5 * h) / p.alpha, -mid.alpha * math.expm1(-0.5 * h))
+        return AncestralStep(q.alpha * down / p.alpha, 0.0, c, mid, mid_ab, -q.alpha * math.expm1(-h))
+
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: AncestralStep):
+        st = coeffs
+        d = ev.denoise(x, t0)
         if st.mid is None:
-            terms, coeffs = [x, d], [st.a, st.b]
+            terms, weights = [x, d], [st.a, st.b]
         else:
             d2 = ev.denoise(lincomb(st.mid_ab, (x, d)), st.mid)
-            terms, coeffs = [x, d2], [st.a, st.b2]
+            terms, weights = [x, d2], [st.a, st.b2]
         if st.c != 0.0:
-            terms.append(ev.noise(i, 0))
-            coeffs.append(st.c)
-        return lincomb(coeffs, terms), state
+            terms.append(ev.noise(0))
+            weights.append(st.c)
+        return lincomb(weights, terms), None, state
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,17 +190,24 @@ def _inner_solver(inner: str | Solver) -> Solver:
     return solver
 
 
+@dataclass(frozen=True)
+class RenoiseStep(StepCoefficients):
+    """The segments one step runs, in order."""
+
+    segments: tuple[Segment, ...]
+
+
 class RenoiseSolver(StochasticSolver):
     """Base for samplers whose step is a list of Segments (noise jump + deterministic inner solve)."""
 
     def __init__(self, inner: str | Solver = "heun"):
         self.inner = _inner_solver(inner)
 
-    def _times(self, field: VectorField, s_values: Sequence[float]) -> torch.Tensor:
+    def _times(self, field: Field, s_values: Sequence[float]) -> torch.Tensor:
         return torch.tensor([0.0 if s == 0 else float(field.schedule.t_from_edm_sigma(s)) for s in s_values],
                             dtype=torch.float64)
 
-    def segment(self, field: VectorField, p: EvalPoint, t_sub: torch.Tensor, draw: int,
+    def segment(self, field: Field, p: EvalPoint, t_sub: torch.Tensor, draw: int,
                 s_noise: float) -> Segment:
         """Jump from p up to t_sub[0] (if higher), then solve along t_sub with the inner solver."""
         sub = self.inner.plan(field, t_sub)
@@ -218,17 +216,19 @@ class RenoiseSolver(StochasticSolver):
             up = renoise_coefficients(p, sub.points[0], s_noise)
         return Segment(up, draw, sub)
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        for seg in plan.steps_data[i]:
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: "RenoiseStep"):
+        for seg in coeffs.segments:
             if seg.up is not None:
-                x = lincomb(seg.up, (x, ev.noise(i, seg.draw)))
-            st = self.inner.init(seg.plan)
-            for k in range(seg.plan.steps):
-                x, st = self.inner.step(ev, x, k, seg.plan, st)
-        return x, state
+                x = lincomb(seg.up, (x, ev.noise(seg.draw)))
+            sub = seg.plan
+            st = self.inner.init(sub)
+            for k in range(sub.steps):
+                x, _, st = self.inner.step(ev, x, sub.points[k], sub.points[k + 1], st, sub.coeffs[k])
+        return x, None, state
 
     def _finish(self, t: torch.Tensor, pts, data) -> Plan:
-        return Plan(t=t, points=pts, nfe=sum(seg.plan.nfe for segs in data for seg in segs), steps_data=tuple(data))
+        return Plan(t=t, points=pts, coeffs=tuple(RenoiseStep(tuple(segs)) for segs in data),
+                    nfe=sum(seg.plan.nfe for segs in data for seg in segs))
 
 
 class EDMChurn(RenoiseSolver):
@@ -252,10 +252,10 @@ class EDMChurn(RenoiseSolver):
         self.name = alias
         self.calls_per_step = self.inner.calls_per_step
 
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+    def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         return self.inner.model_calls(steps, field, ends_at_zero)
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
         self.check_field(field)
         pts = self.grid_points(field, t)
         n = len(pts) - 1
@@ -267,11 +267,6 @@ class EDMChurn(RenoiseSolver):
             sub_t = torch.tensor([t_hat, float(t[i + 1])], dtype=torch.float64)
             data.append((self.segment(field, p, sub_t, 0, self.S_noise),))
         return self._finish(t, pts, data)
-
-
-def _karras_s(s_max: float, s_min: float, n: int, rho: float = 7.0) -> list[float]:
-    ramp = [k / n for k in range(n + 1)]
-    return [(s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho for u in ramp]
 
 
 class Restart(RenoiseSolver):
@@ -300,11 +295,11 @@ class Restart(RenoiseSolver):
         self.restart = tuple(checked)
         self.s_noise = _check_nonneg("s_noise", s_noise)
 
-    def model_calls(self, steps: int, field: VectorField, ends_at_zero: bool) -> int:
+    def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         extra = sum(K * self.inner.model_calls(n, field, False) for _, _, K, n in self.restart)
         return self.inner.model_calls(steps, field, ends_at_zero) + extra
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
         self.check_field(field)
         pts = self.grid_points(field, t)
         n = len(pts) - 1
@@ -317,7 +312,7 @@ class Restart(RenoiseSolver):
             if pts[j].s >= hi:
                 raise InvalidArgument(f"restart interval (s_min={lo:g}, s_max={hi:g}): the grid point nearest s_min "
                                       f"has s={pts[j].s:.4g} >= s_max; use a finer grid or a wider interval")
-            sub_t = self._times(field, _karras_s(hi, pts[j].s, m))
+            sub_t = self._times(field, karras_sigmas(pts[j].s, hi, m + 1).tolist())
             sub_t[-1] = t[j]
             for k in range(K):
                 data[j - 1].append(self.segment(field, pts[j], sub_t, len(data[j - 1]), self.s_noise))
@@ -328,7 +323,7 @@ class Restart(RenoiseSolver):
 # DPM-Solver++(2M) SDE and (3M) SDE
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SDEMultistepCoefficients:
+class SDEMultistepCoefficients(StepCoefficients):
     """x' = a x + sum_k b[k] D_{i-k} + c z, history newest first."""
 
     a: float
@@ -358,7 +353,7 @@ class DPMSolverPPSDE(StochasticSolver):
         # history term is k-diffusion's, which halves the second difference, so (3M) is then of order 2 too.
         self.order = 1 if self.eta > 0 else 2
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
         self.check_field(field)
         pts = self.grid_points(field, t)
         lam = [lambda_of(p) for p in pts]
@@ -381,11 +376,8 @@ class DPMSolverPPSDE(StochasticSolver):
             if self.history == 3 and ok2:
                 r0, r1 = hs[-1] / h, hs[-2] / h
                 phi3 = phi2 / he - 0.5
-                d10 = [1 / r0, -1 / r0, 0.0]
-                d11 = [0.0, 1 / r1, -1 / r1]
-                d1 = [u + (u - v) * r0 / (r0 + r1) for u, v in zip(d10, d11)]
-                d2 = [(u - v) / (r0 + r1) for u, v in zip(d10, d11)]
-                b = [bk + phi2 * x1 - phi3 * x2 for bk, x1, x2 in zip(b, d1, d2)]
+                d1, d2 = history_differences(r0, r1)
+                b = [bk + phi2 * float(x1) - phi3 * float(x2) for bk, x1, x2 in zip(b, d1, d2)]
             elif ok1:
                 r = hs[-1] / h
                 if self.history == 3:
@@ -399,17 +391,17 @@ class DPMSolverPPSDE(StochasticSolver):
                 b.pop()
             data.append(SDEMultistepCoefficients(a, tuple(q.alpha * v for v in b), c))
             hs.append(h)
-        return Plan(t=t, points=pts, nfe=len(pts) - 1, steps_data=tuple(data))
+        return Plan(t=t, points=pts, coeffs=tuple(data), nfe=len(pts) - 1)
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        co: SDEMultistepCoefficients = plan.steps_data[i]
-        d = ev.denoise(x, plan.points[i])
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: SDEMultistepCoefficients):
+        co = coeffs
+        d = ev.denoise(x, t0)
         history = (d, *state)
-        coeffs, terms = [co.a, *co.b], [x, *history[: len(co.b)]]
+        weights, terms = [co.a, *co.b], [x, *history[: len(co.b)]]
         if co.c != 0.0:
-            coeffs.append(co.c)
-            terms.append(ev.noise(i, 0))
-        return lincomb(coeffs, terms), history[: self.history - 1]
+            weights.append(co.c)
+            terms.append(ev.noise(0))
+        return lincomb(weights, terms), None, history[: self.history - 1]
 
 
 register("euler_ancestral", EulerAncestral, "Euler-ancestral (eta, s_noise), weak order 1")

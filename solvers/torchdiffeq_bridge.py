@@ -18,15 +18,22 @@ whole state tensor). torchdiffeq reads its error estimates on the host, once per
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..errors import InvalidArgument, check_choice
-from ..field import VectorField
+from ..field import Field
 from ..kernels import lincomb
-from .adaptive import AdaptiveSolver, RunStats, Span, _positive
+from .adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
 from .base import Plan, register
+from .frames import integration_frame
+
+
+@dataclass(frozen=True)
+class OdeintSettings:
+    frame: str            # 'edm' (against -s), 'logsnr' (against lambda) or 'time' (against -t)
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 FIXED_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
@@ -106,48 +113,35 @@ class TorchdiffeqSolver(AdaptiveSolver):
     def fixed_grid(self) -> bool:
         return self.method in FIXED_METHODS
 
-    def choose_frame(self, field: VectorField, t_start: float) -> str:
-        if not field.has_schedule:
-            if self.frame not in ("auto", "time"):
-                raise InvalidArgument(f"frame={self.frame!r} needs a Gaussian noise schedule; this is a plain "
-                                      "velocity field: use frame='time' (or 'auto')")
-            return "time"
-        if self.frame != "auto":
-            if self.frame != "time" and float(field.schedule.alpha(t_start)) == 0.0:
-                raise InvalidArgument(f"frame={self.frame!r} is singular at pure noise (alpha = 0); use "
-                                      "frame='time' or start below t_max")
-            return self.frame
-        if field.prediction == "velocity" or float(field.schedule.alpha(t_start)) == 0.0:
-            return "time"
-        # The EDM frame in lambda = -log s: on a VP Gaussian dopri5 needs about half the calls of the same ODE in s
-        # for the same endpoint error (s spans four decades; error control in s is poor at large s).
-        return "logsnr"
+    def choose_frame(self, field: Field, t_start: float) -> str:
+        # The EDM frame in lambda = -log s by default: on a VP Gaussian dopri5 needs about half the calls of the
+        # same ODE in s for the same endpoint error (s spans four decades; error control in s is poor at large s).
+        return integration_frame(field, t_start, None if self.frame == "auto" else self.frame, preferred="logsnr")
 
-    def stop_time(self, field: VectorField, t: torch.Tensor) -> tuple[float, bool]:
+    def stop_time(self, field: Field, t: torch.Tensor) -> tuple[float, bool]:
         t_stop, final = super().stop_time(field, t)
         if self.fixed_grid and final:
             return float(t[-2]), True           # fixed grids stop at their last positive time, then denoise
         return t_stop, final
 
-    def singular_at_zero(self, field: VectorField) -> bool:
+    def singular_at_zero(self, field: Field) -> bool:
         return field.has_schedule and not (self.frame in ("auto", "time") and field.prediction == "velocity")
 
-    def plan_adaptive(self, field: VectorField, t: torch.Tensor, *, steps: int | None = None,
+    def plan_adaptive(self, field: Field, t: torch.Tensor, *, steps: int | None = None,
                       nfe: int | None = None) -> Plan:
         if self.fixed_grid and steps is None and t.numel() <= 3 and nfe is None:
             raise InvalidArgument(f"method={self.method!r} is a fixed-grid method: give steps= (or an explicit grid)")
         if self.fixed_grid and steps is None and nfe is not None:
             raise InvalidArgument(f"method={self.method!r} is a fixed-grid method: give steps=, not nfe=")
-        plan = super().plan_adaptive(field, t, steps=steps, nfe=nfe)
-        frame = self.choose_frame(field, float(t[0]))
-        return Plan(t=plan.t, points=plan.points, nfe=-1, extra={**plan.extra, "frame": frame})
+        return super().plan_adaptive(field, t, steps=steps, nfe=nfe,
+                                     settings=OdeintSettings(self.choose_frame(field, float(t[0]))))
 
-    def solve_adaptive(self, ev, x: torch.Tensor, plan: Plan, *, callback: Callable | None = None,
-                       return_trajectory: bool = False):
+    def solve_span(self, ev, x: torch.Tensor, plan: SpanPlan, *, callback: Callable | None = None,
+                   return_trajectory: bool = False):
         import torchdiffeq
         field = ev.field
-        span: Span = plan.extra["span"]
-        frame = plan.extra["frame"]
+        span: Span = plan.span
+        frame = plan.settings.frame
         sch = field.schedule
         # torchdiffeq is given an increasing variable u: -s (EDM frame), lambda (log-SNR) or -t (native time).
         if frame == "edm":
@@ -160,7 +154,7 @@ class TorchdiffeqSolver(AdaptiveSolver):
             to_tau = lambda t: -float(t)                                                    # noqa: E731
             tau_to_t = lambda u: -float(u)                                                  # noqa: E731
         if self.fixed_grid:
-            grid = [float(v) for v in plan.extra["grid"]]
+            grid = [float(v) for v in plan.grid]
             if span.final_denoise:
                 grid = grid[:-1]
             taus = [to_tau(v) for v in grid]

@@ -25,14 +25,21 @@ does not cover this dissipative drift: it diverges unless the steps are very sma
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
 from ..errors import InvalidArgument, check_choice
-from ..field import VectorField
-from .adaptive import AdaptiveSolver, RunStats, Span, _positive
+from ..field import Field
+from .adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
 from .base import Plan, register
+
+
+@dataclass(frozen=True)
+class SdeintSettings:
+    steps: int | None                  # fixed steps uniform in log-SNR, or None for torchsde's adaptive stepping
+    lam: tuple[float, float]           # the span in log-SNR
 
 METHODS = ("euler", "milstein", "srk", "reversible_heun")
 BROWNIAN = ("tree", "interval", "batch_tree", "batch")
@@ -162,19 +169,19 @@ class TorchsdeSolver(AdaptiveSolver):
         # 1.5 for SRK; weak order 1 (2 for SRK's additive-noise tableau is not claimed).
         self.order = 1
 
-    def plan_adaptive(self, field: VectorField, t: torch.Tensor, *, steps: int | None = None,
+    def plan_adaptive(self, field: Field, t: torch.Tensor, *, steps: int | None = None,
                       nfe: int | None = None) -> Plan:
         plan = super().plan_adaptive(field, t, steps=steps, nfe=nfe)
         n = steps if steps is not None else self.default_steps
         if n is None and not self.adaptive_steps:
             raise InvalidArgument(f"solver {self.name!r}: give steps= (fixed steps, uniform in log-SNR), or "
                                   "adaptive=True")
-        span: Span = plan.extra["span"]
+        span: Span = plan.span
         lam0, lam1 = float(field.schedule.lambda_(span.t_start)), float(field.schedule.lambda_(span.t_stop))
         if not (math.isfinite(lam0) and math.isfinite(lam1)):
             raise InvalidArgument(f"{self.name} needs finite log-SNR at both ends of the span; start below pure "
                                   "noise (grid_options t_max=) and stop above zero noise")
-        return Plan(t=plan.t, points=plan.points, nfe=-1, extra={**plan.extra, "steps": n, "lam": (lam0, lam1)})
+        return replace(plan, settings=SdeintSettings(n, (lam0, lam1)))
 
     def make_brownian(self, ev, lam0: float, lam1: float, batch: int, numel: int, dtype, device):
         BI = _brownian_base()
@@ -196,15 +203,15 @@ class TorchsdeSolver(AdaptiveSolver):
                           levy_area_approximation=levy, **opts)]
         return _as_base_brownian(PerSampleBrownian(motions, **wrap))
 
-    def solve_adaptive(self, ev, x: torch.Tensor, plan: Plan, *, callback: Callable | None = None,
-                       return_trajectory: bool = False):
+    def solve_span(self, ev, x: torch.Tensor, plan: SpanPlan, *, callback: Callable | None = None,
+                   return_trajectory: bool = False):
         import torchsde
         field = ev.field
-        span: Span = plan.extra["span"]
+        span: Span = plan.span
         B = x.shape[0]
         # torchsde works in the state's dtype: take the span's ends as that dtype rounds them, so that the
         # Brownian motion's interval and the solver's times agree exactly.
-        ts = torch.tensor(plan.extra["lam"], dtype=x.dtype, device=x.device)
+        ts = torch.tensor(plan.settings.lam, dtype=x.dtype, device=x.device)
         lam0, lam1 = float(ts[0]), float(ts[1])
         sch = field.schedule
         ends = {lam0: span.t_start, lam1: span.t_stop}
@@ -213,7 +220,7 @@ class TorchsdeSolver(AdaptiveSolver):
         y0 = (x / p0.alpha).reshape(B, -1)
         # Brownian queries are in float64 for the time arguments; the increments come in the state's dtype.
         bm = self.make_brownian(ev, lam0, lam1, B, y0.shape[1], y0.dtype, y0.device)
-        n = plan.extra["steps"]
+        n = plan.settings.steps
         max_calls = self.max_steps * (4 if self.method == "srk" else 2)
         sde = _ReverseSDE(ev, span, self.method, lam_to_t, x.shape, 1 if span.final_denoise else 0, max_calls)
         dt = (lam1 - lam0) / n if n is not None else (lam1 - lam0) / 64

@@ -22,23 +22,22 @@ import numpy as np
 import torch
 
 from ..errors import check_choice
-from ..field import EvalPoint, VectorField
+from ..field import EvalPoint, Field
 from ..kernels import lincomb
 from .base import Plan, register
 from .euler import ddim_coefficients
-from .multistep import MultistepSolver
+from .multistep import MultistepSolver, MultistepStep
 
 VARIANTS = ("bh1", "bh2")
 
 
 @dataclass(frozen=True)
-class UniPCStep:
+class UniPCStep(MultistepStep):
     """corrector: x_i = lincomb(corrector, (x_{i-1}, m_i, m_{i-1}, ...)) or None;
     predictor: x_{i+1} = lincomb(predictor, (x_i, m_i, m_{i-1}, ...))."""
 
     corrector: tuple[float, ...] | None
     predictor: tuple[float, ...]
-    order: int
 
 
 def _unipc_b(h: float, order: int, variant: str) -> tuple[np.ndarray, float, float]:
@@ -115,7 +114,7 @@ class UniPC(MultistepSolver):
         self.order = self.solver_order + 1 if self.use_corrector else self.solver_order
         self.name = f"unipc_{variant}"
 
-    def plan(self, field: VectorField, t: torch.Tensor) -> Plan:
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
         pts, lam, orders = self.grid_lambdas(field, t)
         data = []
         for i, k in enumerate(orders):
@@ -125,21 +124,21 @@ class UniPC(MultistepSolver):
                 lams = (lam[i],) + tuple(lam[i - 1 - j] for j in range(kc))
                 corr = unipc_corrector(pts[i - 1], pts[i], lams, kc, self.variant)
             lams = (lam[i + 1],) + tuple(lam[i - j] for j in range(k))
-            data.append(UniPCStep(corr, unipc_predictor(pts[i], pts[i + 1], lams, k, self.variant), k))
-        return self.make_plan(t, pts, data, orders)
+            data.append(UniPCStep(corr, unipc_predictor(pts[i], pts[i + 1], lams, k, self.variant), order=k))
+        return self.make_plan(t, pts, data)
 
     def init(self, plan: Plan) -> Any:
         return (None, ())
 
-    def step(self, ev, x: torch.Tensor, i: int, plan: Plan, state: Any):
-        co: UniPCStep = plan.steps_data[i]
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: UniPCStep):
+        co = coeffs
         x_prev, history = state
-        m = self.data_prediction(ev, x, i, plan)
+        m = self.data_prediction(ev, x, t0, co)
         if co.corrector is not None:
             x = lincomb(co.corrector, (x_prev, m, *history[: len(co.corrector) - 2]))
         history = (m, *history)
         x_next = lincomb(co.predictor, (x, *history[: len(co.predictor) - 1]))
-        return x_next, (x, history[: self.solver_order])
+        return x_next, None, (x, history[: self.solver_order])
 
 
 register("unipc_bh2", UniPC, "UniPC (B(h) = e^-h - 1), data prediction, order=1..3 (default 2) + UniC", variant="bh2")

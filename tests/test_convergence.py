@@ -26,6 +26,7 @@ SETTINGS = {
     "lms": ("logsnr_uniform", (32, 64, 128, 256)),
     "ipndm_v": ("logsnr_uniform", (32, 64, 128, 256)),
     "unipc_bh2": ("logsnr_uniform", (16, 32, 64, 128)),
+    "dpmpp_3s": ("logsnr_uniform", (16, 32, 64, 128)),   # time_uniform starts with very uneven log-SNR steps
 }
 
 

@@ -19,7 +19,7 @@ from diffsolve.bench.problems import GaussianProblem
 from diffsolve.errors import InvalidArgument
 from diffsolve.field import VectorField
 from diffsolve.kernels import lincomb
-from diffsolve.sampler import Evaluator
+from diffsolve.loop import Evaluator
 from diffsolve.schedules import RectifiedFlow
 from diffsolve.solvers.ipndm import AB_WEIGHTS, ipndm_v_weights
 from diffsolve.solvers.multistep import afs_x0_coefficient, lagrange_integrals, step_orders
@@ -160,9 +160,8 @@ def _local_errors(name, options, k, hs, variable="lambda", center=0.0):
         ev = Evaluator(field, {}, False)
         state = solver.init(plan)
         for j in range(k):
-            x_next, state = solver.step(ev, xs[j], j, plan, state)
-        if "orders" in plan.extra:
-            assert plan.extra["orders"][-1] == k
+            x_next, _, state = solver.step(ev, xs[j], plan.points[j], plan.points[j + 1], state, plan.coeffs[j])
+        assert plan.coeffs[-1].order == k
         out.append(float((x_next - xs[k]).abs().max()))
     return out
 

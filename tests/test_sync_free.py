@@ -17,7 +17,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from diffsolve.bench.problems import GaussianProblem
-from diffsolve.sampler import Evaluator, Sampler
+from diffsolve.loop import Evaluator
+from diffsolve.sampler import Sampler
 from diffsolve.schedules import VPContinuous
 from diffsolve.solvers import available_solvers, get_solver
 from diffsolve.solvers.base import Plan, Solver
@@ -149,12 +150,11 @@ class _SyncingEuler(Solver):
     def plan(self, field, t):
         return get_solver("euler").plan(field, t)
 
-    def step(self, ev, x, i, plan, state):
-        a, b = plan.steps_data[i]
-        d = ev.denoise(x, plan.points[i])
+    def step(self, ev, x, t0, t1, state, coeffs):
+        d = ev.denoise(x, t0)
         if d.abs().max() > 1e6:         # a host read of a device value
             raise RuntimeError
-        return a * x + b * d, state
+        return coeffs.a * x + coeffs.b * d, None, state
 
 
 def test_guard_catches_a_syncing_solver():
