@@ -112,18 +112,10 @@ def device_of(model: Any) -> torch.device | None:
     return None
 
 
-def model_identity(model: Any) -> str | None:
-    """A stable identity of a network: its `identity()` when it has one, else a sha256 over an nn.Module's
-    state_dict; None for callables that cannot be identified (they are never cached)."""
-    ident = getattr(model, "identity", None)
-    if callable(ident):
-        value = ident()
-        return None if value is None else f"{type(model).__qualname__}:{value}"
-    state_dict = getattr(model, "state_dict", None)
-    if not callable(state_dict):
-        return None
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    state = state_dict()
+def state_dict_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's class name and state_dict (names, dtypes, shapes and bytes of every entry)."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    state = module.state_dict()
     for name in sorted(state):
         v = state[name]
         h.update(name.encode())
@@ -133,7 +125,19 @@ def model_identity(model: Any) -> str | None:
             h.update((v.view(torch.int16) if v.dtype == torch.bfloat16 else v).numpy().tobytes())
         else:
             h.update(repr(v).encode())
-    return f"{type(model).__qualname__}:sha256:{h.hexdigest()}"
+    return f"sha256:{h.hexdigest()}"
+
+
+def model_identity(model: Any) -> str | None:
+    """A stable identity of a network: its `identity()` when it has one, else a digest of an nn.Module's
+    state_dict; None for callables that cannot be identified (they are never cached)."""
+    ident = getattr(model, "identity", None)
+    if callable(ident):
+        value = ident()
+        return None if value is None else f"{type(model).__qualname__}:{value}"
+    if isinstance(model, torch.nn.Module):
+        return f"{type(model).__qualname__}:{state_dict_digest(model)}"
+    return None
 
 
 def unwrap_output(out: Any) -> torch.Tensor:

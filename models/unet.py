@@ -9,8 +9,8 @@ so the model declares prediction='denoiser' with an EDMSchedule (alpha = 1, sigm
 
 Hooks for training-free samplers: `skip_scales` (one factor rho_i per skip level, as in Skip-Tuning, Ma et al.
 2024; or `skip_scale=` per call) multiplies the encoder features that each decoder level concatenates, and the
-bottleneck feature (AMED-Solver, Zhou et al. 2024) is kept in `last_bottleneck` and returned on
-`return_bottleneck=True`.
+bottleneck feature (AMED-Solver, Zhou et al. 2024) is the output of the submodule `mid` (hook it with
+`diffsolve.FeatureCapture(field, {"bottleneck": "mid"})`), and is also returned on `return_bottleneck=True`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..field import ModelSpec
+from ..field import ModelSpec, state_dict_digest
 from ..schedules import EDMSchedule
 
 SIGMA_DATA = 0.5
@@ -38,11 +38,15 @@ class FourierEmbedding(nn.Module):
 
     def __init__(self, dim: int, max_period: float = 100.0):
         super().__init__()
-        half = dim // 2
-        self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / half), persistent=False)
+        self.half = dim // 2
+        self.max_period = float(max_period)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        a = c.reshape(-1, 1) * self.freqs.to(c.dtype) * 25.0   # c_noise spans about [-1.6, 1.1]: spread it out
+        # Frequencies in float32 whatever the module's dtype (as EDM's PositionalEmbedding): a half-precision
+        # copy would shift every feature of the noise level.
+        k = torch.arange(self.half, device=c.device, dtype=torch.float32)
+        freqs = torch.exp(-math.log(self.max_period) * k / self.half).to(c.dtype)
+        a = c.reshape(-1, 1) * freqs * 25.0   # c_noise spans about [-1.6, 1.1]: spread it out
         return torch.cat([torch.cos(a), torch.sin(a)], dim=1)
 
 
@@ -97,7 +101,6 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
         # rho_i of Skip-Tuning, index 0 = the highest resolution; plain Python floats so nothing syncs in forward
         self.skip_scales: list[float] = [1.0] * len(c)
-        self.last_bottleneck: torch.Tensor | None = None
 
     @property
     def num_skip_levels(self) -> int:
@@ -115,7 +118,7 @@ class UNet(nn.Module):
         if len(scales) != len(self.channels):
             from ..errors import InvalidArgument
             raise InvalidArgument(f"skip_scale needs {len(self.channels)} factors (one per level), got {len(scales)}")
-        emb = self.time_mlp(self.fourier(c_noise))
+        emb = self.time_mlp(self.fourier(c_noise).to(x.dtype))
         h = self.conv_in(x)
         skips = []
         for i, block in enumerate(self.enc):
@@ -135,10 +138,21 @@ class UNet(nn.Module):
             h = block(torch.cat([h, s], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h))), bottleneck
 
+    def identity(self) -> str:
+        """The weights' digest and the skip scales (they change the output, and are not in the state_dict)."""
+        return f"{state_dict_digest(self)}:skip_scales={list(self.skip_scales)!r}"
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, *, skip_scale: Sequence[float] | None = None,
                 return_bottleneck: bool = False):
-        """EDM preconditioned denoiser D(x, sigma); sigma is a scalar or one value per sample."""
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        """EDM preconditioned denoiser D(x, sigma); sigma is a scalar or one value per sample.
+
+        As EDM's Precond: the preconditioning runs in float32 (float64 for a float64 network), the inner network
+        in its own dtype; the output comes back in the preconditioning dtype.
+        """
+        dtype = self.conv_in.weight.dtype
+        pdtype = torch.float64 if dtype == torch.float64 else torch.float32
+        x = x.to(pdtype)
+        sigma = torch.as_tensor(sigma, dtype=pdtype, device=x.device).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
         sd = self.sigma_data
@@ -147,7 +161,6 @@ class UNet(nn.Module):
         c_out = s * sd / torch.sqrt(s * s + sd * sd)
         c_in = 1.0 / torch.sqrt(s * s + sd * sd)
         c_noise = torch.log(sigma.clamp_min(1e-6)) / 4.0     # sigma = 0 (a final grid point) must stay finite
-        f, bottleneck = self.raw(c_in * x, c_noise, skip_scale)
-        self.last_bottleneck = bottleneck
-        out = c_skip * x + c_out * f
+        f, bottleneck = self.raw((c_in * x).to(dtype), c_noise, skip_scale)
+        out = c_skip * x + c_out * f.to(pdtype)
         return (out, bottleneck) if return_bottleneck else out

@@ -81,7 +81,11 @@ def test_denoiser_preconditioning_and_hooks(unet):
         assert (d - x).pow(2).mean() < (noisy - x).pow(2).mean() / 4
         out, bott = unet(noisy, 0.5, return_bottleneck=True)
         assert torch.equal(out, d) and bott.shape == (4, unet.channels[-1], 7, 7)
-        assert unet.last_bottleneck is bott
+        # the same bottleneck reaches a solver through a forward hook on the submodule `mid`
+        from diffsolve import FeatureCapture, VectorField
+        field = FeatureCapture(VectorField(unet), {"bottleneck": "mid"})
+        captured = field.evaluate(noisy, field.at(0.5)).aux["bottleneck"]
+        assert torch.equal(captured, bott) and not unet.mid._forward_hooks
         assert torch.equal(unet(noisy, 0.5, skip_scale=[1.0] * unet.num_skip_levels), d)
         scaled = unet(noisy, 0.5, skip_scale=[0.8, 1.0, 1.0])
         assert not torch.allclose(scaled, d)
