@@ -6,10 +6,6 @@ Each fused Triton kernel sits beside its PyTorch reference; `DIFFSOLVE_KERNELS=a
 from .backend import BACKENDS, KernelUnavailable, requested_backend, use_triton
 from .lincomb import (coefficient_tensor, lincomb, lincomb_pair, lincomb_pair_reference, lincomb_reference,
                       lincomb_triton)
-from .convert import denoise_update, denoise_update_reference, prediction_coefficients
-from .sde import noisy_update, noisy_update_reference
 
 __all__ = ["lincomb", "lincomb_reference", "lincomb_triton", "lincomb_pair", "lincomb_pair_reference",
-           "coefficient_tensor", "denoise_update", "denoise_update_reference", "prediction_coefficients",
-           "noisy_update", "noisy_update_reference", "KernelUnavailable", "BACKENDS", "requested_backend",
-           "use_triton"]
+           "coefficient_tensor", "KernelUnavailable", "BACKENDS", "requested_backend", "use_triton"]

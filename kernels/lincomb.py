@@ -101,18 +101,10 @@ def _split_rows(scalars, ctensor, start: int, stop: int, prepend_one: bool):
     return None, part.contiguous()
 
 
-def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, seed: int | None = None,
-                   noise_offset: int = 0) -> tuple[torch.Tensor, ...]:
-    """M (1 or 2) combinations of the same inputs in one pass; optional in-kernel N(0,1) noise term (M == 1).
-
-    `rows`: M coefficient rows (float sequences or tensors [K] / [batch, K]); the noise coefficient, when
-    `seed` is given, is the extra last column of rows[0] (K + 1 entries).
-    """
+def combine_triton(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """M (1 or 2) combinations of the same inputs in one pass; `rows`: M coefficient rows (floats, [K] or [batch, K])."""
     impl = triton_impl()
     k = len(tensors)
-    noise = seed is not None
-    if noise and len(rows) != 1:
-        raise ValueError("in-kernel noise is for a single output")
     ref = tensors[0]
     dense, fmt = same_layout(list(tensors))
     acc = accumulation_dtype(ref.dtype)
@@ -120,15 +112,10 @@ def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, se
     if ref.numel() == 0:
         return tuple(outs)
     batch = _batch(ref)
-    scalars, ctensor = _as_rows(rows, k + int(noise), batch, ref.device, acc)
+    scalars, ctensor = _as_rows(rows, k, batch, ref.device, acc)
     per_sample = ref.numel() // batch
-    noise_scalar = 0.0
-    if noise and scalars is not None:
-        noise_scalar = float(scalars[0][-1])
-        scalars = [scalars[0][:-1]]
     if k <= MAX_FUSED_TERMS:
-        impl.launch(outs, dense, scalars=scalars, ctensor=ctensor, per_sample=per_sample, acc=acc,
-                    noise_scalar=noise_scalar, seed=seed, noise_offset=noise_offset)
+        impl.launch(outs, dense, scalars=scalars, ctensor=ctensor, per_sample=per_sample, acc=acc)
         return tuple(outs)
     # Long combinations: the first MAX_FUSED_TERMS terms into a partial sum kept in the accumulation dtype.
     s, c = _split_rows(scalars, ctensor, 0, MAX_FUSED_TERMS, False)
@@ -138,7 +125,7 @@ def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, se
     while True:
         stop = min(start + MAX_FUSED_TERMS - 1, k)
         last = stop == k
-        s, c = _split_rows(scalars, ctensor, start, stop + (int(noise) if last and ctensor is not None else 0), True)
+        s, c = _split_rows(scalars, ctensor, start, stop, True)
         if len(partials) == 2:
             dst = outs if last else [torch.empty_like(p) for p in partials]
             # two outputs: combine each partial with its own row
@@ -150,8 +137,7 @@ def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, se
         else:
             dst = outs if last else [torch.empty_like(partials[0])]
             impl.launch(dst, [partials[0], *dense[start:stop]], scalars=s, ctensor=c, per_sample=per_sample,
-                        acc=acc, noise_scalar=noise_scalar if last else 0.0,
-                        seed=seed if last else None, noise_offset=noise_offset)
+                        acc=acc)
         if last:
             return tuple(outs)
         partials, start = dst, stop
