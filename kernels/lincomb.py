@@ -3,6 +3,8 @@
 Coefficients are Python floats (one per tensor, shared by the batch), or a tensor of shape [K] (shared) or
 [batch, K] (one row per sample) that may live on the device, so that a captured CUDA graph can replay them.
 Half-precision inputs are accumulated in float32; the result has tensors[0]'s dtype, shape and memory format.
+Every path is differentiable in the tensors and in coefficient tensors (learned solvers compute coefficients with
+a network); the Triton path through an autograd Function whose backward is again a lincomb.
 """
 from __future__ import annotations
 
@@ -143,10 +145,73 @@ def combine_triton(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor,
         partials, start = dst, stop
 
 
+def _needs_grad(coeffs, tensors: Sequence[torch.Tensor]) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    if any(t.requires_grad for t in tensors):
+        return True
+    if isinstance(coeffs, torch.Tensor):
+        return coeffs.requires_grad
+    return any(isinstance(c, torch.Tensor) and c.requires_grad for c in coeffs)
+
+
+def _coefficient_grad(g: torch.Tensor, coeffs: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """d/dc_k = sum(g T_k) over the sample dims ([batch, K] coefficients) or over everything ([K])."""
+    if g.numel() == 0:
+        return torch.zeros_like(coeffs)
+    acc = accumulation_dtype(tensors[0].dtype)
+    # mul + sum rather than a batched matmul: matmuls may run in TF32 where the user enabled it
+    rows = coeffs.shape[0] if coeffs.dim() == 2 else 1
+    gf = g.to(acc).reshape(rows, -1)
+    cols = [(gf * t.to(acc).reshape(rows, -1)).sum(dim=1) for t in tensors]
+    grad = torch.stack(cols, dim=-1)
+    return (grad if coeffs.dim() == 2 else grad[0]).to(coeffs.dtype)
+
+
+class _LincombTriton(torch.autograd.Function):
+    """The fused kernel with its adjoint: grad T_k = c_k grad_out (again a lincomb), grad c_k = <grad_out, T_k>."""
+
+    @staticmethod
+    def forward(ctx, coeffs: torch.Tensor | None, floats: tuple[float, ...] | None, *tensors: torch.Tensor):
+        out = combine_triton([coeffs if coeffs is not None else list(floats)], list(tensors))[0]
+        ctx.floats = floats
+        ctx.dtypes = [t.dtype for t in tensors]
+        # the inputs are kept alive only when a coefficient needs its gradient
+        ctx.save_for_backward(coeffs, *(tensors if ctx.needs_input_grad[0] else ()))
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        coeffs, *tensors = ctx.saved_tensors
+        grads: list[torch.Tensor | None] = []
+        for k, need in enumerate(ctx.needs_input_grad[2:]):
+            if not need:
+                grads.append(None)
+                continue
+            c = [ctx.floats[k]] if coeffs is None else coeffs[..., k:k + 1]
+            # through lincomb, so that create_graph=True (double backward) records this Function again
+            grads.append(lincomb(c, [g], backend="triton").to(ctx.dtypes[k]))
+        grad_c = _coefficient_grad(g, coeffs, tensors) if ctx.needs_input_grad[0] else None
+        return grad_c, None, *grads
+
+
 def lincomb_triton(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The fused kernel for lincomb_reference: one read of each input, one write, fp32 accumulation for halves."""
+    """The fused kernel for lincomb_reference: one read of each input, one write, fp32 accumulation for halves.
+
+    Differentiable in the tensors and in coefficient tensors; with nothing requiring grad it calls the kernel
+    directly (no autograd node, so nothing is added to the per-step cost of sampling).
+    """
     _check(coeffs, tensors)
-    return combine_triton([coeffs], list(tensors))[0]
+    tensors = list(tensors)
+    if not _needs_grad(coeffs, tensors):
+        return combine_triton([coeffs], tensors)[0]
+    if isinstance(coeffs, torch.Tensor):
+        return _LincombTriton.apply(coeffs, None, *tensors)
+    if all(isinstance(c, Real) for c in coeffs):
+        return _LincombTriton.apply(None, tuple(float(c) for c in coeffs), *tensors)
+    # floats mixed with tensors: stack them (differentiably) into one [K] or [batch, K] coefficient tensor
+    row = _row_tensor(coeffs, _batch(tensors[0]), tensors[0].device, accumulation_dtype(tensors[0].dtype))
+    return _LincombTriton.apply(row, None, *tensors)
 
 
 def lincomb_pair_reference(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +226,8 @@ def lincomb_pair(rows, tensors: Sequence[torch.Tensor], *, backend: str | None =
     for r in rows:
         _check(r, tensors)
     if use_triton(tensors, backend):
+        if any(_needs_grad(r, tensors) for r in rows):
+            return lincomb_triton(rows[0], tensors), lincomb_triton(rows[1], tensors)   # differentiable, two passes
         return combine_triton(list(rows), list(tensors))
     return lincomb_pair_reference(rows, tensors)
 
