@@ -183,14 +183,20 @@ class _LincombTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         coeffs, *tensors = ctx.saved_tensors
-        grads: list[torch.Tensor | None] = []
-        for k, need in enumerate(ctx.needs_input_grad[2:]):
-            if not need:
-                grads.append(None)
-                continue
-            c = [ctx.floats[k]] if coeffs is None else coeffs[..., k:k + 1]
-            # through lincomb, so that create_graph=True (double backward) records this Function again
-            grads.append(lincomb(c, [g], backend="triton").to(ctx.dtypes[k]))
+        wanted = [k for k, need in enumerate(ctx.needs_input_grad[2:]) if need]
+        rows = {k: [ctx.floats[k]] if coeffs is None else coeffs[..., k:k + 1] for k in wanted}
+        grads: list[torch.Tensor | None] = [None] * len(ctx.dtypes)
+        if torch.is_grad_enabled():
+            # create_graph=True: through lincomb, so that double backward records this Function again
+            for k in wanted:
+                grads[k] = lincomb(rows[k], [g], backend="triton")
+        else:
+            # two gradients per read of grad_out (the kernel writes up to two outputs per pass)
+            for j in range(0, len(wanted), 2):
+                ks = wanted[j:j + 2]
+                for k, out in zip(ks, combine_triton([rows[k] for k in ks], [g])):
+                    grads[k] = out
+        grads = [gr if gr is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes)]
         grad_c = _coefficient_grad(g, coeffs, tensors) if ctx.needs_input_grad[0] else None
         return grad_c, None, *grads
 
