@@ -1,4 +1,4 @@
-"""The Triton kernel behind every fused update: Y_j = sum_k C[j, k] T_k (+ C[j, K] z), j < M <= 2, K <= 8.
+"""The Triton kernel behind every fused update: Y_j = sum_k C[j, k] T_k, j < M <= 2, K <= 8.
 
 Loaded lazily by `backend.triton_impl()` (never at `import diffsolve`): Triton fixes at decoration time whether a
 kernel is compiled or run by its interpreter. One elementwise pass over flat, identically laid out inputs; the
@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from diffsolve.kernels.backend import KernelUnavailable
 
 MAX_TERMS = 8
 BLOCK = 1024
@@ -42,11 +40,11 @@ def _term(acc0, acc1, t_ptr, offs, mask, c_ptr, b, c_bstride, s0, s1, k: tl.cons
     return acc0, acc1
 
 
-@triton.jit(do_not_specialize=["seed", "noise_offset"])
+@triton.jit
 def lincomb_kernel(y0_ptr, y1_ptr, t0, t1, t2, t3, t4, t5, t6, t7, c_ptr, c_bstride,
-                   s00, s01, s02, s03, s04, s05, s06, s07, s10, s11, s12, s13, s14, s15, s16, s17, sn,
-                   seed, noise_offset, n, per_sample,
-                   K: tl.constexpr, KC: tl.constexpr, M: tl.constexpr, MODE: tl.constexpr, NOISE: tl.constexpr,
+                   s00, s01, s02, s03, s04, s05, s06, s07, s10, s11, s12, s13, s14, s15, s16, s17,
+                   n, per_sample,
+                   K: tl.constexpr, KC: tl.constexpr, M: tl.constexpr, MODE: tl.constexpr,
                    ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -74,26 +72,13 @@ def lincomb_kernel(y0_ptr, y1_ptr, t0, t1, t2, t3, t4, t5, t6, t7, c_ptr, c_bstr
         acc0, acc1 = _term(acc0, acc1, t6, offs, mask, c_ptr, b, c_bstride, s06, s16, 6, KC, M, MODE, ACC)
     if K > 7:
         acc0, acc1 = _term(acc0, acc1, t7, offs, mask, c_ptr, b, c_bstride, s07, s17, 7, KC, M, MODE, ACC)
-    if NOISE:
-        # Philox counter = element index + per-call offset: independent N(0, 1) per element, reproducible per seed.
-        z = tl.randn(seed, (offs + noise_offset).to(tl.int32))
-        acc0 += _coef(c_ptr, b, c_bstride, mask, sn, 0, K, KC, MODE, ACC) * z.to(ACC)
     tl.store(y0_ptr + offs, acc0.to(y0_ptr.dtype.element_ty), mask=mask)
     if M == 2:
         tl.store(y1_ptr + offs, acc1.to(y1_ptr.dtype.element_ty), mask=mask)
 
 
-def randn_runs() -> bool:
-    """tl.randn is a @jit library function: the interpreter can run it only if triton was imported interpreting."""
-    if not triton.knobs.runtime.interpret:
-        return True
-    from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(tl.randn, InterpretedFunction)
-
-
 def launch(outs: list[torch.Tensor], tensors: list[torch.Tensor], *, scalars: list[list[float]] | None,
-           ctensor: torch.Tensor | None, per_sample: int, acc: torch.dtype, noise_scalar: float = 0.0,
-           seed: int | None = None, noise_offset: int = 0) -> None:
+           ctensor: torch.Tensor | None, per_sample: int, acc: torch.dtype) -> None:
     """Fill `outs` (1 or 2 dense tensors laid out like `tensors`) with the combination; no host sync, no alloc.
 
     scalars: M rows of K floats (MODE 0), or ctensor: [M, KC] (MODE 1) / [B, M, KC] (MODE 2) in `acc` dtype.
@@ -101,11 +86,6 @@ def launch(outs: list[torch.Tensor], tensors: list[torch.Tensor], *, scalars: li
     k, m, n = len(tensors), len(outs), outs[0].numel()
     if not 1 <= k <= MAX_TERMS or m not in (1, 2):
         raise ValueError(f"kernel takes 1..{MAX_TERMS} inputs and 1..2 outputs, got {k} and {m}")
-    noise = seed is not None
-    if noise and not randn_runs():
-        raise KernelUnavailable("in-kernel noise under TRITON_INTERPRET=1 needs TRITON_INTERPRET set before triton is "
-                           "first imported (tl.randn was compiled for the GPU); pass noise= instead")
-    kc = k + int(noise)
     ptrs = list(tensors) + [tensors[0]] * (MAX_TERMS - k)
     if scalars is not None:
         mode, cptr, cbs = 0, tensors[0], 0
@@ -116,7 +96,5 @@ def launch(outs: list[torch.Tensor], tensors: list[torch.Tensor], *, scalars: li
         cptr, cbs = ctensor, (ctensor.stride(0) if mode == 2 else 0)
         s0 = s1 = [0.0] * MAX_TERMS
     grid = (triton.cdiv(n, BLOCK),)
-    lincomb_kernel[grid](outs[0], outs[-1], *ptrs, cptr, cbs, *s0, *s1, float(noise_scalar),
-                         int(seed or 0), int(noise_offset), n, max(per_sample, 1),
-                         K=k, KC=kc, M=m, MODE=mode, NOISE=noise, ACC=_TL_DTYPE[acc], BLOCK=BLOCK,
-                         num_warps=4)
+    lincomb_kernel[grid](outs[0], outs[-1], *ptrs, cptr, cbs, *s0, *s1, n, max(per_sample, 1),
+                         K=k, KC=k, M=m, MODE=mode, ACC=_TL_DTYPE[acc], BLOCK=BLOCK, num_warps=4)

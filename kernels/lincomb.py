@@ -3,6 +3,8 @@
 Coefficients are Python floats (one per tensor, shared by the batch), or a tensor of shape [K] (shared) or
 [batch, K] (one row per sample) that may live on the device, so that a captured CUDA graph can replay them.
 Half-precision inputs are accumulated in float32; the result has tensors[0]'s dtype, shape and memory format.
+Every path is differentiable in the tensors and in coefficient tensors (learned solvers compute coefficients with
+a network); the Triton path through an autograd Function whose backward is again a lincomb.
 """
 from __future__ import annotations
 
@@ -101,18 +103,10 @@ def _split_rows(scalars, ctensor, start: int, stop: int, prepend_one: bool):
     return None, part.contiguous()
 
 
-def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, seed: int | None = None,
-                   noise_offset: int = 0) -> tuple[torch.Tensor, ...]:
-    """M (1 or 2) combinations of the same inputs in one pass; optional in-kernel N(0,1) noise term (M == 1).
-
-    `rows`: M coefficient rows (float sequences or tensors [K] / [batch, K]); the noise coefficient, when
-    `seed` is given, is the extra last column of rows[0] (K + 1 entries).
-    """
+def combine_triton(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """M (1 or 2) combinations of the same inputs in one pass; `rows`: M coefficient rows (floats, [K] or [batch, K])."""
     impl = triton_impl()
     k = len(tensors)
-    noise = seed is not None
-    if noise and len(rows) != 1:
-        raise ValueError("in-kernel noise is for a single output")
     ref = tensors[0]
     dense, fmt = same_layout(list(tensors))
     acc = accumulation_dtype(ref.dtype)
@@ -120,15 +114,10 @@ def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, se
     if ref.numel() == 0:
         return tuple(outs)
     batch = _batch(ref)
-    scalars, ctensor = _as_rows(rows, k + int(noise), batch, ref.device, acc)
+    scalars, ctensor = _as_rows(rows, k, batch, ref.device, acc)
     per_sample = ref.numel() // batch
-    noise_scalar = 0.0
-    if noise and scalars is not None:
-        noise_scalar = float(scalars[0][-1])
-        scalars = [scalars[0][:-1]]
     if k <= MAX_FUSED_TERMS:
-        impl.launch(outs, dense, scalars=scalars, ctensor=ctensor, per_sample=per_sample, acc=acc,
-                    noise_scalar=noise_scalar, seed=seed, noise_offset=noise_offset)
+        impl.launch(outs, dense, scalars=scalars, ctensor=ctensor, per_sample=per_sample, acc=acc)
         return tuple(outs)
     # Long combinations: the first MAX_FUSED_TERMS terms into a partial sum kept in the accumulation dtype.
     s, c = _split_rows(scalars, ctensor, 0, MAX_FUSED_TERMS, False)
@@ -138,7 +127,7 @@ def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, se
     while True:
         stop = min(start + MAX_FUSED_TERMS - 1, k)
         last = stop == k
-        s, c = _split_rows(scalars, ctensor, start, stop + (int(noise) if last and ctensor is not None else 0), True)
+        s, c = _split_rows(scalars, ctensor, start, stop, True)
         if len(partials) == 2:
             dst = outs if last else [torch.empty_like(p) for p in partials]
             # two outputs: combine each partial with its own row
@@ -150,17 +139,85 @@ def combine_triton(rows, tensors: Sequence[torch.Tensor], *, noise_rows=None, se
         else:
             dst = outs if last else [torch.empty_like(partials[0])]
             impl.launch(dst, [partials[0], *dense[start:stop]], scalars=s, ctensor=c, per_sample=per_sample,
-                        acc=acc, noise_scalar=noise_scalar if last else 0.0,
-                        seed=seed if last else None, noise_offset=noise_offset)
+                        acc=acc)
         if last:
             return tuple(outs)
         partials, start = dst, stop
 
 
+def _needs_grad(coeffs, tensors: Sequence[torch.Tensor]) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    if any(t.requires_grad for t in tensors):
+        return True
+    if isinstance(coeffs, torch.Tensor):
+        return coeffs.requires_grad
+    return any(isinstance(c, torch.Tensor) and c.requires_grad for c in coeffs)
+
+
+def _coefficient_grad(g: torch.Tensor, coeffs: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """d/dc_k = sum(g T_k) over the sample dims ([batch, K] coefficients) or over everything ([K])."""
+    if g.numel() == 0:
+        return torch.zeros_like(coeffs)
+    acc = accumulation_dtype(tensors[0].dtype)
+    # mul + sum rather than a batched matmul: matmuls may run in TF32 where the user enabled it
+    rows = coeffs.shape[0] if coeffs.dim() == 2 else 1
+    gf = g.to(acc).reshape(rows, -1)
+    cols = [(gf * t.to(acc).reshape(rows, -1)).sum(dim=1) for t in tensors]
+    grad = torch.stack(cols, dim=-1)
+    return (grad if coeffs.dim() == 2 else grad[0]).to(coeffs.dtype)
+
+
+class _LincombTriton(torch.autograd.Function):
+    """The fused kernel with its adjoint: grad T_k = c_k grad_out (again a lincomb), grad c_k = <grad_out, T_k>."""
+
+    @staticmethod
+    def forward(ctx, coeffs: torch.Tensor | None, floats: tuple[float, ...] | None, *tensors: torch.Tensor):
+        out = combine_triton([coeffs if coeffs is not None else list(floats)], list(tensors))[0]
+        ctx.floats = floats
+        ctx.dtypes = [t.dtype for t in tensors]
+        # the inputs are kept alive only when a coefficient needs its gradient
+        ctx.save_for_backward(coeffs, *(tensors if ctx.needs_input_grad[0] else ()))
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        coeffs, *tensors = ctx.saved_tensors
+        wanted = [k for k, need in enumerate(ctx.needs_input_grad[2:]) if need]
+        rows = {k: [ctx.floats[k]] if coeffs is None else coeffs[..., k:k + 1] for k in wanted}
+        grads: list[torch.Tensor | None] = [None] * len(ctx.dtypes)
+        if torch.is_grad_enabled():
+            # create_graph=True: through lincomb, so that double backward records this Function again
+            for k in wanted:
+                grads[k] = lincomb(rows[k], [g], backend="triton")
+        else:
+            # two gradients per read of grad_out (the kernel writes up to two outputs per pass)
+            for j in range(0, len(wanted), 2):
+                ks = wanted[j:j + 2]
+                for k, out in zip(ks, combine_triton([rows[k] for k in ks], [g])):
+                    grads[k] = out
+        grads = [gr if gr is None else gr.to(dt) for gr, dt in zip(grads, ctx.dtypes)]
+        grad_c = _coefficient_grad(g, coeffs, tensors) if ctx.needs_input_grad[0] else None
+        return grad_c, None, *grads
+
+
 def lincomb_triton(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The fused kernel for lincomb_reference: one read of each input, one write, fp32 accumulation for halves."""
+    """The fused kernel for lincomb_reference: one read of each input, one write, fp32 accumulation for halves.
+
+    Differentiable in the tensors and in coefficient tensors; with nothing requiring grad it calls the kernel
+    directly (no autograd node, so nothing is added to the per-step cost of sampling).
+    """
     _check(coeffs, tensors)
-    return combine_triton([coeffs], list(tensors))[0]
+    tensors = list(tensors)
+    if not _needs_grad(coeffs, tensors):
+        return combine_triton([coeffs], tensors)[0]
+    if isinstance(coeffs, torch.Tensor):
+        return _LincombTriton.apply(coeffs, None, *tensors)
+    if all(isinstance(c, Real) for c in coeffs):
+        return _LincombTriton.apply(None, tuple(float(c) for c in coeffs), *tensors)
+    # floats mixed with tensors: stack them (differentiably) into one [K] or [batch, K] coefficient tensor
+    row = _row_tensor(coeffs, _batch(tensors[0]), tensors[0].device, accumulation_dtype(tensors[0].dtype))
+    return _LincombTriton.apply(row, None, *tensors)
 
 
 def lincomb_pair_reference(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +232,8 @@ def lincomb_pair(rows, tensors: Sequence[torch.Tensor], *, backend: str | None =
     for r in rows:
         _check(r, tensors)
     if use_triton(tensors, backend):
+        if any(_needs_grad(r, tensors) for r in rows):
+            return lincomb_triton(rows[0], tensors), lincomb_triton(rows[1], tensors)   # differentiable, two passes
         return combine_triton(list(rows), list(tensors))
     return lincomb_pair_reference(rows, tensors)
 

@@ -6,16 +6,6 @@ interpreter setting, so it does not matter whether triton or diffsolve were impo
 from __future__ import annotations
 
 import importlib
-import math
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-# tl.randn (in-kernel noise) is a @jit library function that the interpreter runs only when TRITON_INTERPRET was
-# set before triton's first import; the other kernels run either way (see test_in_kernel_noise_statistics).
-if "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
@@ -23,10 +13,8 @@ import torch
 pytest.importorskip("triton")
 
 from diffsolve.errors import InvalidArgument  # noqa: E402
-from diffsolve.kernels import (KernelUnavailable, coefficient_tensor, denoise_update,  # noqa: E402
-                               denoise_update_reference, lincomb, lincomb_pair, lincomb_pair_reference,
-                               lincomb_reference, noisy_update, noisy_update_reference, prediction_coefficients)
-from diffsolve.predictions import PREDICTIONS, PathPoint, to_x0  # noqa: E402
+from diffsolve.kernels import (KernelUnavailable, coefficient_tensor, lincomb, lincomb_pair,  # noqa: E402
+                               lincomb_pair_reference, lincomb_reference)
 
 lincomb_module = importlib.import_module("diffsolve.kernels.lincomb")   # the package attribute is the function
 
@@ -139,86 +127,6 @@ def test_lincomb_pair_matches_reference(dtype, k):
     want = lincomb_pair_reference(rows, ts)
     for g, w in zip(got, want):
         assert_close(g, w)
-
-
-# --- conversion fused with the update -----------------------------------------------------------------------------
-POINT = PathPoint(alpha=0.8, sigma=0.6, d_alpha=-0.3, d_sigma=0.45)
-
-
-@pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_prediction_coefficients_reproduce_to_x0(prediction):
-    x, out = make((2, 7), torch.float64, 2)
-    cx, co = prediction_coefficients(prediction, POINT)
-    assert torch.allclose(cx * x + co * out, to_x0(prediction, out, x, POINT), rtol=1e-13, atol=1e-13)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("prediction", PREDICTIONS)
-@pytest.mark.parametrize("n_others", [0, 2])
-def test_denoise_update_matches_reference(prediction, dtype, n_others):
-    x, out, *others = make((2, 3, 4, 5), dtype, 2 + n_others)
-    coeffs = (0.9, 0.3, *[-0.1 * (j + 1) for j in range(n_others)])
-    got_next, got_x0 = denoise_update(prediction, out, x, POINT, coeffs, others, backend="triton")
-    want_next, want_x0 = denoise_update_reference(prediction, out, x, POINT, coeffs, others)
-    # folding cx, co into the update coefficients rounds differently from the two-stage reference
-    scale = 1 + max(abs(c) for c in prediction_coefficients(prediction, POINT))
-    atol, rtol = TOLERANCES[dtype]
-    for g, w in ((got_next, want_next), (got_x0, want_x0)):
-        err = (g.double() - w.double()).abs().max()
-        assert float(err) <= scale * (atol + rtol * float(w.double().abs().max())), prediction
-
-
-# --- the noisy update of SDE samplers ------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("k", [1, 3, 6])
-def test_noisy_update_with_given_noise_matches_reference(dtype, k):
-    *ts, z = make((3, 2, 5), dtype, k + 1)
-    c = coeffs_of(k, "floats", 3)
-    assert_close(noisy_update(c, ts, 0.7, noise=z, backend="triton"), noisy_update_reference(c, ts, 0.7, noise=z))
-    cp = coeffs_of(k + 1, "per_sample", 3)
-    assert_close(noisy_update(cp, ts, noise=z, backend="triton"), noisy_update_reference(cp, ts, noise=z))
-
-
-def _in_fresh_process(test_id: str) -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test_id}"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-
-@pytest.mark.parametrize("form", ["floats", "per_sample"])
-def test_in_kernel_noise_statistics(form):
-    from diffsolve.kernels.backend import triton_impl
-    if not triton_impl().randn_runs():        # triton was imported (compiled) before this module
-        _in_fresh_process(f"test_in_kernel_noise_statistics[{form}]")
-        return
-    n_per, batch = 16_384, 2
-    x = torch.randn(batch, n_per, dtype=torch.float64).float()
-    c_noise = 0.5
-    if form == "floats":
-        out = noisy_update([2.0], [x], c_noise, seed=1234, offset=7, backend="triton")
-    else:
-        out = noisy_update(torch.tensor([[2.0, c_noise]] * batch, dtype=torch.float64), [x], seed=1234,
-                           offset=7, backend="triton")
-    z = ((out.double() - 2.0 * x.double()) / c_noise).reshape(-1)
-    n = z.numel()
-    assert abs(float(z.mean())) < 5 / math.sqrt(n)
-    assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
-    assert abs(float((z[1:] * z[:-1]).mean())) < 5 / math.sqrt(n)          # neighbours independent
-    assert abs(float((z ** 4).mean()) - 3) < 5 * math.sqrt(96 / n)           # Gaussian kurtosis
-    same = noisy_update([2.0], [x], c_noise, seed=1234, offset=7, backend="triton")
-    other = noisy_update([2.0], [x], c_noise, seed=1234, offset=7 + x.numel(), backend="triton")
-    if form == "floats":
-        assert torch.equal(out, same)
-    assert float((other - out).abs().mean()) > 0.1
-
-
-def test_reference_noise_statistics_and_reproducibility():
-    x = torch.zeros(4, 10_000)
-    a = noisy_update_reference([1.0], [x], 1.0, seed=5, offset=3)
-    assert torch.equal(a, noisy_update_reference([1.0], [x], 1.0, seed=5, offset=3))
-    assert abs(float(a.var()) - 1) < 5 * math.sqrt(2 / a.numel())
 
 
 # --- the dispatcher -----------------------------------------------------------------------------------------------
