@@ -16,6 +16,7 @@ import torch
 
 from .errors import BudgetExceeded, InvalidArgument, NonFiniteError
 from .field import EvalPoint, Field, FieldOutput
+from .kernels import nonfinite
 from .noise import NoiseSource
 from .solvers.base import Plan, Solver
 
@@ -45,12 +46,6 @@ class SampleResult:
     stats: dict | None = None           # adaptive runs: accepted/rejected steps, completed flag
 
 
-def nonfinite(out: torch.Tensor) -> torch.Tensor:
-    """A 0-d device flag, True when `out` holds a NaN or Inf: one pass (a float64 sum cannot overflow on float32,
-    float16 or bfloat16 values; any NaN or Inf makes it non-finite)."""
-    return ~torch.isfinite(out.sum(dtype=torch.float64))
-
-
 class Evaluator:
     """Per-run wrapper of the field that counts model evaluations and flags non-finite outputs by step."""
 
@@ -75,7 +70,7 @@ class Evaluator:
         out = self.field.evaluate(x, p, kind, **self.kwargs)
         self.nfe += self.field.evals_per_call
         if self.check_finite:
-            self.flags.append((self.step, nonfinite(out.value)))
+            self.flags.append((self.step, nonfinite(out.value.detach())))
         self.last = out
         return out
 
