@@ -18,7 +18,7 @@ def _ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench.runner import BENCH_MODELS
+    from .bench.models import BENCH_MODELS
 
     p = argparse.ArgumentParser(prog="diffsolve", description="Fast, accurate samplers for diffusion and flow models.")
     sub = p.add_subparsers(dest="command")
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .bench.runner import resolve_model, run_bench
+    from .bench.models import resolve_model
+    from .bench.running import run_bench
 
     reference = None
     if args.ref_method or args.ref_rtol or args.ref_atol:
