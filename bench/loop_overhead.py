@@ -56,8 +56,12 @@ def _diffusers_scheduler(sch: VPDiscrete):
             timestep_spacing="trailing", final_sigmas_type="zero")
 
 
+NOTES: list[str] = []
+
+
 def build(batch: int, dim: int, steps: int, seed: int = 0) -> dict[str, Callable[[], torch.Tensor]]:
-    """The solvers of one problem, as name -> run() returning the samples; also checks the grids agree."""
+    """The solvers of one problem, as name -> run() returning the samples; where the grids differ, a line in NOTES."""
+    NOTES.clear()
     sch = VPDiscrete.linear()
     model = IdentityEps(dim, sch)
     noise = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed))
@@ -83,7 +87,9 @@ def build(batch: int, dim: int, steps: int, seed: int = 0) -> dict[str, Callable
         scheduler.set_timesteps(steps)
         theirs = torch.tensor([float(sch.t_from_index(float(t))) for t in scheduler.timesteps], dtype=torch.float64)
         if not torch.allclose(theirs, t_grid[:-1], rtol=0, atol=1e-12):
-            raise RuntimeError(f"diffusers' timesteps {theirs.tolist()} differ from diffsolve's {t_grid.tolist()}")
+            # diffusers rounds trailing timesteps to integers: with steps not dividing T the grids differ a little
+            NOTES.append(f"diffusers' timesteps differ from diffsolve's by up to "
+                         f"{float((theirs - t_grid[:-1]).abs().max()):.2e} in t (steps do not divide T = {sch.N})")
 
         def run_diffusers() -> torch.Tensor:
             s = copy.deepcopy(scheduler)
@@ -169,6 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"DPM-Solver++(2M), {a.steps} steps, identity eps-model on VP linear betas (T=1000), batch {a.batch} x "
           f"{a.dim} float32, CPU, {a.threads} thread(s), median of {a.repeats} runs")
     print(format_rows(rows, a.steps))
+    for note in NOTES:
+        print(note)
     missing = {"diffusers DPMSolverMultistepScheduler", "k-diffusion sample_dpmpp_2m"} - set(runs)
     for name in sorted(missing):
         print(f"{name}: not installed, left out")
