@@ -18,7 +18,8 @@ def _ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench.runner import BENCH_MODELS
+    from .bench.models import BENCH_MODELS
+    from .bench.presets import add_arguments as add_preset_arguments
 
     p = argparse.ArgumentParser(prog="diffsolve", description="Fast, accurate samplers for diffusion and flow models.")
     sub = p.add_subparsers(dest="command")
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per process (default: per model; 1 for the small analytic problems)")
+    add_preset_arguments(b)
     sub.add_parser("solvers", help="list the registered solvers")
     sub.add_parser("train", add_help=False,
                    help="train the built-in MNIST UNet or classifier (diffsolve train --help for its options)")
@@ -64,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .bench.runner import resolve_model, run_bench
+    from .bench.models import resolve_model
+    from .bench.running import BenchSettings, run_bench
 
+    if args.preset:
+        from .bench.presets import run_preset
+        return run_preset(args)
     reference = None
     if args.ref_method or args.ref_rtol or args.ref_atol:
         entry, _ = resolve_model(args.model)
@@ -74,11 +80,12 @@ def _bench(args: argparse.Namespace) -> int:
         atol = args.ref_atol if args.ref_atol is not None else (args.ref_rtol if args.ref_rtol is not None
                                                                  else base.atol)
         reference = dataclasses.replace(base, method=args.ref_method or base.method, rtol=rtol, atol=atol)
-    run_bench(args.model, args.solvers, args.nfe, batch_size=args.batch_size, seed=args.seed, device=args.device,
-              dtype=args.dtype, out=args.out, grid=args.grid, reference=reference,
-              trajectory=False if args.no_trajectory else None, cache=not args.no_cache, cache_dir=args.cache_dir,
-              chunk_size=args.chunk_size, progress=not args.no_progress, plots=not args.no_plots,
-              peers=not args.no_peers, threads=args.threads)
+    settings = BenchSettings(batch_size=args.batch_size, chunk_size=args.chunk_size, seed=args.seed,
+                             device=args.device, dtype=args.dtype, grid=args.grid, threads=args.threads,
+                             reference=reference, trajectory=False if args.no_trajectory else None,
+                             cache=not args.no_cache, cache_dir=args.cache_dir, peers=not args.no_peers, out=args.out,
+                             plots=not args.no_plots, progress=not args.no_progress)
+    run_bench(args.model, args.solvers, args.nfe, settings)
     return 0
 
 

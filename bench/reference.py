@@ -34,7 +34,7 @@ from ..errors import InvalidArgument, check_choice
 from ..field import VectorField, as_field
 
 METHODS = ("dopri8", "dopri5", "bosh3", "rk4")
-CACHE_VERSION = 1
+CACHE_VERSION = 2     # 2: keys cover every field setting (guidance, clipping) and module settings
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,9 @@ class Reference:
 # Identity and keys
 # ------------------------------------------------------------------------------------------------
 def model_identity(model: Any) -> str:
-    """model.identity() when the model has one, else a sha256 over its state_dict (names, dtypes, shapes, bytes)."""
+    """model.identity() when the model has one, else a sha256 over its state_dict (names, dtypes, shapes, bytes)
+    and over the plain settings its modules hold outside it (e.g. a UNet's `skip_scales`), which change the output
+    as surely as the weights do."""
     ident = getattr(model, "identity", None)
     if callable(ident):
         return f"{type(model).__name__}:{ident()}"
@@ -115,7 +117,26 @@ def model_identity(model: Any) -> str:
             h.update(_tensor_bytes(v))
         else:
             h.update(repr(v).encode())
+    if isinstance(model, torch.nn.Module):
+        for prefix, module in model.named_modules():
+            for attr, value in sorted(vars(module).items()):
+                # None is left out with tensors: a cache slot such as a last forward's features is None before the
+                # first call and a tensor after it, and must not change the key.
+                if attr.startswith("_") or attr == "training" or value is None or not _plain(value):
+                    continue
+                h.update(f"{prefix}.{attr}={value!r};".encode())
     return f"{type(model).__name__}:sha256:{h.hexdigest()}"
+
+
+def _plain(value: Any) -> bool:
+    """Plain data whose repr is a faithful, stable description (no addresses, no tensors)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
 
 
 def _tensor_bytes(v: torch.Tensor) -> bytes:
@@ -125,19 +146,81 @@ def _tensor_bytes(v: torch.Tensor) -> bytes:
     return v.numpy().tobytes()
 
 
-def field_identity(field: VectorField) -> dict:
-    sch = field.schedule
-    return {"model": model_identity(field.model), "prediction": field.prediction,
-            "time_convention": field.time_convention, "schedule": sch.identity() if sch is not None else None,
-            "model_kwargs": repr(sorted(field.model_kwargs.items()))}
+_MISSING = object()
+
+
+def field_identity(field: VectorField) -> dict | None:
+    """What identifies the field's output for the cache, or None when it cannot be identified (then nothing is
+    cached: a wrong hit would silently measure every solver against another model's answer).
+
+    A field that carries an `identity` (a str, stable across processes, or None) is trusted; for a field without
+    one the identity is built from its model, schedule and every setting it holds.
+    """
+    ident = getattr(field, "identity", _MISSING)
+    if ident is not _MISSING:
+        if callable(ident):
+            ident = ident()
+        return None if ident is None else {"field": str(ident)}
+    return _described_field(field)
+
+
+def _schedule_identity(sch: Any) -> str | None:
+    if sch is None:
+        return None
+    # A schedule built from arbitrary callables (CustomSchedule) says only its name: two different ones can share
+    # it, so it cannot key a cache.
+    if any(callable(v) for v in vars(sch).values()):
+        return None
+    return sch.identity()
+
+
+def _described_field(field: VectorField, _depth: int = 0) -> dict | None:
+    if _depth > 8:
+        return None
+    desc: dict[str, Any] = {"type": type(field).__qualname__}
+    for attr, value in sorted(vars(field).items()):
+        if attr == "spec":
+            continue                    # what the model declares; its effects are in the other attributes
+        if attr == "model":
+            try:
+                desc[attr] = model_identity(value)
+            except InvalidArgument:
+                return None
+        elif attr == "schedule":
+            desc[attr] = _schedule_identity(value)
+            if value is not None and desc[attr] is None:
+                return None
+        elif isinstance(value, VectorField):
+            inner = _described_field(value, _depth + 1)
+            if inner is None:
+                return None
+            desc[attr] = inner
+        elif isinstance(value, dict):
+            items = {}
+            for k, v in sorted(value.items(), key=lambda kv: str(kv[0])):
+                if isinstance(v, torch.Tensor):
+                    items[str(k)] = f"tensor:{v.dtype}:{tuple(v.shape)}:" + hashlib.sha256(_tensor_bytes(v)).hexdigest()
+                elif _plain(v):
+                    items[str(k)] = repr(v)
+                else:
+                    return None
+            desc[attr] = items
+        elif _plain(value):
+            desc[attr] = repr(value)
+        else:
+            return None                 # a setting we cannot describe faithfully
+    return desc
 
 
 def reference_key(field: VectorField, noise: torch.Tensor, times: torch.Tensor, settings: ReferenceSettings,
-                  seeds: Sequence[int] | None = None) -> tuple[str, dict]:
-    """The cache key (sha256 hex) and the description it hashes."""
+                  seeds: Sequence[int] | None = None) -> tuple[str | None, dict | None]:
+    """The cache key (sha256 hex) and the description it hashes; (None, None) when the field cannot be identified."""
+    ident = field_identity(field)
+    if ident is None:
+        return None, None
     desc = {
         "version": CACHE_VERSION,
-        "field": field_identity(field),
+        "field": ident,
         "times": [float(v).hex() for v in times.tolist()],
         "noise_sha256": hashlib.sha256(_tensor_bytes(noise.to(torch.float64))).hexdigest(),
         "noise_shape": list(noise.shape),
@@ -243,15 +326,28 @@ def load_reference(path: str | Path, key: str) -> Reference | None:
 # The solve
 # ------------------------------------------------------------------------------------------------
 def float64_field(field: VectorField) -> VectorField:
-    """The same field on a float64 copy of the model (the model itself is left untouched)."""
+    """The same field on a float64 copy of the model (the model itself is left untouched).
+
+    Wrapper fields (ClassifierFreeGuidance) call the model through an inner field that holds it too: every field
+    reachable through the wrapper's attributes gets the copy, or the inner calls would still run in float32.
+    """
     model = field.model
     tensors = list(model.parameters()) + list(model.buffers()) if isinstance(model, torch.nn.Module) else []
-    if any(t.is_floating_point() and t.dtype != torch.float64 for t in tensors):
-        model = copy.deepcopy(model).to(torch.float64)
-    if model is field.model:
+    if not any(t.is_floating_point() and t.dtype != torch.float64 for t in tensors):
         return field
+    return _with_model(field, model, copy.deepcopy(model).to(torch.float64), {})
+
+
+def _with_model(field: VectorField, old: Any, new: Any, done: dict) -> VectorField:
+    if id(field) in done:
+        return done[id(field)]
     f = copy.copy(field)
-    f.model = model
+    done[id(field)] = f
+    if f.model is old:
+        f.model = new
+    for attr, value in vars(field).items():
+        if isinstance(value, VectorField):
+            setattr(f, attr, _with_model(value, old, new, done))
     return f
 
 
@@ -354,6 +450,8 @@ def solve_reference(model: Any, noise: torch.Tensor, times: Sequence[float] | to
     key = desc = path = None
     if cache:
         key, desc = reference_key(field, noise, times, settings, seeds)
+        cache = key is not None         # an unidentifiable field is solved every time, never cached
+    if cache:
         path = cache_path(cache_dir or default_cache_dir(), key)
         hit = load_reference(path, key)
         if hit is not None:
@@ -369,7 +467,8 @@ def solve_reference(model: Any, noise: torch.Tensor, times: Sequence[float] | to
         if times.numel() == 1:
             main, nfe, check = x0[None], 0, x0[None]
         else:
-            main, nfe = _solve_once(f64, x0, times, settings, frame, kwargs)
+            main, calls = _solve_once(f64, x0, times, settings, frame, kwargs)
+            nfe = calls * getattr(f64, "evals_per_call", 1)     # a guided field calls the model twice per slope
             check, _ = _solve_once(f64, x0, times, settings.loosened(), frame, kwargs)
     seconds = time.perf_counter() - start
     B = main.shape[1]

@@ -16,7 +16,7 @@ from diffsolve import Sampler
 from diffsolve.bench import metrics
 from diffsolve.bench.problems import GaussianMixtureProblem, GaussianProblem
 from diffsolve.bench.reference import ReferenceSettings
-from diffsolve.bench.runner import BENCH_MODELS, BenchModel, run_bench
+from diffsolve.bench import BENCH_MODELS, BenchModel, run_bench
 from diffsolve.cli import main
 from diffsolve.errors import InvalidArgument
 from diffsolve.field import ModelSpec

@@ -177,7 +177,7 @@ def test_dpmsolver_multistep_3m_default_differs_by_design(unet, noise):
     """dpmpp_3m's default third_order='taylor' weights D2 by the exact Taylor coefficient; diffusers' (and
     dpm_solver_pytorch's) weight makes the method second order on non-uniform steps. So the default differs from
     DPMSolverMultistepScheduler(solver_order=3) by more than round-off; the option 'reference' agrees (above).
-    Accuracy on a trained model: test_mnist_ddpm.py and bench/issue3_table.py."""
+    Accuracy on a trained model: test_mnist_ddpm.py and `diffsolve bench --preset diffusers`."""
     require("dpmpp_3m")
     sch = diffusers.DPMSolverMultistepScheduler(solver_order=3)
     theirs, _ = run_diffusers(sch, unet, noise, 10)

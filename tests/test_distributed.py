@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffsolve.bench.distributed import Dist, chunk_bounds, sample_seeds
-from diffsolve.bench.runner import run_bench
+from diffsolve.bench import run_bench
 
 ARGS = dict(model="gmm", solvers="euler,dpmpp_2m", nfe=[4, 8], batch_size=40, chunk_size=8, seed=5)
 # Timings, cache hits and the process count legitimately differ; everything else must be identical.

@@ -1,0 +1,167 @@
+"""The bench's model registry: names for `diffsolve bench --model`, how each is loaded, and its default settings.
+
+Models come from `BENCH_MODELS` (extend it with `register_bench_model`), a 'module:attr' path naming a model, a
+factory or a `BenchModel`, or a model object; `resolve_model` turns any of these into an entry and a built model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import InvalidArgument, unknown_name
+from ..field import model_spec_of
+from .reference import ReferenceSettings
+
+SHARED = Path(os.environ.get("DIFFSOLVE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@dataclass
+class BenchModel:
+    """A model for the benchmark and how to benchmark it by default.
+
+    kind: 'vector' (flat samples), 'image' ([C, H, W]: a sample grid is drawn) or 'points' (2-D).
+    dtype None runs the solvers in the model's own dtype; `trajectory` asks for errors at every grid point
+    (a reference state at each of them); `available` returns None, or why the model cannot be built here.
+    """
+
+    name: str
+    build: Callable[[], Any]
+    summary: str = ""
+    kind: str = "vector"
+    batch_size: int = 256
+    chunk_size: int = 256
+    nfe: tuple[int, ...] = (4, 8, 16, 32)
+    dtype: torch.dtype | None = None
+    solvers: tuple[str, ...] | None = None
+    reference: ReferenceSettings = dc_field(default_factory=ReferenceSettings)
+    trajectory: bool = True
+    data_samples: int = 4096
+    threads: int | None = None      # torch CPU threads while benchmarking (None: leave torch's setting)
+    available: Callable[[], str | None] = lambda: None
+
+
+BENCH_MODELS: dict[str, BenchModel] = {}
+
+
+def register_bench_model(entry: BenchModel) -> None:
+    """Add a named model to `diffsolve bench --model` (names are unique)."""
+    if entry.name in BENCH_MODELS:
+        raise InvalidArgument(f"bench model {entry.name!r} is registered already")
+    BENCH_MODELS[entry.name] = entry
+
+
+def _gmm():
+    from .problems import GaussianMixtureProblem
+    return GaussianMixtureProblem.default()
+
+
+def _gaussian():
+    from .problems import GaussianProblem
+    return GaussianProblem.default(dim=16)
+
+
+def _mnist_ddpm():
+    from ..pretrained_adapters.mnist_ddpm import load_mnist_ddpm
+    return load_mnist_ddpm(SHARED / "models" / "mnist-ddpm-eps.safetensors")
+
+
+def _needs(path: Path) -> Callable[[], str | None]:
+    return lambda: None if path.is_file() else f"{path} is missing (the shared model folder beside the repository)"
+
+
+register_bench_model(BenchModel(
+    "gmm", _gmm, "Gaussian mixture, 8 components in 16-D, exact denoiser (EDM schedule)", batch_size=512,
+    chunk_size=256, nfe=(4, 6, 8, 12, 16, 24, 32, 48, 64), dtype=torch.float64, threads=1))
+register_bench_model(BenchModel(
+    "gaussian", _gaussian, "Gaussian in 16-D, exact probability-flow solution (EDM schedule)", batch_size=512,
+    chunk_size=256, nfe=(4, 6, 8, 12, 16, 24, 32, 48, 64), dtype=torch.float64, threads=1))
+register_bench_model(BenchModel(
+    "mnist-ddpm", _mnist_ddpm, "MNIST DDPM (eps, linear betas, T=1000) from ../shared/models", kind="image",
+    batch_size=8, chunk_size=4, nfe=(5, 10, 20, 50), dtype=None,
+    reference=ReferenceSettings(method="dopri5", rtol=1e-6, atol=1e-6), trajectory=False,
+    available=_needs(SHARED / "models" / "mnist-ddpm-eps.safetensors")))
+
+for _flow in ("otcfm", "cfm"):
+    def _build(_f=_flow):
+        from ..pretrained_adapters.torchcfm import load_torchcfm_mlp
+        return load_torchcfm_mlp(SHARED / "models" / "moons-flow" / f"{_f}.safetensors")
+    register_bench_model(BenchModel(
+        f"moons-{_flow}", _build, f"2-D two-moons flow ({_flow}, torchcfm MLP, plain velocity field)", kind="points",
+        batch_size=1024, chunk_size=512, nfe=(2, 4, 8, 16, 32), dtype=torch.float64, threads=1,
+        available=_needs(SHARED / "models" / "moons-flow" / f"{_flow}.safetensors")))
+
+def _mnist_unet():
+    from ..models.builtin import load_mnist_unet
+    return load_mnist_unet()
+
+
+# The built-in image model ships inside the package: the default image model of the bench ('image' names it too).
+_MNIST_UNET = BenchModel(
+    "mnist-unet", _mnist_unet, "built-in MNIST UNet (EDM denoiser, 358k parameters, trained in the project)",
+    kind="image", batch_size=16, chunk_size=8, nfe=(5, 10, 20, 50), dtype=None,
+    # rtol 1e-7: its gap to the 1e-5 check solve (2.8e-4 RMSE) is far below the errors measured (>= 0.02)
+    reference=ReferenceSettings(method="dopri5", rtol=1e-7, atol=1e-7), trajectory=False)
+register_bench_model(_MNIST_UNET)
+register_bench_model(dataclasses.replace(_MNIST_UNET, name="image"))
+
+# Tried in this order when --solvers is not given; names another module has not registered are left out.
+DEFAULT_SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc_bh2", "deis", "ipndm", "dpm_solver_3", "rk4")
+
+
+def resolve_model(model: Any) -> tuple[BenchModel, Any]:
+    """A BenchModel and the built model from a registry name, a 'module:attr' path or a model object."""
+    if isinstance(model, BenchModel):
+        entry = model
+    elif isinstance(model, str) and model in BENCH_MODELS:
+        entry = BENCH_MODELS[model]
+    elif isinstance(model, str) and ":" in model:
+        mod, _, attr = model.partition(":")
+        try:
+            obj = importlib.import_module(mod)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            raise InvalidArgument(f"model={model!r}: cannot import it ({e})") from None
+        if isinstance(obj, BenchModel):
+            entry = obj
+        else:
+            if callable(obj) and not isinstance(obj, torch.nn.Module) and model_spec_of(obj) is None:
+                obj = obj()     # a factory
+            if isinstance(obj, BenchModel):
+                entry = obj
+            else:
+                entry = _entry_for_object(obj, name=model)
+    elif isinstance(model, str):
+        raise unknown_name("model", model, list(BENCH_MODELS) + ["<module>:<attr>"])
+    else:
+        entry = _entry_for_object(model, name=type(model).__name__)
+    why = entry.available()
+    if why:
+        raise InvalidArgument(f"model={entry.name!r} is not available here: {why}")
+    return entry, entry.build()
+
+
+def _entry_for_object(obj: Any, name: str) -> BenchModel:
+    spec = model_spec_of(obj)
+    shape = spec.sample_shape if spec is not None else None
+    kind = "image" if shape is not None and len(shape) == 3 else ("points" if shape == (2,) else "vector")
+    big = kind == "image"
+    return BenchModel(name, lambda: obj, f"user model {name}", kind=kind, batch_size=16 if big else 256,
+                      chunk_size=8 if big else 256, nfe=(5, 10, 20, 50) if big else (4, 8, 16, 32),
+                      reference=ReferenceSettings(method="dopri5", rtol=1e-6, atol=1e-6) if big
+                      else ReferenceSettings(),
+                      trajectory=not big)
+
+
+
+def data_range_of(model: Any) -> tuple[float, float] | None:
+    """The data range the model declares (`ModelSpec.data_range`), or None when it declares none."""
+    spec = model_spec_of(model)
+    rng = spec.data_range if spec is not None else None
+    return (float(rng[0]), float(rng[1])) if rng is not None else None

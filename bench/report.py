@@ -1,0 +1,125 @@
+"""The bench report as text: plain-text tables (what the command line prints), bench.json and bench.csv."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from .reference import atomic_write_bytes
+
+
+def _fmt(v: Any, width: int = 9) -> str:
+    if v is None:
+        return "-".rjust(width)
+    if isinstance(v, float):
+        return (f"{v:.2e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e3) else f"{v:.4f}").rjust(width)
+    return str(v).rjust(width)
+
+
+def format_report(rep: dict) -> str:
+    """The report as plain-text tables (what the command line prints)."""
+    cfg, ref, m = rep["config"], rep["reference"], rep["model"]
+    nfes = cfg["nfe"]
+    lines = [f"diffsolve bench: model={m['name']} ({m['summary']})",
+             f"  {cfg['batch_size']} samples (seed {cfg['seed']}), {cfg['dtype']} on {cfg['device']}, "
+             f"grid={cfg['grid_used']}, {cfg['processes']} process(es)",
+             f"  reference: {ref['method']} rtol={ref['rtol']:g} atol={ref['atol']:g} in the {ref['frame']} frame, "
+             f"{ref['points']} time points, {ref['seconds']:.1f} s{' (cached)' if ref['cached'] else ''}",
+             f"  reference check: gap to a rtol={ref['check_rtol']:g} solve: endpoint RMSE "
+             f"{ref['gap_endpoint_rmse']:.1e} (max abs {ref['gap_endpoint_maxabs']:.1e}), "
+             f"along the trajectory max RMSE {ref['gap_trajectory_rmse']:.1e}"]
+    if "exact_endpoint_maxabs" in ref:
+        lines.append(f"  reference vs exact solution: max abs {ref['exact_endpoint_maxabs']:.1e}")
+    by = {(r["solver"], r["nfe_requested"]): r for r in rep["results"]}
+    solvers = cfg["solvers"]
+    w = max([len(s) for s in solvers] + [8])
+
+    def table(title: str, key: str, extra: Callable[[str], str] | None = None, extra_head: str = "") -> None:
+        lines.append("")
+        lines.append(title)
+        lines.append("solver".ljust(w) + "".join(f"NFE {n}".rjust(11) for n in nfes) + extra_head)
+        for s in solvers:
+            cells = []
+            for n in nfes:
+                r = by.get((s, n))
+                if r is None or r["status"] != "ok":
+                    cells.append("-".rjust(11))
+                else:
+                    mark = "*" if r["nfe"] < n else " "
+                    cells.append(_fmt(r.get(key), 10) + mark)
+            lines.append(s.ljust(w) + "".join(cells) + (extra(s) if extra else ""))
+
+    def order(s: str) -> str:
+        o = rep["orders"].get(s)
+        return ("   " + (f"{o:.2f}" if o is not None else "-")).rjust(8)
+
+    table("endpoint RMSE vs reference (mean over samples)", "rmse_mean", order, "   order")
+    table("endpoint max abs error (max over samples)", "maxabs_max")
+    if cfg["trajectory"]:
+        table("trajectory RMSE at the solver's grid points (max over points of the mean over samples)",
+              "traj_rmse_max")
+    if "sliced_w1" in ref:
+        table(f"sliced W1 to exact data samples (reference solve: {ref['sliced_w1']:.4f})", "sliced_w1")
+    if "loglik_mean" in ref:
+        table(f"mean exact log-likelihood of the samples (reference solve: {ref['loglik_mean']:.4f})", "loglik_mean")
+    table("wall time, seconds (all samples)", "wall_s")
+    if rep["peers"]:
+        lines.append("")
+        lines.append("peers on the same model and noise: their endpoint RMSE vs reference (ours / theirs at equal NFE)")
+        pnames = list(dict.fromkeys((p["peer"], p["ours"]) for p in rep["peers"]))
+        pby = {(p["peer"], p["nfe"]): p for p in rep["peers"]}
+        pw = max(len(f"{a} vs {b}") for a, b in pnames)
+        lines.append("peer".ljust(pw) + "".join(f"NFE {n}".rjust(18) for n in nfes))
+        for peer, ours in pnames:
+            cells = []
+            for n in nfes:
+                p = pby.get((peer, n))
+                if p is None or p["status"] != "ok":
+                    cells.append("failed".rjust(18))
+                    continue
+                ratio = p.get("ratio_ours_to_theirs")
+                cells.append((f"{p['rmse_mean']:.2e}" + (f" ({ratio:.2f})" if ratio is not None else "")).rjust(18))
+            lines.append(f"{peer} vs {ours}".ljust(pw) + "".join(cells))
+        for p in rep["peers"]:
+            if p["status"] != "ok":
+                lines.append(f"  {p['peer']} NFE {p['nfe']}: {p['status']}")
+    skipped = [r for r in rep["results"] if r["status"] != "ok"]
+    lines.append("")
+    lines.append("* = the solver's step structure uses fewer model evaluations than the column's NFE; "
+                 "order = slope of log error vs log NFE over the last 3 points above 10x the reference gap")
+    grouped: dict[tuple[str, str], list[int]] = {}
+    for r in skipped:
+        grouped.setdefault((r["solver"], r["status"]), []).append(r["nfe_requested"])
+    for (solver, status), ns in grouped.items():
+        lines.append(f"  {solver} at NFE {', '.join(map(str, ns))}: {status}")
+    if rep.get("files"):
+        lines.append("wrote: " + ", ".join(rep["files"]))
+    lines.append(f"total {rep.get('seconds_total', 0.0):.1f} s")
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("solver", "nfe_requested", "nfe", "steps", "status", "rmse_mean", "rmse_median", "rmse_p90",
+              "rmse_max", "maxabs_mean", "maxabs_max", "traj_rmse_max", "traj_rmse_mean", "sliced_w1",
+              "loglik_mean", "wall_s")
+
+
+def write_outputs(rep: dict, out: Path, chunks: list[dict], *, plots: bool, nfes: list[int],
+                  names: list[str]) -> list[str]:
+    """bench.json, bench.csv and (with `plots`) the PNG plots in `out`, each written atomically; the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    atomic_write_bytes(out / "bench.json", json.dumps(rep, indent=2, sort_keys=False, default=str).encode())
+    written.append(str(out / "bench.json"))
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    wr.writeheader()
+    for r in rep["results"]:
+        wr.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    atomic_write_bytes(out / "bench.csv", buf.getvalue().encode())
+    written.append(str(out / "bench.csv"))
+    if plots:
+        from .plots import write_plots
+        written += write_plots(rep, out, chunks, nfes, names)
+    return written

@@ -1,0 +1,424 @@
+"""`diffsolve bench`: every solver at every NFE on the same noise, measured against a float64 reference solve.
+
+`run_bench(model, solvers, nfe, ...)` is the whole benchmark as a function (the command line is a thin layer over
+it): it returns the report as a dict and, with `out=`, writes bench.json, bench.csv and PNG plots there (each file
+written atomically). Its options are the fields of `BenchSettings`, given either as one object
+(`settings=BenchSettings(...)`) or as keywords.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import InvalidArgument, unknown_name
+from ..field import as_field
+from ..noise import draw_noise
+from ..sampler import Sampler
+from ..solvers import available_solvers
+from . import metrics
+from .distributed import Dist, chunk_bounds, sample_seeds
+from .models import DEFAULT_SOLVERS, BenchModel, data_range_of, resolve_model
+from .peers import PEER_PROVIDERS, PeerRun
+from .reference import ReferenceSettings, model_identity, solve_reference
+from .report import format_report, write_outputs
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How to run the benchmark. None means: the model entry's default (see `BenchModel`).
+
+    threads: torch CPU threads during the run (the small analytic problems use 1, since OpenMP start-up costs more
+    than their tiny tensors gain); torch's setting is restored after.
+    """
+
+    batch_size: int | None = None
+    chunk_size: int | None = None       # samples per chunk: the unit of work and of sharding
+    seed: int = 0
+    device: Any = None
+    dtype: Any = None
+    grid: Any = None
+    grid_options: dict | None = None
+    threads: int | None = None
+    reference: ReferenceSettings | None = None
+    trajectory: bool | None = None
+    cache: bool = True
+    cache_dir: str | Path | None = None
+    peers: bool = True
+    out: str | Path | None = None
+    plots: bool = True
+    progress: bool = True
+    verbose: bool = True
+
+
+def run_bench(model: Any = "gmm", solvers: Sequence[str] | str | None = None, nfe: Sequence[int] | None = None,
+              settings: BenchSettings | None = None, **options: Any) -> dict:
+    """Benchmark solvers x NFE on one model and the same noise; returns the report (see bench.json).
+
+    `options` are `BenchSettings` fields and override those of `settings`.
+    """
+    fields = {f.name for f in dataclasses.fields(BenchSettings)}
+    for key in options:
+        if key not in fields:
+            raise unknown_name("run_bench option", key, sorted(fields))
+    if settings is not None and not isinstance(settings, BenchSettings):
+        raise InvalidArgument(f"settings must be a BenchSettings, got {type(settings).__name__}")
+    cfg = dataclasses.replace(settings or BenchSettings(), **options)
+    entry, net = resolve_model(model)
+    dist = Dist.from_env(cfg.device)
+    threads = entry.threads if cfg.threads is None else cfg.threads
+    before = torch.get_num_threads()
+    if threads:
+        if not isinstance(threads, int) or threads < 1:
+            raise InvalidArgument(f"threads={threads!r}: must be an integer >= 1")
+        torch.set_num_threads(threads)
+    try:
+        return _run(entry, net, dist, solvers, nfe, cfg)
+    finally:
+        torch.set_num_threads(before)
+        dist.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Resolving the settings against the model entry
+# ------------------------------------------------------------------------------------------------
+def _resolve_solvers(solvers: Sequence[str] | str | None, entry: BenchModel) -> list[str]:
+    known = available_solvers()
+    if solvers is None:
+        wanted = entry.solvers or DEFAULT_SOLVERS
+        return [s for s in wanted if s in known]
+    if isinstance(solvers, str):
+        solvers = [s.strip() for s in solvers.split(",") if s.strip()]
+    if list(solvers) == ["all"]:
+        return available_solvers(deterministic=True)
+    for s in solvers:
+        if s not in known:
+            raise unknown_name("solvers", s, known + ["all"])
+    if not solvers:
+        raise InvalidArgument("solvers: give at least one solver name, or 'all'")
+    return list(dict.fromkeys(solvers))
+
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "double": torch.float64, "float": torch.float32, "half": torch.float16}
+
+
+def _resolve_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise unknown_name("dtype", dtype, list(DTYPES) + ["auto"])
+    return DTYPES[dtype]
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    if isinstance(model, torch.nn.Module):
+        for p in list(model.parameters()) + list(model.buffers()):
+            if p.is_floating_point():
+                return p.dtype
+    return torch.float32
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    # disable=None: no bar when the output is not a terminal (logs, CI)
+    return tqdm(total=total, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True)
+
+
+@dataclass
+class _Job:
+    """Everything the run resolved before any work: the model on its device, the solvers' plans, the references."""
+
+    entry: BenchModel
+    net: Any
+    field: Any
+    dist: Dist
+    cfg: BenchSettings
+    names: list[str]
+    nfes: list[int]
+    batch: int
+    chunk: int
+    reference: ReferenceSettings
+    trajectory: bool
+    device: torch.device
+    dtype: torch.dtype
+    samplers: dict[str, Sampler]
+    runs: list[dict]                      # one row per solver x NFE, status 'ok' or why not
+    ok: list[dict]
+    ref_times: dict[float, torch.Tensor]  # start time -> every time point a reference state is needed at
+    main_t0: float
+    peers: list[PeerRun]
+
+
+def _prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettings) -> _Job:
+    names = _resolve_solvers(solvers, entry)
+    nfes = sorted({int(n) for n in (nfe or entry.nfe)})
+    if not nfes or nfes[0] < 1:
+        raise InvalidArgument(f"nfe={nfe!r}: give positive integers")
+    B = int(cfg.batch_size or entry.batch_size)
+    if B < 1:
+        raise InvalidArgument(f"batch_size={cfg.batch_size!r}: must be >= 1")
+    csize = int(cfg.chunk_size or min(entry.chunk_size, B))
+    if csize < 1:
+        raise InvalidArgument(f"chunk_size={cfg.chunk_size!r}: must be >= 1")
+    traj = entry.trajectory if cfg.trajectory is None else bool(cfg.trajectory)
+    dev = dist.device(cfg.device) or torch.device("cpu")
+    run_dtype = _resolve_dtype(cfg.dtype) or entry.dtype or _model_dtype(net)
+    if isinstance(net, torch.nn.Module):
+        # Networks run in the benchmark's dtype; analytic problems keep their float64 buffers (they compute in
+        # the dtype of x), so their exact metrics stay exact.
+        has_params = any(True for _ in net.parameters())
+        moves = [t for t in list(net.parameters()) + list(net.buffers())
+                 if t.device != dev or (has_params and t.is_floating_point() and t.dtype != run_dtype)]
+        if moves:
+            net = copy.deepcopy(net)        # never convert the caller's model in place
+            net = net.to(device=dev, dtype=run_dtype) if has_params else net.to(device=dev)
+    field = as_field(net)
+    if field.sample_shape is None:
+        raise InvalidArgument(f"model {entry.name!r} does not declare its sample shape (ModelSpec.sample_shape)")
+
+    # Plans: every solver x NFE, on the host; infeasible pairs are recorded, not run.
+    samplers: dict[str, Sampler] = {}
+    runs: list[dict] = []
+    for name in names:
+        try:
+            samplers[name] = Sampler(field, name, grid=cfg.grid, grid_options=cfg.grid_options, progress=False)
+        except InvalidArgument as e:
+            if solvers is None:
+                continue        # the default set keeps only solvers that can drive this model
+            for n in nfes:
+                runs.append({"solver": name, "nfe_requested": n, "status": f"n/a: {e}"})
+            continue
+        for n in nfes:
+            row = {"solver": name, "nfe_requested": n}
+            try:
+                plan = samplers[name].plan(nfe=n)
+            except InvalidArgument as e:
+                row["status"] = f"skipped: {e}"
+            else:
+                row.update(status="ok", nfe=plan.nfe * field.evals_per_call, steps=plan.steps, t=plan.t)
+            runs.append(row)
+    names = [n for n in names if n in samplers or solvers is not None]
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        raise InvalidArgument("no solver can run at the requested NFE values: " +
+                              "; ".join(f"{r['solver']}@{r['nfe_requested']}: {r['status']}" for r in runs))
+    # One reference per distinct start time (normally all grids start at the same noise level).
+    starts: dict[float, set[float]] = {}
+    for r in ok:
+        t = r["t"]
+        pts = t.tolist() if traj else [float(t[0]), float(t[-1])]
+        starts.setdefault(float(t[0]), set()).update(pts)
+    ref_times = {t0: torch.tensor(sorted(v, reverse=True), dtype=torch.float64) for t0, v in starts.items()}
+
+    peer_list: list[PeerRun] = []
+    if cfg.peers:
+        for provider in PEER_PROVIDERS:
+            try:
+                # Only peers of solvers in this run: the point is the ratio at equal NFE.
+                peer_list += [pr for pr in provider(net, field) if pr.ours in names]
+            except Exception as e:  # noqa: BLE001 - a broken optional peer never stops the benchmark
+                if cfg.verbose and dist.is_main:
+                    print(f"peer provider {getattr(provider, '__name__', provider)} failed: {e}")
+    return _Job(entry=entry, net=net, field=field, dist=dist, cfg=cfg, names=names, nfes=nfes, batch=B, chunk=csize,
+                reference=cfg.reference or entry.reference, trajectory=traj, device=dev, dtype=run_dtype,
+                samplers=samplers, runs=runs, ok=ok, ref_times=ref_times, main_t0=max(starts), peers=peer_list)
+
+
+# ------------------------------------------------------------------------------------------------
+# The work, chunk by chunk (chunks are the unit of sharding)
+# ------------------------------------------------------------------------------------------------
+def _run(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettings) -> dict:
+    wall_start = time.perf_counter()
+    job = _prepare(entry, net, dist, solvers, nfe, cfg)
+    seeds = sample_seeds(cfg.seed, job.batch)
+    bounds = chunk_bounds(job.batch, job.chunk)
+    mine = dist.my_chunks(len(bounds))
+    n_work = len(mine) * (len(job.ref_times) + len(job.ok) + len(job.peers) * len(job.nfes))
+    bar = _progress(n_work, f"bench {entry.name}", cfg.progress and dist.is_main)
+    results = {c: _run_chunk(job, seeds[bounds[c][0]:bounds[c][1]], bar) for c in mine}
+    bar.close()
+    chunks = dist.gather_chunks(results)
+
+    report = _assemble(job, chunks)
+    report["seconds_total"] = time.perf_counter() - wall_start
+    if dist.is_main:
+        if cfg.out is not None:
+            report["files"] = write_outputs(report, Path(cfg.out), chunks, plots=cfg.plots, nfes=job.nfes,
+                                            names=job.names)
+        if cfg.verbose:
+            print(format_report(report))
+    return report
+
+
+def _run_chunk(job: _Job, seeds: list[int], bar) -> dict:
+    cfg, dev = job.cfg, job.device
+    noise = draw_noise((len(seeds), *job.field.sample_shape), seed=seeds, dtype=torch.float32)
+    chunk: dict[str, Any] = {"refs": {}, "runs": {}, "peers": {}}
+    refs = {}
+    for t0, times in job.ref_times.items():
+        bar.set_postfix_str("reference")
+        ref = solve_reference(job.net, noise.to(dev), times, settings=job.reference, cache=cfg.cache,
+                              cache_dir=cfg.cache_dir, seeds=seeds)
+        refs[t0] = ref
+        chunk["refs"][t0] = {"times": ref.times, "gap_rmse": ref.gap_rmse, "gap_maxabs": ref.gap_maxabs,
+                             "nfe": ref.nfe, "seconds": ref.seconds, "cached": ref.cached, "frame": ref.frame,
+                             "endpoint": ref.states[-1].cpu()}
+        bar.update(1)
+    x_in = noise.to(device=dev, dtype=job.dtype)
+    for r in job.ok:
+        bar.set_postfix_str(f"{r['solver']} nfe={r['nfe_requested']}")
+        s = job.samplers[r["solver"]]
+        _sync(dev)
+        t_start = time.perf_counter()
+        res = s.run(nfe=r["nfe_requested"], noise=x_in, return_trajectory=job.trajectory)
+        _sync(dev)
+        wall = time.perf_counter() - t_start
+        ref = refs[float(res.t[0])]
+        end_ref = ref.at(res.t[-1:])[0]
+        item = {"samples": res.samples.detach().cpu(), "wall": wall, "nfe": res.nfe,
+                "rmse": metrics.rmse_per_sample(res.samples, end_ref.to(res.samples.device)).cpu(),
+                "maxabs": metrics.maxabs_per_sample(res.samples, end_ref.to(res.samples.device)).cpu()}
+        if job.trajectory:
+            item["traj"] = metrics.trajectory_rmse(res.trajectory, ref.at(res.t).to(res.trajectory.device)).cpu()
+        chunk["runs"][(r["solver"], r["nfe_requested"])] = item
+        bar.update(1)
+    for peer in job.peers:
+        for n in job.nfes:
+            bar.set_postfix_str(f"{peer.name} nfe={n}")
+            t_start = time.perf_counter()
+            try:
+                xs = peer.run(x_in, n)
+                _sync(dev)
+                end_ref = refs[job.main_t0].states[-1]
+                chunk["peers"][(peer.name, n)] = {
+                    "wall": time.perf_counter() - t_start,
+                    "rmse": metrics.rmse_per_sample(xs, end_ref.to(xs.device)).cpu(),
+                    "samples": xs.detach().cpu()}
+            except Exception as e:  # noqa: BLE001 - a failing peer is reported in its row, not raised
+                chunk["peers"][(peer.name, n)] = {"error": f"{type(e).__name__}: {e}"}
+            bar.update(1)
+    return chunk
+
+
+def _assemble(job: _Job, chunks: list[dict]) -> dict:
+    """The report (what bench.json holds) from every chunk's results, in chunk order."""
+    entry, net, field, runs, ref_times, main_t0 = job.entry, job.net, job.field, job.runs, job.ref_times, job.main_t0
+    names, nfes, settings, traj, B, seed = job.names, job.nfes, job.reference, job.trajectory, job.batch, job.cfg.seed
+    grid = job.cfg.grid
+    # Reference summary: the worst gap over chunks, at the endpoint and along the trajectory.
+    ref_info = {"method": settings.method, "rtol": settings.rtol, "atol": settings.atol,
+                "check_rtol": settings.rtol * settings.check_factor,
+                "check_atol": settings.atol * settings.check_factor,
+                "frame": chunks[0]["refs"][main_t0]["frame"],
+                "nfe_per_chunk": [ch["refs"][main_t0]["nfe"] for ch in chunks],
+                "seconds": sum(ch["refs"][t0]["seconds"] for ch in chunks for t0 in ch["refs"]),
+                "cached": all(ch["refs"][t0]["cached"] for ch in chunks for t0 in ch["refs"]),
+                "points": int(sum(t.numel() for t in ref_times.values()))}
+    gap_r = torch.stack([ch["refs"][main_t0]["gap_rmse"] for ch in chunks]).amax(0)
+    gap_m = torch.stack([ch["refs"][main_t0]["gap_maxabs"] for ch in chunks]).amax(0)
+    ref_info.update(gap_endpoint_rmse=float(gap_r[-1]), gap_endpoint_maxabs=float(gap_m[-1]),
+                    gap_trajectory_rmse=float(gap_r.max()), gap_trajectory_maxabs=float(gap_m.max()))
+    ref_end = torch.cat([ch["refs"][main_t0]["endpoint"] for ch in chunks])
+
+    # Exact-problem metrics on a CPU copy of the problem (its generator-driven sampling is CPU-only).
+    problem = copy.deepcopy(net).cpu() if isinstance(net, torch.nn.Module) and hasattr(net, "sample_data") else None
+    data = None
+    if problem is not None:
+        g = torch.Generator().manual_seed(int(seed) + 12345)
+        data = metrics.SlicedWasserstein(problem.sample_data(entry.data_samples, generator=g).cpu(), seed=seed)
+        ref_info.update(metrics.gaussian_mixture_metrics(problem, ref_end, data, seed=seed))
+    if problem is not None and callable(getattr(problem, "ode_solution", None)) \
+            and float(ref_times[main_t0][-1]) == 0.0:
+        # The exact answer for the Gaussian: transport to t_min, then the final data prediction there.
+        sch = field.schedule
+        t_min = float(sch.t_min)
+        noise_all = draw_noise((B, *field.sample_shape), seed=sample_seeds(seed, B), dtype=torch.float64)
+        x0 = noise_all * sch.prior_std(main_t0)
+        ex = problem.denoise(problem.ode_solution(x0, main_t0, t_min), t_min)
+        ref_info["exact_endpoint_maxabs"] = float((ref_end.to(torch.float64) - ex).abs().max())
+
+    rows = []
+    for r in runs:
+        row = {k: v for k, v in r.items() if k != "t"}
+        if r["status"] == "ok":
+            key = (r["solver"], r["nfe_requested"])
+            items = [ch["runs"][key] for ch in chunks]
+            rmse = torch.cat([it["rmse"] for it in items])
+            maxabs = torch.cat([it["maxabs"] for it in items])
+            r_s, m_s = metrics.summarize(rmse), metrics.summarize(maxabs)
+            row.update(rmse_mean=r_s["mean"], rmse_median=r_s["median"], rmse_p90=r_s["p90"], rmse_max=r_s["max"],
+                       maxabs_mean=m_s["mean"], maxabs_max=m_s["max"],
+                       wall_s=sum(it["wall"] for it in items))
+            if traj:
+                tr = torch.cat([it["traj"] for it in items], dim=1)       # [P, B]
+                per_point = tr.mean(dim=1)
+                row["traj_rmse_max"] = float(per_point.max())
+                row["traj_rmse_mean"] = float(per_point.mean())
+            if problem is not None:
+                samples = torch.cat([it["samples"] for it in items])
+                row.update(metrics.gaussian_mixture_metrics(problem, samples, data, seed=seed))
+        rows.append(row)
+
+    floor = 10.0 * ref_info["gap_endpoint_rmse"]
+    orders = {}
+    for name in names:
+        # Several budgets can map to the same step count: one point per NFE actually used.
+        pts = {r["nfe"]: r["rmse_mean"] for r in rows if r["solver"] == name and r["status"] == "ok"}
+        orders[name] = metrics.convergence_order(list(pts), list(pts.values()), last=3, floor=floor)
+
+    peer_rows = []
+    for peer in job.peers:
+        for n in nfes:
+            items = [ch["peers"].get((peer.name, n)) for ch in chunks]
+            prow = {"peer": peer.name, "ours": peer.ours, "nfe": n}
+            errs = [it["error"] for it in items if it is None or "error" in it] if any(
+                it is None or "error" in it for it in items) else []
+            if errs:
+                prow["status"] = f"failed: {errs[0]}"
+            else:
+                rmse = torch.cat([it["rmse"] for it in items])
+                prow.update(status="ok", rmse_mean=metrics.summarize(rmse)["mean"],
+                            wall_s=sum(it["wall"] for it in items))
+                mine = [r for r in rows if r["solver"] == peer.ours and r["nfe_requested"] == n and r["status"] == "ok"]
+                if mine and prow["rmse_mean"] > 0:
+                    prow["ratio_ours_to_theirs"] = mine[0]["rmse_mean"] / prow["rmse_mean"]
+            peer_rows.append(prow)
+
+    sch = field.schedule
+    first = job.samplers[job.ok[0]["solver"]]
+    return {
+        "model": {"name": entry.name, "summary": entry.summary, "identity": _safe_identity(net),
+                  "prediction": field.prediction, "schedule": sch.identity() if sch is not None else None,
+                  "sample_shape": list(field.sample_shape), "kind": entry.kind,
+                  "data_range": data_range_of(net)},
+        "config": {"solvers": names, "nfe": nfes, "batch_size": B, "chunk_size": job.chunk, "seed": seed,
+                   "device": str(job.device), "dtype": str(job.dtype).replace("torch.", ""),
+                   "grid": grid if isinstance(grid, str) or grid is None else "custom",
+                   "grid_used": first.grid if isinstance(first.grid, str) else "custom",
+                   "trajectory": traj, "processes": job.dist.world},
+        "reference": ref_info,
+        "results": rows,
+        "orders": orders,
+        "peers": peer_rows,
+    }
+
+
+def _safe_identity(net: Any) -> str:
+    try:
+        return model_identity(net)
+    except InvalidArgument:
+        return type(net).__name__
