@@ -112,9 +112,27 @@ def device_of(model: Any) -> torch.device | None:
     return None
 
 
+def _plain(value: Any) -> bool:
+    """Plain data whose repr is a faithful, stable description (no addresses, no tensors)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def state_dict_digest(module: torch.nn.Module) -> str:
-    """sha256 over a module's class name and state_dict (names, dtypes, shapes and bytes of every entry)."""
+    """sha256 over a module's class name, its state_dict (names, dtypes, shapes and bytes) and the plain settings
+    its submodules hold outside it (a UNet's `skip_scales`), which change the output as surely as the weights."""
     h = hashlib.sha256(type(module).__qualname__.encode())
+    for prefix, sub in module.named_modules():
+        for attr, value in sorted(vars(sub).items()):
+            # None is left out with tensors: a slot filled by a forward pass must not change the key.
+            if attr.startswith("_") or attr == "training" or value is None or not _plain(value):
+                continue
+            h.update(f"{prefix}.{attr}={value!r};".encode())
     state = module.state_dict()
     for name in sorted(state):
         v = state[name]

@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import InvalidArgument, check_choice
-from ..field import VectorField, as_field
+from ..field import Field, VectorField, as_field
+from ..solvers.frames import integration_frame
 
 METHODS = ("dopri8", "dopri5", "bosh3", "rk4")
 CACHE_VERSION = 2     # 2: keys cover every field setting (guidance, clipping) and module settings
@@ -97,48 +98,6 @@ class Reference:
 # ------------------------------------------------------------------------------------------------
 # Identity and keys
 # ------------------------------------------------------------------------------------------------
-def model_identity(model: Any) -> str:
-    """model.identity() when the model has one, else a sha256 over its state_dict (names, dtypes, shapes, bytes)
-    and over the plain settings its modules hold outside it (e.g. a UNet's `skip_scales`), which change the output
-    as surely as the weights do."""
-    ident = getattr(model, "identity", None)
-    if callable(ident):
-        return f"{type(model).__name__}:{ident()}"
-    state = model.state_dict() if hasattr(model, "state_dict") else None
-    if state is None:
-        raise InvalidArgument("cannot identify the model for the reference cache: give it an identity() method, "
-                              "make it a torch.nn.Module, or pass cache=False")
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name in sorted(state):
-        v = state[name]
-        h.update(name.encode())
-        if isinstance(v, torch.Tensor):
-            h.update(f"{v.dtype}{tuple(v.shape)}".encode())
-            h.update(_tensor_bytes(v))
-        else:
-            h.update(repr(v).encode())
-    if isinstance(model, torch.nn.Module):
-        for prefix, module in model.named_modules():
-            for attr, value in sorted(vars(module).items()):
-                # None is left out with tensors: a cache slot such as a last forward's features is None before the
-                # first call and a tensor after it, and must not change the key.
-                if attr.startswith("_") or attr == "training" or value is None or not _plain(value):
-                    continue
-                h.update(f"{prefix}.{attr}={value!r};".encode())
-    return f"{type(model).__name__}:sha256:{h.hexdigest()}"
-
-
-def _plain(value: Any) -> bool:
-    """Plain data whose repr is a faithful, stable description (no addresses, no tensors)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
-
-
 def _tensor_bytes(v: torch.Tensor) -> bytes:
     v = v.detach().cpu().contiguous()
     if v.dtype == torch.bfloat16:
@@ -146,70 +105,11 @@ def _tensor_bytes(v: torch.Tensor) -> bytes:
     return v.numpy().tobytes()
 
 
-_MISSING = object()
-
-
-def field_identity(field: VectorField) -> dict | None:
-    """What identifies the field's output for the cache, or None when it cannot be identified (then nothing is
-    cached: a wrong hit would silently measure every solver against another model's answer).
-
-    A field that carries an `identity` (a str, stable across processes, or None) is trusted; for a field without
-    one the identity is built from its model, schedule and every setting it holds.
-    """
-    ident = getattr(field, "identity", _MISSING)
-    if ident is not _MISSING:
-        if callable(ident):
-            ident = ident()
-        return None if ident is None else {"field": str(ident)}
-    return _described_field(field)
-
-
-def _schedule_identity(sch: Any) -> str | None:
-    if sch is None:
-        return None
-    # A schedule built from arbitrary callables (CustomSchedule) says only its name: two different ones can share
-    # it, so it cannot key a cache.
-    if any(callable(v) for v in vars(sch).values()):
-        return None
-    return sch.identity()
-
-
-def _described_field(field: VectorField, _depth: int = 0) -> dict | None:
-    if _depth > 8:
-        return None
-    desc: dict[str, Any] = {"type": type(field).__qualname__}
-    for attr, value in sorted(vars(field).items()):
-        if attr == "spec":
-            continue                    # what the model declares; its effects are in the other attributes
-        if attr == "model":
-            try:
-                desc[attr] = model_identity(value)
-            except InvalidArgument:
-                return None
-        elif attr == "schedule":
-            desc[attr] = _schedule_identity(value)
-            if value is not None and desc[attr] is None:
-                return None
-        elif isinstance(value, VectorField):
-            inner = _described_field(value, _depth + 1)
-            if inner is None:
-                return None
-            desc[attr] = inner
-        elif isinstance(value, dict):
-            items = {}
-            for k, v in sorted(value.items(), key=lambda kv: str(kv[0])):
-                if isinstance(v, torch.Tensor):
-                    items[str(k)] = f"tensor:{v.dtype}:{tuple(v.shape)}:" + hashlib.sha256(_tensor_bytes(v)).hexdigest()
-                elif _plain(v):
-                    items[str(k)] = repr(v)
-                else:
-                    return None
-            desc[attr] = items
-        elif _plain(value):
-            desc[attr] = repr(value)
-        else:
-            return None                 # a setting we cannot describe faithfully
-    return desc
+def field_identity(field: Field) -> dict | None:
+    """What identifies the field's output for the cache (`field.identity()`), or None when it cannot be identified:
+    then nothing is cached, since a wrong hit would silently measure every solver against another model's answer."""
+    ident = field.identity()
+    return None if ident is None else {"field": str(ident)}
 
 
 def reference_key(field: VectorField, noise: torch.Tensor, times: torch.Tensor, settings: ReferenceSettings,
@@ -343,18 +243,16 @@ def _with_model(field: VectorField, old: Any, new: Any, done: dict) -> VectorFie
         return done[id(field)]
     f = copy.copy(field)
     done[id(field)] = f
-    if f.model is old:
+    if "model" in vars(f) and f.model is old:
         f.model = new
     for attr, value in vars(field).items():
-        if isinstance(value, VectorField):
+        if isinstance(value, Field):
             setattr(f, attr, _with_model(value, old, new, done))
     return f
 
 
-def choose_frame(field: VectorField, t0: float) -> str:
-    if not field.has_schedule or field.prediction == "velocity":
-        return "time"
-    return "time" if float(field.schedule.alpha(t0)) == 0.0 else "edm"
+def choose_frame(field: Field, t0: float) -> str:
+    return integration_frame(field, t0)
 
 
 class _Counted:
@@ -440,7 +338,7 @@ def solve_reference(model: Any, noise: torch.Tensor, times: Sequence[float] | to
     float64 copy of the model, on the noise's device.
     """
     settings = settings or ReferenceSettings()
-    field = as_field(model) if not isinstance(model, VectorField) else model
+    field = as_field(model)
     if not isinstance(noise, torch.Tensor):
         raise InvalidArgument(f"noise must be a torch.Tensor, got {type(noise).__name__}")
     times = torch.as_tensor(times, dtype=torch.float64).reshape(-1).unique(sorted=True).flip(0)

@@ -25,7 +25,8 @@ from . import metrics
 from .distributed import Dist, chunk_bounds, sample_seeds
 from .models import DEFAULT_SOLVERS, BenchModel, data_range_of, resolve_model
 from .peers import PEER_PROVIDERS, PeerRun
-from .reference import ReferenceSettings, model_identity, solve_reference
+from ..field import model_identity
+from .reference import ReferenceSettings, solve_reference
 from .report import format_report, write_outputs
 
 
@@ -418,7 +419,4 @@ def _assemble(job: _Job, chunks: list[dict]) -> dict:
 
 
 def _safe_identity(net: Any) -> str:
-    try:
-        return model_identity(net)
-    except InvalidArgument:
-        return type(net).__name__
+    return model_identity(net) or type(net).__name__

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..field import ModelSpec, state_dict_digest
+from ..field import ModelSpec
 from ..schedules import EDMSchedule
 
 SIGMA_DATA = 0.5
@@ -137,10 +137,6 @@ class UNet(nn.Module):
                 h = F.interpolate(h, size=s.shape[-2:], mode="nearest")
             h = block(torch.cat([h, s], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h))), bottleneck
-
-    def identity(self) -> str:
-        """The weights' digest and the skip scales (they change the output, and are not in the state_dict)."""
-        return f"{state_dict_digest(self)}:skip_scales={list(self.skip_scales)!r}"
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, *, skip_scale: Sequence[float] | None = None,
                 return_bottleneck: bool = False):

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffsolve.field import model_identity
+
 from diffsolve import Sampler
 from diffsolve.bench.problems import GaussianMixtureProblem, GaussianProblem
-from diffsolve.bench.reference import (ReferenceSettings, cache_path, load_reference, model_identity,
+from diffsolve.bench.reference import (ReferenceSettings, cache_path, load_reference,
                                        reference_key, save_reference, solve_reference)
 from diffsolve.field import as_field
 from diffsolve.noise import draw_noise

@@ -125,7 +125,6 @@ class _Identified(VectorField):
 
     ident: str | None = "field-a"
 
-    @property
     def identity(self):
         return self.ident
 
