@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .errors import InvalidArgument, check_choice
+from .kernels import lincomb
 from .predictions import PathPoint, canonical_prediction, to_x0
 from .schedules import NoiseSchedule, get_schedule
 
@@ -360,7 +361,10 @@ def identity_of_kwargs(kwargs: Mapping[str, Any]) -> str | None:
 def velocity_from_x0(x: torch.Tensor, x0: torch.Tensor, p: PathPoint) -> torch.Tensor:
     """Probability-flow dx/dt = (sigma'/sigma) x + (alpha' - sigma' alpha / sigma) x0_hat."""
     ratio = p.d_sigma / p.sigma
-    return ratio * x + (p.d_alpha - ratio * p.alpha) * x0
+    cx0 = p.d_alpha - ratio * p.alpha
+    if isinstance(ratio, torch.Tensor) or isinstance(cx0, torch.Tensor):
+        return ratio * x + cx0 * x0
+    return lincomb((ratio, cx0), (x, x0))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import check_choice
+from .kernels import lincomb
 
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity", "denoiser")
 ALIASES = {"epsilon": "eps", "noise": "eps", "sample": "x0", "data": "x0", "v_prediction": "v",
@@ -32,21 +33,33 @@ class PathPoint:
     d_sigma: float = 0.0
 
 
-def to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, p: PathPoint) -> torch.Tensor:
-    """Network output `out` at state `x` -> data prediction x0_hat (notes table 2)."""
+def x0_coefficients(prediction: str, p: PathPoint) -> tuple:
+    """(c_x, c_out) with x0_hat = c_x x + c_out out: every parameterization is linear in (x, out) (notes table 2)."""
     a, s = p.alpha, p.sigma
     if prediction in ("x0", "denoiser"):
-        return out
+        return 0.0, 1.0
     if prediction == "eps":
-        return (x - s * out) / a
+        return 1.0 / a, -s / a
     if prediction == "v":
-        return (a * x - s * out) / (a * a + s * s)
+        n = a * a + s * s
+        return a / n, -s / n
     if prediction == "score":
-        return (x + s * s * out) / a
+        return 1.0 / a, s * s / a
     if prediction == "velocity":
-        return (s * out - p.d_sigma * x) / (s * p.d_alpha - p.d_sigma * a)
+        den = s * p.d_alpha - p.d_sigma * a
+        return -p.d_sigma / den, s / den
     check_choice("prediction", prediction, PREDICTIONS)
     raise AssertionError
+
+
+def to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, p: PathPoint) -> torch.Tensor:
+    """Network output `out` at state `x` -> data prediction x0_hat (notes table 2), as one update."""
+    if prediction in ("x0", "denoiser"):
+        return out
+    cx, co = x0_coefficients(prediction, p)
+    if isinstance(cx, torch.Tensor) or isinstance(co, torch.Tensor):
+        return cx * x + co * out           # per-sample scalars, already broadcast against x
+    return lincomb((cx, co), (x, out))
 
 
 def from_x0(prediction: str, x0: torch.Tensor, x: torch.Tensor, p: PathPoint) -> torch.Tensor:

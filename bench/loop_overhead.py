@@ -125,21 +125,23 @@ def build(batch: int, dim: int, steps: int, seed: int = 0) -> dict[str, Callable
 
 
 def measure(runs: dict[str, Callable[[], torch.Tensor]], repeats: int) -> list[dict]:
-    """Median wall time of each run (after one warm-up) and its samples' largest difference to the first's."""
-    rows, first = [], None
-    for name, run in runs.items():
-        with torch.no_grad():
-            x = run()
-            times = []
-            for _ in range(repeats):
+    """Median wall time of each run (after one warm-up) and its samples' largest difference to the first's.
+
+    The runs take turns (one repetition of each, then the next round), so a machine whose load drifts during the
+    measurement slows every implementation alike instead of whichever ran last.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        outs = {name: run() for name, run in runs.items()}
+        for _ in range(repeats):
+            for name, run in runs.items():
                 t0 = time.perf_counter()
                 run()
-                times.append(time.perf_counter() - t0)
-        first = x if first is None else first
-        rows.append({"name": name, "median_s": statistics.median(times), "min_s": min(times),
-                     "maxdiff": float((x.double() - first.double()).abs().max()),
-                     "scale": float(first.double().abs().max())})
-    return rows
+                times[name].append(time.perf_counter() - t0)
+    first = next(iter(outs.values()))
+    return [{"name": name, "median_s": statistics.median(times[name]), "min_s": min(times[name]),
+             "maxdiff": float((outs[name].double() - first.double()).abs().max()),
+             "scale": float(first.double().abs().max())} for name in runs]
 
 
 def format_rows(rows: list[dict], steps: int) -> str:
