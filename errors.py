@@ -34,5 +34,47 @@ def unknown_name(argument: str, value: object, allowed: Iterable[str]) -> Invali
 
 def check_choice(argument: str, value: object, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
-    if value not in allowed:
+    try:
+        # by type too: True is not 1, and 1.0 is not the name '1.0'
+        known = any(value == a and isinstance(value, type(a)) and isinstance(value, bool) == isinstance(a, bool)
+                    for a in allowed)
+    except (TypeError, ValueError, RuntimeError):   # uncomparable (a tensor, an array): certainly not a name
+        known = False
+    if not known:
         raise unknown_name(argument, value, allowed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Values checked by type as well as by range: a string is not a bool, numpy integers are integers
+# ------------------------------------------------------------------------------------------------
+def check_bool(argument: str, value: object) -> bool:
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":     # numpy.bool_ is a bool
+        raise InvalidArgument(f"{argument}={value!r}: must be True or False")
+    return bool(value)
+
+
+def check_int(argument: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (Python or numpy, never a bool, a float or a string) within [minimum, maximum]."""
+    import numbers
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgument(f"{argument}={value!r}: must be an integer"
+                              + (f" >= {minimum}" if minimum is not None else ""))
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        lo = "" if minimum is None else f">= {minimum}"
+        hi = "" if maximum is None else f"<= {maximum}"
+        raise InvalidArgument(f"{argument}={value!r}: must be an integer {' and '.join(v for v in (lo, hi) if v)}")
+    return value
+
+
+def check_float(argument: str, value: object, *, positive: bool = False, nonnegative: bool = False) -> float:
+    """A finite real number (int, float or numpy scalar; never a bool or a string)."""
+    import math
+    import numbers
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument(f"{argument}={value!r}: must be a number")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0) or (nonnegative and value < 0):
+        need = "a finite number" + (" > 0" if positive else " >= 0" if nonnegative else "")
+        raise InvalidArgument(f"{argument}={value!r}: must be {need}")
+    return value

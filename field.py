@@ -160,18 +160,18 @@ def model_identity(model: Any) -> str | None:
 
 
 def unwrap_output(out: Any) -> torch.Tensor:
-    """The declared rule for what a network may return: a tensor, an object with `.sample` (diffusers), or a
-    tuple/list whose first item is the prediction (the rest, e.g. features, is ignored)."""
+    """The declared rule for what a network may return: a tensor, an object or dict with a `sample` tensor
+    (diffusers' outputs), or a tuple/list whose first item is the prediction (the rest, e.g. features, ignored)."""
     if isinstance(out, torch.Tensor):
         return out
-    sample = getattr(out, "sample", None)
+    sample = out.get("sample") if isinstance(out, Mapping) else getattr(out, "sample", None)
     if isinstance(sample, torch.Tensor):
         return sample
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     raise InvalidArgument(
-        f"the model returned {type(out).__name__}; it must return a tensor, an object with a `.sample` tensor, "
-        "or a tuple whose first item is the prediction")
+        f"the model returned {type(out).__name__}; it must return a tensor, an object or dict with a `sample` "
+        "tensor, or a tuple whose first item is the prediction")
 
 
 class Field:

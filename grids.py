@@ -162,6 +162,9 @@ def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.
         t = _call_grid(grid, GRIDS[grid], steps, schedule, options)
     elif callable(grid):
         t = _f64(_call_grid(getattr(grid, "__name__", "custom"), grid, steps, schedule, options))
+        if steps is not None and t.ndim == 1 and t.numel() != steps + 1:
+            raise InvalidArgument(f"grid function {getattr(grid, '__name__', grid)!r} returned {t.numel()} times for "
+                                  f"steps={steps}; a grid for n steps holds n + 1 times")
     else:
         if options:
             raise InvalidArgument(f"grid options {sorted(options)} do not apply to an explicit list of times")

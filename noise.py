@@ -18,11 +18,41 @@ _M32 = 0xFFFFFFFF
 _SALT_STEP = 0x5EED5A17          # separates the step-noise stream from the initial noise of the same seed
 
 
+MAX_SEED = 2 ** 63 - 1
+
+
+def check_seed(seed: object) -> "int | list[int] | None":
+    """None, one integer seed, or one integer seed per sample (a list, tuple, range, or 1-D integer array/tensor);
+    numpy integers are integers, strings and floats are not; every seed lies in [0, 2**63 - 1]."""
+    import numbers
+    from .errors import check_int
+    if seed is None:
+        return None
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return check_int("seed", seed, 0, MAX_SEED)
+    if isinstance(seed, (str, bytes)) or isinstance(seed, bool):
+        raise InvalidArgument(f"seed={seed!r}: must be an integer in [0, 2**63 - 1] or a list of them, one per sample")
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 1 or seed.is_floating_point() or seed.dtype == torch.bool:
+            raise InvalidArgument(f"seed= as a tensor must be 1-D with an integer dtype, got {seed.dtype} "
+                                  f"{tuple(seed.shape)}")
+        seed = seed.tolist()
+    try:
+        items = list(seed)
+    except TypeError:
+        raise InvalidArgument(f"seed={seed!r}: must be an integer in [0, 2**63 - 1] or a list of them, one per "
+                              "sample") from None
+    if not items:
+        raise InvalidArgument("seed= is an empty list: give one seed per sample")
+    return [check_int(f"seed[{i}]", v, 0, MAX_SEED) for i, v in enumerate(items)]
+
+
 def draw_noise(shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normal noise. A list of seeds gives each sample its own stream, so sample i does not depend on the batch."""
     shape = tuple(int(v) for v in shape)
+    seed = check_seed(seed)
     if seed is not None and generator is not None:
         raise InvalidArgument("give seed= or generator=, not both")
     if seed is None or isinstance(seed, int):
@@ -102,6 +132,7 @@ class NoiseSource:
         """Keys from a seed list (one per sample: batch invariant), one seed (key of (seed, index)), a generator
         (one base seed drawn from it before the loop), or neither (a base seed from torch's global generator)."""
         shape = tuple(int(v) for v in shape)
+        seed = check_seed(seed)
         if seed is not None and generator is not None:
             raise InvalidArgument("give seed= or generator=, not both")
         if seed is not None and not isinstance(seed, int):

@@ -11,11 +11,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, check_int
 from .field import Field, as_field, device_of
 from .grids import make_grid
 from .loop import Evaluator, SampleResult, StepInfo, integrate
-from .noise import NoiseSource, draw_noise
+from .noise import NoiseSource, check_seed, draw_noise
 from .solvers.base import Plan, Solver, get_solver
 
 __all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "register_scheduler_adapter", "as_dtype"]
@@ -64,6 +64,32 @@ def _parts_from_scheduler(model: Any, scheduler: Any, prediction: str | None,
                           "schedulers and their configs are read by diffsolve.pretrained_adapters.diffusers")
 
 
+def _agree(batch_size: int | None, seed: Any, batch: int, source: str) -> None:
+    """batch_size=, a list of seeds and the noise or shape must name one batch size."""
+    if batch_size is not None and batch_size != batch:
+        raise InvalidArgument(f"batch_size={batch_size} disagrees with {source}, which holds {batch} samples")
+    if isinstance(seed, list) and len(seed) != batch:
+        raise InvalidArgument(f"seed= has {len(seed)} entries (one per sample) but {source} gives {batch} samples")
+
+
+# A plan holds a few hundred bytes of host data per step (points and coefficients); refuse, before allocating,
+# what could not fit in this machine's memory instead of being killed for it.
+PLAN_BYTES_PER_STEP = 4096
+
+
+def check_plan_fits(steps: int) -> None:
+    import os
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = steps * PLAN_BYTES_PER_STEP
+    if need > memory // 2:
+        raise InvalidArgument(f"steps={steps} needs about {need / 2 ** 30:.0f} GiB of host memory for its plan "
+                              f"({PLAN_BYTES_PER_STEP} bytes a step), more than half of this machine's "
+                              f"{memory / 2 ** 30:.0f} GiB; use fewer steps")
+
+
 def default_solver_name(field: Field) -> str:
     return "dpmpp_2m" if field.has_schedule else "heun"
 
@@ -110,18 +136,21 @@ class Sampler:
 
     def steps_for_nfe(self, nfe: int) -> int:
         """The most steps whose run makes at most `nfe` model evaluations."""
-        if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
-            raise InvalidArgument(f"nfe={nfe!r}: must be an integer >= 1")
+        nfe = check_int("nfe", nfe, 1)
         ends_zero = self._ends_at_zero()
         per_eval = self.field.evals_per_call
         calls = lambda n: self.solver.model_calls(n, self.field, ends_zero) * per_eval  # noqa: E731
         if calls(1) > nfe:
             raise InvalidArgument(f"nfe={nfe} is too small for solver {self.solver.name!r}, which needs at least "
                                   f"{calls(1)} model evaluations (one step)")
-        steps = 1
-        while calls(steps + 1) <= nfe:
-            steps += 1
-        return steps
+        lo, hi = 1, nfe                 # calls(n) grows with n and calls(nfe) >= nfe: bisect, never walk
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if calls(mid) <= nfe:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _ends_at_zero(self) -> bool:
         if isinstance(self.grid, (str,)) or callable(self.grid):
@@ -135,8 +164,10 @@ class Sampler:
             raise InvalidArgument("give steps= or nfe=, not both")
         if steps is None and nfe is None and not explicit and not self.solver.adaptive:
             raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-            raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+        if steps is not None:
+            steps = check_int("steps", steps, 1)
+        if nfe is not None:
+            nfe = check_int("nfe", nfe, 1)
         if self.solver.adaptive:
             # No fixed grid: the solver takes the grid's span (or the grid itself, for fixed-step methods) and nfe=
             # as its budget.
@@ -144,6 +175,8 @@ class Sampler:
                                              steps=steps, nfe=nfe)
         if nfe is not None and not explicit:
             steps = self.steps_for_nfe(nfe)
+        if steps is not None:
+            check_plan_fits(steps)
         plan = self.solver.plan(self.field, self.times(steps))
         if nfe is not None and plan.nfe * self.field.evals_per_call > nfe:
             raise InvalidArgument(f"nfe={nfe} is too small: solver {self.solver.name!r} needs "
@@ -164,15 +197,18 @@ class Sampler:
                                       "(batch, *sample_shape)")
             if not noise.is_floating_point():
                 raise InvalidArgument(f"noise= must be a floating-point tensor, got dtype {noise.dtype}")
+            _agree(batch_size, seed, noise.shape[0], "noise=")
             return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
-        if shape is None:
+        if shape is not None:
+            shape = tuple(check_int(f"shape[{i}]", v, 1) for i, v in enumerate(shape))
+            _agree(batch_size, seed, shape[0], "shape=")
+        else:
             if sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape; "
                                       "pass shape=(batch, ...) or noise=")
-            if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
-                                           or batch_size < 1):
-                raise InvalidArgument(f"batch_size={batch_size!r}: must be an integer >= 1")
-            shape = (batch_size or 1, *sample_shape)
+            batch = batch_size if batch_size is not None else (len(seed) if isinstance(seed, list) else 1)
+            _agree(batch_size, seed, batch, "batch_size=")
+            shape = (batch, *sample_shape)
         return draw_noise(shape, seed=seed, generator=generator, device=device, dtype=dtype or torch.float32)
 
     # --- the run -----------------------------------------------------------------------------------
@@ -188,6 +224,9 @@ class Sampler:
         """
         plan = self.plan(steps, nfe)
         dtype = as_dtype(dtype)
+        seed = check_seed(seed)
+        if batch_size is not None:
+            batch_size = check_int("batch_size", batch_size, 1)
         noise = self.initial_noise(noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
                                    device=device or device_of(self.field.model), dtype=dtype)
         step_noise = None

@@ -12,6 +12,10 @@ serves any batch size, device or number of runs.
 """
 from __future__ import annotations
 
+import inspect
+import numbers
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Protocol
 
@@ -126,22 +130,84 @@ class Solver:
 class RegistryEntry:
     name: str
     factory: Callable[..., Solver]
-    defaults: dict
+    fixed: dict                 # what the name stands for (an alias's order, method, tableau): not overridable
+    defaults: dict              # the name's own defaults, which options may change
     summary: str
+
+    def parameters(self) -> dict[str, tuple[Any, Any]]:
+        """{option: (type hint, default)} of what a user may pass, read from the factory's signature."""
+        sig = inspect.signature(self.factory)
+        hints = _hints(self.factory)
+        out = {}
+        for k, p in sig.parameters.items():
+            if k in self.fixed or k == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            out[k] = (hints.get(k, Any), self.defaults.get(k, p.default))
+        return out
 
 
 _REGISTRY: dict[str, RegistryEntry] = {}
 
 
-def register(name: str, factory: Callable[..., Solver], summary: str = "", **defaults: Any) -> None:
-    """Register `factory(**defaults, **user_options)` under `name` (k-diffusion style names)."""
+def register(name: str, factory: Callable[..., Solver], summary: str = "", *, defaults: dict | None = None,
+             **fixed: Any) -> None:
+    """Register `factory(**defaults, **user_options, **fixed)` under `name` (k-diffusion style names)."""
     if name in _REGISTRY:
         raise InvalidArgument(f"solver name {name!r} is registered already")
-    _REGISTRY[name] = RegistryEntry(name, factory, dict(defaults), summary)
+    _REGISTRY[name] = RegistryEntry(name, factory, dict(fixed), dict(defaults or {}), summary)
+
+
+def _hints(factory: Callable) -> dict:
+    target = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:               # a hint that does not resolve: the solver's own checks still run
+        return {}
+
+
+def _conforms(value: Any, hint: Any) -> bool | None:
+    """True / False when the hint says (bool, int, float, str, None and unions of them), None when it cannot."""
+    if hint is bool:
+        return isinstance(value, bool) or type(value).__name__ == "bool_"
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        verdicts = [_conforms(value, h) for h in typing.get_args(hint)]
+        if any(v is True for v in verdicts):
+            return True
+        return False if all(v is False for v in verdicts) else None
+    return None
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """numpy scalars to the Python type the hint names, so a solver's own checks see plain ints and floats."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return bool(value) if type(value).__name__ == "bool_" else value
+    if int in args and isinstance(value, numbers.Integral):
+        return int(value)
+    if float in args and isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return " or ".join("None" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
 
 
 def get_solver(name: "str | Solver", **options: Any) -> Solver:
-    """A solver from its registry name (see `available_solvers()`), or the solver itself."""
+    """A solver from its registry name (see `available_solvers()`), or the solver itself.
+
+    Options are checked by type against the solver's signature before it is built (a string is not a bool,
+    numpy integers are integers), and an alias's defining settings cannot be overridden.
+    """
     if isinstance(name, Solver):
         if options:
             raise InvalidArgument(f"solver options {sorted(options)} given with a Solver object; set them on it")
@@ -149,10 +215,31 @@ def get_solver(name: "str | Solver", **options: Any) -> Solver:
     if not isinstance(name, str) or name not in _REGISTRY:
         raise unknown_name("solver", name, _REGISTRY)
     entry = _REGISTRY[name]
+    fixed = sorted(k for k in options if k in entry.fixed and not _same(options[k], entry.fixed[k]))
+    if fixed:
+        raise InvalidArgument(f"solver {name!r} stands for {', '.join(f'{k}={entry.fixed[k]!r}' for k in fixed)}; "
+                              f"drop {', '.join(fixed)}= or use a solver name that takes it")
+    params = entry.parameters()
+    unknown = sorted(set(options) - set(params) - set(entry.fixed))
+    if unknown:
+        raise InvalidArgument(f"solver {name!r} does not take option(s) {unknown}; its options are "
+                              f"{sorted(params)}")
+    checked = {}
+    for k, v in options.items():
+        if k in entry.fixed:
+            continue
+        hint = params[k][0]
+        if _conforms(v, hint) is False:
+            raise InvalidArgument(f"solver {name!r}: {k}={v!r} must be {_describe(hint)}")
+        checked[k] = _coerce(v, hint)
+    return entry.factory(**{**entry.defaults, **checked, **entry.fixed})
+
+
+def _same(a: Any, b: Any) -> bool:
     try:
-        return entry.factory(**{**entry.defaults, **options})
-    except TypeError as e:
-        raise InvalidArgument(f"solver {name!r} does not take these options: {sorted(options)} ({e})") from None
+        return bool(a == b) and isinstance(a, bool) == isinstance(b, bool) and isinstance(a, str) == isinstance(b, str)
+    except Exception:
+        return False
 
 
 def available_solvers(deterministic: bool | None = None) -> list[str]:

@@ -406,7 +406,8 @@ class DPMSolverPPSDE(StochasticSolver):
 
 register("euler_ancestral", EulerAncestral, "Euler-ancestral (eta, s_noise), weak order 1")
 register("ddpm", EulerAncestral, "DDPM ancestral sampling = Euler-ancestral with eta=1", eta=1.0, alias="ddpm")
-register("ddim_eta", EulerAncestral, "DDIM with eta > 0 (stochastic DDIM) = Euler-ancestral(eta)", eta=1.0,
+register("ddim_eta", EulerAncestral, "DDIM with eta > 0 (stochastic DDIM) = Euler-ancestral(eta)",
+         defaults={"eta": 1.0},
          alias="ddim_eta")
 register("dpmpp_2s_ancestral", DPMSolverPP2SAncestral, "DPM-Solver++(2S) ancestral, 2 calls per step")
 register("edm_churn", EDMChurn, "EDM stochastic sampler (Karras Alg. 2): churn + Heun")

@@ -23,9 +23,9 @@ from typing import Callable
 
 import torch
 
-from ..errors import InvalidArgument, check_choice
+from ..errors import InvalidArgument, NonFiniteError, check_choice
 from ..field import Field
-from ..kernels import lincomb
+from ..kernels import lincomb, nonfinite
 from .adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
 from .base import Plan, register
 from .frames import integration_frame
@@ -56,6 +56,7 @@ class _ODEFunc(torch.nn.Module):
         self.calls_per_step = calls_per_step
         self.shape = shape
         self.last = None            # (tau, y) at the start of the latest step: the best state so far
+        self.starts = None          # states at the starts of accepted steps, when a trajectory is wanted
 
     def forward(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         reserve = 1 if self.span.final_denoise else 0
@@ -68,12 +69,21 @@ class _ODEFunc(torch.nn.Module):
         y = y.reshape(self.shape)
         # The integration variable u increases along the solve: u = -t, u = -s or u = lambda.
         if self.frame == "time":
-            return -self.ev.velocity(y, p)
+            v = self.ev.velocity(y, p)
+            self.check(v, p)
+            return -v
         d = self.ev.denoise(y * p.alpha if p.alpha != 1.0 else y, p)
+        self.check(d, p)
         if self.frame == "edm":
             s = -tau_f                                      # dy/du = -dy/ds = (D - y) / s
             return lincomb((1.0 / s, -1.0 / s), (d, y))
         return d - y
+
+    def check(self, out: torch.Tensor, p) -> None:
+        # torchdiffeq turns a NaN slope into an "underflow in dt" assertion; name the step instead (this bridge
+        # syncs every evaluation anyway).
+        if self.ev.check_finite and bool(nonfinite(out.detach())):
+            raise NonFiniteError(self.stats.accepted, p.t)
 
     def callback_step(self, t0, y0, dt):
         self.last = (float(t0), y0)
@@ -83,6 +93,8 @@ class _ODEFunc(torch.nn.Module):
     def callback_accept_step(self, t0, y0, dt):
         self.stats.accepted += 1
         self.stats.times.append(self.tau_to_t(float(t0 + dt)))
+        if self.starts is not None:
+            self.starts.append(y0)         # an accepted step's start is the previous one's end
 
     def callback_reject_step(self, t0, y0, dt):
         self.stats.rejected += 1
@@ -162,9 +174,11 @@ class TorchdiffeqSolver(AdaptiveSolver):
             taus = [to_tau(span.t_start), to_tau(span.t_stop)]
         p0 = field.at(span.t_start)
         y0 = x / p0.alpha if frame != "time" and p0.alpha != 1.0 else x
-        # Trajectories: every grid point for fixed-grid methods; adaptive ones report accepted times only.
-        stats = RunStats(span.t_start, x, return_trajectory and self.fixed_grid)
+        # Trajectories: every grid point for fixed-grid methods, every accepted step's end for adaptive ones.
+        stats = RunStats(span.t_start, x, return_trajectory)
         func = _ODEFunc(self, ev, frame, span, stats, tau_to_t, 1, x.shape)
+        if return_trajectory and not self.fixed_grid:
+            func.starts = []
         # Times stay float64 whatever the state's dtype (torchdiffeq keeps its own time dtype), so that the exact
         # ends below match and no time leaves the schedule's range through float32 round-off.
         tt = torch.tensor(taus, dtype=torch.float64, device=x.device)
@@ -179,7 +193,14 @@ class TorchdiffeqSolver(AdaptiveSolver):
             with warnings.catch_warnings():
                 # Fixed-grid methods ignore the accept/reject callbacks; nothing to warn about.
                 warnings.filterwarnings("ignore", message=".*does not support callbacks.*")
-                ys = torchdiffeq.odeint(func, y0, tt, **kwargs)
+                try:
+                    ys = torchdiffeq.odeint(func, y0, tt, **kwargs)
+                except AssertionError as e:
+                    if "underflow" not in str(e):
+                        raise
+                    # The step size shrank to nothing with finite slopes: the tolerance cannot be met here.
+                    raise _OutOfBudget(f"the step size underflowed: rtol={self.rtol:g}, atol={self.atol:g} cannot "
+                                       "be met (loosen them)") from None
         except _OutOfBudget as e:
             if self.on_budget == "raise":
                 t_reached = tau_to_t(func.last[0]) if func.last is not None else span.t_start
@@ -193,11 +214,15 @@ class TorchdiffeqSolver(AdaptiveSolver):
             x_r = y_r * p.alpha if frame != "time" and p.alpha != 1.0 else y_r
             return self.finish(ev, x_r, plan, stats, completed=False, t_reached=t_r, why=e.why)
         y1 = ys[-1]
+        to_x = lambda y, t: y * field.at(t).alpha if frame != "time" else y                 # noqa: E731
         if self.fixed_grid:
             stats.times = list(grid)
             stats.accepted = len(grid) - 1
             if stats.states is not None:
-                stats.states = [y * field.at(g).alpha if frame != "time" else y for y, g in zip(ys, grid)]
+                stats.states = [to_x(y, g) for y, g in zip(ys, grid)]
+        elif stats.states is not None:
+            ends = func.starts[1:] + [y1]
+            stats.states = [x] + [to_x(y, t) for y, t in zip(ends, stats.times[1:])]
         p1 = field.at(span.t_stop if not self.fixed_grid else grid[-1])
         x1 = y1 * p1.alpha if frame != "time" and p1.alpha != 1.0 else y1
         return self.finish(ev, x1, plan, stats, completed=True, t_reached=span.t_stop,

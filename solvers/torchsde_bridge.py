@@ -30,7 +30,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import InvalidArgument, check_choice
+from ..errors import InvalidArgument, NonFiniteError, check_choice
+from ..kernels import nonfinite
 from ..field import Field
 from .adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
 from .base import Plan, register
@@ -133,8 +134,12 @@ class _ReverseSDE(torch.nn.Module):
         self.calls += 1
         lam_f = float(lam)
         self.last = (lam_f, y)
+        # the step this evaluation belongs to: its position on the fixed log-SNR grid (or the call count)
+        ev.step = int((lam_f - self.lam0) / self.dt + 1e-6) if self.dt else self.calls - 1
         p = ev.field.at(self.lam_to_t(lam_f))
         d = ev.denoise(y.reshape(self.shape) * p.alpha, p).reshape(y.shape)
+        if ev.check_finite and bool(nonfinite(d.detach())):     # this bridge syncs every evaluation anyway
+            raise NonFiniteError(ev.step, p.t)
         return 2.0 * (d - y)
 
     def g(self, lam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -224,9 +229,14 @@ class TorchsdeSolver(AdaptiveSolver):
         max_calls = self.max_steps * (4 if self.method == "srk" else 2)
         sde = _ReverseSDE(ev, span, self.method, lam_to_t, x.shape, 1 if span.final_denoise else 0, max_calls)
         dt = (lam1 - lam0) / n if n is not None else (lam1 - lam0) / 64
+        sde.lam0, sde.dt = lam0, (dt if not self.adaptive_steps else 0.0)
         stats = RunStats(span.t_start, x, False)
+        out_ts = ts
+        if return_trajectory and n is not None and not self.adaptive_steps:
+            # report every fixed step: the same steps, with an output at each grid point
+            out_ts = torch.cat([ts[:1], lam0 + dt * torch.arange(1, n, dtype=ts.dtype, device=ts.device), ts[1:]])
         try:
-            ys = torchsde.sdeint(sde, y0, ts, bm=bm, method=self.method, dt=dt, adaptive=self.adaptive_steps,
+            ys = torchsde.sdeint(sde, y0, out_ts, bm=bm, method=self.method, dt=dt, adaptive=self.adaptive_steps,
                                  rtol=self.rtol, atol=self.atol, dt_min=1e-6)
         except _OutOfBudget as e:
             lam_r, y_r = sde.last if sde.last is not None else (lam0, y0)
@@ -237,7 +247,12 @@ class TorchsdeSolver(AdaptiveSolver):
             return self.finish(ev, x_r, plan, stats, completed=False, t_reached=t_r, why=e.why)
         x1 = ys[-1].reshape(x.shape) * field.at(span.t_stop).alpha
         stats.accepted = n if n is not None and not self.adaptive_steps else sde.calls
-        stats.times.append(span.t_stop)
+        if return_trajectory:
+            lams = out_ts.tolist()
+            stats.times = [lam_to_t(v) for v in lams]
+            stats.states = [y.reshape(x.shape) * field.at(t).alpha for y, t in zip(ys, stats.times)]
+        else:
+            stats.times.append(span.t_stop)
         return self.finish(ev, x1, plan, stats, completed=True, t_reached=span.t_stop,
                            extra={"method": self.method, "brownian": self.brownian,
                                   "steps_are": "fixed, uniform in log-SNR" if not self.adaptive_steps
