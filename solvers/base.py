@@ -12,6 +12,7 @@ serves any batch size, device or number of runs.
 """
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import numbers
 import types
@@ -177,11 +178,18 @@ def _conforms(value: Any, hint: Any) -> bool | None:
         return isinstance(value, str)
     if hint is type(None):
         return value is None
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
         verdicts = [_conforms(value, h) for h in typing.get_args(hint)]
         if any(v is True for v in verdicts):
             return True
         return False if all(v is False for v in verdicts) else None
+    if origin is not None and isinstance(origin, type):      # Sequence[...], dict[...], tuple[...]
+        if issubclass(origin, collections.abc.Callable):
+            return callable(value)
+        return isinstance(value, origin) and not (isinstance(value, str) and origin is not str)
+    if isinstance(hint, type) and hint is not typing.Any:     # a class: a Solver, a ButcherTableau, a dict
+        return isinstance(value, hint)
     return None
 
 

@@ -10,6 +10,7 @@ at pure noise (alpha = 0, flows). Noise comes from `ev.noise(j)`: a function of 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -184,8 +185,13 @@ class Segment:
 
 
 def _inner_solver(inner: str | Solver) -> Solver:
-    solver = get_solver(inner)
-    if not solver.deterministic:
+    if not isinstance(inner, (str, Solver)):
+        raise InvalidArgument(f"inner={inner!r}: must be a deterministic solver's name or a Solver")
+    try:
+        solver = get_solver(inner)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"inner={inner!r}: {e}") from None
+    if not solver.deterministic or solver.adaptive:
         raise InvalidArgument(f"inner={solver.name!r}: the inner solver must be deterministic")
     return solver
 
@@ -283,15 +289,19 @@ class Restart(RenoiseSolver):
                  s_noise: float = 1.0):
         super().__init__(inner)
         checked = []
+        if isinstance(restart, (str, bytes)) or not isinstance(restart, Sequence) or not restart:
+            raise InvalidArgument(f"restart={restart!r}: must be a non-empty list of (s_min, s_max, K, steps)")
         for item in restart:
-            if len(item) != 4:
+            if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 4:
                 raise InvalidArgument(f"restart={restart!r}: each entry is (s_min, s_max, K, steps)")
+            if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in item[:2]):
+                raise InvalidArgument(f"restart interval {tuple(item)!r}: s_min and s_max must be numbers")
             lo, hi, K, n = float(item[0]), float(item[1]), item[2], item[3]
             if not (0 < lo < hi and math.isfinite(hi)):
                 raise InvalidArgument(f"restart interval {tuple(item)!r}: need 0 < s_min < s_max < inf")
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (K, n)):
+            if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in (K, n)):
                 raise InvalidArgument(f"restart interval {tuple(item)!r}: K and steps must be integers >= 1")
-            checked.append((lo, hi, K, n))
+            checked.append((lo, hi, int(K), int(n)))
         self.restart = tuple(checked)
         self.s_noise = _check_nonneg("s_noise", s_noise)
 
