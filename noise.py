@@ -18,20 +18,23 @@ _M32 = 0xFFFFFFFF
 _SALT_STEP = 0x5EED5A17          # separates the step-noise stream from the initial noise of the same seed
 
 
-MAX_SEED = 2 ** 63 - 1
+# torch.Generator.manual_seed's range: any seed in it gives its own stream
+MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 64 - 1
 
 
 def check_seed(seed: object) -> "int | list[int] | None":
     """None, one integer seed, or one integer seed per sample (a list, tuple, range, or 1-D integer array/tensor);
-    numpy integers are integers, strings and floats are not; every seed lies in [0, 2**63 - 1]."""
+    numpy integers are integers, strings and floats are not; every seed lies in [-2**63, 2**64 - 1] (the range
+    torch.Generator.manual_seed takes)."""
     import numbers
     from .errors import check_int
     if seed is None:
         return None
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        return check_int("seed", seed, 0, MAX_SEED)
+        return check_int("seed", seed, MIN_SEED, MAX_SEED)
     if isinstance(seed, (str, bytes)) or isinstance(seed, bool):
-        raise InvalidArgument(f"seed={seed!r}: must be an integer in [0, 2**63 - 1] or a list of them, one per sample")
+        raise InvalidArgument(f"seed={seed!r}: must be an integer in [-2**63, 2**64 - 1] or a list of them, one per "
+                              "sample")
     if isinstance(seed, torch.Tensor):
         if seed.dim() != 1 or seed.is_floating_point() or seed.dtype == torch.bool:
             raise InvalidArgument(f"seed= as a tensor must be 1-D with an integer dtype, got {seed.dtype} "
@@ -40,11 +43,11 @@ def check_seed(seed: object) -> "int | list[int] | None":
     try:
         items = list(seed)
     except TypeError:
-        raise InvalidArgument(f"seed={seed!r}: must be an integer in [0, 2**63 - 1] or a list of them, one per "
-                              "sample") from None
+        raise InvalidArgument(f"seed={seed!r}: must be an integer in [-2**63, 2**64 - 1] or a list of them, one "
+                              "per sample") from None
     if not items:
         raise InvalidArgument("seed= is an empty list: give one seed per sample")
-    return [check_int(f"seed[{i}]", v, 0, MAX_SEED) for i, v in enumerate(items)]
+    return [check_int(f"seed[{i}]", v, MIN_SEED, MAX_SEED) for i, v in enumerate(items)]
 
 
 def draw_noise(shape: Sequence[int], *, seed: int | Sequence[int] | None = None,

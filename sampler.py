@@ -143,7 +143,11 @@ class Sampler:
         if calls(1) > nfe:
             raise InvalidArgument(f"nfe={nfe} is too small for solver {self.solver.name!r}, which needs at least "
                                   f"{calls(1)} model evaluations (one step)")
-        lo, hi = 1, nfe                 # calls(n) grows with n and calls(nfe) >= nfe: bisect, never walk
+        # calls(n) grows with n: double to bracket the answer, then bisect (never walk up to a huge budget)
+        lo, hi = 1, 2
+        while calls(hi) <= nfe:
+            lo, hi = hi, 2 * hi
+        hi -= 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if calls(mid) <= nfe:

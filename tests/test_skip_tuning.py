@@ -1,0 +1,185 @@
+"""Skip-Tuning: exact against scaling by hand, a no-op at rho = 1, hooks that never outlive their context, and a
+tuner that finds a known minimum without scoring on its own tuning noise."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffsolve import ClassifierFreeGuidance, FeatureCapture, InvalidArgument, Sampler, VectorField
+from diffsolve.skip_tuning import (SkipSettings, depth_scales, golden_section, load_settings, save_settings,
+                                   skip_tuned, tune_skip)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    from diffsolve.models import load_mnist_unet
+    return load_mnist_unet()
+
+
+def _hooks(net: torch.nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in net.modules())
+
+
+def test_depth_scales_are_linear_from_top_to_bottom():
+    assert depth_scales(3, 1.0, 0.7) == pytest.approx([1.0, 0.85, 0.7])
+    assert depth_scales(1, 1.0, 0.7) == [0.7]
+
+
+def test_builtin_unet_rho_one_is_bitwise_and_scaling_equals_the_keyword(unet):
+    base = Sampler(unet, "dpmpp_2m", progress=False).run(steps=4, batch_size=2, seed=0).samples
+    same = Sampler(skip_tuned(unet, rho_bottom=1.0), "dpmpp_2m", progress=False).run(steps=4, batch_size=2, seed=0)
+    assert torch.equal(same.samples, base)
+    tuned = Sampler(skip_tuned(unet, rho_bottom=0.7), "dpmpp_2m", progress=False).run(steps=4, batch_size=2,
+                                                                                       seed=0).samples
+    by_hand = Sampler(unet, "dpmpp_2m", progress=False).run(steps=4, batch_size=2, seed=0,
+                                                             skip_scale=depth_scales(3, 1.0, 0.7)).samples
+    assert torch.equal(tuned, by_hand) and not torch.equal(tuned, base)
+    assert unet.skip_scales == [1.0, 1.0, 1.0]
+
+
+def test_context_restores_the_model_also_after_an_exception(unet):
+    with pytest.raises(RuntimeError, match="inside"):
+        with skip_tuned(unet, rho_bottom=0.5):
+            assert unet.skip_scales != [1.0, 1.0, 1.0]
+            raise RuntimeError("inside")
+    assert unet.skip_scales == [1.0, 1.0, 1.0]
+
+
+def test_composes_with_guidance_and_feature_capture(unet):
+    field = FeatureCapture(skip_tuned(VectorField(unet), rho_bottom=0.8), {"bottleneck": "mid"})
+    guided = ClassifierFreeGuidance(field, scale=1.0, uncond_kwargs={})
+    out = Sampler(guided, "euler", progress=False).run(steps=3, batch_size=2, seed=0)
+    ref = Sampler(skip_tuned(unet, rho_bottom=0.8), "euler", progress=False).run(steps=3, batch_size=2, seed=0)
+    torch.testing.assert_close(out.samples, ref.samples)
+    assert out.nfe == 6 and _hooks(unet) == 0
+
+
+def test_active_range_limits_the_scaling_to_those_noise_levels(unet):
+    plain = Sampler(unet, "euler", progress=False).run(steps=4, batch_size=2, seed=0).samples
+    never = Sampler(skip_tuned(unet, rho_bottom=0.5, active=(1e3, 2e3)), "euler", progress=False).run(
+        steps=4, batch_size=2, seed=0).samples
+    assert torch.equal(never, plain)
+
+
+# ------------------------------------------------------------------------------------------------
+# diffusers UNets: the hooks against scaling by hand on the same tensors
+# ------------------------------------------------------------------------------------------------
+def _unet2d():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16, 16),
+                                 layers_per_block=1, norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D")).eval()
+
+
+def _unet2d_condition():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                          layers_per_block=1, norm_num_groups=4, cross_attention_dim=8,
+                                          attention_head_dim=2,
+                                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+
+
+def _by_hand(net, scales_top_to_bottom):
+    """Pre-hooks written here, independently: up_blocks[0] is the deepest level."""
+    handles = []
+    for block, rho in zip(reversed(list(net.up_blocks)), scales_top_to_bottom):
+        def hook(module, args, kwargs, rho=rho):
+            if "res_hidden_states_tuple" in kwargs:
+                kwargs["res_hidden_states_tuple"] = tuple(t * rho for t in kwargs["res_hidden_states_tuple"])
+                return args, kwargs
+            return (args[0], tuple(t * rho for t in args[1]), *args[2:]), kwargs
+        handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
+
+
+@pytest.mark.parametrize("make", [_unet2d, _unet2d_condition])
+def test_diffusers_hooks_equal_scaling_by_hand(make):
+    net = make()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500.0, 20.0])
+    kw = {"encoder_hidden_states": torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(2))} \
+        if "Condition" in type(net).__name__ else {}
+    with torch.no_grad():
+        plain = net(x, t, **kw).sample
+        with skip_tuned(net, rho_bottom=1.0):
+            assert _hooks(net) == 0
+            assert torch.equal(net(x, t, **kw).sample, plain)
+        levels = len(net.up_blocks)
+        scales = depth_scales(levels, 1.0, 0.6)
+        with skip_tuned(net, rho_bottom=0.6):
+            ours = net(x, t, **kw).sample
+        assert _hooks(net) == 0
+        handles = _by_hand(net, scales)
+        manual = net(x, t, **kw).sample
+        for h in handles:
+            h.remove()
+    assert torch.equal(ours, manual) and not torch.equal(ours, plain)
+
+
+def test_any_module_by_name():
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Linear(3, 3)
+            self.dec = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.dec(torch.cat([x, self.enc(x)], dim=1))
+
+    net = Tiny()
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        with skip_tuned(net, rho_bottom=0.5, outputs_of=["enc"]):
+            ours = net(x)
+        manual = net.dec(torch.cat([x, 0.5 * net.enc(x)], dim=1))
+    assert torch.equal(ours, manual) and _hooks(net) == 0
+    with pytest.raises(InvalidArgument, match="outputs_of"):
+        skip_tuned(net, outputs_of=["encoder"])
+    with pytest.raises(InvalidArgument, match="no known skip"):
+        skip_tuned(net)
+
+
+# ------------------------------------------------------------------------------------------------
+# The tuner
+# ------------------------------------------------------------------------------------------------
+class _OneSkip(torch.nn.Module):
+    """A 'network' whose data prediction is its one skip feature: the samples equal rho exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip = torch.nn.Identity()
+
+    def forward(self, x, t):
+        return self.skip(torch.ones_like(x))
+
+
+def test_golden_section_finds_the_minimum():
+    best, value, history = golden_section(lambda r: (r - 0.731) ** 2, 0.5, 1.0, evaluations=20)
+    assert abs(best - 0.731) < 1e-3 and len(history) == 20
+
+
+def test_tuner_finds_a_known_minimum_and_refuses_its_own_noise(tmp_path):
+    field = VectorField(_OneSkip(), "x0", "edm", sample_shape=(2,))
+    metric = lambda samples: float((samples.mean() - 0.73) ** 2)  # noqa: E731
+    opts = {"outputs_of": ["skip"]}
+    with pytest.raises(InvalidArgument, match="overlaps"):
+        tune_skip(field, "euler", 3, metric, tune_seeds=range(4), eval_seeds=range(2, 6), skip_options=opts,
+                  progress=None)
+    lines = []
+    found = tune_skip(field, "euler", 3, metric, tune_seeds=range(4), eval_seeds=range(4, 8), evaluations=16,
+                      skip_options=opts, progress=lines.append)
+    assert abs(found.rho_bottom - 0.73) < 5e-3
+    assert found.metric["held_out"] < found.metric["held_out_untuned"]
+    assert any("held-out" in line for line in lines)
+    path = save_settings(found, tmp_path / "skip.json")
+    assert load_settings(path) == found
+    again = skip_tuned(field, settings=path, **opts)
+    assert again.tuning.scales == [found.rho_bottom]
+    other = _OneSkip()
+    other.extra = torch.nn.Linear(1, 1)                        # another network: refused
+    with pytest.raises(InvalidArgument, match="tuned on"):
+        skip_tuned(VectorField(other, "x0", "edm", sample_shape=(2,)), settings=path, **opts)
