@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from .kernel_bench import time_once
+
 # Targets printed beside the figures (the figures are what matters; nothing here fails on a miss).
 TARGET_COPY_FRACTION = 0.85        # fused update >= 85% of the copy bandwidth
 TARGET_EAGER_SPEEDUP = 3.0         # >= 3x eager for third-order updates (K >= 4)
@@ -48,17 +50,7 @@ class Clock:
         self.sync()
         times = []
         for _ in range(reps or self.reps):
-            if self.device.type == "cuda":
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
+            times.append(time_once(fn, self.device))
         return statistics.median(times)
 
     def wall(self, fn: Callable[[], object], reps: int | None = None) -> float:

@@ -57,18 +57,22 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, min_time: float =
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        times.append(time_once(fn, device))
     return statistics.median(times)
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call: CUDA events on a GPU (device time), the wall clock elsewhere."""
+    if device.type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2 ** 20) -> float:
