@@ -8,13 +8,15 @@ from .grids import GRIDS, make_grid
 from .solvers import available_solvers, get_solver
 from .sampler import SampleResult, Sampler, StepInfo
 from .loop import integrate
+from .likelihood import LikelihoodResult, likelihood
 from . import pretrained_adapters  # noqa: F401,E402  (registers the scheduler adapters; core modules never import it)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Sampler", "SampleResult", "StepInfo", "VectorField", "ModelSpec", "EvalPoint", "ClassifierFreeGuidance",
-    "Field", "FieldOutput", "FieldWrapper", "FeatureCapture", "StepOptions", "integrate",
+    "Field", "FieldOutput", "FieldWrapper", "FeatureCapture", "StepOptions", "integrate", "likelihood",
+    "LikelihoodResult",
     "NoiseSchedule", "VPDiscrete", "VPContinuous", "VESchedule", "EDMSchedule", "RectifiedFlow", "CustomSchedule",
     "get_schedule", "GRIDS", "make_grid", "available_solvers", "get_solver", "DiffsolveError", "InvalidArgument",
     "NonFiniteError", "BudgetExceeded",
