@@ -176,3 +176,18 @@ def test_rectified_flow_inversion_to_pure_noise(name):
     exact = problem.ode_solution(x0, float(inv.t[0]), 1.0)
     assert float(inv.t[-1]) == 1.0
     assert float((inv.stats["x_end"] - exact).abs().max()) < (0.1 if name == "euler" else 0.02), name
+
+
+def test_readme_block_on_inversion_and_likelihood_runs():
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "round_trip" in b)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("torch.Size([8, 4]) 40 ")
+    assert lines[1].startswith("True ")
