@@ -84,3 +84,13 @@ def test_dequantization_is_stated_and_included():
     torch.testing.assert_close(plain.bits_per_dim, -(plain.log_prob + jac) / (4 * math.log(2.0)))
     with pytest.raises(InvalidArgument, match="data_range"):
         likelihood(problem, x, dequantize="uniform", solver="heun", steps=2)
+
+
+def test_command_line(capsys):
+    import json
+
+    from diffsolve.cli import main
+    assert main(["likelihood", "--model", "gaussian", "--n", "2", "--solver", "heun", "--steps", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 2 and out["nfe"] == 8 and len(out["bits_per_dim"]) == 2
+    assert out["divergence"].startswith("exact") and out["dequantization"].startswith("none")
