@@ -97,6 +97,8 @@ class Sampler:
     `solver` is a registry name (`diffsolve.solvers.available_solvers()`) or a Solver; `grid` a name in
     `diffsolve.grids.GRIDS`, a function `(steps, schedule, **options) -> times`, or an explicit list of times.
     `scheduler=` (a diffusers scheduler or its config) reads schedule, prediction, timesteps and solver from it.
+    `invert(x0, steps=)` runs the same solver from data to noise on the grid reversed; `round_trip` measures
+    invert-then-sample.
     """
 
     def __init__(self, model: Any, solver: str | Solver | None = None, grid: Any = None, *,

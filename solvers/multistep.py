@@ -63,15 +63,14 @@ def step_orders(lams: Sequence[float], max_order: int, lower_order_final, ends_a
         if not math.isfinite(lams[i]) or lams[i + 1] == -math.inf or \
                 (singular_end and not math.isfinite(lams[i + 1])):
             k = 1
-        if increasing:
-            pass
-        elif lower_order_final == "auto":
-            if i == n - 1 and (ends_at_zero or n < 15):
-                k = 1
-            if i == n - 2 and n < 15:
-                k = min(k, 2)
-        elif lower_order_final:
-            k = min(k, n - i)
+        if not increasing:
+            if lower_order_final == "auto":
+                if i == n - 1 and (ends_at_zero or n < 15):
+                    k = 1
+                if i == n - 2 and n < 15:
+                    k = min(k, 2)
+            elif lower_order_final:
+                k = min(k, n - i)
         out.append(k)
     return tuple(out)
 
