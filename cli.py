@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the built-in MNIST UNet or classifier (diffsolve train --help for its options)")
     sub.add_parser("evaluate", add_help=False,
                    help="FD and classifier confidence of the built-in model vs the shared DDPM")
+    sub.add_parser("likelihood", add_help=False,
+                   help="log-likelihood and bits/dim through the probability-flow ODE (diffsolve likelihood --help)")
     return p
 
 
@@ -101,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import DiffsolveError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "likelihood":
+        from .likelihood import cli_main
+        return cli_main(argv[1:])
     if argv and argv[0] in ("train", "evaluate"):
         # These own their options; forward the rest of the command line unchanged.
         if argv[0] == "train":

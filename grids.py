@@ -1,5 +1,8 @@
 """Step grids: plain functions that return float64 times t (decreasing noise) in the schedule's own time.
 
+Sampling grids decrease in noise. An inversion (data to noise, `Sampler.invert`) runs a grid reversed:
+`validate_grid(t, schedule, direction="increasing")` accepts it; only deterministic fixed-step solvers take one.
+
 For the EDM schedule t is the EDM sigma, so `karras(...)` returns k-diffusion's `get_sigmas_karras` values.
 `final="zero"` appends the exact noise-free end t = 0; `final="min"` ends at the schedule's smallest noise.
 """
@@ -155,7 +158,8 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
 
 def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.Tensor, steps: int | None,
               schedule: NoiseSchedule | None, **options) -> torch.Tensor:
-    """Times for `steps` steps from a grid name, a grid function, or an explicit list of times; validated."""
+    """Times for `steps` steps from a grid name, a grid function, or an explicit list of times; validated
+    (strictly decreasing: a sampling grid)."""
     if isinstance(grid, str):
         if grid not in GRIDS:
             raise unknown_name("grid", grid, GRIDS)
@@ -188,22 +192,52 @@ def _call_grid(name: str, fn: Callable[..., torch.Tensor], steps, schedule, opti
     return fn(steps, schedule, **options)
 
 
-def validate_grid(t: torch.Tensor, schedule: NoiseSchedule | None) -> None:
-    """Finite, 1-D, strictly decreasing times inside [t_min, t_max] (an exact final 0 is allowed)."""
+DIRECTIONS = ("decreasing", "increasing")
+
+# Why a sampler may refuse to run from data to noise (solvers set `Solver.invertible` and this reason).
+NOT_INVERTIBLE = ("it is stochastic: each step draws fresh noise (a reverse-time SDE), so running its steps from "
+                  "data to noise is not the inverse of sampling; only the probability-flow ODE is a deterministic "
+                  "bijection between data and noise. Invert with a deterministic solver (euler/ddim, heun, rk4, "
+                  "dpmpp_2m, unipc_bh2, deis, ...)")
+
+
+def is_increasing(t: torch.Tensor) -> bool:
+    """True for a grid that runs from low to high noise (an inversion grid)."""
+    return t.numel() >= 2 and float(t[-1]) > float(t[0])
+
+
+def refuse_increasing(who: str, why: str) -> InvalidArgument:
+    """The error for an increasing grid handed to a solver that cannot run backwards."""
+    return InvalidArgument(f"grid must be strictly decreasing in noise for solver {who!r}: {why}")
+
+
+def validate_grid(t: torch.Tensor, schedule: NoiseSchedule | None, direction: str = "decreasing") -> None:
+    """Finite, 1-D, strictly monotone times inside [t_min, t_max] (an exact 0 is allowed at the data end).
+
+    `direction="decreasing"` (sampling, noise to data) or `"increasing"` (inversion, data to noise)."""
+    check_choice("direction", direction, DIRECTIONS)
     if t.ndim != 1 or t.numel() < 2:
         raise InvalidArgument(f"grid must be a 1-D sequence of at least 2 times, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         raise InvalidArgument("grid contains NaN or Inf")
-    if not torch.all(t[1:] < t[:-1]):
+    if direction == "increasing":
+        if not torch.all(t[1:] > t[:-1]):
+            bad = int(torch.nonzero(t[1:] <= t[:-1])[0])
+            raise InvalidArgument(f"an inversion grid must be strictly increasing in noise; t[{bad}]="
+                                  f"{float(t[bad]):.6g} is followed by t[{bad + 1}]={float(t[bad + 1]):.6g}")
+        t = t.flip(0)
+    elif not torch.all(t[1:] < t[:-1]):
         bad = int(torch.nonzero(t[1:] >= t[:-1])[0])
+        hint = ("; to integrate from data to noise use Sampler.invert" if is_increasing(t) else "")
         raise InvalidArgument(f"grid must be strictly decreasing in noise; t[{bad}]={float(t[bad]):.6g} "
-                              f"is followed by t[{bad + 1}]={float(t[bad + 1]):.6g}")
+                              f"is followed by t[{bad + 1}]={float(t[bad + 1]):.6g}{hint}")
     lo = schedule.t_min if schedule is not None else 0.0
     hi = schedule.t_max if schedule is not None else 1.0
     tol = 1e-9 * max(1.0, abs(hi))
+    noisiest = "starts" if direction == "decreasing" else "ends"
     if float(t[0]) > hi + tol:
-        raise InvalidArgument(f"grid starts at t={float(t[0]):.6g}, above the schedule's t_max={hi:.6g}")
+        raise InvalidArgument(f"grid {noisiest} at t={float(t[0]):.6g}, above the schedule's t_max={hi:.6g}")
     inner = t[:-1] if float(t[-1]) == 0.0 else t
     if float(inner.min()) < lo - tol or float(t[-1]) < 0:
         raise InvalidArgument(f"grid reaches t={float(inner.min()):.6g}, below the schedule's t_min={lo:.6g} "
-                              "(only an exact final 0 may lie below it)")
+                              "(only an exact 0 at the data end may lie below it)")

@@ -13,12 +13,13 @@ import torch
 
 from .errors import InvalidArgument, check_int
 from .field import Field, as_field, device_of
-from .grids import make_grid
+from .grids import is_increasing, make_grid, refuse_increasing, validate_grid
 from .loop import Evaluator, SampleResult, StepInfo, integrate
 from .noise import NoiseSource, check_seed, draw_noise
 from .solvers.base import Plan, Solver, get_solver
 
-__all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "register_scheduler_adapter", "as_dtype"]
+__all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "RoundTrip", "register_scheduler_adapter",
+           "as_dtype"]
 
 FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "float64": torch.float64, "half": torch.float16, "float": torch.float32, "double": torch.float64}
@@ -42,6 +43,22 @@ class SamplerParts:
     solver_options: dict = dc_field(default_factory=dict)
     grid: Any = None
     grid_options: dict = dc_field(default_factory=dict)
+
+
+@dataclass
+class RoundTrip:
+    """Invert-then-sample with one solver and one grid: `error` is each sample's RMS distance to the data."""
+
+    data: torch.Tensor
+    noise: torch.Tensor                  # standard-normal latent (Sampler.run(noise=...) maps it back)
+    reconstruction: torch.Tensor
+    error: torch.Tensor                  # [batch] RMS over each sample's entries
+    rms: float                           # RMS over the whole batch
+    max_abs: float
+    nfe_invert: int
+    nfe_sample: int
+    t: torch.Tensor                      # the inversion grid (increasing); sampling ran it reversed
+    solver: str
 
 
 # Adapters (diffusers) register how they read a scheduler; the core never imports them.
@@ -106,6 +123,8 @@ class Sampler:
     `solver` is a registry name (`diffsolve.solvers.available_solvers()`) or a Solver; `grid` a name in
     `diffsolve.grids.GRIDS`, a function `(steps, schedule, **options) -> times`, or an explicit list of times.
     `scheduler=` (a diffusers scheduler or its config) reads schedule, prediction, timesteps and solver from it.
+    `invert(x0, steps=)` runs the same solver from data to noise on the grid reversed; `round_trip` measures
+    invert-then-sample.
     """
 
     def __init__(self, model: Any, solver: str | Solver | None = None, grid: Any = None, *,
@@ -270,3 +289,148 @@ class Sampler:
             shape = (batch_size or 1, *self.field.sample_shape)
         return GraphedRun(self, self.plan(steps, nfe), shape, device=device or device_of(self.field.model),
                           dtype=as_dtype(dtype) or torch.float32, **model_kwargs)
+
+    # --- the ODE backwards: data to noise -------------------------------------------------------
+    def inversion_times(self, steps: int | None = None) -> torch.Tensor:
+        """The inversion grid: the sampling grid reversed (increasing noise), validated.
+
+        A named grid is built with `final="min"` unless grid_options says otherwise, so that the inversion
+        starts at the schedule's smallest noise t_min: the data is taken as the state there (as DDIM inversion
+        and score-SDE likelihoods do). An explicit grid is used as given, reversed if it decreases.
+        """
+        sch = self.field.schedule
+        if isinstance(self.grid, str) or callable(self.grid):
+            opts = {"final": "min", **self.grid_options}
+            t = make_grid(self.grid, steps, sch, **opts).flip(0)
+        else:
+            t = torch.as_tensor(self.grid, dtype=torch.float64).clone()
+            if not is_increasing(t):
+                t = t.flip(0)
+            if steps is not None and t.numel() - 1 != steps:
+                raise InvalidArgument(f"steps={steps} does not match the explicit grid of {t.numel() - 1} steps")
+        validate_grid(t, sch, "increasing")
+        return t
+
+    def _zero_start(self, t: torch.Tensor) -> bool:
+        return self.field.has_schedule and float(t[0]) == 0.0
+
+    def inversion_plan(self, steps: int | None = None, nfe: int | None = None) -> tuple[torch.Tensor, Plan | None]:
+        """(inversion grid, the solver's plan of it); with nfe=, the most steps whose inversion fits the budget.
+
+        A grid that starts at exactly t = 0 is planned from its second point: Sampler.invert takes that first
+        step itself (no model call)."""
+        why = self.solver.inversion_refusal()
+        if why is not None:
+            raise refuse_increasing(self.solver.name, why)
+        explicit = not (isinstance(self.grid, str) or callable(self.grid))
+        if steps is not None and nfe is not None:
+            raise InvalidArgument("give steps= or nfe=, not both")
+        if steps is None and nfe is None and not explicit:
+            raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+            raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+
+        def planned(n):
+            t = self.inversion_times(n)
+            rest = t[1:] if self._zero_start(t) else t
+            plan = self.solver.plan(self.field, rest) if rest.numel() >= 2 else None
+            return t, plan
+
+        def cost(plan):
+            return (plan.nfe if plan is not None else 0) * self.field.evals_per_call
+
+        if nfe is None or explicit:
+            t, plan = planned(steps)
+        else:
+            if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
+                raise InvalidArgument(f"nfe={nfe!r}: must be an integer >= 1")
+            t, plan = planned(1)
+            if cost(plan) > nfe:
+                raise InvalidArgument(f"nfe={nfe} is too small for solver {self.solver.name!r}, which needs "
+                                      f"{cost(plan)} model evaluations for one step")
+            n = 1
+            while True:                           # host-side plans only; calls grow with the step count
+                t2, plan2 = planned(n + 1)
+                if cost(plan2) > nfe:
+                    break
+                n, t, plan = n + 1, t2, plan2
+        if nfe is not None and cost(plan) > nfe:
+            raise InvalidArgument(f"nfe={nfe} is too small: solver {self.solver.name!r} needs {cost(plan)} model "
+                                  "evaluations to invert on this grid")
+        return t, plan
+
+    def invert(self, x0: torch.Tensor, steps: int | None = None, *, nfe: int | None = None,
+               callback: Callable[[StepInfo], None] | None = None, return_trajectory: bool = False,
+               progress: bool | None = None, dtype: Any = None, grad: bool = False,
+               **model_kwargs: Any) -> SampleResult:
+        """Integrate the probability-flow ODE from data `x0` to noise on the sampling grid reversed.
+
+        Returns a SampleResult whose `.samples` is the latent as standard-normal noise: the state reached at
+        the grid's noisiest time divided by the prior's std there, so that `run(noise=result.samples)` with the
+        same solver and steps maps it back to `x0` (up to the solver's error; see `round_trip`). The unscaled
+        state is `stats["x_end"]`. The data is never scaled by the prior's std (Sampler.solve does that to
+        noise only). `.nfe` counts the model evaluations made.
+
+        Only deterministic fixed-step solvers invert (Euler/DDIM, Runge-Kutta, the multistep and singlestep
+        DPM-Solver family, UniPC, DEIS, iPNDM, LMS); stochastic samplers and adaptive span solvers raise.
+        Direction-dependent rules follow the direction: AFS (an estimate for an almost pure-noise state) and
+        `lower_order_final` (for the last steps into zero noise) do not apply to an inversion.
+
+        The start. Named grids start the inversion at the schedule's t_min (`final="min"`, reversed): `x0` is
+        taken as the state at the smallest noise level, as DDIM inversion and score-SDE likelihoods do, and the
+        ODE is never evaluated where its slope is 0/0. A grid starting at exactly t = 0 (an explicit grid, or
+        grid_options `final="zero"`) begins with one step from zero noise that needs no model call: at t = 0 the
+        state is the data, the data prediction is D = x0 for any model and the noise prediction is exactly
+        E[eps | x0] = E[eps] = 0 (noise is independent of data), so the DDIM step gives x(t1) = alpha(t1) x0.
+        That step is first order (eps_hat is frozen at its t = 0 value); the rest of the grid runs the solver.
+        No network is asked for its output at zero noise, where eps-networks are undefined (alpha = 0 end of
+        the trap is the other one: eps-models cannot run at pure noise either, see Field.at).
+        """
+        if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
+            raise InvalidArgument("x0 must be a floating-point torch.Tensor (a batch of data)")
+        _check_flag("grad", grad)
+        _check_flag("return_trajectory", return_trajectory)
+        t, plan = self.inversion_plan(steps, nfe)
+        dtype = as_dtype(dtype)
+        x = x0.to(dtype) if dtype is not None else x0
+        ev = Evaluator(self.field, model_kwargs, self.check_finite)
+        show = self.progress if progress is None else _check_flag("progress", progress)
+        zero = self._zero_start(t)
+        traj = [x] if return_trajectory else None
+        with torch.set_grad_enabled(grad):
+            if zero:
+                p0, p1 = self.field.at(0.0), self.field.at(float(t[1]))
+                x = x * (p1.alpha / p0.alpha)     # DDIM from t = 0 with D = x0 and eps_hat = 0: no model call
+                if traj is not None:
+                    traj.append(x)
+                if callback is not None:
+                    callback(StepInfo(0, 0.0, float(t[1]), x, x0, 0))
+            if plan is not None:
+                cb = callback
+                if zero and callback is not None:
+                    cb = lambda info: callback(StepInfo(info.i + 1, info.t, info.t_next, info.x,  # noqa: E731
+                                                        info.denoised, info.nfe))
+                res = integrate(self.solver, ev, x, plan, callback=cb, return_trajectory=return_trajectory,
+                                progress=show)
+                x = res.samples
+                if traj is not None:
+                    traj.extend(res.trajectory[1:])
+        t_end = float(t[-1])
+        scale = self.field.schedule.prior_std(t_end) if self.field.schedule is not None else 1.0
+        return SampleResult(samples=x / scale, nfe=ev.nfe, steps=t.numel() - 1, t=t, solver=self.solver.name,
+                            trajectory=torch.stack(traj) if traj is not None else None,
+                            stats={"direction": "increasing", "x_end": x, "prior_std": scale, "zero_start": zero})
+
+    def round_trip(self, x0: torch.Tensor, steps: int | None = None, *, nfe: int | None = None,
+                   dtype: Any = None, **model_kwargs: Any) -> RoundTrip:
+        """Invert `x0` and sample the latent back with the same solver on the same grid (reversed); report the
+        error against `x0`. `nfe=` bounds the inversion's model evaluations (sampling makes about as many)."""
+        inv = self.invert(x0, steps, nfe=nfe, dtype=dtype, progress=False, **model_kwargs)
+        back = self.solver.plan(self.field, inv.t.flip(0))
+        rec = self.solve(back, inv.samples, progress=False, **model_kwargs)
+        ref = x0.to(rec.samples.dtype)
+        diff = (rec.samples - ref).reshape(ref.shape[0], -1)
+        err = diff.pow(2).mean(dim=1).sqrt()
+        return RoundTrip(data=x0, noise=inv.samples, reconstruction=rec.samples, error=err,
+                         rms=float(diff.pow(2).mean().sqrt()), max_abs=float(diff.abs().max()),
+                         nfe_invert=inv.nfe, nfe_sample=rec.nfe, t=inv.t, solver=self.solver.name)

@@ -75,6 +75,13 @@ class GaussianProblem(torch.nn.Module):
         eps = torch.randn(n, self.mean.numel(), generator=generator, dtype=torch.float64)
         return self.mean + eps * self.var.sqrt()
 
+    def marginal_log_prob(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Exact log density of x_t = alpha x0 + sigma eps at time t: N(alpha mean, alpha^2 var + sigma^2) ([B, d] -> [B])."""
+        a, s = (float(v) for v in _path(self.schedule, t, torch.zeros((), dtype=torch.float64)))
+        var = a * a * self.var + s * s
+        z = x.to(torch.float64) - a * self.mean
+        return (-0.5 * z * z / var - 0.5 * torch.log(2 * math.pi * var)).sum(-1)
+
 
 class GaussianMixtureProblem(torch.nn.Module):
     """Data x0 ~ sum_k w_k N(mu_k, var_k I) in any dimension; exact denoiser, density and samples."""
@@ -154,6 +161,15 @@ class GaussianMixtureProblem(torch.nn.Module):
         mu, v, w = self.means, self.variances, self.weights
         d2 = ((x0[:, None, :] - mu[None]) ** 2).sum(-1)
         logp = torch.log(w) - 0.5 * d2 / v - 0.5 * self.dim * torch.log(2 * math.pi * v)
+        return torch.logsumexp(logp, dim=1)
+
+    def marginal_log_prob(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Exact log density of x_t at time t: the mixture of N(alpha mu_k, (alpha^2 v_k + sigma^2) I) ([B, d] -> [B])."""
+        a, s = (float(v) for v in _path(self.schedule, t, torch.zeros((), dtype=torch.float64)))
+        x = x.to(torch.float64)
+        tot = a * a * self.variances + s * s                                       # [K]
+        d2 = ((x[:, None, :] - a * self.means[None]) ** 2).sum(-1)                # [B, K]
+        logp = torch.log(self.weights) - 0.5 * d2 / tot - 0.5 * self.dim * torch.log(2 * math.pi * tot)
         return torch.logsumexp(logp, dim=1)
 
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

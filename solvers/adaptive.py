@@ -80,6 +80,13 @@ class AdaptiveSolver(Solver):
     adaptive = True
     calls_per_step = 1
 
+    def inversion_refusal(self) -> str | None:
+        if not self.deterministic:
+            return super().inversion_refusal()
+        return ("it integrates a whole span under step-size control set up for sampling (noise to data); "
+                "invert on a fixed grid (euler, heun, rk4, dpmpp_2m, ...), or use diffsolve.likelihood(..., "
+                "solver='dopri5') for an adaptive solve from data to noise")
+
     def __init__(self, max_steps: int = 1000, on_budget: str = "raise", max_nfe: int | None = None):
         if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
             raise InvalidArgument(f"max_steps={max_steps!r}: must be an integer >= 1")
@@ -108,6 +115,7 @@ class AdaptiveSolver(Solver):
     def plan_adaptive(self, field: Field, t: torch.Tensor, *, steps: int | None = None,
                       nfe: int | None = None, settings: Any = None) -> SpanPlan:
         self.check_field(field)
+        self.check_direction(t)
         budget = nfe if nfe is not None else self.max_nfe
         if budget is not None and nfe is not None and self.max_nfe is not None:
             budget = min(nfe, self.max_nfe)

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import InvalidArgument, unknown_name
 from ..field import EvalPoint, Field, FieldOutput
+from ..grids import NOT_INVERTIBLE, is_increasing, refuse_increasing
 
 
 class Evaluator(Protocol):
@@ -78,6 +79,28 @@ class Solver:
     adaptive: ClassVar[bool] = False    # the whole span in one call (solvers.adaptive)
     citation: ClassVar[str] = ""
 
+    # --- direction ------------------------------------------------------------------------------
+    # A deterministic fixed-step solver integrates a grid either way: decreasing (sampling, noise to data) or
+    # increasing (inversion, data to noise). Stochastic and span (adaptive) solvers refuse an increasing grid
+    # with the reason below.
+    def inversion_refusal(self) -> str | None:
+        """Why this solver cannot integrate from data to noise, or None when it can."""
+        return None if self.deterministic else NOT_INVERTIBLE
+
+    def check_direction(self, t: torch.Tensor) -> bool:
+        """True for an increasing (inversion) grid after checking this solver may run it; False for sampling."""
+        if not is_increasing(t):
+            return False
+        why = self.inversion_refusal()
+        if why is not None:
+            raise refuse_increasing(self.name, why)
+        if float(t[0]) == 0.0:
+            raise InvalidArgument(
+                "an inversion grid handed to a solver must start above zero noise (t[0] > 0): the slope is 0/0 at "
+                "t = 0. Sampler.invert takes the step out of t = 0 itself (the data prediction there is the data, "
+                "no model call) and plans the rest of the grid")
+        return True
+
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         """Model evaluations (per sample, before guidance) that `steps` steps will make."""
         return steps * self.calls_per_step
@@ -109,6 +132,7 @@ class Solver:
             field.require_schedule(self.name)
 
     def grid_points(self, field: Field, t: torch.Tensor) -> tuple[EvalPoint, ...]:
+        self.check_direction(t)
         return tuple(field.at(float(v)) for v in t)
 
     def options(self) -> dict:

@@ -162,6 +162,8 @@ class DPMSolverSinglestep(Solver):
     t = 1) spends its `order` model calls on that many DDIM sub-steps uniform in t, so the call count never
     depends on where the grid starts; that step is first order. With `embedded=True` every step also carries
     the difference to the embedded lower-order solution (DPM-Solver-12/23 error control, solvers.adaptive).
+    On an increasing grid (inversion) the same formulas run with h < 0; a step into pure noise is the sub-step
+    rule above, mirrored.
     """
 
     calls_per_step = 2
@@ -188,7 +190,8 @@ class DPMSolverSinglestep(Solver):
             return SinglestepCoefficients((), (), ddim_coefficients(p, q))
         X = np.eye(K + 1)[0]
         M = [np.eye(K + 1)[1 + j] for j in range(K)]
-        if ls == -math.inf:
+        if ls == -math.inf or lt == -math.inf:
+            # Out of pure noise (sampling) or into it (inversion): K DDIM sub-steps uniform in t.
             taus = [p.t + (q.t - p.t) * j / K for j in range(K + 1)]
             sub = [p] + [field.at(v) for v in taus[1:-1]] + [q]
             u = X

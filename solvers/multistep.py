@@ -41,13 +41,18 @@ def check_order(order, allowed: Sequence[int]) -> int:
 
 
 def step_orders(lams: Sequence[float], max_order: int, lower_order_final, ends_at_zero: bool,
-                singular_end: bool = True) -> tuple[int, ...]:
+                singular_end: bool = True, increasing: bool = False) -> tuple[int, ...]:
     """Order of each multistep step: warm start, history only over finite log-SNR, lower order at the end.
 
     lower_order_final: True caps step i at n - i (UniPC / DPM-Solver `lower_order_final`); 'auto' is diffusers'
     DPMSolverMultistep rule (last step first order when it reaches zero noise or n < 15, second-to-last at most
     second order when n < 15); False keeps the order. A step into zero noise is first order when `singular_end`
-    (formulas in log-SNR or log-sigma are undefined there); a step out of pure noise is always first order.
+    (formulas in log-SNR or log-sigma are undefined there); a step out of or into pure noise is always first
+    order (s is infinite there).
+
+    Inversion (`increasing=True`, a grid from low to high noise): `lower_order_final` does not apply. Its purpose
+    is the stability of the last steps into zero noise; an inversion ends at high noise, and its steps near zero
+    noise are its first ones, which the warm start already takes at low order.
     """
     n = len(lams) - 1
     out = []
@@ -55,15 +60,17 @@ def step_orders(lams: Sequence[float], max_order: int, lower_order_final, ends_a
     for i in range(n):
         run = run + 1 if math.isfinite(lams[i]) else 0
         k = min(max_order, max(run, 1))
-        if not math.isfinite(lams[i]) or (singular_end and not math.isfinite(lams[i + 1])):
+        if not math.isfinite(lams[i]) or lams[i + 1] == -math.inf or \
+                (singular_end and not math.isfinite(lams[i + 1])):
             k = 1
-        if lower_order_final == "auto":
-            if i == n - 1 and (ends_at_zero or n < 15):
-                k = 1
-            if i == n - 2 and n < 15:
-                k = min(k, 2)
-        elif lower_order_final:
-            k = min(k, n - i)
+        if not increasing:
+            if lower_order_final == "auto":
+                if i == n - 1 and (ends_at_zero or n < 15):
+                    k = 1
+                if i == n - 2 and n < 15:
+                    k = min(k, 2)
+            elif lower_order_final:
+                k = min(k, n - i)
         out.append(k)
     return tuple(out)
 
@@ -136,21 +143,26 @@ class MultistepSolver(Solver):
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
         return steps - (1 if self.afs else 0)
 
-    def step_orders(self, lams: Sequence[float], ends_at_zero: bool, singular_end: bool = True) -> tuple[int, ...]:
-        return step_orders(lams, self.solver_order, self.lower_order_final, ends_at_zero, singular_end)
+    def step_orders(self, lams: Sequence[float], ends_at_zero: bool, singular_end: bool = True,
+                    increasing: bool = False) -> tuple[int, ...]:
+        return step_orders(lams, self.solver_order, self.lower_order_final, ends_at_zero, singular_end, increasing)
 
     def grid_lambdas(self, field: Field, t: torch.Tensor, singular_end: bool = True):
-        """(points, log-SNRs, per-step orders) of a grid: the start of every multistep plan."""
+        """(points, log-SNRs, per-step orders) of a grid: the start of every multistep plan (either direction)."""
         self.check_field(field)
         pts = self.grid_points(field, t)
         lam = [lambda_of(p) for p in pts]
-        return pts, lam, self.step_orders(lam, pts[-1].sigma == 0, singular_end)
+        increasing = self.check_direction(t)
+        return pts, lam, self.step_orders(lam, pts[-1].sigma == 0, singular_end, increasing)
 
     def make_plan(self, t: torch.Tensor, pts: Sequence[EvalPoint], data: Sequence[MultistepStep]) -> Plan:
+        """The plan; AFS replaces the first model call only when the grid starts at high noise (sampling): its
+        estimate x0_hat = c x assumes the state is almost pure noise, which an inversion's start is not."""
         data = list(data)
-        if self.afs:
+        if self.afs and not self.check_direction(t):
             data[0] = replace(data[0], afs=afs_x0_coefficient(pts[0]))
-        return Plan(t=t, points=tuple(pts), coeffs=tuple(data), nfe=self.model_calls(len(pts) - 1, None, False))
+        nfe = sum(1 for d in data if d.afs is None)
+        return Plan(t=t, points=tuple(pts), coeffs=tuple(data), nfe=nfe)
 
     def data_prediction(self, ev, x: torch.Tensor, t0: EvalPoint, coeffs: MultistepStep) -> torch.Tensor:
         """x0_hat at the step's start: the model, or on the first step with AFS the analytical estimate (no call)."""

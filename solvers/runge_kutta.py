@@ -5,6 +5,8 @@ where dy/ds = (y - D) / s (Karras et al. 2022, Alg. 1); when the grid starts at 
 rectified flow), for velocity-predicting models, and for plain velocity fields it is integrated in native time,
 dx/dt = v(x, t). A stage that would evaluate the slope exactly at zero noise, where it is 0/0, is not taken:
 that final step is an Euler step (EDM's rule for Heun), so Heun to zero costs 2N - 1 model calls.
+On an increasing grid (inversion, data to noise) the same tableau runs with h > 0; the frame is chosen at the
+noisier end, so an inversion that ends at pure noise (rectified flow, alpha = 0) integrates in native time.
 """
 from __future__ import annotations
 
@@ -144,7 +146,8 @@ class RungeKutta(Solver):
         return n
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
-        frame = integration_frame(field, float(t[0]), self.frame)
+        # The frame is chosen at the noisier end: t[0] when sampling, t[-1] for an inversion (increasing grid).
+        frame = integration_frame(field, max(float(t[0]), float(t[-1])), self.frame)
         pts = self.grid_points(field, t)
         steps = tuple(self.frame_coefficients(field, pts[i], pts[i + 1], frame) for i in range(len(pts) - 1))
         nfe = sum(1 if st.euler_only else self.tableau.stages for st in steps)
