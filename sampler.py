@@ -327,8 +327,9 @@ class Sampler:
             raise InvalidArgument("give steps= or nfe=, not both")
         if steps is None and nfe is None and not explicit:
             raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-            raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+        if steps is not None:
+            steps = check_int("steps", steps, 1)
+            check_plan_fits(steps)
 
         def planned(n):
             t = self.inversion_times(n)
@@ -342,8 +343,8 @@ class Sampler:
         if nfe is None or explicit:
             t, plan = planned(steps)
         else:
-            if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
-                raise InvalidArgument(f"nfe={nfe!r}: must be an integer >= 1")
+            nfe = check_int("nfe", nfe, 1)
+            check_plan_fits(nfe)
             t, plan = planned(1)
             if cost(plan) > nfe:
                 raise InvalidArgument(f"nfe={nfe} is too small for solver {self.solver.name!r}, which needs "
