@@ -183,3 +183,13 @@ def test_tuner_finds_a_known_minimum_and_refuses_its_own_noise(tmp_path):
     other.extra = torch.nn.Linear(1, 1)                        # another network: refused
     with pytest.raises(InvalidArgument, match="tuned on"):
         skip_tuned(VectorField(other, "x0", "edm", sample_shape=(2,)), settings=path, **opts)
+
+
+def test_readme_block_runs():
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "skip_tuned(" in b)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["tuned"].samples.shape == (4, 1, 28, 28) and scope["unet"].skip_scales == [1.0, 1.0, 1.0]
