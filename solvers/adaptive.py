@@ -185,7 +185,7 @@ class LogSNRController:
     def error_norm(self, err: torch.Tensor, x: torch.Tensor, x_low_prev: torch.Tensor) -> float:
         x_low = x - err
         delta = torch.clamp_min(self.rtol * torch.maximum(x_low.abs(), x_low_prev.abs()), self.atol)
-        ratio = (err / delta).reshape(x.shape[0], -1)
+        ratio = (err / delta).detach().reshape(x.shape[0], -1)
         return float(ratio.square().mean(dim=1).sqrt().max())
 
     def update(self, c: ControlState, p0: EvalPoint, p1: EvalPoint, E: float, accept: bool) -> ControlState:
