@@ -1,10 +1,19 @@
-"""The `diffsolve` command line: `bench` (steps versus quality), `solvers`, and `train` / `evaluate` for the
-built-in MNIST model (their options are those of `python -m diffsolve.models.train` / `.evaluate`)."""
+"""The `diffsolve` command line: `bench` (steps versus quality), `sample` (samples from seeds to a folder),
+`solvers` (`--verbose`: every option with its type and default), `--version`, and `train` / `evaluate` for the
+built-in MNIST model (their options are those of `python -m diffsolve.models.train` / `.evaluate`).
+
+Every bad value is one argparse-style error line and exit status 2, never a traceback and never a silent default:
+the argument types below validate (bench.argtypes), and errors diffsolve raises (DiffsolveError) are printed the
+same way.
+"""
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from typing import Sequence
+
+from .bench import argtypes
 
 
 def _ints(text: str) -> list[int]:
@@ -21,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.models import BENCH_MODELS
     from .bench.presets import add_arguments as add_preset_arguments
 
+    from . import __version__
+    from .bench.reference import METHODS
+
     p = argparse.ArgumentParser(prog="diffsolve", description="Fast, accurate samplers for diffusion and flow models.")
+    p.add_argument("--version", action="version", version=f"diffsolve {__version__}")
     sub = p.add_subparsers(dest="command")
     b = sub.add_parser("bench", help="every solver at every NFE on the same noise, against a float64 reference",
                        description="Benchmark solvers x NFE on one model and the same noise: endpoint and trajectory "
@@ -34,28 +47,39 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--solvers", default=None,
                    help="comma-separated solver names, or 'all' (deterministic solvers); default: a standard set")
     b.add_argument("--nfe", type=_ints, default=None, help="comma-separated NFE budgets (default: per model)")
-    b.add_argument("--batch-size", type=int, default=None, help="number of samples (default: per model)")
-    b.add_argument("--chunk-size", type=int, default=None,
+    b.add_argument("--batch-size", type=argtypes.positive_int, default=None,
+                   help="number of samples (default: per model)")
+    b.add_argument("--chunk-size", type=argtypes.positive_int, default=None,
                    help="samples per chunk, the unit of work and of sharding (default: per model)")
-    b.add_argument("--seed", type=int, default=0, help="base seed; sample i uses its own seed (default 0)")
-    b.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
+    b.add_argument("--seed", type=argtypes.bench_seed, default=0,
+                   help="base seed in [0, 2**39); sample i uses the seed seed * 2**24 + i (default 0)")
+    b.add_argument("--device", type=argtypes.device, default=None,
+                   help="cpu, cuda, cuda:1, ... (default cpu); checked against what this machine has")
     b.add_argument("--dtype", default="auto", help="float64, float32, float16, bfloat16 or auto (default: per model)")
     b.add_argument("--grid", default=None, help="grid name (default: the schedule's default grid)")
     b.add_argument("--out", default="diffsolve-bench", help="output folder (default ./diffsolve-bench)")
-    b.add_argument("--ref-method", default=None, help="reference method: dopri8, dopri5, bosh3, rk4")
-    b.add_argument("--ref-rtol", type=float, default=None, help="reference rtol (atol follows unless given)")
-    b.add_argument("--ref-atol", type=float, default=None, help="reference atol")
+    b.add_argument("--ref-method", choices=METHODS, default=None, help="reference method (default: per model)")
+    b.add_argument("--ref-rtol", type=argtypes.positive_float, default=None,
+                   help="reference rtol (atol follows unless given)")
+    b.add_argument("--ref-atol", type=argtypes.positive_float, default=None, help="reference atol")
     b.add_argument("--no-trajectory", action="store_true", help="endpoint errors only (cheaper reference)")
     b.add_argument("--no-cache", action="store_true", help="do not read or write the reference cache")
     b.add_argument("--cache-dir", default=None, help="reference cache folder (default $DIFFSOLVE_CACHE or "
                                                      "~/.cache/diffsolve)")
     b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     b.add_argument("--no-peers", action="store_true", help="skip other libraries' samplers")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
-    b.add_argument("--threads", type=int, default=None,
+    b.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                   help="auto (default): a bar on a terminal, else one line on stderr per finished cell (solver, "
+                        "NFE, error, seconds); bar; log; none")
+    b.add_argument("--no-progress", action="store_const", const="none", dest="progress",
+                   help="the same as --progress none")
+    b.add_argument("--threads", type=argtypes.positive_int, default=None,
                    help="torch CPU threads per process (default: per model; 1 for the small analytic problems)")
     add_preset_arguments(b)
-    sub.add_parser("solvers", help="list the registered solvers")
+    sv = sub.add_parser("solvers", help="list the registered solvers")
+    sv.add_argument("--verbose", "-v", action="store_true",
+                    help="also each solver's options, with their types and defaults (from the code)")
+    add_sample_parser(sub, BENCH_MODELS)
     sub.add_parser("train", add_help=False,
                    help="train the built-in MNIST UNet or classifier (diffsolve train --help for its options)")
     sub.add_parser("evaluate", add_help=False,
@@ -65,41 +89,114 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_sample_parser(sub, models) -> None:
+    sp = sub.add_parser("sample", help="samples from given seeds: a PNG (image grid or 2-D scatter) and the tensors",
+                        description="Draw one sample per seed with one solver and write samples.png (an image grid "
+                                    "for image models, a scatter plot otherwise) and samples.safetensors (samples, "
+                                    "seeds; settings in its metadata) to --out, each written atomically. Sample i "
+                                    "depends on its seed only, not on the other seeds.")
+    sp.add_argument("--model", default="gmm",
+                    help=f"bench model name ({', '.join(models)}) or 'module:attr' (default: gmm)")
+    sp.add_argument("--solver", default="dpmpp_2m", help="solver name (diffsolve solvers; default dpmpp_2m)")
+    budget = sp.add_mutually_exclusive_group()
+    budget.add_argument("--nfe", type=argtypes.positive_int, default=None,
+                        help="model evaluations per sample (adaptive solvers: the budget)")
+    budget.add_argument("--steps", type=argtypes.positive_int, default=None, help="solver steps")
+    sp.add_argument("--seeds", type=argtypes.seed_list, default=argtypes.seed_list("0-15"),
+                    help="seeds in [0, 2**63): 0-15, 1,5,9 or 0-3,10 (default 0-15)")
+    sp.add_argument("--out", default="diffsolve-samples", help="output folder (default ./diffsolve-samples)")
+    sp.add_argument("--grid", default=None, help="grid name (default: the schedule's default grid)")
+    sp.add_argument("--device", type=argtypes.device, default=None, help="cpu, cuda, ... (default cpu)")
+    sp.add_argument("--dtype", default="auto", help="float64, float32, float16, bfloat16 or auto (default: per model)")
+    sp.add_argument("--batch-size", type=argtypes.positive_int, default=None,
+                    help="samples per solver run (default: all seeds at once)")
+    sp.add_argument("--no-plot", action="store_true", help="write the tensors only")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .bench.sampling import sample_to_folder
+
+    files = sample_to_folder(args.model, args.solver, args.seeds, args.out, nfe=args.nfe, steps=args.steps,
+                             grid=args.grid, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                             plot=not args.no_plot)
+    print("wrote: " + ", ".join(files))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .bench.models import resolve_model
-    from .bench.running import BenchSettings, run_bench
+    from .bench.running import BenchSettings, check_settings, run_bench
 
     if args.preset:
         from .bench.presets import run_preset
         return run_preset(args)
-    reference = None
-    if args.ref_method or args.ref_rtol or args.ref_atol:
+    settings = BenchSettings(batch_size=args.batch_size, chunk_size=args.chunk_size, seed=args.seed,
+                             device=args.device, dtype=args.dtype, grid=args.grid, threads=args.threads,
+                             trajectory=False if args.no_trajectory else None,
+                             cache=not args.no_cache, cache_dir=args.cache_dir, peers=not args.no_peers, out=args.out,
+                             plots=not args.no_plots, progress=args.progress)
+    # Folders and values first: a bad --out or --cache-dir fails before the model is even built.
+    check_settings(settings)
+    if args.ref_method is not None or args.ref_rtol is not None or args.ref_atol is not None:
         entry, _ = resolve_model(args.model)
         base = entry.reference
         rtol = args.ref_rtol if args.ref_rtol is not None else base.rtol
         atol = args.ref_atol if args.ref_atol is not None else (args.ref_rtol if args.ref_rtol is not None
                                                                  else base.atol)
-        reference = dataclasses.replace(base, method=args.ref_method or base.method, rtol=rtol, atol=atol)
-    settings = BenchSettings(batch_size=args.batch_size, chunk_size=args.chunk_size, seed=args.seed,
-                             device=args.device, dtype=args.dtype, grid=args.grid, threads=args.threads,
-                             reference=reference, trajectory=False if args.no_trajectory else None,
-                             cache=not args.no_cache, cache_dir=args.cache_dir, peers=not args.no_peers, out=args.out,
-                             plots=not args.no_plots, progress=not args.no_progress)
+        method = args.ref_method if args.ref_method is not None else base.method
+        settings = dataclasses.replace(settings, reference=dataclasses.replace(base, method=method, rtol=rtol,
+                                                                               atol=atol))
     run_bench(args.model, args.solvers, args.nfe, settings)
     return 0
 
 
-def _solvers() -> int:
-    from .solvers import registry_entries
+def solver_options(entry) -> list[tuple[str, str, str, bool]]:
+    """(name, type, default, set_by_name) of each option a registry entry's factory takes: the types and defaults
+    are read from the factory's signature, and a default the registered name fixes (its alias defaults) wins."""
+    out = []
+    for p in inspect.signature(entry.factory).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        ann = p.annotation
+        if ann is inspect.Parameter.empty:
+            typ = "any"
+        elif isinstance(ann, str):
+            typ = ann
+        else:
+            typ = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        if p.name in entry.defaults:
+            default, by_name = repr(entry.defaults[p.name]), True
+        elif p.default is inspect.Parameter.empty:
+            default, by_name = "required", False
+        else:
+            default, by_name = repr(p.default), False
+        out.append((p.name, typ, default, by_name))
+    return out
+
+
+def _solvers(verbose: bool = False) -> int:
+    from .solvers import get_solver, registry_entries
 
     for name, e in sorted(registry_entries().items()):
         print(f"{name:24s} {e.summary}")
+        if not verbose:
+            continue
+        d = get_solver(name).describe()
+        kind = "stochastic" if not d["deterministic"] else "deterministic"
+        print(f"    {kind}, " + ("adaptive step size" if d["adaptive"] else
+                                 f"order {d['order']}, {d['calls_per_step']} model call(s) per step"))
+        opts = solver_options(e)
+        if not opts:
+            print("    (no options)")
+        for opt, typ, default, by_name in opts:
+            print(f"    {opt}: {typ} = {default}" + ("   (set by this name)" if by_name else ""))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .bench.running import OutputError
     from .errors import DiffsolveError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -120,9 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         if args.command == "solvers":
-            return _solvers()
-    except DiffsolveError as e:
+            return _solvers(args.verbose)
+        if args.command == "sample":
+            return _sample(args)
+    except OutputError as e:
+        # The run itself finished (and printed); only its files could not be written.
         print(f"diffsolve: error: {e}", file=sys.stderr)
+        return 1
+    except DiffsolveError as e:
+        print(f"diffsolve {args.command}: error: {e}", file=sys.stderr)
         return 2
     parser.print_help()
     return 0

@@ -28,7 +28,8 @@ def write_plots(rep: dict, out: Path, chunks: list[dict], nfes: list[int], names
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for name in names:
         pts = sorted({r["nfe"]: r["rmse_mean"] for r in rep["results"]
-                      if r["solver"] == name and r["status"] == "ok" and r["rmse_mean"] > 0}.items())
+                      if r["solver"] == name and r["status"] == "ok" and r.get("rmse_mean") is not None
+                      and r["rmse_mean"] > 0}.items())
         if pts:
             o = rep["orders"].get(name)
             ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o",
@@ -60,7 +61,7 @@ def write_plots(rep: dict, out: Path, chunks: list[dict], nfes: list[int], names
                     imgs = ref_end
                 else:
                     key = (name, n)
-                    if key not in chunks[0]["runs"]:
+                    if not all("samples" in ch["runs"].get(key, {}) for ch in chunks):
                         continue
                     imgs = torch.cat([ch["runs"][key]["samples"] for ch in chunks])[:show]
                 ax.imshow(_mosaic(imgs, lo, hi).numpy(), cmap="gray", vmin=0, vmax=1)
@@ -79,7 +80,7 @@ def write_plots(rep: dict, out: Path, chunks: list[dict], nfes: list[int], names
             ax = axes[0][j]
             if name == "reference":
                 pts = ref_end
-            elif (name, n) in chunks[0]["runs"]:
+            elif all("samples" in ch["runs"].get((name, n), {}) for ch in chunks):
                 pts = torch.cat([ch["runs"][(name, n)]["samples"] for ch in chunks])
             else:
                 continue

@@ -45,7 +45,8 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                         "distribution metrics), overhead (loop overhead vs diffusers and k-diffusion)")
     b.add_argument("--skip-mnist", action="store_true", help="preset diffusers: leave out the shared MNIST DDPM "
                                                              "(the slow part)")
-    b.add_argument("--ref-steps", type=int, default=2000,
+    from .argtypes import int_at_least
+    b.add_argument("--ref-steps", type=int_at_least(2), default=2000,
                    help="preset diffusers: steps of the dpmpp_3m reference solve (default 2000)")
     b.add_argument("--rtols", default=None, help="preset adaptive: comma-separated rtol values")
     b.add_argument("--steps", default=None, help="preset sde: comma-separated step counts")
@@ -69,27 +70,37 @@ def run_preset(args: argparse.Namespace) -> int:
     from ..errors import InvalidArgument
     if args.batch_size is not None and args.batch_size < 1:
         raise InvalidArgument(f"--batch-size {args.batch_size}: must be >= 1")
+
+    def batch(default: int) -> int:
+        return default if args.batch_size is None else args.batch_size
+
     if args.ref_steps < 2:
         raise InvalidArgument(f"--ref-steps {args.ref_steps}: must be >= 2")
-    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()] if args.solvers else None
+    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()] if args.solvers is not None else None
+    if solvers is not None and not solvers:
+        raise InvalidArgument(f"--solvers {args.solvers!r}: give at least one solver name")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         if args.preset == "diffusers":
-            nfes = tuple(args.nfe) if args.nfe else FAST_NFES
-            print(mixture_section(args.batch_size or 256, nfes, args.ref_steps, solvers), flush=True)
+            nfes = FAST_NFES if args.nfe is None else tuple(args.nfe)
+            print(mixture_section(batch(256), nfes, args.ref_steps, solvers), flush=True)
             if not args.skip_mnist:
                 print()
-                print(mnist_section(args.batch_size or 4, nfes, args.ref_steps, solvers), flush=True)
+                print(mnist_section(batch(4), nfes, args.ref_steps, solvers), flush=True)
         elif args.preset == "adaptive":
-            rtols = _floats(args.rtols, "--rtols") or ((1e-2, 1e-3) if args.quick else (0.05, 1e-2, 1e-3, 1e-4))
-            print(adaptive_report(args.batch_size or (64 if args.quick else 256), rtols), flush=True)
+            rtols = _floats(args.rtols, "--rtols")
+            if rtols is None:
+                rtols = (1e-2, 1e-3) if args.quick else (0.05, 1e-2, 1e-3, 1e-4)
+            print(adaptive_report(batch(64 if args.quick else 256), rtols), flush=True)
         elif args.preset == "sde":
             steps = _floats(args.steps, "--steps")
-            steps = tuple(int(s) for s in steps) if steps else None
-            n = args.batch_size or (1000 if args.quick else 2000)
-            print(sde_report(n, steps or ((10, 20) if args.quick else (5, 10, 20, 40)),
-                             steps or ((16,) if args.quick else (16, 32, 64))), flush=True)
+            if steps is not None and any(s != int(s) for s in steps):
+                raise InvalidArgument(f"--steps {args.steps!r}: give whole numbers of steps")
+            steps = tuple(int(s) for s in steps) if steps is not None else None
+            n = batch(1000 if args.quick else 2000)
+            print(sde_report(n, steps if steps is not None else ((10, 20) if args.quick else (5, 10, 20, 40)),
+                             steps if steps is not None else ((16,) if args.quick else (16, 32, 64))), flush=True)
         else:
             from .loop_overhead import main as overhead
             overhead([])

@@ -198,8 +198,39 @@ def _umask() -> int:
     return mask
 
 
+from ..solvers.frames import FRAMES  # noqa: E402  (the frames a reference may be solved in)
+# Every field an entry's metadata must carry, and its type; an entry lacking one, or with one of another type, is
+# a cache miss like any other malformed entry.
+_META_FIELDS = {"key": str, "sha256": str, "nfe": int, "seconds": (int, float), "frame": str, "desc": dict}
+
+
+def _check_entry(meta: Any, tensors: dict[str, torch.Tensor], key: str) -> None:
+    """Raise ValueError unless the entry is complete and consistent (what load_reference trusts)."""
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a JSON object")
+    for name, kind in _META_FIELDS.items():
+        if name not in meta:
+            raise ValueError(f"metadata lacks {name!r}")
+        if not isinstance(meta[name], kind) or isinstance(meta[name], bool):
+            raise ValueError(f"metadata field {name!r} has type {type(meta[name]).__name__}")
+    if meta["key"] != key:
+        raise ValueError("key mismatch")
+    if _payload_sha(tensors) != meta["sha256"]:
+        raise ValueError("checksum mismatch")
+    if meta["nfe"] < 0 or not math.isfinite(float(meta["seconds"])):
+        raise ValueError("nfe or seconds out of range")
+    if meta["frame"] not in FRAMES:
+        raise ValueError(f"unknown frame {meta['frame']!r}")
+    times, states = tensors["times"], tensors["states"]
+    k = times.numel()
+    if times.ndim != 1 or states.ndim < 2 or states.shape[0] != k or \
+            tuple(tensors["gap_rmse"].shape) != (k,) or tuple(tensors["gap_maxabs"].shape) != (k,):
+        raise ValueError("tensor shapes do not match")
+
+
 def load_reference(path: str | Path, key: str) -> Reference | None:
-    """The cached entry if it exists, parses, carries this key and its tensors match their checksum; else None."""
+    """The cached entry if it exists, parses, carries this key and every metadata field, and its tensors match
+    their checksum; else None (with a warning), so that the caller recomputes it and overwrites it atomically."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -207,19 +238,23 @@ def load_reference(path: str | Path, key: str) -> Reference | None:
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["diffsolve"])
+            header = f.metadata() or {}
+            if "diffsolve" not in header:
+                raise ValueError("no diffsolve metadata")
+            meta = json.loads(header["diffsolve"])
+            names = set(f.keys())
+            missing = [n for n in _TENSORS if n not in names]
+            if missing:
+                raise ValueError(f"tensors missing: {missing}")
             tensors = {name: f.get_tensor(name) for name in _TENSORS}
-        if meta.get("key") != key:
-            raise ValueError("key mismatch")
-        if _payload_sha(tensors) != meta.get("sha256"):
-            raise ValueError("checksum mismatch")
-    except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed, whatever broke it
+        _check_entry(meta, tensors, key)
+        return Reference(times=tensors["times"], states=tensors["states"], gap_rmse=tensors["gap_rmse"],
+                         gap_maxabs=tensors["gap_maxabs"], nfe=int(meta["nfe"]), seconds=float(meta["seconds"]),
+                         frame=str(meta["frame"]), cached=True)
+    except Exception as e:  # noqa: BLE001 - any unusable entry is recomputed, whatever broke it
         warnings.warn(f"reference cache entry {path} is unusable ({type(e).__name__}: {e}); recomputing",
                       RuntimeWarning, stacklevel=3)
         return None
-    return Reference(times=tensors["times"], states=tensors["states"], gap_rmse=tensors["gap_rmse"],
-                     gap_maxabs=tensors["gap_maxabs"], nfe=int(meta["nfe"]), seconds=float(meta["seconds"]),
-                     frame=str(meta["frame"]), cached=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,5 +413,10 @@ def solve_reference(model: Any, noise: torch.Tensor, times: Sequence[float] | to
     if not torch.isfinite(ref.states).all():
         raise FloatingPointError("the reference solve produced NaN/Inf; check the model in float64")
     if cache:
-        save_reference(path, ref, key, desc)
+        try:
+            save_reference(path, ref, key, desc)
+        except OSError as e:
+            # The answer is right whatever happens to the cache: a failed write costs a recompute next time only.
+            warnings.warn(f"could not write the reference cache entry {path} ({e}); continuing without it",
+                          RuntimeWarning, stacklevel=2)
     return ref

@@ -33,10 +33,14 @@ def format_report(rep: dict) -> str:
     if "exact_endpoint_maxabs" in ref:
         lines.append(f"  reference vs exact solution: max abs {ref['exact_endpoint_maxabs']:.1e}")
     by = {(r["solver"], r["nfe_requested"]): r for r in rep["results"]}
-    solvers = cfg["solvers"]
-    w = max([len(s) for s in solvers] + [8])
+    every = cfg["solvers"]
+    kinds = cfg.get("kinds", {})
+    w = max([len(s) for s in every] + [8])
 
-    def table(title: str, key: str, extra: Callable[[str], str] | None = None, extra_head: str = "") -> None:
+    def table(title: str, key: str, extra: Callable[[str], str] | None = None, extra_head: str = "",
+              solvers: list[str] = every) -> None:
+        if not solvers:
+            return
         lines.append("")
         lines.append(title)
         lines.append("solver".ljust(w) + "".join(f"NFE {n}".rjust(11) for n in nfes) + extra_head)
@@ -44,10 +48,12 @@ def format_report(rep: dict) -> str:
             cells = []
             for n in nfes:
                 r = by.get((s, n))
-                if r is None or r["status"] != "ok":
+                if r is not None and r["status"] == "budget":
+                    cells.append("budget".rjust(10) + " ")
+                elif r is None or r["status"] != "ok" or r.get(key) is None:
                     cells.append("-".rjust(11))
                 else:
-                    mark = "*" if r["nfe"] < n else " "
+                    mark = "*" if r.get("kind", "ode") == "ode" and r["nfe"] < n else " "
                     cells.append(_fmt(r.get(key), 10) + mark)
             lines.append(s.ljust(w) + "".join(cells) + (extra(s) if extra else ""))
 
@@ -55,11 +61,24 @@ def format_report(rep: dict) -> str:
         o = rep["orders"].get(s)
         return ("   " + (f"{o:.2f}" if o is not None else "-")).rjust(8)
 
-    table("endpoint RMSE vs reference (mean over samples)", "rmse_mean", order, "   order")
-    table("endpoint max abs error (max over samples)", "maxabs_max")
+    # Stochastic samplers have no single right endpoint: they are left out of the endpoint tables and scored by
+    # distribution metrics below. Adaptive solvers are compared at the endpoint only (they step at their own times).
+    ode = [s for s in every if kinds.get(s, "ode") != "sde"]
+    fixed = [s for s in every if kinds.get(s, "ode") == "ode"]
+    sde = [s for s in every if kinds.get(s) == "sde"]
+    adaptive = [s for s in every if kinds.get(s) == "adaptive" or (kinds.get(s) == "sde" and any(
+        r["solver"] == s and r.get("steps") is None and r["status"] == "ok" for r in rep["results"]))]
+    table("endpoint RMSE vs reference (mean over samples)", "rmse_mean", order, "   order", solvers=ode)
+    table("endpoint max abs error (max over samples)", "maxabs_max", solvers=ode)
     if cfg["trajectory"]:
         table("trajectory RMSE at the solver's grid points (max over points of the mean over samples)",
-              "traj_rmse_max")
+              "traj_rmse_max", solvers=fixed)
+    if adaptive:
+        table("model evaluations used by the adaptive solvers (the column's NFE is their budget; "
+              "budget = ran out of it)", "nfe", solvers=adaptive)
+    if sde:
+        table("sliced W1 to the reference solve's samples (stochastic samplers are scored by distribution; "
+              "ODE solvers share the reference's noise, so theirs tends to 0)", "sw1_reference")
     if "sliced_w1" in ref:
         table(f"sliced W1 to exact data samples (reference solve: {ref['sliced_w1']:.4f})", "sliced_w1")
     if "loglik_mean" in ref:
@@ -88,10 +107,13 @@ def format_report(rep: dict) -> str:
     skipped = [r for r in rep["results"] if r["status"] != "ok"]
     lines.append("")
     lines.append("* = the solver's step structure uses fewer model evaluations than the column's NFE; "
-                 "order = slope of log error vs log NFE over the last 3 points above 10x the reference gap")
+                 "order = slope of log error vs log NFE over the last 3 points above 10x the reference gap "
+                 "(fixed-grid ODE solvers only)")
     grouped: dict[tuple[str, str], list[int]] = {}
     for r in skipped:
-        grouped.setdefault((r["solver"], r["status"]), []).append(r["nfe_requested"])
+        status = r["status"] if r["status"] != "budget" else \
+            "budget exceeded (raise the NFE, or loosen rtol/atol): " + r.get("why", "").split(" at t=")[0]
+        grouped.setdefault((r["solver"], status), []).append(r["nfe_requested"])
     for (solver, status), ns in grouped.items():
         lines.append(f"  {solver} at NFE {', '.join(map(str, ns))}: {status}")
     if rep.get("files"):
@@ -100,8 +122,8 @@ def format_report(rep: dict) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("solver", "nfe_requested", "nfe", "steps", "status", "rmse_mean", "rmse_median", "rmse_p90",
-              "rmse_max", "maxabs_mean", "maxabs_max", "traj_rmse_max", "traj_rmse_mean", "sliced_w1",
+CSV_FIELDS = ("solver", "kind", "nfe_requested", "nfe", "steps", "status", "rmse_mean", "rmse_median", "rmse_p90",
+              "rmse_max", "maxabs_mean", "maxabs_max", "traj_rmse_max", "traj_rmse_mean", "sw1_reference", "sliced_w1",
               "loglik_mean", "wall_s")
 
 
@@ -116,7 +138,7 @@ def write_outputs(rep: dict, out: Path, chunks: list[dict], *, plots: bool, nfes
     wr = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     wr.writeheader()
     for r in rep["results"]:
-        wr.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+        wr.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS})
     atomic_write_bytes(out / "bench.csv", buf.getvalue().encode())
     written.append(str(out / "bench.csv"))
     if plots:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import InvalidArgument, unknown_name
+from ..errors import BudgetExceeded, DiffsolveError, InvalidArgument, unknown_name
 from ..field import as_field
 from ..noise import draw_noise
 from ..sampler import Sampler
@@ -26,8 +27,19 @@ from .distributed import Dist, chunk_bounds, sample_seeds
 from .models import DEFAULT_SOLVERS, BenchModel, data_range_of, resolve_model
 from .peers import PEER_PROVIDERS, PeerRun
 from ..field import model_identity
-from .reference import ReferenceSettings, solve_reference
+from .argtypes import BENCH_SEED_LIMIT, check_device, check_seed, check_writable
+from .reference import ReferenceSettings, default_cache_dir, solve_reference
 from .report import format_report, write_outputs
+
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+
+
+class OutputError(DiffsolveError, OSError):
+    """The bench finished (its table was printed) but writing its files failed; `report` holds the results."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,40 @@ class BenchSettings:
     peers: bool = True
     out: str | Path | None = None
     plots: bool = True
-    progress: bool = True
+    progress: bool | str = True        # True/'auto': a bar on a terminal, else a log line per cell; 'bar', 'log',
+                                        # False/'none'
     verbose: bool = True
+
+
+def _positive_or_none(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidArgument(f"{name}={value!r}: must be an integer >= 1 (or None for the model's default)")
+
+
+def check_settings(cfg: BenchSettings) -> None:
+    """Every user value checked before any work: no value is silently replaced by a default, and an unusable
+    output or cache folder fails here, in well under a second, rather than after the whole run."""
+    for name in ("batch_size", "chunk_size", "threads"):
+        _positive_or_none(name, getattr(cfg, name))
+    check_seed(cfg.seed, BENCH_SEED_LIMIT, "seed")
+    check_device(cfg.device, "device")
+    _progress_mode(cfg.progress)
+    if cfg.out is not None:
+        check_writable(cfg.out, "--out")
+    if cfg.cache:
+        check_writable(cfg.cache_dir if cfg.cache_dir is not None else default_cache_dir(), "--cache-dir")
+
+
+def _progress_mode(progress: bool | str) -> str:
+    if progress is True:
+        progress = "auto"
+    elif progress is False:
+        progress = "none"
+    if progress not in PROGRESS_MODES:
+        raise unknown_name("progress", progress, PROGRESS_MODES)
+    if progress == "auto":
+        return "bar" if sys.stderr.isatty() else "log"
+    return progress
 
 
 def run_bench(model: Any = "gmm", solvers: Sequence[str] | str | None = None, nfe: Sequence[int] | None = None,
@@ -69,14 +113,13 @@ def run_bench(model: Any = "gmm", solvers: Sequence[str] | str | None = None, nf
             raise unknown_name("run_bench option", key, sorted(fields))
     if settings is not None and not isinstance(settings, BenchSettings):
         raise InvalidArgument(f"settings must be a BenchSettings, got {type(settings).__name__}")
-    cfg = dataclasses.replace(settings or BenchSettings(), **options)
+    cfg = dataclasses.replace(settings if settings is not None else BenchSettings(), **options)
+    check_settings(cfg)
     entry, net = resolve_model(model)
     dist = Dist.from_env(cfg.device)
     threads = entry.threads if cfg.threads is None else cfg.threads
     before = torch.get_num_threads()
-    if threads:
-        if not isinstance(threads, int) or threads < 1:
-            raise InvalidArgument(f"threads={threads!r}: must be an integer >= 1")
+    if threads is not None:
         torch.set_num_threads(threads)
     try:
         return _run(entry, net, dist, solvers, nfe, cfg)
@@ -91,7 +134,7 @@ def run_bench(model: Any = "gmm", solvers: Sequence[str] | str | None = None, nf
 def _resolve_solvers(solvers: Sequence[str] | str | None, entry: BenchModel) -> list[str]:
     known = available_solvers()
     if solvers is None:
-        wanted = entry.solvers or DEFAULT_SOLVERS
+        wanted = entry.solvers if entry.solvers is not None else DEFAULT_SOLVERS
         return [s for s in wanted if s in known]
     if isinstance(solvers, str):
         solvers = [s.strip() for s in solvers.split(",") if s.strip()]
@@ -133,10 +176,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-    # disable=None: no bar when the output is not a terminal (logs, CI)
-    return tqdm(total=total, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True)
+class _Progress:
+    """A tqdm bar ('bar'), one line on stderr per finished cell ('log': a log file shows where a long run is), or
+    nothing ('none')."""
+
+    def __init__(self, total: int, desc: str, mode: str):
+        from tqdm.auto import tqdm
+        self.mode, self.desc, self.total, self.done = mode, desc, total, 0
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=total, desc=desc, leave=False, disable=mode != "bar", dynamic_ncols=True)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def update(self, n: int = 1, line: str | None = None) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.mode == "log" and line is not None:
+            print(f"[{self.desc}] {line}  ({self.done}/{self.total} done, {time.perf_counter() - self.start:.1f} s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 @dataclass
@@ -166,18 +227,16 @@ class _Job:
 
 def _prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettings) -> _Job:
     names = _resolve_solvers(solvers, entry)
-    nfes = sorted({int(n) for n in (nfe or entry.nfe)})
+    nfes = sorted({int(n) for n in (entry.nfe if nfe is None else nfe)})
     if not nfes or nfes[0] < 1:
         raise InvalidArgument(f"nfe={nfe!r}: give positive integers")
-    B = int(cfg.batch_size or entry.batch_size)
-    if B < 1:
-        raise InvalidArgument(f"batch_size={cfg.batch_size!r}: must be >= 1")
-    csize = int(cfg.chunk_size or min(entry.chunk_size, B))
-    if csize < 1:
-        raise InvalidArgument(f"chunk_size={cfg.chunk_size!r}: must be >= 1")
+    B = int(entry.batch_size if cfg.batch_size is None else cfg.batch_size)
+    csize = int(min(entry.chunk_size, B) if cfg.chunk_size is None else cfg.chunk_size)
     traj = entry.trajectory if cfg.trajectory is None else bool(cfg.trajectory)
-    dev = dist.device(cfg.device) or torch.device("cpu")
-    run_dtype = _resolve_dtype(cfg.dtype) or entry.dtype or _model_dtype(net)
+    dev = dist.device(cfg.device) if cfg.device is not None else torch.device("cpu")
+    run_dtype = _resolve_dtype(cfg.dtype)
+    if run_dtype is None:
+        run_dtype = entry.dtype if entry.dtype is not None else _model_dtype(net)
     if isinstance(net, torch.nn.Module):
         # Networks run in the benchmark's dtype; analytic problems keep their float64 buffers (they compute in
         # the dtype of x), so their exact metrics stay exact.
@@ -203,14 +262,20 @@ def _prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSe
             for n in nfes:
                 runs.append({"solver": name, "nfe_requested": n, "status": f"n/a: {e}"})
             continue
+        solver = samplers[name].solver
+        # ode: a fixed grid, scored against the reference along it; adaptive: its own times, scored at the
+        # endpoint only, its NFE what it used; sde: stochastic, scored by distribution metrics only.
+        kind = _kind(solver)
         for n in nfes:
-            row = {"solver": name, "nfe_requested": n}
+            row = {"solver": name, "nfe_requested": n, "kind": kind}
             try:
                 plan = samplers[name].plan(nfe=n)
             except InvalidArgument as e:
                 row["status"] = f"skipped: {e}"
             else:
-                row.update(status="ok", nfe=plan.nfe * field.evals_per_call, steps=plan.steps, t=plan.t)
+                fixed = not solver.adaptive
+                row.update(status="ok", nfe=plan.nfe * field.evals_per_call if fixed else None,
+                           steps=plan.steps if fixed else None, t=plan.t)
             runs.append(row)
     names = [n for n in names if n in samplers or solvers is not None]
     ok = [r for r in runs if r["status"] == "ok"]
@@ -221,7 +286,7 @@ def _prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSe
     starts: dict[float, set[float]] = {}
     for r in ok:
         t = r["t"]
-        pts = t.tolist() if traj else [float(t[0]), float(t[-1])]
+        pts = t.tolist() if traj and r["kind"] == "ode" else [float(t[0]), float(t[-1])]
         starts.setdefault(float(t[0]), set()).update(pts)
     ref_times = {t0: torch.tensor(sorted(v, reverse=True), dtype=torch.float64) for t0, v in starts.items()}
 
@@ -235,7 +300,7 @@ def _prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSe
                 if cfg.verbose and dist.is_main:
                     print(f"peer provider {getattr(provider, '__name__', provider)} failed: {e}")
     return _Job(entry=entry, net=net, field=field, dist=dist, cfg=cfg, names=names, nfes=nfes, batch=B, chunk=csize,
-                reference=cfg.reference or entry.reference, trajectory=traj, device=dev, dtype=run_dtype,
+                reference=entry.reference if cfg.reference is None else cfg.reference, trajectory=traj, device=dev, dtype=run_dtype,
                 samplers=samplers, runs=runs, ok=ok, ref_times=ref_times, main_t0=max(starts), peers=peer_list)
 
 
@@ -249,23 +314,42 @@ def _run(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettin
     bounds = chunk_bounds(job.batch, job.chunk)
     mine = dist.my_chunks(len(bounds))
     n_work = len(mine) * (len(job.ref_times) + len(job.ok) + len(job.peers) * len(job.nfes))
-    bar = _progress(n_work, f"bench {entry.name}", cfg.progress and dist.is_main)
-    results = {c: _run_chunk(job, seeds[bounds[c][0]:bounds[c][1]], bar) for c in mine}
+    mode = _progress_mode(cfg.progress) if dist.is_main else "none"
+    bar = _Progress(n_work, f"bench {entry.name}", mode)
+    results = {c: _run_chunk(job, seeds[bounds[c][0]:bounds[c][1]], bar,
+                             f"chunk {c + 1}/{len(bounds)}" if len(bounds) > 1 else "") for c in mine}
     bar.close()
     chunks = dist.gather_chunks(results)
 
     report = _assemble(job, chunks)
     report["seconds_total"] = time.perf_counter() - wall_start
     if dist.is_main:
+        failure = None
         if cfg.out is not None:
-            report["files"] = write_outputs(report, Path(cfg.out), chunks, plots=cfg.plots, nfes=job.nfes,
-                                            names=job.names)
+            try:
+                report["files"] = write_outputs(report, Path(cfg.out), chunks, plots=cfg.plots, nfes=job.nfes,
+                                                names=job.names)
+            except Exception as e:  # noqa: BLE001 - the finished table is printed whatever broke the files
+                failure = e
         if cfg.verbose:
-            print(format_report(report))
+            print(format_report(report), flush=True)
+        if failure is not None:
+            raise OutputError(f"the bench finished (table above) but writing its files to --out {str(cfg.out)!r} "
+                              f"failed: {type(failure).__name__}: {failure}", report)
     return report
 
 
-def _run_chunk(job: _Job, seeds: list[int], bar) -> dict:
+def _cell_line(name: str, n: int, item: dict, where: str) -> str:
+    if "budget" in item:
+        what = "budget exceeded"
+    elif "rmse" in item:
+        what = f"NFE used {item['nfe']}, endpoint RMSE {float(item['rmse'].mean()):.3e}"
+    else:
+        what = f"NFE used {item['nfe']}, stochastic (scored by distribution metrics)"
+    return f"{name} NFE {n}: {what}, {item['wall']:.2f} s" + (f" [{where}]" if where else "")
+
+
+def _run_chunk(job: _Job, seeds: list[int], bar, where: str = "") -> dict:
     cfg, dev = job.cfg, job.device
     noise = draw_noise((len(seeds), *job.field.sample_shape), seed=seeds, dtype=torch.float32)
     chunk: dict[str, Any] = {"refs": {}, "runs": {}, "peers": {}}
@@ -277,26 +361,39 @@ def _run_chunk(job: _Job, seeds: list[int], bar) -> dict:
         refs[t0] = ref
         chunk["refs"][t0] = {"times": ref.times, "gap_rmse": ref.gap_rmse, "gap_maxabs": ref.gap_maxabs,
                              "nfe": ref.nfe, "seconds": ref.seconds, "cached": ref.cached, "frame": ref.frame,
-                             "endpoint": ref.states[-1].cpu()}
-        bar.update(1)
+                             "endpoint": ref.endpoint.cpu()}
+        bar.update(1, f"reference from t={t0:.4g}: {len(seeds)} samples, {ref.nfe} NFE, {ref.seconds:.2f} s"
+                      + (" (cached)" if ref.cached else "") + (f" [{where}]" if where else ""))
     x_in = noise.to(device=dev, dtype=job.dtype)
     for r in job.ok:
-        bar.set_postfix_str(f"{r['solver']} nfe={r['nfe_requested']}")
-        s = job.samplers[r["solver"]]
+        name, n, kind = r["solver"], r["nfe_requested"], r["kind"]
+        bar.set_postfix_str(f"{name} nfe={n}")
+        s = job.samplers[name]
+        traj = job.trajectory and kind == "ode"
         _sync(dev)
         t_start = time.perf_counter()
-        res = s.run(nfe=r["nfe_requested"], noise=x_in, return_trajectory=job.trajectory)
+        try:
+            # Stochastic solvers draw their step noise from the same per-sample seeds as the initial noise.
+            res = s.run(nfe=n, noise=x_in, seed=seeds if kind == "sde" else None, return_trajectory=traj)
+        except BudgetExceeded as e:
+            item = {"budget": str(e), "wall": time.perf_counter() - t_start}
+            chunk["runs"][(name, n)] = item
+            bar.update(1, _cell_line(name, n, item, where))
+            continue
         _sync(dev)
         wall = time.perf_counter() - t_start
-        ref = refs[float(res.t[0])]
-        end_ref = ref.at(res.t[-1:])[0]
-        item = {"samples": res.samples.detach().cpu(), "wall": wall, "nfe": res.nfe,
-                "rmse": metrics.rmse_per_sample(res.samples, end_ref.to(res.samples.device)).cpu(),
-                "maxabs": metrics.maxabs_per_sample(res.samples, end_ref.to(res.samples.device)).cpu()}
-        if job.trajectory:
+        t_plan = r["t"]
+        ref = refs[float(t_plan[0])]
+        item = {"samples": res.samples.detach().cpu(), "wall": wall, "nfe": res.nfe}
+        if kind != "sde":
+            # Adaptive solvers step at their own times: only the endpoint is compared.
+            end_ref = ref.at(t_plan[-1:])[0].to(res.samples.device)
+            item["rmse"] = metrics.rmse_per_sample(res.samples, end_ref).cpu()
+            item["maxabs"] = metrics.maxabs_per_sample(res.samples, end_ref).cpu()
+        if traj:
             item["traj"] = metrics.trajectory_rmse(res.trajectory, ref.at(res.t).to(res.trajectory.device)).cpu()
-        chunk["runs"][(r["solver"], r["nfe_requested"])] = item
-        bar.update(1)
+        chunk["runs"][(name, n)] = item
+        bar.update(1, _cell_line(name, n, item, where))
     for peer in job.peers:
         for n in job.nfes:
             bar.set_postfix_str(f"{peer.name} nfe={n}")
@@ -309,9 +406,12 @@ def _run_chunk(job: _Job, seeds: list[int], bar) -> dict:
                     "wall": time.perf_counter() - t_start,
                     "rmse": metrics.rmse_per_sample(xs, end_ref.to(xs.device)).cpu(),
                     "samples": xs.detach().cpu()}
+                line = f"{peer.name} NFE {n}: endpoint RMSE " \
+                       f"{float(chunk['peers'][(peer.name, n)]['rmse'].mean()):.3e}"
             except Exception as e:  # noqa: BLE001 - a failing peer is reported in its row, not raised
                 chunk["peers"][(peer.name, n)] = {"error": f"{type(e).__name__}: {e}"}
-            bar.update(1)
+                line = f"{peer.name} NFE {n}: failed"
+            bar.update(1, f"{line}, {time.perf_counter() - t_start:.2f} s" + (f" [{where}]" if where else ""))
     return chunk
 
 
@@ -352,31 +452,52 @@ def _assemble(job: _Job, chunks: list[dict]) -> dict:
         ex = problem.denoise(problem.ode_solution(x0, main_t0, t_min), t_min)
         ref_info["exact_endpoint_maxabs"] = float((ref_end.to(torch.float64) - ex).abs().max())
 
+    ref_sw = metrics.SlicedWasserstein(ref_end, seed=seed)
     rows = []
     for r in runs:
         row = {k: v for k, v in r.items() if k != "t"}
         if r["status"] == "ok":
             key = (r["solver"], r["nfe_requested"])
             items = [ch["runs"][key] for ch in chunks]
-            rmse = torch.cat([it["rmse"] for it in items])
-            maxabs = torch.cat([it["maxabs"] for it in items])
-            r_s, m_s = metrics.summarize(rmse), metrics.summarize(maxabs)
-            row.update(rmse_mean=r_s["mean"], rmse_median=r_s["median"], rmse_p90=r_s["p90"], rmse_max=r_s["max"],
-                       maxabs_mean=m_s["mean"], maxabs_max=m_s["max"],
-                       wall_s=sum(it["wall"] for it in items))
-            if traj:
+            over = [it["budget"] for it in items if "budget" in it]
+            if over:
+                # One chunk over budget marks the whole cell; its numbers are null, never half an answer.
+                row.update(status="budget", why=over[0], nfe=None, rmse_mean=None, rmse_median=None, rmse_p90=None,
+                           rmse_max=None, maxabs_mean=None, maxabs_max=None, sw1_reference=None, wall_s=None)
+                rows.append(row)
+                continue
+            row["wall_s"] = sum(it["wall"] for it in items)
+            if r["kind"] != "ode":
+                row["nfe"] = max(it["nfe"] for it in items)      # what it used (the most over chunks)
+            if r["kind"] == "sde":
+                row.update(rmse_mean=None, rmse_median=None, rmse_p90=None, rmse_max=None, maxabs_mean=None,
+                           maxabs_max=None)
+            else:
+                rmse = torch.cat([it["rmse"] for it in items])
+                maxabs = torch.cat([it["maxabs"] for it in items])
+                r_s, m_s = metrics.summarize(rmse), metrics.summarize(maxabs)
+                row.update(rmse_mean=r_s["mean"], rmse_median=r_s["median"], rmse_p90=r_s["p90"],
+                           rmse_max=r_s["max"], maxabs_mean=m_s["mean"], maxabs_max=m_s["max"])
+            if traj and r["kind"] == "ode":
                 tr = torch.cat([it["traj"] for it in items], dim=1)       # [P, B]
                 per_point = tr.mean(dim=1)
                 row["traj_rmse_max"] = float(per_point.max())
                 row["traj_rmse_mean"] = float(per_point.mean())
+            samples = torch.cat([it["samples"] for it in items])
+            row["sw1_reference"] = ref_sw(samples)
             if problem is not None:
-                samples = torch.cat([it["samples"] for it in items])
                 row.update(metrics.gaussian_mixture_metrics(problem, samples, data, seed=seed))
         rows.append(row)
 
     floor = 10.0 * ref_info["gap_endpoint_rmse"]
     orders = {}
     for name in names:
+        # An order of convergence in NFE exists for fixed-grid ODE solvers only: a stochastic sampler has no
+        # single right endpoint, and an adaptive solver's error follows its tolerance, not the budget.
+        kinds = {r["kind"] for r in rows if r["solver"] == name and "kind" in r}
+        if kinds and kinds != {"ode"}:
+            orders[name] = None
+            continue
         # Several budgets can map to the same step count: one point per NFE actually used.
         pts = {r["nfe"]: r["rmse_mean"] for r in rows if r["solver"] == name and r["status"] == "ok"}
         orders[name] = metrics.convergence_order(list(pts), list(pts.values()), last=3, floor=floor)
@@ -395,7 +516,7 @@ def _assemble(job: _Job, chunks: list[dict]) -> dict:
                 prow.update(status="ok", rmse_mean=metrics.summarize(rmse)["mean"],
                             wall_s=sum(it["wall"] for it in items))
                 mine = [r for r in rows if r["solver"] == peer.ours and r["nfe_requested"] == n and r["status"] == "ok"]
-                if mine and prow["rmse_mean"] > 0:
+                if mine and mine[0].get("rmse_mean") is not None and prow["rmse_mean"] > 0:
                     prow["ratio_ours_to_theirs"] = mine[0]["rmse_mean"] / prow["rmse_mean"]
             peer_rows.append(prow)
 
@@ -406,7 +527,8 @@ def _assemble(job: _Job, chunks: list[dict]) -> dict:
                   "prediction": field.prediction, "schedule": sch.identity() if sch is not None else None,
                   "sample_shape": list(field.sample_shape), "kind": entry.kind,
                   "data_range": data_range_of(net)},
-        "config": {"solvers": names, "nfe": nfes, "batch_size": B, "chunk_size": job.chunk, "seed": seed,
+        "config": {"solvers": names, "kinds": {n: _kind(s.solver) for n, s in job.samplers.items() if n in names},
+                   "nfe": nfes, "batch_size": B, "chunk_size": job.chunk, "seed": seed,
                    "device": str(job.device), "dtype": str(job.dtype).replace("torch.", ""),
                    "grid": grid if isinstance(grid, str) or grid is None else "custom",
                    "grid_used": first.grid if isinstance(first.grid, str) else "custom",
@@ -416,6 +538,10 @@ def _assemble(job: _Job, chunks: list[dict]) -> dict:
         "orders": orders,
         "peers": peer_rows,
     }
+
+
+def _kind(solver: Any) -> str:
+    return "sde" if not solver.deterministic else ("adaptive" if solver.adaptive else "ode")
 
 
 def _safe_identity(net: Any) -> str:

@@ -88,34 +88,84 @@ def _cached_samples(cache: Path | None, key: str, make) -> tuple[torch.Tensor, i
     return x, nfe
 
 
+def _names(allowed: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in names if v not in allowed]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a comma list of {', '.join(allowed)}")
+        return names
+    return parse
+
+
+def _solver_names(text: str) -> list[str]:
+    from ..solvers import available_solvers
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    known = available_solvers()
+    bad = [v for v in names if v not in known]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown solver {bad[0]!r} (diffsolve solvers lists them)")
+    return names
+
+
+def _solver_name(text: str) -> str:
+    names = _solver_names(text)
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one solver name")
+    return names[0]
+
+
+def _budgets(text: str) -> list[int]:
+    from ..bench.argtypes import positive_int
+    return [positive_int(v) for v in text.replace(" ", "").split(",") if v]
+
+
 def main(argv: list[str] | None = None) -> None:
+    from ..bench.argtypes import SEED_LIMIT, int_at_least, positive_int, seed_below
+    from ..errors import DiffsolveError
+    from ..grids import GRIDS
+
     ap = argparse.ArgumentParser(prog="python -m diffsolve.models.evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1000, help="samples per model")
-    ap.add_argument("--solver", default="heun")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--models", default="builtin,ddpm", help="comma list of builtin, ddpm")
-    ap.add_argument("--ddpm-grid", default=None, help="grid for the DDPM (default: its schedule's default)")
+    # The Frechet distance needs a covariance: at least 2 samples.
+    ap.add_argument("--n", type=int_at_least(2), default=1000, help="samples per model (>= 2)")
+    ap.add_argument("--solver", type=_solver_name, default="heun")
+    ap.add_argument("--steps", type=positive_int, default=50)
+    ap.add_argument("--models", type=_names(("builtin", "ddpm")), default="builtin,ddpm",
+                    help="comma list of builtin, ddpm")
+    ap.add_argument("--ddpm-grid", choices=sorted(GRIDS), default=None, help="grid for the DDPM (default: its schedule's default)")
     ap.add_argument("--grid-out", type=Path, default=Path("diffsolve-eval"), help="folder for sample grids")
-    ap.add_argument("--grid-nfe", default="5,10,50", help="NFE budgets of the grid rows (at most this many)")
-    ap.add_argument("--grid-solvers", default="heun,dpmpp_2m", help="solvers of the grid rows")
+    ap.add_argument("--grid-nfe", type=_budgets, default="5,10,50",
+                    help="NFE budgets of the grid rows (at most this many); empty for no grid")
+    ap.add_argument("--grid-solvers", type=_solver_names, default="heun,dpmpp_2m", help="solvers of the grid rows")
     ap.add_argument("--cache", type=Path, default=None, help="folder to keep/reuse drawn samples (safetensors)")
     ap.add_argument("--sample-only", action="store_true", help="draw (and cache) samples, do not score")
     ap.add_argument("--unet", type=Path, default=None, help="UNet weights to score (default: the shipped ones)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=positive_int, default=1)
+    # seed and seed + 1 are used (the grids' noise)
+    ap.add_argument("--seed", type=seed_below(SEED_LIMIT >> 1), default=0, help="seed in [0, 2**62)")
     args = ap.parse_args(argv)
+    if args.unet is not None and not args.unet.is_file():
+        ap.error(f"argument --unet: {str(args.unet)!r} is not a file")
+    try:
+        _evaluate(args, ap)
+    except DiffsolveError as e:
+        # One line, argparse style (exit status 2), never a traceback.
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
+
+
+def _evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
     torch.set_num_threads(args.threads)
     drawn = []
-    for name in args.models.split(","):
+    for name in args.models:
         if name == "builtin":
-            weights = args.unet or WEIGHTS / "mnist_unet.safetensors"
+            weights = WEIGHTS / "mnist_unet.safetensors" if args.unet is None else args.unet
             model, grid = load_mnist_unet(weights), None
-        elif name == "ddpm":
+        else:
             from ..pretrained_adapters import mnist_ddpm
             weights = SHARED_DDPM
+            if not weights.is_file():
+                ap.error(f"--models ddpm: {weights} is missing (the shared model folder beside the repository)")
             model, grid = mnist_ddpm.load_mnist_ddpm(weights), args.ddpm_grid
-        else:
-            raise SystemExit(f"--models: unknown model {name!r}; allowed values: builtin, ddpm")
         t0 = time.time()
         digest = hashlib.sha1(Path(weights).read_bytes()).hexdigest()[:10]   # cached samples follow the weights
         key = f"{name}-{digest}_{args.solver}_{args.steps}_{grid or 'default'}_n{args.n}_seed{args.seed}"
@@ -125,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label}: {x.shape[0]} samples, {nfe} NFE each ({time.time() - t0:.0f} s)", flush=True)
         drawn.append((label, x, nfe))
         rows, labels = [], []
-        for solver in args.grid_solvers.split(","):
-            for budget in [int(v) for v in args.grid_nfe.split(",") if v]:
+        for solver in args.grid_solvers:
+            for budget in args.grid_nfe:
                 imgs, used = sample_model(model, 16, solver=solver, nfe=budget, grid=grid, seed=args.seed + 1)
                 rows.append(imgs)
                 labels.append(f"{solver}\n{used} NFE")
