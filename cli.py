@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import typing
 import sys
 from typing import Sequence
 
@@ -153,26 +154,16 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def solver_options(entry) -> list[tuple[str, str, str, bool]]:
-    """(name, type, default, set_by_name) of each option a registry entry's factory takes: the types and defaults
-    are read from the factory's signature, and a default the registered name fixes (its alias defaults) wins."""
+    """(name, type, default, set_by_name) of each option: what the registry reads from the factory's signature
+    (`RegistryEntry.parameters`, the same source that checks option types), then the settings the name fixes."""
     out = []
-    for p in inspect.signature(entry.factory).parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        ann = p.annotation
-        if ann is inspect.Parameter.empty:
-            typ = "any"
-        elif isinstance(ann, str):
-            typ = ann
-        else:
-            typ = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-        if p.name in entry.defaults:
-            default, by_name = repr(entry.defaults[p.name]), True
-        elif p.default is inspect.Parameter.empty:
-            default, by_name = "required", False
-        else:
-            default, by_name = repr(p.default), False
-        out.append((p.name, typ, default, by_name))
+    for name, (hint, default) in entry.parameters().items():
+        typ = "any" if hint is typing.Any else str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        shown = "required" if default is inspect.Parameter.empty else repr(default)
+        out.append((name, typ, shown, name in entry.defaults))
+    for name, value in entry.fixed.items():
+        if name != "alias":            # the registered name itself, not a setting
+            out.append((name, type(value).__name__, repr(value), True))
     return out
 
 
@@ -191,7 +182,8 @@ def _solvers(verbose: bool = False) -> int:
         if not opts:
             print("    (no options)")
         for opt, typ, default, by_name in opts:
-            print(f"    {opt}: {typ} = {default}" + ("   (set by this name)" if by_name else ""))
+            print(f"    {opt}: {typ} = {default}" + ("   (this name's default)" if by_name and opt in e.defaults
+                                                      else "   (fixed by this name)" if by_name else ""))
     return 0
 
 

@@ -291,11 +291,12 @@ def test_solvers_verbose_lists_options_from_the_code(capsys):
         sig = inspect.signature(entry.factory)
         for opt, typ, default, by_name in solver_options(entry):
             p = sig.parameters[opt]
-            want = entry.defaults[opt] if opt in entry.defaults else p.default
-            assert default == repr(want) and by_name == (opt in entry.defaults)
+            want = entry.fixed.get(opt, entry.defaults.get(opt, p.default))
+            assert default == repr(want) and by_name == (opt in entry.defaults or opt in entry.fixed)
             assert f"    {opt}: {typ} = {default}" in out
     assert "    rtol: float = 0.05" in out                                   # dpm_adaptive's own default
-    assert "    tableau: str | ButcherTableau = 'heun'   (set by this name)" in out
+    assert "    tableau: str = 'heun'   (fixed by this name)" in out
+    assert "    eta: float = 1.0   (this name's default)" in out             # ddim_eta takes eta
     assert main(["solvers"]) == 0
     assert "rtol:" not in capsys.readouterr().out
 
