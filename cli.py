@@ -1,5 +1,6 @@
-"""The `diffsolve` command line: `bench` (steps versus quality), `solvers`, and `train` / `evaluate` for the
-built-in MNIST model (their options are those of `python -m diffsolve.models.train` / `.evaluate`)."""
+"""The `diffsolve` command line: `bench` (steps versus quality), `solvers`, `tune` (learned corrections), and
+`train` / `evaluate` for the built-in MNIST model (their options are those of `python -m diffsolve.models.train` /
+`.evaluate`)."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per process (default: per model; 1 for the small analytic problems)")
     sub.add_parser("solvers", help="list the registered solvers")
+    from .corrections.tune import add_parser as add_tune
+    add_tune(sub)
     sub.add_parser("train", add_help=False,
                    help="train the built-in MNIST UNet or classifier (diffsolve train --help for its options)")
     sub.add_parser("evaluate", add_help=False,
@@ -109,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         if args.command == "solvers":
             return _solvers()
+        if args.command == "tune":
+            from .corrections.tune import run as tune
+            return tune(args)
     except DiffsolveError as e:
         print(f"diffsolve: error: {e}", file=sys.stderr)
         return 2

@@ -142,12 +142,13 @@ class AMEDCorrection:
         return _save(path, self.tensors(), self.sidecar())
 
 
-def as_amed_correction(obj: Any) -> AMEDCorrection:
+def as_amed_correction(obj: Any, base: str = "amed", afs: bool | None = None) -> AMEDCorrection:
+    """An AMEDCorrection from itself, a file, or a bare predictor / table (used with `base`, AFS off unless asked)."""
     if isinstance(obj, AMEDCorrection):
         return obj
     if isinstance(obj, (AMEDPredictor, TimeTable)):
         grids = {len(obj.grid) - 1: tuple(obj.grid)} if isinstance(obj, TimeTable) else {}
-        return AMEDCorrection(obj, afs=False, grids=grids)
+        return AMEDCorrection(obj, base=base, afs=bool(afs), grids=grids)
     if isinstance(obj, (str, Path)):
         corr = load_correction(obj)
         if not isinstance(corr, AMEDCorrection):
@@ -297,7 +298,7 @@ def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:
     (a final step straight to the data, its intermediate point placed against sigma_min)."""
     from ..grids import karras
     t = karras(steps, schedule, rho=rho, final="min")
-    t[-1] = 0.0
+    t[0], t[-1] = schedule.t_max, 0.0
     return t
 
 

@@ -60,11 +60,14 @@ class AMEDStep(StepCoefficients):
 # ------------------------------------------------------------------------------------------------
 # Base rules in the EDM frame, on host floats or per-sample tensors alike
 # ------------------------------------------------------------------------------------------------
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
+_GL = {False: np.polynomial.legendre.leggauss(4), True: np.polynomial.legendre.leggauss(8)}
 
 
 def lagrange_weights(nodes: Sequence[Any], lo: Any, hi: Any, log: bool = False) -> list[Any]:
-    """int_lo^hi L_j(u(s)) ds for the Lagrange basis through `nodes` (u = s, or u = log s): floats or tensors."""
+    """int_lo^hi L_j(u(s)) ds for the Lagrange basis through `nodes` (u = s, or u = log s): floats or tensors.
+
+    Gauss-Legendre: 4 nodes are exact for the (degree <= 3) polynomials in s; 8 resolve e^u P(u) in log s to
+    round-off over a sampler's steps."""
     if log:
         lo_u, hi_u = _log(lo), _log(hi)
         u_nodes = [_log(v) for v in nodes]
@@ -74,7 +77,7 @@ def lagrange_weights(nodes: Sequence[Any], lo: Any, hi: Any, log: bool = False) 
     out = []
     for j, uj in enumerate(u_nodes):
         total = 0.0
-        for xg, wg in zip(_GL_X, _GL_W):
+        for xg, wg in zip(*_GL[log]):
             u = mid + half * float(xg)
             basis = 1.0
             for k, uk in enumerate(u_nodes):
@@ -209,7 +212,7 @@ class AMEDSolver(Solver):
         if key in self._resolved:
             return self._resolved[key]
         if self._given is not None:
-            corr = as_amed_correction(self._given)
+            corr = as_amed_correction(self._given, self.base, self.afs_option)
             if field is not None:
                 corr.check_field(field)
         else:
