@@ -98,6 +98,7 @@ def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7,
     field.require_schedule("gits")
     start = time.perf_counter()
     fine = karras(fine_steps, field.schedule, rho=rho, final="zero")
+    fine[0] = field.schedule.t_max                  # exactly, free of the polynomial's round-off
     seeds = list(range(seed * 1_000_000, seed * 1_000_000 + n))
     noise = noise_for(field, seeds, dtype=dtype)
     states = teacher_states(field, noise, fine, mode=teacher, seeds=seeds, **(teacher_options or {}))

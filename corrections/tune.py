@@ -61,21 +61,25 @@ def run(args: argparse.Namespace) -> int:
     teacher = args.teacher or ("fine" if entry.kind == "image" else "reference")
     dtype = entry.dtype or torch.float32
     nfe = _nfes(args.nfe)
+    log = lambda s: print(s, flush=True)  # noqa: E731
     start = time.perf_counter()
     if args.what == "amed":
         base = args.solver or "amed"
         corr = train_amed(model, base=base, nfe=nfe, afs=not args.no_afs, loss=args.loss, features=args.features,
                           module=args.module, n_train=args.n or 128, batch_size=args.batch_size,
-                          epochs=args.epochs or 10, lr=args.lr or 5e-3, seed=args.seed, teacher=teacher, dtype=dtype)
+                          epochs=args.epochs or 10, lr=args.lr or 5e-3, seed=args.seed, teacher=teacher, dtype=dtype,
+                          log=log)
         out = args.out or f"amed-{base}.safetensors"
     elif args.what == "gits":
         base = args.solver or "ipndm"
-        corr = gits_grid(model, base=base, nfe=nfe, n=args.n or 128, seed=args.seed, teacher=teacher, dtype=dtype)
+        corr = gits_grid(model, base=base, nfe=nfe, n=args.n or 128, seed=args.seed, teacher=teacher, dtype=dtype,
+                         log=log)
         out = args.out or f"gits-{base}.safetensors"
     else:
         base = args.solver or "ipndm"
         corr = learn_grid(model, base=base, nfe=nfe, n=args.n or 96, batch_size=args.batch_size,
-                          epochs=args.epochs or 20, lr=args.lr or 0.05, seed=args.seed, teacher=teacher, dtype=dtype)
+                          epochs=args.epochs or 20, lr=args.lr or 0.05, seed=args.seed, teacher=teacher, dtype=dtype,
+                          log=log)
         out = args.out or f"learned-{base}.safetensors"
     corr.meta["model"] = entry.name
     path = corr.save(out)
