@@ -1,9 +1,10 @@
 """Optimized time grids for one model: GITS (Chen et al., ICML 2024) and a grid learned by gradient (LD3-style).
 
 GITS: teacher trajectories on a fine EDM grid; `C[i, j]` = mean per-sample RMSE of one Euler (DDIM) jump from
-the teacher's point i to time j against the teacher's point j; dynamic programming over the number of steps,
-`V_k[j] = min_i 1.15 V_{k-1}[i] + C[i, j]` (each later step weighs the errors made before it by 1.15, since they
-propagate), then backtracking from the final point (t = 0).
+the teacher's point i to time j against the teacher's point j; dynamic programming over the number of steps on the
+cost-to-go, `V_k[j] = min_i C[j, i] + 1.15 V_{k-1}[i]` (diff-sampler's recursion: the cost found at the earlier
+stage is weighted by 1.15, so the m-th jump of a path counts 1.15^(m-1) times), then following the choices from the
+start to the final point (t = 0).
 
 Learned: the N - 1 interior noise levels, parameterized by a softmax over log-sigma gaps (so they stay ordered and
 inside [sigma_min, sigma_max]), optimized by Adam through a differentiable run of the base solver against the
@@ -66,25 +67,25 @@ def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, ba
 
 
 def gits_dynamic_programming(C: torch.Tensor, steps: int, weight: float = GITS_WEIGHT) -> tuple[list[int], float]:
-    """The path 0 -> K-1 of exactly `steps` jumps minimising sum_k weight^(steps - k) C[i_{k-1}, i_k] (k = 1..steps)
-    through V_k[j] = min_i weight V_{k-1}[i] + C[i, j]; returns (indices, cost)."""
+    """The path 0 -> K-1 of exactly `steps` jumps minimising sum_m weight^(m - 1) C[i_{m-1}, i_m] (m = 1..steps)
+    through the cost-to-go V_k[j] = min_{i > j} C[j, i] + weight V_{k-1}[i], V_1[j] = C[j, K-1] (diff-sampler's
+    `dp`: the cost computed at the previous stage is weighted by 1.15); returns (indices, cost)."""
     K = C.shape[0]
     if not 1 <= steps <= K - 1:
         raise InvalidArgument(f"steps={steps}: need 1 <= steps <= {K - 1} on a fine grid of {K} points")
     C = C.to(torch.float64)
     V = torch.full((steps + 1, K), math.inf, dtype=torch.float64)
-    arg = torch.zeros((steps + 1, K), dtype=torch.long)
-    V[0, 0] = 0.0
+    nxt = torch.full((steps + 1, K), K - 1, dtype=torch.long)
+    V[0, K - 1] = 0.0
     for k in range(1, steps + 1):
-        cand = weight * V[k - 1][:, None] + C            # [i, j]
-        V[k], arg[k] = cand.min(dim=0)
-    path = [K - 1]
+        cand = C + weight * V[k - 1][None, :] if k > 1 else C + V[0][None, :]     # [j, i]
+        V[k], nxt[k] = cand.min(dim=1)
+    path = [0]
     for k in range(steps, 0, -1):
-        path.append(int(arg[k, path[-1]]))
-    path.reverse()
-    if path[0] != 0 or not math.isfinite(float(V[steps, K - 1])):
+        path.append(int(nxt[k, path[-1]]))
+    if path[-1] != K - 1 or not math.isfinite(float(V[steps, 0])):
         raise InvalidArgument("no finite path: the cost matrix must be finite above its diagonal")
-    return path, float(V[steps, K - 1])
+    return path, float(V[steps, 0])
 
 
 def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7, 9), fine_steps: int = 60,

@@ -82,7 +82,7 @@ def test_dynamic_programme_matches_exhaustive_search_with_the_gits_weight():
     best = None
     for inner in itertools.combinations(range(1, K - 1), steps - 1):
         path = [0, *inner, K - 1]
-        cost = sum(w ** (steps - k) * float(C[path[k - 1], path[k]]) for k in range(1, steps + 1))
+        cost = sum(w ** (k - 1) * float(C[path[k - 1], path[k]]) for k in range(1, steps + 1))
         if best is None or cost < best[0]:
             best = (cost, path)
     path, cost = gits_dynamic_programming(C, steps, weight=w)
