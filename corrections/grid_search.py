@@ -23,7 +23,7 @@ import torch
 from ..errors import InvalidArgument
 from ..field import Field
 from .io import GridCorrection, amed_grid
-from .teacher import field_of, frozen, noise_for, teacher_states
+from .teacher import field_of, frozen, mean_denoised_at_start, noise_for, teacher_states
 
 GITS_WEIGHT = 1.15
 DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m")
@@ -126,10 +126,12 @@ def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7,
 # Learned grid (LD3-style)
 # ------------------------------------------------------------------------------------------------
 def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: str = "ipndm",
-                       max_order: int | None = None) -> torch.Tensor:
+                       max_order: int | None = None, afs: bool = False,
+                       afs_mean: torch.Tensor | None = None) -> torch.Tensor:
     """The base solver over EDM noise levels `s` (tensors with gradient; a final 0 as a float) in the EDM frame,
-    written with torch arithmetic so that the result is differentiable in the levels."""
-    from ..solvers.amed import DEFAULT_MAX_ORDER, base_substep
+    written with torch arithmetic so that the result is differentiable in the levels. `afs`: the first data
+    prediction is the analytical one around `afs_mean` (solvers.amed.afs_denoised), no model call."""
+    from ..solvers.amed import DEFAULT_MAX_ORDER, afs_denoised, base_substep
     if base not in DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}; a learned grid supports {', '.join(DIFFERENTIABLE_BASES)}")
     k = max_order if max_order is not None else DEFAULT_MAX_ORDER.get(base, 1)
@@ -143,7 +145,10 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
                      float(sch.t_from_edm_sigma(torch.tensor(float(s0)))))
         alpha = p.alpha.reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype) if isinstance(p.alpha, torch.Tensor) \
             else p.alpha
-        D = field.denoise(y * alpha, p)
+        if afs and i == 0:
+            D = afs_denoised(y, float(s0), afs_mean)
+        else:
+            D = field.denoise(y * alpha, p)
         s0b = s0.reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype) if isinstance(s0, torch.Tensor) else s0
         d = (y - D) / s0b
         hist = ((s0, d, D), *hist)[:k]
@@ -177,8 +182,12 @@ class GapGrid(torch.nn.Module):
 def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7, 9), n: int = 96,
                batch_size: int = 32, epochs: int = 20, lr: float = 0.05, seed: int = 0, init: Any = None,
                teacher: str = "reference", teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
-               log: Callable[[str], None] | None = print, **solver_options: Any) -> GridCorrection:
-    """Grids for `base` at each NFE, optimized through a differentiable run against teacher endpoints (L2)."""
+               afs: bool = False, log: Callable[[str], None] | None = print, **solver_options: Any) -> GridCorrection:
+    """Grids for `base` at each NFE, optimized through a differentiable run against teacher endpoints (L2).
+
+    `afs=True`: the first step is the analytical one around the measured mean data prediction (one more step for
+    the same NFE); such a grid runs through `to_amed_table` (AMED-Plugin with per-step constants), since the
+    plain solvers' AFS assumes a zero mean."""
     field = field_of(model)
     field.require_schedule("learned grid")
     sch = field.schedule
@@ -193,6 +202,9 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
         log(f"teacher: {n} endpoints ({teacher}) in {time.perf_counter() - start:.1f}s")
     grids, losses, nfes = {}, {}, {}
     gen = torch.Generator().manual_seed(seed)
+    mean = mean_denoised_at_start(field, t0) if afs else None
+    if afs:
+        solver_options = {**solver_options, "afs": True}
     with frozen(field):
         for budget in nfe:
             steps = steps_for_budget(field, base, int(budget), **solver_options)
@@ -209,7 +221,7 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
                 for b in range(0, n, batch_size):
                     idx = order[b:b + batch_size]
                     with torch.enable_grad():
-                        out = differentiable_run(field, x0[idx], g(), base)
+                        out = differentiable_run(field, x0[idx], g(), base, afs=afs, afs_mean=mean)
                         loss = (out - target[idx]).pow(2).mean()
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -226,6 +238,34 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
             grids[steps] = tuple(float(v) for v in t)
             losses[str(steps)] = hist
             nfes[str(steps)] = int(budget)
-    return GridCorrection("learned", grids, base, field.identity(),
+    corr = GridCorrection("learned", grids, base, field.identity(),
                           {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "seed": seed,
-                           "teacher": teacher, "seconds": round(time.perf_counter() - start, 1)})
+                           "teacher": teacher, "afs": afs, "seconds": round(time.perf_counter() - start, 1)})
+    corr.afs_mean = mean
+    return corr
+
+
+def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | None = None):
+    """A learned grid of 2M steps as AMED-Plugin per-step constants: the even points are the main grid, each odd
+    point the intermediate time (r from its place in log s; c = a = 1). With the grid's AFS the result runs at the
+    grid's NFE through `Sampler(model, "amed_plugin", base=..., predictor=table)`."""
+    from .io import AMEDCorrection
+    from .predictor import TimeTable
+    field = field_of(field)
+    sch = field.schedule
+    afs = bool(grid.meta.get("afs"))
+    mean = afs_mean if afs_mean is not None else getattr(grid, "afs_mean", None)
+    s_floor = sch.sigma_min
+    out = {}
+    for steps, t in grid.grids.items():
+        if steps % 2:
+            continue
+        s = [float(v) for v in sch.edm_sigma(torch.tensor(t, dtype=torch.float64))]
+        rows = []
+        for n in range(0, steps, 2):
+            s0, sm, s1 = s[n], s[n + 1], s[n + 2] if s[n + 2] > 0 else min(s_floor, 0.5 * s[n])
+            rows.append((math.log(s0 / sm) / math.log(s0 / s1), 1.0, 1.0))
+        main = tuple(t[0::2])
+        out[steps // 2] = AMEDCorrection(TimeTable(main, tuple(rows)), grid.base, afs, mean, {steps // 2: main},
+                                         grid.identity, {"from": "learned grid", **grid.meta})
+    return out

@@ -16,7 +16,9 @@ from ..errors import InvalidArgument
 from ..field import Field, _network_of, as_field
 
 TEACHER_MODES = ("reference", "fine")
-FEATURE_MODULES = ("mid", "mid_block", "middle_block")
+# Bottleneck blocks of known networks: the built-in UNet, diffusers' UNet2DModel, ADM/LDM UNets, and the shared MNIST
+# DDPM (no downsampling; its middle block is the second 32-channel 7x7-conv block).
+FEATURE_MODULES = ("mid", "mid_block", "middle_block", "gt.blocks.2")
 
 
 def field_of(model: Any) -> Field:
@@ -37,7 +39,7 @@ def noise_for(field: Field, seeds: Sequence[int], dtype: torch.dtype = torch.flo
 
 
 def default_feature_module(field: Field) -> str | None:
-    """The bottleneck of known networks: the built-in UNet's 'mid', diffusers' 'mid_block', 'middle_block'."""
+    """The bottleneck of known networks (FEATURE_MODULES), or None."""
     net = _network_of(field)
     if not isinstance(net, torch.nn.Module):
         return None

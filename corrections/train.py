@@ -55,12 +55,16 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
                n_train: int = 128, batch_size: int = 32, epochs: int = 10, lr: float = 5e-3, seed: int = 0,
                train_seeds: Sequence[int] | None = None, teacher: str = "reference", teacher_options: dict | None = None,
                predictor_options: dict | None = None, afs_mean: bool | torch.Tensor = True,
-               dtype: torch.dtype = torch.float32, log: Callable[[str], None] | None = print) -> AMEDCorrection:
+               init: Any = None, dtype: torch.dtype = torch.float32,
+               log: Callable[[str], None] | None = print) -> AMEDCorrection:
     """Train an AMED-Solver (`base='amed'`) or AMED-Plugin predictor for `model` on the grids of the given NFEs.
 
     `features`: 'auto' (the bottleneck of known networks, else the data prediction), 'module' (with `module=`),
     'denoised' or 'none' (time-only: per-step constants). `afs_mean=True` measures the mean data prediction at
     the largest noise once, for the analytical first step; False keeps diff-sampler's zero-mean AFS.
+    `init`: time tables (AMEDCorrections holding TimeTables, e.g. from `grid_search.to_amed_table`) to start from:
+    their grids become the training grids and the predictor first reproduces their (r, c, a) exactly (its
+    feature branch starts at zero), so training refines a good time-only solver per sample.
     """
     from ..solvers.amed import AMEDSolver, PLUGIN_BASES, SINGLE_STEP_BASES
 
@@ -77,8 +81,17 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     if field.schedule.sigma_min > 0:
         popts.setdefault("s_floor", field.schedule.sigma_min)
     predictor = AMEDPredictor(features=features, module=module if features == "module" else None, **popts)
+    tables = list(init.values()) if isinstance(init, dict) else ([init] if init is not None else [])
+    if tables:
+        grid = {k: v for tab in tables for k, v in tab.grids.items()}
+        nfe = [tab.nfe_for(k) for tab in tables for k in tab.grids]
+        afs = tables[0].afs
+        if isinstance(afs_mean, bool) and tables[0].afs_mean is not None:
+            afs_mean = tables[0].afs_mean
     steps_list = sorted({steps_for_nfe(int(n), afs) for n in nfe})
     grids = {k: _grid_times(grid, k, field) for k in steps_list}
+    if tables:
+        fit_time_table(predictor, [(tab.predictor, field.schedule) for tab in tables], log=log)
     t_start = grids[steps_list[0]][0]
     if any(g[0] != t_start for g in grids.values()):
         raise InvalidArgument("all grids must start at the same time")
@@ -153,6 +166,40 @@ def _train_batch(solver, field, plan, target: torch.Tensor, opt, loss: str, sing
         state = _detach_state(state)
         losses.append(float(value.detach()))
     return sum(losses) / len(losses)
+
+
+def fit_time_table(predictor: AMEDPredictor, tables: Sequence[tuple[Any, Any]], iters: int = 600,
+                   log: Callable[[str], None] | None = None) -> float:
+    """Make `predictor` reproduce per-step (r, c, a) rows with its feature branch off: enc1 is zeroed (so any
+    feature gives the same output at first) and the time branch and heads are fitted by Adam (no model calls)."""
+    with torch.no_grad():
+        predictor.enc1.weight.zero_()
+        predictor.enc1.bias.zero_()
+    s0s, s1s, targets = [], [], []
+    for table, schedule in tables:
+        s = schedule.edm_sigma(torch.tensor(table.grid, dtype=torch.float64))
+        for i, row in enumerate(table.rows):
+            s0s.append(float(s[i]))
+            s1s.append(float(s[i + 1]))
+            targets.append(row)
+    tgt = torch.tensor(targets, dtype=torch.float32)
+    params = [p for n, p in predictor.named_parameters() if not n.startswith(("enc0", "enc1"))]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    s0 = torch.tensor(s0s)
+    s1 = torch.tensor(s1s)
+    value = math.inf
+    with torch.enable_grad():
+        for _ in range(iters):
+            r, c, a = predictor(None, s0, s1, batch=len(s0s))
+            out = torch.stack([r, c, a], 1)
+            loss = (out - tgt).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+    if log:
+        log(f"predictor fitted to {len(targets)} table rows: mse {value:.3g}")
+    return value
 
 
 def time_only(corr: AMEDCorrection, schedule: Any) -> AMEDCorrection:

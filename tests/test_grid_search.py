@@ -159,3 +159,23 @@ def test_shipped_corrections_run_on_the_builtin_unet():
     for grid in ("gits", "learned"):
         out = Sampler(model, "ipndm", grid=grid, progress=False).run(nfe=5, batch_size=1, seed=0)
         assert out.nfe == 5 and out.t[-1] == 0.0
+
+
+def test_learned_grid_with_data_mean_afs_as_an_amed_table(gmm, held_out):
+    """A 2M-step iPNDM grid learned with the data-mean AFS is AMED-Plugin(iPNDM) with per-step constants; a feature
+    predictor started from those constants reproduces them before any training."""
+    from diffsolve.corrections import train_amed
+    from diffsolve.corrections.grid_search import to_amed_table
+    noise, ref = held_out
+    g = learn_grid(gmm, base="ipndm", nfe=(5,), n=64, epochs=6, afs=True, teacher="fine", dtype=torch.float64,
+                   log=None)
+    assert sorted(g.grids) == [6]                       # 6 steps for 5 model calls: the first step is free
+    (tab,) = to_amed_table(g, gmm).values()
+    a = Sampler(gmm, "amed_plugin", base="ipndm", predictor=tab, progress=False).run(nfe=5, noise=noise)
+    assert a.nfe == 5
+    plain = rmse(Sampler(gmm, "ipndm", progress=False), noise, ref, nfe=5)
+    assert float((a.samples - ref).pow(2).mean(1).sqrt().mean()) < 0.8 * plain
+    net = train_amed(gmm, base="ipndm", init=tab, epochs=0, teacher="fine", n_train=8, dtype=torch.float64,
+                     log=None)
+    b = Sampler(gmm, "amed_plugin", base="ipndm", predictor=net, progress=False).run(nfe=5, noise=noise)
+    assert torch.allclose(a.samples, b.samples, atol=1e-4)
