@@ -238,11 +238,9 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
             grids[steps] = tuple(float(v) for v in t)
             losses[str(steps)] = hist
             nfes[str(steps)] = int(budget)
-    corr = GridCorrection("learned", grids, base, field.identity(),
+    return GridCorrection("learned", grids, base, field.identity(),
                           {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "seed": seed,
-                           "teacher": teacher, "afs": afs, "seconds": round(time.perf_counter() - start, 1)})
-    corr.afs_mean = mean
-    return corr
+                           "teacher": teacher, "afs": afs, "seconds": round(time.perf_counter() - start, 1)}, mean)
 
 
 def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | None = None):
@@ -254,7 +252,7 @@ def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | Non
     field = field_of(field)
     sch = field.schedule
     afs = bool(grid.meta.get("afs"))
-    mean = afs_mean if afs_mean is not None else getattr(grid, "afs_mean", None)
+    mean = afs_mean if afs_mean is not None else grid.afs_mean
     s_floor = sch.sigma_min
     out = {}
     for steps, t in grid.grids.items():

@@ -170,6 +170,7 @@ class GridCorrection:
     base: str
     identity: str | None = None
     meta: dict = dc_field(default_factory=dict)
+    afs_mean: torch.Tensor | None = None        # grids learned with the data-mean AFS (see grid_search.to_amed_table)
 
     def check_field(self, field: Any) -> None:
         _check_identity(self.identity, field, f"{self.kind} grid")
@@ -194,7 +195,10 @@ class GridCorrection:
                 "grids": {_grid_key(k): list(v) for k, v in sorted(self.grids.items())}, "meta": self.meta}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"grid.{k}": torch.tensor(v, dtype=torch.float64) for k, v in sorted(self.grids.items())}
+        out = {f"grid.{k}": torch.tensor(v, dtype=torch.float64) for k, v in sorted(self.grids.items())}
+        if self.afs_mean is not None:
+            out["afs_mean"] = self.afs_mean.detach().cpu().float().contiguous()
+        return out
 
     def save(self, path: str | Path) -> Path:
         return _save(path, self.tensors(), self.sidecar())
@@ -263,7 +267,8 @@ def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | Gri
         corr: Any = AMEDCorrection(predictor, info["base"], bool(info["afs"]), tensors.get("afs_mean"), grids,
                                    info.get("model_identity"), info.get("meta", {}))
     elif info["kind"] in ("gits", "learned"):
-        corr = GridCorrection(info["kind"], grids, info["base"], info.get("model_identity"), info.get("meta", {}))
+        corr = GridCorrection(info["kind"], grids, info["base"], info.get("model_identity"), info.get("meta", {}),
+                              tensors.get("afs_mean"))
     else:
         raise InvalidArgument(f"{path}: unknown correction kind {info['kind']!r}")
     if field is not None:
