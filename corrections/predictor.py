@@ -93,8 +93,9 @@ class AMEDPredictor(nn.Module):
         return self.features != "none"
 
     def log_s(self, s: Any, like: torch.Tensor) -> torch.Tensor:
-        s = torch.as_tensor(s, dtype=like.dtype, device=like.device).reshape(-1)
-        return torch.log(s.clamp_min(self.s_floor))
+        if not isinstance(s, torch.Tensor):        # a host float: a fill on the device, no copy or sync
+            return torch.full((1,), math.log(max(float(s), self.s_floor)), dtype=like.dtype, device=like.device)
+        return torch.log(s.to(device=like.device, dtype=like.dtype).reshape(-1).clamp_min(self.s_floor))
 
     def forward(self, feat: torch.Tensor | None, s0: Any, s1: Any, batch: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

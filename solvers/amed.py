@@ -25,6 +25,7 @@ to the host. The updates use plain torch arithmetic (per-sample coefficients, an
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -182,7 +183,8 @@ class AMEDSolver(Solver):
 
     `predictor`: an `AMEDCorrection` (diffsolve.corrections; what `train_amed` returns and `load_correction`
     reads), a path to a saved one, a bare `AMEDPredictor` / `TimeTable`, or None: the predictor shipped for the
-    field's model (the built-in MNIST UNet), found by its identity. `afs=None` follows the predictor's training.
+    field's model (the built-in MNIST UNet), found by its identity; for other models a warning, and the untrained
+    starting point (r = 1/2, c = a = 1). `afs=None` follows the predictor's training.
     """
 
     deterministic = True
@@ -218,7 +220,16 @@ class AMEDSolver(Solver):
         else:
             if field is None:
                 raise InvalidArgument("predictor= is missing")
-            corr = find_shipped(field, "amed", self.base)
+            try:
+                corr = find_shipped(field, "amed", self.base)
+            except InvalidArgument as e:
+                # Nothing trained for this model: the predictor's starting point, r = 1/2, c = a = 1 (the
+                # geometric midpoint rule inside the base solver), computed per sample like a trained one.
+                from ..corrections.predictor import AMEDPredictor
+                warnings.warn(f"{self.name}: {e}. Using the untrained midpoint rule (r = 1/2, c = a = 1).",
+                              UserWarning, stacklevel=4)
+                corr = AMEDCorrection(AMEDPredictor(features="none"), self.base, False, None, {}, None,
+                                      {"untrained": True})
         if not isinstance(corr, AMEDCorrection):
             raise InvalidArgument("predictor must be an AMED correction")
         if corr.base != self.base:
