@@ -179,3 +179,24 @@ def test_learned_grid_with_data_mean_afs_as_an_amed_table(gmm, held_out):
                      log=None)
     b = Sampler(gmm, "amed_plugin", base="ipndm", predictor=net, progress=False).run(nfe=5, noise=noise)
     assert torch.allclose(a.samples, b.samples, atol=1e-4)
+
+
+def test_readme_corrections_block_runs():
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "amed_plugin" in b)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {})
+    assert out.getvalue().split() == ["5"]
+
+
+def test_report_table_layout():
+    from diffsolve.corrections.report import LEARNED, table
+    row = {"best_baseline": {"name": "ipndm / karras", "rmse": 0.2, "nfe": 5}, "ratio": 0.5,
+           "learned": {lab: {"rmse": 0.1, "nfe": 5} for lab, *_ in LEARNED}}
+    text = table({"rows": {"5": row}})
+    assert "| 5 | ipndm / karras | 0.2000 |" in text and "0.50x" in text
