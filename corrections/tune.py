@@ -37,6 +37,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--no-afs", action="store_true", help="amed: no analytical first step (one more NFE)")
     t.add_argument("--features", default="auto", help="amed: auto, module, denoised or none (time-only)")
     t.add_argument("--module", default=None, help="amed: submodule whose output feeds the predictor")
+    t.add_argument("--from-grid", action="store_true",
+                   help="amed plugin: first learn 2(N-1)-step grids of the base with the data-mean AFS, read them as "
+                        "per-step constants and start the predictor there (how the shipped MNIST one was made)")
+    t.add_argument("--grid-epochs", type=int, default=8, help="amed --from-grid: epochs of the grid stage")
     t.add_argument("--teacher", choices=("reference", "fine"), default=None,
                    help="reference (adaptive float64, bench/reference.py) or fine (a fine-grid solve; default "
                         "for image models)")
@@ -65,7 +69,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.what == "amed":
         base = args.solver or "amed"
+        init = None
+        if args.from_grid:
+            from .grid_search import to_amed_table
+            g = learn_grid(model, base=base, nfe=nfe, afs=True, n=args.n or 64, batch_size=args.batch_size,
+                           epochs=args.grid_epochs, lr=0.05, seed=args.seed, teacher=teacher, dtype=dtype, log=log)
+            init = to_amed_table(g, model)
         corr = train_amed(model, base=base, nfe=nfe, afs=not args.no_afs, loss=args.loss, features=args.features,
+                          init=init,
                           module=args.module, n_train=args.n or 128, batch_size=args.batch_size,
                           epochs=args.epochs or 10, lr=args.lr or 5e-3, seed=args.seed, teacher=teacher, dtype=dtype,
                           log=log)

@@ -138,6 +138,9 @@ def test_tune_command_writes_a_reproducible_file(tmp_path, capsys):
                  "--out", str(out)]) == 0
     corr = load_correction(out)
     assert corr.base == "ipndm" and sorted(corr.grids) == [3]
+    assert main(["tune", "amed", "--model", "gmm", "--solver", "ipndm", "--nfe", "5", "--n", "16", "--epochs", "1",
+                 "--grid-epochs", "1", "--from-grid", "--loss", "endpoint", "--out", str(out)]) == 0
+    assert load_correction(out).meta["loss"] == "endpoint"
 
 
 SHIPPED_FILES = sorted(SHIPPED.glob("*.safetensors"))
