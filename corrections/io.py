@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable
@@ -321,11 +320,3 @@ def shipped_grid(kind: str) -> Callable[[Any, Any], Callable[..., torch.Tensor]]
 
 gits_shipped = shipped_grid("gits")
 learned_shipped = shipped_grid("learned")
-
-
-def nfe_label(grids: dict, afs: bool) -> str:
-    return ",".join(str(2 * k - (1 if afs else 0)) for k in sorted(grids))
-
-
-def _finite(v: float) -> bool:
-    return math.isfinite(v)

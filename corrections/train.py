@@ -200,12 +200,3 @@ def fit_time_table(predictor: AMEDPredictor, tables: Sequence[tuple[Any, Any]], 
     if log:
         log(f"predictor fitted to {len(targets)} table rows: mse {value:.3g}")
     return value
-
-
-def time_only(corr: AMEDCorrection, schedule: Any) -> AMEDCorrection:
-    """The exported table of a time-only predictor (one grid)."""
-    return corr.to_table(schedule)
-
-
-def _isfinite(v: float) -> bool:
-    return math.isfinite(v)
