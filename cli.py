@@ -1,6 +1,7 @@
 """The `diffsolve` command line: `bench` (steps versus quality), `sample` (samples from seeds to a folder),
-`solvers` (`--verbose`: every option with its type and default), `--version`, and `train` / `evaluate` for the
-built-in MNIST model (their options are those of `python -m diffsolve.models.train` / `.evaluate`).
+`solvers` (`--verbose`: every option with its type and default), `--version`, `tune` (learned corrections), and
+`train` / `evaluate` for the built-in MNIST model (their options are those of `python -m diffsolve.models.train` /
+`.evaluate`).
 
 Every bad value is one argparse-style error line and exit status 2, never a traceback and never a silent default:
 the argument types below validate (bench.argtypes), and errors diffsolve raises (DiffsolveError) are printed the
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--verbose", "-v", action="store_true",
                     help="also each solver's options, with their types and defaults (from the code)")
     add_sample_parser(sub, BENCH_MODELS)
+    from .corrections.tune import add_parser as add_tune
+    add_tune(sub)
     sub.add_parser("train", add_help=False,
                    help="train the built-in MNIST UNet or classifier (diffsolve train --help for its options)")
     sub.add_parser("evaluate", add_help=False,
@@ -212,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _solvers(args.verbose)
         if args.command == "sample":
             return _sample(args)
+        if args.command == "tune":
+            from .corrections.tune import run as tune
+            return tune(args)
     except OutputError as e:
         # The run itself finished (and printed); only its files could not be written.
         print(f"diffsolve: error: {e}", file=sys.stderr)

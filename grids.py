@@ -146,6 +146,23 @@ def from_sigmas(sigmas: Sequence[float], schedule: NoiseSchedule) -> torch.Tenso
     return _need(schedule, "sigmas").t_from_edm_sigma(_f64(sigmas))
 
 
+# Grids optimized for one network (GITS, learned): name -> "module:function" of a resolver, imported on first use,
+# that takes (field, solver) and returns a grid function for that field's model.
+FIELD_GRIDS: dict[str, str] = {
+    "gits": "diffsolve.corrections.io:gits_shipped",
+    "learned": "diffsolve.corrections.io:learned_shipped",
+}
+
+
+def resolve_field_grid(grid, field, solver):
+    """A model-specific grid name (FIELD_GRIDS) as the grid function for this field; other grids as given."""
+    if isinstance(grid, str) and grid in FIELD_GRIDS and grid not in GRIDS:
+        import importlib
+        module, attr = FIELD_GRIDS[grid].split(":")
+        return getattr(importlib.import_module(module), attr)(field, solver)
+    return grid
+
+
 GRIDS: dict[str, Callable[..., torch.Tensor]] = {
     "karras": karras,
     "logsnr_uniform": logsnr_uniform,
@@ -162,7 +179,7 @@ def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.
     (strictly decreasing: a sampling grid)."""
     if isinstance(grid, str):
         if grid not in GRIDS:
-            raise unknown_name("grid", grid, GRIDS)
+            raise unknown_name("grid", grid, [*GRIDS, *FIELD_GRIDS])
         t = _call_grid(grid, GRIDS[grid], steps, schedule, options)
     elif callable(grid):
         t = _f64(_call_grid(getattr(grid, "__name__", "custom"), grid, steps, schedule, options))

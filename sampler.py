@@ -13,7 +13,7 @@ import torch
 
 from .errors import InvalidArgument, check_int
 from .field import Field, as_field, device_of
-from .grids import is_increasing, make_grid, refuse_increasing, validate_grid
+from .grids import is_increasing, make_grid, refuse_increasing, resolve_field_grid, validate_grid
 from .loop import Evaluator, SampleResult, StepInfo, integrate
 from .noise import NoiseSource, check_seed, draw_noise
 from .solvers.base import Plan, Solver, get_solver
@@ -144,6 +144,9 @@ class Sampler:
         if self.solver.needs_schedule:
             self.field.require_schedule(self.solver.name)
         sch = self.field.schedule
+        if grid is None and hasattr(self.solver, "grid_for"):
+            grid = self.solver.grid_for(self.field)          # a learned solver's own grid (AMED)
+        grid = resolve_field_grid(grid, self.field, self.solver)   # 'gits' / 'learned': tuned for this model
         self.grid = grid if grid is not None else (sch.default_grid if sch is not None else "time_uniform")
         self.grid_options = dict(grid_options or {})
         self.check_finite = _check_flag("check_finite", check_finite)

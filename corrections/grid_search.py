@@ -1,0 +1,269 @@
+"""Optimized time grids for one model: GITS (Chen et al., ICML 2024) and a grid learned by gradient (LD3-style).
+
+GITS: teacher trajectories on a fine EDM grid; `C[i, j]` = mean per-sample RMSE of one Euler (DDIM) jump from
+the teacher's point i to time j against the teacher's point j; dynamic programming over the number of steps on the
+cost-to-go, `V_k[j] = min_i C[j, i] + 1.15 V_{k-1}[i]` (diff-sampler's recursion: the cost found at the earlier
+stage is weighted by 1.15, so the m-th jump of a path counts 1.15^(m-1) times), then following the choices from the
+start to the final point (t = 0).
+
+Learned: the N - 1 interior noise levels, parameterized by a softmax over log-sigma gaps (so they stay ordered and
+inside [sigma_min, sigma_max]), optimized by Adam through a differentiable run of the base solver against the
+teacher's endpoints on ~100 samples; the grid ends at t = 0 like the library's grids.
+
+Both return a `GridCorrection`: plain lists of times (`.grid(steps)`) that any solver accepts as `grid=`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import InvalidArgument
+from ..field import Field
+from .io import GridCorrection, amed_grid
+from .teacher import field_of, frozen, mean_denoised_at_start, noise_for, teacher_states
+
+GITS_WEIGHT = 1.15
+DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m")
+
+
+def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -> int:
+    from ..solvers import get_solver
+    solver = get_solver(base, **solver_options)
+    steps = 0
+    while solver.model_calls(steps + 1, field, True) <= nfe:
+        steps += 1
+    if steps < 1:
+        raise InvalidArgument(f"nfe={nfe} is too small for {base!r}")
+    return steps
+
+
+# ------------------------------------------------------------------------------------------------
+# GITS
+# ------------------------------------------------------------------------------------------------
+def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """C[i, j] (i < j) = mean over samples of the RMSE of one Euler jump from states[i] at times[i] to times[j],
+    against states[j]; +inf elsewhere. `states`: [K, B, ...] teacher points at the decreasing `times`."""
+    from ..solvers.euler import ddim_coefficients
+    K = times.numel()
+    pts = [field.at(float(v)) for v in times]
+    C = torch.full((K, K), math.inf, dtype=torch.float64)
+    B = states.shape[1]
+    sums = torch.zeros((K, K), dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(K - 1):
+            for b in range(0, B, batch_size):
+                xi = states[i, b:b + batch_size]
+                D = field.denoise(xi, pts[i])
+                for j in range(i + 1, K):
+                    a, c = ddim_coefficients(pts[i], pts[j])
+                    err = (a * xi + c * D - states[j, b:b + batch_size]).double().flatten(1)
+                    sums[i, j] += err.pow(2).mean(1).sqrt().sum()
+        for i in range(K - 1):
+            C[i, i + 1:] = sums[i, i + 1:] / B
+    return C
+
+
+def gits_dynamic_programming(C: torch.Tensor, steps: int, weight: float = GITS_WEIGHT) -> tuple[list[int], float]:
+    """The path 0 -> K-1 of exactly `steps` jumps minimising sum_m weight^(m - 1) C[i_{m-1}, i_m] (m = 1..steps)
+    through the cost-to-go V_k[j] = min_{i > j} C[j, i] + weight V_{k-1}[i], V_1[j] = C[j, K-1] (diff-sampler's
+    `dp`: the cost computed at the previous stage is weighted by 1.15); returns (indices, cost)."""
+    K = C.shape[0]
+    if not 1 <= steps <= K - 1:
+        raise InvalidArgument(f"steps={steps}: need 1 <= steps <= {K - 1} on a fine grid of {K} points")
+    C = C.to(torch.float64)
+    V = torch.full((steps + 1, K), math.inf, dtype=torch.float64)
+    nxt = torch.full((steps + 1, K), K - 1, dtype=torch.long)
+    V[0, K - 1] = 0.0
+    for k in range(1, steps + 1):
+        cand = C + weight * V[k - 1][None, :] if k > 1 else C + V[0][None, :]     # [j, i]
+        V[k], nxt[k] = cand.min(dim=1)
+    path = [0]
+    for k in range(steps, 0, -1):
+        path.append(int(nxt[k, path[-1]]))
+    if path[-1] != K - 1 or not math.isfinite(float(V[steps, 0])):
+        raise InvalidArgument("no finite path: the cost matrix must be finite above its diagonal")
+    return path, float(V[steps, 0])
+
+
+def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7, 9), fine_steps: int = 60,
+              rho: float = 7.0, n: int = 128, seed: int = 0, weight: float = GITS_WEIGHT, teacher: str = "reference",
+              teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
+              log: Callable[[str], None] | None = print, **solver_options: Any) -> GridCorrection:
+    """GITS grids for `base` at each NFE, from `n` teacher trajectories on a fine EDM grid of fine_steps + 1 points
+    (karras, rho 7, ending at t = 0)."""
+    from ..grids import karras
+    field = field_of(model)
+    field.require_schedule("gits")
+    start = time.perf_counter()
+    fine = karras(fine_steps, field.schedule, rho=rho, final="zero")
+    fine[0] = field.schedule.t_max                  # exactly, free of the polynomial's round-off
+    seeds = list(range(seed * 1_000_000, seed * 1_000_000 + n))
+    noise = noise_for(field, seeds, dtype=dtype)
+    states = teacher_states(field, noise, fine, mode=teacher, seeds=seeds, **(teacher_options or {}))
+    if log:
+        log(f"teacher: {n} trajectories on {fine.numel()} points ({teacher}) in {time.perf_counter() - start:.1f}s")
+    C = gits_cost_matrix(field, fine, states)
+    if log:
+        log(f"cost matrix {tuple(C.shape)} in {time.perf_counter() - start:.1f}s")
+    grids, costs, nfes = {}, {}, {}
+    for budget in nfe:
+        steps = steps_for_budget(field, base, int(budget), **solver_options)
+        path, cost = gits_dynamic_programming(C, steps, weight)
+        grids[steps] = tuple(float(fine[i]) for i in path)
+        costs[str(steps)] = cost
+        nfes[str(steps)] = int(budget)
+        if log:
+            log(f"nfe {budget}: {steps} steps, cost {cost:.5g}, grid {[round(v, 4) for v in grids[steps]]}")
+    return GridCorrection("gits", grids, base, field.identity(),
+                          {"nfe": nfes, "cost": costs, "fine_steps": fine_steps, "rho": rho, "n": n, "seed": seed,
+                           "weight": weight, "teacher": teacher, "seconds": round(time.perf_counter() - start, 1)})
+
+
+# ------------------------------------------------------------------------------------------------
+# Learned grid (LD3-style)
+# ------------------------------------------------------------------------------------------------
+def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: str = "ipndm",
+                       max_order: int | None = None, afs: bool = False,
+                       afs_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """The base solver over EDM noise levels `s` (tensors with gradient; a final 0 as a float) in the EDM frame,
+    written with torch arithmetic so that the result is differentiable in the levels. `afs`: the first data
+    prediction is the analytical one around `afs_mean` (solvers.amed.afs_denoised), no model call."""
+    from ..solvers.amed import DEFAULT_MAX_ORDER, afs_denoised, base_substep
+    if base not in DIFFERENTIABLE_BASES:
+        raise InvalidArgument(f"base={base!r}; a learned grid supports {', '.join(DIFFERENTIABLE_BASES)}")
+    k = max_order if max_order is not None else DEFAULT_MAX_ORDER.get(base, 1)
+    sch = field.schedule
+    a0 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[0])))))))
+    y = x / a0
+    hist: tuple = ()
+    for i in range(len(s) - 1):
+        s0, s1 = s[i], s[i + 1]
+        p = field.at(sch.t_from_edm_sigma(s0.reshape(1)) if isinstance(s0, torch.Tensor) else
+                     float(sch.t_from_edm_sigma(torch.tensor(float(s0)))))
+        alpha = p.alpha.reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype) if isinstance(p.alpha, torch.Tensor) \
+            else p.alpha
+        if afs and i == 0:
+            D = afs_denoised(y, float(s0), afs_mean)
+        else:
+            D = field.denoise(y * alpha, p)
+        s0b = s0.reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype) if isinstance(s0, torch.Tensor) else s0
+        d = (y - D) / s0b
+        hist = ((s0, d, D), *hist)[:k]
+        y = base_substep(base, y, hist, s0, s1, k)
+    a1 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[-1])))))))
+    return y * a1
+
+
+class GapGrid(torch.nn.Module):
+    """Noise levels s_0 = sigma_max > s_1 > ... > s_{n-1} > sigma_min (then 0): log-sigma gaps from a softmax over
+    n logits, the last gap being the slack down to sigma_min."""
+
+    def __init__(self, init: Sequence[float], s_min: float):
+        super().__init__()
+        s = [float(v) for v in init]
+        if s[-1] != 0.0 or len(s) < 2:
+            raise InvalidArgument("the initial grid must end at zero noise")
+        self.s_max, self.s_min = s[0], float(s_min)
+        inner = [min(max(v, self.s_min * 1.0001), self.s_max) for v in s[1:-1]]
+        logs = [math.log(self.s_max)] + [math.log(v) for v in inner] + [math.log(self.s_min)]
+        gaps = torch.tensor([max(logs[i] - logs[i + 1], 1e-3) for i in range(len(logs) - 1)], dtype=torch.float64)
+        self.logits = torch.nn.Parameter(torch.log(gaps / gaps.sum()))
+
+    def forward(self) -> list[Any]:
+        g = torch.softmax(self.logits, 0)
+        span = math.log(self.s_max) - math.log(self.s_min)
+        logs = math.log(self.s_max) - span * torch.cumsum(g, 0)[:-1]
+        return [torch.tensor(self.s_max, dtype=torch.float64)] + [v.reshape(1) for v in torch.exp(logs)] + [0.0]
+
+
+def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7, 9), n: int = 96,
+               batch_size: int = 32, epochs: int = 20, lr: float = 0.05, seed: int = 0, init: Any = None,
+               teacher: str = "reference", teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
+               afs: bool = False, log: Callable[[str], None] | None = print, **solver_options: Any) -> GridCorrection:
+    """Grids for `base` at each NFE, optimized through a differentiable run against teacher endpoints (L2).
+
+    `afs=True`: the first step is the analytical one around the measured mean data prediction (one more step for
+    the same NFE); such a grid runs through `to_amed_table` (AMED-Plugin with per-step constants), since the
+    plain solvers' AFS assumes a zero mean."""
+    field = field_of(model)
+    field.require_schedule("learned grid")
+    sch = field.schedule
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    seeds = list(range(seed * 1_000_000 + 500_000, seed * 1_000_000 + 500_000 + n))
+    noise = noise_for(field, seeds, dtype=dtype)
+    t0 = sch.t_max
+    target = teacher_states(field, noise, [t0, 0.0], mode=teacher, seeds=seeds, **(teacher_options or {}))[-1]
+    x0 = noise * sch.prior_std(t0)
+    if log:
+        log(f"teacher: {n} endpoints ({teacher}) in {time.perf_counter() - start:.1f}s")
+    grids, losses, nfes = {}, {}, {}
+    gen = torch.Generator().manual_seed(seed)
+    mean = mean_denoised_at_start(field, t0) if afs else None
+    if afs:
+        solver_options = {**solver_options, "afs": True}
+    with frozen(field):
+        for budget in nfe:
+            steps = steps_for_budget(field, base, int(budget), **solver_options)
+            t_init = amed_grid(steps, sch) if init is None else torch.as_tensor(
+                init(steps, sch) if callable(init) else init, dtype=torch.float64)
+            s_init = [float(v) for v in sch.edm_sigma(t_init)]
+            s_init[-1] = 0.0
+            g = GapGrid(s_init, sch.sigma_min if sch.sigma_min > 0 else s_init[-2] * 0.1)
+            opt = torch.optim.Adam(g.parameters(), lr=lr)
+            hist = []
+            for epoch in range(epochs):
+                order = torch.randperm(n, generator=gen)
+                tot = 0.0
+                for b in range(0, n, batch_size):
+                    idx = order[b:b + batch_size]
+                    with torch.enable_grad():
+                        out = differentiable_run(field, x0[idx], g(), base, afs=afs, afs_mean=mean)
+                        loss = (out - target[idx]).pow(2).mean()
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                    opt.step()
+                    tot += float(loss.detach()) * len(idx)
+                hist.append(tot / n)
+                if log:
+                    log(f"nfe {budget} ({steps} steps) epoch {epoch + 1}/{epochs}  loss {hist[-1]:.6g}  "
+                        f"({time.perf_counter() - start:.0f}s)")
+            with torch.no_grad():
+                s = [float(v) for v in g()]
+            t = sch.t_from_edm_sigma(torch.tensor(s, dtype=torch.float64))
+            t[0], t[-1] = t0, 0.0
+            grids[steps] = tuple(float(v) for v in t)
+            losses[str(steps)] = hist
+            nfes[str(steps)] = int(budget)
+    return GridCorrection("learned", grids, base, field.identity(),
+                          {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "seed": seed,
+                           "teacher": teacher, "afs": afs, "seconds": round(time.perf_counter() - start, 1)}, mean)
+
+
+def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | None = None):
+    """A learned grid of 2M steps as AMED-Plugin per-step constants: the even points are the main grid, each odd
+    point the intermediate time (r from its place in log s; c = a = 1). With the grid's AFS the result runs at the
+    grid's NFE through `Sampler(model, "amed_plugin", base=..., predictor=table)`."""
+    from .io import AMEDCorrection
+    from .predictor import TimeTable
+    field = field_of(field)
+    sch = field.schedule
+    afs = bool(grid.meta.get("afs"))
+    mean = afs_mean if afs_mean is not None else grid.afs_mean
+    s_floor = sch.sigma_min
+    out = {}
+    for steps, t in grid.grids.items():
+        if steps % 2:
+            continue
+        s = [float(v) for v in sch.edm_sigma(torch.tensor(t, dtype=torch.float64))]
+        rows = []
+        for n in range(0, steps, 2):
+            s0, sm, s1 = s[n], s[n + 1], s[n + 2] if s[n + 2] > 0 else min(s_floor, 0.5 * s[n])
+            rows.append((math.log(s0 / sm) / math.log(s0 / s1), 1.0, 1.0))
+        main = tuple(t[0::2])
+        out[steps // 2] = AMEDCorrection(TimeTable(main, tuple(rows)), grid.base, afs, mean, {steps // 2: main},
+                                         grid.identity, {"from": "learned grid", **grid.meta})
+    return out

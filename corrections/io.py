@@ -1,0 +1,322 @@
+"""Learned corrections on disk: a safetensors file plus a JSON sidecar (`<file>.json`) that records the model
+identity (`field.identity()`), the base solver, the NFE and the grid. Both are written atomically (a temporary
+file beside the target, then a rename); loading onto another model is refused with a clear error.
+
+Two kinds: `AMEDCorrection` (a predictor, its base solver, AFS data and the grids it was trained on) and
+`GridCorrection` (optimized grids, GITS or learned, one per step count).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import InvalidArgument
+from .predictor import AMEDPredictor, TimeTable
+
+FORMAT = "diffsolve-correction"
+VERSION = 1
+SHIPPED = Path(__file__).resolve().parent / "weights"
+
+
+class IdentityMismatch(InvalidArgument):
+    """A correction trained for one model was given another."""
+
+
+def _check_identity(saved: str | None, field: Any, what: str) -> None:
+    if field is None:
+        return
+    have = field.identity()
+    if saved is None:
+        return
+    if have != saved:
+        raise IdentityMismatch(
+            f"this {what} was trained for another model: it records the model identity\n  {saved[:200]}\nbut this "
+            f"field is\n  {str(have)[:200]}\nA learned correction only fits the network it was trained on; train "
+            "one for this model with `diffsolve tune` (or diffsolve.corrections.train_amed / gits_grid / learn_grid)")
+
+
+def _grid_key(steps: int) -> str:
+    return str(int(steps))
+
+
+# ------------------------------------------------------------------------------------------------
+# AMED
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class AMEDCorrection:
+    """A trained AMED predictor (or its time-only table) with everything a solver needs to use it."""
+
+    predictor: AMEDPredictor | TimeTable
+    base: str = "amed"
+    afs: bool = True
+    afs_mean: torch.Tensor | None = None
+    grids: dict[int, tuple[float, ...]] = dc_field(default_factory=dict)     # steps -> schedule times
+    identity: str | None = None
+    meta: dict = dc_field(default_factory=dict)
+
+    @property
+    def is_table(self) -> bool:
+        return isinstance(self.predictor, TimeTable)
+
+    @property
+    def needs_features(self) -> bool:
+        return not self.is_table and self.predictor.needs_features
+
+    def predictor_s_floor(self) -> float:
+        return 0.002 if self.is_table else self.predictor.s_floor
+
+    def fixed_row(self, t0: float, t1: float) -> tuple[float, float, float]:
+        return self.predictor.row_for(t0, t1)
+
+    def check_field(self, field: Any) -> None:
+        _check_identity(self.identity, field, "AMED predictor")
+
+    def denoise_with_features(self, ev, x: torch.Tensor, p) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..solvers.amed import denoise_with_features
+        if self.predictor.features == "denoised":
+            D = ev.denoise(x, p)
+            return D, D
+        return denoise_with_features(ev, x, p, self.predictor.module)
+
+    def grid_function(self) -> Callable[..., torch.Tensor]:
+        grids = dict(self.grids)
+
+        def amed_trained_grid(steps: int, schedule: Any, **options: Any) -> torch.Tensor:
+            if steps in grids:
+                return torch.tensor(grids[steps], dtype=torch.float64)
+            if self.is_table:
+                raise InvalidArgument(f"this AMED time table was exported for {sorted(grids)} steps, not {steps}")
+            return amed_grid(steps, schedule, **options)
+        return amed_trained_grid
+
+    def to_table(self, schedule: Any) -> "AMEDCorrection":
+        """The time-only export: per-step constants on each trained grid (features replaced by zeros)."""
+        if self.is_table:
+            return self
+        if len(self.grids) != 1:
+            raise InvalidArgument("a time table holds one grid; this predictor has grids for steps "
+                                  f"{sorted(self.grids)}: use select_steps(n) first")
+        (steps, grid), = self.grids.items()
+        table = self.predictor.time_table(grid, schedule)
+        return AMEDCorrection(table, self.base, self.afs, self.afs_mean, {steps: grid}, self.identity,
+                              {**self.meta, "exported_from": "time_only_predictor"})
+
+    def select_steps(self, steps: int) -> "AMEDCorrection":
+        if steps not in self.grids:
+            raise InvalidArgument(f"no grid for {steps} steps; have {sorted(self.grids)}")
+        return AMEDCorrection(self.predictor, self.base, self.afs, self.afs_mean, {steps: self.grids[steps]},
+                              self.identity, dict(self.meta))
+
+    def nfe_for(self, steps: int) -> int:
+        return 2 * steps - (1 if self.afs else 0)
+
+    # --- files -----------------------------------------------------------------------------------------
+    def sidecar(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "kind": "amed", "model_identity": self.identity,
+                "base": self.base, "afs": self.afs,
+                "nfe": {_grid_key(k): self.nfe_for(k) for k in sorted(self.grids)},
+                "grids": {_grid_key(k): list(v) for k, v in sorted(self.grids.items())},
+                "predictor": ({"type": "table", "grid": list(self.predictor.grid),
+                               "rows": [list(r) for r in self.predictor.rows]} if self.is_table else
+                              {"type": "network", "config": self.predictor.config}),
+                "meta": self.meta}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        if not self.is_table:
+            out.update({f"predictor.{k}": v.detach().cpu().float().contiguous()
+                        for k, v in self.predictor.state_dict().items()})
+        else:
+            out["table"] = torch.tensor(self.predictor.rows, dtype=torch.float64)
+        if self.afs_mean is not None:
+            out["afs_mean"] = self.afs_mean.detach().cpu().float().contiguous()
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        return _save(path, self.tensors(), self.sidecar())
+
+
+def as_amed_correction(obj: Any, base: str = "amed", afs: bool | None = None) -> AMEDCorrection:
+    """An AMEDCorrection from itself, a file, or a bare predictor / table (used with `base`, AFS off unless asked)."""
+    if isinstance(obj, AMEDCorrection):
+        return obj
+    if isinstance(obj, (AMEDPredictor, TimeTable)):
+        grids = {len(obj.grid) - 1: tuple(obj.grid)} if isinstance(obj, TimeTable) else {}
+        return AMEDCorrection(obj, base=base, afs=bool(afs), grids=grids)
+    if isinstance(obj, (str, Path)):
+        corr = load_correction(obj)
+        if not isinstance(corr, AMEDCorrection):
+            raise InvalidArgument(f"{obj} holds a {corr.kind} grid, not an AMED predictor")
+        return corr
+    raise InvalidArgument(f"predictor={type(obj).__name__}: give an AMEDCorrection, an AMEDPredictor, a TimeTable "
+                          "or the path of a saved predictor")
+
+
+# ------------------------------------------------------------------------------------------------
+# Grids
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class GridCorrection:
+    """Optimized grids (schedule times, one list per step count) for one model and base solver."""
+
+    kind: str                                   # 'gits' or 'learned'
+    grids: dict[int, tuple[float, ...]]         # steps -> times
+    base: str
+    identity: str | None = None
+    meta: dict = dc_field(default_factory=dict)
+    afs_mean: torch.Tensor | None = None        # grids learned with the data-mean AFS (see grid_search.to_amed_table)
+
+    def check_field(self, field: Any) -> None:
+        _check_identity(self.identity, field, f"{self.kind} grid")
+
+    def grid(self, steps: int) -> list[float]:
+        if steps not in self.grids:
+            raise InvalidArgument(f"no {self.kind} grid for {steps} steps; this file has {sorted(self.grids)} "
+                                  "(train more with `diffsolve tune`)")
+        return list(self.grids[steps])
+
+    def grid_function(self) -> Callable[..., torch.Tensor]:
+        def optimized_grid(steps: int, schedule: Any, **options: Any) -> torch.Tensor:
+            if options:
+                raise InvalidArgument(f"an optimized grid takes no grid options, got {sorted(options)}")
+            return torch.tensor(self.grid(steps), dtype=torch.float64)
+        optimized_grid.__name__ = self.kind
+        return optimized_grid
+
+    def sidecar(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "kind": self.kind, "model_identity": self.identity,
+                "base": self.base, "nfe": self.meta.get("nfe", {}),
+                "grids": {_grid_key(k): list(v) for k, v in sorted(self.grids.items())}, "meta": self.meta}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"grid.{k}": torch.tensor(v, dtype=torch.float64) for k, v in sorted(self.grids.items())}
+        if self.afs_mean is not None:
+            out["afs_mean"] = self.afs_mean.detach().cpu().float().contiguous()
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        return _save(path, self.tensors(), self.sidecar())
+
+    def merged(self, other: "GridCorrection") -> "GridCorrection":
+        if other.identity != self.identity or other.kind != self.kind:
+            raise InvalidArgument("only grids of the same kind for the same model merge")
+        meta = {**self.meta, **other.meta, "nfe": {**self.meta.get("nfe", {}), **other.meta.get("nfe", {})}}
+        return GridCorrection(self.kind, {**self.grids, **other.grids}, self.base, self.identity, meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading and writing
+# ------------------------------------------------------------------------------------------------
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _save(path: str | Path, tensors: dict[str, torch.Tensor], side: dict) -> Path:
+    from safetensors.torch import save
+    from ..bench.reference import atomic_write_bytes
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InvalidArgument(f"{path}: a correction is saved as a .safetensors file (plus a .json sidecar)")
+    blob = save(tensors, metadata={"diffsolve": json.dumps(side, sort_keys=True)})
+    side = {**side, "sha256": hashlib.sha256(blob).hexdigest(), "file": path.name}
+    atomic_write_bytes(path, blob)
+    atomic_write_bytes(sidecar_path(path), (json.dumps(side, indent=1, sort_keys=True) + "\n").encode())
+    return path
+
+
+def read_sidecar(path: str | Path) -> dict:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise InvalidArgument(f"{side} is missing: a correction is a .safetensors file and its .json sidecar")
+    info = json.loads(side.read_text())
+    if info.get("format") != FORMAT:
+        raise InvalidArgument(f"{side} is not a diffsolve correction sidecar")
+    return info
+
+
+def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | GridCorrection:
+    """A saved correction; with `field=`, refused (IdentityMismatch) unless it was trained for that model."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgument(f"{path} does not exist")
+    info = read_sidecar(path)
+    blob = path.read_bytes()
+    if info.get("sha256") and hashlib.sha256(blob).hexdigest() != info["sha256"]:
+        raise InvalidArgument(f"{path} does not match the checksum in its sidecar (a partial or foreign file)")
+    tensors = load(blob)
+    grids = {int(k): tuple(float(x) for x in v) for k, v in info.get("grids", {}).items()}
+    if info["kind"] == "amed":
+        pred = info["predictor"]
+        if pred["type"] == "table":
+            predictor: Any = TimeTable(tuple(pred["grid"]), tuple(tuple(r) for r in pred["rows"]))
+        else:
+            predictor = AMEDPredictor(**pred["config"])
+            state = {k[len("predictor."):]: v for k, v in tensors.items() if k.startswith("predictor.")}
+            predictor.load_state_dict(state, strict=True)
+            predictor.eval().requires_grad_(False)
+        corr: Any = AMEDCorrection(predictor, info["base"], bool(info["afs"]), tensors.get("afs_mean"), grids,
+                                   info.get("model_identity"), info.get("meta", {}))
+    elif info["kind"] in ("gits", "learned"):
+        corr = GridCorrection(info["kind"], grids, info["base"], info.get("model_identity"), info.get("meta", {}),
+                              tensors.get("afs_mean"))
+    else:
+        raise InvalidArgument(f"{path}: unknown correction kind {info['kind']!r}")
+    if field is not None:
+        corr.check_field(field)
+    return corr
+
+
+def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | Path | None = None):
+    """The correction of `kind` shipped for this field's model (and base solver, for AMED), or a clear error."""
+    ident = field.identity()
+    folder = Path(folder) if folder is not None else SHIPPED
+    seen = []
+    for side in sorted(folder.glob("*.safetensors.json")):
+        try:
+            info = json.loads(side.read_text())
+        except (OSError, ValueError):
+            continue
+        seen.append(f"{info.get('kind')}[{info.get('base')}]")
+        if info.get("kind") != kind or info.get("model_identity") != ident or ident is None:
+            continue
+        if base is not None and info.get("base") != base:
+            continue
+        return load_correction(side.with_name(side.name[: -len(".json")]))
+    what = f"{kind} correction" + (f" for base={base!r}" if base else "")
+    raise InvalidArgument(f"no {what} ships for this model (shipped: {', '.join(seen) or 'none'}, all for the "
+                          "built-in MNIST UNet); train one with `diffsolve tune` and pass predictor= (or grid=) "
+                          "the file it writes")
+
+
+def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:
+    """The default AMED grid: steps + 1 EDM-polynomial levels from sigma_max to sigma_min, the last replaced by 0
+    (a final step straight to the data, its intermediate point placed against sigma_min)."""
+    from ..grids import karras
+    t = karras(steps, schedule, rho=rho, final="min")
+    t[0], t[-1] = schedule.t_max, 0.0
+    return t
+
+
+def shipped_grid(kind: str) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
+    """The `grid='gits'` / `grid='learned'` resolver: the shipped grid for the field's model."""
+    def resolve(field: Any, solver: Any) -> Callable[..., torch.Tensor]:
+        base = getattr(solver, "name", None)
+        try:
+            corr = find_shipped(field, kind, base)
+        except InvalidArgument:
+            corr = find_shipped(field, kind)       # a grid tuned for one base solver still helps another
+        return corr.grid_function()
+    return resolve
+
+
+gits_shipped = shipped_grid("gits")
+learned_shipped = shipped_grid("learned")

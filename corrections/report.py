@@ -1,0 +1,126 @@
+"""Learned corrections against the best un-learned solver on the built-in MNIST UNet: endpoint RMSE against a
+float64 reference (bench/reference.py, dopri5 at rtol = atol = 1e-5, cached on disk) on held-out noise seeds
+(100000 and up; training uses seeds below 1000000 * (seed + 1) from 0, and the held-out range is never used there).
+
+    python -m diffsolve.corrections.report [--nfe 3,5,7,9] [--n 64] [--json out.json]
+
+Un-learned: every listed solver on every listed grid (the named grids and the AMED grid, which is the EDM grid to
+sigma_min with its last point moved to 0), best per NFE. Learned: the shipped AMED-Solver, AMED-Plugin(iPNDM),
+and iPNDM on the shipped GITS and learned grids.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+BASELINE_SOLVERS = (("ipndm", {}), ("ipndm_v", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("unipc_bh2", {}),
+                    ("deis", {}))
+BASELINE_GRIDS = ("karras", "logsnr_uniform", "time_quadratic", "amed")
+LEARNED = (("AMED-Solver", "amed", {}, None), ("AMED-Plugin(iPNDM)", "amed_plugin", {"base": "ipndm"}, None),
+           ("iPNDM + GITS", "ipndm", {}, "gits"), ("iPNDM + learned grid", "ipndm", {}, "learned"))
+EVAL_SEED = 100_000
+
+
+def _label(name: str, opts: dict) -> str:
+    return name + ("+afs" if opts.get("afs") else "")
+
+
+def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baseline_cache: str | None = None,
+             learned: bool = True) -> dict:
+    from ..bench.reference import ReferenceSettings, solve_reference
+    from ..field import as_field
+    from ..models import load_mnist_unet
+    from ..sampler import Sampler
+    from .io import amed_grid
+    from .teacher import noise_for
+
+    torch.set_num_threads(1)
+    field = as_field(load_mnist_unet())
+    seeds = list(range(EVAL_SEED, EVAL_SEED + n))
+    noise = noise_for(field, seeds)
+    start = time.perf_counter()
+    ref = solve_reference(field, noise, [field.schedule.t_max, 0.0], seeds=seeds,
+                          settings=ReferenceSettings(method="dopri5", rtol=1e-5, atol=1e-5)).endpoint.float()
+    if log:
+        log(f"reference: {n} held-out samples in {time.perf_counter() - start:.0f}s")
+
+    def rmse(sampler: Sampler, nfe: int) -> tuple[float, int]:
+        out = sampler.run(nfe=nfe, noise=noise)
+        return float((out.samples - ref).pow(2).flatten(1).mean(1).sqrt().mean()), out.nfe
+
+    rows: dict = {str(k): {"baselines": {}, "learned": {}} for k in nfes}
+    cached = None
+    if baseline_cache and Path(baseline_cache).is_file():
+        cached = json.loads(Path(baseline_cache).read_text())
+        if cached.get("n") != n or any(str(k) not in cached["rows"] for k in nfes):
+            cached = None
+    for k in (nfes if cached else ()):
+        rows[str(k)]["baselines"] = cached["rows"][str(k)]
+    for name, opts in (BASELINE_SOLVERS if cached is None else ()):
+        for grid in BASELINE_GRIDS:
+            s = Sampler(field, name, grid=amed_grid if grid == "amed" else grid, progress=False, **opts)
+            for k in nfes:
+                try:
+                    e, used = rmse(s, k)
+                except Exception as exc:  # noqa: BLE001 - a solver that cannot run at this budget is skipped
+                    if log:
+                        log(f"skip {name} {grid} nfe {k}: {exc}")
+                    continue
+                rows[str(k)]["baselines"][f"{_label(name, opts)} / {grid}"] = {"rmse": e, "nfe": used}
+    if cached is None and baseline_cache:
+        Path(baseline_cache).write_text(json.dumps(
+            {"n": n, "rows": {k: r["baselines"] for k, r in rows.items()}}, indent=1))
+    if not learned:
+        return {"rows": rows}
+    for label, name, opts, grid in LEARNED:
+        s = Sampler(field, name, grid=grid, progress=False, **opts)
+        for k in nfes:
+            e, used = rmse(s, k)
+            rows[str(k)]["learned"][label] = {"rmse": e, "nfe": used}
+    for k, row in rows.items():
+        b = min(row["baselines"].items(), key=lambda kv: kv[1]["rmse"])
+        lrn = min(row["learned"].items(), key=lambda kv: kv[1]["rmse"])
+        row["best_baseline"] = {"name": b[0], **b[1]}
+        row["best_learned"] = {"name": lrn[0], **lrn[1]}
+        row["ratio"] = lrn[1]["rmse"] / b[1]["rmse"]
+    return {"model": "built-in MNIST UNet", "held_out_seeds": [seeds[0], seeds[-1]], "n": n, "rows": rows,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def table(result: dict) -> str:
+    learned_names = [lab for lab, *_ in LEARNED]
+    head = ("| NFE | best un-learned (solver / grid) | RMSE | " + " | ".join(learned_names)
+            + " | best learned / best un-learned |")
+    lines = [head, "|" + "---|" * (4 + len(learned_names))]
+    for k, row in result["rows"].items():
+        b = row["best_baseline"]
+        cells = [f"{row['learned'][lab]['rmse']:.4f}" for lab in learned_names]
+        lines.append(f"| {k} | {b['name']} | {b['rmse']:.4f} | " + " | ".join(cells) + f" | {row['ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m diffsolve.corrections.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nfe", default="3,5,7,9")
+    p.add_argument("--n", type=int, default=64, help="held-out samples (default 64)")
+    p.add_argument("--json", default=None, help="also write the full result here")
+    p.add_argument("--baseline-cache", default=None,
+                   help="a JSON file with the un-learned rows: read if it matches, else computed and written")
+    args = p.parse_args(argv)
+    nfes = [int(v) for v in args.nfe.replace(",", " ").split()]
+    result = evaluate(nfes, args.n, baseline_cache=args.baseline_cache)
+    print(table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Teacher trajectories and shared helpers for training corrections.
+
+A teacher gives the exact (or nearly exact) probability-flow states at the coarse grid times from the same noise:
+`mode='reference'` is bench/reference.py's adaptive float64 solve (cached on disk; the default for cheap models),
+`mode='fine'` a fine-grid solve with a diffsolve solver (DPM-Solver++(3M) on the union of the coarse times and a
+fine EDM grid) in the state's dtype, for networks where a float64 adaptive solve is too slow on a CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import InvalidArgument
+from ..field import Field, _network_of, as_field
+
+TEACHER_MODES = ("reference", "fine")
+# Bottleneck blocks of known networks: the built-in UNet, diffusers' UNet2DModel, ADM/LDM UNets, and the shared MNIST
+# DDPM (no downsampling; its middle block is the second 32-channel 7x7-conv block).
+FEATURE_MODULES = ("mid", "mid_block", "middle_block", "gt.blocks.2")
+
+
+def field_of(model: Any) -> Field:
+    return model if isinstance(model, Field) else as_field(model)
+
+
+def sample_shape_of(field: Field) -> tuple[int, ...]:
+    shape = getattr(field, "sample_shape", None)
+    if shape is None:
+        raise InvalidArgument("the model does not declare its sample shape; wrap it in a VectorField with "
+                              "sample_shape=")
+    return tuple(shape)
+
+
+def noise_for(field: Field, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: Any = None):
+    from ..noise import draw_noise
+    return draw_noise((len(seeds), *sample_shape_of(field)), seed=list(seeds), dtype=dtype, device=device)
+
+
+def default_feature_module(field: Field) -> str | None:
+    """The bottleneck of known networks (FEATURE_MODULES), or None."""
+    net = _network_of(field)
+    if not isinstance(net, torch.nn.Module):
+        return None
+    names = dict(net.named_modules())
+    for name in FEATURE_MODULES:
+        if name in names:
+            return name
+    return None
+
+
+@contextlib.contextmanager
+def frozen(field: Field):
+    """The network's parameters without gradients for the duration (restored afterwards)."""
+    net = _network_of(field)
+    params = list(net.parameters()) if isinstance(net, torch.nn.Module) else []
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+def teacher_states(field: Field, noise: torch.Tensor, times: Sequence[float] | torch.Tensor, *,
+                   mode: str = "reference", fine_steps: int = 96, solver: str = "dpmpp_3m",
+                   settings: Any = None, cache: bool = True, seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """States at `times` (returned in decreasing order, the first the start) from standard-normal `noise`:
+    [len(times), B, ...] in noise's dtype."""
+    t = torch.as_tensor(times, dtype=torch.float64).reshape(-1).unique(sorted=True).flip(0)
+    if mode == "reference":
+        from ..bench.reference import ReferenceSettings, solve_reference
+        ref = solve_reference(field, noise, t, settings=settings or ReferenceSettings(), cache=cache, seeds=seeds)
+        return ref.at(t).to(noise.dtype)
+    if mode != "fine":
+        raise InvalidArgument(f"teacher mode={mode!r}; allowed values: 'reference', 'fine'")
+    from ..grids import karras
+    from ..sampler import Sampler
+    fine = karras(fine_steps, field.schedule, final="zero")
+    fine = fine[fine <= float(t[0])]
+    coarse = [float(v) for v in t]
+    extra = [float(v) for v in fine if all(abs(float(v) - c) > 1e-6 * max(c, 1e-12) for c in coarse)]
+    grid = torch.tensor(coarse + extra, dtype=torch.float64).unique(sorted=True).flip(0)
+    s = Sampler(field, solver, grid=grid, progress=False, check_finite=False)
+    with torch.no_grad():
+        out = s.solve(s.plan(), noise, return_trajectory=True)
+    idx = [int((grid == v).nonzero()[0]) for v in t]
+    return out.trajectory[idx]
+
+
+def mean_denoised_at_start(field: Field, t_start: float, n: int = 128, seed: int = 987_654,
+                           batch: int = 64) -> torch.Tensor:
+    """The mean data prediction at the largest noise (sample shape), from n noise draws: the AFS offset."""
+    total = None
+    with torch.no_grad():
+        p = field.at(float(t_start))
+        scale = field.schedule.prior_std(float(t_start))
+        for k in range(0, n, batch):
+            seeds = range(seed + k, seed + min(n, k + batch))
+            x = noise_for(field, seeds) * scale
+            D = field.denoise(x, p).double().sum(0)
+            total = D if total is None else total + D
+    return (total / n).float()

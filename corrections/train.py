@@ -1,0 +1,202 @@
+"""Training AMED predictors (Zhou et al. 2024) against teacher trajectories, the network frozen.
+
+Step-wise loss (the paper's): after each student step the squared L2 distance to the teacher's state at the same
+grid time, one Adam step per student step; single-step bases (AMED-Solver, Euler, DPM-Solver-2) restart every
+step from the teacher's point, multistep bases continue from their own output (history detached). Endpoint loss:
+the whole run with gradient, one Adam step per batch against the teacher's endpoint. Gradients reach the
+predictor through the second model call of each step (the network's input and time), never the network's weights.
+
+One predictor serves several grids (one per NFE): it sees log s_n and log s_{n+1}, and the training batches cycle
+through the grids. Seeded: the predictor's initial weights, the noise seeds and the batch order follow `seed`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import InvalidArgument, check_choice
+from ..loop import Evaluator
+from .io import AMEDCorrection, amed_grid
+from .predictor import AMEDPredictor
+from .teacher import (default_feature_module, field_of, frozen, mean_denoised_at_start, noise_for,
+                      teacher_states)
+
+LOSSES = ("step", "endpoint")
+
+
+def steps_for_nfe(nfe: int, afs: bool) -> int:
+    """AMED steps for an NFE budget: 2 calls per step, one fewer with AFS."""
+    steps = (nfe + (1 if afs else 0)) // 2
+    if steps < 1:
+        raise InvalidArgument(f"nfe={nfe} is too small for AMED (2 calls per step)")
+    return steps
+
+
+def _grid_times(grid: Any, steps: int, field) -> tuple[float, ...]:
+    from ..grids import make_grid
+    if grid is None:
+        t = amed_grid(steps, field.schedule)
+    elif isinstance(grid, dict):
+        t = torch.as_tensor(grid[steps], dtype=torch.float64)
+    else:
+        t = make_grid(grid, steps, field.schedule)
+    return tuple(float(v) for v in t)
+
+
+def _detach_state(state):
+    return tuple(tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in entry) for entry in state)
+
+
+def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7, 9), afs: bool = True,
+               grid: Any = None, loss: str = "step", features: str = "auto", module: str | None = None,
+               n_train: int = 128, batch_size: int = 32, epochs: int = 10, lr: float = 5e-3, seed: int = 0,
+               train_seeds: Sequence[int] | None = None, teacher: str = "reference", teacher_options: dict | None = None,
+               predictor_options: dict | None = None, afs_mean: bool | torch.Tensor = True,
+               init: Any = None, dtype: torch.dtype = torch.float32,
+               log: Callable[[str], None] | None = print) -> AMEDCorrection:
+    """Train an AMED-Solver (`base='amed'`) or AMED-Plugin predictor for `model` on the grids of the given NFEs.
+
+    `features`: 'auto' (the bottleneck of known networks, else the data prediction), 'module' (with `module=`),
+    'denoised' or 'none' (time-only: per-step constants). `afs_mean=True` measures the mean data prediction at
+    the largest noise once, for the analytical first step; False keeps diff-sampler's zero-mean AFS.
+    `init`: time tables (AMEDCorrections holding TimeTables, e.g. from `grid_search.to_amed_table`) to start from:
+    their grids become the training grids and the predictor first reproduces their (r, c, a) exactly (its
+    feature branch starts at zero), so training refines a good time-only solver per sample.
+    """
+    from ..solvers.amed import AMEDSolver, PLUGIN_BASES, SINGLE_STEP_BASES
+
+    check_choice("loss", loss, LOSSES)
+    if base != "amed":
+        check_choice("base", base, PLUGIN_BASES)
+    field = field_of(model)
+    field.require_schedule("amed")
+    torch.manual_seed(seed)
+    if features == "auto":
+        module = module or default_feature_module(field)
+        features = "module" if module else "denoised"
+    popts = dict(predictor_options or {})
+    if field.schedule.sigma_min > 0:
+        popts.setdefault("s_floor", field.schedule.sigma_min)
+    predictor = AMEDPredictor(features=features, module=module if features == "module" else None, **popts)
+    tables = list(init.values()) if isinstance(init, dict) else ([init] if init is not None else [])
+    if tables:
+        grid = {k: v for tab in tables for k, v in tab.grids.items()}
+        nfe = [tab.nfe_for(k) for tab in tables for k in tab.grids]
+        afs = tables[0].afs
+        if isinstance(afs_mean, bool) and tables[0].afs_mean is not None:
+            afs_mean = tables[0].afs_mean
+    steps_list = sorted({steps_for_nfe(int(n), afs) for n in nfe})
+    grids = {k: _grid_times(grid, k, field) for k in steps_list}
+    if tables:
+        fit_time_table(predictor, [(tab.predictor, field.schedule) for tab in tables], log=log)
+    t_start = grids[steps_list[0]][0]
+    if any(g[0] != t_start for g in grids.values()):
+        raise InvalidArgument("all grids must start at the same time")
+    mean = None
+    if isinstance(afs_mean, torch.Tensor):
+        mean = afs_mean
+    elif afs and afs_mean:
+        mean = mean_denoised_at_start(field, t_start)
+    corr = AMEDCorrection(predictor, base, afs, mean, grids, field.identity(),
+                          {"loss": loss, "epochs": epochs, "n_train": n_train, "batch_size": batch_size, "lr": lr,
+                           "seed": seed, "teacher": teacher, "features": features, "module": module})
+    seeds = list(train_seeds) if train_seeds is not None else list(range(seed * 1_000_000, seed * 1_000_000 + n_train))
+    noise = noise_for(field, seeds, dtype=dtype)
+    all_times = sorted({v for g in grids.values() for v in g}, reverse=True)
+    start = time.perf_counter()
+    teach = teacher_states(field, noise, all_times, mode=teacher, seeds=seeds, **(teacher_options or {}))
+    index = {v: i for i, v in enumerate(all_times)}
+    if log:
+        log(f"teacher: {len(seeds)} trajectories at {len(all_times)} times ({teacher}) in "
+            f"{time.perf_counter() - start:.1f}s")
+    solver = AMEDSolver(corr, base=base, afs=afs, plugin=base != "amed")
+    single = base in SINGLE_STEP_BASES
+    opt = torch.optim.Adam(predictor.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    predictor.train().requires_grad_(True)
+    history = []
+    with frozen(field):
+        for epoch in range(epochs):
+            order = torch.randperm(len(seeds), generator=gen)
+            total, count = 0.0, 0
+            for b in range(0, len(seeds), batch_size):
+                idx = order[b:b + batch_size]
+                for steps in steps_list:
+                    t = torch.tensor(grids[steps], dtype=torch.float64)
+                    plan = solver.plan(field, t)
+                    target = teach[[index[float(v)] for v in t]][:, idx]
+                    total += _train_batch(solver, field, plan, target, opt, loss, single)
+                    count += 1
+            history.append(total / max(count, 1))
+            if log:
+                log(f"epoch {epoch + 1}/{epochs}  loss {history[-1]:.6g}  ({time.perf_counter() - start:.0f}s)")
+    predictor.eval().requires_grad_(False)
+    corr.meta.update({"loss_history": history, "seconds": round(time.perf_counter() - start, 1)})
+    return corr
+
+
+def _train_batch(solver, field, plan, target: torch.Tensor, opt, loss: str, single: bool) -> float:
+    """One batch on one grid; returns the mean loss per step (step-wise) or the endpoint loss."""
+    ev = Evaluator(field, {}, check_finite=False)
+    x = target[0]
+    state = solver.init(plan)
+    if loss == "endpoint":
+        with torch.enable_grad():
+            for i in range(plan.steps):
+                ev.step = i
+                x, _, state = solver.step(ev, x, plan.points[i], plan.points[i + 1], state, plan.coeffs[i])
+            value = (x - target[-1]).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+        opt.step()
+        return float(value.detach())
+    losses = []
+    for i in range(plan.steps):
+        ev.step = i
+        start = target[i] if single else x.detach()
+        with torch.enable_grad():
+            x, _, state = solver.step(ev, start, plan.points[i], plan.points[i + 1], state, plan.coeffs[i])
+            value = (x - target[i + 1]).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+        opt.step()
+        state = _detach_state(state)
+        losses.append(float(value.detach()))
+    return sum(losses) / len(losses)
+
+
+def fit_time_table(predictor: AMEDPredictor, tables: Sequence[tuple[Any, Any]], iters: int = 600,
+                   log: Callable[[str], None] | None = None) -> float:
+    """Make `predictor` reproduce per-step (r, c, a) rows with its feature branch off: enc1 is zeroed (so any
+    feature gives the same output at first) and the time branch and heads are fitted by Adam (no model calls)."""
+    with torch.no_grad():
+        predictor.enc1.weight.zero_()
+        predictor.enc1.bias.zero_()
+    s0s, s1s, targets = [], [], []
+    for table, schedule in tables:
+        s = schedule.edm_sigma(torch.tensor(table.grid, dtype=torch.float64))
+        for i, row in enumerate(table.rows):
+            s0s.append(float(s[i]))
+            s1s.append(float(s[i + 1]))
+            targets.append(row)
+    tgt = torch.tensor(targets, dtype=torch.float32)
+    params = [p for n, p in predictor.named_parameters() if not n.startswith(("enc0", "enc1"))]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    s0 = torch.tensor(s0s)
+    s1 = torch.tensor(s1s)
+    value = math.inf
+    with torch.enable_grad():
+        for _ in range(iters):
+            r, c, a = predictor(None, s0, s1, batch=len(s0s))
+            out = torch.stack([r, c, a], 1)
+            loss = (out - tgt).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+    if log:
+        log(f"predictor fitted to {len(targets)} table rows: mse {value:.3g}")
+    return value

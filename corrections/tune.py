@@ -1,0 +1,104 @@
+"""`diffsolve tune amed|gits|grid`: train a correction for one model and write it (safetensors + JSON sidecar).
+
+    diffsolve tune amed --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out amed-ipndm.safetensors
+    diffsolve tune gits --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out gits-ipndm.safetensors
+    diffsolve tune grid --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out learned-ipndm.safetensors
+
+`--solver` is the base solver: for `amed`, 'amed' trains the AMED-Solver and any other name (ipndm, ipndm_v,
+dpmpp_2m, deis, dpm_solver_2, euler) an AMED-Plugin predictor for it. Training prints its progress and loss; the
+run is seeded (`--seed`) and reproducible on one machine and thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Sequence
+
+import torch
+
+WHAT = ("amed", "gits", "grid")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    t = sub.add_parser("tune", help="train an AMED predictor, a GITS grid or a learned grid for one model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("what", choices=WHAT, help="amed (predictor), gits (grid by dynamic programming), grid (learned)")
+    t.add_argument("--model", default="mnist-unet",
+                   help="built-in bench model name (mnist-unet, gmm, ...) or 'module:attr' (default mnist-unet)")
+    t.add_argument("--solver", default=None, help="base solver (default: amed for amed, ipndm for grids)")
+    t.add_argument("--nfe", default="3,5,7,9", help="comma-separated NFE budgets (default 3,5,7,9)")
+    t.add_argument("--out", default=None, help="output .safetensors (a .json sidecar is written beside it)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights, noise and batch order (default 0)")
+    t.add_argument("--n", type=int, default=None, help="training trajectories (default: 128 amed/gits, 96 grid)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default 10 amed, 20 grid)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-3 amed, 0.05 grid)")
+    t.add_argument("--loss", choices=("step", "endpoint"), default="step", help="amed: step-wise or endpoint loss")
+    t.add_argument("--no-afs", action="store_true", help="amed: no analytical first step (one more NFE)")
+    t.add_argument("--features", default="auto", help="amed: auto, module, denoised or none (time-only)")
+    t.add_argument("--module", default=None, help="amed: submodule whose output feeds the predictor")
+    t.add_argument("--from-grid", action="store_true",
+                   help="amed plugin: first learn 2(N-1)-step grids of the base with the data-mean AFS, read them as "
+                        "per-step constants and start the predictor there (how the shipped MNIST one was made)")
+    t.add_argument("--grid-epochs", type=int, default=8, help="amed --from-grid: epochs of the grid stage")
+    t.add_argument("--teacher", choices=("reference", "fine"), default=None,
+                   help="reference (adaptive float64, bench/reference.py) or fine (a fine-grid solve; default "
+                        "for image models)")
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    return t
+
+
+def _nfes(text: str) -> list[int]:
+    vals = [int(v) for v in text.replace(",", " ").split()]
+    if not vals or min(vals) < 1:
+        raise SystemExit(f"--nfe {text!r}: give positive integers")
+    return vals
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.runner import resolve_model
+    from .grid_search import gits_grid, learn_grid
+    from .train import train_amed
+
+    torch.set_num_threads(args.threads)
+    entry, model = resolve_model(args.model)
+    teacher = args.teacher or ("fine" if entry.kind == "image" else "reference")
+    dtype = entry.dtype or torch.float32
+    nfe = _nfes(args.nfe)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    start = time.perf_counter()
+    if args.what == "amed":
+        base = args.solver or "amed"
+        init = None
+        if args.from_grid:
+            from .grid_search import to_amed_table
+            g = learn_grid(model, base=base, nfe=nfe, afs=True, n=args.n or 64, batch_size=args.batch_size,
+                           epochs=args.grid_epochs, lr=0.05, seed=args.seed, teacher=teacher, dtype=dtype, log=log)
+            init = to_amed_table(g, model)
+        corr = train_amed(model, base=base, nfe=nfe, afs=not args.no_afs, loss=args.loss, features=args.features,
+                          init=init,
+                          module=args.module, n_train=args.n or 128, batch_size=args.batch_size,
+                          epochs=args.epochs or 10, lr=args.lr or 5e-3, seed=args.seed, teacher=teacher, dtype=dtype,
+                          log=log)
+        out = args.out or f"amed-{base}.safetensors"
+    elif args.what == "gits":
+        base = args.solver or "ipndm"
+        corr = gits_grid(model, base=base, nfe=nfe, n=args.n or 128, seed=args.seed, teacher=teacher, dtype=dtype,
+                         log=log)
+        out = args.out or f"gits-{base}.safetensors"
+    else:
+        base = args.solver or "ipndm"
+        corr = learn_grid(model, base=base, nfe=nfe, n=args.n or 96, batch_size=args.batch_size,
+                          epochs=args.epochs or 20, lr=args.lr or 0.05, seed=args.seed, teacher=teacher, dtype=dtype,
+                          log=log)
+        out = args.out or f"learned-{base}.safetensors"
+    corr.meta["model"] = entry.name
+    path = corr.save(out)
+    print(f"wrote {path} and {path.name}.json ({path.stat().st_size} bytes) in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="diffsolve")
+    add_parser(p.add_subparsers(dest="command"))
+    return run(p.parse_args(["tune", *(argv or [])]))
