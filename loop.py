@@ -18,7 +18,7 @@ from .errors import BudgetExceeded, InvalidArgument, NonFiniteError
 from .field import EvalPoint, Field, FieldOutput
 from .kernels import nonfinite
 from .noise import NoiseSource
-from .solvers.base import Plan, Solver
+from .solvers.base import Solver
 
 
 @dataclass

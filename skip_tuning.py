@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -23,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .errors import InvalidArgument, check_float
+from .files import atomic_write_bytes
 from .field import EvalPoint, Field, FieldOutput, FieldWrapper, VectorField, model_identity, model_spec_of
 
 
@@ -236,15 +235,7 @@ def skip_tuned(model: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho
 def save_settings(settings: SkipSettings, path: str | Path) -> Path:
     """Write the settings as JSON: a temp file in the same folder, then an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(settings), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n").encode())
     return path
 
 

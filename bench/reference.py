@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch
 
 from ..errors import InvalidArgument, check_choice
 from ..field import Field, VectorField, as_field
+from ..files import atomic_write_bytes
 from ..solvers.frames import integration_frame
 
 METHODS = ("dopri8", "dopri5", "bosh3", "rk4")
@@ -166,36 +166,6 @@ def save_reference(path: str | Path, ref: Reference, key: str, desc: dict) -> No
             "frame": ref.frame, "desc": desc}
     blob = save(tensors, metadata={"diffsolve": json.dumps(meta, sort_keys=True)})
     atomic_write_bytes(path, blob)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path` (flushed, fsynced), then os.replace it into place.
-
-    A reader sees the old file or the complete new one, never a partial one; a crash leaves at most a
-    `*.tmp` file, which nothing reads.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 from ..solvers.frames import FRAMES  # noqa: E402  (the frames a reference may be solved in)

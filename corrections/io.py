@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..files import atomic_write_bytes
 from ..errors import InvalidArgument
 from .predictor import AMEDPredictor, TimeTable
 
@@ -219,7 +220,6 @@ def sidecar_path(path: str | Path) -> Path:
 
 def _save(path: str | Path, tensors: dict[str, torch.Tensor], side: dict) -> Path:
     from safetensors.torch import save
-    from ..bench.reference import atomic_write_bytes
 
     path = Path(path)
     if path.suffix != ".safetensors":
