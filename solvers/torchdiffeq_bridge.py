@@ -63,7 +63,7 @@ class _ODEFunc(torch.nn.Module):
         if self.span.budget is not None and \
                 self.ev.nfe + (1 + reserve) * self.ev.field.evals_per_call > self.span.budget:
             raise _OutOfBudget(f"the NFE budget of {self.span.budget} would be exceeded (used {self.ev.nfe})")
-        tau_f = float(tau)          # adaptive control syncs every step anyway; the field needs host scalars
+        tau_f = float(tau.detach())  # adaptive control syncs every step anyway; the field needs host scalars
         self.ev.step = self.stats.accepted
         p = self.ev.field.at(self.tau_to_t(tau_f))
         y = y.reshape(self.shape)

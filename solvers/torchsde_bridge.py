@@ -132,7 +132,7 @@ class _ReverseSDE(torch.nn.Module):
         if self.max_calls is not None and self.calls >= self.max_calls:
             raise _OutOfBudget(f"the step limit (max_steps, {self.max_calls} drift evaluations) was reached")
         self.calls += 1
-        lam_f = float(lam)
+        lam_f = float(lam.detach())
         self.last = (lam_f, y)
         # the step this evaluation belongs to: its position on the fixed log-SNR grid (or the call count)
         ev.step = int((lam_f - self.lam0) / self.dt + 1e-6) if self.dt else self.calls - 1
