@@ -56,7 +56,7 @@ def _nfes(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.runner import resolve_model
+    from ..bench.models import resolve_model
     from .grid_search import gits_grid, learn_grid
     from .train import train_amed
 

@@ -267,6 +267,10 @@ class AMEDSolver(Solver):
                                    float(q.alpha), afs and i == 0, fixed, corr))
         return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=2 * len(coeffs) - (1 if afs else 0))
 
+    def inversion_refusal(self) -> str | None:
+        return ("its intermediate times and weights were learned for steps from noise to data; an inversion "
+                "would apply them to steps they were never fitted to. Invert with its base solver")
+
     def init(self, plan: Plan) -> Any:
         return ()
 

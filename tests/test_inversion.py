@@ -21,7 +21,9 @@ def _fixed_step(name):
     return s.deterministic and not s.adaptive
 
 
-DETERMINISTIC = [n for n in available_solvers() if _fixed_step(n)]
+DETERMINISTIC = [n for n in available_solvers() if _fixed_step(n) and get_solver(n).inversion_refusal() is None]
+# Fixed-step solvers that refuse to run backwards, each for its stated reason (learned sampling-only corrections)
+REFUSING = [n for n in available_solvers() if _fixed_step(n) and get_solver(n).inversion_refusal() is not None]
 STOCHASTIC = available_solvers(deterministic=False)
 ADAPTIVE = [n for n in available_solvers(deterministic=True) if get_solver(n).adaptive]
 
@@ -191,3 +193,10 @@ def test_readme_block_on_inversion_and_likelihood_runs():
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("torch.Size([8, 4]) 40 ")
     assert lines[1].startswith("True ")
+
+
+@pytest.mark.parametrize("name", REFUSING)
+def test_learned_sampling_corrections_refuse_an_inversion_with_their_reason(name):
+    problem = GaussianProblem.default(schedule=VP)
+    with pytest.raises(InvalidArgument, match="decreasing"):
+        Sampler(problem, name, progress=False).invert(_data(problem), 6)
