@@ -10,6 +10,7 @@ points. diffusers itself is imported only where a scheduler object is built or s
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 from typing import Any, Callable, Mapping, Sequence
@@ -48,7 +49,46 @@ def config_of(scheduler_or_config: Any) -> dict:
     out = dict(cfg)
     if "_class_name" not in out and not isinstance(scheduler_or_config, Mapping):
         out["_class_name"] = type(scheduler_or_config).__name__
+    elif "_class_name" not in out:
+        # `scheduler.config` of a scheduler built in code carries no class name: its keys name the class
+        name = infer_class_name(out)
+        if name is not None:
+            out["_class_name"] = name
     return out
+
+
+# Classes whose __init__ takes the same arguments: the one listed here is assumed (same timesteps either way).
+_PREFERRED_OF_SAME_SIGNATURE = ("DDIMScheduler", "DDPMScheduler", "LMSDiscreteScheduler",
+                                "FlowMatchHeunDiscreteScheduler", "CogVideoXDDIMScheduler", "LCMScheduler")
+
+
+@functools.lru_cache(maxsize=1)
+def _class_of_signature() -> dict:
+    try:
+        import diffusers
+    except ImportError:
+        return {}
+    table: dict = {}
+    for name in sorted(dir(diffusers)):
+        cls = getattr(diffusers, name, None)
+        if not (name.endswith("Scheduler") and isinstance(cls, type)):
+            continue
+        try:
+            keys = frozenset(k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "kwargs"))
+        except (TypeError, ValueError):
+            continue
+        if keys not in table or name in _PREFERRED_OF_SAME_SIGNATURE:
+            table[keys] = name
+    return table
+
+
+def infer_class_name(cfg: Mapping) -> str | None:
+    """The diffusers scheduler class whose constructor takes exactly this config's keys (None if none or no diffusers).
+
+    KDPM2, KDPM2Ancestral and LMS take the same arguments; such a config is read as LMS's (the same timesteps). Pass
+    the scheduler object, or a config with `_class_name`, to name the class for sure."""
+    keys = frozenset(k for k in cfg if not str(k).startswith("_"))
+    return _class_of_signature().get(keys) if keys else None
 
 
 def is_flow_config(cfg: Mapping) -> bool:
@@ -462,3 +502,11 @@ def _register() -> None:
 
 
 _register()
+
+
+def __getattr__(name: str) -> Any:
+    # The outbound scheduler needs the diffusers library: built on first access, so this module stays importable.
+    if name in ("DiffsolveScheduler", "SchedulerRun", "supported_solvers"):
+        from . import diffusers_scheduler
+        return getattr(diffusers_scheduler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
