@@ -22,6 +22,7 @@ from ..errors import InvalidArgument, check_choice
 from ..field import VectorField
 from ..grids import karras_sigmas
 from ..schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
+from ..solvers.base import Solver
 
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
 SPACINGS = ("linspace", "leading", "trailing")
@@ -423,33 +424,118 @@ def grid_options_of(scheduler_or_config: Any) -> tuple[Callable[..., torch.Tenso
 # ------------------------------------------------------------------------------------------------
 # Sampler
 # ------------------------------------------------------------------------------------------------
-_SOLVER_OF_CLASS = {
-    "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
-    "FlowMatchEulerDiscreteScheduler": "euler", "FlowMatchHeunDiscreteScheduler": "heun",
-    "DEISMultistepScheduler": "deis", "IPNDMScheduler": "ipndm", "LMSDiscreteScheduler": "lms",
+class UnmatchedScheduler(InvalidArgument):
+    """A diffusers scheduler (or setting) that no diffsolve solver reproduces."""
+
+
+def _dpmsolver_multistep(cfg: Mapping) -> tuple[str, dict]:
+    algo, order = cfg.get("algorithm_type", "dpmsolver++"), int(cfg.get("solver_order", 2))
+    if algo == "dpmsolver++":
+        return {1: "euler", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order], ({"third_order": "reference"} if order == 3 else {})
+    if algo == "sde-dpmsolver++" and order == 2:
+        return "dpmpp_2m_sde", {"solver_type": cfg.get("solver_type", "midpoint")}
+    raise UnmatchedScheduler(f"DPMSolverMultistepScheduler(algorithm_type={algo!r}, solver_order={order}) has no "
+                             "diffsolve match (matched: dpmsolver++ orders 1-3, sde-dpmsolver++ order 2)")
+
+
+def _dpmsolver_singlestep(cfg: Mapping) -> tuple[str, dict]:
+    algo, order = cfg.get("algorithm_type", "dpmsolver++"), int(cfg.get("solver_order", 2))
+    table = {"dpmsolver++": {1: "euler", 2: "dpmpp_2s", 3: "dpmpp_3s"},
+             "dpmsolver": {1: "euler", 2: "dpm_solver_2", 3: "dpm_solver_3"}}
+    if algo in table and order in table[algo]:
+        return table[algo][order], {}
+    raise UnmatchedScheduler(f"DPMSolverSinglestepScheduler(algorithm_type={algo!r}, solver_order={order}) has no "
+                             "diffsolve match (matched: dpmsolver++ and dpmsolver, orders 1-3)")
+
+
+def _ddpm(cfg: Mapping) -> tuple[str, dict]:
+    vt = cfg.get("variance_type", "fixed_small")
+    if vt == "fixed_small":
+        return "ddpm", {}       # the posterior variance: DDIM with eta = 1 (Song et al. 2021, eq. 16)
+    raise UnmatchedScheduler(f"DDPMScheduler(variance_type={vt!r}) has no diffsolve match (matched: 'fixed_small', "
+                             "which is diffsolve's ancestral 'ddpm')")
+
+
+def _unipc(cfg: Mapping) -> tuple[str, dict]:
+    return ("unipc_bh1" if cfg.get("solver_type", "bh2") == "bh1" else "unipc_bh2"), {}
+
+
+def _diffsolve(cfg: Mapping) -> tuple[str, dict]:
+    return str(cfg.get("solver", "dpmpp_2m")), dict(cfg.get("solver_options") or {})
+
+
+# diffusers scheduler class -> (diffsolve solver, options): a pair, or a function of the config giving one.
+SCHEDULER_SOLVERS: dict[str, Any] = {
+    "DDIMScheduler": ("ddim", {}),
+    "DDPMScheduler": _ddpm,
+    "EulerDiscreteScheduler": ("euler", {}),
+    "EulerAncestralDiscreteScheduler": ("euler_ancestral", {}),
+    "HeunDiscreteScheduler": ("heun", {}),
+    "LMSDiscreteScheduler": ("lms", {}),
+    "KDPM2DiscreteScheduler": ("dpm_solver_2", {}),
+    "DPMSolverMultistepScheduler": _dpmsolver_multistep,
+    "DPMSolverSinglestepScheduler": _dpmsolver_singlestep,
+    "UniPCMultistepScheduler": _unipc,
+    "DEISMultistepScheduler": ("deis", {}),
+    "IPNDMScheduler": ("ipndm", {}),
+    "FlowMatchEulerDiscreteScheduler": ("euler", {}),
+    "FlowMatchHeunDiscreteScheduler": ("heun", {}),
+    "DiffsolveScheduler": _diffsolve,
+}
+# Classes with no diffsolve counterpart, and why (refused with the list of supported classes).
+UNMATCHED_SCHEDULERS = {
+    "PNDMScheduler": "PNDM's pseudo-numerical warm start has no exact counterpart (solver='ipndm' is the closest)",
+    "KDPM2AncestralDiscreteScheduler": "k-diffusion's dpm_2_ancestral is not implemented in diffsolve",
+    "DPMSolverSDEScheduler": "k-diffusion's dpmpp_sde (Brownian-tree midpoint SDE) is not implemented in diffsolve",
+    "LCMScheduler": "consistency-model sampling is not an ODE/SDE solver", "TCDScheduler": "consistency sampling",
+    "EDMEulerScheduler": "EDM-parameterised diffusers configs are not read by this adapter",
+    "EDMDPMSolverMultistepScheduler": "EDM-parameterised diffusers configs are not read by this adapter",
 }
 
 
-def solver_of(scheduler_or_config: Any) -> str:
-    """The registered diffsolve solver that does what this diffusers scheduler does."""
+def solver_and_options_of(scheduler_or_config: Any) -> tuple[str, dict]:
+    """(registered diffsolve solver, options) that do what this diffusers scheduler does; raises
+    UnmatchedScheduler, listing the supported classes, for a scheduler without a match. A config with no class
+    name (a partial dict) gets the default, dpmpp_2m."""
     cfg = config_of(scheduler_or_config)
     name = str(cfg.get("_class_name", ""))
-    order = int(cfg.get("solver_order", 2))
-    if name == "DPMSolverMultistepScheduler":
-        return {1: "euler", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
-    if name == "DPMSolverSinglestepScheduler":
-        return {1: "euler", 2: "dpmpp_2s", 3: "dpm_solver_3"}[order]
-    if name == "UniPCMultistepScheduler":
-        return "unipc_bh1" if cfg.get("solver_type", "bh2") == "bh1" else "unipc_bh2"
-    return _SOLVER_OF_CLASS.get(name, "dpmpp_2m")
+    if not name:
+        return "dpmpp_2m", {}
+    entry = SCHEDULER_SOLVERS.get(name)
+    if entry is None:
+        why = UNMATCHED_SCHEDULERS.get(name, "no diffsolve solver reproduces it")
+        raise UnmatchedScheduler(
+            f"scheduler {name}: {why}. Supported scheduler classes: {', '.join(SCHEDULER_SOLVERS)}; or keep its path "
+            "and timesteps and choose the update yourself: Sampler(unet, scheduler=..., solver='<name>')")
+    solver, options = entry(cfg) if callable(entry) else entry
+    return solver, dict(options)
+
+
+def solver_of(scheduler_or_config: Any) -> str:
+    """The registered diffsolve solver that does what this diffusers scheduler does (see SCHEDULER_SOLVERS)."""
+    return solver_and_options_of(scheduler_or_config)[0]
 
 
 def solver_options_of(scheduler_or_config: Any) -> dict:
     """Options that make `solver_of`'s solver take the scheduler's exact update (diffusers' 3M halves the x0'' term)."""
-    cfg = config_of(scheduler_or_config)
-    if str(cfg.get("_class_name", "")) == "DPMSolverMultistepScheduler" and int(cfg.get("solver_order", 2)) == 3:
-        return {"third_order": "reference"}
-    return {}
+    return solver_and_options_of(scheduler_or_config)[1]
+
+
+class _Unmatched(Solver):
+    """Stands in for the solver of an unmatched scheduler: `Sampler(unet, scheduler=X)` raises the mapping's error
+    when it looks at the solver, while `Sampler(unet, scheduler=X, solver=...)` never does."""
+
+    name = "unmatched"
+
+    def __init__(self, error: InvalidArgument):
+        self.error = error
+
+    @property
+    def needs_schedule(self) -> bool:       # the first thing Sampler asks of its solver
+        raise self.error
+
+    def plan(self, field: Any, t: Any) -> Any:
+        raise self.error
 
 
 def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str | None = None,
@@ -465,7 +551,11 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
     field = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape,
                            timestep_scale=timestep_scale)
     grid, grid_options = grid_options_of(scheduler)
-    return SamplerParts(field, solver_of(scheduler), solver_options_of(scheduler), grid, grid_options)
+    try:
+        solver, options = solver_and_options_of(scheduler)
+    except UnmatchedScheduler as e:
+        solver, options = _Unmatched(e), {}
+    return SamplerParts(field, solver, options, grid, grid_options)
 
 
 def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: Any = None, *, grid: Any = None,
@@ -486,6 +576,8 @@ def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: An
     else:
         opts = dict(grid_options or {})
     if solver is None:
+        if isinstance(parts.solver, _Unmatched):
+            raise parts.solver.error
         solver = parts.solver
         sampler_kwargs = {**parts.solver_options, **sampler_kwargs}
     return Sampler(parts.field, solver, grid, grid_options=opts, **sampler_kwargs)
@@ -493,7 +585,9 @@ def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: An
 
 __all__ = ["DiffusersModel", "from_diffusers", "schedule_from_diffusers", "prediction_of", "alphas_cumprod_of",
            "diffusers_grid", "flow_grid", "shift_sigmas", "grid_from_scheduler", "grid_options_of",
-           "times_from_timesteps", "discrete_timesteps", "noise_scale_of", "sampler_from_diffusers", "sampler_parts", "solver_of", "solver_options_of", "config_of"]
+           "times_from_timesteps", "discrete_timesteps", "noise_scale_of", "sampler_from_diffusers", "sampler_parts", "solver_of", "solver_options_of", "config_of",
+           "SCHEDULER_SOLVERS", "UNMATCHED_SCHEDULERS", "UnmatchedScheduler", "solver_and_options_of",
+           "infer_class_name"]
 
 
 def _register() -> None:
