@@ -181,3 +181,20 @@ def test_edm_network_detected_with_class_labels(K):
     assert torch.equal(again, got)
     with pytest.raises(InvalidArgument, match="class_labels"):
         s.run(2, noise=noise)
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise conventions: unit noise (diffsolve) and prior-scaled noise (k-diffusion's noise * sigmas[0])
+# ------------------------------------------------------------------------------------------------
+def test_noise_scale_prior_and_the_obvious_mistake():
+    net = FakeEDMPrecond(label_dim=0)
+    net.forward = lambda x, sigma, class_labels=None, **kw: x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+    s = Sampler(net, "dpmpp_2m", progress=False)
+    noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    unit = s.run(5, noise=noise).samples
+    prior = s.run(5, noise=noise * 80.0, noise_scale="prior").samples
+    assert torch.allclose(unit, prior, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InvalidArgument, match="noise_scale='prior'"):
+        s.run(5, noise=noise * 80.0)                      # std near sigma_max given as unit noise
+    with pytest.raises(InvalidArgument, match="noise_scale"):
+        s.run(5, noise=noise, noise_scale="sigma")
