@@ -10,6 +10,7 @@ points. diffusers itself is imported only where a scheduler object is built or s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import math
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgument, check_choice
-from ..field import VectorField
+from ..field import FieldWrapper, VectorField
 from ..grids import karras_sigmas
 from ..schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
-from ..solvers.base import Solver
+from ..solvers.base import Plan, Solver, get_solver
 
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
 SPACINGS = ("linspace", "leading", "trailing")
@@ -538,11 +539,116 @@ class _Unmatched(Solver):
         raise self.error
 
 
+# ------------------------------------------------------------------------------------------------
+# Each scheduler's own loop (the default of Sampler(unet, scheduler=...)), where it departs from a clean grid
+# ------------------------------------------------------------------------------------------------
+LOOPS = ("scheduler", "clean")
+# Classes that round the timesteps of karras sigmas before feeding the network (the update keeps the sigma).
+_ROUNDS_KARRAS_TIMESTEPS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+                            "UniPCMultistepScheduler", "DEISMultistepScheduler")
+
+
+def _sigma_to_timestep(sigma: float, log_sigmas: np.ndarray) -> float:
+    """diffusers' `_sigma_to_t`: linear interpolation in log sigma between training nodes (float32 node sigmas)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = int(np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2).item())
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = float(np.clip((lo - log_sigma) / (lo - hi), 0, 1))
+    return (1 - w) * low + w * (low + 1)
+
+
+class RoundedModelTime(FieldWrapper):
+    """The network gets the timestep diffusers feeds it at a noise level between training nodes: its
+    `_sigma_to_t` rounded to an integer (DPMSolver*, UniPC and DEIS with karras sigmas). The update still uses
+    the exact noise level, as diffusers' does."""
+
+    def __init__(self, field: Any):
+        super().__init__(field)
+        sch = field.schedule
+        node = _node_sigmas(sch.alphas_cumprod)
+        self.log_sigmas = np.log(node)
+
+    def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any):
+        if not p.per_sample and p.alpha > 0 and p.sigma > 0:
+            mt = float(p.model_time)
+            if abs(mt - round(mt)) > 1e-6:
+                n = float(round(_sigma_to_timestep(np.float64(p.sigma / p.alpha), self.log_sigmas)))
+                p = dataclasses.replace(p, model_time=n)
+        return self.inner.evaluate(x, p, kind, **kwargs)
+
+    def own_identity(self) -> str:
+        return "rounded_model_time"
+
+
+class DDIMStepTargets(Solver):
+    """DDIMScheduler's loop: each step goes from its listed timestep n to n - T // steps, and the next step starts
+    at the next listed timestep as if the state were there. With 'linspace' spacing the two differ (999 steps to
+    899 but the next call is at 888); `loop="clean"` steps to the next listed timestep instead."""
+
+    def __init__(self, inner: Solver, num_train_timesteps: int, final_t: float):
+        if not hasattr(type(inner), "coefficients") or type(inner).coefficients is Solver.coefficients:
+            raise InvalidArgument(f"solver {inner.name!r} plans whole grids; DDIM's step targets need a single-step "
+                                  "solver (ddim, euler, ddim_eta, ddpm, euler_ancestral) or loop='clean'")
+        self.inner, self.T, self.final_t = inner, int(num_train_timesteps), float(final_t)
+        self.name, self.order, self.calls_per_step = inner.name, inner.order, inner.calls_per_step
+
+    @property
+    def deterministic(self) -> bool:   # type: ignore[override]
+        return self.inner.deterministic
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        self.inner.check_field(field)
+        pts = self.inner.grid_points(field, t)
+        steps = len(pts) - 1
+        sch = field.schedule
+        coeffs = []
+        for i in range(steps):
+            n = float(sch.timestep_index(torch.tensor(pts[i].t)))
+            target = round(n) - self.T // steps
+            q = field.at(float(sch.t_from_index(torch.tensor(float(target)))) if target >= 0 else self.final_t)
+            coeffs.append(self.inner.coefficients(field, pts[i], q))
+        return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=self.inner.count_calls(tuple(coeffs), field, pts))
+
+    def init(self, plan: Plan) -> Any:
+        return self.inner.init(plan)
+
+    def step(self, ev: Any, x: torch.Tensor, t0: Any, t1: Any, state: Any, coeffs: Any):
+        return self.inner.step(ev, x, t0, t1, state, coeffs)
+
+    def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        return self.inner.model_calls(steps, field, ends_at_zero)
+
+
+def _scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict, loop: str):
+    """(field, solver) reproducing the scheduler's own loop where it departs from a clean grid."""
+    check_choice("loop", loop, LOOPS)
+    name = str(cfg.get("_class_name", ""))
+    if loop == "clean" or not isinstance(field.schedule, VPDiscrete):
+        return field, solver
+    if name in _ROUNDS_KARRAS_TIMESTEPS and cfg.get("use_karras_sigmas", False) and \
+            cfg.get("beta_schedule", "linear") != "squaredcos_cap_v2":
+        field = RoundedModelTime(field)
+    if name == "DDIMScheduler" and cfg.get("timestep_spacing", "leading") == "linspace":
+        inner = solver if isinstance(solver, Solver) else get_solver(solver, **options)
+        if hasattr(type(inner), "coefficients") and type(inner).coefficients is not Solver.coefficients:
+            final_t = 0.0 if cfg.get("set_alpha_to_one", True) else float(field.schedule.t_from_index(
+                torch.tensor(0.0)))
+            return field, DDIMStepTargets(inner, int(cfg.get("num_train_timesteps", 1000)), final_t)
+    return field, solver
+
+
 def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str | None = None,
-                  sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0) -> "SamplerParts | None":
+                  sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
+                  loop: str = "scheduler", solver: Any = None) -> "SamplerParts | None":
     """What `Sampler(model, scheduler=...)` needs from a diffusers scheduler (or its config): the field, the
     matching solver and its options, and the grid that reproduces the scheduler's timesteps. None when
-    `scheduler` is not a diffusers scheduler or config."""
+    `scheduler` is not a diffusers scheduler or config.
+
+    `loop="scheduler"` (the default) reproduces the scheduler's own loop where it departs from a clean grid:
+    DDIM with 'linspace' spacing steps to t - T // steps (not to the next listed timestep), and DPMSolver*,
+    UniPC and DEIS feed the network rounded timesteps on karras sigmas. `loop="clean"` steps grid point to grid
+    point with the exact model time. `solver=` picks the update (the scheduler's path and timesteps kept)."""
     from ..sampler import SamplerParts
     try:
         config_of(scheduler)
@@ -551,35 +657,44 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
     field = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape,
                            timestep_scale=timestep_scale)
     grid, grid_options = grid_options_of(scheduler)
-    try:
-        solver, options = solver_and_options_of(scheduler)
-    except UnmatchedScheduler as e:
-        solver, options = _Unmatched(e), {}
+    options: dict = {}
+    if solver is None:
+        try:
+            solver, options = solver_and_options_of(scheduler)
+        except UnmatchedScheduler as e:
+            return SamplerParts(field, _Unmatched(e), {}, grid, grid_options)
+    field, solver = _scheduler_loop(config_of(scheduler), field, solver, options, loop)
+    if isinstance(solver, DDIMStepTargets):
+        options = {}
     return SamplerParts(field, solver, options, grid, grid_options)
 
 
 def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: Any = None, *, grid: Any = None,
                            grid_options: Mapping[str, Any] | None = None, prediction: str | None = None,
                            sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
-                           **sampler_kwargs: Any):
+                           loop: str = "scheduler", **sampler_kwargs: Any):
     """`Sampler` for a diffusers network + scheduler: same path, prediction and (by default) the same timesteps.
 
     `solver=None` picks the diffsolve solver matching the scheduler class (`solver_of`).
     """
     from ..sampler import Sampler
+    solver_options = {k: sampler_kwargs.pop(k) for k in list(sampler_kwargs)
+                      if k not in ("check_finite", "progress", "time_convention")}
+    chosen = solver if solver is None or isinstance(solver, Solver) or not solver_options else \
+        get_solver(solver, **solver_options)
     parts = sampler_parts(model, scheduler, prediction=prediction, sample_shape=sample_shape,
-                          timestep_scale=timestep_scale)
+                          timestep_scale=timestep_scale, loop=loop, solver=chosen)
     if parts is None:
         raise InvalidArgument(f"scheduler={type(scheduler).__name__} is not a diffusers scheduler or config")
     if grid is None:
         grid, opts = parts.grid, {**parts.grid_options, **(grid_options or {})}
     else:
         opts = dict(grid_options or {})
-    if solver is None:
-        if isinstance(parts.solver, _Unmatched):
-            raise parts.solver.error
-        solver = parts.solver
-        sampler_kwargs = {**parts.solver_options, **sampler_kwargs}
+    if isinstance(parts.solver, _Unmatched):
+        raise parts.solver.error
+    solver = parts.solver
+    if not isinstance(solver, Solver):
+        sampler_kwargs = {**parts.solver_options, **solver_options, **sampler_kwargs}
     return Sampler(parts.field, solver, grid, grid_options=opts, **sampler_kwargs)
 
 
