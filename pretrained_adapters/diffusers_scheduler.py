@@ -239,6 +239,29 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                       **kwargs: Any) -> None:
         """Plan the run (grid, coefficients) and list the model times at which the pipeline must call the network."""
         t = self._times(num_inference_steps, timesteps, sigmas)
+        self.run = self._new_run(t)
+        self.num_inference_steps = self.run.plan.steps
+        self.timesteps = _timesteps_tensor([float(p.model_time) for p in self.run.points], device)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the run at listed timestep `begin_index` (img2img's `strength`): the plan is rebuilt on the grid
+        from that step on, so multistep solvers start with no history there, as diffusers' own do."""
+        run = self.run
+        if run is None:
+            raise InvalidArgument("set_begin_index before set_timesteps: call set_timesteps(n) first")
+        if begin_index == 0:
+            return
+        if not 0 <= begin_index < len(run.calls) or run.calls[begin_index][1] != 0:
+            raise InvalidArgument(f"begin_index={begin_index}: must be the first listed timestep of a step "
+                                  f"(0 .. {len(run.calls) - 1}, a multiple of the calls per step)")
+        i = run.calls[begin_index][0]
+        self.run = self._new_run(run.plan.t[i:])
+
+    @property
+    def begin_index(self) -> int:
+        return 0
+
+    def _new_run(self, t: torch.Tensor) -> SchedulerRun:
         plan = self.solver.plan(self.field, t)
         dry = _DryEvaluator(self.field)
         state = self.solver.init(plan)
@@ -256,10 +279,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if i not in k_of:
                 raise InvalidArgument(f"solver {self.solver.name!r} makes no model call in step {i}; a diffusers "
                                       "pipeline calls the network once per listed timestep")
-        self.run = SchedulerRun(plan=plan, calls=calls, points=points, state=self.solver.init(plan),
-                                first_at_input=[dry.first_at_input[i] for i in range(plan.steps)])
-        self.num_inference_steps = plan.steps
-        self.timesteps = _timesteps_tensor([float(p.model_time) for p in points], device)
+        return SchedulerRun(plan=plan, calls=calls, points=points, state=self.solver.init(plan),
+                            first_at_input=[dry.first_at_input[i] for i in range(plan.steps)])
 
     # --- inside the loop ----------------------------------------------------------------------------
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:

@@ -175,3 +175,24 @@ def test_text_pipeline_with_guidance_equals_sampler(text_parts, solver):
             5, noise=noise, seed=5, encoder_hidden_states=cond).samples
     err = float((got - ref).norm() / ref.norm())
     assert err < 1e-5, f"{solver}: relative difference {err:.3g}"
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_3m_sde", "heun"])
+def test_set_begin_index_starts_mid_grid_like_a_fresh_run(unet, solver):
+    """img2img: set_timesteps(n), set_begin_index(k), the loop over timesteps[k:] from a partly noised state equals
+    a Sampler run on the rest of the grid from that state (noise_scale='prior': the state is used as is)."""
+    orig = diffusers.DDPMScheduler()
+    sch = DiffsolveScheduler.from_config(orig.config, solver=solver, seed=2)
+    sch.set_timesteps(8)
+    begin = 3 * sch.order
+    full_t = sch.run.plan.t
+    sch.set_begin_index(begin)
+    x0, eps = torch.randn(2, 1, SIZE, SIZE) * 0.5, torch.randn(2, 1, SIZE, SIZE)
+    x = sch.add_noise(x0, eps, sch.timesteps[begin:begin + 1])
+    start = x.clone()
+    with torch.no_grad():
+        for t in sch.timesteps[begin:]:
+            x = sch.step(unet(sch.scale_model_input(x, t), t).sample, t, x).prev_sample
+        s = Sampler(unet, scheduler=orig, solver=solver, grid=full_t[3:].tolist(), grid_options={}, progress=False)
+        ref = s.run(noise=start, noise_scale="prior", seed=2).samples
+    assert float((x - ref).norm() / ref.norm()) < 1e-5
