@@ -512,10 +512,26 @@ def _network_of(field: Field) -> Any:
     return getattr(field, "model", None)
 
 
+# Adapters (k-diffusion, EDM) register how they recognise a network; the core never imports them.
+_MODEL_ADAPTERS: list[Callable[..., "Field | None"]] = []
+
+
+def register_model_adapter(adapter: Callable[..., "Field | None"]) -> None:
+    """`adapter(model, **given) -> Field`, or None if not its kind of model; `as_field` (hence `Sampler(model)`)
+    asks each registered adapter, in order, about a model that declares no ModelSpec."""
+    if adapter not in _MODEL_ADAPTERS:
+        _MODEL_ADAPTERS.append(adapter)
+
+
 def as_field(model_or_field: Any, **kwargs: Any) -> Field:
+    given = {k: v for k, v in kwargs.items() if v is not None}
     if isinstance(model_or_field, Field):
-        given = {k: v for k, v in kwargs.items() if v is not None}
         if given:
             raise InvalidArgument(f"{sorted(given)} given together with a VectorField; set them on the field")
         return model_or_field
-    return VectorField(model_or_field, **{k: v for k, v in kwargs.items() if v is not None})
+    if model_spec_of(model_or_field) is None:
+        for adapter in _MODEL_ADAPTERS:
+            found = adapter(model_or_field, **given)
+            if found is not None:
+                return found
+    return VectorField(model_or_field, **given)

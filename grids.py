@@ -142,8 +142,16 @@ def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[fl
 
 
 def from_sigmas(sigmas: Sequence[float], schedule: NoiseSchedule) -> torch.Tensor:
-    """A user list of EDM noise levels s = sigma/alpha (k-diffusion `sigmas`) as schedule times."""
-    return _need(schedule, "sigmas").t_from_edm_sigma(_f64(sigmas))
+    """A user list of EDM noise levels s = sigma/alpha (k-diffusion `sigmas`) as schedule times.
+
+    Levels within a few float32 ulps outside the schedule's [sigma_min, sigma_max] (k-diffusion computes its
+    karras sigmas in float32) are taken as the range's ends; a final 0 stays 0."""
+    sch = _need(schedule, "sigmas")
+    s = _f64(torch.as_tensor(sigmas).detach().cpu() if isinstance(sigmas, torch.Tensor) else sigmas).clone()
+    lo, hi, slack = sch.sigma_min, sch.sigma_max, 4 * 2.0 ** -23
+    s = torch.where((s > hi) & (s <= hi * (1 + slack)), torch.full_like(s, hi), s)
+    s = torch.where((s > 0) & (s < lo) & (s >= lo * (1 - slack)), torch.full_like(s, lo), s)
+    return sch.t_from_edm_sigma(s)
 
 
 # Grids optimized for one network (GITS, learned): name -> "module:function" of a resolver, imported on first use,

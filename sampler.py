@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import InvalidArgument, check_int
+from .errors import InvalidArgument, check_choice, check_int
 from .field import Field, as_field, device_of
 from .grids import is_increasing, make_grid, refuse_increasing, resolve_field_grid, validate_grid
 from .loop import Evaluator, SampleResult, StepInfo, integrate
@@ -23,6 +23,9 @@ __all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "RoundTrip", "
 
 FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "float64": torch.float64, "half": torch.float16, "float": torch.float32, "double": torch.float64}
+
+
+NOISE_SCALES = ("unit", "prior")     # noise= is standard normal / already scaled by the prior's std
 
 
 def as_dtype(dtype: Any) -> torch.dtype | None:
@@ -242,37 +245,60 @@ class Sampler:
             shape: Sequence[int] | None = None, batch_size: int | None = None, seed: Any = None,
             generator: torch.Generator | None = None, callback: Callable[[StepInfo], None] | None = None,
             return_trajectory: bool = False, progress: bool | None = None, device: Any = None, dtype: Any = None,
-            grad: bool = False, **model_kwargs: Any) -> SampleResult:
+            grad: bool = False, noise_scale: str = "unit", **model_kwargs: Any) -> SampleResult:
         """Sample: `steps=` or `nfe=` (never more model evaluations than nfe), noise from `noise=` or drawn.
 
         The state is float32 unless `dtype=` (or the dtype of `noise=`) says otherwise. `grad=True` records the
         autograd graph through the whole run (training through the sampler); by default none is built.
+        `noise_scale="unit"`: `noise=` is standard normal and is scaled here by the prior's std at the first time;
+        `"prior"`: it is already scaled (k-diffusion's `noise * sigmas[0]`) and is used as is.
         """
         plan = self.plan(steps, nfe)
+        check_choice("noise_scale", noise_scale, NOISE_SCALES)
+        given = noise is not None
         dtype = as_dtype(dtype)
         seed = check_seed(seed)
         if batch_size is not None:
             batch_size = check_int("batch_size", batch_size, 1)
         noise = self.initial_noise(noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
                                    device=device or device_of(self.field.model), dtype=dtype)
+        if noise_scale == "unit" and given:
+            self._check_unit_noise(noise, float(plan.t[0]))
         step_noise = None
         if not self.solver.deterministic:
             step_noise = NoiseSource.for_run(noise.shape, seed=seed, generator=generator, device=noise.device,
                                              dtype=noise.dtype)
         return self.solve(plan, noise, callback=callback, return_trajectory=return_trajectory,
-                          progress=progress, step_noise=step_noise, grad=grad, **model_kwargs)
+                          progress=progress, step_noise=step_noise, grad=grad, noise_scale=noise_scale,
+                          **model_kwargs)
+
+    def _check_unit_noise(self, noise: torch.Tensor, t0: float) -> None:
+        """Catch noise already scaled by the prior (std near sigma_max, k-diffusion's habit) given as unit noise."""
+        prior = self.field.schedule.prior_std(t0) if self.field.schedule is not None else 1.0
+        if prior < 4.0 or noise.numel() < 16:
+            return                       # unit and prior noise are not told apart by their spread here
+        std = float(noise.detach().float().std())        # one host read, before the loop
+        if prior / 2.0 <= std <= prior * 2.0:
+            raise InvalidArgument(
+                f"noise= has std {std:.3g}, close to the prior's std {prior:.3g} at the first time, but "
+                "noise_scale='unit' expects standard normal noise (which the sampler scales itself); pass "
+                "noise_scale='prior' if the noise is already scaled (k-diffusion's noise * sigmas[0]), or unit noise")
 
     def solve(self, plan: Plan, noise: torch.Tensor, *, callback: Callable[[StepInfo], None] | None = None,
               return_trajectory: bool = False, progress: bool | None = None, step_noise: NoiseSource | None = None,
-              grad: bool = False, **model_kwargs: Any) -> SampleResult:
-        """Run a prepared plan from standard-normal `noise` (scaled here by the prior's std at the first time).
+              grad: bool = False, noise_scale: str = "unit", **model_kwargs: Any) -> SampleResult:
+        """Run a prepared plan from standard-normal `noise` (scaled here by the prior's std at the first time), or
+        with `noise_scale="prior"` from noise already at the prior's scale (used as is).
 
         `step_noise` feeds stochastic solvers (`ev.noise(j)`); without it one is seeded from torch's global RNG.
         """
         _check_flag("grad", grad)
         _check_flag("return_trajectory", return_trajectory)
+        check_choice("noise_scale", noise_scale, NOISE_SCALES)
         t0 = float(plan.t[0])
         scale = self.field.schedule.prior_std(t0) if self.field.schedule is not None else 1.0
+        if noise_scale == "prior":
+            scale = 1.0
         if not self.solver.deterministic and step_noise is None:
             step_noise = NoiseSource.for_run(noise.shape, device=noise.device, dtype=noise.dtype)
         ev = Evaluator(self.field, model_kwargs, self.check_finite,

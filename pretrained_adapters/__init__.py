@@ -4,3 +4,5 @@ from .torchcfm import load_torchcfm_mlp
 
 __all__ = ["load_mnist_ddpm", "load_torchcfm_mlp"]
 from . import diffusers  # noqa: E402,F401  (imports the diffusers library lazily, so it stays optional)
+from . import k_diffusion  # noqa: E402,F401  (registers the k-diffusion / EDM model adapter)
+from . import jax_models  # noqa: E402,F401  (registers the JAX model adapter; jax is imported only when used)

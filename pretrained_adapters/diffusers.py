@@ -10,6 +10,8 @@ points. diffusers itself is imported only where a scheduler object is built or s
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import inspect
 import math
 from typing import Any, Callable, Mapping, Sequence
@@ -18,9 +20,10 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgument, check_choice
-from ..field import VectorField
+from ..field import FieldWrapper, VectorField
 from ..grids import karras_sigmas
 from ..schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
+from ..solvers.base import Plan, Solver, get_solver
 
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
 SPACINGS = ("linspace", "leading", "trailing")
@@ -48,7 +51,46 @@ def config_of(scheduler_or_config: Any) -> dict:
     out = dict(cfg)
     if "_class_name" not in out and not isinstance(scheduler_or_config, Mapping):
         out["_class_name"] = type(scheduler_or_config).__name__
+    elif "_class_name" not in out:
+        # `scheduler.config` of a scheduler built in code carries no class name: its keys name the class
+        name = infer_class_name(out)
+        if name is not None:
+            out["_class_name"] = name
     return out
+
+
+# Classes whose __init__ takes the same arguments: the one listed here is assumed (same timesteps either way).
+_PREFERRED_OF_SAME_SIGNATURE = ("DDIMScheduler", "DDPMScheduler", "LMSDiscreteScheduler",
+                                "FlowMatchHeunDiscreteScheduler", "CogVideoXDDIMScheduler", "LCMScheduler")
+
+
+@functools.lru_cache(maxsize=1)
+def _class_of_signature() -> dict:
+    try:
+        import diffusers
+    except ImportError:
+        return {}
+    table: dict = {}
+    for name in sorted(dir(diffusers)):
+        cls = getattr(diffusers, name, None)
+        if not (name.endswith("Scheduler") and isinstance(cls, type)):
+            continue
+        try:
+            keys = frozenset(k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "kwargs"))
+        except (TypeError, ValueError):
+            continue
+        if keys not in table or name in _PREFERRED_OF_SAME_SIGNATURE:
+            table[keys] = name
+    return table
+
+
+def infer_class_name(cfg: Mapping) -> str | None:
+    """The diffusers scheduler class whose constructor takes exactly this config's keys (None if none or no diffusers).
+
+    KDPM2, KDPM2Ancestral and LMS take the same arguments; such a config is read as LMS's (the same timesteps). Pass
+    the scheduler object, or a config with `_class_name`, to name the class for sure."""
+    keys = frozenset(k for k in cfg if not str(k).startswith("_"))
+    return _class_of_signature().get(keys) if keys else None
 
 
 def is_flow_config(cfg: Mapping) -> bool:
@@ -383,40 +425,230 @@ def grid_options_of(scheduler_or_config: Any) -> tuple[Callable[..., torch.Tenso
 # ------------------------------------------------------------------------------------------------
 # Sampler
 # ------------------------------------------------------------------------------------------------
-_SOLVER_OF_CLASS = {
-    "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
-    "FlowMatchEulerDiscreteScheduler": "euler", "FlowMatchHeunDiscreteScheduler": "heun",
-    "DEISMultistepScheduler": "deis", "IPNDMScheduler": "ipndm", "LMSDiscreteScheduler": "lms",
+class UnmatchedScheduler(InvalidArgument):
+    """A diffusers scheduler (or setting) that no diffsolve solver reproduces."""
+
+
+def _dpmsolver_multistep(cfg: Mapping) -> tuple[str, dict]:
+    algo, order = cfg.get("algorithm_type", "dpmsolver++"), int(cfg.get("solver_order", 2))
+    if algo == "dpmsolver++":
+        return {1: "euler", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order], ({"third_order": "reference"} if order == 3 else {})
+    if algo == "sde-dpmsolver++" and order == 2:
+        return "dpmpp_2m_sde", {"solver_type": cfg.get("solver_type", "midpoint")}
+    raise UnmatchedScheduler(f"DPMSolverMultistepScheduler(algorithm_type={algo!r}, solver_order={order}) has no "
+                             "diffsolve match (matched: dpmsolver++ orders 1-3, sde-dpmsolver++ order 2)")
+
+
+def _dpmsolver_singlestep(cfg: Mapping) -> tuple[str, dict]:
+    algo, order = cfg.get("algorithm_type", "dpmsolver++"), int(cfg.get("solver_order", 2))
+    table = {"dpmsolver++": {1: "euler", 2: "dpmpp_2s", 3: "dpmpp_3s"},
+             "dpmsolver": {1: "euler", 2: "dpm_solver_2", 3: "dpm_solver_3"}}
+    if algo in table and order in table[algo]:
+        return table[algo][order], {}
+    raise UnmatchedScheduler(f"DPMSolverSinglestepScheduler(algorithm_type={algo!r}, solver_order={order}) has no "
+                             "diffsolve match (matched: dpmsolver++ and dpmsolver, orders 1-3)")
+
+
+def _ddpm(cfg: Mapping) -> tuple[str, dict]:
+    vt = cfg.get("variance_type", "fixed_small")
+    if vt == "fixed_small":
+        return "ddpm", {}       # the posterior variance: DDIM with eta = 1 (Song et al. 2021, eq. 16)
+    raise UnmatchedScheduler(f"DDPMScheduler(variance_type={vt!r}) has no diffsolve match (matched: 'fixed_small', "
+                             "which is diffsolve's ancestral 'ddpm')")
+
+
+def _unipc(cfg: Mapping) -> tuple[str, dict]:
+    return ("unipc_bh1" if cfg.get("solver_type", "bh2") == "bh1" else "unipc_bh2"), {}
+
+
+def _diffsolve(cfg: Mapping) -> tuple[str, dict]:
+    return str(cfg.get("solver", "dpmpp_2m")), dict(cfg.get("solver_options") or {})
+
+
+# diffusers scheduler class -> (diffsolve solver, options): a pair, or a function of the config giving one.
+SCHEDULER_SOLVERS: dict[str, Any] = {
+    "DDIMScheduler": ("ddim", {}),
+    "DDPMScheduler": _ddpm,
+    "EulerDiscreteScheduler": ("euler", {}),
+    "EulerAncestralDiscreteScheduler": ("euler_ancestral", {}),
+    "HeunDiscreteScheduler": ("heun", {}),
+    "LMSDiscreteScheduler": ("lms", {}),
+    "KDPM2DiscreteScheduler": ("dpm_solver_2", {}),
+    "DPMSolverMultistepScheduler": _dpmsolver_multistep,
+    "DPMSolverSinglestepScheduler": _dpmsolver_singlestep,
+    "UniPCMultistepScheduler": _unipc,
+    "DEISMultistepScheduler": ("deis", {}),
+    "IPNDMScheduler": ("ipndm", {}),
+    "FlowMatchEulerDiscreteScheduler": ("euler", {}),
+    "FlowMatchHeunDiscreteScheduler": ("heun", {}),
+    "DiffsolveScheduler": _diffsolve,
+}
+# Classes with no diffsolve counterpart, and why (refused with the list of supported classes).
+UNMATCHED_SCHEDULERS = {
+    "PNDMScheduler": "PNDM's pseudo-numerical warm start has no exact counterpart (solver='ipndm' is the closest)",
+    "KDPM2AncestralDiscreteScheduler": "k-diffusion's dpm_2_ancestral is not implemented in diffsolve",
+    "DPMSolverSDEScheduler": "k-diffusion's dpmpp_sde (Brownian-tree midpoint SDE) is not implemented in diffsolve",
+    "LCMScheduler": "consistency-model sampling is not an ODE/SDE solver", "TCDScheduler": "consistency sampling",
+    "EDMEulerScheduler": "EDM-parameterised diffusers configs are not read by this adapter",
+    "EDMDPMSolverMultistepScheduler": "EDM-parameterised diffusers configs are not read by this adapter",
 }
 
 
-def solver_of(scheduler_or_config: Any) -> str:
-    """The registered diffsolve solver that does what this diffusers scheduler does."""
+def solver_and_options_of(scheduler_or_config: Any) -> tuple[str, dict]:
+    """(registered diffsolve solver, options) that do what this diffusers scheduler does; raises
+    UnmatchedScheduler, listing the supported classes, for a scheduler without a match. A config with no class
+    name (a partial dict) gets the default, dpmpp_2m."""
     cfg = config_of(scheduler_or_config)
     name = str(cfg.get("_class_name", ""))
-    order = int(cfg.get("solver_order", 2))
-    if name == "DPMSolverMultistepScheduler":
-        return {1: "euler", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order]
-    if name == "DPMSolverSinglestepScheduler":
-        return {1: "euler", 2: "dpmpp_2s", 3: "dpm_solver_3"}[order]
-    if name == "UniPCMultistepScheduler":
-        return "unipc_bh1" if cfg.get("solver_type", "bh2") == "bh1" else "unipc_bh2"
-    return _SOLVER_OF_CLASS.get(name, "dpmpp_2m")
+    if not name:
+        return "dpmpp_2m", {}
+    entry = SCHEDULER_SOLVERS.get(name)
+    if entry is None:
+        why = UNMATCHED_SCHEDULERS.get(name, "no diffsolve solver reproduces it")
+        raise UnmatchedScheduler(
+            f"scheduler {name}: {why}. Supported scheduler classes: {', '.join(SCHEDULER_SOLVERS)}; or keep its path "
+            "and timesteps and choose the update yourself: Sampler(unet, scheduler=..., solver='<name>')")
+    solver, options = entry(cfg) if callable(entry) else entry
+    return solver, dict(options)
+
+
+def solver_of(scheduler_or_config: Any) -> str:
+    """The registered diffsolve solver that does what this diffusers scheduler does (see SCHEDULER_SOLVERS)."""
+    return solver_and_options_of(scheduler_or_config)[0]
 
 
 def solver_options_of(scheduler_or_config: Any) -> dict:
     """Options that make `solver_of`'s solver take the scheduler's exact update (diffusers' 3M halves the x0'' term)."""
-    cfg = config_of(scheduler_or_config)
-    if str(cfg.get("_class_name", "")) == "DPMSolverMultistepScheduler" and int(cfg.get("solver_order", 2)) == 3:
-        return {"third_order": "reference"}
-    return {}
+    return solver_and_options_of(scheduler_or_config)[1]
+
+
+class _Unmatched(Solver):
+    """Stands in for the solver of an unmatched scheduler: `Sampler(unet, scheduler=X)` raises the mapping's error
+    when it looks at the solver, while `Sampler(unet, scheduler=X, solver=...)` never does."""
+
+    name = "unmatched"
+
+    def __init__(self, error: InvalidArgument):
+        self.error = error
+
+    @property
+    def needs_schedule(self) -> bool:       # the first thing Sampler asks of its solver
+        raise self.error
+
+    def plan(self, field: Any, t: Any) -> Any:
+        raise self.error
+
+
+# ------------------------------------------------------------------------------------------------
+# Each scheduler's own loop (the default of Sampler(unet, scheduler=...)), where it departs from a clean grid
+# ------------------------------------------------------------------------------------------------
+LOOPS = ("scheduler", "clean")
+# Classes that round the timesteps of karras sigmas before feeding the network (the update keeps the sigma).
+_ROUNDS_KARRAS_TIMESTEPS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+                            "UniPCMultistepScheduler", "DEISMultistepScheduler")
+
+
+def _sigma_to_timestep(sigma: float, log_sigmas: np.ndarray) -> float:
+    """diffusers' `_sigma_to_t`: linear interpolation in log sigma between training nodes (float32 node sigmas)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = int(np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2).item())
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = float(np.clip((lo - log_sigma) / (lo - hi), 0, 1))
+    return (1 - w) * low + w * (low + 1)
+
+
+class RoundedModelTime(FieldWrapper):
+    """The network gets the timestep diffusers feeds it at a noise level between training nodes: its
+    `_sigma_to_t` rounded to an integer (DPMSolver*, UniPC and DEIS with karras sigmas). The update still uses
+    the exact noise level, as diffusers' does."""
+
+    def __init__(self, field: Any):
+        super().__init__(field)
+        sch = field.schedule
+        node = _node_sigmas(sch.alphas_cumprod)
+        self.log_sigmas = np.log(node)
+
+    def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any):
+        if not p.per_sample and p.alpha > 0 and p.sigma > 0:
+            mt = float(p.model_time)
+            if abs(mt - round(mt)) > 1e-6:
+                n = float(round(_sigma_to_timestep(np.float64(p.sigma / p.alpha), self.log_sigmas)))
+                p = dataclasses.replace(p, model_time=n)
+        return self.inner.evaluate(x, p, kind, **kwargs)
+
+    def own_identity(self) -> str:
+        return "rounded_model_time"
+
+
+class DDIMStepTargets(Solver):
+    """DDIMScheduler's loop: each step goes from its listed timestep n to n - T // steps, and the next step starts
+    at the next listed timestep as if the state were there. With 'linspace' spacing the two differ (999 steps to
+    899 but the next call is at 888); `loop="clean"` steps to the next listed timestep instead."""
+
+    def __init__(self, inner: Solver, num_train_timesteps: int, final_t: float):
+        if not hasattr(type(inner), "coefficients") or type(inner).coefficients is Solver.coefficients:
+            raise InvalidArgument(f"solver {inner.name!r} plans whole grids; DDIM's step targets need a single-step "
+                                  "solver (ddim, euler, ddim_eta, ddpm, euler_ancestral) or loop='clean'")
+        self.inner, self.T, self.final_t = inner, int(num_train_timesteps), float(final_t)
+        self.name, self.order, self.calls_per_step = inner.name, inner.order, inner.calls_per_step
+
+    @property
+    def deterministic(self) -> bool:   # type: ignore[override]
+        return self.inner.deterministic
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        self.inner.check_field(field)
+        pts = self.inner.grid_points(field, t)
+        steps = len(pts) - 1
+        sch = field.schedule
+        coeffs = []
+        for i in range(steps):
+            n = float(sch.timestep_index(torch.tensor(pts[i].t)))
+            target = round(n) - self.T // steps
+            q = field.at(float(sch.t_from_index(torch.tensor(float(target)))) if target >= 0 else self.final_t)
+            coeffs.append(self.inner.coefficients(field, pts[i], q))
+        return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=self.inner.count_calls(tuple(coeffs), field, pts))
+
+    def init(self, plan: Plan) -> Any:
+        return self.inner.init(plan)
+
+    def step(self, ev: Any, x: torch.Tensor, t0: Any, t1: Any, state: Any, coeffs: Any):
+        return self.inner.step(ev, x, t0, t1, state, coeffs)
+
+    def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        return self.inner.model_calls(steps, field, ends_at_zero)
+
+
+def _scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict, loop: str):
+    """(field, solver) reproducing the scheduler's own loop where it departs from a clean grid."""
+    check_choice("loop", loop, LOOPS)
+    name = str(cfg.get("_class_name", ""))
+    if loop == "clean" or not isinstance(field.schedule, VPDiscrete):
+        return field, solver
+    if name in _ROUNDS_KARRAS_TIMESTEPS and cfg.get("use_karras_sigmas", False) and \
+            cfg.get("beta_schedule", "linear") != "squaredcos_cap_v2":
+        field = RoundedModelTime(field)
+    if name == "DDIMScheduler" and cfg.get("timestep_spacing", "leading") == "linspace":
+        inner = solver if isinstance(solver, Solver) else get_solver(solver, **options)
+        if hasattr(type(inner), "coefficients") and type(inner).coefficients is not Solver.coefficients:
+            final_t = 0.0 if cfg.get("set_alpha_to_one", True) else float(field.schedule.t_from_index(
+                torch.tensor(0.0)))
+            return field, DDIMStepTargets(inner, int(cfg.get("num_train_timesteps", 1000)), final_t)
+    return field, solver
 
 
 def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str | None = None,
-                  sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0) -> "SamplerParts | None":
+                  sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
+                  loop: str = "scheduler", solver: Any = None) -> "SamplerParts | None":
     """What `Sampler(model, scheduler=...)` needs from a diffusers scheduler (or its config): the field, the
     matching solver and its options, and the grid that reproduces the scheduler's timesteps. None when
-    `scheduler` is not a diffusers scheduler or config."""
+    `scheduler` is not a diffusers scheduler or config.
+
+    `loop="scheduler"` (the default) reproduces the scheduler's own loop where it departs from a clean grid:
+    DDIM with 'linspace' spacing steps to t - T // steps (not to the next listed timestep), and DPMSolver*,
+    UniPC and DEIS feed the network rounded timesteps on karras sigmas. `loop="clean"` steps grid point to grid
+    point with the exact model time. `solver=` picks the update (the scheduler's path and timesteps kept)."""
     from ..sampler import SamplerParts
     try:
         config_of(scheduler)
@@ -425,35 +657,52 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
     field = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape,
                            timestep_scale=timestep_scale)
     grid, grid_options = grid_options_of(scheduler)
-    return SamplerParts(field, solver_of(scheduler), solver_options_of(scheduler), grid, grid_options)
+    options: dict = {}
+    if solver is None:
+        try:
+            solver, options = solver_and_options_of(scheduler)
+        except UnmatchedScheduler as e:
+            return SamplerParts(field, _Unmatched(e), {}, grid, grid_options)
+    field, solver = _scheduler_loop(config_of(scheduler), field, solver, options, loop)
+    if isinstance(solver, DDIMStepTargets):
+        options = {}
+    return SamplerParts(field, solver, options, grid, grid_options)
 
 
 def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: Any = None, *, grid: Any = None,
                            grid_options: Mapping[str, Any] | None = None, prediction: str | None = None,
                            sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
-                           **sampler_kwargs: Any):
+                           loop: str = "scheduler", **sampler_kwargs: Any):
     """`Sampler` for a diffusers network + scheduler: same path, prediction and (by default) the same timesteps.
 
     `solver=None` picks the diffsolve solver matching the scheduler class (`solver_of`).
     """
     from ..sampler import Sampler
+    solver_options = {k: sampler_kwargs.pop(k) for k in list(sampler_kwargs)
+                      if k not in ("check_finite", "progress", "time_convention")}
+    chosen = solver if solver is None or isinstance(solver, Solver) or not solver_options else \
+        get_solver(solver, **solver_options)
     parts = sampler_parts(model, scheduler, prediction=prediction, sample_shape=sample_shape,
-                          timestep_scale=timestep_scale)
+                          timestep_scale=timestep_scale, loop=loop, solver=chosen)
     if parts is None:
         raise InvalidArgument(f"scheduler={type(scheduler).__name__} is not a diffusers scheduler or config")
     if grid is None:
         grid, opts = parts.grid, {**parts.grid_options, **(grid_options or {})}
     else:
         opts = dict(grid_options or {})
-    if solver is None:
-        solver = parts.solver
-        sampler_kwargs = {**parts.solver_options, **sampler_kwargs}
+    if isinstance(parts.solver, _Unmatched):
+        raise parts.solver.error
+    solver = parts.solver
+    if not isinstance(solver, Solver):
+        sampler_kwargs = {**parts.solver_options, **solver_options, **sampler_kwargs}
     return Sampler(parts.field, solver, grid, grid_options=opts, **sampler_kwargs)
 
 
 __all__ = ["DiffusersModel", "from_diffusers", "schedule_from_diffusers", "prediction_of", "alphas_cumprod_of",
            "diffusers_grid", "flow_grid", "shift_sigmas", "grid_from_scheduler", "grid_options_of",
-           "times_from_timesteps", "discrete_timesteps", "noise_scale_of", "sampler_from_diffusers", "sampler_parts", "solver_of", "solver_options_of", "config_of"]
+           "times_from_timesteps", "discrete_timesteps", "noise_scale_of", "sampler_from_diffusers", "sampler_parts", "solver_of", "solver_options_of", "config_of",
+           "SCHEDULER_SOLVERS", "UNMATCHED_SCHEDULERS", "UnmatchedScheduler", "solver_and_options_of",
+           "infer_class_name"]
 
 
 def _register() -> None:
@@ -462,3 +711,11 @@ def _register() -> None:
 
 
 _register()
+
+
+def __getattr__(name: str) -> Any:
+    # The outbound scheduler needs the diffusers library: built on first access, so this module stays importable.
+    if name in ("DiffsolveScheduler", "SchedulerRun", "supported_solvers"):
+        from . import diffusers_scheduler
+        return getattr(diffusers_scheduler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

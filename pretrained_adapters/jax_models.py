@@ -1,0 +1,91 @@
+"""JAX / Flax networks as diffsolve fields, through DLPack (jax stays optional: `pip install diffsolve[jax]`).
+
+`from_jax(fn, prediction=..., schedule=...)` wraps `fn(x, t, **kw) -> array` (or a Flax module with `params=`,
+called as `module.apply(params, x, t, **kw)`) so that diffsolve calls it with torch tensors: inputs go to JAX and
+outputs come back through DLPack, without copies where the two share a device. The JAX function is jit-compiled
+once (`jit=False` to skip). Sampling does not differentiate through a JAX network (no torch autograd across
+the boundary). `Sampler(jax_fn, prediction=..., schedule=...)` detects a jitted function or a Flax module too.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..errors import InvalidArgument
+from ..field import VectorField
+
+
+def _jax():
+    try:
+        import jax
+    except ImportError as e:
+        raise InvalidArgument("JAX models need the jax package: pip install 'diffsolve[jax]'") from e
+    return jax
+
+
+def to_jax(value: Any) -> Any:
+    """A torch tensor as a JAX array (DLPack); other values unchanged."""
+    if isinstance(value, torch.Tensor):
+        jax = _jax()
+        return jax.dlpack.from_dlpack(value.detach().contiguous())
+    return value
+
+
+def to_torch(value: Any) -> torch.Tensor:
+    """A JAX array as a torch tensor (DLPack)."""
+    return torch.from_dlpack(value)
+
+
+class JaxModel:
+    """`model(x, t, **kw)` on torch tensors for a JAX function or a Flax module (with its params)."""
+
+    def __init__(self, fn: Callable[..., Any], params: Any = None, *, jit: bool = True):
+        jax = _jax()
+        if not callable(fn) and not hasattr(fn, "apply"):
+            raise InvalidArgument(f"fn must be a JAX function or a Flax module, got {type(fn).__name__}")
+        if params is not None:
+            apply = getattr(fn, "apply", None)
+            if apply is None:
+                call = lambda x, t, **kw: fn(params, x, t, **kw)  # noqa: E731
+            else:
+                call = lambda x, t, **kw: apply(params, x, t, **kw)  # noqa: E731
+        else:
+            call = fn
+        self.fn = jax.jit(call) if jit else call
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        out = self.fn(to_jax(x), to_jax(t), **{k: to_jax(v) for k, v in kwargs.items()})
+        return to_torch(out).to(x.device)
+
+
+def from_jax(fn: Callable[..., Any], prediction: str | None = None, schedule: Any = None, *, params: Any = None,
+             jit: bool = True, **field_kwargs: Any) -> VectorField:
+    """The VectorField of a JAX / Flax network (`prediction=` and `schedule=` as for any VectorField)."""
+    return VectorField(JaxModel(fn, params, jit=jit), prediction=prediction, schedule=schedule, **field_kwargs)
+
+
+def is_jax_callable(model: Any) -> bool:
+    """A jitted JAX function or a Flax module (decided without importing jax)."""
+    if "jax" not in sys.modules:
+        return False
+    mod = type(model).__module__ or ""
+    return mod.split(".")[0] in ("jax", "jaxlib", "flax") and callable(model)
+
+
+def detect(model: Any, **given: Any):
+    """The model adapter `Sampler(model)` consults: a JAX callable as a field, else None."""
+    if not is_jax_callable(model):
+        return None
+    return from_jax(model, **given)
+
+
+def _register() -> None:
+    from ..field import register_model_adapter
+    register_model_adapter(detect)
+
+
+_register()
+
+__all__ = ["from_jax", "JaxModel", "to_jax", "to_torch", "is_jax_callable", "detect"]

@@ -1,0 +1,103 @@
+"""Every diffusers scheduler class maps to the diffsolve solver that does what it does, or is refused by name.
+
+Stochastic schedulers are checked against diffusers' own loop with the same step noise: diffusers draws one
+`randn_tensor(shape, generator=g)` per noisy step, so the same generator's draws, in order, feed diffsolve's steps.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffsolve import InvalidArgument, Sampler  # noqa: E402
+from diffsolve.pretrained_adapters import diffusers as ad  # noqa: E402
+
+BATCH, SIZE = 2, 8
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    net = diffusers.UNet2DModel(sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                layers_per_block=1, norm_num_groups=8,
+                                down_block_types=("DownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "UpBlock2D"))
+    return net.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("cls,kw,solver,options", [
+    ("DDPMScheduler", {}, "ddpm", {}),
+    ("EulerAncestralDiscreteScheduler", {}, "euler_ancestral", {}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "dpmpp_2m_sde", {"solver_type": "midpoint"}),
+    ("DPMSolverMultistepScheduler", {"solver_order": 3}, "dpmpp_3m", {"third_order": "reference"}),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3}, "dpmpp_3s", {}),
+    ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+     "dpm_solver_2", {}),
+    ("KDPM2DiscreteScheduler", {}, "dpm_solver_2", {}),
+    ("LMSDiscreteScheduler", {}, "lms", {}),
+    ("DDIMScheduler", {}, "ddim", {}),
+    ("UniPCMultistepScheduler", {"solver_type": "bh1"}, "unipc_bh1", {}),
+])
+def test_scheduler_classes_map_to_solvers(cls, kw, solver, options):
+    sch = getattr(diffusers, cls)(**kw)
+    assert ad.solver_and_options_of(sch) == (solver, options)
+    if cls != "KDPM2DiscreteScheduler":   # KDPM2's constructor takes LMS's arguments: its bare config reads as LMS
+        assert ad.solver_and_options_of(sch.config) == (solver, options)     # class inferred from the config's keys
+
+
+@pytest.mark.parametrize("cls", ["PNDMScheduler", "DPMSolverSDEScheduler", "KDPM2AncestralDiscreteScheduler",
+                                 "LCMScheduler"])
+def test_unmatched_schedulers_are_refused_with_the_supported_list(unet, cls):
+    sch = getattr(diffusers, cls)()
+    with pytest.raises(InvalidArgument, match="Supported scheduler classes: DDIMScheduler"):
+        ad.solver_of(sch)
+    if cls in ("PNDMScheduler",):
+        with pytest.raises(InvalidArgument, match=cls):
+            Sampler(unet, scheduler=sch)
+        Sampler(unet, scheduler=sch, solver="ipndm")      # its path and timesteps, an update chosen by the user
+    with pytest.raises(InvalidArgument, match="Supported"):
+        ad.solver_of({"_class_name": cls})
+
+
+def test_ddpm_fixed_large_is_refused():
+    with pytest.raises(InvalidArgument, match="fixed_large"):
+        ad.solver_of(diffusers.DDPMScheduler(variance_type="fixed_large"))
+
+
+class ListNoise:
+    """Step noise given as a list (draw 0 of each step): what diffusers drew, in order."""
+
+    def __init__(self, draws):
+        self.draws = draws
+
+    def draw(self, i, j=0):
+        return self.draws[i]
+
+
+@pytest.mark.parametrize("cls,kw", [
+    ("DDPMScheduler", {"clip_sample": False}),
+    ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+])
+def test_stochastic_schedulers_match_diffusers_loop_with_the_same_noise(unet, cls, kw):
+    scheduler = getattr(diffusers, cls)(**kw)
+    steps = 6
+    noise = torch.randn(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    sch = copy.deepcopy(scheduler)
+    sch.set_timesteps(steps)
+    g = torch.Generator().manual_seed(5)
+    x = noise * sch.init_noise_sigma
+    with torch.no_grad():
+        for t in sch.timesteps:
+            x = sch.step(unet(sch.scale_model_input(x, t), t).sample, t, x, generator=g).prev_sample
+    g = torch.Generator().manual_seed(5)
+    draws = [torch.randn(noise.shape, generator=g) for _ in range(steps)]
+    s = Sampler(unet, scheduler=scheduler, progress=False)
+    plan = s.plan(steps)
+    with torch.no_grad():
+        ours = s.solve(plan, noise * ad.noise_scale_of(scheduler, steps), step_noise=ListNoise(draws)).samples
+    err = float((ours - x).norm() / x.norm())
+    assert err < 1e-5, f"{cls}: relative difference {err:.3g}"
