@@ -86,13 +86,13 @@ class _ODEFunc(torch.nn.Module):
             raise NonFiniteError(self.stats.accepted, p.t)
 
     def callback_step(self, t0, y0, dt):
-        self.last = (float(t0), y0)
+        self.last = (float(t0.detach()), y0)
         if self.stats.accepted + self.stats.rejected >= self.solver.max_steps:
             raise _OutOfBudget(f"the step limit max_steps={self.solver.max_steps} was reached")
 
     def callback_accept_step(self, t0, y0, dt):
         self.stats.accepted += 1
-        self.stats.times.append(self.tau_to_t(float(t0 + dt)))
+        self.stats.times.append(self.tau_to_t(float((t0 + dt).detach())))
         if self.starts is not None:
             self.starts.append(y0)         # an accepted step's start is the previous one's end
 
