@@ -2,7 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.diffsolve-installed
-EXTRAS ?= dev,triton,diffusers,plots
+EXTRAS ?= dev,triton,diffusers,plots,jax
 
 .PHONY: setup bench test clean
 
