@@ -24,3 +24,14 @@ def shared_models() -> Path:
     if not path.is_dir():
         pytest.fail(f"{path} is missing: tests need ../shared beside the repository root")
     return path
+
+
+def tiny_unet2d(size: int = 8):
+    """The small random diffusers UNet2DModel the cross-checks share (seeded, eval mode, no grad)."""
+    import diffusers
+    torch.manual_seed(0)
+    net = diffusers.UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                layers_per_block=1, norm_num_groups=8,
+                                down_block_types=("DownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "UpBlock2D"))
+    return net.eval().requires_grad_(False)

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_unet2d
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -20,12 +21,7 @@ BATCH, SIZE = 2, 8
 
 @pytest.fixture(scope="module")
 def unet():
-    torch.manual_seed(0)
-    net = diffusers.UNet2DModel(sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                                layers_per_block=1, norm_num_groups=8,
-                                down_block_types=("DownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "UpBlock2D"))
-    return net.eval().requires_grad_(False)
+    return tiny_unet2d(SIZE)
 
 
 @pytest.mark.parametrize("cls,kw,solver,options", [
