@@ -14,7 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from diffsolve import ClassifierFreeGuidance, InvalidArgument, Sampler  # noqa: E402
 from diffsolve.pretrained_adapters.diffusers import (  # noqa: E402
-    DiffsolveScheduler, from_diffusers, grid_options_of, solver_of, supported_solvers)
+    DiffsolveScheduler, from_diffusers, grid_options_of, supported_solvers)
 
 SIZE, BATCH = 8, 2
 ATOL = 1e-5           # pipelines return images in [0, 1]: absolute float32 agreement
