@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import InvalidArgument, NonFiniteError
+from ..errors import InvalidArgument
 
 
 class GraphedRun:
@@ -43,7 +43,7 @@ class GraphedRun:
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_out, self.static_bad = self._loop()
+            self.static_out, self.static_ev = self._loop()
 
     def _loop(self):
         from ..loop import Evaluator, integrate
@@ -55,7 +55,9 @@ class GraphedRun:
             # The one loop, with the finite flag left on the device: it is read after each replay.
             res = integrate(s.solver, ev, self.static_noise * scale, self.plan, raise_nonfinite=False)
         self.nfe = ev.nfe
-        return res.samples, ev.first_bad_step()
+        # The per-call finite flags are outputs of the graph; they are combined after each replay, outside it
+        # (building the step-index tensor is a host-to-device copy, which a capture may not contain).
+        return res.samples, ev
 
     def run(self, noise: torch.Tensor | None = None, *, seed: Any = None, generator: torch.Generator | None = None):
         """Replay for new standard-normal noise (given, or drawn like Sampler.run draws it); returns a SampleResult."""
@@ -67,9 +69,6 @@ class GraphedRun:
             raise InvalidArgument(f"noise has shape {tuple(noise.shape)}; this graph was captured for {self.shape}")
         self.static_noise.copy_(noise)
         self.graph.replay()
-        if self.static_bad is not None:
-            step = int(self.static_bad)      # the one host sync, after the replay
-            if step >= 0:
-                raise NonFiniteError(step, float(self.plan.t[step]))
+        self.static_ev.raise_if_bad(self.plan.t)      # the one host read, after the replay
         return SampleResult(samples=self.static_out.clone(), nfe=self.nfe, steps=self.plan.steps, t=self.plan.t,
                             solver=self.sampler.solver.name)
