@@ -35,3 +35,40 @@ def tiny_unet2d(size: int = 8):
                                 down_block_types=("DownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "UpBlock2D"))
     return net.eval().requires_grad_(False)
+
+
+class Counting(torch.nn.Module):
+    """Wraps a model and counts how many samples' worth of evaluations it really made."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    @property
+    def diffsolve_spec(self):
+        return self.inner.diffsolve_spec
+
+    def forward(self, x, t, **kw):
+        self.calls += 1
+        return self.inner(x, t, **kw)
+
+
+# Seeds that no learned correction trains on (training seeds are 0 .. n_train - 1): where they are judged.
+HELD_OUT = list(range(900_000, 900_128))
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    from diffsolve.bench.problems import GaussianMixtureProblem
+    return GaussianMixtureProblem.default()
+
+
+@pytest.fixture(scope="module")
+def held_out(gmm):
+    """Held-out noise for the mixture and its exact-ODE endpoint (the teacher)."""
+    from diffsolve.corrections.teacher import noise_for, teacher_states
+    from diffsolve.field import as_field
+    field = as_field(gmm)
+    noise = noise_for(field, HELD_OUT, dtype=torch.float64)
+    return noise, teacher_states(field, noise, [gmm.schedule.t_max, 0.0], seeds=HELD_OUT)[-1]

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import Counting
 
 from diffsolve import Sampler
 from diffsolve.bench.problems import GaussianMixtureProblem
@@ -16,21 +17,11 @@ from diffsolve.corrections.teacher import noise_for, teacher_states
 from diffsolve.errors import InvalidArgument
 from diffsolve.field import as_field
 
-HELD_OUT = list(range(900_000, 900_128))        # never a training seed (those are 0 .. n_train - 1)
 TRAIN = dict(n_train=64, batch_size=16, epochs=6, lr=2e-2, dtype=torch.float64, log=None, teacher="fine")
 
 
-@pytest.fixture(scope="module")
-def gmm():
-    return GaussianMixtureProblem.default()
 
 
-@pytest.fixture(scope="module")
-def held_out(gmm):
-    field = as_field(gmm)
-    noise = noise_for(field, HELD_OUT, dtype=torch.float64)
-    ref = teacher_states(field, noise, [gmm.schedule.t_max, 0.0], seeds=HELD_OUT)[-1]
-    return noise, ref
 
 
 def rmse(sampler, noise, ref, **run):
@@ -62,19 +53,6 @@ def test_midpoint_rule_on_a_vp_schedule():
     assert torch.allclose(out, ref, atol=1e-8, rtol=0)
 
 
-class Counting(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    @property
-    def diffsolve_spec(self):
-        return self.inner.diffsolve_spec
-
-    def forward(self, x, t):
-        self.calls += 1
-        return self.inner(x, t)
 
 
 @pytest.mark.parametrize("afs", [False, True])

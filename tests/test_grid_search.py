@@ -10,28 +10,19 @@ import pytest
 import torch
 
 from diffsolve import Sampler
-from diffsolve.bench.problems import GaussianMixtureProblem, GaussianProblem
+from diffsolve.bench.problems import GaussianProblem
 from diffsolve.corrections import (gits_cost_matrix, gits_dynamic_programming, gits_grid, learn_grid,
                                    load_correction)
 from diffsolve.corrections.grid_search import differentiable_run
 from diffsolve.corrections.io import SHIPPED
-from diffsolve.corrections.teacher import noise_for, teacher_states
+from diffsolve.corrections.teacher import noise_for
 from diffsolve.field import as_field
 from diffsolve.grids import karras
 
-HELD_OUT = list(range(900_000, 900_128))
 
 
-@pytest.fixture(scope="module")
-def gmm():
-    return GaussianMixtureProblem.default()
 
 
-@pytest.fixture(scope="module")
-def held_out(gmm):
-    field = as_field(gmm)
-    noise = noise_for(field, HELD_OUT, dtype=torch.float64)
-    return noise, teacher_states(field, noise, [gmm.schedule.t_max, 0.0], seeds=HELD_OUT)[-1]
 
 
 def rmse(sampler, noise, ref, **run):

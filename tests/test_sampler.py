@@ -1,27 +1,13 @@
 """The Sampler: NFE accounting, budgets, callbacks, trajectories, seeds, guidance, and clear errors on bad input."""
 import pytest
 import torch
+from conftest import Counting
 
 from diffsolve import (ClassifierFreeGuidance, EDMSchedule, InvalidArgument, NonFiniteError, Sampler, VectorField,
                        available_solvers, get_solver)
 from diffsolve.bench.problems import GaussianMixtureProblem, GaussianProblem
 
 
-class Counting(torch.nn.Module):
-    """Wraps a model and counts how many samples' worth of evaluations it really made."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    @property
-    def diffsolve_spec(self):
-        return self.inner.diffsolve_spec
-
-    def forward(self, x, t, **kw):
-        self.calls += 1
-        return self.inner(x, t, **kw)
 
 
 FIXED = [n for n in available_solvers() if get_solver(n).deterministic and not getattr(get_solver(n), "adaptive", False)]
