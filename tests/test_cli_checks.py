@@ -3,11 +3,14 @@ runs adaptive and stochastic solvers and scores them for what they are; progress
 `--version` and `solvers --verbose`."""
 from __future__ import annotations
 
+import dataclasses
+
 import inspect
 import json
 
 import pytest
 import torch
+from test_bench_cli import _TinyImages as TinyImages
 
 import diffsolve
 from diffsolve import Sampler
@@ -249,18 +252,12 @@ def test_sample_writes_tensors_and_scatter_and_depends_only_on_seeds(tmp_path, c
     assert not (tmp_path / "c" / "samples.png").exists()
 
 
-class _TinyImages(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inner = GaussianProblem.default(dim=16)
+class _TinyImages(TinyImages):
+    """The bench tests' tiny image model, declaring a data range for the sample grid."""
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
-        return ModelSpec(prediction="x0", schedule=self.inner.schedule, sample_shape=(1, 4, 4),
-                         data_range=(-2.0, 2.0))
-
-    def forward(self, x, t_model):
-        return self.inner(x.reshape(x.shape[0], -1), t_model).reshape(x.shape)
+        return dataclasses.replace(super().diffsolve_spec, data_range=(-2.0, 2.0))
 
 
 def tiny_images() -> BenchModel:
