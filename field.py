@@ -33,6 +33,8 @@ class ModelSpec:
     sample_shape: tuple[int, ...] | None = None
     time_convention: str = "diffusion"
     data_range: tuple[float, float] | None = None
+    solver: str | None = None          # the sampler this model family needs (consistency, shortcut), else None
+    step_input: str | None = None      # keyword under which the model takes the step size (shortcut models)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class EvalPoint:
     sigma: Any = 0.0
     d_alpha: Any = 0.0
     d_sigma: Any = 0.0
+    step: Any = None        # step size in model time this evaluation serves (shortcut models' d); None: 0
 
     @property
     def per_sample(self) -> bool:
@@ -261,7 +264,8 @@ class VectorField(Field):
     def __init__(self, model: Callable[..., Any], prediction: str | None = None,
                  schedule: NoiseSchedule | str | None = None, *, time_convention: str | None = None,
                  sample_shape: tuple[int, ...] | None = None, model_kwargs: Mapping[str, Any] | None = None,
-                 clip_x0: tuple[float, float] | None = None, model_dtype: torch.dtype | None = None):
+                 clip_x0: tuple[float, float] | None = None, model_dtype: torch.dtype | None = None,
+                 step_input: str | None = None):
         if not callable(model):
             raise InvalidArgument(f"model must be callable, got {type(model).__name__}")
         spec = model_spec_of(model)
@@ -296,6 +300,11 @@ class VectorField(Field):
         if model_dtype is not None and not (isinstance(model_dtype, torch.dtype) and model_dtype.is_floating_point):
             raise InvalidArgument(f"model_dtype={model_dtype!r}: must be a floating torch dtype or None")
         self.model_dtype = model_dtype
+        if step_input is None and spec is not None:
+            step_input = spec.step_input
+        if step_input is not None and not (isinstance(step_input, str) and step_input.isidentifier()):
+            raise InvalidArgument(f"step_input={step_input!r}: must be the model's keyword for the step size, or None")
+        self.step_input = step_input
 
     @property
     def data_range(self) -> tuple[float, float] | None:
@@ -312,6 +321,13 @@ class VectorField(Field):
         else:
             t_in = torch.full((x.shape[0],), p.model_time, dtype=tdtype, device=x.device)
         x_in = x / per_sample(p.alpha, x) if self.prediction == "denoiser" else x
+        if self.step_input is not None:
+            # A shortcut model takes the step it is asked to jump; any other solver asks for d = 0, the
+            # instantaneous velocity (Frans et al. 2024), so every ODE solver still applies.
+            step = p.step if p.step is not None else 0.0
+            kwargs = {**kwargs, self.step_input: (step.to(device=x.device, dtype=tdtype).reshape(-1).expand(x.shape[0])
+                                                  if isinstance(step, torch.Tensor) else
+                                                  torch.full((x.shape[0],), step, dtype=tdtype, device=x.device))}
         out = unwrap_output(self.model(x_in.to(mdtype), t_in, **{**self.model_kwargs, **kwargs}))
         if out.shape != x.shape:
             raise InvalidArgument(f"the model returned shape {tuple(out.shape)} for an input of shape "
@@ -339,8 +355,9 @@ class VectorField(Field):
         kwargs = identity_of_kwargs(self.model_kwargs)
         if kwargs is None:
             return None
+        step = f", step_input={self.step_input}" if self.step_input is not None else ""
         return (f"VectorField(model={model}, prediction={self.prediction}, schedule={sch}, "
-                f"time={self.time_convention}, clip={self.clip_x0}, kwargs={kwargs})")
+                f"time={self.time_convention}, clip={self.clip_x0}, kwargs={kwargs}{step})")
 
 
 def identity_of_kwargs(kwargs: Mapping[str, Any]) -> str | None:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import InvalidArgument, check_choice, unknown_name
+from .errors import InvalidArgument, check_choice, check_int, unknown_name
 from .schedules import NoiseSchedule, VPDiscrete
 
 FINALS = ("zero", "min")
@@ -62,6 +62,33 @@ def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = Non
         raise InvalidArgument("grid='karras' needs a finite sigma_max; this schedule reaches pure noise, "
                               "pass sigma_max= or use grid='time_uniform'")
     return _finish(sch.t_from_edm_sigma(karras_sigmas(smin, smax, n, rho)), final)
+
+
+def karras_index(steps: int, schedule: NoiseSchedule, *, indices: Sequence[int] | None = None, points: int = 40,
+                 sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+                 final: str = "min") -> torch.Tensor:
+    """Levels picked by index from a `points`-level karras grid ending at sigma_min, as consistency models'
+    multistep samplers choose them (Song et al. 2023; e.g. indices (0, 22, 39) of 40); by default spread evenly."""
+    sch = _need(schedule, "karras_index")
+    n = _count(steps, final)
+    points = check_int("points", points, 2)
+    if indices is None:
+        if n > points:
+            raise InvalidArgument(f"steps={steps} needs {n} levels, more than points={points}")
+        idx = torch.linspace(0, points - 1, n, dtype=torch.float64).round().long()
+    else:
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+            raise InvalidArgument(f"indices={indices!r}: must be a sequence of integers")
+        idx = torch.tensor([check_int(f"indices[{i}]", v, 0, points - 1) for i, v in enumerate(indices)])
+        if idx.numel() != n:
+            raise InvalidArgument(f"indices={list(indices)} hold {idx.numel()} levels; steps={steps} needs {n}")
+        if not torch.all(idx[1:] > idx[:-1]):
+            raise InvalidArgument(f"indices={list(indices)}: must be strictly increasing (from high to low noise)")
+    smin = sch.sigma_min if sigma_min is None else float(sigma_min)
+    smax = sch.sigma_max if sigma_max is None else float(sigma_max)
+    if not math.isfinite(smax):
+        raise InvalidArgument("grid='karras_index' needs a finite sigma_max; pass sigma_max=")
+    return _finish(sch.t_from_edm_sigma(karras_sigmas(smin, smax, points, rho)[idx]), final)
 
 
 def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None = None, t_max: float | None = None,
@@ -173,6 +200,7 @@ def resolve_field_grid(grid, field, solver):
 
 GRIDS: dict[str, Callable[..., torch.Tensor]] = {
     "karras": karras,
+    "karras_index": karras_index,
     "logsnr_uniform": logsnr_uniform,
     "time_uniform": time_uniform,
     "time_quadratic": time_quadratic,

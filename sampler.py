@@ -111,6 +111,10 @@ def check_plan_fits(steps: int) -> None:
 
 
 def default_solver_name(field: Field) -> str:
+    """The model family's own sampler when its spec names one (consistency, shortcut), else an ODE solver."""
+    spec = getattr(field, "spec", None)
+    if spec is not None and spec.solver is not None:
+        return spec.solver
     return "dpmpp_2m" if field.has_schedule else "heun"
 
 
@@ -179,7 +183,7 @@ class Sampler:
                 lo = mid
             else:
                 hi = mid - 1
-        return lo
+        return self.solver.fit_steps(lo)
 
     def _ends_at_zero(self) -> bool:
         if isinstance(self.grid, (str,)) or callable(self.grid):

@@ -5,6 +5,7 @@ builds one.
 """
 from . import euler, runge_kutta, dpm_solver, unipc, deis, ipndm, lms, amed  # noqa: F401  (deterministic, fixed step)
 from . import sde, adaptive, torchdiffeq_bridge, torchsde_bridge  # noqa: F401  (stochastic and adaptive)
+from . import consistency  # noqa: F401  (few-step model families)
 from .base import Plan, Solver, available_solvers, get_solver, register, registry_entries
 from .dpm_solver import DPMSolverPP2M, DPMSolverPP3M
 from .euler import Euler

@@ -105,6 +105,10 @@ class Solver:
         """Model evaluations (per sample, before guidance) that `steps` steps will make."""
         return steps * self.calls_per_step
 
+    def fit_steps(self, steps: int) -> int:
+        """The largest step count this solver accepts that is at most `steps` (shortcut models: powers of two)."""
+        return steps
+
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
         """The grid's points and every step's coefficients, on the host."""
         self.check_field(field)

@@ -19,7 +19,7 @@ def test_every_grid_is_valid_for_every_step_count(grid, schedule, final):
     if grid == "discrete" and not isinstance(sch, VPDiscrete):
         pytest.raises(InvalidArgument, make_grid, grid, 5, sch)
         return
-    if grid in ("karras", "logsnr_uniform") and sch.reaches_pure_noise:
+    if grid in ("karras", "karras_index", "logsnr_uniform") and sch.reaches_pure_noise:
         pytest.raises(InvalidArgument, make_grid, grid, 5, sch, final=final)
         return
     for steps in (1, 2, 3, 7, 25):
