@@ -295,7 +295,10 @@ def times_from_timesteps(schedule: VPDiscrete, timesteps: Sequence[float], sigma
     else:
         raise InvalidArgument(f"final={final!r}; allowed values: 'zero', 'sigma_min', 'none'")
     if float(t[-1]) <= float(end[0]):
-        return t   # the last timestep is already the end point (diffusers then takes a zero-length step)
+        # The last timestep is already the end point and diffusers takes a zero-length step there: a model call
+        # that leaves the state as it is, but that counts in its lower-order-final rule (DEIS on karras sigmas).
+        # One ulp below keeps the grid strictly decreasing while the step's coefficients are those of a zero step.
+        return torch.cat([t, torch.nextafter(t[-1:], torch.zeros(1, dtype=t.dtype))])
     return torch.cat([t, end])
 
 
@@ -527,7 +530,7 @@ SCHEDULER_SOLVERS: dict[str, Any] = {
     "DPMSolverMultistepScheduler": _dpmsolver_multistep,
     "DPMSolverSinglestepScheduler": _dpmsolver_singlestep,
     "UniPCMultistepScheduler": _unipc,
-    "DEISMultistepScheduler": ("deis", {}),
+    "DEISMultistepScheduler": lambda cfg: ("deis", {"order": int(cfg.get("solver_order", 2))}),
     "IPNDMScheduler": ("ipndm", {}),
     "FlowMatchEulerDiscreteScheduler": ("euler", {}),
     "FlowMatchHeunDiscreteScheduler": ("heun", {}),
