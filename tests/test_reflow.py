@@ -147,6 +147,10 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_files(tmp_path, one_thread):
     survivors = {p.name: p.stat().st_ino for p in crash.glob("shard-*.safetensors")}
     assert 2 <= len(survivors) < n // shard, survivors
     assert not (crash / "manifest.json").exists()
+    from safetensors.torch import load_file                                  # atomic: every visible shard is whole
+    for name in survivors:
+        k = int(name[6:12])
+        assert load_file(str(crash / name))["index"].tolist() == list(range(k * shard, (k + 1) * shard))
     with pytest.raises(CouplingsError, match="no manifest.json"):
         load_couplings(crash)
 
@@ -270,3 +274,16 @@ def test_cli_rejects_unknown_model_and_bad_numbers(tmp_path, capsys):
                  str(torch.get_num_threads())]) == 2
     assert "n=0: must be an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_stochastic_solver_draws_its_step_noise_per_sample(tmp_path, one_thread):
+    """An SDE solver's couplings: each sample's step noise comes from its own seed, as in Sampler.run(seed=[...])."""
+    from diffsolve.bench.models import resolve_model
+    model = resolve_model("gaussian")[1]
+    run = generate_couplings(model, tmp_path / "s", 10, solver="euler_ancestral", steps=6, batch_size=3,
+                             shard_size=5, seed=2, model_id="gaussian-16d")
+    noise, endpoint = load_couplings(tmp_path / "s")
+    ref = diffsolve.Sampler(model, "euler_ancestral", progress=False).run(steps=6, noise=noise,
+                                                                          seed=sample_seeds(2, 0, 10)).samples
+    assert torch.equal(endpoint, ref.float())
+    assert run.manifest["solver"] == "euler_ancestral" and run.manifest["model"] == "gaussian-16d"
