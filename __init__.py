@@ -10,6 +10,7 @@ from .sampler import SampleResult, Sampler, StepInfo
 from .loop import integrate
 from .skip_tuning import skip_tuned
 from .likelihood import LikelihoodResult, likelihood
+from .diagnostics import Straightness, straightness
 from . import pretrained_adapters  # noqa: F401,E402  (registers the scheduler adapters; core modules never import it)
 
 __version__ = "0.1.0"
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Sampler", "SampleResult", "StepInfo", "VectorField", "ModelSpec", "EvalPoint", "ClassifierFreeGuidance",
     "Field", "FieldOutput", "FieldWrapper", "FeatureCapture", "StepOptions", "integrate", "skip_tuned",
-    "likelihood", "LikelihoodResult",
+    "likelihood", "LikelihoodResult", "straightness", "Straightness",
     "NoiseSchedule", "VPDiscrete", "VPContinuous", "VESchedule", "EDMSchedule", "RectifiedFlow", "CustomSchedule",
     "get_schedule", "GRIDS", "make_grid", "available_solvers", "get_solver", "DiffsolveError", "InvalidArgument",
     "NonFiniteError", "BudgetExceeded",

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "~/.cache/diffsolve)")
     b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     b.add_argument("--no-peers", action="store_true", help="skip other libraries' samplers")
+    b.add_argument("--no-straightness", action="store_true",
+                   help="skip the straightness diagnostic (Liu et al. 2023: S and the one-step gap)")
     b.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
                    help="auto (default): a bar on a terminal, else one line on stderr per finished cell (solver, "
                         "NFE, error, seconds); bar; log; none")
@@ -140,7 +142,8 @@ def _bench(args: argparse.Namespace) -> int:
                              device=args.device, dtype=args.dtype, grid=args.grid, threads=args.threads,
                              trajectory=False if args.no_trajectory else None,
                              cache=not args.no_cache, cache_dir=args.cache_dir, peers=not args.no_peers, out=args.out,
-                             plots=not args.no_plots, progress=args.progress)
+                             plots=not args.no_plots, progress=args.progress,
+                             straightness=not args.no_straightness)
     # Folders and values first: a bad --out or --cache-dir fails before the model is even built.
     check_settings(settings)
     if args.ref_method is not None or args.ref_rtol is not None or args.ref_atol is not None:

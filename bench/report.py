@@ -32,6 +32,14 @@ def format_report(rep: dict) -> str:
              f"along the trajectory max RMSE {ref['gap_trajectory_rmse']:.1e}"]
     if "exact_endpoint_maxabs" in ref:
         lines.append(f"  reference vs exact solution: max abs {ref['exact_endpoint_maxabs']:.1e}")
+    st = rep.get("straightness")
+    if st is not None and st.get("status") == "ok":
+        lines.append(f"  straightness (Liu et al. 2023; {st['samples']} samples, {st['solver']} {st['steps']} steps): "
+                     f"S = {st['straightness']:.4g} ({st['relative_straightness']:.3g} of E|X1 - X0|^2); "
+                     f"one Euler step misses the endpoint by RMS {st['one_step_gap']:.3g} "
+                     f"({st['relative_one_step_gap']:.3g} relative)")
+    elif st is not None:
+        lines.append(f"  straightness: {st['status']}")
     by = {(r["solver"], r["nfe_requested"]): r for r in rep["results"]}
     every = cfg["solvers"]
     kinds = cfg.get("kinds", {})

@@ -68,6 +68,7 @@ class BenchSettings:
     progress: bool | str = True        # True/'auto': a bar on a terminal, else a log line per cell; 'bar', 'log',
                                         # False/'none'
     verbose: bool = True
+    straightness: bool = True           # the model's straightness and one-step gap (diffsolve.diagnostics)
 
 
 def _positive_or_none(name: str, value: Any) -> None:
@@ -83,6 +84,9 @@ def check_settings(cfg: BenchSettings) -> None:
     check_seed(cfg.seed, BENCH_SEED_LIMIT, "seed")
     check_device(cfg.device, "device")
     _progress_mode(cfg.progress)
+    from ..errors import check_bool
+    for name in ("cache", "peers", "plots", "verbose", "straightness"):
+        check_bool(name, getattr(cfg, name))
     if cfg.out is not None:
         check_writable(cfg.out, "--out")
     if cfg.cache:
@@ -322,6 +326,8 @@ def _run(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettin
     chunks = dist.gather_chunks(results)
 
     report = _assemble(job, chunks)
+    if cfg.straightness and dist.is_main:
+        report["straightness"] = _straightness(job, seeds)
     report["seconds_total"] = time.perf_counter() - wall_start
     if dist.is_main:
         failure = None
@@ -337,6 +343,26 @@ def _run(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettin
             raise OutputError(f"the bench finished (table above) but writing its files to --out {str(cfg.out)!r} "
                               f"failed: {type(failure).__name__}: {failure}", report)
     return report
+
+
+STRAIGHTNESS_SAMPLES, STRAIGHTNESS_STEPS = 128, 32
+
+
+def _straightness(job: _Job, seeds: list[int]) -> dict:
+    """Straightness of the model's trajectories (Liu et al. 2023) on the bench's first samples: how few steps it
+    can take. Heun on the bench grid; the slope on each interval is the chord of the solved trajectory."""
+    from ..diagnostics import straightness
+    n = min(len(seeds), STRAIGHTNESS_SAMPLES)
+    t0 = time.perf_counter()
+    noise = draw_noise((n, *job.field.sample_shape), seed=seeds[:n], dtype=torch.float64, device=job.device)
+    grid = job.cfg.grid if job.cfg.grid is not None else None
+    try:
+        r = straightness(job.field, noise, steps=STRAIGHTNESS_STEPS, solver="heun", grid=grid,
+                         grid_options=job.cfg.grid_options)
+    except DiffsolveError as e:
+        return {"status": f"failed: {e}"}
+    return {"status": "ok", **r.as_dict(), "samples": n, "steps": STRAIGHTNESS_STEPS, "solver": "heun",
+            "seconds": time.perf_counter() - t0}
 
 
 def _cell_line(name: str, n: int, item: dict, where: str) -> str:

@@ -330,6 +330,53 @@ def diffusers_grid(steps: int, schedule: NoiseSchedule, *, style: str = "dpmsolv
     return times_from_timesteps(schedule, ts, sigmas, final=final)
 
 
+def lcm_timesteps(steps: int, num_train_timesteps: int = 1000, original_inference_steps: int = 50) -> np.ndarray:
+    """LCMScheduler.set_timesteps: `steps` evenly spaced indices into the skipping schedule k n - 1, n = 1..50."""
+    from ..errors import check_int
+    steps = check_int("steps", steps, 1)
+    original = check_int("original_inference_steps", original_inference_steps, 1, num_train_timesteps)
+    if steps > original:
+        raise InvalidArgument(f"steps={steps}: an LCM schedule takes at most original_inference_steps={original} steps")
+    k = num_train_timesteps // original
+    origin = (np.arange(1, original + 1) * k - 1)[::-1]
+    return origin[np.floor(np.linspace(0, origin.size, num=steps, endpoint=False)).astype(np.int64)]
+
+
+def lcm_grid(steps: int, schedule: NoiseSchedule, *, original_inference_steps: int = 50,
+             num_train_timesteps: int | None = None) -> torch.Tensor:
+    """A diffsolve grid function giving LCMScheduler's timesteps, then 0 (its last step returns the prediction)."""
+    if not isinstance(schedule, VPDiscrete):
+        raise InvalidArgument("lcm_grid needs a VPDiscrete schedule")
+    ts = lcm_timesteps(steps, num_train_timesteps or schedule.N, original_inference_steps)
+    return times_from_timesteps(schedule, ts, final="zero")
+
+
+class LCMBoundary(FieldWrapper):
+    """Latent consistency models' boundary condition, applied by diffusers' LCMScheduler to the network's data
+    prediction: c_skip x + c_out x0_hat with c_skip = sd^2 / ((10 n)^2 + sd^2), c_out = 10 n / sqrt((10 n)^2 + sd^2),
+    n the timestep and sd = 0.5 (Luo et al. 2023; `timestep_scaling` replaces the 10)."""
+
+    def __init__(self, field: Any, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
+        super().__init__(field)
+        self.timestep_scaling, self.sigma_data = float(timestep_scaling), float(sigma_data)
+
+    def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any):
+        from ..field import FieldOutput, per_sample, velocity_from_x0
+        out = self.inner.evaluate(x, p, "x0", **kwargs)
+        n = per_sample(p.model_time, x) * self.timestep_scaling
+        sd2 = self.sigma_data ** 2
+        if isinstance(n, torch.Tensor):
+            c_skip, c_out = sd2 / (n * n + sd2), n / torch.sqrt(n * n + sd2)
+        else:
+            c_skip, c_out = sd2 / (n * n + sd2), n / math.sqrt(n * n + sd2)
+        x0 = c_skip * x + c_out * out.value
+        value = x0 if kind == "x0" else velocity_from_x0(x, x0, p.path_for(x))
+        return FieldOutput(value, out.aux)
+
+    def own_identity(self) -> str:
+        return f"lcm_boundary(scaling={self.timestep_scaling!r}, sigma_data={self.sigma_data!r})"
+
+
 def shift_sigmas(s: torch.Tensor | np.ndarray | float, shift: float):
     """SD3 / FlowMatchEuler timestep shift: s' = shift s / (1 + (shift - 1) s)."""
     return shift * s / (1 + (shift - 1) * s)
@@ -412,6 +459,9 @@ def grid_options_of(scheduler_or_config: Any) -> tuple[Callable[..., torch.Tenso
                                   "shift=exp(mu) instead")
         return flow_grid, {"shift": float(cfg.get("shift", 1.0)),
                            "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
+    if str(cfg.get("_class_name", "")) == "LCMScheduler":
+        return lcm_grid, {"original_inference_steps": int(cfg.get("original_inference_steps", 50)),
+                          "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
     style = _style(cfg, None)
     final = "zero" if cfg.get("set_alpha_to_one", True) else "sigma_min"
     if style != "ddim":
@@ -481,6 +531,7 @@ SCHEDULER_SOLVERS: dict[str, Any] = {
     "IPNDMScheduler": ("ipndm", {}),
     "FlowMatchEulerDiscreteScheduler": ("euler", {}),
     "FlowMatchHeunDiscreteScheduler": ("heun", {}),
+    "LCMScheduler": ("consistency", {}),
     "DiffsolveScheduler": _diffsolve,
 }
 # Classes with no diffsolve counterpart, and why (refused with the list of supported classes).
@@ -488,7 +539,9 @@ UNMATCHED_SCHEDULERS = {
     "PNDMScheduler": "PNDM's pseudo-numerical warm start has no exact counterpart (solver='ipndm' is the closest)",
     "KDPM2AncestralDiscreteScheduler": "k-diffusion's dpm_2_ancestral is not implemented in diffsolve",
     "DPMSolverSDEScheduler": "k-diffusion's dpmpp_sde (Brownian-tree midpoint SDE) is not implemented in diffsolve",
-    "LCMScheduler": "consistency-model sampling is not an ODE/SDE solver", "TCDScheduler": "consistency sampling",
+    "TCDScheduler": ("TCD's intermediate timestep is floor((1 - eta) n') in integer timesteps and its last step ends "
+                     "at alphas_cumprod[0], which solver='tcd' (continuous time, ending at zero noise) does not "
+                     "reproduce exactly; use Sampler(unet, scheduler=..., solver='tcd')"),
     "EDMEulerScheduler": "EDM-parameterised diffusers configs are not read by this adapter",
     "EDMDPMSolverMultistepScheduler": "EDM-parameterised diffusers configs are not read by this adapter",
 }
@@ -656,6 +709,9 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
         return None
     field = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape,
                            timestep_scale=timestep_scale)
+    cfg = config_of(scheduler)
+    if str(cfg.get("_class_name", "")) == "LCMScheduler":
+        field = LCMBoundary(field, float(cfg.get("timestep_scaling", 10.0)))    # part of the model, in every loop
     grid, grid_options = grid_options_of(scheduler)
     options: dict = {}
     if solver is None:

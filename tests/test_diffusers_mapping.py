@@ -36,6 +36,7 @@ def unet():
     ("LMSDiscreteScheduler", {}, "lms", {}),
     ("DDIMScheduler", {}, "ddim", {}),
     ("UniPCMultistepScheduler", {"solver_type": "bh1"}, "unipc_bh1", {}),
+    ("LCMScheduler", {}, "consistency", {}),
 ])
 def test_scheduler_classes_map_to_solvers(cls, kw, solver, options):
     sch = getattr(diffusers, cls)(**kw)
@@ -45,7 +46,7 @@ def test_scheduler_classes_map_to_solvers(cls, kw, solver, options):
 
 
 @pytest.mark.parametrize("cls", ["PNDMScheduler", "DPMSolverSDEScheduler", "KDPM2AncestralDiscreteScheduler",
-                                 "LCMScheduler"])
+                                 "TCDScheduler"])
 def test_unmatched_schedulers_are_refused_with_the_supported_list(unet, cls):
     sch = getattr(diffusers, cls)()
     with pytest.raises(InvalidArgument, match="Supported scheduler classes: DDIMScheduler"):
@@ -77,6 +78,8 @@ class ListNoise:
     ("DDPMScheduler", {"clip_sample": False}),
     ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    ("LCMScheduler", {}),
+    ("LCMScheduler", {"original_inference_steps": 20, "timestep_scaling": 2.0, "prediction_type": "v_prediction"}),
 ])
 def test_stochastic_schedulers_match_diffusers_loop_with_the_same_noise(unet, cls, kw):
     scheduler = getattr(diffusers, cls)(**kw)
@@ -97,3 +100,21 @@ def test_stochastic_schedulers_match_diffusers_loop_with_the_same_noise(unet, cl
         ours = s.solve(plan, noise * ad.noise_scale_of(scheduler, steps), step_noise=ListNoise(draws)).samples
     err = float((ours - x).norm() / x.norm())
     assert err < 1e-5, f"{cls}: relative difference {err:.3g}"
+    assert plan.nfe == steps
+
+
+def test_lcm_timesteps_and_boundary_follow_the_scheduler(unet):
+    sch = diffusers.LCMScheduler()
+    for steps in (1, 2, 4, 8, 50):
+        sch.set_timesteps(steps)
+        assert ad.lcm_timesteps(steps).tolist() == sch.timesteps.tolist()
+    with pytest.raises(InvalidArgument, match="at most original_inference_steps=50"):
+        ad.lcm_timesteps(51)
+    s = Sampler(unet, scheduler=sch, progress=False)
+    assert isinstance(s.field, ad.LCMBoundary) and s.solver.name == "consistency"
+    # the boundary condition is what makes one step differ from the plain x0 prediction at a small timestep
+    x = torch.randn(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    p = s.field.at(float(s.field.schedule.t_from_index(torch.tensor(3.0))))
+    c_skip = 0.25 / (30.0 ** 2 + 0.25)
+    want = c_skip * x + (30.0 / (30.0 ** 2 + 0.25) ** 0.5) * s.field.inner.denoise(x, p)
+    torch.testing.assert_close(s.field.denoise(x, p), want, rtol=1e-6, atol=1e-6)
