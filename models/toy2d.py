@@ -263,23 +263,9 @@ def sliced_w1(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def straightness_of(model: Any, noise: torch.Tensor, steps: int = 128) -> tuple[float, float]:
     """(straightness S, RMS 1-step gap) against a fine Heun solve, from `diffsolve.diagnostics`."""
-    try:
-        from ..diagnostics import straightness
-    except ImportError:                 # until diffsolve.diagnostics lands: the same measures, on Euler's path
-        return _straightness_fallback(model, noise, steps)
+    from ..diagnostics import straightness
     r = straightness(model, noise, steps=steps, solver="heun")
     return float(r.straightness), float(r.one_step_gap)
-
-
-def _straightness_fallback(model: Any, noise: torch.Tensor, steps: int) -> tuple[float, float]:
-    from ..sampler import Sampler
-    traj = Sampler(model, "euler", progress=False).run(steps=steps, noise=noise, return_trajectory=True).trajectory
-    chord = traj[-1] - traj[0]
-    vel = (traj[1:] - traj[:-1]) * steps
-    s = float((chord[None] - vel).pow(2).sum(-1).mean())
-    ref = sample(model, noise, steps, "heun")
-    gap = float((sample(model, noise, 1, "euler") - ref).pow(2).sum(-1).mean().sqrt())
-    return s, gap
 
 
 def evaluate(n: int = 5000, steps: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
