@@ -290,6 +290,9 @@ def generate_couplings(model: Any, out_dir: str | Path, n: int, *, solver: str =
 
         mine = dist.my_chunks(len(bounds))
         _remove_stale_temps(out, mine)
+        if dist.is_main:
+            for tmp in out.glob(MANIFEST + ".*.tmp"):
+                tmp.unlink(missing_ok=True)
         computed, kept = [], []
         device = dist.device(device)
         for k in mine:
@@ -403,8 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (recorded nowhere; the "
-                                                          "files do not depend on it for these small models)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (keep it the same in runs "
+                                                          "whose files must match byte for byte)")
     args = p.parse_args(argv)
     torch.set_num_threads(check_int("threads", args.threads, 1))
     try:
