@@ -121,3 +121,15 @@ def test_reflow_cli_reads_the_shipped_model_names(tmp_path, capsys, one_thread):
     noise, endpoint = load_couplings(tmp_path / "c")
     ref = Sampler(load_moons_flow(2), "rk4", progress=False).run(steps=4, noise=noise).samples
     assert torch.allclose(endpoint, ref, atol=1e-5)
+
+
+def test_weights_are_package_data():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+    root = Path(toy2d.__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "diffsolve.models"]
+    for name in FILES.values():
+        assert (WEIGHTS / name).is_file()
+        assert any(fnmatch.fnmatch(f"weights/{name}", p) for p in patterns), (name, patterns)
