@@ -3,7 +3,22 @@
 `load_mnist_unet()`: an EDM-preconditioned UNet on 1 x 28 x 28 MNIST digits in [-1, 1] (prediction='denoiser',
 EDMSchedule), ready for `Sampler(load_mnist_unet()).run(steps=...)`. Retrain with
 `python -m diffsolve.models.train --what unet`; score with `python -m diffsolve.models.evaluate`.
+
+`load_moons_flow(reflow=1|2)`, `load_moons_shortcut()`: small 2-D velocity fields on the two moons (t = 0 at
+N(0, I) noise, t = 1 at the data): a 1-rectified flow, the 2-rectified flow trained on its couplings, and a
+shortcut model (`Sampler(load_moons_shortcut()).run(steps=1)`). Retrain with `python -m diffsolve.models.toy2d`.
 """
 from .builtin import load_feature_stats, load_mnist_classifier, load_mnist_unet
 
-__all__ = ["load_mnist_unet", "load_mnist_classifier", "load_feature_stats"]
+_TOY2D = ("load_moons_flow", "load_moons_shortcut")
+
+
+def __getattr__(name: str):
+    # imported on first use, so that `python -m diffsolve.models.toy2d` does not find it imported already
+    if name in _TOY2D:
+        from . import toy2d
+        return getattr(toy2d, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["load_mnist_unet", "load_mnist_classifier", "load_feature_stats", "load_moons_flow",
+           "load_moons_shortcut"]
