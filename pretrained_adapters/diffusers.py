@@ -24,6 +24,7 @@ from ..field import FieldWrapper, VectorField
 from ..grids import karras_sigmas
 from ..schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
 from ..solvers.base import Plan, Solver, get_solver
+from ..solvers.dpm_solver import DPMSolverSinglestep
 
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
 SPACINGS = ("linspace", "leading", "trailing")
@@ -637,6 +638,110 @@ class RoundedModelTime(FieldWrapper):
         return "rounded_model_time"
 
 
+def singlestep_orders(steps: int, order: int, lower_order_final: bool, final_zero: bool) -> list[int]:
+    """DPMSolverSinglestepScheduler's order per listed timestep (its set_timesteps and get_order_list)."""
+    lower_order_final = lower_order_final or steps % order != 0 or final_zero
+    if lower_order_final:
+        pattern = list(range(1, order + 1))
+        full, rest = divmod(steps, order)
+        if rest == 0 and order > 1:
+            orders = pattern * (full - 1) + pattern[:-1] + [1]
+        else:
+            orders = pattern * full + pattern[:rest]
+    else:
+        orders = list(range(1, order + 1)) * (steps // order)
+    if final_zero:
+        orders[-1] = 1
+    return orders
+
+
+class SchedulerSinglestep(DPMSolverSinglestep):
+    """DPMSolverSinglestepScheduler's own loop: each listed timestep is one model call, and a run of orders
+    1, 2, .., k is one singlestep step from its first timestep to the timestep after its last, whose intermediate
+    points are the listed timesteps in between (not DPM-Solver's r = 1/2 or 1/3, 2/3), with diffusers' update
+    formulas for `algorithm_type` and `solver_type`."""
+
+    def __init__(self, order: int = 2, algorithm_type: str = "dpmsolver++", solver_type: str = "midpoint",
+                 lower_order_final: bool = False):
+        check_choice("algorithm_type", algorithm_type, ("dpmsolver++", "dpmsolver"))
+        check_choice("solver_type", solver_type, ("midpoint", "heun"))
+        super().__init__(order if order > 1 else 2, "data" if algorithm_type == "dpmsolver++" else "noise")
+        self.scheduler_order = int(order)
+        self.algorithm_type, self.solver_type = algorithm_type, solver_type
+        self.lower_order_final = bool(lower_order_final)
+        self.name = f"scheduler_singlestep_{self.scheduler_order}"
+        self.calls_per_step = 1
+
+    def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        return steps        # one call per listed timestep, grouped into singlestep steps in plan()
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        self.check_field(field)
+        pts = self.grid_points(field, t)
+        n = len(pts) - 1
+        orders = singlestep_orders(n, self.scheduler_order, self.lower_order_final, float(t[-1]) == 0.0)
+        starts = [i for i, o in enumerate(orders) if o == 1] + [n]
+        coeffs, bounds = [], []
+        for a, b in zip(starts[:-1], starts[1:]):
+            coeffs.append(self._group(pts[a:b + 1]))
+            bounds.append(a)
+        bounds.append(n)
+        return Plan(t=t[bounds], points=tuple(pts[i] for i in bounds), coeffs=tuple(coeffs), nfe=n)
+
+    def _group(self, pts: Sequence[Any]) -> Any:
+        """The stages and final update of one group: points P0 (start), P1..P(k-1) (model calls), Pk (target)."""
+        from ..solvers.dpm_solver import SinglestepCoefficients, lambda_of
+        from ..solvers.euler import ddim_coefficients
+        k = len(pts) - 1
+        basis = np.eye(k + 1)
+        states = [basis[0]]
+
+        def output(j: int) -> np.ndarray:      # diffusers' converted model output at P_j, as a basis vector
+            if self.algorithm_type == "dpmsolver++":
+                return basis[1 + j]
+            return (states[j] - pts[j].alpha * basis[1 + j]) / pts[j].sigma
+
+        for j in range(1, k + 1):
+            q = pts[j]
+            if j == 1:
+                a, b = ddim_coefficients(pts[0], q)
+                states.append(a * basis[0] + b * basis[1])
+                continue
+            s0, lt = pts[0], lambda_of(q)
+            h = lt - lambda_of(s0)
+            ms = [output(i) for i in range(j)]
+            rs = [(lambda_of(pts[i]) - lambda_of(s0)) / h for i in range(1, j)]
+            if self.algorithm_type == "dpmsolver++":
+                lin, phi = (q.sigma / s0.sigma) * basis[0], math.expm1(-h)
+                first, second = -q.alpha * phi, q.alpha * (phi / h + 1.0)
+                third = -q.alpha * ((phi + h) / h ** 2 - 0.5)
+                half = -0.5 * q.alpha * phi
+            else:
+                lin, phi = (q.alpha / s0.alpha) * basis[0], math.expm1(h)
+                first, second = -q.sigma * phi, -q.sigma * (phi / h - 1.0)
+                third = -q.sigma * ((phi - h) / h ** 2 - 0.5)
+                half = -0.5 * q.sigma * phi
+            if j == 2:
+                d1 = (ms[1] - ms[0]) / rs[0]
+                x = lin + first * ms[0] + (half if self.solver_type == "midpoint" else second) * d1
+            else:
+                r1, r0 = rs[0], rs[1]
+                d1_0, d1_1 = (ms[1] - ms[0]) / r1, (ms[2] - ms[0]) / r0
+                if self.solver_type == "midpoint":
+                    x = lin + first * ms[0] + second * d1_1
+                else:
+                    d1 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1)
+                    d2 = 2.0 * (d1_1 - d1_0) / (r0 - r1)
+                    x = lin + first * ms[0] + second * d1 + third * d2
+            states.append(x)
+        stages = tuple(tuple(float(v) for v in u[: i + 2]) for i, u in enumerate(states[1:-1]))
+        return SinglestepCoefficients(tuple(pts[1:-1]), stages, tuple(float(v) for v in states[-1]))
+
+    def options(self) -> dict:
+        return {"order": self.scheduler_order, "algorithm_type": self.algorithm_type,
+                "solver_type": self.solver_type, "lower_order_final": self.lower_order_final}
+
+
 class DDIMStepTargets(Solver):
     """DDIMScheduler's loop: each step goes from its listed timestep n to n - T // steps, and the next step starts
     at the next listed timestep as if the state were there. With 'linspace' spacing the two differ (999 steps to
@@ -722,6 +827,11 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
             solver, options = solver_and_options_of(scheduler)
         except UnmatchedScheduler as e:
             return SamplerParts(field, _Unmatched(e), {}, grid, grid_options)
+        if loop == "scheduler" and cfg.get("_class_name") == "DPMSolverSinglestepScheduler":
+            solver, options = SchedulerSinglestep(int(cfg.get("solver_order", 2)),
+                                                  cfg.get("algorithm_type", "dpmsolver++"),
+                                                  cfg.get("solver_type", "midpoint"),
+                                                  bool(cfg.get("lower_order_final", False))), {}
     field, solver = _scheduler_loop(config_of(scheduler), field, solver, options, loop)
     if isinstance(solver, DDIMStepTargets):
         options = {}

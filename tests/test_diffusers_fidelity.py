@@ -1,5 +1,10 @@
 """Sampler(unet, scheduler=...) reproduces each scheduler's own loop where it departs from a clean grid.
 
+* DEISMultistepScheduler on karras sigmas ends with a zero-length step (its last sigma is repeated): a model call
+  that counts in its lower-order-final rule; diffsolve takes it too (one ulp long).
+* DPMSolverSinglestepScheduler calls the model once per listed timestep and groups runs of orders 1, 2, (3) into
+  one singlestep step whose intermediate points are the listed timesteps (`SchedulerSinglestep`).
+
 * DDIMScheduler with 'linspace' spacing steps from its listed timestep n to n - T // steps, not to the next listed
   timestep (999 -> 899, then the network is called at 888): 57% apart on this tiny UNet when stepped cleanly.
 * DPMSolver*/UniPC/DEIS with karras sigmas feed the network rounded timesteps (the update keeps the sigma).
@@ -50,10 +55,19 @@ def rel(a, b):
     ("DDIMScheduler", {"timestep_spacing": "linspace", "clip_sample": False}),
     ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     ("UniPCMultistepScheduler", {"use_karras_sigmas": True}),
+    ("DEISMultistepScheduler", {"use_karras_sigmas": True}),
+    ("DEISMultistepScheduler", {"use_karras_sigmas": True, "solver_order": 3}),
+    ("DPMSolverSinglestepScheduler", {}),
+    ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}),
+    ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True, "solver_order": 3}),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3, "solver_type": "heun", "final_sigmas_type": "sigma_min"}),
+    ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
+    ("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver", "solver_order": 3, "solver_type": "heun",
+                                      "final_sigmas_type": "sigma_min", "lower_order_final": False}),
 ])
-def test_scheduler_loop_reproduced_by_default(unet, noise, cls, kw):
+@pytest.mark.parametrize("steps", [7, 10])
+def test_scheduler_loop_reproduced_by_default(unet, noise, cls, kw, steps):
     scheduler = getattr(diffusers, cls)(**kw)
-    steps = 10
     ref, calls = run_diffusers(scheduler, unet, noise, steps)
     with torch.no_grad():
         out = Sampler(unet, scheduler=scheduler, progress=False).run(steps, noise=noise * noise_scale_of(scheduler, steps))
@@ -61,7 +75,8 @@ def test_scheduler_loop_reproduced_by_default(unet, noise, cls, kw):
             steps, noise=noise * noise_scale_of(scheduler, steps))
     assert out.nfe == calls
     assert rel(out.samples, ref) < RTOL, f"{cls} {kw}: {rel(out.samples, ref):.3g}"
-    assert rel(clean.samples, ref) > 10 * RTOL       # the clean variant is a different (documented) loop
+    # the clean variant is a different (documented) loop, measurably further from diffusers than ours
+    assert rel(clean.samples, ref) > 10 * max(rel(out.samples, ref), 1e-7)
 
 
 def test_ddim_linspace_steps_to_t_minus_ratio(unet):
