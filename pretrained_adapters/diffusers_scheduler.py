@@ -33,7 +33,7 @@ from ..grids import make_grid
 from ..loop import Evaluator
 from ..noise import NoiseSource
 from ..solvers.base import Plan, Solver, available_solvers, get_solver
-from ..schedules import VPDiscrete
+from ..schedules import RectifiedFlow, VPDiscrete
 from . import diffusers as ad
 
 from diffusers import ConfigMixin, SchedulerMixin   # noqa: E402  (this module is only imported with diffusers)
@@ -163,11 +163,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                  steps_offset: int = 0, use_karras_sigmas: bool = False, clip_sample: bool = False,
                  clip_sample_range: float = 1.0, set_alpha_to_one: bool = True, final_sigmas_type: str | None = None,
                  rescale_betas_zero_snr: bool = False, thresholding: bool = False, shift: float = 1.0,
-                 use_flow_sigmas: bool = False, source_class: str | None = None, grid: Any = None,
+                 use_flow_sigmas: bool = False, use_dynamic_shifting: bool = False,
+                 time_shift_type: str = "exponential", base_shift: float = 0.5, max_shift: float = 1.15,
+                 base_image_seq_len: int = 256, max_image_seq_len: int = 4096, invert_sigmas: bool = False,
+                 stochastic_sampling: bool = False, source_class: str | None = None, grid: Any = None,
                  grid_options: dict | None = None, seed: int | None = None):
         if not isinstance(solver, str):
             raise InvalidArgument(f"solver={solver!r}: must be a registered solver name (a diffusers config is "
                                   "plain data); supported here: " + ", ".join(supported_solvers()))
+        # base_shift .. max_image_seq_len are kept for the pipelines that compute mu from them (Flux, SD3)
+        for name, value in (("invert_sigmas", invert_sigmas), ("stochastic_sampling", stochastic_sampling)):
+            if value:
+                raise InvalidArgument(f"{name}=True (FlowMatchEulerDiscreteScheduler) is not reproduced by "
+                                      "DiffsolveScheduler; use a stochastic diffsolve solver instead")
         self.solver: Solver = get_solver(solver, **dict(solver_options or {}))
         if self.solver.adaptive:
             raise InvalidArgument(
@@ -201,7 +209,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def _source_config(self) -> dict:
         cfg = {k: v for k, v in dict(self.config).items()
                if not k.startswith("_")
-               and k not in ("solver", "solver_options", "source_class", "grid", "grid_options", "seed")}
+               and k not in ("solver", "solver_options", "source_class", "grid", "grid_options", "seed", "base_shift",
+                             "max_shift", "base_image_seq_len", "max_image_seq_len", "invert_sigmas",
+                             "stochastic_sampling", "time_shift_type")}
         cfg["_class_name"] = self.config.source_class or "DPMSolverMultistepScheduler"
         if cfg.get("final_sigmas_type") is None:
             cfg.pop("final_sigmas_type")
@@ -213,8 +223,48 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         t0 = float(self.run.plan.t[0]) if self.run is not None else None
         return float(sch.prior_std(t0))
 
-    def _times(self, steps: int | None, timesteps: Sequence[float] | None, sigmas: Sequence[float] | None):
+    def _flow_times(self, steps: int | None, sigmas: Sequence[float] | None, mu: float | None) -> torch.Tensor:
+        """FlowMatchEulerDiscreteScheduler.set_timesteps with `sigmas=` and/or `mu=` (resolution-dependent shift)."""
+        from ..errors import check_choice, check_float
+        n = int(self.config.num_train_timesteps)
+        dynamic = bool(self.config.use_dynamic_shifting)
+        if dynamic and mu is None:
+            raise InvalidArgument("mu= is missing: this config shifts its timesteps by resolution "
+                                  "(use_dynamic_shifting=True); pass set_timesteps(..., mu=) as the pipeline does")
+        if not dynamic and mu is not None:
+            raise InvalidArgument("mu= applies only to configs with use_dynamic_shifting=True; this one shifts by "
+                                  f"shift={self.config.shift}")
+        if sigmas is None:
+            if steps is None:
+                raise InvalidArgument("set_timesteps needs num_inference_steps or sigmas=")
+            # the training sigmas run from 1 to 1/n, shifted in advance only without dynamic shifting
+            shift = 1.0 if dynamic else float(self.config.shift)
+            lo = shift * (1.0 / n) / (1.0 + (shift - 1.0) * (1.0 / n))
+            s = np.linspace(n * 1.0, n * lo, steps) / n
+        else:
+            s = np.asarray([check_float(f"sigmas[{i}]", v) for i, v in enumerate(sigmas)]).astype(np.float32)
+            if steps is not None and len(s) != steps:
+                raise InvalidArgument(f"sigmas= holds {len(s)} values but num_inference_steps={steps}")
+            if s.ndim != 1 or s.size < 1 or not np.all((s > 0) & (s <= 1)):
+                raise InvalidArgument("sigmas= must be flow sigmas in (0, 1], from noise towards data")
+        if dynamic:
+            check_choice("time_shift_type", self.config.time_shift_type, ("exponential", "linear"))
+            mu = check_float("mu", mu)
+            scale = np.exp(mu) if self.config.time_shift_type == "exponential" else mu
+            s = scale / (scale + (1.0 / s - 1.0))
+        else:
+            s = self.config.shift * s / (1.0 + (self.config.shift - 1.0) * s)
+        s = np.asarray(s, dtype=np.float32).astype(np.float64)         # diffusers keeps float32 sigmas
+        return make_grid(torch.cat([torch.from_numpy(s), torch.zeros(1, dtype=torch.float64)]), None, self.field.schedule)
+
+    def _times(self, steps: int | None, timesteps: Sequence[float] | None, sigmas: Sequence[float] | None,
+               mu: float | None = None):
         sch = self.field.schedule
+        if isinstance(sch, RectifiedFlow) and timesteps is None and \
+                (sigmas is not None or mu is not None or self.config.use_dynamic_shifting):
+            return self._flow_times(steps, sigmas, mu)
+        if mu is not None:
+            raise InvalidArgument("mu= applies only to flow-matching configs with use_dynamic_shifting=True")
         if timesteps is not None or sigmas is not None:
             if not isinstance(sch, VPDiscrete):
                 raise InvalidArgument("timesteps= / sigmas= need a discrete VP config")
@@ -236,9 +286,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None,
                       timesteps: Sequence[float] | None = None, sigmas: Sequence[float] | None = None,
-                      **kwargs: Any) -> None:
-        """Plan the run (grid, coefficients) and list the model times at which the pipeline must call the network."""
-        t = self._times(num_inference_steps, timesteps, sigmas)
+                      mu: float | None = None, **kwargs: Any) -> None:
+        """Plan the run (grid, coefficients) and list the model times at which the pipeline must call the network.
+
+        Flow-matching configs take `sigmas=` and `mu=` as FlowMatchEulerDiscreteScheduler does (SD3, Flux)."""
+        t = self._times(num_inference_steps, timesteps, sigmas, mu)
         self.run = self._new_run(t)
         self.num_inference_steps = self.run.plan.steps
         self.timesteps = _timesteps_tensor([float(p.model_time) for p in self.run.points], device)

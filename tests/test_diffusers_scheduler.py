@@ -192,3 +192,46 @@ def test_set_begin_index_starts_mid_grid_like_a_fresh_run(unet, solver):
         s = Sampler(unet, scheduler=orig, solver=solver, grid=full_t[3:].tolist(), grid_options={}, progress=False)
         ref = s.run(noise=start, noise_scale="prior", seed=2).samples
     assert float((x - ref).norm() / ref.norm()) < 1e-5
+
+
+def _flow_net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A smooth velocity field of (x, timestep) standing in for a flow-matching transformer."""
+    return torch.tanh(1.3 * x + 0.002 * t.reshape(-1, *([1] * (x.dim() - 1)))) - 0.4 * x
+
+
+@pytest.mark.parametrize("kw,call", [
+    ({"shift": 3.0}, {"sigmas": [1.0, 0.8, 0.55, 0.3, 0.1]}),
+    ({"use_dynamic_shifting": True}, {"num_inference_steps": 6, "mu": 0.7}),
+    ({"use_dynamic_shifting": True}, {"sigmas": [1.0, 0.75, 0.5, 0.25], "mu": -0.4}),
+    ({"use_dynamic_shifting": True, "time_shift_type": "linear"}, {"num_inference_steps": 5, "mu": 1.3}),
+])
+def test_flow_matching_set_timesteps_with_sigmas_and_mu(kw, call):
+    """SD3 / Flux pipelines call set_timesteps(sigmas=..., mu=...): the same timesteps and samples as
+    FlowMatchEulerDiscreteScheduler's own loop."""
+    ref = diffusers.FlowMatchEulerDiscreteScheduler(**kw)
+    ours = DiffsolveScheduler.from_config(ref.config, solver="euler")
+    noise = pipeline_noise(3, (BATCH, 1, SIZE, SIZE))
+    out = []
+    for sch in (ref, ours):
+        sch.set_timesteps(**call)
+        x = noise * getattr(sch, "init_noise_sigma", 1.0)
+        with torch.no_grad():
+            for t in sch.timesteps:
+                x = sch.step(_flow_net(x, t), t, x).prev_sample
+        out.append(x)
+    torch.testing.assert_close(ours.timesteps.float(), ref.timesteps.float(), rtol=1e-6, atol=1e-4)
+    err = float((out[1] - out[0]).norm() / out[0].norm())
+    assert err < 1e-5, f"{kw} {call}: relative difference {err:.3g}"
+
+
+def test_flow_matching_mu_is_required_exactly_where_diffusers_uses_it():
+    dyn = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)
+    with pytest.raises(InvalidArgument, match="mu= is missing"):
+        dyn.set_timesteps(5)
+    static = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=2.0).config)
+    with pytest.raises(InvalidArgument, match="use_dynamic_shifting"):
+        static.set_timesteps(5, mu=0.5)
+    with pytest.raises(InvalidArgument, match="sigmas"):
+        static.set_timesteps(sigmas=[1.0, 1.5])
+    with pytest.raises(InvalidArgument, match="mu"):
+        dyn.set_timesteps(5, mu="0.5")
