@@ -745,7 +745,8 @@ class SchedulerSinglestep(DPMSolverSinglestep):
 class DDIMStepTargets(Solver):
     """DDIMScheduler's loop: each step goes from its listed timestep n to n - T // steps, and the next step starts
     at the next listed timestep as if the state were there. With 'linspace' spacing the two differ (999 steps to
-    899 but the next call is at 888); `loop="clean"` steps to the next listed timestep instead."""
+    899 but the next call is at 888), and with 'trailing' whenever T / steps is not an integer (6 steps: 999 to
+    833, next call at 832); `loop="clean"` steps to the next listed timestep instead."""
 
     def __init__(self, inner: Solver, num_train_timesteps: int, final_t: float):
         if not hasattr(type(inner), "coefficients") or type(inner).coefficients is Solver.coefficients:
@@ -790,7 +791,7 @@ def _scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict
     if name in _ROUNDS_KARRAS_TIMESTEPS and cfg.get("use_karras_sigmas", False) and \
             cfg.get("beta_schedule", "linear") != "squaredcos_cap_v2":
         field = RoundedModelTime(field)
-    if name == "DDIMScheduler" and cfg.get("timestep_spacing", "leading") == "linspace":
+    if name == "DDIMScheduler":      # every spacing: with trailing, T / steps need not be an integer either
         inner = solver if isinstance(solver, Solver) else get_solver(solver, **options)
         if hasattr(type(inner), "coefficients") and type(inner).coefficients is not Solver.coefficients:
             final_t = 0.0 if cfg.get("set_alpha_to_one", True) else float(field.schedule.t_from_index(
