@@ -24,6 +24,7 @@ from ..field import FieldWrapper, VectorField
 from ..grids import karras_sigmas
 from ..schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
 from ..solvers.base import Plan, Solver, get_solver
+from ..solvers.consistency import Consistency
 from ..solvers.dpm_solver import DPMSolverSinglestep
 
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
@@ -347,12 +348,13 @@ def lcm_timesteps(steps: int, num_train_timesteps: int = 1000, original_inferenc
 
 
 def lcm_grid(steps: int, schedule: NoiseSchedule, *, original_inference_steps: int = 50,
-             num_train_timesteps: int | None = None) -> torch.Tensor:
-    """A diffsolve grid function giving LCMScheduler's timesteps, then 0 (its last step returns the prediction)."""
+             num_train_timesteps: int | None = None, final: str = "zero") -> torch.Tensor:
+    """A diffsolve grid function giving LCMScheduler's and TCDScheduler's timesteps, then 0 (LCM: its last step
+    returns the prediction) or alphas_cumprod[0] (`final="sigma_min"`: TCD's last step ends there)."""
     if not isinstance(schedule, VPDiscrete):
         raise InvalidArgument("lcm_grid needs a VPDiscrete schedule")
     ts = lcm_timesteps(steps, num_train_timesteps or schedule.N, original_inference_steps)
-    return times_from_timesteps(schedule, ts, final="zero")
+    return times_from_timesteps(schedule, ts, final=final)
 
 
 class LCMBoundary(FieldWrapper):
@@ -379,6 +381,32 @@ class LCMBoundary(FieldWrapper):
 
     def own_identity(self) -> str:
         return f"lcm_boundary(scaling={self.timestep_scaling!r}, sigma_data={self.sigma_data!r})"
+
+
+class TCDSteps(Consistency):
+    """TCDScheduler's loop (Zheng et al. 2024): from listed timestep n to n', a DDIM move to the timestep
+    floor((1 - gamma) n') with the model's x0 and eps, then noise back up to n'; the last step ends at
+    alphas_cumprod[0] without noise. `gamma` is the `eta` its pipeline passes to `step` (default 0.3)."""
+
+    def __init__(self, gamma: float = 0.3, s_noise: float = 1.0):
+        super().__init__(gamma, s_noise)
+        self.name = "tcd_scheduler"
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        from ..solvers.consistency import consistency_coefficients
+        self.check_field(field)
+        sch = field.schedule
+        if not isinstance(sch, VPDiscrete):
+            raise InvalidArgument("TCDScheduler's loop needs a discrete VP schedule")
+        pts = self.grid_points(field, t)
+        zero = field.at(0.0)            # TCD's x0 prediction is the clean data: the boundary is s = 0
+        coeffs = []
+        for p, q in zip(pts[:-1], pts[1:]):
+            n_next = float(sch.timestep_index(torch.tensor(float(q.t))))
+            n_mid = math.floor((1.0 - self.gamma) * round(n_next))
+            mid = field.at(float(sch.t_from_index(torch.tensor(float(n_mid)))))
+            coeffs.append(consistency_coefficients(p, q, mid, zero, self.s_noise))
+        return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=self.count_calls(tuple(coeffs), field, pts))
 
 
 def shift_sigmas(s: torch.Tensor | np.ndarray | float, shift: float):
@@ -463,9 +491,10 @@ def grid_options_of(scheduler_or_config: Any) -> tuple[Callable[..., torch.Tenso
                                   "shift=exp(mu) instead")
         return flow_grid, {"shift": float(cfg.get("shift", 1.0)),
                            "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
-    if str(cfg.get("_class_name", "")) == "LCMScheduler":
+    if str(cfg.get("_class_name", "")) in ("LCMScheduler", "TCDScheduler"):
         return lcm_grid, {"original_inference_steps": int(cfg.get("original_inference_steps", 50)),
-                          "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
+                          "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000)),
+                          "final": "zero" if cfg.get("_class_name") == "LCMScheduler" else "sigma_min"}
     style = _style(cfg, None)
     final = "zero" if cfg.get("set_alpha_to_one", True) else "sigma_min"
     if style != "ddim":
@@ -536,6 +565,7 @@ SCHEDULER_SOLVERS: dict[str, Any] = {
     "FlowMatchEulerDiscreteScheduler": ("euler", {}),
     "FlowMatchHeunDiscreteScheduler": ("heun", {}),
     "LCMScheduler": ("consistency", {}),
+    "TCDScheduler": ("tcd", {}),
     "DiffsolveScheduler": _diffsolve,
 }
 # Classes with no diffsolve counterpart, and why (refused with the list of supported classes).
@@ -543,9 +573,6 @@ UNMATCHED_SCHEDULERS = {
     "PNDMScheduler": "PNDM's pseudo-numerical warm start has no exact counterpart (solver='ipndm' is the closest)",
     "KDPM2AncestralDiscreteScheduler": "k-diffusion's dpm_2_ancestral is not implemented in diffsolve",
     "DPMSolverSDEScheduler": "k-diffusion's dpmpp_sde (Brownian-tree midpoint SDE) is not implemented in diffsolve",
-    "TCDScheduler": ("TCD's intermediate timestep is floor((1 - eta) n') in integer timesteps and its last step ends "
-                     "at alphas_cumprod[0], which solver='tcd' (continuous time, ending at zero noise) does not "
-                     "reproduce exactly; use Sampler(unet, scheduler=..., solver='tcd')"),
     "EDMEulerScheduler": "EDM-parameterised diffusers configs are not read by this adapter",
     "EDMDPMSolverMultistepScheduler": "EDM-parameterised diffusers configs are not read by this adapter",
 }
@@ -828,6 +855,8 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
             solver, options = solver_and_options_of(scheduler)
         except UnmatchedScheduler as e:
             return SamplerParts(field, _Unmatched(e), {}, grid, grid_options)
+        if loop == "scheduler" and cfg.get("_class_name") == "TCDScheduler":
+            solver, options = TCDSteps(), {}
         if loop == "scheduler" and cfg.get("_class_name") == "DPMSolverSinglestepScheduler":
             solver, options = SchedulerSinglestep(int(cfg.get("solver_order", 2)),
                                                   cfg.get("algorithm_type", "dpmsolver++"),

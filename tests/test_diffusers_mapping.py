@@ -37,16 +37,17 @@ def unet():
     ("DDIMScheduler", {}, "ddim", {}),
     ("UniPCMultistepScheduler", {"solver_type": "bh1"}, "unipc_bh1", {}),
     ("LCMScheduler", {}, "consistency", {}),
+    ("TCDScheduler", {}, "tcd", {}),
 ])
 def test_scheduler_classes_map_to_solvers(cls, kw, solver, options):
     sch = getattr(diffusers, cls)(**kw)
     assert ad.solver_and_options_of(sch) == (solver, options)
-    if cls != "KDPM2DiscreteScheduler":   # KDPM2's constructor takes LMS's arguments: its bare config reads as LMS
+    # KDPM2's constructor takes LMS's arguments and TCD's LCM's: their bare configs read as LMS and LCM
+    if cls not in ("KDPM2DiscreteScheduler", "TCDScheduler"):
         assert ad.solver_and_options_of(sch.config) == (solver, options)     # class inferred from the config's keys
 
 
-@pytest.mark.parametrize("cls", ["PNDMScheduler", "DPMSolverSDEScheduler", "KDPM2AncestralDiscreteScheduler",
-                                 "TCDScheduler"])
+@pytest.mark.parametrize("cls", ["PNDMScheduler", "DPMSolverSDEScheduler", "KDPM2AncestralDiscreteScheduler"])
 def test_unmatched_schedulers_are_refused_with_the_supported_list(unet, cls):
     sch = getattr(diffusers, cls)()
     with pytest.raises(InvalidArgument, match="Supported scheduler classes: DDIMScheduler"):
@@ -118,3 +119,30 @@ def test_lcm_timesteps_and_boundary_follow_the_scheduler(unet):
     c_skip = 0.25 / (30.0 ** 2 + 0.25)
     want = c_skip * x + (30.0 / (30.0 ** 2 + 0.25) ** 0.5) * s.field.inner.denoise(x, p)
     torch.testing.assert_close(s.field.denoise(x, p), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3, 0.7, 1.0])
+@pytest.mark.parametrize("kw", [{}, {"prediction_type": "v_prediction", "original_inference_steps": 25}])
+def test_tcd_matches_its_loop_with_the_same_noise(unet, eta, kw):
+    """TCDScheduler: DDIM to floor((1 - eta) n'), noise back up to n'; the last step ends at alphas_cumprod[0]."""
+    scheduler = diffusers.TCDScheduler(**kw)
+    steps = 4
+    noise = torch.randn(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    sch = copy.deepcopy(scheduler)
+    sch.set_timesteps(steps)
+    g = torch.Generator().manual_seed(5)
+    x = noise
+    with torch.no_grad():
+        for t in sch.timesteps:
+            x = sch.step(unet(x, t).sample, t, x, eta=eta, generator=g).prev_sample
+    g = torch.Generator().manual_seed(5)
+    draws = [torch.randn(noise.shape, generator=g) for _ in range(steps)]
+    solver = None if eta == 0.3 else ad.TCDSteps(gamma=eta)
+    s = Sampler(unet, scheduler=scheduler, solver=solver, progress=False)
+    assert isinstance(s.solver, ad.TCDSteps) and s.solver.gamma == eta
+    plan = s.plan(steps)
+    with torch.no_grad():
+        ours = s.solve(plan, noise * ad.noise_scale_of(scheduler, steps), step_noise=ListNoise(draws)).samples
+    err = float((ours - x).norm() / x.norm())
+    assert err < 1e-5, f"eta={eta}: relative difference {err:.3g}"
+    assert plan.nfe == steps
