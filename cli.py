@@ -182,6 +182,8 @@ def _solvers(verbose: bool = False) -> int:
             continue
         d = get_solver(name).describe()
         kind = "stochastic" if not d["deterministic"] else "deterministic"
+        if d.get("model_family"):
+            kind += f", for {d['model_family']} models"
         print(f"    {kind}, " + ("adaptive step size" if d["adaptive"] else
                                  f"order {d['order']}, {d['calls_per_step']} model call(s) per step"))
         opts = solver_options(e)

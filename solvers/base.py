@@ -77,6 +77,7 @@ class Solver:
     deterministic: ClassVar[bool] = True
     needs_schedule: ClassVar[bool] = True
     adaptive: ClassVar[bool] = False    # the whole span in one call (solvers.adaptive)
+    model_family: ClassVar[str | None] = None   # samplers for one kind of model only (consistency, shortcut)
     citation: ClassVar[str] = ""
 
     # --- direction ------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ class Solver:
     def describe(self) -> dict:
         return {"name": self.name, "order": self.order, "calls_per_step": self.calls_per_step,
                 "deterministic": self.deterministic, "needs_schedule": self.needs_schedule,
-                "adaptive": self.adaptive}
+                "adaptive": self.adaptive, "model_family": self.model_family}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, order={self.order})"

@@ -60,6 +60,7 @@ class Consistency(StochasticSolver):
     """Multistep consistency sampling (Song et al. 2023, Alg. 1), with TCD's gamma (Zheng et al. 2024)."""
 
     name = "consistency"
+    model_family = "consistency"
     order = 1
     calls_per_step = 1
     citation = "Song et al. 2023 (Consistency Models, Alg. 1); Zheng et al. 2024 (TCD, gamma)"
@@ -117,6 +118,7 @@ class Shortcut(Euler):
     """Shortcut-model sampling (Frans et al. 2024): K uniform Euler steps, the model told d = 1/K."""
 
     name = "shortcut"
+    model_family = "shortcut"
     order = 1
     needs_schedule = False
     citation = "Frans et al. 2024 (One Step Diffusion via Shortcut Models)"
