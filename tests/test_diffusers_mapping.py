@@ -75,6 +75,26 @@ class ListNoise:
         return self.draws[i]
 
 
+def diffusers_loop_and_ours(unet, scheduler, steps, solver=None, **step_kwargs):
+    """(diffusers' own loop, Sampler(unet, scheduler=...)) from the same noise, diffsolve's step noise being the
+    draws diffusers made from the same generator, in order; and diffsolve's plan."""
+    noise = torch.randn(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    sch = copy.deepcopy(scheduler)
+    sch.set_timesteps(steps)
+    g = torch.Generator().manual_seed(5)
+    x = noise * sch.init_noise_sigma
+    with torch.no_grad():
+        for t in sch.timesteps:
+            x = sch.step(unet(sch.scale_model_input(x, t), t).sample, t, x, generator=g, **step_kwargs).prev_sample
+    g = torch.Generator().manual_seed(5)
+    draws = [torch.randn(noise.shape, generator=g) for _ in range(steps)]
+    s = Sampler(unet, scheduler=scheduler, solver=solver, progress=False)
+    plan = s.plan(steps)
+    with torch.no_grad():
+        ours = s.solve(plan, noise * ad.noise_scale_of(scheduler, steps), step_noise=ListNoise(draws)).samples
+    return x, ours, s, plan
+
+
 @pytest.mark.parametrize("cls,kw", [
     ("DDPMScheduler", {"clip_sample": False}),
     ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
@@ -83,22 +103,8 @@ class ListNoise:
     ("LCMScheduler", {"original_inference_steps": 20, "timestep_scaling": 2.0, "prediction_type": "v_prediction"}),
 ])
 def test_stochastic_schedulers_match_diffusers_loop_with_the_same_noise(unet, cls, kw):
-    scheduler = getattr(diffusers, cls)(**kw)
     steps = 6
-    noise = torch.randn(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    sch = copy.deepcopy(scheduler)
-    sch.set_timesteps(steps)
-    g = torch.Generator().manual_seed(5)
-    x = noise * sch.init_noise_sigma
-    with torch.no_grad():
-        for t in sch.timesteps:
-            x = sch.step(unet(sch.scale_model_input(x, t), t).sample, t, x, generator=g).prev_sample
-    g = torch.Generator().manual_seed(5)
-    draws = [torch.randn(noise.shape, generator=g) for _ in range(steps)]
-    s = Sampler(unet, scheduler=scheduler, progress=False)
-    plan = s.plan(steps)
-    with torch.no_grad():
-        ours = s.solve(plan, noise * ad.noise_scale_of(scheduler, steps), step_noise=ListNoise(draws)).samples
+    x, ours, _, plan = diffusers_loop_and_ours(unet, getattr(diffusers, cls)(**kw), steps)
     err = float((ours - x).norm() / x.norm())
     assert err < 1e-5, f"{cls}: relative difference {err:.3g}"
     assert plan.nfe == steps
@@ -125,24 +131,10 @@ def test_lcm_timesteps_and_boundary_follow_the_scheduler(unet):
 @pytest.mark.parametrize("kw", [{}, {"prediction_type": "v_prediction", "original_inference_steps": 25}])
 def test_tcd_matches_its_loop_with_the_same_noise(unet, eta, kw):
     """TCDScheduler: DDIM to floor((1 - eta) n'), noise back up to n'; the last step ends at alphas_cumprod[0]."""
-    scheduler = diffusers.TCDScheduler(**kw)
     steps = 4
-    noise = torch.randn(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    sch = copy.deepcopy(scheduler)
-    sch.set_timesteps(steps)
-    g = torch.Generator().manual_seed(5)
-    x = noise
-    with torch.no_grad():
-        for t in sch.timesteps:
-            x = sch.step(unet(x, t).sample, t, x, eta=eta, generator=g).prev_sample
-    g = torch.Generator().manual_seed(5)
-    draws = [torch.randn(noise.shape, generator=g) for _ in range(steps)]
     solver = None if eta == 0.3 else ad.TCDSteps(gamma=eta)
-    s = Sampler(unet, scheduler=scheduler, solver=solver, progress=False)
+    x, ours, s, plan = diffusers_loop_and_ours(unet, diffusers.TCDScheduler(**kw), steps, solver, eta=eta)
     assert isinstance(s.solver, ad.TCDSteps) and s.solver.gamma == eta
-    plan = s.plan(steps)
-    with torch.no_grad():
-        ours = s.solve(plan, noise * ad.noise_scale_of(scheduler, steps), step_noise=ListNoise(draws)).samples
     err = float((ours - x).norm() / x.norm())
     assert err < 1e-5, f"eta={eta}: relative difference {err:.3g}"
     assert plan.nfe == steps
