@@ -206,7 +206,8 @@ class Field:
         if self.schedule is None:
             raise InvalidArgument(
                 f"solver {who!r} needs a Gaussian noise schedule, but this field is a plain velocity field "
-                "(schedule=None); use 'euler', 'heun', 'rk4' or another Runge-Kutta solver, or pass schedule=")
+                "(schedule=None); use 'euler', 'heun', 'rk4' or another Runge-Kutta solver, the Adams-Bashforth "
+                "solvers 'ipndm', 'ipndm_v' or 'lms', or pass schedule=")
 
     def at(self, t: Any) -> EvalPoint:
         """Path scalars at schedule time t: host floats for a number, per-sample device tensors for a tensor."""

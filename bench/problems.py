@@ -176,3 +176,39 @@ class GaussianMixtureProblem(torch.nn.Module):
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[k] + eps * self.variances[k].sqrt()[:, None]
+
+
+class LinearFlowProblem(torch.nn.Module):
+    """A plain velocity field with a known solution: dx/dtau = M (x - p(tau)) + p'(tau) in 2-D, tau = 1 - t the
+    flow's time (0 at the source, 1 at the data), p(tau) = (sin(w1 tau), cos(w2 tau)) and M a rotating
+    contraction. Its solution is x(tau) = p(tau) + exp(M (tau - tau0)) (x(tau0) - p(tau0)): smooth in time and
+    state, time-dependent, for checking solvers' orders on a field without a noise schedule (any source)."""
+
+    def __init__(self, decay: float = 0.5, rotation: float = 2.0, w1: float = 2.0, w2: float = 3.0):
+        super().__init__()
+        self.register_buffer("M", torch.tensor([[-decay, rotation], [-rotation, -decay]], dtype=torch.float64))
+        self.register_buffer("w", torch.tensor([w1, w2], dtype=torch.float64))
+
+    @property
+    def diffsolve_spec(self) -> ModelSpec:
+        return ModelSpec(prediction="velocity", schedule=None, sample_shape=(2,), time_convention="flow")
+
+    def p(self, tau: torch.Tensor) -> torch.Tensor:
+        w = self.w.to(tau.dtype)
+        return torch.stack([torch.sin(w[0] * tau), torch.cos(w[1] * tau)], -1)
+
+    def dp(self, tau: torch.Tensor) -> torch.Tensor:
+        w = self.w.to(tau.dtype)
+        return torch.stack([w[0] * torch.cos(w[0] * tau), -w[1] * torch.sin(w[1] * tau)], -1)
+
+    def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        tau = tau.to(x.dtype).reshape(-1).expand(x.shape[0])
+        return (x - self.p(tau)) @ self.M.to(x.dtype).T + self.dp(tau)
+
+    def ode_solution(self, x: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
+        """The exact state at diffsolve time t1 from x at t0 (tau = 1 - t)."""
+        tau0 = torch.tensor(1.0 - t0, dtype=torch.float64)
+        tau1 = torch.tensor(1.0 - t1, dtype=torch.float64)
+        E = torch.linalg.matrix_exp(self.M * (tau1 - tau0))
+        y = self.p(tau1) + (x.double() - self.p(tau0)) @ E.T
+        return y.to(x.dtype)

@@ -88,14 +88,17 @@ class Solver:
         """Why this solver cannot integrate from data to noise, or None when it can."""
         return None if self.deterministic else NOT_INVERTIBLE
 
-    def check_direction(self, t: torch.Tensor) -> bool:
-        """True for an increasing (inversion) grid after checking this solver may run it; False for sampling."""
+    def check_direction(self, t: torch.Tensor, field: Field | None = None) -> bool:
+        """True for an increasing (inversion) grid after checking this solver may run it; False for sampling.
+
+        With `field` a plain velocity field (schedule=None), t = 0 is an ordinary point of the ODE (no 0/0
+        slope), so an inversion grid may start there."""
         if not is_increasing(t):
             return False
         why = self.inversion_refusal()
         if why is not None:
             raise refuse_increasing(self.name, why)
-        if float(t[0]) == 0.0:
+        if float(t[0]) == 0.0 and (field is None or field.has_schedule):
             raise InvalidArgument(
                 "an inversion grid handed to a solver must start above zero noise (t[0] > 0): the slope is 0/0 at "
                 "t = 0. Sampler.invert takes the step out of t = 0 itself (the data prediction there is the data, "
@@ -137,7 +140,7 @@ class Solver:
             field.require_schedule(self.name)
 
     def grid_points(self, field: Field, t: torch.Tensor) -> tuple[EvalPoint, ...]:
-        self.check_direction(t)
+        self.check_direction(t, field)
         return tuple(field.at(float(v)) for v in t)
 
     def options(self) -> dict:
@@ -147,7 +150,8 @@ class Solver:
     def describe(self) -> dict:
         return {"name": self.name, "order": self.order, "calls_per_step": self.calls_per_step,
                 "deterministic": self.deterministic, "needs_schedule": self.needs_schedule,
-                "adaptive": self.adaptive, "model_family": self.model_family}
+                "adaptive": self.adaptive, "model_family": self.model_family,
+                **({"plain_order": self.plain_order} if getattr(self, "plain_order", None) is not None else {})}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, order={self.order})"

@@ -9,6 +9,11 @@ s, so `ipndm_v` and `lms` are the same rule); `weights="diff_sampler"` reproduce
 closed forms, which equal the exact weights for orders 1-2 and for constant steps, are exact only to first
 degree for order 3 on variable steps, and for order 4 do not even sum to the step unless the step ratios are
 constant (h_{n-2}/h_{n-3} = h_{n-1}/h_{n-2}), which costs them consistency on general grids.
+
+On a plain velocity field (schedule=None: a flow whose source need not be Gaussian) both integrate
+dx/dt = f(x, t) in the field's own time with the same weights in t instead of s (SlopeMultistep.plan_plain):
+iPNDM's constant weights are exact on grids uniform in t (order 4 there, 2 on varying steps), iPNDM_v's are
+variable-step Adams-Bashforth (order 4 on any smooth grid).
 """
 from __future__ import annotations
 
@@ -26,11 +31,16 @@ class IPNDM(SlopeMultistep):
 
     name = "ipndm"
     order = 2       # measured global order on grids that are not uniform in s; see the module docstring
+    needs_schedule = False
     citation = "Zhang & Chen 2023, DEIS (arXiv:2204.13902), iPNDM; Zhou et al. 2024 diff-sampler"
 
     def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False):
         super().__init__(order, lower_order_final, afs)
         self.order = min(self.solver_order, 2)
+        # On a plain velocity field the weights act in t. Its body is of the nominal order only on grids uniform
+        # in t, where the warm start's first-order step (local error h^2) still limits the run to order 2; on any
+        # other grid the constant weights leave an O(h^3) local error: order min(order, 2) either way.
+        self.plain_order = self.order
 
     def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
         h = s_next - s_hist[0]
@@ -67,6 +77,7 @@ class IPNDMV(SlopeMultistep):
     """iPNDM_v: variable-step Adams-Bashforth weights on the EDM slope (diff-sampler `ipndm_v`)."""
 
     name = "ipndm_v"
+    needs_schedule = False
     citation = "Zhou et al. 2024 (AMED, diff-sampler ipndm_v); Zhang & Chen 2023 (iPNDM)"
 
     def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False,
@@ -76,6 +87,7 @@ class IPNDMV(SlopeMultistep):
         self.weight_rule = weights
         if weights == "diff_sampler" and self.solver_order == 4:
             self.order = 2      # its order-4 weights are inconsistent on general grids (module docstring)
+        self.plain_order = self.order     # variable-step AB in t on a plain velocity field: the same orders
 
     def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
         if self.weight_rule == "diff_sampler":
@@ -83,5 +95,7 @@ class IPNDMV(SlopeMultistep):
         return lagrange_integrals(s_hist, s_hist[0], s_next, "s")
 
 
-register("ipndm", IPNDM, "iPNDM, constant-step Adams-Bashforth on the EDM slope, order=1..4 (default 4)")
-register("ipndm_v", IPNDMV, "iPNDM_v, variable-step Adams-Bashforth on the EDM slope, order=1..4 (default 4)")
+register("ipndm", IPNDM, "iPNDM, constant-step Adams-Bashforth on the EDM slope (plain fields: in t), "
+         "order=1..4 (default 4)")
+register("ipndm_v", IPNDMV, "iPNDM_v, variable-step Adams-Bashforth on the EDM slope (plain fields: in t), "
+         "order=1..4 (default 4)")

@@ -1,7 +1,8 @@
 """Linear multistep (k-diffusion `sample_lms`): Adams-Bashforth in sigma with Lagrange quadrature weights.
 
 k-diffusion integrates the Lagrange basis with scipy quad (epsrel 1e-4); here the weights are exact
-(Gauss-Legendre on a polynomial), so results agree with k-diffusion to about that tolerance.
+(Gauss-Legendre on a polynomial), so results agree with k-diffusion to about that tolerance. On a plain velocity field (schedule=None) the same
+rule runs in the field's own time t on f = dx/dt (SlopeMultistep.plan_plain).
 """
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ class LMS(SlopeMultistep):
     """Variable-step Adams-Bashforth on d = (x~ - D)/s in s (Lagrange polynomial through past slopes)."""
 
     name = "lms"
+    needs_schedule = False
     citation = "Crowson, k-diffusion sample_lms; Hairer, Norsett & Wanner, Sec. III.1 (Adams methods)"
+
+    def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False):
+        super().__init__(order, lower_order_final, afs)
+        self.plain_order = self.solver_order      # variable-step Adams-Bashforth in t on a plain velocity field
 
     def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
         return lagrange_integrals(s_hist, s_hist[0], s_next, "s")

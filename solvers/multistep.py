@@ -184,6 +184,15 @@ class SlopeStep(MultistepStep):
     keep_slope: bool
 
 
+@dataclass(frozen=True)
+class PlainABStep(MultistepStep):
+    """A plain velocity field's Adams-Bashforth step: x' = x + sum_j weights[j] f_{i-j} (f = dx/dt, newest
+    first); `keep`: whether later steps need this step's f."""
+
+    weights: tuple[float, ...]
+    keep: bool
+
+
 class SlopeMultistep(MultistepSolver):
     """Adams-Bashforth family on the EDM-frame slope d = (x~ - D) / s (which equals the noise prediction eps).
 
@@ -203,7 +212,13 @@ class SlopeMultistep(MultistepSolver):
         """c_j for slopes at s_hist = (s_i, s_{i-1}, ...) (k values) over the step s_i -> s_next."""
         raise NotImplementedError
 
+    # Solvers whose rule is plain Adams-Bashforth in one variable (iPNDM, iPNDM_v, LMS) also integrate a plain
+    # velocity field (schedule=None) in its own time: they set `needs_schedule = False` and `plain_order`.
+    plain_order: int | None = None      # declared global order on a plain velocity field; None: refused there
+
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        if not field.has_schedule:
+            return self.plan_plain(field, t)
         pts, lam, orders = self.grid_lambdas(field, t, singular_end=self.singular_end)
         s = [p.s for p in pts]
         n = len(orders)
@@ -219,7 +234,37 @@ class SlopeMultistep(MultistepSolver):
             data.append(SlopeStep(update, (1.0 / p.sigma, -p.alpha / p.sigma), keep, order=k))
         return self.make_plan(t, pts, data)
 
+    def plan_plain(self, field: Field, t: torch.Tensor) -> Plan:
+        """Adams-Bashforth on dx/dt = f(x, t) in the field's own time t (no noise schedule, no EDM frame).
+
+        x_{i+1} = x_i + sum_j c_j f_{i-j}, the weights c_j being this solver's `weights` with t in place of s (the
+        rules are polynomial quadrature in whatever variable they are given). Warm start and `lower_order_final`
+        as on a Gaussian field; no step is singular (t = 0 is an ordinary point of a plain field), so a step
+        into t = 0 keeps its order. AFS has no meaning without a Gaussian path and is refused."""
+        if self.plain_order is None:
+            field.require_schedule(self.name)
+        if self.afs:
+            raise InvalidArgument(
+                f"solver {self.name!r}: afs=True estimates the first data prediction from a Gaussian path "
+                "(x0_hat = c x at pure noise); a plain velocity field (schedule=None) has none; use afs=False")
+        pts = self.grid_points(field, t)
+        increasing = self.check_direction(t, field)
+        tv = [float(v) for v in t]
+        orders = step_orders([0.0] * len(tv), self.solver_order, self.lower_order_final, False, False, increasing)
+        n = len(orders)
+        data = []
+        for i, k in enumerate(orders):
+            c = self.weights([tv[i - j] for j in range(k)], tv[i + 1], k)
+            keep = not (i == n - 1) and self.solver_order > 1
+            data.append(PlainABStep(tuple(float(v) for v in c), keep, order=k))
+        return Plan(t=t, points=tuple(pts), coeffs=tuple(data), nfe=n)
+
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: SlopeStep):
+        if isinstance(coeffs, PlainABStep):
+            v = ev.velocity(x, t0)
+            hist = (v, *state)
+            x_next = lincomb((1.0, *coeffs.weights), (x, *hist[: len(coeffs.weights)]))
+            return x_next, None, (hist[: self.solver_order - 1] if coeffs.keep else state)
         m = self.data_prediction(ev, x, t0, coeffs)
         d = lincomb(coeffs.slope, (x, m)) if coeffs.keep_slope else None
         if coeffs.order == 1:

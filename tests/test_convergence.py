@@ -100,3 +100,79 @@ def test_heun_to_zero_costs_2n_minus_1_and_lands_on_the_denoised_state():
     out = Sampler(problem, "heun", progress=False).run(steps=10, batch_size=3, seed=0, dtype=torch.float64)
     assert out.nfe == 19 and float(out.t[-1]) == 0.0
     assert torch.isfinite(out.samples).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain velocity fields (schedule=None): Adams-Bashforth in the field's own time
+# ------------------------------------------------------------------------------------------------
+PLAIN_AB = ("ipndm", "ipndm_v", "lms")
+
+
+def plain_errors(name, grid_of, steps, **options):
+    from diffsolve.bench.problems import LinearFlowProblem
+    problem = LinearFlowProblem()
+    noise = torch.rand(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 4 - 2  # any source
+    exact = problem.ode_solution(noise, 1.0, 0.0)
+    errs = []
+    for n in steps:
+        out = Sampler(problem, name, grid=grid_of(n), progress=False, **options).run(noise=noise)
+        assert out.nfe == len(out.t) - 1
+        errs.append(float((out.samples - exact).pow(2).mean().sqrt()))
+    return errs
+
+
+def uniform(n):
+    return torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
+
+
+def warped(n):
+    u = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
+    return 0.7 * u ** 2 + 0.3 * u
+
+
+def refined_start(n):
+    """Uniform in t after three short warm-start steps (h^2.5, h^(5/3), h^1.25): their local errors (orders 1-3)
+    stay below h^5, so the run shows the order-4 body of a variable-step rule."""
+    h = 1.0 / n
+    start = 1.0 - torch.tensor([0.0, h ** 2.5, h ** 2.5 + h ** (5 / 3), h ** 2.5 + h ** (5 / 3) + h ** 1.25],
+                               dtype=torch.float64)
+    return torch.cat([start, torch.linspace(float(start[-1]), 0.0, n + 1, dtype=torch.float64)[1:]])
+
+
+@pytest.mark.parametrize("name", PLAIN_AB)
+@pytest.mark.parametrize("grid_of", [uniform, warped], ids=["uniform", "warped"])
+def test_plain_field_ab_declared_order(name, grid_of):
+    """Declared plain_order 2 for the default order 4 (the warm start's Euler step, local error h^2, limits any AB
+    run on a grid of equal-order steps; iPNDM's constant weights on varying steps too)."""
+    solver = get_solver(name)
+    assert not solver.needs_schedule
+    expected = solver.plain_order if name == "ipndm" else 2
+    errs = plain_errors(name, grid_of, STEPS)
+    measured = slope(errs)
+    assert abs(measured - expected) <= TOL, f"{name}: expected {expected}, measured {measured:.2f}, errors {errs}"
+
+
+@pytest.mark.parametrize("name", ["ipndm_v", "lms"])
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_plain_field_variable_step_ab_body_order(name, order):
+    """The variable-step rules' own order (their declared plain_order) shows once the warm start is refined."""
+    solver = get_solver(name, order=order)
+    errs = plain_errors(name, refined_start, STEPS, order=order)
+    measured = slope(errs)
+    assert solver.plain_order == order
+    assert abs(measured - order) <= TOL, f"{name} order {order}: measured {measured:.2f}, errors {errs}"
+
+
+def test_plain_field_ab_matches_euler_at_order_1_and_refuses_afs():
+    from diffsolve.bench.problems import LinearFlowProblem
+    from diffsolve.errors import InvalidArgument
+    problem = LinearFlowProblem()
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    e = Sampler(problem, "euler", progress=False).run(steps=7, noise=noise).samples
+    for name in PLAIN_AB:
+        a = Sampler(problem, name, order=1, progress=False).run(steps=7, noise=noise).samples
+        assert torch.equal(a, e), name
+        with pytest.raises(InvalidArgument, match="afs=True.*plain velocity field"):
+            Sampler(problem, name, afs=True, progress=False).run(steps=4, noise=noise)
+    with pytest.raises(InvalidArgument, match="needs a Gaussian noise schedule"):
+        Sampler(problem, "deis", progress=False)
