@@ -29,6 +29,19 @@ GITS_WEIGHT = 1.15
 DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m")
 
 
+PLAIN_BASES = ("euler", "ipndm", "ipndm_v", "lms", "heun", "midpoint", "rk4")
+
+
+def check_plain_base(field: Field, base: str, who: str) -> None:
+    """On a plain velocity field (no Gaussian path) only bases that integrate in native time; a clear error else."""
+    if field.has_schedule:
+        return
+    from ..solvers import get_solver
+    if get_solver(base).needs_schedule:
+        raise InvalidArgument(f"{who} on a plain velocity field (schedule=None) needs a base solver that runs in "
+                              f"native time (e.g. {', '.join(PLAIN_BASES)}); {base!r} needs a Gaussian schedule")
+
+
 def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -> int:
     from ..solvers import get_solver
     solver = get_solver(base, **solver_options)
@@ -47,6 +60,7 @@ def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, ba
     """C[i, j] (i < j) = mean over samples of the RMSE of one Euler jump from states[i] at times[i] to times[j],
     against states[j]; +inf elsewhere. `states`: [K, B, ...] teacher points at the decreasing `times`."""
     from ..solvers.euler import ddim_coefficients
+    plain = not field.has_schedule          # a plain velocity field: x_j = x_i + (t_j - t_i) f(x_i, t_i)
     K = times.numel()
     pts = [field.at(float(v)) for v in times]
     C = torch.full((K, K), math.inf, dtype=torch.float64)
@@ -56,9 +70,9 @@ def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, ba
         for i in range(K - 1):
             for b in range(0, B, batch_size):
                 xi = states[i, b:b + batch_size]
-                D = field.denoise(xi, pts[i])
+                D = field.velocity(xi, pts[i]) if plain else field.denoise(xi, pts[i])
                 for j in range(i + 1, K):
-                    a, c = ddim_coefficients(pts[i], pts[j])
+                    a, c = (1.0, float(times[j] - times[i])) if plain else ddim_coefficients(pts[i], pts[j])
                     err = (a * xi + c * D - states[j, b:b + batch_size]).double().flatten(1)
                     sums[i, j] += err.pow(2).mean(1).sqrt().sum()
         for i in range(K - 1):
@@ -93,13 +107,17 @@ def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7,
               teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
               log: Callable[[str], None] | None = print, **solver_options: Any) -> GridCorrection:
     """GITS grids for `base` at each NFE, from `n` teacher trajectories on a fine EDM grid of fine_steps + 1 points
-    (karras, rho 7, ending at t = 0)."""
-    from ..grids import karras
+    (karras, rho 7, ending at t = 0). On a plain velocity field (schedule=None) the fine grid is uniform in the
+    field's own time t (1 to 0) and the cost of a jump is one Euler step x + (t_j - t_i) f(x_i, t_i)."""
+    from ..grids import karras, time_uniform
     field = field_of(model)
-    field.require_schedule("gits")
+    check_plain_base(field, base, "gits")
     start = time.perf_counter()
-    fine = karras(fine_steps, field.schedule, rho=rho, final="zero")
-    fine[0] = field.schedule.t_max                  # exactly, free of the polynomial's round-off
+    if field.has_schedule:
+        fine = karras(fine_steps, field.schedule, rho=rho, final="zero")
+        fine[0] = field.schedule.t_max              # exactly, free of the polynomial's round-off
+    else:
+        fine = time_uniform(fine_steps, None)
     seeds = list(range(seed * 1_000_000, seed * 1_000_000 + n))
     noise = noise_for(field, seeds, dtype=dtype)
     states = teacher_states(field, noise, fine, mode=teacher, seeds=seeds, **(teacher_options or {}))
@@ -135,6 +153,8 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
     if base not in DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}; a learned grid supports {', '.join(DIFFERENTIABLE_BASES)}")
     k = max_order if max_order is not None else DEFAULT_MAX_ORDER.get(base, 1)
+    if not field.has_schedule:
+        return differentiable_run_plain(field, x, s, base, k, afs)
     sch = field.schedule
     a0 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[0])))))))
     y = x / a0
@@ -155,6 +175,47 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
         y = base_substep(base, y, hist, s0, s1, k)
     a1 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[-1])))))))
     return y * a1
+
+
+PLAIN_DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v")
+
+
+def differentiable_run_plain(field: Field, x: torch.Tensor, t: Sequence[Any], base: str, k: int,
+                             afs: bool = False) -> torch.Tensor:
+    """The base solver on a plain velocity field over times `t` (tensors with gradient or floats) in native time:
+    the same Adams-Bashforth rules as the solvers' `plan_plain`, history (t, f) newest first."""
+    from ..solvers.amed import base_substep
+    if base not in PLAIN_DIFFERENTIABLE_BASES:
+        raise InvalidArgument(f"base={base!r}: on a plain velocity field a learned grid supports "
+                              f"{', '.join(PLAIN_DIFFERENTIABLE_BASES)}")
+    if afs:
+        raise InvalidArgument("afs=True needs a Gaussian path; a plain velocity field (schedule=None) has none")
+    hist: tuple = ()
+    for i in range(len(t) - 1):
+        t0, t1 = t[i], t[i + 1]
+        p = field.at(t0.reshape(1) if isinstance(t0, torch.Tensor) else float(t0))
+        v = field.velocity(x, p)
+        hist = ((t0, v, None), *hist)[:k]
+        x = base_substep(base, x, hist, t0, t1, k)
+    return x
+
+
+class TimeGapGrid(torch.nn.Module):
+    """Times t_0 = t_max > t_1 > ... > t_n = 0 of a plain velocity field: gaps in t from a softmax over n logits."""
+
+    def __init__(self, init: Sequence[float]):
+        super().__init__()
+        t = [float(v) for v in init]
+        if t[-1] != 0.0 or len(t) < 2:
+            raise InvalidArgument("the initial grid must end at t = 0")
+        self.t_max = t[0]
+        gaps = torch.tensor([max(t[i] - t[i + 1], 1e-4) for i in range(len(t) - 1)], dtype=torch.float64)
+        self.logits = torch.nn.Parameter(torch.log(gaps / gaps.sum()))
+
+    def forward(self) -> list[Any]:
+        g = torch.softmax(self.logits, 0)
+        inner = self.t_max * (1.0 - torch.cumsum(g, 0)[:-1])
+        return [torch.tensor(self.t_max, dtype=torch.float64)] + [v.reshape(1) for v in inner] + [0.0]
 
 
 class GapGrid(torch.nn.Module):
@@ -189,7 +250,10 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
     the same NFE); such a grid runs through `to_amed_table` (AMED-Plugin with per-step constants), since the
     plain solvers' AFS assumes a zero mean."""
     field = field_of(model)
-    field.require_schedule("learned grid")
+    if not field.has_schedule:
+        return _learn_grid_plain(field, base=base, nfe=nfe, n=n, batch_size=batch_size, epochs=epochs, lr=lr,
+                                 seed=seed, init=init, teacher=teacher, teacher_options=teacher_options, dtype=dtype,
+                                 afs=afs, log=log, **solver_options)
     sch = field.schedule
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -241,6 +305,68 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
     return GridCorrection("learned", grids, base, field.identity(),
                           {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "seed": seed,
                            "teacher": teacher, "afs": afs, "seconds": round(time.perf_counter() - start, 1)}, mean)
+
+
+def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, batch_size: int, epochs: int,
+                      lr: float, seed: int, init: Any, teacher: str, teacher_options: dict | None,
+                      dtype: torch.dtype, afs: bool, log: Callable[[str], None] | None,
+                      **solver_options: Any) -> GridCorrection:
+    """learn_grid on a plain velocity field: the interior times (gaps in t, `TimeGapGrid`) optimized through
+    `differentiable_run_plain` against the teacher's endpoints; the start (t = 1) and t = 0 fixed. The initial
+    grid is uniform in t (the default grid of such fields) unless `init` says otherwise."""
+    from ..grids import time_uniform
+    check_plain_base(field, base, "a learned grid")
+    if base not in PLAIN_DIFFERENTIABLE_BASES:
+        raise InvalidArgument(f"base={base!r}: on a plain velocity field a learned grid supports "
+                              f"{', '.join(PLAIN_DIFFERENTIABLE_BASES)}")
+    if afs or solver_options.get("afs"):
+        raise InvalidArgument("afs=True needs a Gaussian path; a plain velocity field (schedule=None) has none")
+    from ..solvers import get_solver
+    k = getattr(get_solver(base, **solver_options), "solver_order", 1)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    seeds = list(range(seed * 1_000_000 + 500_000, seed * 1_000_000 + 500_000 + n))
+    noise = noise_for(field, seeds, dtype=dtype)
+    t0 = field.t_max
+    target = teacher_states(field, noise, [t0, 0.0], mode=teacher, seeds=seeds, **(teacher_options or {}))[-1]
+    if log:
+        log(f"teacher: {n} endpoints ({teacher}) in {time.perf_counter() - start:.1f}s")
+    grids, losses, nfes = {}, {}, {}
+    gen = torch.Generator().manual_seed(seed)
+    with frozen(field):
+        for budget in nfe:
+            steps = steps_for_budget(field, base, int(budget), **solver_options)
+            t_init = time_uniform(steps, None, t_max=t0) if init is None else torch.as_tensor(
+                init(steps, None) if callable(init) else init, dtype=torch.float64)
+            g = TimeGapGrid([float(v) for v in t_init])
+            opt = torch.optim.Adam(g.parameters(), lr=lr)
+            hist = []
+            for epoch in range(epochs):
+                order = torch.randperm(n, generator=gen)
+                tot = 0.0
+                for b in range(0, n, batch_size):
+                    idx = order[b:b + batch_size]
+                    with torch.enable_grad():
+                        out = differentiable_run_plain(field, noise[idx], g(), base, k)
+                        loss = (out - target[idx]).pow(2).mean()
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                    opt.step()
+                    tot += float(loss.detach()) * len(idx)
+                hist.append(tot / n)
+                if log:
+                    log(f"nfe {budget} ({steps} steps) epoch {epoch + 1}/{epochs}  loss {hist[-1]:.6g}  "
+                        f"({time.perf_counter() - start:.0f}s)")
+            with torch.no_grad():
+                t = [float(v) for v in g()]
+            t[0], t[-1] = t0, 0.0
+            grids[steps] = tuple(t)
+            losses[str(steps)] = hist
+            nfes[str(steps)] = int(budget)
+    return GridCorrection("learned", grids, base, field.identity(),
+                          {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "seed": seed,
+                           "teacher": teacher, "afs": False, "time": "native",
+                           "seconds": round(time.perf_counter() - start, 1)})
 
 
 def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | None = None):

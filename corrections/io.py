@@ -92,6 +92,9 @@ class AMEDCorrection:
                 return torch.tensor(grids[steps], dtype=torch.float64)
             if self.is_table:
                 raise InvalidArgument(f"this AMED time table was exported for {sorted(grids)} steps, not {steps}")
+            if schedule is None:                # a plain velocity field: its default grid, uniform in t
+                from ..grids import time_uniform
+                return time_uniform(steps, None, **options)
             return amed_grid(steps, schedule, **options)
         return amed_trained_grid
 

@@ -36,8 +36,10 @@ def steps_for_nfe(nfe: int, afs: bool) -> int:
 
 
 def _grid_times(grid: Any, steps: int, field) -> tuple[float, ...]:
-    from ..grids import make_grid
-    if grid is None:
+    from ..grids import make_grid, time_uniform
+    if grid is None and not field.has_schedule:
+        t = time_uniform(steps, None)          # a plain velocity field's default grid
+    elif grid is None:
         t = amed_grid(steps, field.schedule)
     elif isinstance(grid, dict):
         t = torch.as_tensor(grid[steps], dtype=torch.float64)
@@ -72,13 +74,27 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     if base != "amed":
         check_choice("base", base, PLUGIN_BASES)
     field = field_of(model)
-    field.require_schedule("amed")
+    if not field.has_schedule:
+        # A plain velocity field: native time (AMEDSolver.plan_plain), no AFS, features none or the velocity.
+        from ..solvers.amed import PLAIN_BASES
+        if base not in PLAIN_BASES:
+            raise InvalidArgument(f"AMED on a plain velocity field (schedule=None) needs a base in native time "
+                                  f"({', '.join(PLAIN_BASES)}); {base!r} needs a Gaussian schedule")
+        if afs:
+            raise InvalidArgument("afs=True needs a Gaussian path; a plain velocity field (schedule=None) has none: "
+                                  "pass afs=False")
+        if features == "auto":
+            features = "none"
+        if features == "module":
+            raise InvalidArgument("features='module' is not supported on a plain velocity field; use 'none' "
+                                  "(time-only) or 'denoised' (the velocity at the step's start)")
+        afs_mean = False
     torch.manual_seed(seed)
     if features == "auto":
         module = module or default_feature_module(field)
         features = "module" if module else "denoised"
     popts = dict(predictor_options or {})
-    if field.schedule.sigma_min > 0:
+    if field.has_schedule and field.schedule.sigma_min > 0:
         popts.setdefault("s_floor", field.schedule.sigma_min)
     predictor = AMEDPredictor(features=features, module=module if features == "module" else None, **popts)
     tables = list(init.values()) if isinstance(init, dict) else ([init] if init is not None else [])

@@ -38,6 +38,7 @@ from .base import Plan, Solver, StepCoefficients, register
 from .ipndm import AB_WEIGHTS
 
 PLUGIN_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m", "dpm_solver_2")
+PLAIN_BASES = ("amed", "euler", "ipndm", "ipndm_v", "dpm_solver_2")     # rules with no log s and no data prediction
 SINGLE_STEP_BASES = ("amed", "euler", "dpm_solver_2")
 DEFAULT_MAX_ORDER = {"ipndm": 4, "ipndm_v": 4, "deis": 3, "dpmpp_2m": 2}
 
@@ -56,6 +57,7 @@ class AMEDStep(StepCoefficients):
     afs: bool
     fixed: tuple[float, float, float] | None
     predictor: Any
+    plain: bool = False                 # a plain velocity field: s0, s1 are the field's own times t0, t1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ class AMEDSolver(Solver):
     """
 
     deterministic = True
-    needs_schedule = True
+    needs_schedule = False      # plain velocity fields: native time (plan_plain); Gaussian fields: the EDM frame
     calls_per_step = 2
     citation = "Zhou et al. 2024, AMED-Solver (arXiv:2312.00094); diff-sampler amed-solver-main"
 
@@ -251,6 +253,8 @@ class AMEDSolver(Solver):
         return 2 * steps - (1 if self.uses_afs(field) else 0)
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        if not field.has_schedule:
+            return self.plan_plain(field, t)
         self.check_field(field)
         corr = self.correction(field)
         afs = self.uses_afs(field)
@@ -267,6 +271,63 @@ class AMEDSolver(Solver):
                                    float(q.alpha), afs and i == 0, fixed, corr))
         return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=2 * len(coeffs) - (1 if afs else 0))
 
+    def plan_plain(self, field: Field, t: torch.Tensor) -> Plan:
+        """AMED on a plain velocity field (schedule=None), in the field's own time t: the intermediate time is
+        t_mid = t_n + r (t_{n+1} - t_n) (linear: a plain field has no noise level whose logarithm would be the
+        natural variable, and log t is singular at the final t = 0), the evaluation time t_n+1 + a (t_mid - t_n+1)
+        kept inside the step, and the base rules act on f = dx/dt in t. With r = 1/2, c = a = 1, 'amed' is the
+        explicit midpoint rule. No AFS (it needs a Gaussian path)."""
+        if self.base not in PLAIN_BASES:
+            raise InvalidArgument(f"{self.name} on a plain velocity field (schedule=None): base={self.base!r} needs a "
+                                  f"Gaussian schedule; bases in native time: {', '.join(PLAIN_BASES)}")
+        corr = self.correction(field)
+        if self.uses_afs(field):
+            raise InvalidArgument(f"{self.name}: the analytical first step (afs) needs a Gaussian path; a plain "
+                                  "velocity field (schedule=None) has none: use afs=False and a predictor trained "
+                                  "without it")
+        if corr.needs_features and getattr(corr.predictor, "features", None) != "denoised":
+            raise InvalidArgument(f"{self.name}: on a plain velocity field the predictor reads the velocity at the "
+                                  "step's start (features='denoised') or nothing (features='none')")
+        pts = self.grid_points(field, t)
+        coeffs = []
+        for i in range(len(pts) - 1):
+            t0, t1 = float(pts[i].t), float(pts[i + 1].t)
+            fixed = corr.fixed_row(t0, t1) if corr.is_table else None
+            coeffs.append(AMEDStep(i, t0, t1, t1, 1.0, 1.0, False, fixed, corr, plain=True))
+        return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=2 * len(coeffs))
+
+    def step_plain(self, ev, x: torch.Tensor, t0: EvalPoint, state: Any, co: AMEDStep):
+        corr = co.predictor
+        v0 = ev.velocity(x, t0)
+        h = co.s1 - co.s0
+        lo, hi = min(co.s0, co.s1), max(co.s0, co.s1)
+        if co.fixed is not None:
+            r, c, a = co.fixed
+            t_mid = co.s0 + r * h
+            t_eval = min(max(co.s1 + a * (t_mid - co.s1), lo), hi)
+            p_mid = ev.field.at(t_eval)
+        else:
+            r, c, a = corr.predictor(v0 if corr.needs_features else None, co.s0, co.s1, batch=x.shape[0])
+            t_mid = co.s0 + r.double() * h
+            t_eval = (co.s1 + a.double() * (t_mid - co.s1)).clamp(lo, hi)
+            p_mid = ev.field.at(t_eval.reshape(-1).to(device=x.device))
+        hist = ((co.s0, v0, None), *state)
+        rule = self.base
+        x_mid = base_substep(rule, x, hist, co.s0, t_mid, self.max_order)
+        v_mid = ev.velocity(x_mid.to(x.dtype), p_mid)
+        cc = _bc(c, x)
+        if rule == "amed":
+            x1 = x + cc * h * v_mid
+        elif rule == "dpm_solver_2":
+            w = _bc(0.5 / r, x) if isinstance(r, torch.Tensor) else 0.5 / r
+            x1 = x + cc * h * ((1 - w) * v0 + w * v_mid)
+        else:
+            hist2 = ((t_mid, v_mid, None), *hist)
+            x_end = base_substep(rule, x_mid, hist2, t_mid, co.s1, self.max_order)
+            x1 = x_mid + cc * (x_end - x_mid)
+            state = hist2[: self.max_order - 1] if rule not in SINGLE_STEP_BASES else ()
+        return x1.to(x.dtype), None, state
+
     def inversion_refusal(self) -> str | None:
         return ("its intermediate times and weights were learned for steps from noise to data; an inversion "
                 "would apply them to steps they were never fitted to. Invert with its base solver")
@@ -277,6 +338,8 @@ class AMEDSolver(Solver):
     # --- the step ---------------------------------------------------------------------------------------
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: AMEDStep):
         co = coeffs
+        if co.plain:
+            return self.step_plain(ev, x, t0, state, co)
         corr = co.predictor
         y0 = x / co.alpha0 if co.alpha0 != 1.0 else x
         feat = None
