@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             out = Sampler(model, solver, progress=False).run(nfe=4, noise=noise)
             record(f"diffsolve {solver} (uniform)", out.samples, out.nfe)
         out = Sampler(model, "amed_plugin", base="ipndm_v", afs=False, progress=False).run(nfe=4, noise=noise)
-        record("diffsolve amed_plugin[ipndm_v] untrained", out.samples, out.nfe)
+        record("diffsolve amed_plugin[ipndm_v] untrained", out.samples, out.nfe)   # = ipndm_v on 4 uniform steps
 
         t = time.perf_counter()
         g = gits_grid(model, base="euler", nfe=(4,), n=128, log=None, **teach)
@@ -105,20 +105,22 @@ def main(argv=None) -> int:
             record(f"GITS grid + {solver}", out.samples, out.nfe, sec)
         for base in ("ipndm_v", "ipndm"):
             t = time.perf_counter()
-            lg = learn_grid(model, base=base, nfe=(4,), n=96, epochs=20, log=None, **teach)
+            lg = learn_grid(model, base=base, nfe=(4,), n=256, epochs=60, lr=0.01, log=None, **teach)
             sec = time.perf_counter() - t
             out = Sampler(model, base, grid=lg.grid(4), progress=False).run(noise=noise)
             record(f"learned grid + {base}", out.samples, out.nfe, sec)
             res[f"learned grid + {base}"]["grid"] = lg.grid(4)
-        for base in ("amed", "ipndm_v"):
+            if base == "ipndm_v":
+                main_grid = {2: tuple(lg.grid(4)[0::2])}
+        for base, grid in (("amed", None), ("ipndm_v", None), ("ipndm_v", main_grid)):
             t = time.perf_counter()
-            corr = train_amed(model, base=base, nfe=(4,), afs=False, loss="endpoint", features="none", n_train=128,
-                              epochs=10, log=None, **teach)
+            corr = train_amed(model, base=base, nfe=(4,), afs=False, loss="endpoint", features="none", n_train=256,
+                              epochs=40, grid=grid, log=None, **teach)
             sec = time.perf_counter() - t
             solver = {"base": base} if base != "amed" else {}
             out = Sampler(model, "amed" if base == "amed" else "amed_plugin", predictor=corr, progress=False,
                           **solver).run(nfe=4, noise=noise)
-            record(f"AMED time-only ({base})", out.samples, out.nfe, sec)
+            record(f"AMED time-only ({base})" + (" on learned main grid" if grid else ""), out.samples, out.nfe, sec)
         tdq = min(v["rmse"] for k, v in res.items() if k.startswith("torchdiffeq") and v["nfe"] <= 4)
         best = min((v["rmse"], k) for k, v in res.items() if not k.startswith(("torchdiffeq", "diffsolve")))
         print(f"[{name}] best torchdiffeq at NFE <= 4: rmse {tdq:.4f}; best learned {best[1]} {best[0]:.4f} = "

@@ -4,6 +4,11 @@
     diffsolve tune gits --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out gits-ipndm.safetensors
     diffsolve tune grid --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out learned-ipndm.safetensors
 
+On a plain velocity field (the moons flows: `--model moons-cfm`) everything runs in the field's own time t, without
+AFS; bases in native time (euler, ipndm, ipndm_v; amed, dpm_solver_2 for AMED), e.g.
+
+    diffsolve tune grid --model moons-otcfm --solver ipndm_v --nfe 4 --reference-rtol 1e-7 --out moons-otcfm.safetensors
+
 `--solver` is the base solver: for `amed`, 'amed' trains the AMED-Solver and any other name (ipndm, ipndm_v,
 dpmpp_2m, deis, dpm_solver_2, euler) an AMED-Plugin predictor for it. Training prints its progress and loss; the
 run is seeded (`--seed`) and reproducible on one machine and thread count.
@@ -44,6 +49,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--teacher", choices=("reference", "fine"), default=None,
                    help="reference (adaptive float64, bench/reference.py) or fine (a fine-grid solve; default "
                         "for image models)")
+    t.add_argument("--reference-rtol", type=float, default=None,
+                   help="teacher 'reference': solve with dopri5 at this rtol = atol in float64 instead of the "
+                        "bench model's reference settings (e.g. 1e-7 for the moons flows, whose SELU field makes the "
+                        "default dopri8 at 1e-10 slow)")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     return t
 
@@ -66,31 +75,40 @@ def run(args: argparse.Namespace) -> int:
     dtype = entry.dtype or torch.float32
     nfe = _nfes(args.nfe)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    from ..field import as_field
+    from ..bench.reference import ReferenceSettings
+    plain = not as_field(model).has_schedule      # a plain velocity field: native time, no AFS
+    settings = (ReferenceSettings(method="dopri5", rtol=args.reference_rtol, atol=args.reference_rtol)
+                if args.reference_rtol is not None else entry.reference)
+    teach = {"teacher_options": {"settings": settings}} if teacher == "reference" else {}
     start = time.perf_counter()
     if args.what == "amed":
         base = args.solver or "amed"
         init = None
         if args.from_grid:
             from .grid_search import to_amed_table
+            if plain:
+                raise SystemExit("--from-grid starts from the data-mean AFS, which a plain velocity field has not")
             g = learn_grid(model, base=base, nfe=nfe, afs=True, n=args.n or 64, batch_size=args.batch_size,
-                           epochs=args.grid_epochs, lr=0.05, seed=args.seed, teacher=teacher, dtype=dtype, log=log)
+                           epochs=args.grid_epochs, lr=0.05, seed=args.seed, teacher=teacher, dtype=dtype, log=log,
+                           **teach)
             init = to_amed_table(g, model)
-        corr = train_amed(model, base=base, nfe=nfe, afs=not args.no_afs, loss=args.loss, features=args.features,
-                          init=init,
+        corr = train_amed(model, base=base, nfe=nfe, afs=not (args.no_afs or plain), loss=args.loss,
+                          features=args.features, init=init,
                           module=args.module, n_train=args.n or 128, batch_size=args.batch_size,
                           epochs=args.epochs or 10, lr=args.lr or 5e-3, seed=args.seed, teacher=teacher, dtype=dtype,
-                          log=log)
+                          log=log, **teach)
         out = args.out or f"amed-{base}.safetensors"
     elif args.what == "gits":
         base = args.solver or "ipndm"
         corr = gits_grid(model, base=base, nfe=nfe, n=args.n or 128, seed=args.seed, teacher=teacher, dtype=dtype,
-                         log=log)
+                         log=log, **teach)
         out = args.out or f"gits-{base}.safetensors"
     else:
         base = args.solver or "ipndm"
         corr = learn_grid(model, base=base, nfe=nfe, n=args.n or 96, batch_size=args.batch_size,
                           epochs=args.epochs or 20, lr=args.lr or 0.05, seed=args.seed, teacher=teacher, dtype=dtype,
-                          log=log)
+                          log=log, **teach)
         out = args.out or f"learned-{base}.safetensors"
     corr.meta["model"] = entry.name
     path = corr.save(out)

@@ -50,6 +50,7 @@ def test_gits_on_a_plain_flow_beats_the_uniform_grid(moons):
     base = run(model, noise, "euler")
     tuned = run(model, noise, "euler", grid=t)
     assert tuned.nfe == base.nfe == 4
+    # measured 0.81 vs 0.93
     assert rmse(tuned.samples, ref) < 0.9 * rmse(base.samples, ref), (rmse(tuned.samples, ref), rmse(base.samples, ref))
 
 
@@ -59,7 +60,8 @@ def test_learned_grid_on_a_plain_flow_beats_the_uniform_grid(moons, tmp_path):
     base = run(model, noise, "ipndm_v")
     tuned = run(model, noise, "ipndm_v", grid=g.grid(4))
     assert tuned.nfe == base.nfe == 4
-    assert rmse(tuned.samples, ref) < 0.7 * rmse(base.samples, ref), (rmse(tuned.samples, ref), rmse(base.samples, ref))
+    # measured 0.18 vs 0.60
+    assert rmse(tuned.samples, ref) < 0.5 * rmse(base.samples, ref), (rmse(tuned.samples, ref), rmse(base.samples, ref))
     path = g.save(tmp_path / "learned.safetensors")
     back = load_correction(path, Sampler(model, "ipndm_v", progress=False).field)      # same model: accepted
     assert back.grid(4) == g.grid(4)
@@ -68,14 +70,16 @@ def test_learned_grid_on_a_plain_flow_beats_the_uniform_grid(moons, tmp_path):
 @pytest.mark.parametrize("base", ["amed", "ipndm_v"])
 def test_time_only_amed_on_a_plain_flow_beats_its_untrained_rule(moons, base):
     model, noise, ref = moons
-    corr = train_amed(model, base=base, nfe=(4,), afs=False, loss="endpoint", features="none", n_train=48,
-                      batch_size=16, epochs=3, log=None, **TEACH)
+    corr = train_amed(model, base=base, nfe=(4,), afs=False, loss="endpoint", features="none", n_train=64,
+                      batch_size=16, epochs=10, log=None, **TEACH)
     name, opts = ("amed", {}) if base == "amed" else ("amed_plugin", {"base": base})
     untrained = run(model, noise, name, afs=False, **opts)
     tuned = Sampler(model, name, predictor=corr, progress=False, **opts).run(nfe=4, noise=noise)
     assert tuned.nfe == untrained.nfe == 4
     plain = run(model, noise, "ipndm_v" if base != "amed" else "euler")
-    assert rmse(tuned.samples, ref) < 0.9 * rmse(untrained.samples, ref)
+    # measured: amed 0.20 vs 0.32 untrained (the midpoint rule), ipndm_v 0.17 vs 0.60 (= ipndm_v on 4 uniform steps)
+    assert rmse(tuned.samples, ref) < 0.8 * rmse(untrained.samples, ref), (rmse(tuned.samples, ref),
+                                                                          rmse(untrained.samples, ref))
     assert rmse(tuned.samples, ref) < rmse(plain.samples, ref)
 
 
@@ -105,3 +109,25 @@ def test_bad_inputs_on_a_plain_field_are_refused():
             Sampler(problem, "amed_plugin", base="deis", afs=False, progress=False).run(steps=2, batch_size=1)
         with pytest.raises(InvalidArgument, match="afs"):
             Sampler(problem, "amed_plugin", base="ipndm_v", afs=True, progress=False).run(steps=2, batch_size=1)
+
+
+def test_tune_command_on_a_plain_flow(shared_models, tmp_path, moons):
+    """`diffsolve tune grid|amed` on a moons flow: native time, no AFS, the file keyed to the model's identity."""
+    from diffsolve.cli import main
+    model, noise, ref = moons
+    out = tmp_path / "g.safetensors"
+    assert main(["tune", "grid", "--model", "moons-cfm", "--solver", "ipndm_v", "--nfe", "4", "--n", "32",
+                 "--epochs", "2", "--reference-rtol", "1e-7", "--out", str(out)]) == 0
+    g = load_correction(out, Sampler(model, "ipndm_v", progress=False).field)
+    assert sorted(g.grids) == [4] and g.meta["time"] == "native"
+    a = tmp_path / "a.safetensors"
+    assert main(["tune", "amed", "--model", "moons-cfm", "--solver", "ipndm_v", "--nfe", "4", "--n", "16",
+                 "--epochs", "1", "--features", "none", "--loss", "endpoint", "--reference-rtol", "1e-7",
+                 "--out", str(a)]) == 0
+    corr = load_correction(a)
+    assert corr.afs is False and corr.base == "ipndm_v"
+    out4 = Sampler(model, "amed_plugin", base="ipndm_v", predictor=str(a), progress=False).run(nfe=4, noise=noise)
+    assert out4.nfe == 4 and torch.isfinite(out4.samples).all()
+    other = load_torchcfm_mlp(shared_models / "moons-flow" / "otcfm.safetensors")
+    with pytest.raises(InvalidArgument, match="trained for another model"):
+        Sampler(other, "amed_plugin", base="ipndm_v", predictor=str(a), progress=False).run(nfe=4, noise=noise)
