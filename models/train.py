@@ -64,6 +64,11 @@ class ClassifierConfig:
     log_every: int = 100
 
 
+# The shipped consistency model: (lr, seed, iterations) per stage; each stage continues from the previous stage's
+# EMA weights with a fresh Adam, target and EMA (a step decay of the learning rate, as UNET_STAGES).
+CONSISTENCY_STAGES = ((7e-4, 10, 3300), (2e-4, 11, 1500))
+
+
 @dataclass
 class ConsistencyConfig:
     n_levels: int = 18          # N of the karras discretization (CM's CIFAR-10 setting)
@@ -156,8 +161,11 @@ def consistency_loss(a: torch.Tensor, b: torch.Tensor, kind: str, c: float) -> t
 def train_consistency(cfg: ConsistencyConfig | None = None, *, teacher: UNet | None = None,
                       data: torch.Tensor | None = None, log: Callable[[str], None] = print,
                       checkpoint: Callable[[torch.nn.Module, int], None] | None = None,
-                      checkpoint_every: int = 0) -> TrainResult:
-    """Consistency distillation (Song et al. 2023, Alg. 2) of the EDM UNet; returns the EMA student and losses."""
+                      checkpoint_every: int = 0, init: dict | None = None) -> TrainResult:
+    """Consistency distillation (Song et al. 2023, Alg. 2) of the EDM UNet; returns the EMA student and losses.
+
+    The student starts from the teacher's weights, or from the consistency-model state dict `init` (a later stage).
+    """
     from ..field import VectorField
     from ..loop import Evaluator
     from ..solvers import get_solver
@@ -172,6 +180,8 @@ def train_consistency(cfg: ConsistencyConfig | None = None, *, teacher: UNet | N
     teacher = (teacher or load_mnist_unet()).float().eval().requires_grad_(False)
     student = ConsistencyUNet(teacher.channels, teacher.time_mlp[0].out_features, teacher.in_channels)
     student.net.load_state_dict(teacher.state_dict(), strict=True)
+    if init is not None:
+        student.load_state_dict(init, strict=True)
     target = copy.deepcopy(student).requires_grad_(False)
     ema = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
@@ -287,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
                          "from scratch; consistency: the teacher (default: the shipped UNet)")
     ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
                     help="consistency: override a ConsistencyConfig field (repeatable)")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="consistency: continue from these consistency-model weights (one stage, with --lr)")
     ap.add_argument("--save-student", type=Path, default=None,
                     help="consistency: also save the raw (non-EMA) student weights here")
     args = ap.parse_args(argv)
@@ -324,41 +336,50 @@ def main(argv: list[str] | None = None) -> None:
             print(f"stage {k + 1} done in {res.seconds:.0f} s; saved {path}", flush=True)
     elif args.what == "consistency":
         path = args.out / CONSISTENCY_FILE
-        cfg = ConsistencyConfig()
-        if args.seed:
-            cfg.seed = args.seed
-        if args.iters is not None:
-            cfg.iters = args.iters
-        if args.lr is not None:
-            cfg.lr = args.lr
-        for kv in args.set or []:
-            key, _, value = kv.partition("=")
-            if key not in ConsistencyConfig.__dataclass_fields__:
-                ap.error(f"--set {kv!r}: not a ConsistencyConfig field")
-            setattr(cfg, key, type(getattr(cfg, key))(value))
         from .builtin import WEIGHTS as _W, load_mnist_unet
+        import hashlib
         teacher_path = args.init if args.init is not None else _W / UNET_FILE
         teacher = load_mnist_unet(teacher_path)
-        import hashlib
-        prior = {"channels": list(teacher.channels), "emb_dim": teacher.time_mlp[0].out_features,
-                 "teacher_sha1": hashlib.sha1(Path(teacher_path).read_bytes()).hexdigest()[:10],
-                 "threads": args.threads}
+        base = {"channels": list(teacher.channels), "emb_dim": teacher.time_mlp[0].out_features,
+                "teacher_sha1": hashlib.sha1(Path(teacher_path).read_bytes()).hexdigest()[:10],
+                "threads": args.threads}
+        state, meta = None, {}
+        if args.resume is not None or args.iters is not None or args.lr is not None:
+            stages = [(args.lr if args.lr is not None else ConsistencyConfig.lr, args.seed or ConsistencyConfig.seed,
+                       args.iters if args.iters is not None else ConsistencyConfig.iters)]
+        else:
+            stages = list(CONSISTENCY_STAGES)
+        if args.resume is not None:
+            from .builtin import _load
+            state, meta = _load(args.resume)
+        for k, (lr, seed, iters) in enumerate(stages):
+            cfg = ConsistencyConfig(lr=lr, seed=seed, iters=iters)
+            for kv in args.set or []:
+                key, _, value = kv.partition("=")
+                if key not in ConsistencyConfig.__dataclass_fields__:
+                    ap.error(f"--set {kv!r}: not a ConsistencyConfig field")
+                setattr(cfg, key, type(getattr(cfg, key))(value))
+            prior = {"continued_from": meta} if meta else {}
+            before = float(meta.get("train_seconds", 0.0)) if meta else 0.0     # earlier stages' wall time
+            print(f"stage {k + 1}/{len(stages)}: lr {lr:g}, seed {seed}, {iters} iterations", flush=True)
+            started = time.time()
 
-        started = time.time()
+            def ckpt(m: torch.nn.Module, it: int, cfg=cfg, prior=prior, before=before, started=started) -> None:
+                # lr and EMA do not depend on cfg.iters: the checkpoint after `it` iterations is the run with iters=it
+                save_model(m, path, {**asdict(cfg), **base, "trained_iters": it, **prior,
+                                     "train_seconds": round(before + time.time() - started, 1)})
+                print(f"saved EMA weights after {it} iterations to {path}", flush=True)
 
-        def ckpt(m: torch.nn.Module, it: int) -> None:
-            # lr and EMA do not depend on cfg.iters: the checkpoint after `it` iterations is the run with iters=it
-            save_model(m, path, {**asdict(cfg), **prior, "trained_iters": it,
-                                 "train_seconds": round(time.time() - started, 1)})
-            print(f"saved EMA weights after {it} iterations to {path}", flush=True)
-
-        res = train_consistency(cfg, teacher=teacher, log=lambda s: print(s, flush=True), checkpoint=ckpt,
-                                checkpoint_every=args.checkpoint_every)
-        save_model(res.model, path, {**asdict(cfg), **prior, "trained_iters": cfg.iters,
-                                     "train_seconds": round(res.seconds, 1)})
-        if args.save_student is not None:
-            save_model(res.extra["student"], args.save_student, {**asdict(cfg), **prior, "weights": "student"})
-        print(f"done in {res.seconds:.0f} s; saved {path}", flush=True)
+            res = train_consistency(cfg, teacher=teacher, log=lambda s: print(s, flush=True), checkpoint=ckpt,
+                                    checkpoint_every=args.checkpoint_every, init=state)
+            meta = {**asdict(cfg), **base, "trained_iters": cfg.iters, **prior,
+                    "train_seconds": round(before + time.time() - started, 1)}
+            save_model(res.model, path, meta)
+            state = {k2: v.clone() for k2, v in res.model.state_dict().items()}
+            if args.save_student is not None:
+                save_model(res.extra["student"], args.save_student, {**meta, "weights": "student"})
+            print(f"stage {k + 1} done in {res.seconds:.0f} s (total {meta['train_seconds']:.0f} s); saved {path}",
+                  flush=True)
     elif args.what == "classifier":
         cfg = ClassifierConfig(seed=args.seed)
         if args.iters is not None:
