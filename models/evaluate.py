@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..field import model_spec_of
+from ..noise import NoiseSource
 from ..sampler import Sampler
 from .builtin import WEIGHTS, load_feature_stats, load_mnist_classifier, load_mnist_consistency, load_mnist_unet
 from .classifier import MnistClassifier, feature_stats, featurize, frechet_distance
@@ -39,9 +40,14 @@ def sample_model(model: Any, n: int, *, solver: str = "heun", steps: int | None 
     spec = model_spec_of(model)
     out, used = [], 0
     plan = sampler.plan(steps, nfe)
+    # Stochastic solvers (consistency sampling's re-noising) draw their step noise from the same seed, per sample:
+    # the scores are repeatable and do not depend on the batch size.
+    steps_noise = None if sampler.solver.deterministic else NoiseSource.for_run(noise.shape, seed=seed)
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            res = sampler.solve(plan, noise[i:i + batch_size])
+            part = range(i, min(i + batch_size, n))
+            res = sampler.solve(plan, noise[i:i + batch_size],
+                                step_noise=steps_noise.subset(part) if steps_noise is not None else None)
             out.append(to_unit_range(res.samples, spec.data_range))
             used = res.nfe
     return torch.cat(out), used
