@@ -163,4 +163,5 @@ def test_one_step_samples_beat_the_teachers_one_euler_step(cm, teacher):
     x_t, nfe_t = sample_model(teacher, 200, solver="euler", steps=1, seed=HELD_OUT_SEED)
     assert nfe == nfe_t == 1
     fd_cm, fd_t = score(clf, x_cm, ref)["fd"], score(clf, x_t, ref)["fd"]
-    assert fd_cm < 0.5 * fd_t, (fd_cm, fd_t)
+    # the untrained student (the teacher's weights) scores as the teacher here: ratio 1.0; the shipped model 0.14
+    assert fd_cm < 0.25 * fd_t, (fd_cm, fd_t)
