@@ -4,11 +4,14 @@
 EDMSchedule), ready for `Sampler(load_mnist_unet()).run(steps=...)`. Retrain with
 `python -m diffsolve.models.train --what unet`; score with `python -m diffsolve.models.evaluate`.
 
+`load_mnist_consistency()`: a consistency model distilled from it (Song et al. 2023), sampled in 1-4 steps by
+`Sampler(load_mnist_consistency()).run(steps=1)`; retrain with `python -m diffsolve.models.train --what consistency`.
+
 `load_moons_flow(reflow=1|2)`, `load_moons_shortcut()`: small 2-D velocity fields on the two moons (t = 0 at
 N(0, I) noise, t = 1 at the data): a 1-rectified flow, the 2-rectified flow trained on its couplings, and a
 shortcut model (`Sampler(load_moons_shortcut()).run(steps=1)`). Retrain with `python -m diffsolve.models.toy2d`.
 """
-from .builtin import load_feature_stats, load_mnist_classifier, load_mnist_unet
+from .builtin import load_feature_stats, load_mnist_classifier, load_mnist_consistency, load_mnist_unet
 
 _TOY2D = ("load_moons_flow", "load_moons_shortcut")
 
@@ -20,5 +23,6 @@ def __getattr__(name: str):
         return getattr(toy2d, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["load_mnist_unet", "load_mnist_classifier", "load_feature_stats", "load_moons_flow",
-           "load_moons_shortcut"]
+
+__all__ = ["load_mnist_unet", "load_mnist_consistency", "load_mnist_classifier", "load_feature_stats",
+           "load_moons_flow", "load_moons_shortcut"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .classifier import MnistClassifier
+from .consistency import ConsistencyUNet
 from .unet import UNet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -31,6 +32,15 @@ def load_mnist_unet(path: str | Path | None = None, device: str | torch.device =
     """The built-in MNIST EDM denoiser (1 x 28 x 28, data in [-1, 1]), in eval mode without gradients."""
     state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_unet.safetensors")
     model = UNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)))
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_mnist_consistency(path: str | Path | None = None, device: str | torch.device = "cpu",
+                           dtype: torch.dtype = torch.float32) -> ConsistencyUNet:
+    """The built-in MNIST consistency model distilled from the UNet (Song et al. 2023), eval mode, no gradients."""
+    state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_consistency.safetensors")
+    model = ConsistencyUNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)))
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -4,6 +4,7 @@
 the same solver and step count (Heun, 50 steps = 99 model evaluations by default), maps them to the classifier's
 [-1, 1] input range, and compares them with the held-out real images (1,000). It also prints the same numbers for
 the real training images (a floor: what a perfect sampler of the training set would get) and writes sample grids.
+`--models consistency --solver consistency --steps 1` scores the built-in consistency model the same way.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from typing import Any
 import torch
 
 from ..field import model_spec_of
+from ..noise import NoiseSource
 from ..sampler import Sampler
-from .builtin import WEIGHTS, load_feature_stats, load_mnist_classifier, load_mnist_unet
+from .builtin import WEIGHTS, load_feature_stats, load_mnist_classifier, load_mnist_consistency, load_mnist_unet
 from .classifier import MnistClassifier, feature_stats, featurize, frechet_distance
 from .data import load_mnist
 
@@ -38,9 +40,14 @@ def sample_model(model: Any, n: int, *, solver: str = "heun", steps: int | None 
     spec = model_spec_of(model)
     out, used = [], 0
     plan = sampler.plan(steps, nfe)
+    # Stochastic solvers (consistency sampling's re-noising) draw their step noise from the same seed, per sample:
+    # the scores are repeatable and do not depend on the batch size.
+    steps_noise = None if sampler.solver.deterministic else NoiseSource.for_run(noise.shape, seed=seed)
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            res = sampler.solve(plan, noise[i:i + batch_size])
+            part = range(i, min(i + batch_size, n))
+            res = sampler.solve(plan, noise[i:i + batch_size],
+                                step_noise=steps_noise.subset(part) if steps_noise is not None else None)
             out.append(to_unit_range(res.samples, spec.data_range))
             used = res.nfe
     return torch.cat(out), used
@@ -130,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int_at_least(2), default=1000, help="samples per model (>= 2)")
     ap.add_argument("--solver", type=_solver_name, default="heun")
     ap.add_argument("--steps", type=positive_int, default=50)
-    ap.add_argument("--models", type=_names(("builtin", "ddpm")), default="builtin,ddpm",
-                    help="comma list of builtin, ddpm")
+    ap.add_argument("--models", type=_names(("builtin", "ddpm", "consistency")), default="builtin,ddpm",
+                    help="comma list of builtin, ddpm, consistency (the last with --solver consistency)")
     ap.add_argument("--ddpm-grid", choices=sorted(GRIDS), default=None, help="grid for the DDPM (default: its schedule's default)")
     ap.add_argument("--grid-out", type=Path, default=Path("diffsolve-eval"), help="folder for sample grids")
     ap.add_argument("--grid-nfe", type=_budgets, default="5,10,50",
@@ -140,12 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, default=None, help="folder to keep/reuse drawn samples (safetensors)")
     ap.add_argument("--sample-only", action="store_true", help="draw (and cache) samples, do not score")
     ap.add_argument("--unet", type=Path, default=None, help="UNet weights to score (default: the shipped ones)")
+    ap.add_argument("--consistency", type=Path, default=None,
+                    help="consistency-model weights to score (default: the shipped ones)")
     ap.add_argument("--threads", type=positive_int, default=1)
     # seed and seed + 1 are used (the grids' noise)
     ap.add_argument("--seed", type=seed_below(SEED_LIMIT >> 1), default=0, help="seed in [0, 2**62)")
     args = ap.parse_args(argv)
-    if args.unet is not None and not args.unet.is_file():
-        ap.error(f"argument --unet: {str(args.unet)!r} is not a file")
+    for opt in ("unet", "consistency"):
+        given = getattr(args, opt)
+        if given is not None and not given.is_file():
+            ap.error(f"argument --{opt}: {str(given)!r} is not a file")
     try:
         _evaluate(args, ap)
     except DiffsolveError as e:
@@ -160,6 +171,9 @@ def _evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
         if name == "builtin":
             weights = WEIGHTS / "mnist_unet.safetensors" if args.unet is None else args.unet
             model, grid = load_mnist_unet(weights), None
+        elif name == "consistency":
+            weights = WEIGHTS / "mnist_consistency.safetensors" if args.consistency is None else args.consistency
+            model, grid = load_mnist_consistency(weights), None
         else:
             from ..pretrained_adapters import mnist_ddpm
             weights = SHARED_DDPM
@@ -175,7 +189,8 @@ def _evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
         print(f"{label}: {x.shape[0]} samples, {nfe} NFE each ({time.time() - t0:.0f} s)", flush=True)
         drawn.append((label, x, nfe))
         rows, labels = [], []
-        for solver in args.grid_solvers:
+        # A consistency model's rows: its own sampler at the budgets' step counts (one call per step).
+        for solver in (["consistency"] if name == "consistency" else args.grid_solvers):
             for budget in args.grid_nfe:
                 imgs, used = sample_model(model, 16, solver=solver, nfe=budget, grid=grid, seed=args.seed + 1)
                 rows.append(imgs)

@@ -3,13 +3,16 @@
 unet: EDM training (Karras et al. 2022): sigma ~ logN(P_mean, P_std), loss weight (sigma^2 + sd^2) / (sigma sd)^2,
 Adam with a linear warm-up and an EMA of the weights (the EMA is what ships), in the four UNET_STAGES. classifier: cross-entropy with random
 shifts of up to 2 pixels. stats: mean and covariance of the classifier's features on the real train and held-out
-images (the FD reference). Everything is seeded; runs are repeatable on the same machine and thread count.
+images (the FD reference). consistency: consistency distillation of the shipped UNet (Song et al. 2023, Alg. 2), the
+teacher's ODE step taken by diffsolve's own Heun solver. Everything is seeded; runs are repeatable on the same machine and thread count.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +22,14 @@ import torch
 
 from .classifier import MnistClassifier, featurize, feature_stats
 from .data import load_mnist, random_shift
-from .unet import SIGMA_DATA, UNet
+from .consistency import ConsistencyUNet
+from .unet import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, UNet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 UNET_FILE = "mnist_unet.safetensors"
 CLASSIFIER_FILE = "mnist_classifier.safetensors"
 STATS_FILE = "mnist_feature_stats.safetensors"
+CONSISTENCY_FILE = "mnist_consistency.safetensors"
 
 
 # The shipped UNet: four stages of 1,500 iterations, each continuing from the previous stage's EMA weights with a
@@ -59,11 +64,35 @@ class ClassifierConfig:
     log_every: int = 100
 
 
+# The shipped consistency model: (lr, seed, iterations) per stage; each stage continues from the previous stage's
+# EMA weights with a fresh Adam, target and EMA (a step decay of the learning rate, as UNET_STAGES).
+CONSISTENCY_STAGES = ((7e-4, 10, 3300), (2e-4, 11, 1500))
+
+
+@dataclass
+class ConsistencyConfig:
+    n_levels: int = 18          # N of the karras discretization (CM's CIFAR-10 setting)
+    rho: float = 7.0
+    solver: str = "heun"        # the teacher's ODE step, a diffsolve solver
+    loss: str = "huber"         # "huber" (pseudo-Huber, Song & Dhariwal 2023) or "l2"
+    huber_c: float = 0.0        # 0: 0.00054 sqrt(d) as iCT
+    iters: int = 3000
+    batch_size: int = 32
+    levels_per_batch: int = 8   # the batch is drawn as this many groups of one level each (one teacher step per group)
+    lr: float = 7e-4            # 200-iteration trials: 1e-4 far behind 5e-4 and 1e-3
+    warmup: int = 50
+    target_ema: float = 0.95    # mu of Alg. 2 (theta^-); mu = 0 (iCT's choice for training) diverged in a trial
+    ema_decay: float = 0.995    # the EMA that ships: a short horizon, the student still improves fast
+    seed: int = 10              # training noise; evaluation seeds (0, 1) and tests' seeds differ from it
+    log_every: int = 100
+
+
 @dataclass
 class TrainResult:
     model: torch.nn.Module
     losses: list = field(default_factory=list)
     seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
 
 
 def edm_loss(model: UNet, x0: torch.Tensor, g: torch.Generator, p_mean: float, p_std: float) -> torch.Tensor:
@@ -115,6 +144,97 @@ def train_unet(cfg: UNetConfig | None = None, *, data: torch.Tensor | None = Non
     return TrainResult(ema.eval(), losses, time.time() - t0)
 
 
+def consistency_levels(cfg: ConsistencyConfig) -> torch.Tensor:
+    """sigma_1 = eps < ... < sigma_N = T: the karras discretization of Song et al. 2023 (float64, increasing)."""
+    from ..grids import karras_sigmas
+    return karras_sigmas(SIGMA_MIN, SIGMA_MAX, cfg.n_levels, cfg.rho).flip(0)
+
+
+def consistency_loss(a: torch.Tensor, b: torch.Tensor, kind: str, c: float) -> torch.Tensor:
+    """Mean over samples of the pseudo-Huber distance sqrt(|a - b|^2 + c^2) - c, or of the mean squared error."""
+    d = (a - b).flatten(1)
+    if kind == "l2":
+        return (d * d).mean()
+    return (torch.sqrt((d * d).sum(1) + c * c) - c).mean()
+
+
+def train_consistency(cfg: ConsistencyConfig | None = None, *, teacher: UNet | None = None,
+                      data: torch.Tensor | None = None, log: Callable[[str], None] = print,
+                      checkpoint: Callable[[torch.nn.Module, int], None] | None = None,
+                      checkpoint_every: int = 0, init: dict | None = None) -> TrainResult:
+    """Consistency distillation (Song et al. 2023, Alg. 2) of the EDM UNet; returns the EMA student and losses.
+
+    The student starts from the teacher's weights, or from the consistency-model state dict `init` (a later stage).
+    """
+    from ..field import VectorField
+    from ..loop import Evaluator
+    from ..solvers import get_solver
+    from .builtin import load_mnist_unet
+
+    cfg = cfg or ConsistencyConfig()
+    if cfg.loss not in ("huber", "l2"):
+        raise ValueError(f"loss={cfg.loss!r}: 'huber' or 'l2'")
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = load_mnist("train")[0] if data is None else data
+    teacher = (teacher or load_mnist_unet()).float().eval().requires_grad_(False)
+    student = ConsistencyUNet(teacher.channels, teacher.time_mlp[0].out_features, teacher.in_channels)
+    student.net.load_state_dict(teacher.state_dict(), strict=True)
+    if init is not None:
+        student.load_state_dict(init, strict=True)
+    target = copy.deepcopy(student).requires_grad_(False)
+    ema = copy.deepcopy(student).requires_grad_(False)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    # The teacher's ODE step from sigma_{n+1} to sigma_n is one step of a diffsolve solver; its coefficients are
+    # host floats per interval, so they are planned once per level and the batch is grouped by level.
+    field = VectorField(teacher)
+    solver = get_solver(cfg.solver)
+    sig = consistency_levels(cfg)
+    pts = [field.at(float(v)) for v in sig]
+    coeffs = [solver.coefficients(field, pts[n + 1], pts[n]) for n in range(cfg.n_levels - 1)]
+    ev = Evaluator(field, {}, check_finite=False)
+    dim = x[0].numel()
+    c = cfg.huber_c or 0.00054 * math.sqrt(dim)
+    k = max(1, min(cfg.levels_per_batch, cfg.batch_size))
+    sizes = [cfg.batch_size // k + (1 if i < cfg.batch_size % k else 0) for i in range(k)]
+    losses: list[float] = []
+    t0 = time.time()
+    log(f"consistency: {sum(p.numel() for p in student.parameters())} parameters, {x.shape[0]} images, {cfg}")
+    for it in range(cfg.iters):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (it + 1) / max(cfg.warmup, 1))
+        idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=g)
+        levels = torch.randint(0, cfg.n_levels - 1, (k,), generator=g)        # n: student at n+1, target at n
+        x0 = x[idx]
+        z = torch.randn(x0.shape, generator=g)
+        n_of = torch.cat([torch.full((m,), int(n)) for m, n in zip(sizes, levels)])
+        s_hi = sig[n_of + 1].float().reshape(-1, 1, 1, 1)
+        x_hi = x0 + s_hi * z
+        with torch.no_grad():
+            x_lo, start = torch.empty_like(x_hi), 0
+            for m, n in zip(sizes, levels.tolist()):
+                part = slice(start, start + m)
+                x_lo[part], _, _ = solver.step(ev, x_hi[part], pts[n + 1], pts[n], (), coeffs[n])
+                start += m
+            y = target(x_lo, sig[n_of].float())
+        loss = consistency_loss(student(x_hi, sig[n_of + 1].float()), y, cfg.loss, c)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + it) / (10 + it))
+            for pt, pe, ps in zip(target.parameters(), ema.parameters(), student.parameters()):
+                pt.lerp_(ps, 1.0 - cfg.target_ema)
+                pe.lerp_(ps, 1.0 - decay)
+        losses.append(float(loss.detach()))
+        if cfg.log_every and ((it + 1) % cfg.log_every == 0 or it == 0):
+            window = losses[-cfg.log_every:]
+            log(f"iter {it + 1:6d}  loss {sum(window) / len(window):.5f}  ({time.time() - t0:.0f} s)")
+        if checkpoint is not None and checkpoint_every and (it + 1) % checkpoint_every == 0:
+            checkpoint(ema, it + 1)
+    return TrainResult(ema.eval(), losses, time.time() - t0, {"student": student.eval(), "target": target.eval()})
+
+
 def train_classifier(cfg: ClassifierConfig | None = None, *, log: Callable[[str], None] = print) -> TrainResult:
     """Train the feature classifier on the training split (Adam, cross-entropy, random shifts)."""
     cfg = cfg or ClassifierConfig()
@@ -153,15 +273,18 @@ def real_feature_stats(classifier: MnistClassifier) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: torch.nn.Module, path: Path, meta: dict) -> None:
+    """Weights and metadata as safetensors, written to a temporary file and renamed (never a half-written file)."""
     from safetensors.torch import save_file
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"config": json.dumps(meta)})
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"config": json.dumps(meta)})
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m diffsolve.models.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--what", choices=("unet", "classifier", "stats"), required=True)
+    ap.add_argument("--what", choices=("unet", "classifier", "stats", "consistency"), required=True)
     ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the shipped config)")
     ap.add_argument("--out", type=Path, default=WEIGHTS, help="folder for the safetensors files")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -170,7 +293,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--channels", default=None, help="UNet widths per level, e.g. 16,32,64")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--init", type=Path, default=None,
-                    help="continue from these UNet weights (one stage, with --lr); default: all UNET_STAGES from scratch")
+                    help="unet: continue from these UNet weights (one stage, with --lr); default: all UNET_STAGES "
+                         "from scratch; consistency: the teacher (default: the shipped UNet)")
+    ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                    help="consistency: override a ConsistencyConfig field (repeatable)")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="consistency: continue from these consistency-model weights (one stage, with --lr)")
+    ap.add_argument("--save-student", type=Path, default=None,
+                    help="consistency: also save the raw (non-EMA) student weights here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.what == "unet":
@@ -204,6 +334,52 @@ def main(argv: list[str] | None = None) -> None:
             save_model(res.model, path, meta)
             state = {k2: v.clone() for k2, v in res.model.state_dict().items()}
             print(f"stage {k + 1} done in {res.seconds:.0f} s; saved {path}", flush=True)
+    elif args.what == "consistency":
+        path = args.out / CONSISTENCY_FILE
+        from .builtin import WEIGHTS as _W, load_mnist_unet
+        import hashlib
+        teacher_path = args.init if args.init is not None else _W / UNET_FILE
+        teacher = load_mnist_unet(teacher_path)
+        base = {"channels": list(teacher.channels), "emb_dim": teacher.time_mlp[0].out_features,
+                "teacher_sha1": hashlib.sha1(Path(teacher_path).read_bytes()).hexdigest()[:10],
+                "threads": args.threads}
+        state, meta = None, {}
+        if args.resume is not None or args.iters is not None or args.lr is not None:
+            stages = [(args.lr if args.lr is not None else ConsistencyConfig.lr, args.seed or ConsistencyConfig.seed,
+                       args.iters if args.iters is not None else ConsistencyConfig.iters)]
+        else:
+            stages = list(CONSISTENCY_STAGES)
+        if args.resume is not None:
+            from .builtin import _load
+            state, meta = _load(args.resume)
+        for k, (lr, seed, iters) in enumerate(stages):
+            cfg = ConsistencyConfig(lr=lr, seed=seed, iters=iters)
+            for kv in args.set or []:
+                key, _, value = kv.partition("=")
+                if key not in ConsistencyConfig.__dataclass_fields__:
+                    ap.error(f"--set {kv!r}: not a ConsistencyConfig field")
+                setattr(cfg, key, type(getattr(cfg, key))(value))
+            prior = {"continued_from": meta} if meta else {}
+            before = float(meta.get("train_seconds", 0.0)) if meta else 0.0     # earlier stages' wall time
+            print(f"stage {k + 1}/{len(stages)}: lr {lr:g}, seed {seed}, {iters} iterations", flush=True)
+            started = time.time()
+
+            def ckpt(m: torch.nn.Module, it: int, cfg=cfg, prior=prior, before=before, started=started) -> None:
+                # lr and EMA do not depend on cfg.iters: the checkpoint after `it` iterations is the run with iters=it
+                save_model(m, path, {**asdict(cfg), **base, "trained_iters": it, **prior,
+                                     "train_seconds": round(before + time.time() - started, 1)})
+                print(f"saved EMA weights after {it} iterations to {path}", flush=True)
+
+            res = train_consistency(cfg, teacher=teacher, log=lambda s: print(s, flush=True), checkpoint=ckpt,
+                                    checkpoint_every=args.checkpoint_every, init=state)
+            meta = {**asdict(cfg), **base, "trained_iters": cfg.iters, **prior,
+                    "train_seconds": round(before + time.time() - started, 1)}
+            save_model(res.model, path, meta)
+            state = {k2: v.clone() for k2, v in res.model.state_dict().items()}
+            if args.save_student is not None:
+                save_model(res.extra["student"], args.save_student, {**meta, "weights": "student"})
+            print(f"stage {k + 1} done in {res.seconds:.0f} s (total {meta['train_seconds']:.0f} s); saved {path}",
+                  flush=True)
     elif args.what == "classifier":
         cfg = ClassifierConfig(seed=args.seed)
         if args.iters is not None:
