@@ -33,9 +33,10 @@ def to_unit_range(x: torch.Tensor, data_range: tuple[float, float]) -> torch.Ten
 
 
 def sample_model(model: Any, n: int, *, solver: str = "heun", steps: int | None = None, nfe: int | None = None,
-                 grid: str | None = None, seed: int = 0, batch_size: int = 250) -> tuple[torch.Tensor, int]:
+                 grid: str | None = None, seed: int = 0, batch_size: int = 250,
+                 grid_options: dict | None = None) -> tuple[torch.Tensor, int]:
     """n samples (in [-1, 1]) drawn in batches from fixed noise, and the model evaluations per sample."""
-    sampler = Sampler(model, solver, grid, progress=False)
+    sampler = Sampler(model, solver, grid, grid_options=grid_options, progress=False)
     noise = torch.randn((n, *sampler.field.sample_shape), generator=torch.Generator().manual_seed(seed))
     spec = model_spec_of(model)
     out, used = [], 0
@@ -140,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", type=_names(("builtin", "ddpm", "consistency")), default="builtin,ddpm",
                     help="comma list of builtin, ddpm, consistency (the last with --solver consistency)")
     ap.add_argument("--ddpm-grid", choices=sorted(GRIDS), default=None, help="grid for the DDPM (default: its schedule's default)")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default=None,
+                    help="grid for the built-in UNet (default: its schedule's default, karras)")
+    ap.add_argument("--final", choices=("zero", "min"), default="zero",
+                    help="whether the grid ends at zero noise or at the schedule's smallest level (default zero)")
     ap.add_argument("--grid-out", type=Path, default=Path("diffsolve-eval"), help="folder for sample grids")
     ap.add_argument("--grid-nfe", type=_budgets, default="5,10,50",
                     help="NFE budgets of the grid rows (at most this many); empty for no grid")
@@ -170,7 +175,7 @@ def _evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
     for name in args.models:
         if name == "builtin":
             weights = WEIGHTS / "mnist_unet.safetensors" if args.unet is None else args.unet
-            model, grid = load_mnist_unet(weights), None
+            model, grid = load_mnist_unet(weights), args.grid
         elif name == "consistency":
             weights = WEIGHTS / "mnist_consistency.safetensors" if args.consistency is None else args.consistency
             model, grid = load_mnist_consistency(weights), None
@@ -182,10 +187,13 @@ def _evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
             model, grid = mnist_ddpm.load_mnist_ddpm(weights), args.ddpm_grid
         t0 = time.time()
         digest = hashlib.sha1(Path(weights).read_bytes()).hexdigest()[:10]   # cached samples follow the weights
-        key = f"{name}-{digest}_{args.solver}_{args.steps}_{grid or 'default'}_n{args.n}_seed{args.seed}"
+        options = {"final": "min"} if args.final == "min" and name != "consistency" else None
+        key = (f"{name}-{digest}_{args.solver}_{args.steps}_{grid or 'default'}{'_min' if options else ''}"
+               f"_n{args.n}_seed{args.seed}")
         x, nfe = _cached_samples(args.cache, key, lambda: sample_model(
-            model, args.n, solver=args.solver, steps=args.steps, grid=grid, seed=args.seed))
-        label = f"{name} {args.solver} {args.steps} steps" + (f" grid={grid}" if grid else "")
+            model, args.n, solver=args.solver, steps=args.steps, grid=grid, seed=args.seed, grid_options=options))
+        label = (f"{name} {args.solver} {args.steps} steps" + (f" grid={grid}" if grid else "")
+                 + (" final=min" if options else ""))
         print(f"{label}: {x.shape[0]} samples, {nfe} NFE each ({time.time() - t0:.0f} s)", flush=True)
         drawn.append((label, x, nfe))
         rows, labels = [], []
