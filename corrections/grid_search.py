@@ -240,6 +240,30 @@ class GapGrid(torch.nn.Module):
         return [torch.tensor(self.s_max, dtype=torch.float64)] + [v.reshape(1) for v in torch.exp(logs)] + [0.0]
 
 
+def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Tensor], target: torch.Tensor, *,
+              n: int, batch_size: int, epochs: int, lr: float, gen: torch.Generator,
+              log: Callable[[str], None] | None, label: str, start: float) -> list[float]:
+    """Adam on the grid's parameters: mean squared endpoint error of `run(batch indices, grid())` against the
+    teacher's endpoints, minibatches in a seeded order; the mean loss of each epoch."""
+    opt = torch.optim.Adam(grid.parameters(), lr=lr)
+    hist = []
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        tot = 0.0
+        for b in range(0, n, batch_size):
+            idx = order[b:b + batch_size]
+            with torch.enable_grad():
+                loss = (run(idx, grid()) - target[idx]).pow(2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+        hist.append(tot / n)
+        if log:
+            log(f"{label} epoch {epoch + 1}/{epochs}  loss {hist[-1]:.6g}  ({time.perf_counter() - start:.0f}s)")
+    return hist
+
+
 def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7, 9), n: int = 96,
                batch_size: int = 32, epochs: int = 20, lr: float = 0.05, seed: int = 0, init: Any = None,
                teacher: str = "reference", teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
@@ -277,24 +301,10 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
             s_init = [float(v) for v in sch.edm_sigma(t_init)]
             s_init[-1] = 0.0
             g = GapGrid(s_init, sch.sigma_min if sch.sigma_min > 0 else s_init[-2] * 0.1)
-            opt = torch.optim.Adam(g.parameters(), lr=lr)
-            hist = []
-            for epoch in range(epochs):
-                order = torch.randperm(n, generator=gen)
-                tot = 0.0
-                for b in range(0, n, batch_size):
-                    idx = order[b:b + batch_size]
-                    with torch.enable_grad():
-                        out = differentiable_run(field, x0[idx], g(), base, afs=afs, afs_mean=mean)
-                        loss = (out - target[idx]).pow(2).mean()
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                    opt.step()
-                    tot += float(loss.detach()) * len(idx)
-                hist.append(tot / n)
-                if log:
-                    log(f"nfe {budget} ({steps} steps) epoch {epoch + 1}/{epochs}  loss {hist[-1]:.6g}  "
-                        f"({time.perf_counter() - start:.0f}s)")
+            run = lambda idx, times: differentiable_run(field, x0[idx], times, base, afs=afs,  # noqa: E731
+                                                        afs_mean=mean)
+            hist = _fit_grid(g, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
+                             label=f"nfe {budget} ({steps} steps)", start=start)
             with torch.no_grad():
                 s = [float(v) for v in g()]
             t = sch.t_from_edm_sigma(torch.tensor(s, dtype=torch.float64))
@@ -339,24 +349,9 @@ def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, ba
             t_init = time_uniform(steps, None, t_max=t0) if init is None else torch.as_tensor(
                 init(steps, None) if callable(init) else init, dtype=torch.float64)
             g = TimeGapGrid([float(v) for v in t_init])
-            opt = torch.optim.Adam(g.parameters(), lr=lr)
-            hist = []
-            for epoch in range(epochs):
-                order = torch.randperm(n, generator=gen)
-                tot = 0.0
-                for b in range(0, n, batch_size):
-                    idx = order[b:b + batch_size]
-                    with torch.enable_grad():
-                        out = differentiable_run_plain(field, noise[idx], g(), base, k)
-                        loss = (out - target[idx]).pow(2).mean()
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                    opt.step()
-                    tot += float(loss.detach()) * len(idx)
-                hist.append(tot / n)
-                if log:
-                    log(f"nfe {budget} ({steps} steps) epoch {epoch + 1}/{epochs}  loss {hist[-1]:.6g}  "
-                        f"({time.perf_counter() - start:.0f}s)")
+            run = lambda idx, times: differentiable_run_plain(field, noise[idx], times, base, k)  # noqa: E731
+            hist = _fit_grid(g, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
+                             label=f"nfe {budget} ({steps} steps)", start=start)
             with torch.no_grad():
                 t = [float(v) for v in g()]
             t[0], t[-1] = t0, 0.0
