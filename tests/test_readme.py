@@ -34,3 +34,12 @@ def test_ci_runs_the_test_command_the_readme_gives():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: setup\n\t.*pytest", makefile, re.M)
     assert re.search(r"^bench: setup\n\t.*diffsolve bench", makefile, re.M)
+
+
+def test_few_step_block_runs_and_prints_what_it_says():
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    block = next(b for b in blocks if "load_mnist_consistency" in b)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {})
+    assert out.getvalue().split() == ["1", "2", "4"]
