@@ -212,3 +212,15 @@ class LinearFlowProblem(torch.nn.Module):
         E = torch.linalg.matrix_exp(self.M * (tau1 - tau0))
         y = self.p(tau1) + (x.double() - self.p(tau0)) @ E.T
         return y.to(x.dtype)
+
+
+def make_moons(n: int, noise: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The two moons of sklearn's make_moons(noise), drawn with torch, scaled as the shared moons flows were
+    trained: * 3 - 1 (float64, [n, 2])."""
+    half = n // 2
+    a_out = math.pi * torch.rand(half, generator=generator, dtype=torch.float64)
+    a_in = math.pi * torch.rand(n - half, generator=generator, dtype=torch.float64)
+    outer = torch.stack([torch.cos(a_out), torch.sin(a_out)], 1)
+    inner = torch.stack([1 - torch.cos(a_in), 1 - torch.sin(a_in) - 0.5], 1)
+    x = torch.cat([outer, inner]) + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return x * 3 - 1

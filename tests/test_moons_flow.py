@@ -1,22 +1,11 @@
 """A real pretrained 2-D flow (torchcfm, ../shared/models/moons-flow) carries N(0, I) onto the two moons."""
-import math
 
 import pytest
 import torch
 
 from diffsolve import Sampler
+from diffsolve.bench.problems import make_moons
 from diffsolve.pretrained_adapters import load_torchcfm_mlp
-
-
-def make_moons(n, noise=0.2, generator=None):
-    """sklearn's make_moons(noise) scaled as the checkpoints were trained: * 3 - 1."""
-    half = n // 2
-    a_out = math.pi * torch.rand(half, generator=generator, dtype=torch.float64)
-    a_in = math.pi * torch.rand(n - half, generator=generator, dtype=torch.float64)
-    outer = torch.stack([torch.cos(a_out), torch.sin(a_out)], 1)
-    inner = torch.stack([1 - torch.cos(a_in), 1 - torch.sin(a_in) - 0.5], 1)
-    x = torch.cat([outer, inner]) + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
-    return x * 3 - 1
 
 
 def sliced_w1(x, y, n_proj=256, seed=0):
