@@ -116,8 +116,8 @@ def main(argv=None) -> int:
               f"{best[0] / tdq:.2f}x", flush=True)
         rows[name] = res
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        from ..files import atomic_write_bytes
+        atomic_write_bytes(args.out, json.dumps(rows, indent=1).encode())
     return 0
 
 

@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate(nfes, args.n, baseline_cache=args.baseline_cache)
     print(table(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from ..files import atomic_write_bytes
+        atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
     return 0
 
 
