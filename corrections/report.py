@@ -73,8 +73,9 @@ def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baselin
                     continue
                 rows[str(k)]["baselines"][f"{_label(name, opts)} / {grid}"] = {"rmse": e, "nfe": used}
     if cached is None and baseline_cache:
-        Path(baseline_cache).write_text(json.dumps(
-            {"n": n, "rows": {k: r["baselines"] for k, r in rows.items()}}, indent=1))
+        from ..files import atomic_write_bytes
+        atomic_write_bytes(baseline_cache, json.dumps(
+            {"n": n, "rows": {k: r["baselines"] for k, r in rows.items()}}, indent=1).encode())
     if not learned:
         return {"rows": rows}
     for label, name, opts, grid in LEARNED:
