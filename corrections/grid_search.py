@@ -240,6 +240,20 @@ class GapGrid(torch.nn.Module):
         return [torch.tensor(self.s_max, dtype=torch.float64)] + [v.reshape(1) for v in torch.exp(logs)] + [0.0]
 
 
+def _teacher_endpoints(field: Field, n: int, seed: int, teacher: str, teacher_options: dict | None,
+                       dtype: torch.dtype, log: Callable[[str], None] | None, start: float):
+    """(t_max, unit noise, teacher endpoints) of a learned grid's training set: n samples from seeds that GITS
+    (seed * 10^6 + i) and the evaluations never draw."""
+    torch.manual_seed(seed)
+    seeds = list(range(seed * 1_000_000 + 500_000, seed * 1_000_000 + 500_000 + n))
+    noise = noise_for(field, seeds, dtype=dtype)
+    t0 = field.t_max
+    target = teacher_states(field, noise, [t0, 0.0], mode=teacher, seeds=seeds, **(teacher_options or {}))[-1]
+    if log:
+        log(f"teacher: {n} endpoints ({teacher}) in {time.perf_counter() - start:.1f}s")
+    return t0, noise, target
+
+
 def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Tensor], target: torch.Tensor, *,
               n: int, batch_size: int, epochs: int, lr: float, gen: torch.Generator,
               log: Callable[[str], None] | None, label: str, start: float) -> list[float]:
@@ -279,15 +293,9 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
                                  seed=seed, init=init, teacher=teacher, teacher_options=teacher_options, dtype=dtype,
                                  afs=afs, log=log, **solver_options)
     sch = field.schedule
-    torch.manual_seed(seed)
     start = time.perf_counter()
-    seeds = list(range(seed * 1_000_000 + 500_000, seed * 1_000_000 + 500_000 + n))
-    noise = noise_for(field, seeds, dtype=dtype)
-    t0 = sch.t_max
-    target = teacher_states(field, noise, [t0, 0.0], mode=teacher, seeds=seeds, **(teacher_options or {}))[-1]
+    t0, noise, target = _teacher_endpoints(field, n, seed, teacher, teacher_options, dtype, log, start)
     x0 = noise * sch.prior_std(t0)
-    if log:
-        log(f"teacher: {n} endpoints ({teacher}) in {time.perf_counter() - start:.1f}s")
     grids, losses, nfes = {}, {}, {}
     gen = torch.Generator().manual_seed(seed)
     mean = mean_denoised_at_start(field, t0) if afs else None
@@ -333,14 +341,8 @@ def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, ba
         raise InvalidArgument("afs=True needs a Gaussian path; a plain velocity field (schedule=None) has none")
     from ..solvers import get_solver
     k = getattr(get_solver(base, **solver_options), "solver_order", 1)
-    torch.manual_seed(seed)
     start = time.perf_counter()
-    seeds = list(range(seed * 1_000_000 + 500_000, seed * 1_000_000 + 500_000 + n))
-    noise = noise_for(field, seeds, dtype=dtype)
-    t0 = field.t_max
-    target = teacher_states(field, noise, [t0, 0.0], mode=teacher, seeds=seeds, **(teacher_options or {}))[-1]
-    if log:
-        log(f"teacher: {n} endpoints ({teacher}) in {time.perf_counter() - start:.1f}s")
+    t0, noise, target = _teacher_endpoints(field, n, seed, teacher, teacher_options, dtype, log, start)
     grids, losses, nfes = {}, {}, {}
     gen = torch.Generator().manual_seed(seed)
     with frozen(field):

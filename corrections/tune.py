@@ -21,6 +21,8 @@ from typing import Sequence
 
 import torch
 
+from ..errors import InvalidArgument
+
 WHAT = ("amed", "gits", "grid")
 
 
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         if args.from_grid:
             from .grid_search import to_amed_table
             if plain:
-                raise SystemExit("--from-grid starts from the data-mean AFS, which a plain velocity field has not")
+                raise InvalidArgument("--from-grid starts from the data-mean AFS, which a plain velocity field (schedule="
+                                      "None) has not; train without --from-grid")
             g = learn_grid(model, base=base, nfe=nfe, afs=True, n=args.n or 64, batch_size=args.batch_size,
                            epochs=args.grid_epochs, lr=0.05, seed=args.seed, teacher=teacher, dtype=dtype, log=log,
                            **teach)

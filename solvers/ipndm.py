@@ -12,8 +12,9 @@ constant (h_{n-2}/h_{n-3} = h_{n-1}/h_{n-2}), which costs them consistency on ge
 
 On a plain velocity field (schedule=None: a flow whose source need not be Gaussian) both integrate
 dx/dt = f(x, t) in the field's own time with the same weights in t instead of s (SlopeMultistep.plan_plain):
-iPNDM's constant weights are exact on grids uniform in t (order 4 there, 2 on varying steps), iPNDM_v's are
-variable-step Adams-Bashforth (order 4 on any smooth grid).
+iPNDM's constant weights are exact only on grids uniform in t, iPNDM_v's are variable-step Adams-Bashforth. The
+warm start's low-order first steps bound a run on an ordinary grid to global order 2; iPNDM_v shows its declared
+`plain_order` on grids whose first steps are refined (tests/test_convergence.py checks both).
 """
 from __future__ import annotations
 
