@@ -251,6 +251,11 @@ class Field:
         """A stable string naming what this field computes (the reference cache's key), or None if unknown."""
         return None
 
+    def correction_identity(self) -> str | None:
+        """The identity a learned correction (AMED predictor, optimized grid) is matched against: `identity()`
+        without the wrappers that change sampling on purpose and stack on a correction (Skip-Tuning)."""
+        return self.identity()
+
 
 class VectorField(Field):
     """`VectorField(model, prediction=..., schedule=...)`: the common form of a network (DPM-Solver model_wrapper).
@@ -413,8 +418,17 @@ class FieldWrapper(Field):
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
         return self.inner.evaluate(x, p, kind, **kwargs)
 
+    # True for wrappers a correction trained on the bare network applies through (see Field.correction_identity)
+    stacks_on_corrections = False
+
     def identity(self) -> str | None:
-        inner = self.inner.identity()
+        return self._compose(self.inner.identity())
+
+    def correction_identity(self) -> str | None:
+        inner = self.inner.correction_identity()
+        return inner if self.stacks_on_corrections else self._compose(inner)
+
+    def _compose(self, inner: str | None) -> str | None:
         mine = self.own_identity()
         return None if inner is None or mine is None else f"{type(self).__name__}({mine}, {inner})"
 

@@ -130,6 +130,7 @@ class Sampler:
     `solver` is a registry name (`diffsolve.solvers.available_solvers()`) or a Solver; `grid` a name in
     `diffsolve.grids.GRIDS`, a function `(steps, schedule, **options) -> times`, or an explicit list of times.
     `scheduler=` (a diffusers scheduler or its config) reads schedule, prediction, timesteps and solver from it.
+    `skip_tuning=` (a `SkipSettings` or the JSON file `diffsolve tune skip` writes) scales the UNet's skips as tuned.
     `invert(x0, steps=)` runs the same solver from data to noise on the grid reversed; `round_trip` measures
     invert-then-sample.
     """
@@ -137,7 +138,8 @@ class Sampler:
     def __init__(self, model: Any, solver: str | Solver | None = None, grid: Any = None, *,
                  prediction: str | None = None, schedule: Any = None, time_convention: str | None = None,
                  sample_shape: Sequence[int] | None = None, grid_options: dict | None = None,
-                 check_finite: bool = True, progress: bool = True, scheduler: Any = None, **solver_options: Any):
+                 check_finite: bool = True, progress: bool = True, scheduler: Any = None, skip_tuning: Any = None,
+                 **solver_options: Any):
         if scheduler is not None:
             parts = _parts_from_scheduler(model, scheduler, prediction, sample_shape)
             model, prediction, schedule, sample_shape = parts.field, None, None, None
@@ -147,6 +149,9 @@ class Sampler:
                 solver, solver_options = parts.solver, {**parts.solver_options, **solver_options}
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
                               sample_shape=tuple(sample_shape) if sample_shape is not None else None)
+        if skip_tuning is not None:
+            from .skip_tuning import skip_tuned
+            self.field = skip_tuned(self.field, settings=skip_tuning)
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)
         if self.solver.needs_schedule:
             self.field.require_schedule(self.solver.name)

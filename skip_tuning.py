@@ -180,6 +180,8 @@ class SkipTuned:
 class SkipTunedField(FieldWrapper):
     """The scaling as a field wrapper: active during this wrapper's own model calls only."""
 
+    stacks_on_corrections = True     # Skip-Tuning is applied on top of any solver, a learned one too
+
     def __init__(self, field: Field, tuning: SkipTuned):
         super().__init__(field)
         self.tuning = tuning
@@ -215,6 +217,9 @@ def skip_tuned(model: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho
     """Skip-Tuning of a network (Ma et al. 2024): a context manager, and a field wrapper for fields and models that
     declare their spec. `settings=` takes a tuner's result (a SkipSettings or its JSON file)."""
     if settings is not None:
+        if not isinstance(settings, (SkipSettings, str, Path)):
+            raise InvalidArgument(f"settings={settings!r}: give a SkipSettings or the path of the JSON file that "
+                                  "`diffsolve tune skip` writes")
         s = load_settings(settings) if not isinstance(settings, SkipSettings) else settings
         ident = model_identity(_network(model))
         if s.model is not None and ident is not None and s.model != ident:
@@ -279,6 +284,36 @@ def golden_section(f: Callable[[float], float], lo: float, hi: float, evaluation
     return best[0], best[1], history
 
 
+def skip_samples(model: Any, solver: str, nfe: int, seeds: Sequence[int], rho_bottom: float = 1.0,
+                 rho_top: float = 1.0, *, active: tuple[float, float] | None = None,
+                 solver_options: Mapping[str, Any] | None = None, skip_options: Mapping[str, Any] | None = None,
+                 **run_kwargs: Any) -> torch.Tensor:
+    """Samples of `solver` at `nfe` from the per-seed noise of `seeds`, the skips scaled (rho 1: the bare model)."""
+    from .sampler import Sampler
+    field = skip_tuned(model, rho_bottom, rho_top, active=active, **dict(skip_options or {})) \
+        if rho_bottom != 1.0 or rho_top != 1.0 else (model if isinstance(model, Field) else VectorField(model))
+    s = Sampler(field, solver, progress=False, **dict(solver_options or {}))
+    return s.run(nfe=nfe, seed=[int(v) for v in seeds], **run_kwargs).samples
+
+
+def search_rho(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor], float], *,
+               tune_seeds: Sequence[int], rho_range: tuple[float, float] = (0.5, 1.0), rho_top: float = 1.0,
+               evaluations: int = 8, progress: Callable[[str], None] | None = print,
+               **sample_options: Any) -> tuple[float, float, float, list]:
+    """Golden-section search of rho_bottom on the tuning noise only: (best rho, its metric, the untuned metric,
+    history). rho_bottom = 1 wins when no scaling beats the bare model."""
+    say = progress or (lambda _: None)
+    tune = [int(v) for v in tune_seeds]
+    best, best_value, history = golden_section(
+        lambda r: metric(skip_samples(model, solver, nfe, tune, r, rho_top, **sample_options)), *rho_range,
+        evaluations=evaluations, report=lambda r, y: say(f"skip tuning: rho_bottom={r:.4f} metric={y:.6g} "
+                                                         "(tuning noise)"))
+    untuned = float(metric(skip_samples(model, solver, nfe, tune, 1.0, 1.0, **sample_options)))
+    if untuned < best_value:
+        best, best_value = 1.0, untuned
+    return best, best_value, untuned, history
+
+
 def tune_skip(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor], float], *,
               tune_seeds: Sequence[int], eval_seeds: Sequence[int], rho_range: tuple[float, float] = (0.5, 1.0),
               rho_top: float = 1.0, active: tuple[float, float] | None = None, evaluations: int = 8,
@@ -287,29 +322,26 @@ def tune_skip(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor]
     """Search rho_bottom (golden section on `rho_range`) minimising `metric(samples)` on samples from
     `tune_seeds`, then score the choice and the untuned model on `eval_seeds`, which must not overlap.
     `skip_options` go to `skip_tuned` (outputs_of= / inputs_of= for a network diffsolve does not know)."""
-    from .sampler import Sampler
     tune, held = [int(s) for s in tune_seeds], [int(s) for s in eval_seeds]
     if not tune or not held:
         raise InvalidArgument("tune_seeds= and eval_seeds= must both name seeds")
     if set(tune) & set(held):
         raise InvalidArgument("eval_seeds= overlaps tune_seeds=: a metric computed on the tuning noise would "
                               "reward overfitting to it; score on noise the tuner never saw")
-
-    def samples(rho_bottom: float, seeds: list[int]) -> torch.Tensor:
-        field = skip_tuned(model, rho_bottom, rho_top, active=active, **dict(skip_options or {})) \
-            if rho_bottom != 1.0 or rho_top != 1.0 else (model if isinstance(model, Field) else VectorField(model))
-        s = Sampler(field, solver, progress=False, **dict(solver_options or {}))
-        return s.run(nfe=nfe, seed=seeds, **run_kwargs).samples
-
-    say = progress or (lambda _: None)
-    best, best_value, history = golden_section(
-        lambda r: metric(samples(r, tune)), *rho_range, evaluations=evaluations,
-        report=lambda r, y: say(f"skip tuning: rho_bottom={r:.4f} metric={y:.6g} (tuning noise)"))
-    untuned_tune = float(metric(samples(1.0, tune)))
-    if untuned_tune < best_value:
-        best, best_value = 1.0, untuned_tune
-    held_tuned, held_untuned = float(metric(samples(best, held))), float(metric(samples(1.0, held)))
-    say(f"skip tuning: chose rho_bottom={best:.4f}; held-out metric {held_tuned:.6g} (untuned {held_untuned:.6g})")
+    lo, hi = (check_float("rho_range[0]", rho_range[0], positive=True),
+              check_float("rho_range[1]", rho_range[1], positive=True))
+    if not hi > lo:
+        raise InvalidArgument(f"rho_range={tuple(rho_range)!r}: need lo < hi")
+    options = dict(active=active, solver_options=solver_options, skip_options=skip_options, **run_kwargs)
+    best, best_value, untuned_tune, history = search_rho(
+        model, solver, nfe, metric, tune_seeds=tune, rho_range=(lo, hi), rho_top=rho_top, evaluations=evaluations,
+        progress=progress, **options)
+    held_tuned = float(metric(skip_samples(model, solver, nfe, held, best, rho_top if best != 1.0 else 1.0,
+                                           **options)))
+    held_untuned = float(metric(skip_samples(model, solver, nfe, held, 1.0, 1.0, **options)))
+    if progress is not None:
+        progress(f"skip tuning: chose rho_bottom={best:.4f}; held-out metric {held_tuned:.6g} "
+                 f"(untuned {held_untuned:.6g})")
     return SkipSettings(rho_bottom=best, rho_top=rho_top, active=active, model=model_identity(_network(model)),
                         solver=solver, nfe=int(nfe),
                         metric={"tuning": best_value, "tuning_untuned": untuned_tune, "held_out": held_tuned,

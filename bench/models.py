@@ -110,6 +110,19 @@ _MNIST_UNET = BenchModel(
 register_bench_model(_MNIST_UNET)
 register_bench_model(dataclasses.replace(_MNIST_UNET, name="image"))
 
+
+WEIGHTS_DEEP = Path(__file__).resolve().parents[1] / "models" / "weights" / "mnist_unet_deep.safetensors"
+
+
+def _mnist_unet_deep():
+    from ..models.builtin import load_mnist_unet_deep
+    return load_mnist_unet_deep()
+
+
+register_bench_model(dataclasses.replace(
+    _MNIST_UNET, name="mnist-unet-deep", build=_mnist_unet_deep, available=_needs(WEIGHTS_DEEP),
+    summary="deeper built-in MNIST UNet (EDM denoiser, 1.07M parameters, eight skips; Skip-Tuning's test bed)"))
+
 # Tried in this order when --solvers is not given; names another module has not registered are left out.
 DEFAULT_SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc_bh2", "deis", "ipndm", "dpm_solver_3", "rk4")
 

@@ -10,6 +10,9 @@
         log-likelihood (an SDE sample has no single "right" endpoint to compare with).
     diffsolve bench --preset overhead
         the sampling loop's own cost against diffusers' and k-diffusion's (bench.loop_overhead).
+    diffsolve bench --preset skip [--quick] [--nfe 3,5,7,9,19] [--models mnist-unet,mnist-unet-deep]
+        Skip-Tuning on the built-in UNets: rho tuned per solver on tuning noise, then FD, classifier confidence and
+        endpoint RMSE with and without it on held-out noise (bench.skip_table).
 
 `--batch-size` and `--solvers` shrink or pick the rows; everything runs on the CPU, one thread, in the tables'
 dtypes (float64 on the mixture, the model's float32 on the MNIST DDPM).
@@ -29,7 +32,7 @@ from .metrics import sliced_wasserstein
 from .models import SHARED
 from .problems import GaussianMixtureProblem
 
-PRESETS = ("diffusers", "adaptive", "sde", "overhead")
+PRESETS = ("diffusers", "adaptive", "sde", "overhead", "skip")
 MNIST_DDPM = SHARED / "models" / "mnist-ddpm-eps.safetensors"
 FAST_NFES = (3, 4, 5, 6, 8, 10, 15, 20)
 FAST_GRID = "karras"     # our grid on the MNIST DDPM (EDM rho = 7 over its sigma range, then 0)
@@ -42,7 +45,8 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--preset", choices=PRESETS, default=None,
                    help="print a fixed comparison table instead of the solver x NFE bench: diffusers (fast ODE "
                         "solvers and diffusers' schedulers), adaptive (adaptive ODE solvers), sde (SDE samplers by "
-                        "distribution metrics), overhead (loop overhead vs diffusers and k-diffusion)")
+                        "distribution metrics), overhead (loop overhead vs diffusers and k-diffusion), skip (Skip-Tuning "
+                        "on the built-in UNets: FD, confidence and RMSE with and without tuned skips)")
     b.add_argument("--skip-mnist", action="store_true", help="preset diffusers: leave out the shared MNIST DDPM "
                                                              "(the slow part)")
     from .argtypes import int_at_least
@@ -50,7 +54,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                    help="preset diffusers: steps of the dpmpp_3m reference solve (default 2000)")
     b.add_argument("--rtols", default=None, help="preset adaptive: comma-separated rtol values")
     b.add_argument("--steps", default=None, help="preset sde: comma-separated step counts")
-    b.add_argument("--quick", action="store_true", help="presets adaptive and sde: fewer samples and settings")
+    b.add_argument("--quick", action="store_true", help="presets adaptive, sde and skip: fewer samples and settings")
+    b.add_argument("--models", default=None, help="preset skip: comma-separated bench models (default mnist-unet,"
+                                                  "mnist-unet-deep)")
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -101,6 +107,10 @@ def run_preset(args: argparse.Namespace) -> int:
             n = batch(1000 if args.quick else 2000)
             print(sde_report(n, steps if steps is not None else ((10, 20) if args.quick else (5, 10, 20, 40)),
                              steps if steps is not None else ((16,) if args.quick else (16, 32, 64))), flush=True)
+        elif args.preset == "skip":
+            from .skip_table import run as skip_table
+            models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+            print(skip_table(args.nfe, solvers, models, args.quick, args.out), flush=True)
         else:
             from .loop_overhead import main as overhead
             overhead([])

@@ -135,7 +135,7 @@ def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7,
         nfes[str(steps)] = int(budget)
         if log:
             log(f"nfe {budget}: {steps} steps, cost {cost:.5g}, grid {[round(v, 4) for v in grids[steps]]}")
-    return GridCorrection("gits", grids, base, field.identity(),
+    return GridCorrection("gits", grids, base, field.correction_identity(),
                           {"nfe": nfes, "cost": costs, "fine_steps": fine_steps, "rho": rho, "n": n, "seed": seed,
                            "weight": weight, "teacher": teacher, "seconds": round(time.perf_counter() - start, 1)})
 
@@ -320,7 +320,7 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
             grids[steps] = tuple(float(v) for v in t)
             losses[str(steps)] = hist
             nfes[str(steps)] = int(budget)
-    return GridCorrection("learned", grids, base, field.identity(),
+    return GridCorrection("learned", grids, base, field.correction_identity(),
                           {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "seed": seed,
                            "teacher": teacher, "afs": afs, "seconds": round(time.perf_counter() - start, 1)}, mean)
 
@@ -360,7 +360,7 @@ def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, ba
             grids[steps] = tuple(t)
             losses[str(steps)] = hist
             nfes[str(steps)] = int(budget)
-    return GridCorrection("learned", grids, base, field.identity(),
+    return GridCorrection("learned", grids, base, field.correction_identity(),
                           {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "seed": seed,
                            "teacher": teacher, "afs": False, "time": "native",
                            "seconds": round(time.perf_counter() - start, 1)})

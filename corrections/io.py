@@ -31,7 +31,7 @@ class IdentityMismatch(InvalidArgument):
 def _check_identity(saved: str | None, field: Any, what: str) -> None:
     if field is None:
         return
-    have = field.identity()
+    have = field.correction_identity()
     if saved is None:
         return
     if have != saved:
@@ -280,7 +280,7 @@ def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | Gri
 
 def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | Path | None = None):
     """The correction of `kind` shipped for this field's model (and base solver, for AMED), or a clear error."""
-    ident = field.identity()
+    ident = field.correction_identity()
     folder = Path(folder) if folder is not None else SHIPPED
     seen = []
     for side in sorted(folder.glob("*.safetensors.json")):

@@ -116,7 +116,7 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
         mean = afs_mean
     elif afs and afs_mean:
         mean = mean_denoised_at_start(field, t_start)
-    corr = AMEDCorrection(predictor, base, afs, mean, grids, field.identity(),
+    corr = AMEDCorrection(predictor, base, afs, mean, grids, field.correction_identity(),
                           {"loss": loss, "epochs": epochs, "n_train": n_train, "batch_size": batch_size, "lr": lr,
                            "seed": seed, "teacher": teacher, "features": features, "module": module})
     seeds = list(train_seeds) if train_seeds is not None else list(range(seed * 1_000_000, seed * 1_000_000 + n_train))

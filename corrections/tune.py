@@ -1,4 +1,5 @@
-"""`diffsolve tune amed|gits|grid`: train a correction for one model and write it (safetensors + JSON sidecar).
+"""`diffsolve tune amed|gits|grid|skip`: train a correction for one model and write it (safetensors + JSON sidecar;
+for skip, a JSON file).
 
     diffsolve tune amed --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out amed-ipndm.safetensors
     diffsolve tune gits --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out gits-ipndm.safetensors
@@ -8,6 +9,13 @@ On a plain velocity field (the moons flows: `--model moons-cfm`) everything runs
 AFS; bases in native time (euler, ipndm, ipndm_v; amed, dpm_solver_2 for AMED), e.g.
 
     diffsolve tune grid --model moons-otcfm --solver ipndm_v --nfe 4 --reference-rtol 1e-7 --out moons-otcfm.safetensors
+
+`skip` searches Skip-Tuning's rho_bottom (golden section, `--evaluations` samples of the metric) for one solver
+and NFE, minimising the FD of the built-in classifier's features to held-out real digits (MNIST-shaped models) or
+`--metric module:attr` (a callable `metric(samples) -> float`, lower is better), on `--n` tuning seeds, then scores
+the choice against the untuned model on `--eval-n` other seeds; `Sampler(model, skip_tuning="skip.json")` loads it:
+
+    diffsolve tune skip --model mnist-unet-deep --solver dpmpp_2m --nfe 5 --out skip-dpmpp_2m.json
 
 `--solver` is the base solver: for `amed`, 'amed' trains the AMED-Solver and any other name (ipndm, ipndm_v,
 dpmpp_2m, deis, dpm_solver_2, euler) an AMED-Plugin predictor for it. Training prints its progress and loss; the
@@ -23,13 +31,16 @@ import torch
 
 from ..errors import InvalidArgument
 
-WHAT = ("amed", "gits", "grid")
+WHAT = ("amed", "gits", "grid", "skip")
+SKIP_TUNE_SEED, SKIP_EVAL_SEED = 7_000_000, 9_000_000     # tuning and held-out noise of `tune skip`: disjoint
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    t = sub.add_parser("tune", help="train an AMED predictor, a GITS grid or a learned grid for one model",
+    t = sub.add_parser("tune", help="train an AMED predictor, a GITS grid or a learned grid, or tune skips, for one "
+                                    "model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("what", choices=WHAT, help="amed (predictor), gits (grid by dynamic programming), grid (learned)")
+    t.add_argument("what", choices=WHAT, help="amed (predictor), gits (grid by dynamic programming), grid (learned), "
+                                              "skip (Skip-Tuning's rho)")
     t.add_argument("--model", default="mnist-unet",
                    help="built-in bench model name (mnist-unet, gmm, ...) or 'module:attr' (default mnist-unet)")
     t.add_argument("--solver", default=None, help="base solver (default: amed for amed, ipndm for grids)")
@@ -56,6 +67,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "bench model's reference settings (e.g. 1e-7 for the moons flows, whose SELU field makes the "
                         "default dopri8 at 1e-10 slow)")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    k = t.add_argument_group("skip")
+    k.add_argument("--rho-range", default="0.5,1.0", help="skip: search interval of rho_bottom (default 0.5,1.0)")
+    k.add_argument("--rho-top", type=float, default=1.0, help="skip: rho of the highest-resolution skip (default 1)")
+    k.add_argument("--active", default=None,
+                   help="skip: 'lo,hi' EDM noise levels where the scaling applies (default: everywhere)")
+    k.add_argument("--evaluations", type=int, default=8, help="skip: metric evaluations of the search (default 8)")
+    k.add_argument("--eval-n", type=int, default=1000, help="skip: held-out samples for the final score (default "
+                                                            "1000; --n, default 1000, are the tuning samples)")
+    k.add_argument("--grid", default=None, help="skip: the solver's grid (default: the model's)")
+    k.add_argument("--metric", default=None,
+                   help="skip: 'module:attr', a callable metric(samples) -> float to minimise (default: the built-in "
+                        "classifier's FD for MNIST-shaped models)")
     return t
 
 
@@ -84,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
                 if args.reference_rtol is not None else entry.reference)
     teach = {"teacher_options": {"settings": settings}} if teacher == "reference" else {}
     start = time.perf_counter()
+    if args.what == "skip":
+        return _tune_skip(args, entry, model, nfe, log, start)
     if args.what == "amed":
         base = args.solver or "amed"
         init = None
@@ -123,3 +148,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="diffsolve")
     add_parser(p.add_subparsers(dest="command"))
     return run(p.parse_args(["tune", *(argv or [])]))
+
+
+def _pair(text: str | None, what: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InvalidArgument(f"{what} {text!r}: give two numbers 'lo,hi'") from None
+    return lo, hi
+
+
+def _metric(spec: str | None, model):
+    import importlib
+    from ..field import model_spec_of
+    if spec is None:
+        ms = model_spec_of(model)
+        if ms is None or tuple(ms.sample_shape or ()) != (1, 28, 28):
+            raise InvalidArgument("--metric: this model's samples are not MNIST digits, so the built-in classifier's "
+                                  "FD does not apply; name a callable metric(samples) -> float as 'module:attr'")
+        from ..models.evaluate import fd_metric
+        return fd_metric(ms.data_range or (-1.0, 1.0)), "FD (built-in classifier, held-out real digits)"
+    mod, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(mod)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise InvalidArgument(f"--metric {spec!r}: cannot import it ({e})") from None
+    if not callable(obj):
+        raise InvalidArgument(f"--metric {spec!r}: not callable")
+    return obj, spec
+
+
+def _tune_skip(args, entry, model, nfe: list[int], log, start: float) -> int:
+    from pathlib import Path
+    from ..skip_tuning import save_settings, tune_skip
+    if len(nfe) != 1:
+        raise InvalidArgument(f"--nfe {args.nfe!r}: skip tuning takes one NFE (rho is tuned for one budget)")
+    solver = args.solver or "dpmpp_2m"
+    n = args.n or 1000
+    metric, metric_name = _metric(args.metric, model)
+    lo, hi = _pair(args.rho_range, "--rho-range")
+    log(f"skip tuning {entry.name}: {solver} at NFE {nfe[0]}, rho_bottom in [{lo}, {hi}], metric {metric_name}, "
+        f"{n} tuning samples, {args.eval_n} held-out")
+    settings = tune_skip(model, solver, nfe[0], metric, rho_range=(lo, hi), rho_top=args.rho_top,
+                         active=_pair(args.active, "--active"), evaluations=args.evaluations,
+                         tune_seeds=range(SKIP_TUNE_SEED + args.seed * n, SKIP_TUNE_SEED + (args.seed + 1) * n),
+                         eval_seeds=range(SKIP_EVAL_SEED, SKIP_EVAL_SEED + args.eval_n),
+                         solver_options={"grid": args.grid} if args.grid else None, progress=log)
+    import dataclasses
+    seconds = time.perf_counter() - start
+    settings = dataclasses.replace(settings, metric={**settings.metric, "name": metric_name,
+                                                      "model_name": entry.name, "seconds": round(seconds, 1)})
+    path = save_settings(settings, Path(args.out or f"skip-{solver}-nfe{nfe[0]}.json"))
+    log(f"wrote {path}: rho_bottom={settings.rho_bottom:.4f}, held-out {settings.metric['held_out']:.4g} "
+        f"(untuned {settings.metric['held_out_untuned']:.4g}) in {seconds:.0f}s")
+    return 0

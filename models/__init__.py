@@ -4,6 +4,9 @@
 EDMSchedule), ready for `Sampler(load_mnist_unet()).run(steps=...)`. Retrain with
 `python -m diffsolve.models.train --what unet`; score with `python -m diffsolve.models.evaluate`.
 
+`load_mnist_unet_deep()`: a deeper UNet of the same recipe (four levels of two blocks, eight skip connections),
+the test bed of Skip-Tuning (`diffsolve.skip_tuned`); retrain with `python -m diffsolve.models.train --what unet_deep`.
+
 `load_mnist_consistency()`: a consistency model distilled from it (Song et al. 2023), sampled in 1-4 steps by
 `Sampler(load_mnist_consistency()).run(steps=1)`; retrain with `python -m diffsolve.models.train --what consistency`.
 
@@ -11,7 +14,8 @@ EDMSchedule), ready for `Sampler(load_mnist_unet()).run(steps=...)`. Retrain wit
 N(0, I) noise, t = 1 at the data): a 1-rectified flow, the 2-rectified flow trained on its couplings, and a
 shortcut model (`Sampler(load_moons_shortcut()).run(steps=1)`). Retrain with `python -m diffsolve.models.toy2d`.
 """
-from .builtin import load_feature_stats, load_mnist_classifier, load_mnist_consistency, load_mnist_unet
+from .builtin import (load_feature_stats, load_mnist_classifier, load_mnist_consistency, load_mnist_unet,
+                      load_mnist_unet_deep)
 
 _TOY2D = ("load_moons_flow", "load_moons_shortcut")
 
@@ -24,5 +28,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["load_mnist_unet", "load_mnist_consistency", "load_mnist_classifier", "load_feature_stats",
+__all__ = ["load_mnist_unet", "load_mnist_unet_deep", "load_mnist_consistency", "load_mnist_classifier", "load_feature_stats",
            "load_moons_flow", "load_moons_shortcut"]

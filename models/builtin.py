@@ -31,7 +31,19 @@ def load_mnist_unet(path: str | Path | None = None, device: str | torch.device =
                     dtype: torch.dtype = torch.float32) -> UNet:
     """The built-in MNIST EDM denoiser (1 x 28 x 28, data in [-1, 1]), in eval mode without gradients."""
     state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_unet.safetensors")
-    model = UNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)))
+    model = UNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)),
+                 blocks_per_level=int(cfg.get("blocks_per_level", 1)))
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_mnist_unet_deep(path: str | Path | None = None, device: str | torch.device = "cpu",
+                         dtype: torch.dtype = torch.float32) -> UNet:
+    """A deeper built-in MNIST EDM denoiser (four levels of two blocks: eight skips), Skip-Tuning's test bed; its
+    weights ship in float16 and load in `dtype`."""
+    state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_unet_deep.safetensors")
+    model = UNet(tuple(cfg.get("channels", (16, 32, 64, 64))), int(cfg.get("emb_dim", 64)),
+                 blocks_per_level=int(cfg.get("blocks_per_level", 2)))
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -63,6 +63,15 @@ def score(classifier: MnistClassifier, images: torch.Tensor, ref: dict[str, torc
             "confidence": float(p.max(1).values.mean())}
 
 
+def fd_metric(data_range: tuple[float, float] = (-1.0, 1.0), split: str = "heldout"):
+    """metric(samples) -> FD of the built-in classifier's features to the real `split` images (the tuners' metric)."""
+    classifier, ref = load_mnist_classifier(), load_feature_stats()
+
+    def metric(samples: torch.Tensor) -> float:
+        return score(classifier, to_unit_range(samples, data_range), ref, split)["fd"]
+    return metric
+
+
 def save_grid(rows: list[torch.Tensor], labels: list[str], path: Path) -> None:
     """A PNG with one row of digits per entry of `rows` (images in [-1, 1])."""
     import matplotlib

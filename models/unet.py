@@ -70,13 +70,17 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """EDM denoiser `model(x, sigma) -> x0_hat` for (B, 1, 28, 28) images in [-1, 1]; resolutions 28 -> 14 -> 7."""
+    """EDM denoiser `model(x, sigma) -> x0_hat` for (B, 1, 28, 28) images in [-1, 1]; one resolution per entry of
+    `channels` (28 -> 14 -> 7 -> 4 ...), `blocks_per_level` residual blocks per level, each block's output a skip."""
 
     def __init__(self, channels: Sequence[int] = (16, 32, 64), emb_dim: int = 64, in_channels: int = 1,
-                 sigma_data: float = SIGMA_DATA):
+                 sigma_data: float = SIGMA_DATA, blocks_per_level: int = 1):
         super().__init__()
         c = list(channels)
         self.channels = tuple(c)
+        # Private: the weights' names already tell the layout, and the identity digest (plain attributes and
+        # the state dict) must stay what it was before this option existed.
+        self._blocks_per_level = int(blocks_per_level)
         self.sigma_data = float(sigma_data)
         self.in_channels = in_channels
         self.fourier = FourierEmbedding(32)
@@ -86,21 +90,27 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         prev = c[0]
         for i, ch in enumerate(c):
-            self.enc.append(ResBlock(prev, ch, emb_dim))
-            prev = ch
+            for _ in range(self.blocks_per_level):
+                self.enc.append(ResBlock(prev, ch, emb_dim))
+                prev = ch
             if i < len(c) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
         self.mid = ResBlock(prev, prev, emb_dim)
         self.dec = nn.ModuleList()
         for i in reversed(range(len(c))):
-            self.dec.append(ResBlock(prev + c[i], c[i], emb_dim))
-            prev = c[i]
+            for _ in range(self.blocks_per_level):
+                self.dec.append(ResBlock(prev + c[i], c[i], emb_dim))
+                prev = c[i]
         self.norm_out = _norm(c[0])
         self.conv_out = nn.Conv2d(c[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
         # rho_i of Skip-Tuning, index 0 = the highest resolution; plain Python floats so nothing syncs in forward
         self.skip_scales: list[float] = [1.0] * len(c)
+
+    @property
+    def blocks_per_level(self) -> int:
+        return self._blocks_per_level
 
     @property
     def num_skip_levels(self) -> int:
@@ -120,17 +130,19 @@ class UNet(nn.Module):
             raise InvalidArgument(f"skip_scale needs {len(self.channels)} factors (one per level), got {len(scales)}")
         emb = self.time_mlp(self.fourier(c_noise).to(x.dtype))
         h = self.conv_in(x)
+        b = self.blocks_per_level
         skips = []
-        for i, block in enumerate(self.enc):
+        for j, block in enumerate(self.enc):
             h = block(h, emb)
             skips.append(h)
-            if i < len(self.down):
-                h = self.down[i](h)
+            level = j // b
+            if j % b == b - 1 and level < len(self.down):
+                h = self.down[level](h)
         h = self.mid(h, emb)
         bottleneck = h
         for j, block in enumerate(self.dec):
-            level = len(self.channels) - 1 - j
-            s = skips[level]
+            level = len(self.channels) - 1 - j // b
+            s = skips.pop()
             if scales[level] != 1.0:
                 s = s * scales[level]
             if h.shape[-1] != s.shape[-1]:

@@ -212,7 +212,7 @@ class AMEDSolver(Solver):
     def correction(self, field: Field | None):
         """The AMEDCorrection this solver uses on `field` (loaded or found once per field identity)."""
         from ..corrections.io import AMEDCorrection, as_amed_correction, find_shipped
-        key = None if self._given is not None else (field.identity() if field is not None else None)
+        key = None if self._given is not None else (field.correction_identity() if field is not None else None)
         if key in self._resolved:
             return self._resolved[key]
         if self._given is not None:

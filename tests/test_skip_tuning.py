@@ -193,3 +193,74 @@ def test_readme_block_runs():
     scope = {}
     exec(compile(block, "README.md", "exec"), scope)
     assert scope["tuned"].samples.shape == (4, 1, 28, 28) and scope["unet"].skip_scales == [1.0, 1.0, 1.0]
+
+
+def test_sampler_loads_tuned_settings_and_refuses_them_on_another_model(unet, tmp_path):
+    path = save_settings(SkipSettings(rho_bottom=0.7, model=model_identity_of(unet)), tmp_path / "skip.json")
+    loaded = Sampler(unet, "euler", skip_tuning=path, progress=False).run(steps=3, batch_size=2, seed=0).samples
+    by_hand = Sampler(skip_tuned(unet, rho_bottom=0.7), "euler", progress=False).run(steps=3, batch_size=2, seed=0)
+    assert torch.equal(loaded, by_hand.samples)
+    other = type(unet)(unet.channels)                          # same layout, other weights: refused
+    with pytest.raises(InvalidArgument, match="tuned on"):
+        Sampler(other, "euler", skip_tuning=path)
+    with pytest.raises(InvalidArgument, match="settings="):
+        Sampler(unet, "euler", skip_tuning=0.7)
+
+
+def model_identity_of(net):
+    from diffsolve.field import model_identity
+    return model_identity(net)
+
+
+def test_shipped_corrections_apply_through_skip_tuning_and_the_cache_still_tells_them_apart(unet):
+    import warnings
+    plain = VectorField(unet)
+    tuned = skip_tuned(unet, rho_bottom=0.7)
+    assert tuned.correction_identity() == plain.identity() != tuned.identity()
+    for name, opts in (("amed", {}), ("amed_plugin", {"base": "ipndm"}), ("ipndm", {"grid": "learned"})):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")          # no fallback to an untrained predictor
+            a = Sampler(tuned, name, progress=False, **opts).run(nfe=5, batch_size=2, seed=0)
+        b = Sampler(plain, name, progress=False, **opts).run(nfe=5, batch_size=2, seed=0)
+        assert a.nfe == b.nfe == 5 and not torch.equal(a.samples, b.samples)
+
+
+def test_deep_unet_blocks_share_their_level_scale():
+    from diffsolve.models.unet import UNet
+    torch.manual_seed(0)
+    net = UNet((8, 16, 16, 16), 32, blocks_per_level=2).eval()
+    for p in net.parameters():                   # zero-initialised output layers would hide the skips
+        torch.nn.init.normal_(p, std=0.2)
+    assert net.num_skip_levels == 4 and len(net.enc) == len(net.dec) == 8
+    x, s = torch.randn(3, 1, 28, 28), torch.tensor([0.3, 2.0, 20.0])
+    with torch.no_grad():
+        base = net(x, s)
+        with skip_tuned(net, rho_bottom=1.0):
+            assert torch.equal(net(x, s), base)
+        with skip_tuned(net, rho_bottom=0.4):
+            tuned = net(x, s)
+        assert torch.equal(tuned, net(x, s, skip_scale=[1.0, 0.8, 0.6, 0.4])) and not torch.equal(tuned, base)
+        # by hand: the decoder's inputs scaled at the concatenation, one factor per level for both of its blocks
+        seen = []
+        hooks = [b.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1])) for b in net.dec]
+        net(x, s, skip_scale=[1.0, 0.8, 0.6, 0.4])
+        for h in hooks:
+            h.remove()
+        assert seen == [16 + 16, 16 + 16, 16 + 16, 16 + 16, 16 + 16, 16 + 16, 8 + 16, 8 + 8]
+
+
+def test_tune_skip_command_writes_settings_the_sampler_loads(unet, tmp_path, capsys):
+    from diffsolve.cli import main
+    out = tmp_path / "skip.json"
+    assert main(["tune", "skip", "--model", "mnist-unet", "--solver", "euler", "--nfe", "2", "--n", "24",
+                 "--eval-n", "24", "--evaluations", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out" in printed and "tuning noise" in printed
+    s = load_settings(out)
+    assert s.solver == "euler" and s.nfe == 2 and 0.5 <= s.rho_bottom <= 1.0
+    assert s.metric["tune_seeds"][0] != s.metric["eval_seeds"][0]
+    Sampler(unet, "euler", skip_tuning=out, progress=False).run(steps=2, batch_size=1, seed=0)
+    assert main(["tune", "skip", "--model", "mnist-unet", "--nfe", "3,5", "--out", str(out)]) != 0
+    assert "takes one NFE" in capsys.readouterr().err
+    assert main(["tune", "skip", "--model", "gmm", "--nfe", "3", "--out", str(out)]) != 0
+    assert "--metric" in capsys.readouterr().err
