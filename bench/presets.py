@@ -13,6 +13,9 @@
     diffsolve bench --preset skip [--quick] [--nfe 3,5,7,9,19] [--models mnist-unet,mnist-unet-deep]
         Skip-Tuning on the built-in UNets: rho tuned per solver on tuning noise, then FD, classifier confidence and
         endpoint RMSE with and without it on held-out noise (bench.skip_table).
+    diffsolve bench --preset learned [--nfe 3,5,7,9] [--batch-size 64]
+        the learned corrections shipped for the built-in UNet (AMED, GITS, learned grids) beside the best un-learned
+        solver and grid at each NFE, endpoint RMSE on held-out noise, with their training cost (corrections.report).
 
 `--batch-size` and `--solvers` shrink or pick the rows; everything runs on the CPU, one thread, in the tables'
 dtypes (float64 on the mixture, the model's float32 on the MNIST DDPM).
@@ -32,7 +35,7 @@ from .metrics import sliced_wasserstein
 from .models import SHARED
 from .problems import GaussianMixtureProblem
 
-PRESETS = ("diffusers", "adaptive", "sde", "overhead", "skip")
+PRESETS = ("diffusers", "adaptive", "sde", "overhead", "skip", "learned")
 MNIST_DDPM = SHARED / "models" / "mnist-ddpm-eps.safetensors"
 FAST_NFES = (3, 4, 5, 6, 8, 10, 15, 20)
 FAST_GRID = "karras"     # our grid on the MNIST DDPM (EDM rho = 7 over its sigma range, then 0)
@@ -46,7 +49,8 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                    help="print a fixed comparison table instead of the solver x NFE bench: diffusers (fast ODE "
                         "solvers and diffusers' schedulers), adaptive (adaptive ODE solvers), sde (SDE samplers by "
                         "distribution metrics), overhead (loop overhead vs diffusers and k-diffusion), skip (Skip-Tuning "
-                        "on the built-in UNets: FD, confidence and RMSE with and without tuned skips)")
+                        "on the built-in UNets: FD, confidence and RMSE with and without tuned skips), learned (the "
+                        "shipped learned corrections against the best un-learned solver, with training cost)")
     b.add_argument("--skip-mnist", action="store_true", help="preset diffusers: leave out the shared MNIST DDPM "
                                                              "(the slow part)")
     from .argtypes import int_at_least
@@ -111,6 +115,10 @@ def run_preset(args: argparse.Namespace) -> int:
             from .skip_table import run as skip_table
             models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
             print(skip_table(args.nfe, solvers, models, args.quick, args.out), flush=True)
+        elif args.preset == "learned":
+            from ..corrections.report import evaluate, table
+            nfes = tuple(args.nfe) if args.nfe else (3, 5, 7, 9)
+            print(table(evaluate(nfes, batch(64))), flush=True)
         else:
             from .loop_overhead import main as overhead
             overhead([])

@@ -281,8 +281,12 @@ def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Te
 def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7, 9), n: int = 96,
                batch_size: int = 32, epochs: int = 20, lr: float = 0.05, seed: int = 0, init: Any = None,
                teacher: str = "reference", teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
-               afs: bool = False, log: Callable[[str], None] | None = print, **solver_options: Any) -> GridCorrection:
+               afs: bool = False, log: Callable[[str], None] | None = print, starts: Sequence[Any] = (),
+               **solver_options: Any) -> GridCorrection:
     """Grids for `base` at each NFE, optimized through a differentiable run against teacher endpoints (L2).
+
+    The endpoint loss has local minima in the grid; `starts` (grid names or functions) are fitted too, besides
+    `init`, and the grid with the lowest final training loss is kept.
 
     `afs=True`: the first step is the analytical one around the measured mean data prediction (one more step for
     the same NFE); such a grid runs through `to_amed_table` (AMED-Plugin with per-step constants), since the
@@ -304,15 +308,26 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
     with frozen(field):
         for budget in nfe:
             steps = steps_for_budget(field, base, int(budget), **solver_options)
-            t_init = amed_grid(steps, sch) if init is None else torch.as_tensor(
-                init(steps, sch) if callable(init) else init, dtype=torch.float64)
-            s_init = [float(v) for v in sch.edm_sigma(t_init)]
-            s_init[-1] = 0.0
-            g = GapGrid(s_init, sch.sigma_min if sch.sigma_min > 0 else s_init[-2] * 0.1)
-            run = lambda idx, times: differentiable_run(field, x0[idx], times, base, afs=afs,  # noqa: E731
-                                                        afs_mean=mean)
-            hist = _fit_grid(g, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
-                             label=f"nfe {budget} ({steps} steps)", start=start)
+            best = None
+            for k, first in enumerate([init, *starts]):
+                if first is None:
+                    t_init = amed_grid(steps, sch)
+                elif isinstance(first, str) or callable(first):
+                    from ..grids import make_grid
+                    t_init = make_grid(first, steps, sch)
+                else:
+                    t_init = torch.as_tensor(first, dtype=torch.float64)
+                s_init = [float(v) for v in sch.edm_sigma(t_init)]
+                s_init[-1] = 0.0
+                g = GapGrid(s_init, sch.sigma_min if sch.sigma_min > 0 else s_init[-2] * 0.1)
+                run = lambda idx, times: differentiable_run(field, x0[idx], times, base, afs=afs,  # noqa: E731
+                                                            afs_mean=mean)
+                name = "init" if k == 0 else (first if isinstance(first, str) else f"start {k}")
+                hist = _fit_grid(g, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
+                                 label=f"nfe {budget} ({steps} steps, from {name})", start=start)
+                if best is None or hist[-1] < best[1][-1]:
+                    best = (g, hist)
+            g, hist = best
             with torch.no_grad():
                 s = [float(v) for v in g()]
             t = sch.t_from_edm_sigma(torch.tensor(s, dtype=torch.float64))
@@ -322,7 +337,8 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
             nfes[str(steps)] = int(budget)
     return GridCorrection("learned", grids, base, field.correction_identity(),
                           {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "seed": seed,
-                           "teacher": teacher, "afs": afs, "seconds": round(time.perf_counter() - start, 1)}, mean)
+                           "teacher": teacher, "afs": afs, "starts": [str(v) for v in starts],
+                           "seconds": round(time.perf_counter() - start, 1)}, mean)
 
 
 def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, batch_size: int, epochs: int,

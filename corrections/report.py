@@ -21,8 +21,25 @@ import torch
 BASELINE_SOLVERS = (("ipndm", {}), ("ipndm_v", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("unipc_bh2", {}),
                     ("deis", {}))
 BASELINE_GRIDS = ("karras", "logsnr_uniform", "time_quadratic", "amed")
-LEARNED = (("AMED-Solver", "amed", {}, None), ("AMED-Plugin(iPNDM)", "amed_plugin", {"base": "ipndm"}, None),
-           ("iPNDM + GITS", "ipndm", {}, "gits"), ("iPNDM + learned grid", "ipndm", {}, "learned"))
+# (label, solver, options, grid, shipped file that holds the correction)
+LEARNED = (("AMED-Solver", "amed", {}, None, "amed-mnist-unet"),
+           ("AMED-Plugin(iPNDM)", "amed_plugin", {"base": "ipndm"}, None, "amed-ipndm-mnist-unet"),
+           ("AMED-Plugin(DEIS)", "amed_plugin", {"base": "deis"}, None, "amed-deis-mnist-unet"),
+           ("iPNDM + GITS", "ipndm", {}, "gits", "gits-ipndm-mnist-unet"),
+           ("iPNDM + learned grid", "ipndm", {}, "learned", "learned-ipndm-mnist-unet"),
+           ("DEIS + learned grid", "deis", {}, "learned", "learned-deis-mnist-unet"))
+
+
+def shipped_learned() -> list[tuple]:
+    """The LEARNED entries whose correction ships, each with its training cost in wall seconds (sidecar meta)."""
+    from .io import SHIPPED
+    out = []
+    for label, name, opts, grid, stem in LEARNED:
+        side = SHIPPED / f"{stem}.safetensors.json"
+        if side.is_file():
+            meta = json.loads(side.read_text()).get("meta", {})
+            out.append((label, name, opts, grid, meta.get("build_seconds", meta.get("seconds"))))
+    return out
 EVAL_SEED = 100_000
 
 
@@ -78,7 +95,8 @@ def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baselin
             {"n": n, "rows": {k: r["baselines"] for k, r in rows.items()}}, indent=1).encode())
     if not learned:
         return {"rows": rows}
-    for label, name, opts, grid in LEARNED:
+    learned_rows = shipped_learned()
+    for label, name, opts, grid, _ in learned_rows:
         s = Sampler(field, name, grid=grid, progress=False, **opts)
         for k in nfes:
             e, used = rmse(s, k)
@@ -90,14 +108,43 @@ def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baselin
         row["best_learned"] = {"name": lrn[0], **lrn[1]}
         row["ratio"] = lrn[1]["rmse"] / b[1]["rmse"]
     return {"model": "built-in MNIST UNet", "held_out_seeds": [seeds[0], seeds[-1]], "n": n, "rows": rows,
+            "train_seconds": {label: sec for label, *_, sec in learned_rows},
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def fd_at(nfe: int, result: dict, n: int = 1000, log=print) -> dict:
+    """FD (built-in classifier, held-out real digits) of the best un-learned and the best learned run at `nfe`,
+    on n held-out seeds from EVAL_SEED."""
+    from ..models import load_mnist_unet
+    from ..models.evaluate import fd_metric
+    from ..sampler import Sampler
+    from .io import amed_grid
+    row = result["rows"][str(nfe)]
+    metric = fd_metric()
+    model = load_mnist_unet()
+    seeds = list(range(EVAL_SEED, EVAL_SEED + n))
+    out = {}
+    base_solver, _, base_grid = row["best_baseline"]["name"].partition(" / ")
+    learned = {lab: (name, opts, grid) for lab, name, opts, grid, _ in shipped_learned()}
+    name, opts, grid = learned[row["best_learned"]["name"]]
+    for tag, (solver, options, g) in (("un-learned", (base_solver, {}, base_grid)), ("learned", (name, opts, grid))):
+        g = amed_grid if g == "amed" else g
+        x = Sampler(model, solver, grid=g, progress=False, **options).run(nfe=nfe, seed=seeds).samples
+        out[tag] = metric(x)
+        if log:
+            log(f"FD at NFE {nfe}, {tag}: {out[tag]:.1f}")
+    out["ratio"] = out["learned"] / out["un-learned"]
+    return out
+
+
 def table(result: dict) -> str:
-    learned_names = [lab for lab, *_ in LEARNED]
+    learned_names = list(result.get("train_seconds", {}))
     head = ("| NFE | best un-learned (solver / grid) | RMSE | " + " | ".join(learned_names)
             + " | best learned / best un-learned |")
     lines = [head, "|" + "---|" * (4 + len(learned_names))]
+    secs = result.get("train_seconds", {})
+    lines.append("| training (s, wall) | | | " + " | ".join(
+        f"{secs[lab]:.0f}" if secs.get(lab) is not None else "?" for lab in learned_names) + " | |")
     for k, row in result["rows"].items():
         b = row["best_baseline"]
         cells = [f"{row['learned'][lab]['rmse']:.4f}" for lab in learned_names]
@@ -111,12 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--nfe", default="3,5,7,9")
     p.add_argument("--n", type=int, default=64, help="held-out samples (default 64)")
     p.add_argument("--json", default=None, help="also write the full result here")
+    p.add_argument("--fd", type=int, default=None, metavar="NFE",
+                   help="also the FD (1,000 held-out samples) of the best learned and un-learned run at this NFE")
     p.add_argument("--baseline-cache", default=None,
                    help="a JSON file with the un-learned rows: read if it matches, else computed and written")
     args = p.parse_args(argv)
     nfes = [int(v) for v in args.nfe.replace(",", " ").split()]
     result = evaluate(nfes, args.n, baseline_cache=args.baseline_cache)
     print(table(result))
+    if args.fd is not None:
+        result["fd"] = {str(args.fd): fd_at(args.fd, result)}
+        f = result["fd"][str(args.fd)]
+        print(f"FD at NFE {args.fd}: best learned {f['learned']:.1f}, best un-learned {f['un-learned']:.1f}, "
+              f"ratio {f['ratio']:.2f}x")
     if args.json:
         from ..files import atomic_write_bytes
         atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())

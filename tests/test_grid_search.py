@@ -192,5 +192,6 @@ def test_report_table_layout():
     from diffsolve.corrections.report import LEARNED, table
     row = {"best_baseline": {"name": "ipndm / karras", "rmse": 0.2, "nfe": 5}, "ratio": 0.5,
            "learned": {lab: {"rmse": 0.1, "nfe": 5} for lab, *_ in LEARNED}}
-    text = table({"rows": {"5": row}})
+    text = table({"rows": {"5": row}, "train_seconds": {lab: 60.0 for lab, *_ in LEARNED}})
     assert "| 5 | ipndm / karras | 0.2000 |" in text and "0.50x" in text
+    assert "| training (s, wall) | | | 60 |" in text and all(lab in text for lab, *_ in LEARNED)

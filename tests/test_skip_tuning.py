@@ -264,3 +264,20 @@ def test_tune_skip_command_writes_settings_the_sampler_loads(unet, tmp_path, cap
     assert "takes one NFE" in capsys.readouterr().err
     assert main(["tune", "skip", "--model", "gmm", "--nfe", "3", "--out", str(out)]) != 0
     assert "--metric" in capsys.readouterr().err
+
+
+def test_skip_table_scores_tuned_and_untuned_on_held_out_noise(tmp_path):
+    import json
+    from diffsolve.bench.skip_table import EVAL_SEED, TUNE_SEED, format_table, skip_rows, write
+    assert TUNE_SEED + 10 ** 6 <= EVAL_SEED          # the tuning seeds of any --n up to 10^6 never reach the held-out
+    rows = skip_rows("mnist-unet", ["euler"], [2], n=24, tune_n=24, rmse_n=2, tune_nfe=2, evaluations=2,
+                     log=lambda s: None)
+    (r,) = rows
+    assert r["status"] == "ok" and 0.5 <= r["rho_bottom"] <= 1.0
+    for m in ("fd", "confidence", "rmse"):
+        assert r[f"{m}_tuned"] > 0 and r[f"{m}_untuned"] > 0
+    assert (r["fd_tuned"] == r["fd_untuned"]) == (r["rho_bottom"] == 1.0)
+    text = format_table(rows)
+    assert f"| mnist-unet | euler | 2 | {r['rho_bottom']:.3f} |" in text
+    files = write(rows, tmp_path)
+    assert json.loads(files[0].read_text())[0]["fd_tuned"] == r["fd_tuned"]
