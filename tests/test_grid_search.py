@@ -113,6 +113,15 @@ def test_learned_grid_beats_the_default_grid(gmm, held_out, tmp_path):
     assert back.kind == "learned" and back.grids == g.grids
 
 
+def test_learned_grid_keeps_the_best_of_several_starts(gmm):
+    one = learn_grid(gmm, base="deis", nfe=(3,), n=32, epochs=2, teacher="fine", dtype=torch.float64, log=None)
+    many = learn_grid(gmm, base="deis", nfe=(3,), n=32, epochs=2, teacher="fine", dtype=torch.float64, log=None,
+                      starts=("karras", "time_uniform"))
+    # the first fit of `many` is `one` (same generator state), so the kept one is never worse on the training loss
+    assert many.meta["loss_history"]["3"][-1] <= one.meta["loss_history"]["3"][-1]
+    assert many.meta["starts"] == ["karras", "time_uniform"]
+
+
 def test_tune_command_writes_a_reproducible_file(tmp_path, capsys):
     from diffsolve.cli import main
     outs = []
