@@ -318,9 +318,12 @@ def tune_skip(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor]
               tune_seeds: Sequence[int], eval_seeds: Sequence[int], rho_range: tuple[float, float] = (0.5, 1.0),
               rho_top: float = 1.0, active: tuple[float, float] | None = None, evaluations: int = 8,
               solver_options: Mapping[str, Any] | None = None, skip_options: Mapping[str, Any] | None = None,
-              progress: Callable[[str], None] | None = print, **run_kwargs: Any) -> SkipSettings:
+              progress: Callable[[str], None] | None = print, tune_rho_top: bool = False,
+              active_choices: Sequence[tuple[float, float] | None] = (), **run_kwargs: Any) -> SkipSettings:
     """Search rho_bottom (golden section on `rho_range`) minimising `metric(samples)` on samples from
     `tune_seeds`, then score the choice and the untuned model on `eval_seeds`, which must not overlap.
+    `tune_rho_top`: then a golden section of rho_top between rho_bottom and 1; `active_choices`: noise ranges
+    (EDM levels, or None for everywhere) tried with the rho found, the best on the tuning noise kept.
     `skip_options` go to `skip_tuned` (outputs_of= / inputs_of= for a network diffsolve does not know)."""
     tune, held = [int(s) for s in tune_seeds], [int(s) for s in eval_seeds]
     if not tune or not held:
@@ -336,6 +339,28 @@ def tune_skip(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor]
     best, best_value, untuned_tune, history = search_rho(
         model, solver, nfe, metric, tune_seeds=tune, rho_range=(lo, hi), rho_top=rho_top, evaluations=evaluations,
         progress=progress, **options)
+    say = progress or (lambda _: None)
+    if best != 1.0 and tune_rho_top:
+        given_top = rho_top
+        rho_top, value, more = golden_section(
+            lambda r: metric(skip_samples(model, solver, nfe, tune, best, r, **options)), best, 1.0,
+            evaluations=max(3, evaluations // 2),
+            report=lambda r, y: say(f"skip tuning: rho_top={r:.4f} metric={y:.6g} (tuning noise)"))
+        if value < best_value:
+            best_value = value
+        else:
+            rho_top = given_top
+        history += [("rho_top", *h) for h in more]
+    if best != 1.0:
+        for act in active_choices:
+            _check_settings(best, rho_top, act)
+            value = float(metric(skip_samples(model, solver, nfe, tune, best, rho_top,
+                                              **{**options, "active": act})))
+            say(f"skip tuning: active={act} metric={value:.6g} (tuning noise)")
+            history.append(("active", list(act) if act is not None else None, value))
+            if value < best_value:
+                best_value, active = value, act
+                options["active"] = act
     held_tuned = float(metric(skip_samples(model, solver, nfe, held, best, rho_top if best != 1.0 else 1.0,
                                            **options)))
     held_untuned = float(metric(skip_samples(model, solver, nfe, held, 1.0, 1.0, **options)))

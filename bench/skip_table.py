@@ -21,17 +21,24 @@ from typing import Any, Callable, Sequence
 import torch
 
 SKIP_NFES = (3, 5, 7, 9, 19)
-SKIP_SOLVERS = ("euler", "dpmpp_2m", "unipc_bh2", "ipndm", "amed", "amed_plugin")
+SKIP_SOLVERS = ("euler", "dpmpp_2m", "unipc_bh2", "ipndm", "amed", "amed_plugin", "amed_plugin[deis]")
 SKIP_MODELS = ("mnist-unet", "mnist-unet-deep")
 TUNE_SEED, EVAL_SEED = 7_000_000, 9_000_000       # as `diffsolve tune skip`: disjoint tuning and held-out noise
 
 
 def _solver_options(name: str) -> dict:
-    return {"base": "ipndm"} if name == "amed_plugin" else {}
+    """`amed_plugin[deis]` names AMED-Plugin on DEIS; plain `amed_plugin` is on iPNDM."""
+    if name.startswith("amed_plugin"):
+        return {"base": name[len("amed_plugin["):-1] if name.endswith("]") else "ipndm"}
+    return {}
+
+
+def _solver(name: str) -> str:
+    return "amed_plugin" if name.startswith("amed_plugin") else name
 
 
 def _label(name: str) -> str:
-    return "amed_plugin[ipndm]" if name == "amed_plugin" else name
+    return f"amed_plugin[{_solver_options(name)['base']}]" if name.startswith("amed_plugin") else name
 
 
 def _runnable(model: Any, name: str, nfe: int) -> str | None:
@@ -40,7 +47,7 @@ def _runnable(model: Any, name: str, nfe: int) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")       # an AMED solver without its predictor warns and runs untrained
-            Sampler(model, name, progress=False, **_solver_options(name)).run(nfe=nfe, seed=[0])
+            Sampler(model, _solver(name), progress=False, **_solver_options(name)).run(nfe=nfe, seed=[0])
     except Exception as e:  # noqa: BLE001 - the row says why it is missing
         return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
     return None
@@ -74,7 +81,7 @@ def skip_rows(model_name: str, solvers: Sequence[str], nfes: Sequence[int], *, n
     log(f"[{model_name}] reference for {rmse_n} held-out samples: {time.perf_counter() - t0:.0f}s")
 
     def measure(name: str, k: int, rho: float) -> dict:
-        x = skip_samples(model, name, k, held, rho, solver_options=_solver_options(name))
+        x = skip_samples(model, _solver(name), k, held, rho, solver_options=_solver_options(name))
         sc = score(classifier, to_unit_range(x, data_range), stats)
         rmse = float((x[:rmse_n] - ref).pow(2).flatten(1).mean(1).sqrt().mean())
         return {"fd": sc["fd"], "confidence": sc["confidence"], "rmse": rmse, "samples": x[:10]}
@@ -88,7 +95,7 @@ def skip_rows(model_name: str, solvers: Sequence[str], nfes: Sequence[int], *, n
             continue
         start = time.perf_counter()
         rho, tuned_fd, untuned_fd, history = search_rho(
-            model, name, tune_nfe, metric, tune_seeds=tune, rho_range=rho_range, evaluations=evaluations,
+            model, _solver(name), tune_nfe, metric, tune_seeds=tune, rho_range=rho_range, evaluations=evaluations,
             progress=lambda s, _m=model_name, _n=name: log(f"[{_m}] {_label(_n)}: {s}"),
             solver_options=_solver_options(name))
         tune_s = time.perf_counter() - start

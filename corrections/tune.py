@@ -59,6 +59,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="amed plugin: first learn 2(N-1)-step grids of the base with the data-mean AFS, read them as "
                         "per-step constants and start the predictor there (how the shipped MNIST one was made)")
     t.add_argument("--grid-epochs", type=int, default=8, help="amed --from-grid: epochs of the grid stage")
+    t.add_argument("--grid-lr", type=float, default=0.05, help="amed --from-grid: learning rate of the grid stage "
+                                                                 "(default 0.05; the shipped DEIS plugin used 0.2)")
     t.add_argument("--teacher", choices=("reference", "fine"), default=None,
                    help="reference (adaptive float64, bench/reference.py) or fine (a fine-grid solve; default "
                         "for image models)")
@@ -72,6 +74,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     k.add_argument("--rho-top", type=float, default=1.0, help="skip: rho of the highest-resolution skip (default 1)")
     k.add_argument("--active", default=None,
                    help="skip: 'lo,hi' EDM noise levels where the scaling applies (default: everywhere)")
+    k.add_argument("--tune-rho-top", action="store_true",
+                   help="skip: then search rho_top between the rho_bottom found and 1")
+    k.add_argument("--active-choices", default=None,
+                   help="skip: noise ranges to try with the rho found, 'lo,hi;lo,hi' (EDM levels; 'all' for "
+                        "everywhere); the best on the tuning noise is kept")
     k.add_argument("--evaluations", type=int, default=8, help="skip: metric evaluations of the search (default 8)")
     k.add_argument("--eval-n", type=int, default=1000, help="skip: held-out samples for the final score (default "
                                                             "1000; --n, default 1000, are the tuning samples)")
@@ -118,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 raise InvalidArgument("--from-grid starts from the data-mean AFS, which a plain velocity field (schedule="
                                       "None) has not; train without --from-grid")
             g = learn_grid(model, base=base, nfe=nfe, afs=True, n=args.n or 64, batch_size=args.batch_size,
-                           epochs=args.grid_epochs, lr=0.05, seed=args.seed, teacher=teacher, dtype=dtype, log=log,
+                           epochs=args.grid_epochs, lr=args.grid_lr, seed=args.seed, teacher=teacher, dtype=dtype, log=log,
                            **teach)
             init = to_amed_table(g, model)
         corr = train_amed(model, base=base, nfe=nfe, afs=not (args.no_afs or plain), loss=args.loss,
@@ -197,7 +204,10 @@ def _tune_skip(args, entry, model, nfe: list[int], log, start: float) -> int:
                          active=_pair(args.active, "--active"), evaluations=args.evaluations,
                          tune_seeds=range(SKIP_TUNE_SEED + args.seed * n, SKIP_TUNE_SEED + (args.seed + 1) * n),
                          eval_seeds=range(SKIP_EVAL_SEED, SKIP_EVAL_SEED + args.eval_n),
-                         solver_options={"grid": args.grid} if args.grid else None, progress=log)
+                         solver_options={"grid": args.grid} if args.grid else None, progress=log,
+                         tune_rho_top=args.tune_rho_top,
+                         active_choices=[None if c.strip() == "all" else _pair(c, "--active-choices")
+                                         for c in (args.active_choices or "").split(";") if c.strip()])
     import dataclasses
     seconds = time.perf_counter() - start
     settings = dataclasses.replace(settings, metric={**settings.metric, "name": metric_name,

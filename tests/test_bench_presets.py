@@ -38,3 +38,22 @@ def test_preset_options_are_checked(capsys):
     assert "--rtols" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--preset", "nope"])
+
+
+def test_preset_learned_lists_every_shipped_correction_with_its_training_cost(capsys):
+    from diffsolve.corrections.report import shipped_learned
+    assert main(["bench", "--preset", "learned", "--batch-size", "2", "--nfe", "3"]) == 0
+    out = capsys.readouterr().out
+    shipped = shipped_learned()
+    assert len(shipped) >= 6 and all(f" {label} |" in out for label, *_ in shipped)
+    cost = next(line for line in out.splitlines() if line.startswith("| training (s, wall) |"))
+    assert "?" not in cost and len(cost.split("|")) == len(shipped) + 5
+    assert next(line for line in out.splitlines() if line.startswith("| 3 |")).endswith("x |")
+
+
+def test_preset_skip_quick_on_one_solver(capsys, tmp_path):
+    assert main(["bench", "--preset", "skip", "--quick", "--models", "mnist-unet", "--solvers", "euler",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| mnist-unet | euler | 5 |" in out and (tmp_path / "skip_tuning.json").is_file()
+    assert (tmp_path / "skip_tuning_nfe5.png").is_file()

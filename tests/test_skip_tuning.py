@@ -157,6 +157,30 @@ class _OneSkip(torch.nn.Module):
         return self.skip(torch.ones_like(x))
 
 
+class _TwoSkips(torch.nn.Module):
+    """Samples [rho_top, rho_bottom]: each coordinate of the data prediction is one skip feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.top, self.bottom = torch.nn.Identity(), torch.nn.Identity()
+
+    def forward(self, x, t):
+        return torch.cat([self.top(torch.ones_like(x[:, :1])), self.bottom(torch.ones_like(x[:, 1:]))], dim=1)
+
+
+def test_tuner_searches_rho_top_and_noise_ranges_on_the_tuning_noise():
+    field = VectorField(_TwoSkips(), "x0", "edm", sample_shape=(2,))
+    metric = lambda s: float((s[:, 0].mean() - 0.9) ** 2 + (s[:, 1].mean() - 0.6) ** 2)  # noqa: E731
+    lines = []
+    found = tune_skip(field, "euler", 3, metric, tune_seeds=range(4), eval_seeds=range(4, 8), rho_range=(0.3, 1.0),
+                      evaluations=20, skip_options={"outputs_of": ["top", "bottom"]}, progress=lines.append,
+                      tune_rho_top=True, active_choices=[(1e3, 2e3), (0.0, 1e3)])
+    assert abs(found.rho_bottom - 0.6) < 5e-3 and abs(found.rho_top - 0.9) < 5e-3
+    assert found.active is None          # never active is worse; always active only ties: the plain choice stays
+    assert any("rho_top=" in x for x in lines) and sum("active=" in x for x in lines) == 2
+    assert found.metric["held_out"] < 1e-4 < found.metric["held_out_untuned"]
+
+
 def test_golden_section_finds_the_minimum():
     best, value, history = golden_section(lambda r: (r - 0.731) ** 2, 0.5, 1.0, evaluations=20)
     assert abs(best - 0.731) < 1e-3 and len(history) == 20
@@ -281,3 +305,15 @@ def test_skip_table_scores_tuned_and_untuned_on_held_out_noise(tmp_path):
     assert f"| mnist-unet | euler | 2 | {r['rho_bottom']:.3f} |" in text
     files = write(rows, tmp_path)
     assert json.loads(files[0].read_text())[0]["fd_tuned"] == r["fd_tuned"]
+
+
+def test_deep_builtin_unet_loads_in_float32_with_eight_skips_and_rho_one_is_bitwise():
+    from diffsolve.models import load_mnist_unet_deep
+    net = load_mnist_unet_deep()
+    assert net.blocks_per_level == 2 and net.num_skip_levels == 4 and len(net.enc) == 8
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    base = Sampler(net, "dpmpp_2m", progress=False).run(steps=3, batch_size=2, seed=0).samples
+    same = Sampler(skip_tuned(net, rho_bottom=1.0), "dpmpp_2m", progress=False).run(steps=3, batch_size=2, seed=0)
+    tuned = Sampler(skip_tuned(net, rho_bottom=0.7), "dpmpp_2m", progress=False).run(steps=3, batch_size=2, seed=0)
+    assert torch.equal(base, same.samples) and not torch.equal(base, tuned.samples)
+    assert torch.isfinite(base).all() and net.skip_scales == [1.0] * 4
