@@ -145,14 +145,26 @@ def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7,
 # ------------------------------------------------------------------------------------------------
 def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: str = "ipndm",
                        max_order: int | None = None, afs: bool = False,
-                       afs_mean: torch.Tensor | None = None) -> torch.Tensor:
+                       afs_mean: torch.Tensor | None = None, solver_orders: bool = True) -> torch.Tensor:
     """The base solver over EDM noise levels `s` (tensors with gradient; a final 0 as a float) in the EDM frame,
     written with torch arithmetic so that the result is differentiable in the levels. `afs`: the first data
-    prediction is the analytical one around `afs_mean` (solvers.amed.afs_denoised), no model call."""
+    prediction is the analytical one around `afs_mean` (solvers.amed.afs_denoised), no model call.
+    `solver_orders`: each step's order as the registered solver takes it (DEIS lowers it on its last steps, as
+    diffusers does); False: the full order throughout, as AMED-Plugin's base rule takes it."""
     from ..solvers.amed import DEFAULT_MAX_ORDER, afs_denoised, base_substep
     if base not in DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}; a learned grid supports {', '.join(DIFFERENTIABLE_BASES)}")
     k = max_order if max_order is not None else DEFAULT_MAX_ORDER.get(base, 1)
+    orders = [k] * (len(s) - 1)
+    if solver_orders and field.has_schedule:
+        from ..solvers import get_solver
+        from ..solvers.multistep import step_orders
+        solver = get_solver(base)
+        if hasattr(solver, "lower_order_final"):
+            # only the step count and the final zero matter to the order schedule, not the levels themselves
+            ends = float(s[-1]) == 0.0
+            orders = list(step_orders([0.0] * (len(s) - 1) + [math.inf if ends else 1.0], k,
+                                      solver.lower_order_final, ends, getattr(solver, "singular_end", True)))
     if not field.has_schedule:
         return differentiable_run_plain(field, x, s, base, k, afs)
     sch = field.schedule
@@ -172,7 +184,7 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
         s0b = s0.reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype) if isinstance(s0, torch.Tensor) else s0
         d = (y - D) / s0b
         hist = ((s0, d, D), *hist)[:k]
-        y = base_substep(base, y, hist, s0, s1, k)
+        y = base_substep(base, y, hist, s0, s1, min(k, orders[i]))
     a1 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[-1])))))))
     return y * a1
 
@@ -320,8 +332,9 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
                 s_init = [float(v) for v in sch.edm_sigma(t_init)]
                 s_init[-1] = 0.0
                 g = GapGrid(s_init, sch.sigma_min if sch.sigma_min > 0 else s_init[-2] * 0.1)
+                # an AFS grid runs as AMED-Plugin's per-step table, whose base rule keeps the full order
                 run = lambda idx, times: differentiable_run(field, x0[idx], times, base, afs=afs,  # noqa: E731
-                                                            afs_mean=mean)
+                                                            afs_mean=mean, solver_orders=not afs)
                 name = "init" if k == 0 else (first if isinstance(first, str) else f"start {k}")
                 hist = _fit_grid(g, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
                                  label=f"nfe {budget} ({steps} steps, from {name})", start=start)
