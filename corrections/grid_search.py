@@ -270,14 +270,17 @@ def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Te
               n: int, batch_size: int, epochs: int, lr: float, gen: torch.Generator,
               log: Callable[[str], None] | None, label: str, start: float) -> list[float]:
     """Adam on the grid's parameters: mean squared endpoint error of `run(batch indices, grid())` against the
-    teacher's endpoints, minibatches in a seeded order; the mean loss of each epoch."""
+    teacher's endpoints, minibatches in a seeded order; the mean loss of each epoch. The grid keeps the parameters
+    of its best epoch (a large learning rate can leave the minimum late in training)."""
     opt = torch.optim.Adam(grid.parameters(), lr=lr)
     hist = []
+    best = (math.inf, None)
     for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         tot = 0.0
         for b in range(0, n, batch_size):
             idx = order[b:b + batch_size]
+            before_last = {k: v.detach().clone() for k, v in grid.state_dict().items()}
             with torch.enable_grad():
                 loss = (run(idx, grid()) - target[idx]).pow(2).mean()
                 opt.zero_grad(set_to_none=True)
@@ -285,8 +288,13 @@ def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Te
             opt.step()
             tot += float(loss.detach()) * len(idx)
         hist.append(tot / n)
+        if hist[-1] < best[0]:
+            # the epoch's loss was measured with the parameters before its last update: keep those
+            best = (hist[-1], before_last)
         if log:
             log(f"{label} epoch {epoch + 1}/{epochs}  loss {hist[-1]:.6g}  ({time.perf_counter() - start:.0f}s)")
+    if best[1] is not None:
+        grid.load_state_dict(best[1])
     return hist
 
 
@@ -298,7 +306,7 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
     """Grids for `base` at each NFE, optimized through a differentiable run against teacher endpoints (L2).
 
     The endpoint loss has local minima in the grid; `starts` (grid names or functions) are fitted too, besides
-    `init`, and the grid with the lowest final training loss is kept.
+    `init`, and the grid with the lowest training loss (its best epoch) is kept.
 
     `afs=True`: the first step is the analytical one around the measured mean data prediction (one more step for
     the same NFE); such a grid runs through `to_amed_table` (AMED-Plugin with per-step constants), since the
@@ -338,7 +346,7 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
                 name = "init" if k == 0 else (first if isinstance(first, str) else f"start {k}")
                 hist = _fit_grid(g, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
                                  label=f"nfe {budget} ({steps} steps, from {name})", start=start)
-                if best is None or hist[-1] < best[1][-1]:
+                if best is None or min(hist) < min(best[1]):
                     best = (g, hist)
             g, hist = best
             with torch.no_grad():

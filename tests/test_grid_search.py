@@ -120,7 +120,7 @@ def test_learned_grid_keeps_the_best_of_several_starts(gmm):
     many = learn_grid(gmm, base="deis", nfe=(3,), n=32, epochs=2, teacher="fine", dtype=torch.float64, log=None,
                       starts=("karras", "time_uniform"))
     # the first fit of `many` is `one` (same generator state), so the kept one is never worse on the training loss
-    assert many.meta["loss_history"]["3"][-1] <= one.meta["loss_history"]["3"][-1]
+    assert min(many.meta["loss_history"]["3"]) <= min(one.meta["loss_history"]["3"])
     assert many.meta["starts"] == ["karras", "time_uniform"]
 
 
