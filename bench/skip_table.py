@@ -160,7 +160,7 @@ def run(nfes: Sequence[int] | None, solvers: Sequence[str] | None, models: Seque
     nfes = tuple(nfes) if nfes else ((5,) if quick else SKIP_NFES)
     solvers = tuple(solvers) if solvers else (("euler", "dpmpp_2m") if quick else SKIP_SOLVERS)
     models = tuple(models) if models else SKIP_MODELS
-    opts = dict(n=200, tune_n=200, rmse_n=16, evaluations=4) if quick else {}
+    opts = dict(n=200, tune_n=100, rmse_n=8, evaluations=3) if quick else {}
     rows = []
     for m in models:
         rows += skip_rows(m, solvers, nfes, **opts)

@@ -47,7 +47,7 @@ def test_preset_learned_lists_every_shipped_correction_with_its_training_cost(ca
     shipped = shipped_learned()
     assert len(shipped) >= 6 and all(f" {label} |" in out for label, *_ in shipped)
     cost = next(line for line in out.splitlines() if line.startswith("| training (s, wall) |"))
-    assert "?" not in cost and len(cost.split("|")) == len(shipped) + 5
+    assert "?" not in cost and len(cost.split("|")) == len(shipped) + 6
     assert next(line for line in out.splitlines() if line.startswith("| 3 |")).endswith("x |")
 
 
