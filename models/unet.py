@@ -80,7 +80,8 @@ class UNet(nn.Module):
         self.channels = tuple(c)
         # Private: the weights' names already tell the layout, and the identity digest (plain attributes and
         # the state dict) must stay what it was before this option existed.
-        self._blocks_per_level = int(blocks_per_level)
+        from ..errors import check_int
+        self._blocks_per_level = check_int("blocks_per_level", blocks_per_level, minimum=1)
         self.sigma_data = float(sigma_data)
         self.in_channels = in_channels
         self.fourier = FourierEmbedding(32)

@@ -256,6 +256,9 @@ def test_deep_unet_blocks_share_their_level_scale():
     for p in net.parameters():                   # zero-initialised output layers would hide the skips
         torch.nn.init.normal_(p, std=0.2)
     assert net.num_skip_levels == 4 and len(net.enc) == len(net.dec) == 8
+    for bad in (0, 1.5, "2", True):
+        with pytest.raises(InvalidArgument, match="blocks_per_level"):
+            UNet((8, 16), 32, blocks_per_level=bad)
     x, s = torch.randn(3, 1, 28, 28), torch.tensor([0.3, 2.0, 20.0])
     with torch.no_grad():
         base = net(x, s)
