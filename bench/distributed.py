@@ -37,6 +37,10 @@ class Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
+        if not dist.is_available():
+            from ..errors import InvalidArgument
+            raise InvalidArgument(f"WORLD_SIZE={world} asks for {world} processes (torchrun), but this torch build has "
+                                  "no torch.distributed; run one process (unset WORLD_SIZE) or install a torch with it")
         local = int(os.environ.get("LOCAL_RANK", "0"))
         cuda = device is not None and torch.device(device).type == "cuda"
         if cuda:

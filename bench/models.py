@@ -127,6 +127,18 @@ register_bench_model(dataclasses.replace(
 DEFAULT_SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc_bh2", "deis", "ipndm", "dpm_solver_3", "rk4")
 
 
+def import_object(spec: str, argument: str) -> Any:
+    """The object a 'module:attr' (attr may be dotted) path names, or the library's error naming `argument`."""
+    mod, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(mod)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise InvalidArgument(f"{argument}={spec!r}: cannot import it ({e})") from None
+    return obj
+
+
 def resolve_model(model: Any) -> tuple[BenchModel, Any]:
     """A BenchModel and the built model from a registry name, a 'module:attr' path or a model object."""
     if isinstance(model, BenchModel):
@@ -134,13 +146,7 @@ def resolve_model(model: Any) -> tuple[BenchModel, Any]:
     elif isinstance(model, str) and model in BENCH_MODELS:
         entry = BENCH_MODELS[model]
     elif isinstance(model, str) and ":" in model:
-        mod, _, attr = model.partition(":")
-        try:
-            obj = importlib.import_module(mod)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as e:
-            raise InvalidArgument(f"model={model!r}: cannot import it ({e})") from None
+        obj = import_object(model, "model")
         if isinstance(obj, BenchModel):
             entry = obj
         else:

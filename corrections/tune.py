@@ -168,7 +168,7 @@ def _pair(text: str | None, what: str) -> tuple[float, float] | None:
 
 
 def _metric(spec: str | None, model):
-    import importlib
+    from ..bench.models import import_object
     from ..field import model_spec_of
     if spec is None:
         ms = model_spec_of(model)
@@ -177,13 +177,7 @@ def _metric(spec: str | None, model):
                                   "FD does not apply; name a callable metric(samples) -> float as 'module:attr'")
         from ..models.evaluate import fd_metric
         return fd_metric(ms.data_range or (-1.0, 1.0)), "FD (built-in classifier, held-out real digits)"
-    mod, _, attr = spec.partition(":")
-    try:
-        obj = importlib.import_module(mod)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise InvalidArgument(f"--metric {spec!r}: cannot import it ({e})") from None
+    obj = import_object(spec, "--metric")
     if not callable(obj):
         raise InvalidArgument(f"--metric {spec!r}: not callable")
     return obj, spec

@@ -59,3 +59,16 @@ def test_two_ranks_under_torchrun_equal_one_rank(tmp_path):
     assert len(two["reference"]["nfe_per_chunk"]) == 5
     assert _strip(two) == _strip(one)
     assert all(r["status"] == "ok" and r["rmse_mean"] > 0 for r in one["results"])
+
+
+def test_ranks_without_torch_distributed_get_the_library_error(monkeypatch):
+    """What the torchrun tests' skip (a torch built without torch.distributed) leaves a user: a clear error."""
+    import torch.distributed as dist
+    from diffsolve import InvalidArgument
+    from diffsolve.bench.distributed import Dist
+    monkeypatch.setattr(dist, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InvalidArgument, match="no torch.distributed"):
+        Dist.from_env()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert Dist.from_env().world == 1

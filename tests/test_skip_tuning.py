@@ -291,6 +291,13 @@ def test_tune_skip_command_writes_settings_the_sampler_loads(unet, tmp_path, cap
     assert "takes one NFE" in capsys.readouterr().err
     assert main(["tune", "skip", "--model", "gmm", "--nfe", "3", "--out", str(out)]) != 0
     assert "--metric" in capsys.readouterr().err
+    assert main(["tune", "skip", "--model", "mnist-unet", "--nfe", "1", "--metric", "torch:no_such_metric",
+                 "--out", str(out)]) != 0
+    assert "--metric='torch:no_such_metric': cannot import it" in capsys.readouterr().err
+    custom = tmp_path / "std.json"                  # any callable metric, named as module:attr
+    assert main(["tune", "skip", "--model", "mnist-unet", "--solver", "euler", "--nfe", "1", "--n", "4",
+                 "--eval-n", "4", "--evaluations", "2", "--metric", "torch:std", "--out", str(custom)]) == 0
+    assert load_settings(custom).metric["name"] == "torch:std"
 
 
 def test_skip_table_scores_tuned_and_untuned_on_held_out_noise(tmp_path):
