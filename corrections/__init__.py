@@ -1,5 +1,5 @@
 """Learned few-step corrections for a given network: AMED-Solver / AMED-Plugin predictors, GITS and learned
-time grids. Each is trained once per model (`diffsolve tune`), saved as safetensors plus a JSON sidecar that
+time grids, learned multistep weights. Each is trained once per model (`diffsolve tune`), saved as safetensors plus a JSON sidecar that
 records the model identity, and used through the ordinary Sampler:
 
     Sampler(model, "amed_plugin", base="ipndm", predictor="amed.safetensors").run(nfe=5)
@@ -15,12 +15,12 @@ from typing import Any
 
 _EXPORTS = {
     "AMEDPredictor": "predictor", "TimeTable": "predictor",
-    "AMEDCorrection": "io", "GridCorrection": "io", "load_correction": "io", "IdentityMismatch": "io",
+    "AMEDCorrection": "io", "GridCorrection": "io", "CoefficientCorrection": "io", "load_correction": "io", "IdentityMismatch": "io",
     "amed_grid": "io", "find_shipped": "io",
     "train_amed": "train", "steps_for_nfe": "train",
     "gits_grid": "grid_search", "learn_grid": "grid_search", "gits_cost_matrix": "grid_search",
     "gits_dynamic_programming": "grid_search",
-    "teacher_states": "teacher",
+    "teacher_states": "teacher", "learn_coefficients": "coefficients",
 }
 
 __all__ = sorted(_EXPORTS)

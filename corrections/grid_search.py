@@ -145,13 +145,16 @@ def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7,
 # ------------------------------------------------------------------------------------------------
 def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: str = "ipndm",
                        max_order: int | None = None, afs: bool = False,
-                       afs_mean: torch.Tensor | None = None, solver_orders: bool = True) -> torch.Tensor:
+                       afs_mean: torch.Tensor | None = None, solver_orders: bool = True,
+                       weights: Sequence[Any] | None = None) -> torch.Tensor:
     """The base solver over EDM noise levels `s` (tensors with gradient; a final 0 as a float) in the EDM frame,
     written with torch arithmetic so that the result is differentiable in the levels. `afs`: the first data
     prediction is the analytical one around `afs_mean` (solvers.amed.afs_denoised), no model call.
     `solver_orders`: each step's order as the registered solver takes it (DEIS lowers it on its last steps, as
-    diffusers does); False: the full order throughout, as AMED-Plugin's base rule takes it."""
-    from ..solvers.amed import DEFAULT_MAX_ORDER, afs_denoised, base_substep
+    diffusers does); False: the full order throughout, as AMED-Plugin's base rule takes it. `weights`: one row of
+    learned offsets per step (solvers.learned_multistep), with gradient or not."""
+    from ..solvers.amed import DEFAULT_MAX_ORDER, afs_denoised
+    from ..solvers.learned_multistep import corrected_substep
     if base not in DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}; a learned grid supports {', '.join(DIFFERENTIABLE_BASES)}")
     k = max_order if max_order is not None else DEFAULT_MAX_ORDER.get(base, 1)
@@ -184,7 +187,7 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
         s0b = s0.reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype) if isinstance(s0, torch.Tensor) else s0
         d = (y - D) / s0b
         hist = ((s0, d, D), *hist)[:k]
-        y = base_substep(base, y, hist, s0, s1, min(k, orders[i]))
+        y = corrected_substep(base, y, hist, s0, s1, min(k, orders[i]), None if weights is None else weights[i])
     a1 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[-1])))))))
     return y * a1
 
@@ -268,11 +271,14 @@ def _teacher_endpoints(field: Field, n: int, seed: int, teacher: str, teacher_op
 
 def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Tensor], target: torch.Tensor, *,
               n: int, batch_size: int, epochs: int, lr: float, gen: torch.Generator,
-              log: Callable[[str], None] | None, label: str, start: float) -> list[float]:
-    """Adam on the grid's parameters: mean squared endpoint error of `run(batch indices, grid())` against the
-    teacher's endpoints, minibatches in a seeded order; the mean loss of each epoch. The grid keeps the parameters
-    of its best epoch (a large learning rate can leave the minimum late in training)."""
-    opt = torch.optim.Adam(grid.parameters(), lr=lr)
+              log: Callable[[str], None] | None, label: str, start: float, param_groups: list | None = None,
+              cosine: bool = False) -> list[float]:
+    """Adam on the grid's parameters (or `param_groups`): mean squared endpoint error of `run(batch indices,
+    grid())` against the teacher's endpoints, minibatches in a seeded order; the mean loss of each epoch. The
+    module keeps the parameters of its best epoch (a large learning rate can leave the minimum late in training).
+    `cosine`: the learning rates decay to zero over the epochs (cosine), so the last epochs settle."""
+    opt = torch.optim.Adam(param_groups if param_groups is not None else grid.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1)) if cosine else None
     hist = []
     best = (math.inf, None)
     for epoch in range(epochs):
@@ -287,6 +293,8 @@ def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Te
                 loss.backward()
             opt.step()
             tot += float(loss.detach()) * len(idx)
+        if sched is not None:
+            sched.step()
         hist.append(tot / n)
         if hist[-1] < best[0]:
             # the epoch's loss was measured with the parameters before its last update: keep those

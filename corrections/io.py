@@ -2,8 +2,9 @@
 identity (`field.identity()`), the base solver, the NFE and the grid. Both are written atomically (a temporary
 file beside the target, then a rename); loading onto another model is refused with a clear error.
 
-Two kinds: `AMEDCorrection` (a predictor, its base solver, AFS data and the grids it was trained on) and
-`GridCorrection` (optimized grids, GITS or learned, one per step count).
+Three kinds: `AMEDCorrection` (a predictor, its base solver, AFS data and the grids it was trained on),
+`GridCorrection` (optimized grids, GITS or learned, one per step count) and `CoefficientCorrection` (learned weight
+offsets of a multistep rule with the grids they were learned on).
 """
 from __future__ import annotations
 
@@ -214,6 +215,83 @@ class GridCorrection:
 
 
 # ------------------------------------------------------------------------------------------------
+# Learned multistep weights
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class CoefficientCorrection:
+    """Learned weight offsets of a multistep base rule (solvers.learned_multistep), each set on its learned grid."""
+
+    grids: dict[int, tuple[float, ...]]                      # steps -> schedule times
+    weights: dict[int, tuple[tuple[float, ...], ...]]        # steps -> one row of offsets per step, newest first
+    base: str = "deis"
+    afs: bool = True
+    afs_mean: torch.Tensor | None = None
+    identity: str | None = None
+    meta: dict = dc_field(default_factory=dict)
+    kind = "coefficients"
+
+    def check_field(self, field: Any) -> None:
+        _check_identity(self.identity, field, "set of learned coefficients")
+
+    def nfe_for(self, steps: int) -> int:
+        return steps - (1 if self.afs else 0)
+
+    def grid_function(self) -> Callable[..., torch.Tensor]:
+        grids = dict(self.grids)
+
+        def coefficients_grid(steps: int, schedule: Any, **options: Any) -> torch.Tensor:
+            if options:
+                raise InvalidArgument(f"learned coefficients take no grid options, got {sorted(options)}")
+            if steps not in grids:
+                raise InvalidArgument(f"these coefficients were learned for {sorted(grids)} steps (NFE "
+                                      f"{[self.nfe_for(k) for k in sorted(grids)]}), not {steps}")
+            return torch.tensor(grids[steps], dtype=torch.float64)
+        return coefficients_grid
+
+    def weights_for(self, t: torch.Tensor) -> tuple[tuple[float, ...], ...]:
+        """The offsets for the grid `t`, which must be the grid they were learned on; zeros when none were learned
+        (the untrained starting point)."""
+        steps = int(t.numel()) - 1
+        if not self.grids:
+            return tuple(() for _ in range(steps))
+        grid = self.grids.get(steps)
+        if grid is None or not torch.allclose(t.double(), torch.tensor(grid, dtype=torch.float64), rtol=1e-9,
+                                              atol=1e-12):
+            raise InvalidArgument(f"learned coefficients belong to the grid they were learned on ({sorted(self.grids)} "
+                                  "steps); run without grid= (the solver's own grid) and with nfe= or steps= "
+                                  f"matching one of NFE {[self.nfe_for(k) for k in sorted(self.grids)]}")
+        return self.weights[steps]
+
+    def sidecar(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "kind": self.kind, "model_identity": self.identity,
+                "base": self.base, "afs": self.afs,
+                "nfe": {_grid_key(k): self.nfe_for(k) for k in sorted(self.grids)},
+                "grids": {_grid_key(k): list(v) for k, v in sorted(self.grids.items())},
+                "weights": {_grid_key(k): [list(r) for r in v] for k, v in sorted(self.weights.items())},
+                "meta": self.meta}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"grid.{k}": torch.tensor(v, dtype=torch.float64) for k, v in sorted(self.grids.items())}
+        if self.afs_mean is not None:
+            out["afs_mean"] = self.afs_mean.detach().cpu().float().contiguous()
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        return _save(path, self.tensors(), self.sidecar())
+
+
+def as_coefficient_correction(obj: Any) -> CoefficientCorrection:
+    if isinstance(obj, CoefficientCorrection):
+        return obj
+    if isinstance(obj, (str, Path)):
+        corr = load_correction(obj)
+        if not isinstance(corr, CoefficientCorrection):
+            raise InvalidArgument(f"{obj} holds a {getattr(corr, 'kind', 'amed')} correction, not learned coefficients")
+        return corr
+    raise InvalidArgument(f"coefficients={type(obj).__name__}: give a CoefficientCorrection or the path of a saved one")
+
+
+# ------------------------------------------------------------------------------------------------
 # Reading and writing
 # ------------------------------------------------------------------------------------------------
 def sidecar_path(path: str | Path) -> Path:
@@ -244,7 +322,7 @@ def read_sidecar(path: str | Path) -> dict:
     return info
 
 
-def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | GridCorrection:
+def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | GridCorrection | CoefficientCorrection:
     """A saved correction; with `field=`, refused (IdentityMismatch) unless it was trained for that model."""
     from safetensors.torch import load
 
@@ -268,6 +346,12 @@ def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | Gri
             predictor.eval().requires_grad_(False)
         corr: Any = AMEDCorrection(predictor, info["base"], bool(info["afs"]), tensors.get("afs_mean"), grids,
                                    info.get("model_identity"), info.get("meta", {}))
+    elif info["kind"] == "coefficients":
+        weights = {int(k): tuple(tuple(float(x) for x in r) for r in v) for k, v in info.get("weights", {}).items()}
+        if set(weights) != set(grids) or any(len(weights[k]) != len(grids[k]) - 1 for k in grids):
+            raise InvalidArgument(f"{path}: every learned grid needs one row of weights per step")
+        corr = CoefficientCorrection(grids, weights, info["base"], bool(info["afs"]), tensors.get("afs_mean"),
+                                     info.get("model_identity"), info.get("meta", {}))
     elif info["kind"] in ("gits", "learned"):
         corr = GridCorrection(info["kind"], grids, info["base"], info.get("model_identity"), info.get("meta", {}),
                               tensors.get("afs_mean"))
@@ -296,8 +380,8 @@ def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | P
         return load_correction(side.with_name(side.name[: -len(".json")]))
     what = f"{kind} correction" + (f" for base={base!r}" if base else "")
     raise InvalidArgument(f"no {what} ships for this model (shipped: {', '.join(seen) or 'none'}, all for the "
-                          "built-in MNIST UNet); train one with `diffsolve tune` and pass predictor= (or grid=) "
-                          "the file it writes")
+                          "built-in MNIST UNet); train one with `diffsolve tune` and pass the file it writes as "
+                          "predictor=, coefficients= or grid=")
 
 
 def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:

@@ -5,8 +5,8 @@ float64 reference (bench/reference.py, dopri5 at rtol = atol = 1e-5, cached on d
     python -m diffsolve.corrections.report [--nfe 3,5,7,9] [--n 64] [--json out.json]
 
 Un-learned: every listed solver on every listed grid (the named grids and the AMED grid, which is the EDM grid to
-sigma_min with its last point moved to 0), best per NFE. Learned: the shipped AMED-Solver, AMED-Plugin(iPNDM),
-and iPNDM on the shipped GITS and learned grids.
+sigma_min with its last point moved to 0), best per NFE. Learned: every shipped correction (LEARNED): AMED-Solver,
+AMED-Plugin(iPNDM / DEIS), iPNDM on the GITS and learned grids, DEIS on its learned grid, learned DEIS weights.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ LEARNED = (("AMED-Solver", "amed", {}, None, "amed-mnist-unet"),
            ("AMED-Plugin(DEIS)", "amed_plugin", {"base": "deis"}, None, "amed-deis-mnist-unet"),
            ("iPNDM + GITS", "ipndm", {}, "gits", "gits-ipndm-mnist-unet"),
            ("iPNDM + learned grid", "ipndm", {}, "learned", "learned-ipndm-mnist-unet"),
-           ("DEIS + learned grid", "deis", {}, "learned", "learned-deis-mnist-unet"))
+           ("DEIS + learned grid", "deis", {}, "learned", "learned-deis-mnist-unet"),
+           ("DEIS + learned weights", "learned_multistep", {"base": "deis"}, None, "weights-deis-mnist-unet"))
 
 
 def shipped_learned() -> list[tuple]:
@@ -113,28 +114,66 @@ def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baselin
 
 
 def fd_at(nfe: int, result: dict, n: int = 1000, log=print) -> dict:
-    """FD (built-in classifier, held-out real digits) of the best un-learned and the best learned run at `nfe`,
-    on n held-out seeds from EVAL_SEED."""
+    """FD (built-in classifier) at `nfe` on n held-out seeds from EVAL_SEED, of every un-learned baseline and the
+    best learned run: to the held-out real digits, and to the exact ODE samples from the same noise (a fine
+    DPM-Solver++(3M) solve, the teachers' 'fine' mode). The exact samples' own FD to the digits is the floor no
+    solver of this ODE can go far below; FD to the exact samples measures the solver's error alone."""
+    from ..field import as_field
     from ..models import load_mnist_unet
-    from ..models.evaluate import fd_metric
+    from ..models.builtin import load_feature_stats, load_mnist_classifier
+    from ..models.classifier import feature_stats, featurize, frechet_distance
     from ..sampler import Sampler
     from .io import amed_grid
-    row = result["rows"][str(nfe)]
-    metric = fd_metric()
-    model = load_mnist_unet()
+    from .teacher import noise_for, teacher_states
+
+    classifier, digits = load_mnist_classifier(), load_feature_stats()
+    field = as_field(load_mnist_unet())
     seeds = list(range(EVAL_SEED, EVAL_SEED + n))
-    out = {}
-    base_solver, _, base_grid = row["best_baseline"]["name"].partition(" / ")
-    learned = {lab: (name, opts, grid) for lab, name, opts, grid, _ in shipped_learned()}
-    name, opts, grid = learned[row["best_learned"]["name"]]
-    for tag, (solver, options, g) in (("un-learned", (base_solver, {}, base_grid)), ("learned", (name, opts, grid))):
-        g = amed_grid if g == "amed" else g
-        x = Sampler(model, solver, grid=g, progress=False, **options).run(nfe=nfe, seed=seeds).samples
-        out[tag] = metric(x)
+    noise = noise_for(field, seeds)
+
+    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return feature_stats(featurize(classifier, x.clamp(-1.0, 1.0))[0])
+
+    start = time.perf_counter()
+    exact = stats(torch.cat([teacher_states(field, noise[i:i + 250], [field.t_max, 0.0], mode="fine")[-1]
+                             for i in range(0, n, 250)]))
+    if log:
+        log(f"exact samples ({n}, fine DPM-Solver++(3M)) in {time.perf_counter() - start:.0f}s")
+
+    def fds(sampler: Sampler) -> dict:
+        x = torch.cat([sampler.run(nfe=nfe, noise=noise[i:i + 250]).samples for i in range(0, n, 250)])
+        mu, cov = stats(x)
+        return {"fd": frechet_distance(mu, cov, digits["heldout_mu"], digits["heldout_cov"]),
+                "fd_to_exact": frechet_distance(mu, cov, *exact)}
+
+    row = result["rows"][str(nfe)]
+    out: dict = {"n": n, "exact": {"fd": frechet_distance(*exact, digits["heldout_mu"], digits["heldout_cov"])},
+                 "baselines": {}}
+    for name in row["baselines"]:
+        solver, _, grid = name.partition(" / ")
+        out["baselines"][name] = fds(Sampler(field, solver, grid=amed_grid if grid == "amed" else grid,
+                                             progress=False))
         if log:
-            log(f"FD at NFE {nfe}, {tag}: {out[tag]:.1f}")
-    out["ratio"] = out["learned"] / out["un-learned"]
+            log(f"FD at NFE {nfe}, {name}: {out['baselines'][name]['fd']:.1f} "
+                f"(to exact samples {out['baselines'][name]['fd_to_exact']:.1f})")
+    learned = {lab: (name, opts, grid) for lab, name, opts, grid, _ in shipped_learned()}
+    label = row["best_learned"]["name"]
+    name, opts, grid = learned[label]
+    out["learned"] = {"name": label, **fds(Sampler(field, name, grid=grid, progress=False, **opts))}
+    for key in ("fd", "fd_to_exact"):
+        best = min(out["baselines"].items(), key=lambda kv: kv[1][key])
+        out[f"best_un-learned_{key}"] = {"name": best[0], key: best[1][key]}
+        out[f"ratio_{key}"] = out["learned"][key] / best[1][key]
     return out
+
+
+def fd_lines(nfe: int, f: dict) -> str:
+    a, b = f["best_un-learned_fd"], f["best_un-learned_fd_to_exact"]
+    return (f"FD at NFE {nfe} ({f['n']} held-out samples), to held-out digits: exact ODE samples {f['exact']['fd']:.1f} "
+            f"(the floor); best learned ({f['learned']['name']}) {f['learned']['fd']:.1f}; best un-learned "
+            f"({a['name']}) {a['fd']:.1f}; ratio {f['ratio_fd']:.2f}x\n"
+            f"FD at NFE {nfe} to the exact samples from the same noise: best learned {f['learned']['fd_to_exact']:.1f}; "
+            f"best un-learned ({b['name']}) {b['fd_to_exact']:.1f}; ratio {f['ratio_fd_to_exact']:.2f}x")
 
 
 def table(result: dict) -> str:
@@ -168,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(result))
     if args.fd is not None:
         result["fd"] = {str(args.fd): fd_at(args.fd, result)}
-        f = result["fd"][str(args.fd)]
-        print(f"FD at NFE {args.fd}: best learned {f['learned']:.1f}, best un-learned {f['un-learned']:.1f}, "
-              f"ratio {f['ratio']:.2f}x")
+        print(fd_lines(args.fd, result["fd"][str(args.fd)]))
     if args.json:
         from ..files import atomic_write_bytes
         atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())

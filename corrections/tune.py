@@ -1,9 +1,14 @@
-"""`diffsolve tune amed|gits|grid|skip`: train a correction for one model and write it (safetensors + JSON sidecar;
-for skip, a JSON file).
+"""`diffsolve tune amed|gits|grid|weights|skip`: train a correction for one model and write it (safetensors + JSON
+sidecar; for skip, a JSON file).
 
     diffsolve tune amed --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out amed-ipndm.safetensors
     diffsolve tune gits --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out gits-ipndm.safetensors
     diffsolve tune grid --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out learned-ipndm.safetensors
+    diffsolve tune weights --model mnist-unet --solver deis --nfe 5 --out weights-deis.safetensors
+
+`weights` learns a multistep rule's weight offsets together with its grid (with the data-mean AFS unless
+`--no-afs`; the starting grids are learned first), for `Sampler(model, "learned_multistep", base=...,
+coefficients=file)`; bases deis, ipndm, ipndm_v.
 
 On a plain velocity field (the moons flows: `--model moons-cfm`) everything runs in the field's own time t, without
 AFS; bases in native time (euler, ipndm, ipndm_v; amed, dpm_solver_2 for AMED), e.g.
@@ -31,7 +36,7 @@ import torch
 
 from ..errors import InvalidArgument
 
-WHAT = ("amed", "gits", "grid", "skip")
+WHAT = ("amed", "gits", "grid", "weights", "skip")
 SKIP_TUNE_SEED, SKIP_EVAL_SEED = 7_000_000, 9_000_000     # tuning and held-out noise of `tune skip`: disjoint
 
 
@@ -40,27 +45,31 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                     "model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("what", choices=WHAT, help="amed (predictor), gits (grid by dynamic programming), grid (learned), "
-                                              "skip (Skip-Tuning's rho)")
+                                              "weights (learned multistep weights and grid), skip (Skip-Tuning's rho)")
     t.add_argument("--model", default="mnist-unet",
                    help="built-in bench model name (mnist-unet, gmm, ...) or 'module:attr' (default mnist-unet)")
     t.add_argument("--solver", default=None, help="base solver (default: amed for amed, ipndm for grids)")
     t.add_argument("--nfe", default="3,5,7,9", help="comma-separated NFE budgets (default 3,5,7,9)")
     t.add_argument("--out", default=None, help="output .safetensors (a .json sidecar is written beside it)")
     t.add_argument("--seed", type=int, default=0, help="seed of the weights, noise and batch order (default 0)")
-    t.add_argument("--n", type=int, default=None, help="training trajectories (default: 128 amed/gits, 96 grid)")
-    t.add_argument("--epochs", type=int, default=None, help="epochs (default 10 amed, 20 grid)")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-3 amed, 0.05 grid)")
+    t.add_argument("--n", type=int, default=None,
+                   help="training trajectories (default: 128 amed/gits/weights, 96 grid)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default 10 amed, 20 grid, 30 weights)")
+    t.add_argument("--batch-size", type=int, default=None, help="default 32 (weights: 16)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default 5e-3 amed, 0.05 grid, 0.02 for the grid in weights)")
+    t.add_argument("--weight-lr", type=float, default=5e-3, help="weights: learning rate of the offsets")
     t.add_argument("--loss", choices=("step", "endpoint"), default="step", help="amed: step-wise or endpoint loss")
-    t.add_argument("--no-afs", action="store_true", help="amed: no analytical first step (one more NFE)")
+    t.add_argument("--no-afs", action="store_true", help="amed, weights: no analytical first step (one more NFE)")
     t.add_argument("--features", default="auto", help="amed: auto, module, denoised or none (time-only)")
     t.add_argument("--module", default=None, help="amed: submodule whose output feeds the predictor")
     t.add_argument("--from-grid", action="store_true",
                    help="amed plugin: first learn 2(N-1)-step grids of the base with the data-mean AFS, read them as "
                         "per-step constants and start the predictor there (how the shipped MNIST one was made)")
     t.add_argument("--grid-epochs", type=int, default=8, help="amed --from-grid: epochs of the grid stage")
-    t.add_argument("--grid-lr", type=float, default=0.05, help="amed --from-grid: learning rate of the grid stage "
-                                                                 "(default 0.05; the shipped DEIS plugin used 0.2)")
+    t.add_argument("--grid-lr", type=float, default=None,
+                   help="amed --from-grid, weights: learning rate of the grid stage (default 0.05 amed, 0.2 weights; "
+                        "the shipped DEIS plugin used 0.2)")
     t.add_argument("--teacher", choices=("reference", "fine"), default=None,
                    help="reference (adaptive float64, bench/reference.py) or fine (a fine-grid solve; default "
                         "for image models)")
@@ -124,16 +133,24 @@ def run(args: argparse.Namespace) -> int:
             if plain:
                 raise InvalidArgument("--from-grid starts from the data-mean AFS, which a plain velocity field (schedule="
                                       "None) has not; train without --from-grid")
-            g = learn_grid(model, base=base, nfe=nfe, afs=True, n=args.n or 64, batch_size=args.batch_size,
-                           epochs=args.grid_epochs, lr=args.grid_lr, seed=args.seed, teacher=teacher, dtype=dtype, log=log,
-                           **teach)
+            g = learn_grid(model, base=base, nfe=nfe, afs=True, n=args.n or 64, batch_size=args.batch_size or 32,
+                           epochs=args.grid_epochs, lr=args.grid_lr or 0.05, seed=args.seed, teacher=teacher,
+                           dtype=dtype, log=log, **teach)
             init = to_amed_table(g, model)
         corr = train_amed(model, base=base, nfe=nfe, afs=not (args.no_afs or plain), loss=args.loss,
                           features=args.features, init=init,
-                          module=args.module, n_train=args.n or 128, batch_size=args.batch_size,
+                          module=args.module, n_train=args.n or 128, batch_size=args.batch_size or 32,
                           epochs=args.epochs or 10, lr=args.lr or 5e-3, seed=args.seed, teacher=teacher, dtype=dtype,
                           log=log, **teach)
         out = args.out or f"amed-{base}.safetensors"
+    elif args.what == "weights":
+        from .coefficients import learn_coefficients
+        base = args.solver or "deis"
+        corr = learn_coefficients(model, base=base, nfe=nfe, afs=not args.no_afs, n=args.n or 128,
+                                  batch_size=args.batch_size or 16, epochs=args.epochs or 30,
+                                  lr=args.lr or 0.02, weight_lr=args.weight_lr, seed=args.seed, teacher=teacher,
+                                  dtype=dtype, log=log, grid_options={"lr": args.grid_lr or 0.2}, **teach)
+        out = args.out or f"weights-{base}.safetensors"
     elif args.what == "gits":
         base = args.solver or "ipndm"
         corr = gits_grid(model, base=base, nfe=nfe, n=args.n or 128, seed=args.seed, teacher=teacher, dtype=dtype,
@@ -141,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or f"gits-{base}.safetensors"
     else:
         base = args.solver or "ipndm"
-        corr = learn_grid(model, base=base, nfe=nfe, n=args.n or 96, batch_size=args.batch_size,
+        corr = learn_grid(model, base=base, nfe=nfe, n=args.n or 96, batch_size=args.batch_size or 32,
                           epochs=args.epochs or 20, lr=args.lr or 0.05, seed=args.seed, teacher=teacher, dtype=dtype,
                           log=log, **teach)
         out = args.out or f"learned-{base}.safetensors"

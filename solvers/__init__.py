@@ -3,7 +3,7 @@
 Importing a module registers its solvers; `available_solvers()` lists them and `get_solver(name, **options)`
 builds one.
 """
-from . import euler, runge_kutta, dpm_solver, unipc, deis, ipndm, lms, amed  # noqa: F401  (deterministic, fixed step)
+from . import euler, runge_kutta, dpm_solver, unipc, deis, ipndm, lms, amed, learned_multistep  # noqa: F401,E501
 from . import sde, adaptive, torchdiffeq_bridge, torchsde_bridge  # noqa: F401  (stochastic and adaptive)
 from . import consistency  # noqa: F401  (few-step model families)
 from .base import Plan, Solver, available_solvers, get_solver, register, registry_entries

@@ -23,6 +23,7 @@ OPTIONS = {"lower_order_final": False, "frame": "time"}
 # counts are where their declared order shows (measured; see the solver modules' docstrings).
 SETTINGS = {
     "deis": ("time_uniform", (64, 128, 256, 512)),
+    "learned_multistep": ("time_uniform", (64, 128, 256, 512)),     # untrained: DEIS at full order
     "lms": ("logsnr_uniform", (32, 64, 128, 256)),
     "ipndm_v": ("logsnr_uniform", (32, 64, 128, 256)),
     "unipc_bh2": ("logsnr_uniform", (16, 32, 64, 128)),

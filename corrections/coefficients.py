@@ -1,0 +1,102 @@
+"""Learned multistep weights on a learned grid (solvers.learned_multistep): the grid's times (LD3, Tong et al. 2024)
+and per-step offsets of the base rule's weights on the slope history (S4S, Frankel et al. 2025), fitted together by
+Adam through a differentiable run against teacher endpoints.
+
+The starting grids come from `learn_grid` (several starting grids, the best kept), with the data-mean AFS by
+default; the offsets start at zero, so training begins at the base solver on its learned grid. The learning rates
+decay (cosine) and the parameters of the best epoch are kept.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import InvalidArgument, check_choice
+from .grid_search import GapGrid, _fit_grid, _teacher_endpoints, differentiable_run, learn_grid, steps_for_budget
+from .io import CoefficientCorrection, GridCorrection
+from .teacher import field_of, frozen, mean_denoised_at_start
+
+GRID_STARTS = ("karras", "logsnr_uniform", "time_quadratic")
+
+
+class CoefficientModel(torch.nn.Module):
+    """A grid (GapGrid over log-sigma gaps) and one row of `order` weight offsets per step, starting at zero."""
+
+    def __init__(self, s_init: Sequence[float], s_min: float, order: int):
+        super().__init__()
+        self.grid = GapGrid(s_init, s_min)
+        self.weights = torch.nn.Parameter(torch.zeros(len(s_init) - 1, order, dtype=torch.float64))
+
+    def forward(self) -> list[Any]:
+        return self.grid()
+
+    def rows(self) -> tuple[tuple[float, ...], ...]:
+        return tuple(tuple(float(v) for v in r) for r in self.weights.detach())
+
+
+def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (3, 5, 7, 9), afs: bool = True,
+                       grid: GridCorrection | None = None, n: int = 128, batch_size: int = 16, epochs: int = 30,
+                       lr: float = 0.02, weight_lr: float = 5e-3, seed: int = 0, teacher: str = "reference",
+                       teacher_options: dict | None = None, grid_options: dict | None = None,
+                       dtype: torch.dtype = torch.float32, max_order: int | None = None,
+                       log: Callable[[str], None] | None = print) -> CoefficientCorrection:
+    """Weight offsets and grids for `base` (deis, ipndm, ipndm_v) at each NFE, fitted against teacher endpoints.
+
+    `grid`: starting grids (a `learn_grid` result with the same AFS setting); None learns them first with
+    `learn_grid(..., starts=GRID_STARTS, **grid_options)` (default: 64 trajectories, batches of 16, 16 epochs at
+    learning rate 0.2). `lr` is the grid's learning rate in this joint stage, `weight_lr` the offsets'."""
+    from ..solvers.amed import DEFAULT_MAX_ORDER
+    from ..solvers.learned_multistep import COEFFICIENT_BASES
+    check_choice("base", base, COEFFICIENT_BASES)
+    field = field_of(model)
+    if not field.has_schedule:
+        raise InvalidArgument("learned coefficients run in the EDM frame of a Gaussian path; a plain velocity field "
+                              "(schedule=None) has none: learn a grid for it (learn_grid) instead")
+    if not isinstance(afs, bool):
+        raise InvalidArgument(f"afs={afs!r}: must be True or False")
+    k = int(max_order if max_order is not None else DEFAULT_MAX_ORDER[base])
+    sch = field.schedule
+    start = time.perf_counter()
+    if grid is None:
+        opts = {"n": 64, "batch_size": 16, "epochs": 16, "lr": 0.2, **(grid_options or {})}
+        grid = learn_grid(field, base=base, nfe=nfe, afs=afs, seed=seed, teacher=teacher,
+                          teacher_options=teacher_options, dtype=dtype, log=log, starts=GRID_STARTS, **opts)
+    elif bool(grid.meta.get("afs")) != afs:
+        raise InvalidArgument(f"the starting grids were learned with afs={bool(grid.meta.get('afs'))}, not {afs}")
+    grid.check_field(field)
+    t0, noise, target = _teacher_endpoints(field, n, seed, teacher, teacher_options, dtype, log, start)
+    x0 = noise * sch.prior_std(t0)
+    mean = (grid.afs_mean if grid.afs_mean is not None else mean_denoised_at_start(field, t0)) if afs else None
+    gen = torch.Generator().manual_seed(seed)
+    grids, weights, losses, nfes = {}, {}, {}, {}
+    with frozen(field):
+        for budget in nfe:
+            steps = steps_for_budget(field, base, int(budget), **({"afs": True} if afs else {}))
+            if steps not in grid.grids:
+                raise InvalidArgument(f"the starting grids have no grid of {steps} steps (NFE {budget})")
+            s_init = [float(v) for v in sch.edm_sigma(torch.tensor(grid.grids[steps], dtype=torch.float64))]
+            s_init[-1] = 0.0
+            m = CoefficientModel(s_init, sch.sigma_min if sch.sigma_min > 0 else s_init[-2] * 0.1, k)
+
+            def run(idx, times, m=m):
+                return differentiable_run(field, x0[idx], times, base, max_order=k, afs=afs, afs_mean=mean,
+                                          solver_orders=False, weights=list(m.weights))
+            hist = _fit_grid(m, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
+                             label=f"nfe {budget} ({steps} steps)", start=start, cosine=True,
+                             param_groups=[{"params": m.grid.parameters(), "lr": lr},
+                                           {"params": [m.weights], "lr": weight_lr}])
+            with torch.no_grad():
+                s = [float(v) for v in m()]
+            t = sch.t_from_edm_sigma(torch.tensor(s, dtype=torch.float64))
+            t[0], t[-1] = t0, 0.0
+            grids[steps] = tuple(float(v) for v in t)
+            weights[steps] = m.rows()
+            losses[str(steps)] = hist
+            nfes[str(steps)] = int(budget)
+    return CoefficientCorrection(grids, weights, base, afs, mean, field.correction_identity(),
+                                 {"nfe": nfes, "loss_history": losses, "n": n, "epochs": epochs, "lr": lr,
+                                  "weight_lr": weight_lr, "batch_size": batch_size, "seed": seed, "teacher": teacher,
+                                  "max_order": k, "grid_seconds": grid.meta.get("seconds"),
+                                  "seconds": round(time.perf_counter() - start, 1)})
