@@ -41,11 +41,12 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
                        lr: float = 0.02, weight_lr: float = 5e-3, seed: int = 0, teacher: str = "reference",
                        teacher_options: dict | None = None, grid_options: dict | None = None,
                        dtype: torch.dtype = torch.float32, max_order: int | None = None,
+                       grid_starts: Sequence[Any] = GRID_STARTS,
                        log: Callable[[str], None] | None = print) -> CoefficientCorrection:
     """Weight offsets and grids for `base` (deis, ipndm, ipndm_v) at each NFE, fitted against teacher endpoints.
 
     `grid`: starting grids (a `learn_grid` result with the same AFS setting); None learns them first with
-    `learn_grid(..., starts=GRID_STARTS, **grid_options)` (default: 64 trajectories, batches of 16, 16 epochs at
+    `learn_grid(..., starts=grid_starts, **grid_options)` (default: 64 trajectories, batches of 16, 16 epochs at
     learning rate 0.2). `lr` is the grid's learning rate in this joint stage, `weight_lr` the offsets'."""
     from ..solvers.amed import DEFAULT_MAX_ORDER
     from ..solvers.learned_multistep import COEFFICIENT_BASES
@@ -62,7 +63,7 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
     if grid is None:
         opts = {"n": 64, "batch_size": 16, "epochs": 16, "lr": 0.2, **(grid_options or {})}
         grid = learn_grid(field, base=base, nfe=nfe, afs=afs, seed=seed, teacher=teacher,
-                          teacher_options=teacher_options, dtype=dtype, log=log, starts=GRID_STARTS, **opts)
+                          teacher_options=teacher_options, dtype=dtype, log=log, starts=tuple(grid_starts), **opts)
     elif bool(grid.meta.get("afs")) != afs:
         raise InvalidArgument(f"the starting grids were learned with afs={bool(grid.meta.get('afs'))}, not {afs}")
     grid.check_field(field)

@@ -70,6 +70,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--grid-lr", type=float, default=None,
                    help="amed --from-grid, weights: learning rate of the grid stage (default 0.05 amed, 0.2 weights; "
                         "the shipped DEIS plugin used 0.2)")
+    t.add_argument("--starts", default=None,
+                   help="grid, amed --from-grid, weights: comma-separated grid names also fitted from (the lowest "
+                        "training loss is kept; the endpoint loss has local minima in the grid). Default: none for "
+                        "grid and amed, karras,logsnr_uniform,time_quadratic for weights")
     t.add_argument("--teacher", choices=("reference", "fine"), default=None,
                    help="reference (adaptive float64, bench/reference.py) or fine (a fine-grid solve; default "
                         "for image models)")
@@ -96,6 +100,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="skip: 'module:attr', a callable metric(samples) -> float to minimise (default: the built-in "
                         "classifier's FD for MNIST-shaped models)")
     return t
+
+
+def _starts(text: str | None, default: tuple) -> tuple:
+    if text is None:
+        return default
+    from ..grids import GRIDS
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in names if v not in GRIDS]
+    if bad:
+        raise InvalidArgument(f"--starts {text!r}: unknown grid {bad[0]!r}; allowed values: {', '.join(sorted(GRIDS))}")
+    return names
 
 
 def _nfes(text: str) -> list[int]:
@@ -135,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                                       "None) has not; train without --from-grid")
             g = learn_grid(model, base=base, nfe=nfe, afs=True, n=args.n or 64, batch_size=args.batch_size or 32,
                            epochs=args.grid_epochs, lr=args.grid_lr or 0.05, seed=args.seed, teacher=teacher,
-                           dtype=dtype, log=log, **teach)
+                           dtype=dtype, log=log, starts=_starts(args.starts, ()), **teach)
             init = to_amed_table(g, model)
         corr = train_amed(model, base=base, nfe=nfe, afs=not (args.no_afs or plain), loss=args.loss,
                           features=args.features, init=init,
@@ -144,12 +159,13 @@ def run(args: argparse.Namespace) -> int:
                           log=log, **teach)
         out = args.out or f"amed-{base}.safetensors"
     elif args.what == "weights":
-        from .coefficients import learn_coefficients
+        from .coefficients import GRID_STARTS, learn_coefficients
         base = args.solver or "deis"
         corr = learn_coefficients(model, base=base, nfe=nfe, afs=not args.no_afs, n=args.n or 128,
                                   batch_size=args.batch_size or 16, epochs=args.epochs or 30,
                                   lr=args.lr or 0.02, weight_lr=args.weight_lr, seed=args.seed, teacher=teacher,
-                                  dtype=dtype, log=log, grid_options={"lr": args.grid_lr or 0.2}, **teach)
+                                  dtype=dtype, log=log, grid_options={"lr": args.grid_lr or 0.2},
+                                  grid_starts=_starts(args.starts, GRID_STARTS), **teach)
         out = args.out or f"weights-{base}.safetensors"
     elif args.what == "gits":
         base = args.solver or "ipndm"
@@ -160,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         base = args.solver or "ipndm"
         corr = learn_grid(model, base=base, nfe=nfe, n=args.n or 96, batch_size=args.batch_size or 32,
                           epochs=args.epochs or 20, lr=args.lr or 0.05, seed=args.seed, teacher=teacher, dtype=dtype,
-                          log=log, **teach)
+                          log=log, starts=_starts(args.starts, ()), **teach)
         out = args.out or f"learned-{base}.safetensors"
     corr.meta["model"] = entry.name
     path = corr.save(out)

@@ -166,3 +166,14 @@ def test_peer_report_table_layout():
     text = table({"rows": {"5": row}, "train_seconds": {k: 60.0 for k in names}})
     assert "| 5 | DDIM | 0.1000 | deis / karras | 0.1200 | 0.0500 | 0.0500 | 0.0500 | 0.50x |" in text
     assert "| training (s, wall) | | | | | 60 | 60 | 60 | |" in text
+
+
+def test_tune_starts_option_is_checked(tmp_path, capsys):
+    from diffsolve.cli import main
+    assert main(["tune", "grid", "--model", "gmm", "--nfe", "3", "--n", "8", "--epochs", "1", "--starts",
+                 "karras,nope", "--out", str(tmp_path / "g.safetensors")]) == 2
+    assert "--starts 'karras,nope': unknown grid 'nope'; allowed values:" in capsys.readouterr().err
+    out = tmp_path / "g.safetensors"
+    assert main(["tune", "grid", "--model", "gmm", "--nfe", "3", "--n", "8", "--epochs", "1", "--starts",
+                 "karras,logsnr_uniform", "--out", str(out)]) == 0
+    assert load_correction(out).meta["starts"] == ["karras", "logsnr_uniform"]
