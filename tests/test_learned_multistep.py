@@ -177,3 +177,13 @@ def test_tune_starts_option_is_checked(tmp_path, capsys):
     assert main(["tune", "grid", "--model", "gmm", "--nfe", "3", "--n", "8", "--epochs", "1", "--starts",
                  "karras,logsnr_uniform", "--out", str(out)]) == 0
     assert load_correction(out).meta["starts"] == ["karras", "logsnr_uniform"]
+
+
+def test_shipped_weights_run_on_the_builtin_unet():
+    """The built-in UNet's learned DEIS weights load by themselves, at each NFE they were learned for."""
+    from diffsolve.models import load_mnist_unet
+    model = load_mnist_unet()
+    s = Sampler(model, "learned_multistep", progress=False)
+    for nfe in (3, 5, 7, 9):
+        out = s.run(nfe=nfe, batch_size=1, seed=0)
+        assert out.nfe == nfe and out.t[-1] == 0.0 and torch.isfinite(out.samples).all()
