@@ -46,6 +46,14 @@ def _grid_key(steps: int) -> str:
     return str(int(steps))
 
 
+def _grid_tensors(grids: dict, afs_mean: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The tensors of a file holding grids (one per step count) and, for AFS, the mean data prediction."""
+    out = {f"grid.{k}": torch.tensor(v, dtype=torch.float64) for k, v in sorted(grids.items())}
+    if afs_mean is not None:
+        out["afs_mean"] = afs_mean.detach().cpu().float().contiguous()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # AMED
 # ------------------------------------------------------------------------------------------------
@@ -199,10 +207,7 @@ class GridCorrection:
                 "grids": {_grid_key(k): list(v) for k, v in sorted(self.grids.items())}, "meta": self.meta}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"grid.{k}": torch.tensor(v, dtype=torch.float64) for k, v in sorted(self.grids.items())}
-        if self.afs_mean is not None:
-            out["afs_mean"] = self.afs_mean.detach().cpu().float().contiguous()
-        return out
+        return _grid_tensors(self.grids, self.afs_mean)
 
     def save(self, path: str | Path) -> Path:
         return _save(path, self.tensors(), self.sidecar())
@@ -271,10 +276,7 @@ class CoefficientCorrection:
                 "meta": self.meta}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"grid.{k}": torch.tensor(v, dtype=torch.float64) for k, v in sorted(self.grids.items())}
-        if self.afs_mean is not None:
-            out["afs_mean"] = self.afs_mean.detach().cpu().float().contiguous()
-        return out
+        return _grid_tensors(self.grids, self.afs_mean)
 
     def save(self, path: str | Path) -> Path:
         return _save(path, self.tensors(), self.sidecar())
