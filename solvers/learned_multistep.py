@@ -75,8 +75,10 @@ class LearnedMultistep(Solver):
             raise InvalidArgument(f"max_order={max_order!r}: must be a positive integer")
         self.base = base
         self._max_order = max_order
-        # the base rule's order with zero offsets (DEIS: log-s Lagrange of max_order nodes; iPNDM: Adams-Bashforth)
-        self.order = int(max_order if max_order is not None else DEFAULT_MAX_ORDER[base])
+        # the base rule's order with zero offsets: DEIS and iPNDM_v interpolate max_order nodes (in log s and s);
+        # iPNDM's fixed Adams-Bashforth weights are second order on grids that are not uniform in s
+        k = int(max_order if max_order is not None else DEFAULT_MAX_ORDER[base])
+        self.order = min(k, 2) if base == "ipndm" else k
         self._given = coefficients
         self._resolved: dict = {}
 

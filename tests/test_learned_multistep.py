@@ -187,3 +187,21 @@ def test_shipped_weights_run_on_the_builtin_unet():
     for nfe in (3, 5, 7, 9):
         out = s.run(nfe=nfe, batch_size=1, seed=0)
         assert out.nfe == nfe and out.t[-1] == 0.0 and torch.isfinite(out.samples).all()
+
+
+@pytest.mark.parametrize("base", ["ipndm", "ipndm_v"])
+def test_untrained_orders_of_the_other_bases(base):
+    """Zero offsets on the other bases converge at the order the solver declares (as tests/test_convergence)."""
+    import warnings
+
+    from test_convergence import SETTINGS, TOL, errors_of, slope
+
+    from diffsolve import VPContinuous, get_solver
+    from diffsolve.bench.problems import GaussianProblem
+    problem = GaussianProblem.default(schedule=VPContinuous(t_min=1e-2))
+    grid, steps = SETTINGS.get(base, ("time_uniform", (16, 32, 64, 128)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)          # nothing ships for this problem: zero offsets
+        errs = errors_of("learned_multistep", problem, grid, {"base": base}, steps)
+    order = get_solver("learned_multistep", base=base).order
+    assert abs(slope(errs, steps) - order) <= TOL, (base, order, errs)
