@@ -153,7 +153,8 @@ def nfe_table(title: str, rows: dict[str, dict[int, tuple[float, int] | None]], 
     return "\n".join(lines)
 
 
-def _our_rows(model, noise, ref, nfes, solvers, grid=None, grid_options=None) -> dict:
+def solver_rows(model, noise, ref, nfes, solvers, grid=None, grid_options=None) -> dict:
+    """name -> {nfe: (RMSE to ref, NFE used) or None} for our solvers (default FAST_SOLVERS) on one grid."""
     rows: dict[str, dict] = {}
     for name in solvers or FAST_SOLVERS:
         rows[name] = {}
@@ -176,7 +177,7 @@ def mixture_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Se
         chk = Sampler(prob, "rk4", progress=False).run(steps=ref_steps // 2, noise=noise).samples
     lines = [f"GaussianMixtureProblem.default() (EDM, default karras grid, float64), batch {batch}; reference "
              f"dpmpp_3m {ref_steps} steps; RMSE(ref, rk4 {ref_steps // 2} steps) = {rmse(ref, chk):.2e}",
-             nfe_table("diffsolve (mixture)", _our_rows(prob, noise, ref, nfes, solvers), nfes)]
+             nfe_table("diffsolve (mixture)", solver_rows(prob, noise, ref, nfes, solvers), nfes)]
     return "\n\n".join(lines)
 
 
@@ -225,6 +226,24 @@ def run_diffusers(scheduler, unet, noise: torch.Tensor, steps: int) -> tuple[tor
     return x, calls
 
 
+def diffusers_rows(model, noise: torch.Tensor, ref: torch.Tensor, nfes: Sequence[int],
+                   schedulers: dict | None = None) -> dict:
+    """name -> {nfe: (RMSE to ref, model calls) or None} for diffusers' schedulers on the shared MNIST DDPM."""
+    scheds = schedulers if schedulers is not None else diffusers_schedulers(model.beta_t.detach().clone())
+    unet = MnistAsUNet(model)
+    rows: dict[str, dict] = {}
+    for name, (sch, per_step) in scheds.items():
+        rows[name] = {}
+        for n in nfes:
+            steps = (n + 1) // 2 if per_step == 2 else n
+            try:
+                x, calls = run_diffusers(sch, unet, noise, steps)
+                rows[name][n] = (rmse(x, ref), calls) if calls <= n else None
+            except Exception:  # noqa: BLE001 - a scheduler that cannot run at this budget shows '-'
+                rows[name][n] = None
+    return rows
+
+
 def mnist_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequence[str] | None = None) -> str:
     """The shared MNIST DDPM driven by diffusers through `MnistAsUNet` and trained_betas = the model's beta_t, so
     both libraries use the same alphas_cumprod (up to float32 cumprod round-off, printed). All runs and the
@@ -246,26 +265,15 @@ def mnist_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequ
              f"({time.time() - t0:.0f}s); RMSE(ref, same with {ref_steps // 2} steps) = {rmse(ref, ref_half):.2e}; "
              f"RMSE(ref, 0) = {rmse(ref, torch.zeros_like(ref)):.3f}",
              nfe_table(f"diffsolve, {FAST_GRID} grid (MNIST)",
-                       _our_rows(model, noise, ref, nfes, solvers, FAST_GRID), nfes),
+                       solver_rows(model, noise, ref, nfes, solvers, FAST_GRID), nfes),
              # the same solvers on diffusers' own timesteps (DPMSolverMultistep's 'linspace', ending at zero noise)
              nfe_table("diffsolve, diffusers' timesteps (MNIST)",
-                       _our_rows(model, noise, ref, nfes, solvers, diffusers_grid, {"style": "dpmsolver"}), nfes)]
+                       solver_rows(model, noise, ref, nfes, solvers, diffusers_grid, {"style": "dpmsolver"}), nfes)]
     scheds = diffusers_schedulers(model.beta_t.detach().clone())
     ac_diff = next(iter(scheds.values()))[0].alphas_cumprod.double()
     lines.append(f"alphas_cumprod: diffusers (cumprod of trained_betas) vs the model's alpha_t buffer: max abs diff "
                  f"{float((ac_diff - model.alpha_t.double()).abs().max()):.2e}")
-    unet = MnistAsUNet(model)
-    drows: dict[str, dict] = {}
-    for name, (sch, per_step) in scheds.items():
-        drows[name] = {}
-        for n in nfes:
-            steps = (n + 1) // 2 if per_step == 2 else n
-            try:
-                x, calls = run_diffusers(sch, unet, noise, steps)
-                drows[name][n] = (rmse(x, ref), calls) if calls <= n else None
-            except Exception:  # noqa: BLE001 - a scheduler that cannot run at this budget shows '-'
-                drows[name][n] = None
-    lines.append(nfe_table("diffusers (MNIST)", drows, nfes))
+    lines.append(nfe_table("diffusers (MNIST)", diffusers_rows(model, noise, ref, nfes, scheds), nfes))
     return "\n\n".join(lines)
 
 

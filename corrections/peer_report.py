@@ -79,7 +79,7 @@ def train_corrections(model: Any, nfes: Sequence[int], out: Path, log: Callable[
 
 def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, out: Path | None = None,
              log: Callable[[str], None] | None = print) -> dict:
-    from ..bench.presets import FAST_SOLVERS, MNIST_DDPM, MnistAsUNet, diffusers_schedulers, rmse, run_diffusers
+    from ..bench.presets import MNIST_DDPM, diffusers_rows, rmse, solver_rows
     from ..errors import InvalidArgument
     from ..noise import draw_noise
     from ..pretrained_adapters import load_mnist_ddpm
@@ -97,28 +97,17 @@ def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, out: Path | None =
     if log:
         log(f"reference: {n} held-out samples, 1000 steps, in {time.perf_counter() - start:.0f}s")
     rows: dict = {str(k): {"diffusers": {}, "ours": {}, "learned": {}} for k in nfes}
-    unet = MnistAsUNet(model)
-    for name, (sch, per_step) in diffusers_schedulers(model.beta_t.detach().clone()).items():
-        for k in nfes:
-            steps = (k + 1) // 2 if per_step == 2 else k
-            try:
-                x, calls = run_diffusers(sch, unet, noise, steps)
-            except Exception:  # noqa: BLE001 - a scheduler that cannot run at this budget is left out
-                continue
-            if calls <= k:
-                rows[str(k)]["diffusers"][name] = rmse(x, ref)
-    grids = (("karras", "karras", {}), ("logsnr_uniform", "logsnr_uniform", {}),
-             ("diffusers", diffusers_grid, {"style": "dpmsolver"}))
-    for name in FAST_SOLVERS:
-        for label, g, opts in grids:
-            s = Sampler(model, name, g, grid_options=opts, progress=False)
+
+    def collect(part: str, table: dict, suffix: str = "") -> None:
+        for name, cells in table.items():
             for k in nfes:
-                try:
-                    res = s.run(nfe=k, noise=noise)
-                except Exception:  # noqa: BLE001 - a solver that cannot run at this budget is left out
-                    continue
-                if res.nfe <= k:
-                    rows[str(k)]["ours"][f"{name} / {label}"] = rmse(res.samples, ref)
+                cell = cells.get(k)
+                if cell is not None and cell[1] <= k:
+                    rows[str(k)][part][name + suffix] = cell[0]
+    collect("diffusers", diffusers_rows(model, noise, ref, nfes))
+    for label, g, opts in (("karras", "karras", None), ("logsnr_uniform", "logsnr_uniform", None),
+                           ("diffusers", diffusers_grid, {"style": "dpmsolver"})):
+        collect("ours", solver_rows(model, noise, ref, nfes, None, g, opts), f" / {label}")
     corr = train_corrections(model, nfes, out or Path.home() / ".cache" / "diffsolve" / "ddpm-corrections", log)
     learned = {"DEIS + learned grid": ("deis", {"grid": corr["grid"].grid_function()}),
                "AMED-Plugin(DEIS)": ("amed_plugin", {"base": "deis", "predictor": corr["amed"]}),
