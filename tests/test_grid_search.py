@@ -206,3 +206,14 @@ def test_report_table_layout():
     text = table({"rows": {"5": row}, "train_seconds": {lab: 60.0 for lab, *_ in LEARNED}})
     assert "| 5 | ipndm / karras | 0.2000 |" in text and "0.50x" in text
     assert "| training (s, wall) | | | 60 |" in text and all(lab in text for lab, *_ in LEARNED)
+
+
+def test_fd_lines_report_the_floor_and_both_ratios():
+    from diffsolve.corrections.report import fd_lines
+    f = {"n": 1000, "exact": {"fd": 143.0}, "learned": {"name": "L", "fd": 150.0, "fd_to_exact": 2.0},
+         "best_un-learned_fd": {"name": "a / b", "fd": 200.0}, "best_un-learned_fd_to_exact": {"name": "c / d",
+                                                                                                "fd_to_exact": 20.0},
+         "ratio_fd": 0.75, "ratio_fd_to_exact": 0.1}
+    text = fd_lines(5, f)
+    assert "exact ODE samples 143.0 (the floor)" in text and "(a / b) 200.0; ratio 0.75x" in text
+    assert "best learned 2.0; best un-learned (c / d) 20.0; ratio 0.10x" in text
