@@ -30,16 +30,15 @@ COEFFICIENT_BASES = ("deis", "ipndm", "ipndm_v")
 def corrected_substep(rule: str, y0: torch.Tensor, hist: Sequence[tuple], s0: Any, s1: Any, max_order: int,
                       weights: Any = None) -> torch.Tensor:
     """`base_substep` plus (s1 - s0) sum_j weights[j] d_j over hist = ((s, d, D), ...) newest first; weights
-    (floats or tensors with gradient) may be shorter than the history, or None (the base rule alone)."""
+    (floats, or scalar tensors with gradient) may be shorter than the history, or None (the base rule alone)."""
     y1 = base_substep(rule, y0, hist, s0, s1, max_order)
     if weights is None:
         return y1
     inc = None
     for w, h in zip(weights, hist):
-        if isinstance(w, float) and w == 0.0:
+        if isinstance(w, float) and w == 0.0:      # exact zeros leave the base rule bit for bit
             continue
-        term = _bc(w, y0) * h[1] if isinstance(w, torch.Tensor) and w.dim() > 0 else w * h[1]
-        inc = term if inc is None else inc + term
+        inc = w * h[1] if inc is None else inc + w * h[1]
     if inc is None:
         return y1
     return y1 + _bc(s1 - s0, y0) * inc
