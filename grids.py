@@ -45,9 +45,12 @@ def _need(schedule: NoiseSchedule | None, grid: str) -> NoiseSchedule:
     return schedule
 
 
-def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> torch.Tensor:
-    """n EDM noise levels from sigma_max down to sigma_min, uniform in s^(1/rho) (Karras et al. 2022, eq. 5)."""
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, *,
+                  ramp: torch.Tensor | None = None) -> torch.Tensor:
+    """n EDM noise levels from sigma_max down to sigma_min, uniform in s^(1/rho) (Karras et al. 2022, eq. 5);
+    `ramp` (positions in [0, 1], 0 at sigma_max) places them elsewhere on the same curve."""
+    if ramp is None:
+        ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 

@@ -7,7 +7,8 @@ EDMSchedule), ready for `Sampler(load_mnist_unet()).run(steps=...)`. Retrain wit
 `load_mnist_unet_deep()`: a deeper UNet of the same recipe (four levels of two blocks, eight skip connections),
 the test bed of Skip-Tuning (`diffsolve.skip_tuned`); retrain with `python -m diffsolve.models.train --what unet_deep`.
 
-`load_mnist_consistency()`: a consistency model distilled from it (Song et al. 2023), sampled in 1-4 steps by
+`load_mnist_consistency()`: a consistency model distilled from it (Song et al. 2023) and fine-tuned on its ODE
+trajectories with a GAN term (as CTM, Kim et al. 2023), sampled in 1-4 steps by
 `Sampler(load_mnist_consistency()).run(steps=1)`; retrain with `python -m diffsolve.models.train --what consistency`.
 
 `load_moons_flow(reflow=1|2)`, `load_moons_shortcut()`: small 2-D velocity fields on the two moons (t = 0 at

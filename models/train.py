@@ -1,10 +1,12 @@
-"""Train the built-in MNIST models on CPU: `python -m diffsolve.models.train --what unet|classifier|stats`.
+"""Train the built-in MNIST models on CPU: `python -m diffsolve.models.train --what unet|classifier|stats|consistency`.
 
 unet: EDM training (Karras et al. 2022): sigma ~ logN(P_mean, P_std), loss weight (sigma^2 + sd^2) / (sigma sd)^2,
-Adam with a linear warm-up and an EMA of the weights (the EMA is what ships), in the four UNET_STAGES. classifier: cross-entropy with random
-shifts of up to 2 pixels. stats: mean and covariance of the classifier's features on the real train and held-out
+Adam with a linear warm-up and an EMA of the weights (the EMA is what ships), in the four UNET_STAGES.
+classifier: cross-entropy with random shifts of up to 2 pixels. stats: mean and covariance of the classifier's features on the real train and held-out
 images (the FD reference). consistency: consistency distillation of the shipped UNet (Song et al. 2023, Alg. 2), the
-teacher's ODE step taken by diffsolve's own Heun solver. Everything is seeded; runs are repeatable on the same machine and thread count.
+teacher's ODE step taken by diffsolve's own Heun solver, then an adversarial stage: regression onto the endpoints of
+the teacher's dpmpp_3m trajectories plus a hinge GAN term against the real training digits (CTM, Kim et al. 2023).
+Everything is seeded; runs are repeatable on the same machine and thread count.
 """
 from __future__ import annotations
 
@@ -90,6 +92,30 @@ class ConsistencyConfig:
     target_ema: float = 0.95    # mu of Alg. 2 (theta^-); mu = 0 (iCT's choice for training) diverged in a trial
     ema_decay: float = 0.995    # the EMA that ships: a short horizon, the student still improves fast
     seed: int = 10              # training noise; evaluation seeds (0, 1) and tests' seeds differ from it
+    log_every: int = 100
+
+
+# The shipped model's last stage (after CONSISTENCY_STAGES): regression onto the endpoints of teacher ODE trajectories
+# plus a hinge GAN term against the real training digits (CTM, Kim et al. 2023, adds the same term to distillation).
+@dataclass
+class AdversarialConfig:
+    trajectories: int = 2048    # teacher ODE solutions, each on its own jittered karras grid of `levels` steps
+    levels: int = 24
+    solver: str = "dpmpp_3m"    # the teacher's solver, a diffsolve solver (NFE 24 per trajectory)
+    chunk: int = 256            # trajectories per teacher batch (one jittered grid each)
+    iters: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-4
+    d_lr: float = 2e-4          # 1e-3 changed little in a 1,000-iteration trial
+    # Trials from the CD weights (FD at 1/2/4 steps, 500 samples; RMSE of the 1-step sample to the teacher's exact
+    # one, 0.217 before): weight 5 for 2,000 iterations 212/162/165; 20 for 3,000 147/97/103, RMSE 0.266, the
+    # regression loss 4.3 -> 5.6; 40 for 3,000 124/94/100 but RMSE 0.302, regression 7.6 (drifting off the teacher).
+    adv_weight: float = 20.0
+    p_sigma_max: float = 0.5    # share of the batch at sigma_max, the one-step input
+    huber_c: float = 0.0        # 0: 0.00054 sqrt(d) as iCT
+    ema_decay: float = 0.998
+    d_width: int = 32
+    seed: int = 12              # training noise and teacher trajectories; differs from 10, 11 and evaluation seeds
     log_every: int = 100
 
 
@@ -241,6 +267,116 @@ def train_consistency(cfg: ConsistencyConfig | None = None, *, teacher: UNet | N
     return TrainResult(ema.eval(), losses, time.time() - t0, {"student": student.eval(), "target": target.eval()})
 
 
+def teacher_trajectories(teacher: torch.nn.Module, n: int, levels: int, solver: str, seed: int,
+                         chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states (levels + 1, n, *shape), sigmas (levels + 1, n)): n probability-flow ODE solutions by a diffsolve
+    solver.
+
+    Each chunk of trajectories has its own karras grid (rho 7) shifted by a random fraction of a step, so the student
+    sees every noise level; the first level is sigma_max and the last state the ODE's endpoint (sigma 0).
+    """
+    from ..errors import check_int
+    from ..grids import karras_sigmas
+    from ..noise import draw_noise
+    from ..sampler import Sampler
+
+    check_int("levels", levels, 2)
+    check_int("n", n, 1)
+    g = torch.Generator().manual_seed(seed)
+    base = Sampler(teacher, progress=False)
+    shape = base.field.sample_shape
+    sch = base.field.schedule
+    states, sigmas = [], []
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        ramp = (torch.arange(levels, dtype=torch.float64) + torch.rand((), generator=g, dtype=torch.float64) - 0.5)
+        ramp = (ramp / (levels - 1)).clamp(0.0, 1.0)
+        ramp[0], ramp[-1] = 0.0, 1.0
+        sig = torch.cat([karras_sigmas(SIGMA_MIN, SIGMA_MAX, levels, ramp=ramp), torch.zeros(1, dtype=torch.float64)])
+        t = torch.cat([sch.t_from_edm_sigma(sig[:-1]), torch.zeros(1, dtype=torch.float64)])
+        sampler = Sampler(teacher, solver, grid=t, progress=False, check_finite=False)
+        noise = draw_noise((m, *shape), seed=[seed * 1_000_003 + start + i for i in range(m)])
+        with torch.no_grad():
+            res = sampler.solve(sampler.plan(), noise, return_trajectory=True)
+        states.append(res.trajectory.float())
+        sigmas.append(sig.float()[:, None].expand(-1, m))
+    return torch.cat(states, 1), torch.cat(sigmas, 1)
+
+
+def train_consistency_adversarial(cfg: AdversarialConfig | None = None, *, init: dict, teacher: UNet | None = None,
+                                  data: torch.Tensor | None = None, log: Callable[[str], None] = print,
+                                  trajectories: tuple[torch.Tensor, torch.Tensor] | None = None,
+                                  checkpoint: Callable[[torch.nn.Module, int], None] | None = None,
+                                  checkpoint_every: int = 0) -> TrainResult:
+    """Fine-tune the consistency model `init` (a state dict): f(x_sigma, sigma) regressed onto the endpoint of the
+    teacher trajectory through x_sigma (the consistency function's definition, Song et al. 2023) plus adv_weight
+    times a hinge GAN loss against the real training digits (CTM, Kim et al. 2023); returns the EMA student.
+
+    The teacher's trajectories (`teacher_trajectories`, timed with the training) are made here unless given.
+    """
+    from .builtin import load_mnist_unet
+    from .discriminator import Discriminator
+
+    cfg = cfg or AdversarialConfig()
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    x_real = load_mnist("train")[0] if data is None else data
+    teacher = (teacher or load_mnist_unet()).float().eval().requires_grad_(False)
+    if trajectories is None:
+        trajectories = teacher_trajectories(teacher, cfg.trajectories, cfg.levels, cfg.solver, cfg.seed, cfg.chunk)
+        log(f"adversarial: {cfg.trajectories} teacher trajectories by {cfg.solver} in {time.time() - t0:.0f} s")
+    states, sigmas = trajectories
+    n_levels, n_traj = sigmas.shape[0] - 1, sigmas.shape[1]
+    student = ConsistencyUNet(teacher.channels, teacher.time_mlp[0].out_features, teacher.in_channels)
+    student.load_state_dict(init, strict=True)
+    student.train()
+    ema = copy.deepcopy(student).requires_grad_(False)
+    disc = Discriminator(teacher.in_channels, cfg.d_width)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+    c = cfg.huber_c or 0.00054 * math.sqrt(states[0, 0].numel())
+    losses: list[float] = []
+    parts: dict[str, list[float]] = {"regression": [], "generator": [], "discriminator": []}
+    log(f"adversarial: {sum(p.numel() for p in student.parameters())} + {sum(p.numel() for p in disc.parameters())} "
+        f"parameters, {n_traj} trajectories of {n_levels} levels, {cfg}")
+    for it in range(cfg.iters):
+        idx = torch.randint(0, n_traj, (cfg.batch_size,), generator=g)
+        at_max = torch.rand(cfg.batch_size, generator=g) < cfg.p_sigma_max
+        lvl = torch.where(at_max, 0, torch.randint(1, n_levels, (cfg.batch_size,), generator=g))
+        x, s, x0 = states[lvl, idx], sigmas[lvl, idx], states[n_levels, idx]
+        real = x_real[torch.randint(0, x_real.shape[0], (cfg.batch_size,), generator=g)]
+        pred = student(x, s)
+        reg = consistency_loss(pred, x0, "huber", c)
+        disc.requires_grad_(False)
+        gen = -disc(pred).mean()
+        disc.requires_grad_(True)
+        loss = reg + cfg.adv_weight * gen
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        d_loss = torch.relu(1.0 - disc(real)).mean() + torch.relu(1.0 + disc(pred.detach())).mean()
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + it) / (10 + it))
+            for pe, ps in zip(ema.parameters(), student.parameters()):
+                pe.lerp_(ps, 1.0 - decay)
+        losses.append(float(loss.detach()))
+        for key, v in (("regression", reg), ("generator", gen), ("discriminator", d_loss)):
+            parts[key].append(float(v.detach()))
+        if cfg.log_every and ((it + 1) % cfg.log_every == 0 or it == 0):
+            w = cfg.log_every
+            mean = {k: sum(v[-w:]) / len(v[-w:]) for k, v in parts.items()}
+            log(f"iter {it + 1:6d}  regression {mean['regression']:.4f}  generator {mean['generator']:+.4f}  "
+                f"discriminator {mean['discriminator']:.4f}  ({time.time() - t0:.0f} s)")
+        if checkpoint is not None and checkpoint_every and (it + 1) % checkpoint_every == 0:
+            checkpoint(ema, it + 1)
+    return TrainResult(ema.eval(), losses, time.time() - t0,
+                       {"student": student.eval(), "discriminator": disc.eval(), **parts})
+
+
 def train_classifier(cfg: ClassifierConfig | None = None, *, log: Callable[[str], None] = print) -> TrainResult:
     """Train the feature classifier on the training split (Adam, cross-entropy, random shifts)."""
     cfg = cfg or ClassifierConfig()
@@ -290,6 +426,88 @@ def save_model(model: torch.nn.Module, path: Path, meta: dict, dtype: torch.dtyp
     os.replace(tmp, path)
 
 
+def _overrides(cfg, pairs: list[str] | None, option: str, ap: argparse.ArgumentParser):
+    for kv in pairs or []:
+        key, _, value = kv.partition("=")
+        if key not in type(cfg).__dataclass_fields__:
+            ap.error(f"{option} {kv!r}: not a {type(cfg).__name__} field")
+        setattr(cfg, key, type(getattr(cfg, key))(value))
+    return cfg
+
+
+def _train_consistency_cli(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
+    """The consistency model's recipe: the CD stages, then the adversarial stage; train_seconds adds up all stages."""
+    import hashlib
+    from .builtin import WEIGHTS as _W, _load, load_mnist_unet
+    kinds = [k.strip() for k in args.stages.split(",") if k.strip()]
+    if not kinds or any(k not in ("cd", "adversarial") for k in kinds) or kinds not in (["cd"], ["adversarial"],
+                                                                                        ["cd", "adversarial"]):
+        ap.error(f"--stages {args.stages!r}: 'cd', 'adversarial' or 'cd,adversarial'")
+    if kinds == ["adversarial"] and args.resume is None:
+        ap.error("--stages adversarial fine-tunes a consistency model: give it with --resume")
+    path = args.out / CONSISTENCY_FILE
+    teacher_path = args.init if args.init is not None else _W / UNET_FILE
+    teacher = load_mnist_unet(teacher_path)
+    base = {"channels": list(teacher.channels), "emb_dim": teacher.time_mlp[0].out_features,
+            "teacher_sha1": hashlib.sha1(Path(teacher_path).read_bytes()).hexdigest()[:10],
+            "threads": args.threads}
+    state, meta = None, {}
+    if args.resume is not None:
+        state, meta = _load(args.resume)
+    log = lambda s: print(s, flush=True)                                  # noqa: E731
+    plan: list[tuple] = []
+    if "cd" in kinds:
+        if args.resume is not None or args.iters is not None or args.lr is not None:
+            plan.append(("cd", args.lr if args.lr is not None else ConsistencyConfig.lr,
+                         args.seed or ConsistencyConfig.seed,
+                         args.iters if args.iters is not None else ConsistencyConfig.iters))
+        else:
+            plan += [("cd", *stage) for stage in CONSISTENCY_STAGES]
+    if "adversarial" in kinds:
+        plan.append(("adversarial",))
+    for k, stage in enumerate(plan):
+        prior = {"continued_from": meta} if meta else {}
+        before = float(meta.get("train_seconds", 0.0)) if meta else 0.0     # earlier stages' wall time
+        started = time.time()
+
+        def ckpt(m: torch.nn.Module, it: int, cfg, prior=prior, before=before, started=started) -> None:
+            # lr and EMA do not depend on cfg.iters: the checkpoint after `it` iterations is the run with iters=it
+            save_model(m, path, {**asdict(cfg), **base, "trained_iters": it, **prior,
+                                 "train_seconds": round(before + time.time() - started, 1)})
+            print(f"saved EMA weights after {it} iterations to {path}", flush=True)
+
+        if stage[0] == "cd":
+            _, lr, seed, iters = stage
+            cfg = _overrides(ConsistencyConfig(lr=lr, seed=seed, iters=iters), args.set, "--set", ap)
+            print(f"stage {k + 1}/{len(plan)}: consistency distillation, lr {lr:g}, seed {seed}, {iters} iterations",
+                  flush=True)
+            res = train_consistency(cfg, teacher=teacher, log=log, checkpoint=lambda m, it, c=cfg: ckpt(m, it, c),
+                                    checkpoint_every=args.checkpoint_every, init=state)
+            meta_extra = {"stage": "cd"}
+        else:
+            if state is None:
+                ap.error("the adversarial stage needs a consistency model: run it after 'cd' or give --resume")
+            cfg = AdversarialConfig()
+            if kinds == ["adversarial"]:
+                cfg.iters = args.iters if args.iters is not None else cfg.iters
+                cfg.lr = args.lr if args.lr is not None else cfg.lr
+            cfg = _overrides(cfg, args.set_adversarial, "--set-adversarial", ap)
+            print(f"stage {k + 1}/{len(plan)}: adversarial, weight {cfg.adv_weight:g}, {cfg.iters} iterations",
+                  flush=True)
+            res = train_consistency_adversarial(cfg, init=state, teacher=teacher, log=log,
+                                                checkpoint=lambda m, it, c=cfg: ckpt(m, it, c),
+                                                checkpoint_every=args.checkpoint_every)
+            meta_extra = {"stage": "adversarial"}
+        meta = {**asdict(cfg), **base, **meta_extra, "trained_iters": cfg.iters, **prior,
+                "train_seconds": round(before + time.time() - started, 1)}
+        save_model(res.model, path, meta)
+        state = {k2: v.clone() for k2, v in res.model.state_dict().items()}
+        if args.save_student is not None:
+            save_model(res.extra["student"], args.save_student, {**meta, "weights": "student"})
+        print(f"stage {k + 1} done in {res.seconds:.0f} s (total {meta['train_seconds']:.0f} s); saved {path}",
+              flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m diffsolve.models.train", description=__doc__.splitlines()[0])
     ap.add_argument("--what", choices=("unet", "unet_deep", "classifier", "stats", "consistency"), required=True)
@@ -307,6 +525,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="consistency: override a ConsistencyConfig field (repeatable)")
     ap.add_argument("--resume", type=Path, default=None,
                     help="consistency: continue from these consistency-model weights (one stage, with --lr)")
+    ap.add_argument("--stages", default="cd,adversarial",
+                    help="consistency: 'cd' (CONSISTENCY_STAGES, or one stage with --resume/--iters/--lr), "
+                         "'adversarial' (AdversarialConfig; alone it needs --resume) or both, comma-separated")
+    ap.add_argument("--set-adversarial", action="append", metavar="FIELD=VALUE",
+                    help="consistency: override an AdversarialConfig field (repeatable)")
     ap.add_argument("--save-student", type=Path, default=None,
                     help="consistency: also save the raw (non-EMA) student weights here")
     args = ap.parse_args(argv)
@@ -346,51 +569,7 @@ def main(argv: list[str] | None = None) -> None:
             state = {k2: v.clone() for k2, v in res.model.state_dict().items()}
             print(f"stage {k + 1} done in {res.seconds:.0f} s; saved {path}", flush=True)
     elif args.what == "consistency":
-        path = args.out / CONSISTENCY_FILE
-        from .builtin import WEIGHTS as _W, load_mnist_unet
-        import hashlib
-        teacher_path = args.init if args.init is not None else _W / UNET_FILE
-        teacher = load_mnist_unet(teacher_path)
-        base = {"channels": list(teacher.channels), "emb_dim": teacher.time_mlp[0].out_features,
-                "teacher_sha1": hashlib.sha1(Path(teacher_path).read_bytes()).hexdigest()[:10],
-                "threads": args.threads}
-        state, meta = None, {}
-        if args.resume is not None or args.iters is not None or args.lr is not None:
-            stages = [(args.lr if args.lr is not None else ConsistencyConfig.lr, args.seed or ConsistencyConfig.seed,
-                       args.iters if args.iters is not None else ConsistencyConfig.iters)]
-        else:
-            stages = list(CONSISTENCY_STAGES)
-        if args.resume is not None:
-            from .builtin import _load
-            state, meta = _load(args.resume)
-        for k, (lr, seed, iters) in enumerate(stages):
-            cfg = ConsistencyConfig(lr=lr, seed=seed, iters=iters)
-            for kv in args.set or []:
-                key, _, value = kv.partition("=")
-                if key not in ConsistencyConfig.__dataclass_fields__:
-                    ap.error(f"--set {kv!r}: not a ConsistencyConfig field")
-                setattr(cfg, key, type(getattr(cfg, key))(value))
-            prior = {"continued_from": meta} if meta else {}
-            before = float(meta.get("train_seconds", 0.0)) if meta else 0.0     # earlier stages' wall time
-            print(f"stage {k + 1}/{len(stages)}: lr {lr:g}, seed {seed}, {iters} iterations", flush=True)
-            started = time.time()
-
-            def ckpt(m: torch.nn.Module, it: int, cfg=cfg, prior=prior, before=before, started=started) -> None:
-                # lr and EMA do not depend on cfg.iters: the checkpoint after `it` iterations is the run with iters=it
-                save_model(m, path, {**asdict(cfg), **base, "trained_iters": it, **prior,
-                                     "train_seconds": round(before + time.time() - started, 1)})
-                print(f"saved EMA weights after {it} iterations to {path}", flush=True)
-
-            res = train_consistency(cfg, teacher=teacher, log=lambda s: print(s, flush=True), checkpoint=ckpt,
-                                    checkpoint_every=args.checkpoint_every, init=state)
-            meta = {**asdict(cfg), **base, "trained_iters": cfg.iters, **prior,
-                    "train_seconds": round(before + time.time() - started, 1)}
-            save_model(res.model, path, meta)
-            state = {k2: v.clone() for k2, v in res.model.state_dict().items()}
-            if args.save_student is not None:
-                save_model(res.extra["student"], args.save_student, {**meta, "weights": "student"})
-            print(f"stage {k + 1} done in {res.seconds:.0f} s (total {meta['train_seconds']:.0f} s); saved {path}",
-                  flush=True)
+        _train_consistency_cli(args, ap)
     elif args.what == "classifier":
         cfg = ClassifierConfig(seed=args.seed)
         if args.iters is not None:
