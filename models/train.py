@@ -2,11 +2,12 @@
 
 unet: EDM training (Karras et al. 2022): sigma ~ logN(P_mean, P_std), loss weight (sigma^2 + sd^2) / (sigma sd)^2,
 Adam with a linear warm-up and an EMA of the weights (the EMA is what ships), in the four UNET_STAGES.
-classifier: cross-entropy with random shifts of up to 2 pixels. stats: mean and covariance of the classifier's features on the real train and held-out
-images (the FD reference). consistency: consistency distillation of the shipped UNet (Song et al. 2023, Alg. 2), the
-teacher's ODE step taken by diffsolve's own Heun solver, then an adversarial stage: regression onto the endpoints of
-the teacher's dpmpp_3m trajectories plus a hinge GAN term against the real training digits (CTM, Kim et al. 2023).
-Everything is seeded; runs are repeatable on the same machine and thread count.
+classifier: cross-entropy with random shifts of up to 2 pixels. stats: mean and covariance of the classifier's
+features on the real train and held-out images (the FD reference). consistency: consistency distillation of the
+shipped UNet (Song et al. 2023, Alg. 2), the teacher's ODE step taken by diffsolve's own Heun solver, then an
+adversarial stage: regression onto the endpoints of the teacher's dpmpp_3m trajectories plus a hinge GAN term
+against the real training digits (CTM, Kim et al. 2023). Everything is seeded; runs are repeatable on the same
+machine and thread count.
 """
 from __future__ import annotations
 
