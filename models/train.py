@@ -440,9 +440,8 @@ def _train_consistency_cli(args: argparse.Namespace, ap: argparse.ArgumentParser
     """The consistency model's recipe: the CD stages, then the adversarial stage; train_seconds adds up all stages."""
     import hashlib
     from .builtin import WEIGHTS as _W, _load, load_mnist_unet
-    kinds = [k.strip() for k in args.stages.split(",") if k.strip()]
-    if not kinds or any(k not in ("cd", "adversarial") for k in kinds) or kinds not in (["cd"], ["adversarial"],
-                                                                                        ["cd", "adversarial"]):
+    kinds = [k.strip() for k in args.stages.split(",")]
+    if kinds not in (["cd"], ["adversarial"], ["cd", "adversarial"]):
         ap.error(f"--stages {args.stages!r}: 'cd', 'adversarial' or 'cd,adversarial'")
     if kinds == ["adversarial"] and args.resume is None:
         ap.error("--stages adversarial fine-tunes a consistency model: give it with --resume")
@@ -471,10 +470,13 @@ def _train_consistency_cli(args: argparse.Namespace, ap: argparse.ArgumentParser
         before = float(meta.get("train_seconds", 0.0)) if meta else 0.0     # earlier stages' wall time
         started = time.time()
 
-        def ckpt(m: torch.nn.Module, it: int, cfg, prior=prior, before=before, started=started) -> None:
+        def stage_meta(cfg, it: int, prior=prior, before=before, started=started, kind=stage[0]) -> dict:
+            return {**asdict(cfg), **base, "stage": kind, "trained_iters": it, **prior,
+                    "train_seconds": round(before + time.time() - started, 1)}
+
+        def ckpt(m: torch.nn.Module, it: int, cfg) -> None:
             # lr and EMA do not depend on cfg.iters: the checkpoint after `it` iterations is the run with iters=it
-            save_model(m, path, {**asdict(cfg), **base, "trained_iters": it, **prior,
-                                 "train_seconds": round(before + time.time() - started, 1)})
+            save_model(m, path, stage_meta(cfg, it))
             print(f"saved EMA weights after {it} iterations to {path}", flush=True)
 
         if stage[0] == "cd":
@@ -484,10 +486,7 @@ def _train_consistency_cli(args: argparse.Namespace, ap: argparse.ArgumentParser
                   flush=True)
             res = train_consistency(cfg, teacher=teacher, log=log, checkpoint=lambda m, it, c=cfg: ckpt(m, it, c),
                                     checkpoint_every=args.checkpoint_every, init=state)
-            meta_extra = {"stage": "cd"}
         else:
-            if state is None:
-                ap.error("the adversarial stage needs a consistency model: run it after 'cd' or give --resume")
             cfg = AdversarialConfig()
             if kinds == ["adversarial"]:
                 cfg.iters = args.iters if args.iters is not None else cfg.iters
@@ -498,9 +497,7 @@ def _train_consistency_cli(args: argparse.Namespace, ap: argparse.ArgumentParser
             res = train_consistency_adversarial(cfg, init=state, teacher=teacher, log=log,
                                                 checkpoint=lambda m, it, c=cfg: ckpt(m, it, c),
                                                 checkpoint_every=args.checkpoint_every)
-            meta_extra = {"stage": "adversarial"}
-        meta = {**asdict(cfg), **base, **meta_extra, "trained_iters": cfg.iters, **prior,
-                "train_seconds": round(before + time.time() - started, 1)}
+        meta = stage_meta(cfg, cfg.iters)
         save_model(res.model, path, meta)
         state = {k2: v.clone() for k2, v in res.model.state_dict().items()}
         if args.save_student is not None:
