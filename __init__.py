@@ -1,17 +1,17 @@
 """diffsolve: any pretrained diffusion or flow network as one vector field, sampled fast and accurately."""
-from .errors import BudgetExceeded, DiffsolveError, InvalidArgument, NonFiniteError
-from .schedules import (CustomSchedule, EDMSchedule, NoiseSchedule, RectifiedFlow, VESchedule, VPContinuous,
+from diffsolve.errors import BudgetExceeded, DiffsolveError, InvalidArgument, NonFiniteError
+from diffsolve.schedules import (CustomSchedule, EDMSchedule, NoiseSchedule, RectifiedFlow, VESchedule, VPContinuous,
                         VPDiscrete, get_schedule)
-from .field import (ClassifierFreeGuidance, EvalPoint, FeatureCapture, Field, FieldOutput, FieldWrapper, ModelSpec,
+from diffsolve.field import (ClassifierFreeGuidance, EvalPoint, FeatureCapture, Field, FieldOutput, FieldWrapper, ModelSpec,
                     StepOptions, VectorField)
-from .grids import GRIDS, make_grid
-from .solvers import available_solvers, get_solver
-from .sampler import SampleResult, Sampler, StepInfo
-from .loop import integrate
-from .skip_tuning import skip_tuned
-from .likelihood import LikelihoodResult, likelihood
-from .diagnostics import Straightness, straightness
-from . import pretrained_adapters  # noqa: F401,E402  (registers the scheduler adapters; core modules never import it)
+from diffsolve.grids import GRIDS, make_grid
+from diffsolve.solvers import available_solvers, get_solver
+from diffsolve.sampler import SampleResult, Sampler, StepInfo
+from diffsolve.loop import integrate
+from diffsolve.corrections.skip import skip_tuned
+from diffsolve.analysis.likelihood import LikelihoodResult, likelihood
+from diffsolve.analysis.straightness import Straightness, straightness
+from diffsolve import pretrained_adapters  # noqa: F401,E402  (registers the scheduler adapters; core modules never import it)
 
 __version__ = "0.1.0"
 

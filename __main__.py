@@ -1,6 +1,6 @@
 """`python -m diffsolve ...` runs the `diffsolve` command line."""
 import sys
 
-from .cli import main
+from diffsolve.cli import main
 
 sys.exit(main())

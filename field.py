@@ -15,10 +15,10 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .errors import InvalidArgument, check_choice
-from .kernels import lincomb
-from .predictions import PathPoint, canonical_prediction, to_x0
-from .schedules import NoiseSchedule, get_schedule
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.kernels import lincomb
+from diffsolve.predictions import PathPoint, canonical_prediction, to_x0
+from diffsolve.schedules import NoiseSchedule, get_schedule
 
 TIME_CONVENTIONS = ("diffusion", "flow")
 KINDS = ("x0", "velocity")

@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import InvalidArgument, check_choice, check_int, unknown_name
-from .schedules import NoiseSchedule, VPDiscrete
+from diffsolve.errors import InvalidArgument, check_choice, check_int, unknown_name
+from diffsolve.schedules import NoiseSchedule, VPDiscrete
 
 FINALS = ("zero", "min")
 
@@ -165,7 +165,7 @@ def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[fl
     base = _f64([s for s in sigmas if s > 0])
     xs = torch.linspace(0, 1, base.numel(), dtype=torch.float64)
     new = torch.linspace(0, 1, n, dtype=torch.float64)
-    from .schedules import interp
+    from diffsolve.schedules import interp
     # The published values are rounded (SD's sigma_max is 14.6146): keep them inside the schedule's range.
     s = torch.exp(interp(new, xs, torch.log(base))).clamp(max=sch.sigma_max)
     return _finish(sch.t_from_edm_sigma(s), final)

@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import BudgetExceeded, InvalidArgument, NonFiniteError
-from .field import EvalPoint, Field, FieldOutput
-from .kernels import nonfinite
-from .noise import NoiseSource
-from .solvers.base import Solver
+from diffsolve.errors import BudgetExceeded, InvalidArgument, NonFiniteError
+from diffsolve.field import EvalPoint, Field, FieldOutput
+from diffsolve.kernels import nonfinite
+from diffsolve.noise import NoiseSource
+from diffsolve.solvers.base import Solver
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import InvalidArgument
+from diffsolve.errors import InvalidArgument
 
 _M32 = 0xFFFFFFFF
 _SALT_STEP = 0x5EED5A17          # separates the step-noise stream from the initial noise of the same seed
@@ -27,7 +27,7 @@ def check_seed(seed: object) -> "int | list[int] | None":
     numpy integers are integers, strings and floats are not; every seed lies in [-2**63, 2**64 - 1] (the range
     torch.Generator.manual_seed takes)."""
     import numbers
-    from .errors import check_int
+    from diffsolve.errors import check_int
     if seed is None:
         return None
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):

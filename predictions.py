@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import check_choice
-from .kernels import lincomb
+from diffsolve.errors import check_choice
+from diffsolve.kernels import lincomb
 
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity", "denoiser")
 ALIASES = {"epsilon": "eps", "noise": "eps", "sample": "x0", "data": "x0", "v_prediction": "v",

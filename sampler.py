@@ -11,12 +11,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import InvalidArgument, check_choice, check_int
-from .field import Field, as_field, device_of
-from .grids import is_increasing, make_grid, refuse_increasing, resolve_field_grid, validate_grid
-from .loop import Evaluator, SampleResult, StepInfo, integrate
-from .noise import NoiseSource, check_seed, draw_noise
-from .solvers.base import Plan, Solver, get_solver
+from diffsolve.errors import InvalidArgument, check_choice, check_int
+from diffsolve.field import Field, as_field, device_of
+from diffsolve.grids import is_increasing, make_grid, refuse_increasing, resolve_field_grid, validate_grid
+from diffsolve.loop import Evaluator, SampleResult, StepInfo, integrate
+from diffsolve.noise import NoiseSource, check_seed, draw_noise
+from diffsolve.solvers.base import Plan, Solver, get_solver
 
 __all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "RoundTrip", "register_scheduler_adapter",
            "as_dtype"]
@@ -150,7 +150,7 @@ class Sampler:
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
                               sample_shape=tuple(sample_shape) if sample_shape is not None else None)
         if skip_tuning is not None:
-            from .skip_tuning import skip_tuned
+            from diffsolve.corrections.skip import skip_tuned
             self.field = skip_tuned(self.field, settings=skip_tuning)
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)
         if self.solver.needs_schedule:
@@ -320,7 +320,7 @@ class Sampler:
     def graphed(self, steps: int | None = None, *, nfe: int | None = None, shape: Sequence[int] | None = None,
                 batch_size: int | None = None, device: Any = None, dtype: Any = None, **model_kwargs: Any):
         """The fixed-step loop captured in a CUDA graph (CUDA only); `.run(noise)` / `.run(seed=)` replays it."""
-        from .kernels.graph import GraphedRun
+        from diffsolve.capture import GraphedRun
         if shape is None:
             if self.field.sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape")

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import InvalidArgument
+from diffsolve.errors import InvalidArgument
 
 Tensorish = torch.Tensor | float | Sequence[float]
 
@@ -499,5 +499,5 @@ def get_schedule(schedule: "str | NoiseSchedule") -> NoiseSchedule:
         return schedule
     if isinstance(schedule, str) and schedule in SCHEDULES:
         return SCHEDULES[schedule]()
-    from .errors import unknown_name
+    from diffsolve.errors import unknown_name
     raise unknown_name("schedule", schedule, SCHEDULES)

@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from .problems import make_moons
+from diffsolve.problems import make_moons
 
 SHARED_FLOWS = "moons-flow"
 
@@ -38,14 +38,14 @@ def torchdiffeq_run(model, noise: torch.Tensor, method: str, steps: int) -> tupl
 
 
 def main(argv=None) -> int:
-    from ..bench.metrics import sliced_wasserstein
-    from ..bench.models import SHARED
-    from ..bench.reference import ReferenceSettings, solve_reference
-    from ..corrections.grid_search import gits_grid, learn_grid
-    from ..corrections.train import train_amed
-    from ..noise import draw_noise
-    from ..pretrained_adapters.torchcfm import load_torchcfm_mlp
-    from ..sampler import Sampler
+    from diffsolve.evaluation.metrics import sliced_wasserstein
+    from diffsolve.bench.models import SHARED
+    from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
+    from diffsolve.corrections.grid_search import gits_grid, learn_grid
+    from diffsolve.corrections.train import train_amed
+    from diffsolve.noise import draw_noise
+    from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
+    from diffsolve.sampler import Sampler
 
     ap = argparse.ArgumentParser(prog="python -m diffsolve.bench.flows_nfe4")
     ap.add_argument("--models", default="cfm,otcfm,flow_matching")
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
               f"{best[0] / tdq:.2f}x", flush=True)
         rows[name] = res
     if args.out:
-        from ..files import atomic_write_bytes
+        from diffsolve.files import atomic_write_bytes
         atomic_write_bytes(args.out, json.dumps(rows, indent=1).encode())
     return 0
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from .kernel_bench import time_once
+from diffsolve.bench.kernel_bench import time_once
 
 # Targets printed beside the figures (the figures are what matters; nothing here fails on a miss).
 TARGET_COPY_FRACTION = 0.85        # fused update >= 85% of the copy bandwidth
@@ -85,7 +85,7 @@ def _overhead_mark(share: float) -> str:
 
 
 def fused_updates(clock: Clock, shapes: dict, smoke: bool, compile_ok: bool) -> None:
-    from ..kernels import lincomb_reference, lincomb_triton
+    from diffsolve.kernels import lincomb_reference, lincomb_triton
     print("\n(a) fused update x' = sum_k c_k T_k (float coefficients), median time per call")
     copy_bytes = (1 << 20) if smoke else (1 << 30)
     peak = copy_bandwidth(clock, copy_bytes)
@@ -153,12 +153,12 @@ def _update_rows(clock, peak, sname, shape, dname, dtype, k, mode, impls) -> Non
 
 
 def _sampler(model, solver: str = "dpmpp_2m"):
-    from ..sampler import Sampler
+    from diffsolve.sampler import Sampler
     return Sampler(model, solver, progress=False)
 
 
 def graph_replay(clock: Clock, device: torch.device, batch: int, steps: int) -> None:
-    from ..models import load_mnist_unet
+    from diffsolve.models import load_mnist_unet
     print(f"\n(b) whole sampling loop: Sampler(load_mnist_unet(), 'dpmpp_2m'), {steps} steps, batch {batch}, "
           "float32; median wall time per run (synchronized)")
     sampler = _sampler(load_mnist_unet(device=device))
@@ -186,7 +186,7 @@ def _record_calls(model: torch.nn.Module):
 
 
 def loop_overhead(clock: Clock, device: torch.device, batch: int, steps: int) -> None:
-    from ..models import load_mnist_unet
+    from diffsolve.models import load_mnist_unet
     print(f"\n(c) wall time outside the model: built-in UNet, batch {batch}, {steps} steps, dpmpp_2m. "
           "model = the network's forward called alone on the inputs recorded from one run (same count, "
           "synchronized once around all calls); total = synchronized wall time of Sampler.run (and of the graph "

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..kernels.lincomb import lincomb_reference
+from diffsolve.kernels.lincomb import lincomb_reference
 
 SIZES = {
     "toy": (4096, 2),                  # a 2-D toy problem, 4096 points
@@ -111,7 +111,7 @@ def implementations(device: torch.device, want: list[str]) -> dict[str, Callable
         if device.type != "cuda":
             impls["triton"] = "GPU only (not measured on CPU)"
         else:
-            from ..kernels.lincomb import lincomb_triton
+            from diffsolve.kernels.lincomb import lincomb_triton
             impls["triton"] = lincomb_triton
     return impls
 

@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from ..likelihood import likelihood
-from ..models import load_mnist_unet
-from ..models.data import load_mnist
-from .k_diffusion_peer import load_k_diffusion_sampling
+from diffsolve.analysis.likelihood import likelihood
+from diffsolve.models import load_mnist_unet
+from diffsolve.models.data import load_mnist
+from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
 
 
 def main(argv=None) -> dict:

@@ -23,9 +23,9 @@ from typing import Callable
 
 import torch
 
-from ..field import ModelSpec
-from ..sampler import Sampler
-from ..schedules import VPDiscrete
+from diffsolve.field import ModelSpec
+from diffsolve.sampler import Sampler
+from diffsolve.schedules import VPDiscrete
 
 
 class IdentityEps(torch.nn.Module):
@@ -103,7 +103,7 @@ def build(batch: int, dim: int, steps: int, seed: int = 0) -> dict[str, Callable
         runs["diffusers DPMSolverMultistepScheduler"] = run_diffusers
 
     try:
-        from .k_diffusion_peer import load_k_diffusion_sampling
+        from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
         kd = load_k_diffusion_sampling()
     except ImportError:
         kd = None

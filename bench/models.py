@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import InvalidArgument, unknown_name
-from ..field import model_spec_of
-from .reference import ReferenceSettings
+from diffsolve.errors import InvalidArgument, unknown_name
+from diffsolve.field import model_spec_of
+from diffsolve.evaluation.reference import ReferenceSettings
 
 SHARED = Path(os.environ.get("DIFFSOLVE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -57,17 +57,17 @@ def register_bench_model(entry: BenchModel) -> None:
 
 
 def _gmm():
-    from .problems import GaussianMixtureProblem
+    from diffsolve.problems import GaussianMixtureProblem
     return GaussianMixtureProblem.default()
 
 
 def _gaussian():
-    from .problems import GaussianProblem
+    from diffsolve.problems import GaussianProblem
     return GaussianProblem.default(dim=16)
 
 
 def _mnist_ddpm():
-    from ..pretrained_adapters.mnist_ddpm import load_mnist_ddpm
+    from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
     return load_mnist_ddpm(SHARED / "models" / "mnist-ddpm-eps.safetensors")
 
 
@@ -89,7 +89,7 @@ register_bench_model(BenchModel(
 
 for _flow in ("otcfm", "cfm"):
     def _build(_f=_flow):
-        from ..pretrained_adapters.torchcfm import load_torchcfm_mlp
+        from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
         return load_torchcfm_mlp(SHARED / "models" / "moons-flow" / f"{_f}.safetensors")
     register_bench_model(BenchModel(
         f"moons-{_flow}", _build, f"2-D two-moons flow ({_flow}, torchcfm MLP, plain velocity field)", kind="points",
@@ -97,7 +97,7 @@ for _flow in ("otcfm", "cfm"):
         available=_needs(SHARED / "models" / "moons-flow" / f"{_flow}.safetensors")))
 
 def _mnist_unet():
-    from ..models.builtin import load_mnist_unet
+    from diffsolve.models.builtin import load_mnist_unet
     return load_mnist_unet()
 
 
@@ -115,7 +115,7 @@ WEIGHTS_DEEP = Path(__file__).resolve().parents[1] / "models" / "weights" / "mni
 
 
 def _mnist_unet_deep():
-    from ..models.builtin import load_mnist_unet_deep
+    from diffsolve.models.builtin import load_mnist_unet_deep
     return load_mnist_unet_deep()
 
 

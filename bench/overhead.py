@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..pretrained_adapters.mnist_ddpm import load_mnist_ddpm
-from ..sampler import Sampler
-from ..solvers import available_solvers
+from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
+from diffsolve.sampler import Sampler
+from diffsolve.solvers import available_solvers
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "mnist-ddpm-eps.safetensors"
 

@@ -43,7 +43,7 @@ def _diffusers_provider(model: Any, field: Any) -> list[PeerRun]:
     starts from the same x_T = sigma(t_max) * noise (in the scheduler's own variable: x_T, or x_T / alpha for the
     Euler family, whose init_noise_sigma then cancels), so both libraries are measured against the same solution.
     """
-    from ..schedules import VPDiscrete
+    from diffsolve.schedules import VPDiscrete
 
     sch = field.schedule
     if not isinstance(sch, VPDiscrete) or field.prediction not in ("eps", "v") or field.time_convention != "diffusion":

@@ -30,10 +30,10 @@ from typing import Sequence
 
 import torch
 
-from ..sampler import Sampler
-from .metrics import sliced_wasserstein
-from .models import SHARED
-from .problems import GaussianMixtureProblem
+from diffsolve.sampler import Sampler
+from diffsolve.evaluation.metrics import sliced_wasserstein
+from diffsolve.bench.models import SHARED
+from diffsolve.problems import GaussianMixtureProblem
 
 PRESETS = ("diffusers", "adaptive", "sde", "overhead", "skip", "learned")
 MNIST_DDPM = SHARED / "models" / "mnist-ddpm-eps.safetensors"
@@ -53,7 +53,7 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                         "shipped learned corrections against the best un-learned solver, with training cost)")
     b.add_argument("--skip-mnist", action="store_true", help="preset diffusers: leave out the shared MNIST DDPM "
                                                              "(the slow part)")
-    from .argtypes import int_at_least
+    from diffsolve.cli.argtypes import int_at_least
     b.add_argument("--ref-steps", type=int_at_least(2), default=2000,
                    help="preset diffusers: steps of the dpmpp_3m reference solve (default 2000)")
     b.add_argument("--rtols", default=None, help="preset adaptive: comma-separated rtol values")
@@ -64,7 +64,7 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    from ..errors import InvalidArgument
+    from diffsolve.errors import InvalidArgument
     if text is None:
         return None
     try:
@@ -77,7 +77,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 
 
 def run_preset(args: argparse.Namespace) -> int:
-    from ..errors import InvalidArgument
+    from diffsolve.errors import InvalidArgument
     if args.batch_size is not None and args.batch_size < 1:
         raise InvalidArgument(f"--batch-size {args.batch_size}: must be >= 1")
 
@@ -112,15 +112,15 @@ def run_preset(args: argparse.Namespace) -> int:
             print(sde_report(n, steps if steps is not None else ((10, 20) if args.quick else (5, 10, 20, 40)),
                              steps if steps is not None else ((16,) if args.quick else (16, 32, 64))), flush=True)
         elif args.preset == "skip":
-            from .skip_table import run as skip_table
+            from diffsolve.bench.skip_table import run as skip_table
             models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
             print(skip_table(args.nfe, solvers, models, args.quick, args.out), flush=True)
         elif args.preset == "learned":
-            from ..corrections.report import evaluate, table
+            from diffsolve.corrections.report import evaluate, table
             nfes = tuple(args.nfe) if args.nfe else (3, 5, 7, 9)
             print(table(evaluate(nfes, batch(64))), flush=True)
         else:
-            from .loop_overhead import main as overhead
+            from diffsolve.bench.loop_overhead import main as overhead
             overhead([])
     finally:
         torch.set_num_threads(before)
@@ -248,9 +248,9 @@ def mnist_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequ
     """The shared MNIST DDPM driven by diffusers through `MnistAsUNet` and trained_betas = the model's beta_t, so
     both libraries use the same alphas_cumprod (up to float32 cumprod round-off, printed). All runs and the
     reference end at zero noise."""
-    from ..errors import InvalidArgument
-    from ..pretrained_adapters import load_mnist_ddpm
-    from ..pretrained_adapters.diffusers import diffusers_grid
+    from diffsolve.errors import InvalidArgument
+    from diffsolve.pretrained_adapters import load_mnist_ddpm
+    from diffsolve.pretrained_adapters.diffusers import diffusers_grid
 
     if not MNIST_DDPM.is_file():
         raise InvalidArgument(f"{MNIST_DDPM} is missing (the shared model folder); pass --skip-mnist")

@@ -17,19 +17,19 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import BudgetExceeded, DiffsolveError, InvalidArgument, unknown_name
-from ..field import as_field
-from ..noise import draw_noise
-from ..sampler import Sampler
-from ..solvers import available_solvers
-from . import metrics
-from .distributed import Dist, chunk_bounds, sample_seeds
-from .models import DEFAULT_SOLVERS, BenchModel, data_range_of, resolve_model
-from .peers import PEER_PROVIDERS, PeerRun
-from ..field import model_identity
-from .argtypes import BENCH_SEED_LIMIT, check_device, check_seed, check_writable
-from .reference import ReferenceSettings, default_cache_dir, solve_reference
-from .report import format_report, write_outputs
+from diffsolve.errors import BudgetExceeded, DiffsolveError, InvalidArgument, unknown_name
+from diffsolve.field import as_field
+from diffsolve.noise import draw_noise
+from diffsolve.sampler import Sampler
+from diffsolve.solvers import available_solvers
+from diffsolve.evaluation import metrics
+from diffsolve.distributed import Dist, chunk_bounds, sample_seeds
+from diffsolve.bench.models import DEFAULT_SOLVERS, BenchModel, data_range_of, resolve_model
+from diffsolve.bench.peers import PEER_PROVIDERS, PeerRun
+from diffsolve.field import model_identity
+from diffsolve.cli.argtypes import BENCH_SEED_LIMIT, check_device, check_seed, check_writable
+from diffsolve.evaluation.reference import ReferenceSettings, default_cache_dir, solve_reference
+from diffsolve.bench.report import format_report, write_outputs
 
 PROGRESS_MODES = ("auto", "bar", "log", "none")
 
@@ -68,7 +68,7 @@ class BenchSettings:
     progress: bool | str = True        # True/'auto': a bar on a terminal, else a log line per cell; 'bar', 'log',
                                         # False/'none'
     verbose: bool = True
-    straightness: bool = True           # the model's straightness and one-step gap (diffsolve.diagnostics)
+    straightness: bool = True           # the model's straightness and one-step gap (diffsolve.analysis.straightness)
 
 
 def _positive_or_none(name: str, value: Any) -> None:
@@ -84,7 +84,7 @@ def check_settings(cfg: BenchSettings) -> None:
     check_seed(cfg.seed, BENCH_SEED_LIMIT, "seed")
     check_device(cfg.device, "device")
     _progress_mode(cfg.progress)
-    from ..errors import check_bool
+    from diffsolve.errors import check_bool
     for name in ("cache", "peers", "plots", "verbose", "straightness"):
         check_bool(name, getattr(cfg, name))
     if cfg.out is not None:
@@ -351,7 +351,7 @@ STRAIGHTNESS_SAMPLES, STRAIGHTNESS_STEPS = 128, 32
 def _straightness(job: _Job, seeds: list[int]) -> dict:
     """Straightness of the model's trajectories (Liu et al. 2023) on the bench's first samples: how few steps it
     can take. Heun on the bench grid; the slope on each interval is the chord of the solved trajectory."""
-    from ..diagnostics import straightness
+    from diffsolve.analysis.straightness import straightness
     n = min(len(seeds), STRAIGHTNESS_SAMPLES)
     t0 = time.perf_counter()
     noise = draw_noise((n, *job.field.sample_shape), seed=seeds[:n], dtype=torch.float64, device=job.device)

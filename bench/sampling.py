@@ -16,19 +16,19 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import InvalidArgument
-from .argtypes import check_device, check_seed, check_writable
-from .reference import atomic_write_bytes
+from diffsolve.errors import InvalidArgument
+from diffsolve.cli.argtypes import check_device, check_seed, check_writable
+from diffsolve.evaluation.reference import atomic_write_bytes
 
 
 def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | Path, *, nfe: int | None = None,
                      steps: int | None = None, grid: Any = None, device: Any = None, dtype: Any = "auto",
                      batch_size: int | None = None, plot: bool = True) -> list[str]:
     """Draw one sample per seed and write them to `out`; returns the paths written."""
-    from .. import __version__
-    from ..sampler import Sampler
-    from .models import data_range_of, resolve_model
-    from .running import _model_dtype, _resolve_dtype
+    from diffsolve import __version__
+    from diffsolve.sampler import Sampler
+    from diffsolve.bench.models import data_range_of, resolve_model
+    from diffsolve.bench.running import _model_dtype, _resolve_dtype
 
     seeds = [check_seed(s, option="seeds") for s in seeds]
     if not seeds:

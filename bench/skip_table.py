@@ -1,6 +1,6 @@
 """Skip-Tuning against the same solvers untuned, on the built-in MNIST UNets (`diffsolve bench --preset skip`).
 
-For each model and solver, rho_bottom is tuned once (`diffsolve.skip_tuning.search_rho`: golden section on the
+For each model and solver, rho_bottom is tuned once (`diffsolve.corrections.skip.search_rho`: golden section on the
 classifier FD of `tune_n` samples from tuning seeds at NFE `tune_nfe`), then every NFE is scored on held-out seeds
 that the search never saw, with and without the tuned skips: FD of the built-in classifier's features to the real
 held-out digits, mean classifier confidence (`n` samples), and endpoint RMSE against the float64 reference
@@ -43,7 +43,7 @@ def _label(name: str) -> str:
 
 def _runnable(model: Any, name: str, nfe: int) -> str | None:
     """None, or why this solver cannot run at this NFE on this model (a learned solver without its predictor)."""
-    from ..sampler import Sampler
+    from diffsolve.sampler import Sampler
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")       # an AMED solver without its predictor warns and runs untrained
@@ -57,13 +57,13 @@ def skip_rows(model_name: str, solvers: Sequence[str], nfes: Sequence[int], *, n
               rmse_n: int = 64, tune_nfe: int = 5, evaluations: int = 6, rho_range: tuple[float, float] = (0.5, 1.0),
               log: Callable[[str], None] | None = None) -> list[dict]:
     """One row per (solver, NFE): rho, FD / confidence / RMSE untuned and tuned, tuning seconds."""
-    from ..bench.reference import ReferenceSettings, solve_reference
-    from ..field import as_field, model_spec_of
-    from ..models.evaluate import fd_metric, score, to_unit_range
-    from ..models.builtin import load_feature_stats, load_mnist_classifier
-    from ..noise import draw_noise
-    from ..skip_tuning import search_rho, skip_samples
-    from .models import resolve_model
+    from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
+    from diffsolve.field import as_field, model_spec_of
+    from diffsolve.models.evaluate import fd_metric, score, to_unit_range
+    from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier
+    from diffsolve.noise import draw_noise
+    from diffsolve.corrections.skip import search_rho, skip_samples
+    from diffsolve.bench.models import resolve_model
 
     log = log or (lambda line: print(line, flush=True))
     entry, model = resolve_model(model_name)
@@ -136,8 +136,8 @@ def format_table(rows: list[dict]) -> str:
 
 def write(rows: list[dict], out: Path) -> list[Path]:
     """rows as JSON and a sample grid (10 held-out digits untuned and tuned per solver at NFE 5), atomically."""
-    from ..files import atomic_write_bytes
-    from ..models.evaluate import save_grid
+    from diffsolve.files import atomic_write_bytes
+    from diffsolve.models.evaluate import save_grid
     out.mkdir(parents=True, exist_ok=True)
     plain = [{k: v for k, v in r.items() if not k.startswith("grid_")} for r in rows]
     path = out / "skip_tuning.json"

@@ -8,25 +8,17 @@ records the model identity, and used through the ordinary Sampler:
 The built-in MNIST UNet ships with trained ones (corrections/weights), so `Sampler(load_mnist_unet(),
 "amed_plugin", base="ipndm").run(nfe=5)` and `grid="gits"` / `grid="learned"` need nothing else.
 """
-from __future__ import annotations
+from diffsolve.corrections import amed, learned_multistep  # noqa: F401  (register the learned solvers)
+from diffsolve.corrections.coefficients import learn_coefficients
+from diffsolve.corrections.grid_search import gits_cost_matrix, gits_dynamic_programming, gits_grid, learn_grid
+from diffsolve.corrections.io import (AMEDCorrection, CoefficientCorrection, GridCorrection, IdentityMismatch,
+                                      amed_grid, find_shipped, load_correction)
+from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
+from diffsolve.corrections.skip import skip_tuned
+from diffsolve.corrections.teacher import teacher_states
+from diffsolve.corrections.train import steps_for_nfe, train_amed
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "AMEDPredictor": "predictor", "TimeTable": "predictor",
-    "AMEDCorrection": "io", "GridCorrection": "io", "CoefficientCorrection": "io", "load_correction": "io", "IdentityMismatch": "io",
-    "amed_grid": "io", "find_shipped": "io",
-    "train_amed": "train", "steps_for_nfe": "train",
-    "gits_grid": "grid_search", "learn_grid": "grid_search", "gits_cost_matrix": "grid_search",
-    "gits_dynamic_programming": "grid_search",
-    "teacher_states": "teacher", "learn_coefficients": "coefficients",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["AMEDPredictor", "TimeTable", "AMEDCorrection", "GridCorrection", "CoefficientCorrection",
+           "load_correction", "IdentityMismatch", "amed_grid", "find_shipped", "train_amed", "steps_for_nfe",
+           "gits_grid", "learn_grid", "gits_cost_matrix", "gits_dynamic_programming", "teacher_states",
+           "learn_coefficients", "skip_tuned"]

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .io import SHIPPED
+from diffsolve.corrections.io import SHIPPED
 
 NFE = (3, 5, 7, 9)
 FILES = {"amed_ipndm": "amed-ipndm-mnist-unet.safetensors", "amed": "amed-mnist-unet.safetensors",
@@ -45,11 +45,11 @@ WEIGHTS_DEIS = dict(n=256, batch_size=16, epochs=30, lr=0.02, weight_lr=5e-3, gr
 
 
 def build(names: Sequence[str], out: Path) -> None:
-    from ..models import load_mnist_unet
-    from .coefficients import learn_coefficients
-    from .grid_search import gits_grid, learn_grid, to_amed_table
-    from .io import AMEDCorrection, load_correction
-    from .train import train_amed
+    from diffsolve.models import load_mnist_unet
+    from diffsolve.corrections.coefficients import learn_coefficients
+    from diffsolve.corrections.grid_search import gits_grid, learn_grid, to_amed_table
+    from diffsolve.corrections.io import AMEDCorrection, load_correction
+    from diffsolve.corrections.train import train_amed
 
     torch.set_num_threads(1)
     model = load_mnist_unet()

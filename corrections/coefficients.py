@@ -13,10 +13,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import InvalidArgument, check_choice
-from .grid_search import GapGrid, _fit_grid, _teacher_endpoints, differentiable_run, learn_grid, steps_for_budget
-from .io import CoefficientCorrection, GridCorrection
-from .teacher import field_of, frozen, mean_denoised_at_start
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.corrections.grid_search import GapGrid, _fit_grid, _teacher_endpoints, differentiable_run, learn_grid, steps_for_budget
+from diffsolve.corrections.io import CoefficientCorrection, GridCorrection
+from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_start
 
 GRID_STARTS = ("karras", "logsnr_uniform", "time_quadratic")
 
@@ -48,8 +48,8 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
     `grid`: starting grids (a `learn_grid` result with the same AFS setting); None learns them first with
     `learn_grid(..., starts=grid_starts, **grid_options)` (default: 64 trajectories, batches of 16, 16 epochs at
     learning rate 0.2). `lr` is the grid's learning rate in this joint stage, `weight_lr` the offsets'."""
-    from ..solvers.amed import DEFAULT_MAX_ORDER
-    from ..solvers.learned_multistep import COEFFICIENT_BASES
+    from diffsolve.corrections.amed import DEFAULT_MAX_ORDER
+    from diffsolve.corrections.learned_multistep import COEFFICIENT_BASES
     check_choice("base", base, COEFFICIENT_BASES)
     field = field_of(model)
     if not field.has_schedule:

@@ -28,7 +28,7 @@ WEIGHTS = dict(n=128, batch_size=16, epochs=30, lr=0.02, weight_lr=5e-3)
 
 def grid_starts() -> tuple:
     """Starting grids of the grid fits: three standard ones and diffusers' DPM-Solver and DDIM timesteps."""
-    from ..pretrained_adapters.diffusers import diffusers_grid
+    from diffsolve.pretrained_adapters.diffusers import diffusers_grid
 
     def diffusers_dpmsolver(steps: int, schedule: Any) -> torch.Tensor:
         return diffusers_grid(steps, schedule, style="dpmsolver")
@@ -40,11 +40,11 @@ def grid_starts() -> tuple:
 
 def train_corrections(model: Any, nfes: Sequence[int], out: Path, log: Callable[[str], None] | None = print) -> dict:
     """The three learned corrections for `model` at `nfes`, read from `out` when there, else trained and saved."""
-    from .coefficients import learn_coefficients
-    from .grid_search import learn_grid, to_amed_table
-    from .io import load_correction
-    from .teacher import field_of
-    from .train import train_amed
+    from diffsolve.corrections.coefficients import learn_coefficients
+    from diffsolve.corrections.grid_search import learn_grid, to_amed_table
+    from diffsolve.corrections.io import load_correction
+    from diffsolve.corrections.teacher import field_of
+    from diffsolve.corrections.train import train_amed
 
     out.mkdir(parents=True, exist_ok=True)
     tag = "-".join(str(k) for k in nfes)
@@ -79,12 +79,12 @@ def train_corrections(model: Any, nfes: Sequence[int], out: Path, log: Callable[
 
 def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, out: Path | None = None,
              log: Callable[[str], None] | None = print) -> dict:
-    from ..bench.presets import MNIST_DDPM, diffusers_rows, rmse, solver_rows
-    from ..errors import InvalidArgument
-    from ..noise import draw_noise
-    from ..pretrained_adapters import load_mnist_ddpm
-    from ..pretrained_adapters.diffusers import diffusers_grid
-    from ..sampler import Sampler
+    from diffsolve.bench.presets import MNIST_DDPM, diffusers_rows, rmse, solver_rows
+    from diffsolve.errors import InvalidArgument
+    from diffsolve.noise import draw_noise
+    from diffsolve.pretrained_adapters import load_mnist_ddpm
+    from diffsolve.pretrained_adapters.diffusers import diffusers_grid
+    from diffsolve.sampler import Sampler
 
     if not MNIST_DDPM.is_file():
         raise InvalidArgument(f"{MNIST_DDPM} is missing (the shared model folder)")
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate(nfes, args.n, Path(args.out) if args.out else None)
     print(table(result))
     if args.json:
-        from ..files import atomic_write_bytes
+        from diffsolve.files import atomic_write_bytes
         atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
     return 0
 

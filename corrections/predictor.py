@@ -21,7 +21,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..errors import InvalidArgument
+from diffsolve.errors import InvalidArgument
 
 FEATURE_KINDS = ("module", "denoised", "none")
 

@@ -33,7 +33,7 @@ LEARNED = (("AMED-Solver", "amed", {}, None, "amed-mnist-unet"),
 
 def shipped_learned() -> list[tuple]:
     """The LEARNED entries whose correction ships, each with its training cost in wall seconds (sidecar meta)."""
-    from .io import SHIPPED
+    from diffsolve.corrections.io import SHIPPED
     out = []
     for label, name, opts, grid, stem in LEARNED:
         side = SHIPPED / f"{stem}.safetensors.json"
@@ -50,12 +50,12 @@ def _label(name: str, opts: dict) -> str:
 
 def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baseline_cache: str | None = None,
              learned: bool = True) -> dict:
-    from ..bench.reference import ReferenceSettings, solve_reference
-    from ..field import as_field
-    from ..models import load_mnist_unet
-    from ..sampler import Sampler
-    from .io import amed_grid
-    from .teacher import noise_for
+    from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
+    from diffsolve.field import as_field
+    from diffsolve.models import load_mnist_unet
+    from diffsolve.sampler import Sampler
+    from diffsolve.corrections.io import amed_grid
+    from diffsolve.corrections.teacher import noise_for
 
     torch.set_num_threads(1)
     field = as_field(load_mnist_unet())
@@ -91,7 +91,7 @@ def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baselin
                     continue
                 rows[str(k)]["baselines"][f"{_label(name, opts)} / {grid}"] = {"rmse": e, "nfe": used}
     if cached is None and baseline_cache:
-        from ..files import atomic_write_bytes
+        from diffsolve.files import atomic_write_bytes
         atomic_write_bytes(baseline_cache, json.dumps(
             {"n": n, "rows": {k: r["baselines"] for k, r in rows.items()}}, indent=1).encode())
     if not learned:
@@ -118,13 +118,13 @@ def fd_at(nfe: int, result: dict, n: int = 1000, log=print) -> dict:
     best learned run: to the held-out real digits, and to the exact ODE samples from the same noise (a fine
     DPM-Solver++(3M) solve, the teachers' 'fine' mode). The exact samples' own FD to the digits is the floor no
     solver of this ODE can go far below; FD to the exact samples measures the solver's error alone."""
-    from ..field import as_field
-    from ..models import load_mnist_unet
-    from ..models.builtin import load_feature_stats, load_mnist_classifier
-    from ..models.classifier import feature_stats, featurize, frechet_distance
-    from ..sampler import Sampler
-    from .io import amed_grid
-    from .teacher import noise_for, teacher_states
+    from diffsolve.field import as_field
+    from diffsolve.models import load_mnist_unet
+    from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier
+    from diffsolve.models.classifier import feature_stats, featurize, frechet_distance
+    from diffsolve.sampler import Sampler
+    from diffsolve.corrections.io import amed_grid
+    from diffsolve.corrections.teacher import noise_for, teacher_states
 
     classifier, digits = load_mnist_classifier(), load_feature_stats()
     field = as_field(load_mnist_unet())
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["fd"] = {str(args.fd): fd_at(args.fd, result)}
         print(fd_lines(args.fd, result["fd"][str(args.fd)]))
     if args.json:
-        from ..files import atomic_write_bytes
+        from diffsolve.files import atomic_write_bytes
         atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
     return 0
 

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import InvalidArgument
-from ..field import Field, _network_of, as_field
+from diffsolve.errors import InvalidArgument
+from diffsolve.field import Field, _network_of, as_field
 
 TEACHER_MODES = ("reference", "fine")
 # Bottleneck blocks of known networks: the built-in UNet, diffusers' UNet2DModel, ADM/LDM UNets, and the shared MNIST
@@ -34,7 +34,7 @@ def sample_shape_of(field: Field) -> tuple[int, ...]:
 
 
 def noise_for(field: Field, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: Any = None):
-    from ..noise import draw_noise
+    from diffsolve.noise import draw_noise
     return draw_noise((len(seeds), *sample_shape_of(field)), seed=list(seeds), dtype=dtype, device=device)
 
 
@@ -72,13 +72,13 @@ def teacher_states(field: Field, noise: torch.Tensor, times: Sequence[float] | t
     [len(times), B, ...] in noise's dtype."""
     t = torch.as_tensor(times, dtype=torch.float64).reshape(-1).unique(sorted=True).flip(0)
     if mode == "reference":
-        from ..bench.reference import ReferenceSettings, solve_reference
+        from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
         ref = solve_reference(field, noise, t, settings=settings or ReferenceSettings(), cache=cache, seeds=seeds)
         return ref.at(t).to(noise.dtype)
     if mode != "fine":
         raise InvalidArgument(f"teacher mode={mode!r}; allowed values: 'reference', 'fine'")
-    from ..grids import karras
-    from ..sampler import Sampler
+    from diffsolve.grids import karras
+    from diffsolve.sampler import Sampler
     fine = karras(fine_steps, field.schedule, final="zero")
     fine = fine[fine <= float(t[0])]
     coarse = [float(v) for v in t]

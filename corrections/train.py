@@ -17,11 +17,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import InvalidArgument, check_choice
-from ..loop import Evaluator
-from .io import AMEDCorrection, amed_grid
-from .predictor import AMEDPredictor
-from .teacher import (default_feature_module, field_of, frozen, mean_denoised_at_start, noise_for,
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.loop import Evaluator
+from diffsolve.corrections.io import AMEDCorrection, amed_grid
+from diffsolve.corrections.predictor import AMEDPredictor
+from diffsolve.corrections.teacher import (default_feature_module, field_of, frozen, mean_denoised_at_start, noise_for,
                       teacher_states)
 
 LOSSES = ("step", "endpoint")
@@ -36,7 +36,7 @@ def steps_for_nfe(nfe: int, afs: bool) -> int:
 
 
 def _grid_times(grid: Any, steps: int, field) -> tuple[float, ...]:
-    from ..grids import make_grid, time_uniform
+    from diffsolve.grids import make_grid, time_uniform
     if grid is None and not field.has_schedule:
         t = time_uniform(steps, None)          # a plain velocity field's default grid
     elif grid is None:
@@ -68,7 +68,7 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     their grids become the training grids and the predictor first reproduces their (r, c, a) exactly (its
     feature branch starts at zero), so training refines a good time-only solver per sample.
     """
-    from ..solvers.amed import AMEDSolver, PLUGIN_BASES, SINGLE_STEP_BASES
+    from diffsolve.corrections.amed import AMEDSolver, PLUGIN_BASES, SINGLE_STEP_BASES
 
     check_choice("loss", loss, LOSSES)
     if base != "amed":
@@ -76,7 +76,7 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     field = field_of(model)
     if not field.has_schedule:
         # A plain velocity field: native time (AMEDSolver.plan_plain), no AFS, features none or the velocity.
-        from ..solvers.amed import PLAIN_BASES
+        from diffsolve.corrections.amed import PLAIN_BASES
         if base not in PLAIN_BASES:
             raise InvalidArgument(f"AMED on a plain velocity field (schedule=None) needs a base in native time "
                                   f"({', '.join(PLAIN_BASES)}); {base!r} needs a Gaussian schedule")

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import InvalidArgument
+from diffsolve.errors import InvalidArgument
 
 WHAT = ("amed", "gits", "grid", "weights", "skip")
 SKIP_TUNE_SEED, SKIP_EVAL_SEED = 7_000_000, 9_000_000     # tuning and held-out noise of `tune skip`: disjoint
@@ -105,7 +105,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def _starts(text: str | None, default: tuple) -> tuple:
     if text is None:
         return default
-    from ..grids import GRIDS
+    from diffsolve.grids import GRIDS
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     bad = [v for v in names if v not in GRIDS]
     if bad:
@@ -121,9 +121,9 @@ def _nfes(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.models import resolve_model
-    from .grid_search import gits_grid, learn_grid
-    from .train import train_amed
+    from diffsolve.bench.models import resolve_model
+    from diffsolve.corrections.grid_search import gits_grid, learn_grid
+    from diffsolve.corrections.train import train_amed
 
     torch.set_num_threads(args.threads)
     entry, model = resolve_model(args.model)
@@ -131,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = entry.dtype or torch.float32
     nfe = _nfes(args.nfe)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    from ..field import as_field
-    from ..bench.reference import ReferenceSettings
+    from diffsolve.field import as_field
+    from diffsolve.evaluation.reference import ReferenceSettings
     plain = not as_field(model).has_schedule      # a plain velocity field: native time, no AFS
     settings = (ReferenceSettings(method="dopri5", rtol=args.reference_rtol, atol=args.reference_rtol)
                 if args.reference_rtol is not None else entry.reference)
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         base = args.solver or "amed"
         init = None
         if args.from_grid:
-            from .grid_search import to_amed_table
+            from diffsolve.corrections.grid_search import to_amed_table
             if plain:
                 raise InvalidArgument("--from-grid starts from the data-mean AFS, which a plain velocity field (schedule="
                                       "None) has not; train without --from-grid")
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
                           log=log, **teach)
         out = args.out or f"amed-{base}.safetensors"
     elif args.what == "weights":
-        from .coefficients import GRID_STARTS, learn_coefficients
+        from diffsolve.corrections.coefficients import GRID_STARTS, learn_coefficients
         base = args.solver or "deis"
         corr = learn_coefficients(model, base=base, nfe=nfe, afs=not args.no_afs, n=args.n or 128,
                                   batch_size=args.batch_size or 16, epochs=args.epochs or 30,
@@ -201,14 +201,14 @@ def _pair(text: str | None, what: str) -> tuple[float, float] | None:
 
 
 def _metric(spec: str | None, model):
-    from ..bench.models import import_object
-    from ..field import model_spec_of
+    from diffsolve.bench.models import import_object
+    from diffsolve.field import model_spec_of
     if spec is None:
         ms = model_spec_of(model)
         if ms is None or tuple(ms.sample_shape or ()) != (1, 28, 28):
             raise InvalidArgument("--metric: this model's samples are not MNIST digits, so the built-in classifier's "
                                   "FD does not apply; name a callable metric(samples) -> float as 'module:attr'")
-        from ..models.evaluate import fd_metric
+        from diffsolve.models.evaluate import fd_metric
         return fd_metric(ms.data_range or (-1.0, 1.0)), "FD (built-in classifier, held-out real digits)"
     obj = import_object(spec, "--metric")
     if not callable(obj):
@@ -218,7 +218,7 @@ def _metric(spec: str | None, model):
 
 def _tune_skip(args, entry, model, nfe: list[int], log, start: float) -> int:
     from pathlib import Path
-    from ..skip_tuning import save_settings, tune_skip
+    from diffsolve.corrections.skip import save_settings, tune_skip
     if len(nfe) != 1:
         raise InvalidArgument(f"--nfe {args.nfe!r}: skip tuning takes one NFE (rho is tuned for one budget)")
     solver = args.solver or "dpmpp_2m"

@@ -3,9 +3,9 @@
 Each fused Triton kernel sits beside its PyTorch reference; `DIFFSOLVE_KERNELS=auto|triton|torch` (or the
 `backend=` argument) picks one (see kernels.backend). `nonfinite(t)` flags NaN/inf in one pass, without a host sync.
 """
-from .backend import BACKENDS, KernelUnavailable, requested_backend, use_triton
-from .checks import nonfinite
-from .lincomb import (coefficient_tensor, lincomb, lincomb_pair, lincomb_pair_reference, lincomb_reference,
+from diffsolve.kernels.backend import BACKENDS, KernelUnavailable, requested_backend, use_triton
+from diffsolve.kernels.checks import nonfinite
+from diffsolve.kernels.lincomb import (coefficient_tensor, lincomb, lincomb_pair, lincomb_pair_reference, lincomb_reference,
                       lincomb_triton)
 
 __all__ = ["lincomb", "lincomb_reference", "lincomb_triton", "lincomb_pair", "lincomb_pair_reference",

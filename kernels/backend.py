@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import DiffsolveError, check_choice
+from diffsolve.errors import DiffsolveError, check_choice
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "DIFFSOLVE_KERNELS"

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .backend import KernelUnavailable, accumulation_dtype, requested_backend, same_layout, triton_impl, use_triton
+from diffsolve.kernels.backend import KernelUnavailable, accumulation_dtype, requested_backend, same_layout, triton_impl, use_triton
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 MAX_FUSED_TERMS = 8     # more inputs are chained through a float32 partial sum

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .classifier import MnistClassifier
-from .consistency import ConsistencyUNet
-from .unet import UNet
+from diffsolve.models.classifier import MnistClassifier
+from diffsolve.models.consistency import ConsistencyUNet
+from diffsolve.models.unet import UNet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -21,7 +21,7 @@ def _load(path: Path) -> tuple[dict, dict]:
     from safetensors import safe_open
     from safetensors.torch import load_file
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: train it with `python -m diffsolve.models.train`")
+        raise FileNotFoundError(f"{path} is missing: train it with `python -m diffsolve.training.mnist`")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     return load_file(str(path)), json.loads(meta.get("config", "{}"))

@@ -15,9 +15,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..field import ModelSpec
-from ..schedules import EDMSchedule
-from .unet import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, UNet
+from diffsolve.field import ModelSpec
+from diffsolve.schedules import EDMSchedule
+from diffsolve.models.unet import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, UNet
 
 
 class ConsistencyUNet(nn.Module):

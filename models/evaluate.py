@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from ..field import model_spec_of
-from ..noise import NoiseSource
-from ..sampler import Sampler
-from .builtin import WEIGHTS, load_feature_stats, load_mnist_classifier, load_mnist_consistency, load_mnist_unet
-from .classifier import MnistClassifier, feature_stats, featurize, frechet_distance
-from .data import load_mnist
+from diffsolve.field import model_spec_of
+from diffsolve.noise import NoiseSource
+from diffsolve.sampler import Sampler
+from diffsolve.models.builtin import WEIGHTS, load_feature_stats, load_mnist_classifier, load_mnist_consistency, load_mnist_unet
+from diffsolve.models.classifier import MnistClassifier, feature_stats, featurize, frechet_distance
+from diffsolve.models.data import load_mnist
 
 SHARED_DDPM = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "mnist-ddpm-eps.safetensors"
 
@@ -116,7 +116,7 @@ def _names(allowed: tuple[str, ...]):
 
 
 def _solver_names(text: str) -> list[str]:
-    from ..solvers import available_solvers
+    from diffsolve.solvers import available_solvers
     names = [v.strip() for v in text.split(",") if v.strip()]
     known = available_solvers()
     bad = [v for v in names if v not in known]
@@ -133,14 +133,14 @@ def _solver_name(text: str) -> str:
 
 
 def _budgets(text: str) -> list[int]:
-    from ..bench.argtypes import positive_int
+    from diffsolve.cli.argtypes import positive_int
     return [positive_int(v) for v in text.replace(" ", "").split(",") if v]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..bench.argtypes import SEED_LIMIT, int_at_least, positive_int, seed_below
-    from ..errors import DiffsolveError
-    from ..grids import GRIDS
+    from diffsolve.cli.argtypes import SEED_LIMIT, int_at_least, positive_int, seed_below
+    from diffsolve.errors import DiffsolveError
+    from diffsolve.grids import GRIDS
 
     ap = argparse.ArgumentParser(prog="python -m diffsolve.models.evaluate", description=__doc__.splitlines()[0])
     # The Frechet distance needs a covariance: at least 2 samples.
@@ -189,7 +189,7 @@ def _evaluate(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
             weights = WEIGHTS / "mnist_consistency.safetensors" if args.consistency is None else args.consistency
             model, grid = load_mnist_consistency(weights), None
         else:
-            from ..pretrained_adapters import mnist_ddpm
+            from diffsolve.pretrained_adapters import mnist_ddpm
             weights = SHARED_DDPM
             if not weights.is_file():
                 ap.error(f"--models ddpm: {weights} is missing (the shared model folder beside the repository)")

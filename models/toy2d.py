@@ -6,7 +6,7 @@ source N(0, I), t = 0 at the noise and t = 1 at the data (time_convention="flow"
 - 1-RF (Liu et al. 2023; flow matching, Lipman et al. 2023): v(x_t, t) regressed on x1 - z with the independent
   coupling (z and x1 drawn apart).
 - 2-RF (Liu et al. 2023, "reflow"): the same loss on the couplings (z, X1) of the 1-RF's ODE, generated with
-  `diffsolve.reflow.generate_couplings` (RK4), starting from the 1-RF's weights. Its paths are straighter, so
+  `diffsolve.training.reflow.generate_couplings` (RK4), starting from the 1-RF's weights. Its paths are straighter, so
   few Euler steps land closer to the data.
 - Shortcut (Frans et al. 2024): v(x, t, d) also takes the step size d. Flow matching at d = 0 on 3/4 of each batch;
   on the other 1/4, self-consistency: v(x, t, 2d) regressed on (v(x, t, d) + v(x', t + d, d)) / 2,
@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..field import ModelSpec
+from diffsolve.field import ModelSpec
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 FILES = {"1rf": "moons_1rf.safetensors", "2rf": "moons_2rf.safetensors", "shortcut": "moons_shortcut.safetensors"}
@@ -151,7 +151,7 @@ def train_toy(cfg: ToyConfig, *, init: MoonsMLP | None = None, pairs: tuple[torc
 
     Seeded by cfg.seed (weights, data pool, noise, times): the same config gives the same weights on the same
     machine and thread count."""
-    from ..errors import check_choice
+    from diffsolve.errors import check_choice
     check_choice("what", cfg.what, ("1rf", "2rf", "shortcut"))
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -220,7 +220,7 @@ def _load(path: Path, shortcut: bool) -> MoonsMLP:
 
 def load_moons_flow(reflow: int = 1, path: str | Path | None = None) -> MoonsMLP:
     """The shipped moons rectified flow: reflow=1 (flow matching) or reflow=2 (trained on the 1-RF's couplings)."""
-    from ..errors import check_choice
+    from diffsolve.errors import check_choice
     check_choice("reflow", reflow, (1, 2))
     return _load(Path(path) if path is not None else WEIGHTS / FILES[f"{reflow}rf"], shortcut=False)
 
@@ -242,8 +242,8 @@ MODELS: dict[str, Callable[[], MoonsMLP]] = {
 # ------------------------------------------------------------------------------------------------
 def heldout_noise(n: int) -> torch.Tensor:
     """Noise no model saw in training or couplings: reflow's per-sample seeds HELDOUT_SEED * 2**32 + i."""
-    from ..noise import draw_noise
-    from ..reflow import sample_seeds
+    from diffsolve.noise import draw_noise
+    from diffsolve.training.reflow import sample_seeds
     return draw_noise((n, 2), seed=sample_seeds(HELDOUT_SEED, 0, n))
 
 
@@ -252,18 +252,18 @@ def heldout_moons(n: int) -> torch.Tensor:
 
 
 def sample(model: Any, noise: torch.Tensor, steps: int, solver: str | None = None) -> torch.Tensor:
-    from ..sampler import Sampler
+    from diffsolve.sampler import Sampler
     return Sampler(model, solver, progress=False).run(steps=steps, noise=noise).samples
 
 
 def sliced_w1(x: torch.Tensor, y: torch.Tensor) -> float:
-    from ..bench.metrics import sliced_wasserstein
+    from diffsolve.evaluation.metrics import sliced_wasserstein
     return sliced_wasserstein(x.double(), y.double(), n_proj=256, seed=0)
 
 
 def straightness_of(model: Any, noise: torch.Tensor, steps: int = 128) -> tuple[float, float]:
-    """(straightness S, RMS 1-step gap) against a fine Heun solve, from `diffsolve.diagnostics`."""
-    from ..diagnostics import straightness
+    """(straightness S, RMS 1-step gap) against a fine Heun solve, from `diffsolve.analysis.straightness`."""
+    from diffsolve.analysis.straightness import straightness
     r = straightness(model, noise, steps=steps, solver="heun")
     return float(r.straightness), float(r.one_step_gap)
 
@@ -288,7 +288,7 @@ def evaluate(n: int = 5000, steps: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
 # Command line
 # ------------------------------------------------------------------------------------------------
 def make_couplings(model: MoonsMLP, cfg: ToyConfig, folder: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
-    from ..reflow import generate_couplings, load_couplings
+    from diffsolve.training.reflow import generate_couplings, load_couplings
     run = generate_couplings(model, folder, cfg.pool, solver=cfg.coupling_solver, steps=cfg.coupling_steps,
                              batch_size=2048, shard_size=10_000, seed=COUPLING_SEED, log=True)
     info = {"coupling_seconds": round(run.seconds, 2), "coupling_n": cfg.pool, "coupling_solver": cfg.coupling_solver,

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..field import ModelSpec
-from ..schedules import EDMSchedule
+from diffsolve.field import ModelSpec
+from diffsolve.schedules import EDMSchedule
 
 SIGMA_DATA = 0.5
 SIGMA_MIN = 0.002
@@ -80,7 +80,7 @@ class UNet(nn.Module):
         self.channels = tuple(c)
         # Private: the weights' names already tell the layout, and the identity digest (plain attributes and
         # the state dict) must stay what it was before this option existed.
-        from ..errors import check_int
+        from diffsolve.errors import check_int
         self._blocks_per_level = check_int("blocks_per_level", blocks_per_level, minimum=1)
         self.sigma_data = float(sigma_data)
         self.in_channels = in_channels
@@ -127,7 +127,7 @@ class UNet(nn.Module):
         """The bare network F(c_in x, c_noise) and its bottleneck feature (B, C_last, 7, 7)."""
         scales = list(self.skip_scales if skip_scale is None else skip_scale)
         if len(scales) != len(self.channels):
-            from ..errors import InvalidArgument
+            from diffsolve.errors import InvalidArgument
             raise InvalidArgument(f"skip_scale needs {len(self.channels)} factors (one per level), got {len(scales)}")
         emb = self.time_mlp(self.fourier(c_noise).to(x.dtype))
         h = self.conv_in(x)

@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..errors import InvalidArgument
-from ..field import VectorField
+from diffsolve.errors import InvalidArgument
+from diffsolve.field import VectorField
 
 
 def _jax():
@@ -82,7 +82,7 @@ def detect(model: Any, **given: Any):
 
 
 def _register() -> None:
-    from ..field import register_model_adapter
+    from diffsolve.field import register_model_adapter
     register_model_adapter(detect)
 
 

@@ -21,12 +21,12 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..errors import InvalidArgument
-from ..field import VectorField, model_spec_of
-from ..loop import Evaluator, integrate
-from ..noise import NoiseSource
-from ..schedules import EDMSchedule
-from ..solvers.base import available_solvers, get_solver
+from diffsolve.errors import InvalidArgument
+from diffsolve.field import VectorField, model_spec_of
+from diffsolve.loop import Evaluator, integrate
+from diffsolve.noise import NoiseSource
+from diffsolve.schedules import EDMSchedule
+from diffsolve.solvers.base import available_solvers, get_solver
 
 # k-diffusion sampler name -> diffsolve solver name (None: k-diffusion has it, diffsolve has no match)
 K_DIFFUSION_TO_DIFFSOLVE: dict[str, str | None] = {
@@ -267,7 +267,7 @@ def detect(model: Any, **given: Any):
 
 
 def _register() -> None:
-    from ..field import register_model_adapter
+    from diffsolve.field import register_model_adapter
     register_model_adapter(detect)
     if not hasattr(VectorField, "from_k_diffusion"):
         # `VectorField.from_k_diffusion(model)`: the adapter's function, attached here (field.py never imports it)

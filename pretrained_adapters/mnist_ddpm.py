@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..field import ModelSpec
-from ..schedules import VPDiscrete
+from diffsolve.field import ModelSpec
+from diffsolve.schedules import VPDiscrete
 
 
 class _Block(nn.Module):

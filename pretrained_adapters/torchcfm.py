@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ..field import ModelSpec
+from diffsolve.field import ModelSpec
 
 
 class TorchCFMMLP(torch.nn.Module):

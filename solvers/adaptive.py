@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from ..errors import BudgetExceeded, InvalidArgument, check_choice
-from ..field import EvalPoint, Field
-from .base import Plan, Solver, register
-from .dpm_solver import DPMSolverSinglestep, StartEval
-from .multistep import lambda_of
+from diffsolve.errors import BudgetExceeded, InvalidArgument, check_choice
+from diffsolve.field import EvalPoint, Field
+from diffsolve.solvers.base import Plan, Solver, register
+from diffsolve.solvers.dpm_solver import DPMSolverSinglestep, StartEval
+from diffsolve.solvers.multistep import lambda_of
 
 ON_BUDGET = ("raise", "return")
 
@@ -128,7 +128,7 @@ class AdaptiveSolver(Solver):
 
     # --- what the bridges share -------------------------------------------------------------------
     def over_budget(self, ev, stats: RunStats, span: Span, need: int) -> str | None:
-        from ..loop import budget_exhausted
+        from diffsolve.loop import budget_exhausted
         return budget_exhausted(self, ev, stats.accepted + stats.rejected, span, need)
 
     def budget_error(self, why: str, stats: RunStats, t_reached: float, ev) -> BudgetExceeded:
@@ -139,7 +139,7 @@ class AdaptiveSolver(Solver):
 
     def finish(self, ev, x: torch.Tensor, plan: SpanPlan, stats: RunStats, *, completed: bool, t_reached: float,
                why: str | None = None, extra: dict | None = None):
-        from ..loop import finish_span    # the loop imports the solvers: import here, not at module load
+        from diffsolve.loop import finish_span    # the loop imports the solvers: import here, not at module load
         return finish_span(self, ev, x, plan, stats.times, stats.states, stats.accepted, stats.rejected,
                            completed=completed, t_reached=t_reached, why=why, extra=extra)
 

@@ -22,9 +22,9 @@ from typing import Any, Callable, ClassVar, Optional, Protocol
 
 import torch
 
-from ..errors import InvalidArgument, unknown_name
-from ..field import EvalPoint, Field, FieldOutput
-from ..grids import NOT_INVERTIBLE, is_increasing, refuse_increasing
+from diffsolve.errors import InvalidArgument, unknown_name
+from diffsolve.field import EvalPoint, Field, FieldOutput
+from diffsolve.grids import NOT_INVERTIBLE, is_increasing, refuse_increasing
 
 
 class Evaluator(Protocol):

@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidArgument, check_float
-from ..field import EvalPoint, Field
-from ..grids import NOT_INVERTIBLE
-from ..kernels import lincomb
-from .base import Plan, Solver, StepCoefficients, register
-from .euler import Euler, EulerStep
-from .sde import StochasticSolver
+from diffsolve.errors import InvalidArgument, check_float
+from diffsolve.field import EvalPoint, Field
+from diffsolve.grids import NOT_INVERTIBLE
+from diffsolve.kernels import lincomb
+from diffsolve.solvers.base import Plan, Solver, StepCoefficients, register
+from diffsolve.solvers.euler import Euler, EulerStep
+from diffsolve.solvers.sde import StochasticSolver
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import check_choice
-from ..field import EvalPoint, Field
-from ..kernels import lincomb
-from .base import Plan, Solver, StepCoefficients, register
-from .euler import ddim_coefficients
-from .multistep import MultistepSolver, MultistepStep, check_order, lambda_of
+from diffsolve.errors import check_choice
+from diffsolve.field import EvalPoint, Field
+from diffsolve.kernels import lincomb
+from diffsolve.solvers.base import Plan, Solver, StepCoefficients, register
+from diffsolve.solvers.euler import ddim_coefficients
+from diffsolve.solvers.multistep import MultistepSolver, MultistepStep, check_order, lambda_of
 
 
 @dataclass(frozen=True)

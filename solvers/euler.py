@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from ..field import EvalPoint, Field
-from ..kernels import lincomb
-from .base import Solver, StepCoefficients, register
+from diffsolve.field import EvalPoint, Field
+from diffsolve.kernels import lincomb
+from diffsolve.solvers.base import Solver, StepCoefficients, register
 
 
 def ddim_coefficients(p, q) -> tuple[float, float]:

@@ -6,8 +6,8 @@ velocity or the span starts at pure noise (alpha = 0, where s is infinite): then
 """
 from __future__ import annotations
 
-from ..errors import InvalidArgument
-from ..field import Field
+from diffsolve.errors import InvalidArgument
+from diffsolve.field import Field
 
 FRAMES = ("time", "edm", "logsnr")
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import register
-from ..errors import check_choice
-from .multistep import SlopeMultistep, lagrange_integrals
+from diffsolve.solvers.base import register
+from diffsolve.errors import check_choice
+from diffsolve.solvers.multistep import SlopeMultistep, lagrange_integrals
 
 AB_WEIGHTS = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 

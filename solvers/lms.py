@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import register
-from .multistep import SlopeMultistep, lagrange_integrals
+from diffsolve.solvers.base import register
+from diffsolve.solvers.multistep import SlopeMultistep, lagrange_integrals
 
 
 class LMS(SlopeMultistep):

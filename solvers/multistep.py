@@ -11,11 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import InvalidArgument
-from ..field import EvalPoint, Field
-from ..kernels import lincomb
-from .base import Plan, Solver, StepCoefficients
-from .euler import ddim_coefficients
+from diffsolve.errors import InvalidArgument
+from diffsolve.field import EvalPoint, Field
+from diffsolve.kernels import lincomb
+from diffsolve.solvers.base import Plan, Solver, StepCoefficients
+from diffsolve.solvers.euler import ddim_coefficients
 
 LOWER_ORDER_FINAL = (True, False, "auto")
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidArgument, check_choice
-from ..field import EvalPoint, Field
-from ..kernels import lincomb
-from .base import Plan, Solver, StepCoefficients, register
-from .frames import integration_frame
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.field import EvalPoint, Field
+from diffsolve.kernels import lincomb
+from diffsolve.solvers.base import Plan, Solver, StepCoefficients, register
+from diffsolve.solvers.frames import integration_frame
 
 FRAMES = ("edm", "time")
 

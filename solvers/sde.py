@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import InvalidArgument, check_choice
-from ..field import EvalPoint, Field
-from ..grids import karras_sigmas
-from ..kernels import lincomb
-from .base import Plan, Solver, StepCoefficients, get_solver, register
-from .dpm_solver import history_differences, lambda_of
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.field import EvalPoint, Field
+from diffsolve.grids import karras_sigmas
+from diffsolve.kernels import lincomb
+from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
+from diffsolve.solvers.dpm_solver import history_differences, lambda_of
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,12 +23,12 @@ from typing import Callable
 
 import torch
 
-from ..errors import InvalidArgument, NonFiniteError, check_choice
-from ..field import Field
-from ..kernels import lincomb, nonfinite
-from .adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
-from .base import Plan, register
-from .frames import integration_frame
+from diffsolve.errors import InvalidArgument, NonFiniteError, check_choice
+from diffsolve.field import Field
+from diffsolve.kernels import lincomb, nonfinite
+from diffsolve.solvers.adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
+from diffsolve.solvers.base import Plan, register
+from diffsolve.solvers.frames import integration_frame
 
 
 @dataclass(frozen=True)

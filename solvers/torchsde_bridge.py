@@ -30,11 +30,11 @@ from typing import Callable
 
 import torch
 
-from ..errors import InvalidArgument, NonFiniteError, check_choice
-from ..kernels import nonfinite
-from ..field import Field
-from .adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
-from .base import Plan, register
+from diffsolve.errors import InvalidArgument, NonFiniteError, check_choice
+from diffsolve.kernels import nonfinite
+from diffsolve.field import Field
+from diffsolve.solvers.adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
+from diffsolve.solvers.base import Plan, register
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import check_choice
-from ..field import EvalPoint, Field
-from ..kernels import lincomb
-from .base import Plan, register
-from .euler import ddim_coefficients
-from .multistep import MultistepSolver, MultistepStep
+from diffsolve.errors import check_choice
+from diffsolve.field import EvalPoint, Field
+from diffsolve.kernels import lincomb
+from diffsolve.solvers.base import Plan, register
+from diffsolve.solvers.euler import ddim_coefficients
+from diffsolve.solvers.multistep import MultistepSolver, MultistepStep
 
 VARIANTS = ("bh1", "bh2")
 

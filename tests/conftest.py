@@ -60,7 +60,7 @@ HELD_OUT = list(range(900_000, 900_128))
 
 @pytest.fixture(scope="module")
 def gmm():
-    from diffsolve.bench.problems import GaussianMixtureProblem
+    from diffsolve.problems import GaussianMixtureProblem
     return GaussianMixtureProblem.default()
 
 

@@ -1,0 +1,4 @@
+"""The `diffsolve` command line: every subcommand parsed here into typed settings, then handed to the library."""
+from diffsolve.cli.main import build_parser, main, solver_options
+
+__all__ = ["build_parser", "main", "solver_options"]

@@ -1,0 +1,154 @@
+"""A multistep solver with learned step weights on a learned grid (the times as LD3, Tong et al. 2024; weights on
+the slope history as S4S, Frankel et al. 2025): a base rule in the EDM frame plus learned offsets.
+
+EDM frame, y = x / alpha, s = sigma / alpha, slopes d_j = (y_j - D_j) / s_j newest first. One step from s_n to
+s_{n+1}:
+
+    y_{n+1} = base(y_n, d_n, d_{n-1}, ...; s_n -> s_{n+1}) + (s_{n+1} - s_n) sum_j w_{n,j} d_{n-j},
+
+the base rule (DEIS, iPNDM or iPNDM_v, `solvers.amed.base_substep`) at its full order on every step, w the
+learned offsets (zero: the base solver). With the analytical first step (AFS) the first slope is
+(y - mu) / sqrt(1 + s^2) around the mean data prediction mu at the largest noise (no model call). Weights and grid
+are fitted together by `diffsolve.corrections.learn_coefficients`; they belong to the grid they were fitted on.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.field import EvalPoint, Field
+from diffsolve.corrections.amed import DEFAULT_MAX_ORDER, _bc, afs_denoised, base_substep
+from diffsolve.solvers.base import Plan, Solver, StepCoefficients, register
+
+COEFFICIENT_BASES = ("deis", "ipndm", "ipndm_v")
+
+
+def corrected_substep(rule: str, y0: torch.Tensor, hist: Sequence[tuple], s0: Any, s1: Any, max_order: int,
+                      weights: Any = None) -> torch.Tensor:
+    """`base_substep` plus (s1 - s0) sum_j weights[j] d_j over hist = ((s, d, D), ...) newest first; weights
+    (floats, or scalar tensors with gradient) may be shorter than the history, or None (the base rule alone)."""
+    y1 = base_substep(rule, y0, hist, s0, s1, max_order)
+    if weights is None:
+        return y1
+    inc = None
+    for w, h in zip(weights, hist):
+        if isinstance(w, float) and w == 0.0:      # exact zeros leave the base rule bit for bit
+            continue
+        inc = w * h[1] if inc is None else inc + w * h[1]
+    if inc is None:
+        return y1
+    return y1 + _bc(s1 - s0, y0) * inc
+
+
+@dataclass(frozen=True)
+class LearnedStep(StepCoefficients):
+    """One step's host data: noise levels, the EDM-frame scale at both ends, the AFS flag and the weight offsets."""
+
+    index: int
+    s0: float
+    s1: float
+    alpha0: float
+    alpha1: float
+    afs: bool
+    weights: tuple[float, ...]
+    max_order: int
+    afs_mean: Any = None
+
+
+class LearnedMultistep(Solver):
+    """Base multistep rule plus learned weight offsets on the grid they were learned on (`coefficients=`)."""
+
+    name = "learned_multistep"
+    deterministic = True
+    needs_schedule = True
+    calls_per_step = 1
+    citation = "LD3 (Tong et al. 2024) times, S4S (Frankel et al. 2025) coefficients; diffsolve's EDM-frame form"
+
+    def __init__(self, coefficients: Any = None, base: str = "deis", max_order: int | None = None):
+        check_choice("base", base, COEFFICIENT_BASES)
+        if max_order is not None and max_order < 1:
+            raise InvalidArgument(f"max_order={max_order!r}: must be a positive integer")
+        self.base = base
+        self._max_order = max_order
+        # the base rule's order with zero offsets: DEIS and iPNDM_v interpolate max_order nodes (in log s and s);
+        # iPNDM's fixed Adams-Bashforth weights are second order on grids that are not uniform in s
+        k = int(max_order if max_order is not None else DEFAULT_MAX_ORDER[base])
+        self.order = min(k, 2) if base == "ipndm" else k
+        self._given = coefficients
+        self._resolved: dict = {}
+
+    def options(self) -> dict:
+        return {"base": self.base, "max_order": self._max_order}
+
+    def correction(self, field: Field | None):
+        """The CoefficientCorrection used on `field`: the one given, or the one shipped for the field's model."""
+        from diffsolve.corrections.io import CoefficientCorrection, as_coefficient_correction, find_shipped
+        key = None if self._given is not None else (field.correction_identity() if field is not None else None)
+        if key in self._resolved:
+            return self._resolved[key]
+        if self._given is not None:
+            corr = as_coefficient_correction(self._given)
+            if field is not None:
+                corr.check_field(field)
+        else:
+            if field is None:
+                raise InvalidArgument("coefficients= is missing")
+            try:
+                corr = find_shipped(field, "coefficients", self.base)
+            except InvalidArgument as e:
+                warnings.warn(f"{self.name}: {e}. Running the base rule {self.base!r} with zero offsets.",
+                              UserWarning, stacklevel=4)
+                corr = CoefficientCorrection({}, {}, self.base, False, None, None, {"untrained": True})
+        if corr.base != self.base:
+            raise InvalidArgument(f"these coefficients were learned for base={corr.base!r}, not {self.base!r}")
+        self._resolved[key] = corr
+        return corr
+
+    def grid_for(self, field: Field):
+        corr = self.correction(field)
+        return corr.grid_function() if corr.grids else None
+
+    def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        return steps - (1 if self.correction(field).afs else 0)
+
+    def inversion_refusal(self) -> str | None:
+        return ("its weights were learned for steps from noise to data on one grid; invert with its base solver")
+
+    def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        self.check_field(field)
+        corr = self.correction(field)
+        rows = corr.weights_for(t)
+        # the order the offsets were learned with, unless max_order= says otherwise
+        k = int(self._max_order or corr.meta.get("max_order") or DEFAULT_MAX_ORDER[self.base])
+        pts = self.grid_points(field, t)
+        if float(pts[0].alpha) == 0.0:
+            raise InvalidArgument(f"{self.name} integrates in the EDM frame; start the grid below pure noise")
+        coeffs = tuple(LearnedStep(i, float(pts[i].s), float(pts[i + 1].s), float(pts[i].alpha),
+                                   float(pts[i + 1].alpha), corr.afs and i == 0, tuple(rows[i]), k,
+                                   corr.afs_mean if corr.afs and i == 0 else None)
+                       for i in range(len(pts) - 1))
+        return Plan(t=t, points=pts, coeffs=coeffs, nfe=len(coeffs) - (1 if corr.afs else 0))
+
+    def init(self, plan: Plan) -> Any:
+        return ()
+
+    def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: LearnedStep):
+        co = coeffs
+        y0 = x / co.alpha0 if co.alpha0 != 1.0 else x
+        D0 = afs_denoised(y0, co.s0, co.afs_mean) if co.afs else ev.denoise(x, t0)
+        hist = ((co.s0, (y0 - D0) / co.s0, D0), *state)
+        y1 = corrected_substep(self.base, y0, hist, co.s0, co.s1, co.max_order, co.weights)
+        x1 = y1 * co.alpha1 if co.alpha1 != 1.0 else y1
+        return x1.to(x.dtype), None, hist[: co.max_order - 1]
+
+
+def _learned_multistep(coefficients: Any = None, base: str = "deis", max_order: int | None = None) -> LearnedMultistep:
+    return LearnedMultistep(coefficients, base=base, max_order=max_order)
+
+
+register("learned_multistep", _learned_multistep, "multistep rule (base= deis, ipndm, ipndm_v) with learned weight "
+         "offsets on its learned grid (coefficients=; shipped for the built-in MNIST UNet)")

@@ -1,0 +1,1 @@
+"""Training models: the built-in MNIST models, the 2-D few-step flows, reflow couplings."""

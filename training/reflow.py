@@ -1,0 +1,429 @@
+"""Reflow couplings: (noise, endpoint) pairs from a flow, for training a rectified flow on them (Liu et al. 2023).
+
+`generate_couplings(model, out_dir, n, solver=, steps=, seed=)` solves the model's ODE from noise and writes the
+pairs in fixed shards of `shard_size` samples, `out_dir/shard-{k:06d}.safetensors` with tensors `noise`,
+`endpoint` and `index` (the global sample indices), each written atomically (temporary name, then rename).
+
+- Sample i's noise is drawn from its own stream, seeded by (seed, i) (`sample_seeds`): a shard's content does
+  not depend on the batching, the rank that computed it or the number of ranks. Under `torchrun`, rank r takes
+  the shards k with k % world == r; all files are byte for byte those of a one-process run (same shard size,
+  batch size and thread count).
+- `settings.json` is written before the first shard: a rerun with other settings (another model, solver, seed,
+  ...) is refused with an error naming the argument. A rerun with the same settings resumes: shards already on
+  disk are verified (format, indices, noise, settings digest) and kept, the missing ones are computed; a shard
+  that fails the check is recomputed. Nothing is computed twice and no index is missing or repeated.
+- `manifest.json` is written (atomically, by rank 0 after a barrier) once every shard exists: the settings, the
+  model identity, and each shard's name, sample range, count and sha256. `load_couplings(out_dir)` checks it.
+
+The command line: `python -m diffsolve.training.reflow --model moons-1rf --samples 20000 --out DIR [--solver rk4 --steps 64]`,
+also under `torchrun --standalone --nproc_per_node 2 -m diffsolve.training.reflow ...` (there spell the count `--samples`:
+torchrun's own parser reads the alias `--n` as an ambiguous abbreviation of its options and stops).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from diffsolve.errors import DiffsolveError, InvalidArgument, check_bool, check_int
+from diffsolve.files import atomic_write_bytes
+from diffsolve.noise import draw_noise
+
+__all__ = ["generate_couplings", "load_couplings", "verify_couplings", "sample_seeds", "CouplingsError",
+           "CouplingRun", "FORMAT", "main"]
+
+FORMAT = "diffsolve-couplings/1"
+MANIFEST = "manifest.json"
+SETTINGS = "settings.json"
+MAX_SEED = 2 ** 31 - 1          # per-sample seeds are seed * 2**32 + index: both fit below torch's 2**64 range
+MAX_N = 2 ** 32
+# settings a rerun must repeat exactly (the CLI flag for each, for error messages)
+SETTING_NAMES = ("n", "shard_size", "batch_size", "solver", "solver_options", "steps", "seed", "dtype",
+                 "sample_shape", "model")
+
+
+class CouplingsError(DiffsolveError, ValueError):
+    """A coupling folder is incomplete, corrupted, or holds a run with other settings."""
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:06d}.safetensors"
+
+
+def sample_seeds(seed: int, start: int, stop: int) -> list[int]:
+    """The per-sample noise seeds of samples start..stop-1: seed * 2**32 + index (distinct for distinct pairs)."""
+    return [int(seed) * 2 ** 32 + i for i in range(start, stop)]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _identity(model: Any, given: str | None) -> str:
+    if given is not None:
+        if not isinstance(given, str) or not given:
+            raise InvalidArgument(f"model_id={given!r}: must be a non-empty string naming the model's weights")
+        return given
+    from diffsolve.field import model_identity
+    ident = model_identity(model)
+    if ident is None:
+        raise InvalidArgument("model: cannot identify this model (not an nn.Module and no identity() method); pass "
+                              "model_id= naming its weights, so that a resumed run can check it is the same model")
+    return ident
+
+
+@dataclass
+class CouplingRun:
+    """What `generate_couplings` did: the folder, its manifest, the shards this process computed and kept."""
+
+    out_dir: Path
+    manifest: dict
+    computed: list[int] = dc_field(default_factory=list)     # shard indices computed by this process
+    kept: list[int] = dc_field(default_factory=list)         # shard indices found complete and verified
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# One shard
+# ------------------------------------------------------------------------------------------------
+def _shard_noise(seed: int, start: int, stop: int, sample_shape: Sequence[int]) -> torch.Tensor:
+    return draw_noise((stop - start, *sample_shape), seed=sample_seeds(seed, start, stop), dtype=torch.float32)
+
+
+def _compute_shard(sampler: Any, plan: Any, settings: dict, start: int, stop: int, batch_size: int,
+                   dtype: torch.dtype, device: Any) -> bytes:
+    from diffsolve.noise import NoiseSource
+    noise = _shard_noise(settings["seed"], start, stop, settings["sample_shape"])
+    ends = []
+    for a in range(0, stop - start, batch_size):
+        b = min(a + batch_size, stop - start)
+        z = noise[a:b].to(device=device, dtype=dtype)
+        step_noise = None
+        if not sampler.solver.deterministic:
+            step_noise = NoiseSource.for_run(z.shape, seed=sample_seeds(settings["seed"], start + a, start + b),
+                                             device=z.device, dtype=z.dtype)
+        out = sampler.solve(plan, z, step_noise=step_noise, progress=False)
+        ends.append(out.samples.detach().to("cpu", torch.float32))
+    endpoint = torch.cat(ends).contiguous()
+    index = torch.arange(start, stop, dtype=torch.int64)
+    meta = {"format": FORMAT, "settings": _digest(settings), "start": str(start), "stop": str(stop)}
+    return safetensors_bytes({"noise": noise.contiguous(), "endpoint": endpoint, "index": index}, meta)
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file with a canonical header (sorted keys, no spaces, padded to 8 bytes): the same tensors
+    and metadata give the same bytes in every process (safetensors' own writer orders the metadata by a hash
+    map, which differs from process to process)."""
+    import numpy as np
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        data = t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+
+
+def _check_shard(path: Path, settings: dict, start: int, stop: int, noise_check: bool = True) -> str | None:
+    """Why the shard file is not the complete shard start..stop of this run, or None when it is."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            if keys != {"noise", "endpoint", "index"}:
+                return f"holds tensors {sorted(keys)}, not noise/endpoint/index"
+            if meta.get("format") != FORMAT or meta.get("settings") != _digest(settings):
+                return "was written by a run with other settings"
+            noise, endpoint, index = f.get_tensor("noise"), f.get_tensor("endpoint"), f.get_tensor("index")
+    except Exception as e:             # truncated or not a safetensors file at all
+        return f"cannot be read ({type(e).__name__}: {e})"
+    m = stop - start
+    shape = (m, *settings["sample_shape"])
+    if tuple(noise.shape) != shape or tuple(endpoint.shape) != shape or tuple(index.shape) != (m,):
+        return f"has shapes {tuple(noise.shape)}/{tuple(endpoint.shape)}/{tuple(index.shape)}, expected {shape}"
+    if not torch.equal(index, torch.arange(start, stop, dtype=torch.int64)):
+        return f"does not hold the indices {start}..{stop - 1}"
+    if not bool(torch.isfinite(endpoint).all()):
+        return "holds non-finite endpoints"
+    if noise_check and not torch.equal(noise, _shard_noise(settings["seed"], start, stop, settings["sample_shape"])):
+        return "holds noise that is not this run's"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Settings and the manifest
+# ------------------------------------------------------------------------------------------------
+def _compare_settings(found: dict, want: dict, where: Path) -> None:
+    if found.get("format") != FORMAT:
+        raise CouplingsError(f"{where} is not a diffsolve coupling folder of format {FORMAT} "
+                             f"(format={found.get('format')!r}); use a new --out folder")
+    diff = [k for k in SETTING_NAMES if found.get(k) != want.get(k)]
+    if diff:
+        detail = "; ".join(f"{k}={want.get(k)!r} but the folder holds {k}={found.get(k)!r}" for k in diff)
+        raise CouplingsError(f"refusing to resume into {where}: it was made with other settings ({detail}); "
+                             "rerun with the folder's settings or use a new output folder")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CouplingsError(f"{path} cannot be read as JSON ({e})") from None
+
+
+def _bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
+
+
+def _manifest(settings: dict, out: Path) -> dict:
+    shards = []
+    for k, (a, b) in enumerate(_bounds(settings["n"], settings["shard_size"])):
+        path = out / shard_name(k)
+        shards.append({"name": shard_name(k), "start": a, "stop": b, "count": b - a,
+                       "sha256": _sha256_file(path)})
+    return {**settings, "shards": shards}
+
+
+def _remove_stale_temps(out: Path, shards: Sequence[int]) -> None:
+    """Temporary files a killed writer left for these shards (this process owns them now)."""
+    for k in shards:
+        for tmp in out.glob(shard_name(k) + ".*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------------------------------------
+# The generator
+# ------------------------------------------------------------------------------------------------
+def generate_couplings(model: Any, out_dir: str | Path, n: int, *, solver: str = "heun", steps: int = 64,
+                       batch_size: int = 1024, shard_size: int = 4096, seed: int = 0, dtype: Any = "float32",
+                       solver_options: dict | None = None, model_id: str | None = None, device: Any = None,
+                       verify_noise: bool = True, log: bool = False, dist: Any = None) -> CouplingRun:
+    """Solve `n` noise draws to their endpoints with a diffsolve solver and write them as resumable shards.
+
+    model: anything `Sampler` takes (its `diffsolve_spec` must give the sample shape). solver / steps /
+    solver_options: the solver (an accurate one: the coupling is the ODE's map). batch_size: samples per
+    solver call (recorded: it fixes the floating-point work per sample). shard_size: samples per file.
+    seed: the noise seeds of sample i are seed * 2**32 + i. dtype: the state's dtype (stored as float32).
+    model_id: the model's identity for the manifest (default: `diffsolve.field.model_identity`, a digest of
+    an nn.Module's weights). dist: a `diffsolve.distributed.Dist` (default: from torchrun's environment).
+    """
+    from diffsolve.sampler import Sampler, as_dtype
+    t_start = time.perf_counter()
+    n = check_int("n", n, 1, MAX_N)
+    steps = check_int("steps", steps, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    shard_size = check_int("shard_size", shard_size, 1)
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    verify_noise = check_bool("verify_noise", verify_noise)
+    log = check_bool("log", log)
+    run_dtype = as_dtype(dtype)
+    if run_dtype is None:
+        raise InvalidArgument("dtype=None: name the state's dtype ('float32' or 'float64')")
+    if not isinstance(solver, str):
+        raise InvalidArgument(f"solver={solver!r}: must be a solver's registry name (it is recorded in the manifest)")
+    solver_options = dict(solver_options or {})
+    if out_dir is None or not isinstance(out_dir, (str, os.PathLike)) or str(out_dir) == "":
+        raise InvalidArgument(f"out_dir={out_dir!r}: must be a folder path")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidArgument(f"out_dir={str(out)!r} exists and is not a folder")
+
+    sampler = Sampler(model, solver, progress=False, **solver_options)
+    shape = sampler.field.sample_shape
+    if shape is None:
+        raise InvalidArgument("model: it does not declare its sample shape (diffsolve_spec.sample_shape); wrap it "
+                              "with diffsolve.field.as_field(model, sample_shape=...)")
+    plan = sampler.plan(steps)
+    settings = {"format": FORMAT, "n": n, "shard_size": shard_size, "batch_size": batch_size,
+                "solver": sampler.solver.name, "solver_options": json.loads(json.dumps(solver_options, default=str)),
+                "steps": steps, "nfe_per_sample": int(plan.nfe), "seed": seed,
+                "dtype": str(run_dtype).replace("torch.", ""), "sample_shape": [int(v) for v in shape],
+                "model": _identity(model, model_id), "seeds": "seed * 2**32 + index"}
+
+    if dist is None:
+        from diffsolve.distributed import Dist
+        dist = Dist.from_env()
+    bounds = _bounds(n, shard_size)
+    try:
+        # Every rank reads what is there before anyone writes: all refuse, or none does.
+        if (out / SETTINGS).exists():
+            _compare_settings(_read_json(out / SETTINGS), settings, out)
+        known: dict[str, str] = {}      # a finished run's hashes: a shard changed since is computed again
+        if (out / MANIFEST).exists():
+            found = _read_json(out / MANIFEST)
+            _compare_settings(found, settings, out)
+            known = {s.get("name"): s.get("sha256") for s in found.get("shards", []) if isinstance(s, dict)}
+        dist.barrier()
+        if dist.is_main and not (out / SETTINGS).exists():
+            atomic_write_bytes(out / SETTINGS, _canonical(settings))
+        dist.barrier()
+
+        mine = dist.my_chunks(len(bounds))
+        _remove_stale_temps(out, mine)
+        if dist.is_main:
+            for tmp in out.glob(MANIFEST + ".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        computed, kept = [], []
+        device = dist.device(device)
+        for k in mine:
+            a, b = bounds[k]
+            path = out / shard_name(k)
+            if path.exists():
+                why = _check_shard(path, settings, a, b, noise_check=verify_noise)
+                if why is None and path.name in known and _sha256_file(path) != known[path.name]:
+                    why = "does not match the manifest's sha256"
+                if why is None:
+                    kept.append(k)
+                    continue
+                print(f"reflow: {path.name} {why}; computing it again", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            atomic_write_bytes(path, _compute_shard(sampler, plan, settings, a, b, batch_size, run_dtype, device))
+            computed.append(k)
+            if log:
+                print(f"reflow: rank {dist.rank} wrote {path.name} (samples {a}..{b - 1}) in "
+                      f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+        dist.barrier()
+        if dist.is_main:
+            missing = [shard_name(k) for k in range(len(bounds)) if not (out / shard_name(k)).is_file()]
+            if missing:
+                raise CouplingsError(f"{out}: shards {missing[:5]} are missing after every rank finished")
+            manifest = _manifest(settings, out)
+            atomic_write_bytes(out / MANIFEST, _canonical(manifest))
+        dist.barrier()
+        manifest = _read_json(out / MANIFEST)
+        counts = dist.all_gather((computed, kept))
+    finally:
+        dist.close()
+    all_computed = sorted(k for c, _ in counts for k in c)
+    all_kept = sorted(k for _, kk in counts for k in kk)
+    return CouplingRun(out, manifest, computed=all_computed, kept=all_kept, seconds=time.perf_counter() - t_start)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+def verify_couplings(out_dir: str | Path) -> dict:
+    """The manifest, after checking every shard's presence, sha256, count and indices (else CouplingsError)."""
+    out = Path(out_dir)
+    path = out / MANIFEST
+    if not path.is_file():
+        raise CouplingsError(f"{out}: no {MANIFEST} (the generator has not finished; rerun it to resume)")
+    manifest = _read_json(path)
+    if manifest.get("format") != FORMAT:
+        raise CouplingsError(f"{path}: format={manifest.get('format')!r}, expected {FORMAT!r}")
+    want = _bounds(int(manifest["n"]), int(manifest["shard_size"]))
+    shards = manifest.get("shards", [])
+    if [(s["start"], s["stop"]) for s in shards] != want or any(s["name"] != shard_name(k)
+                                                                 for k, s in enumerate(shards)):
+        raise CouplingsError(f"{path}: its shard list does not cover samples 0..{manifest['n'] - 1} in order")
+    for s in shards:
+        f = out / s["name"]
+        if not f.is_file():
+            raise CouplingsError(f"{out}: {s['name']} is missing")
+        got = _sha256_file(f)
+        if got != s["sha256"]:
+            raise CouplingsError(f"{out}: {s['name']} is corrupted (sha256 {got[:12]}..., the manifest says "
+                                 f"{s['sha256'][:12]}...)")
+    return manifest
+
+
+def load_couplings(out_dir: str | Path, *, with_index: bool = False):
+    """(noise, endpoint), each [n, *sample_shape] float32, after `verify_couplings`; with_index: also the indices."""
+    from safetensors.torch import load as st_load
+    out = Path(out_dir)
+    manifest = verify_couplings(out)
+    noise, ends, index = [], [], []
+    for s in manifest["shards"]:
+        data = (out / s["name"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != s["sha256"]:       # changed since the check
+            raise CouplingsError(f"{out}: {s['name']} changed while it was read")
+        t = st_load(data)
+        if t["index"].numel() != s["count"] or not torch.equal(
+                t["index"], torch.arange(s["start"], s["stop"], dtype=torch.int64)):
+            raise CouplingsError(f"{out}: {s['name']} does not hold samples {s['start']}..{s['stop'] - 1}")
+        noise.append(t["noise"])
+        ends.append(t["endpoint"])
+        index.append(t["index"])
+    result = (torch.cat(noise), torch.cat(ends))
+    return (*result, torch.cat(index)) if with_index else result
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+def resolve_model(name: str) -> Any:
+    """A shipped toy model ('moons-1rf', 'moons-2rf', 'moons-shortcut'), a bench model name or 'module:attr'."""
+    from diffsolve.models import toy2d
+    if name in toy2d.MODELS:
+        return toy2d.MODELS[name]()
+    from diffsolve.bench.models import resolve_model as bench_resolve
+    return bench_resolve(name)[1]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m diffsolve.training.reflow", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="moons-1rf | moons-2rf | moons-shortcut | a bench model | "
+                                                  "module:attr")
+    # --samples, not --n, under torchrun: torchrun's own parser takes '--n' for an abbreviation of its options
+    p.add_argument("--samples", "--n", dest="n", type=int, required=True,
+                   help="number of couplings (--n is an alias, but not usable under torchrun)")
+    p.add_argument("--out", required=True, help="output folder (resumed when it holds a run with these settings)")
+    p.add_argument("--solver", default="heun")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--shard-size", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (keep it the same in runs "
+                                                          "whose files must match byte for byte)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(check_int("threads", args.threads, 1))
+    try:
+        model = resolve_model(args.model)
+        res = generate_couplings(model, args.out, args.n, solver=args.solver, steps=args.steps,
+                                 batch_size=args.batch_size, shard_size=args.shard_size, seed=args.seed,
+                                 dtype=args.dtype, log=True)
+    except DiffsolveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"out": str(res.out_dir), "n": res.manifest["n"], "shards": len(res.manifest["shards"]),
+                          "computed": len(res.computed), "kept": len(res.kept),
+                          "seconds": round(res.seconds, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
