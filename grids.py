@@ -9,7 +9,7 @@ For the EDM schedule t is the EDM sigma, so `karras(...)` returns k-diffusion's 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -184,20 +184,22 @@ def from_sigmas(sigmas: Sequence[float], schedule: NoiseSchedule) -> torch.Tenso
     return sch.t_from_edm_sigma(s)
 
 
-# Grids optimized for one network (GITS, learned): name -> "module:function" of a resolver, imported on first use,
-# that takes (field, solver) and returns a grid function for that field's model.
-FIELD_GRIDS: dict[str, str] = {
-    "gits": "diffsolve.corrections.io:gits_shipped",
-    "learned": "diffsolve.corrections.io:learned_shipped",
-}
+# Grids optimized for one network (GITS, learned): name -> resolver that takes (field, solver) and returns a grid
+# function for that field's model. The corrections package registers its resolvers when it is imported.
+FIELD_GRIDS: dict[str, Callable[[Any, Any], Any]] = {}
+
+
+def register_field_grid(name: str, resolve: Callable[[Any, Any], Any]) -> None:
+    """Make `grid=name` mean a grid tuned for the model: `resolve(field, solver)` returns it (or raises)."""
+    if not isinstance(name, str) or not name or name in GRIDS or name in FIELD_GRIDS:
+        raise InvalidArgument(f"register_field_grid: name {name!r} is empty or taken")
+    FIELD_GRIDS[name] = resolve
 
 
 def resolve_field_grid(grid, field, solver):
     """A model-specific grid name (FIELD_GRIDS) as the grid function for this field; other grids as given."""
     if isinstance(grid, str) and grid in FIELD_GRIDS and grid not in GRIDS:
-        import importlib
-        module, attr = FIELD_GRIDS[grid].split(":")
-        return getattr(importlib.import_module(module), attr)(field, solver)
+        return FIELD_GRIDS[grid](field, solver)
     return grid
 
 

@@ -74,6 +74,24 @@ def register_scheduler_adapter(adapter: Callable[..., SamplerParts | None]) -> N
         _SCHEDULER_ADAPTERS.append(adapter)
 
 
+# Corrections that wrap the field (Skip-Tuning): keyword -> apply(field, value). The corrections package registers
+# them on import, so the sampler names no module above it.
+_FIELD_CORRECTIONS: dict[str, Callable[[Field, Any], Field]] = {}
+
+
+def register_field_correction(keyword: str, apply: Callable[[Field, Any], Field]) -> None:
+    """Let `Sampler(..., keyword=value)` wrap its field as `apply(field, value)`."""
+    if keyword in _FIELD_CORRECTIONS:
+        raise InvalidArgument(f"register_field_correction: {keyword!r} is registered already")
+    _FIELD_CORRECTIONS[keyword] = apply
+
+
+def _field_correction(keyword: str) -> Callable[[Field, Any], Field]:
+    if keyword not in _FIELD_CORRECTIONS:
+        raise InvalidArgument(f"{keyword}= needs diffsolve.corrections (import diffsolve)")
+    return _FIELD_CORRECTIONS[keyword]
+
+
 def _parts_from_scheduler(model: Any, scheduler: Any, prediction: str | None,
                           sample_shape: Sequence[int] | None) -> SamplerParts:
     for adapter in _SCHEDULER_ADAPTERS:
@@ -150,8 +168,7 @@ class Sampler:
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
                               sample_shape=tuple(sample_shape) if sample_shape is not None else None)
         if skip_tuning is not None:
-            from diffsolve.corrections.skip import skip_tuned
-            self.field = skip_tuned(self.field, settings=skip_tuning)
+            self.field = _field_correction("skip_tuning")(self.field, skip_tuning)
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)
         if self.solver.needs_schedule:
             self.field.require_schedule(self.solver.name)

@@ -27,7 +27,7 @@ from diffsolve.distributed import Dist, chunk_bounds, sample_seeds
 from diffsolve.bench.models import DEFAULT_SOLVERS, BenchModel, data_range_of, resolve_model
 from diffsolve.bench.peers import PEER_PROVIDERS, PeerRun
 from diffsolve.field import model_identity
-from diffsolve.cli.argtypes import BENCH_SEED_LIMIT, check_device, check_seed, check_writable
+from diffsolve.checks import BENCH_SEED_LIMIT, check_device, check_seed, check_writable
 from diffsolve.evaluation.reference import ReferenceSettings, default_cache_dir, solve_reference
 from diffsolve.bench.report import format_report, write_outputs
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from diffsolve.errors import InvalidArgument
-from diffsolve.cli.argtypes import check_device, check_seed, check_writable
+from diffsolve.checks import check_device, check_seed, check_writable
 from diffsolve.evaluation.reference import atomic_write_bytes
 
 

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import tempfile
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+from diffsolve.checks import BENCH_SEED_LIMIT, SEED_LIMIT, check_device
 from diffsolve.errors import InvalidArgument
 
 # Per-sample seeds go to torch.Generator.manual_seed (and to torchsde's Brownian trees as 64-bit entropy): every
 # seed in [0, 2**63) is accepted by both. The bench derives sample i's seed as seed * 2**24 + i, so its base seed
 # must stay below 2**39 for every derived seed to lie in that range.
-SEED_LIMIT = 2 ** 63
-SAMPLE_SEED_SHIFT = 24
-BENCH_SEED_LIMIT = SEED_LIMIT >> SAMPLE_SEED_SHIFT
 
 
 def positive_int(text: str) -> int:
@@ -75,13 +70,6 @@ seed = seed_below(SEED_LIMIT)
 bench_seed = seed_below(BENCH_SEED_LIMIT)
 
 
-def check_seed(value: Any, limit: int = SEED_LIMIT, option: str = "seed") -> int:
-    """The Python API's version of `seed_below`: an int in [0, limit) or InvalidArgument."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
-        raise InvalidArgument(f"{option}={value!r}: a seed must be an integer in [0, 2**{limit.bit_length() - 1})")
-    return value
-
-
 def seed_list(text: str) -> list[int]:
     """Seeds as '0-15', '3,5,9' or '0-3,10-11' (ranges inclusive), each in [0, 2**63), no repeats."""
     out: list[int] = []
@@ -108,39 +96,6 @@ def seed_list(text: str) -> list[int]:
     return out
 
 
-def available_devices() -> list[str]:
-    import torch
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        names.append("mps")
-    return names
-
-
-def check_device(device: Any, option: str = "device") -> Any:
-    """The device if torch can use it here, else InvalidArgument naming the option and the devices available."""
-    import torch
-    if device is None:
-        return None
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InvalidArgument(f"{option} {device!r} is not a device; available here: "
-                              f"{', '.join(available_devices())}") from None
-    ok = True
-    if d.type == "cuda":
-        ok = torch.cuda.is_available() and (d.index is None or d.index < torch.cuda.device_count())
-    elif d.type == "mps":
-        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    elif d.type != "cpu":
-        ok = False
-    if not ok:
-        raise InvalidArgument(f"{option} {device!r} is not available on this machine; available here: "
-                              f"{', '.join(available_devices())}")
-    return device
-
-
 def device(text: str) -> str:
     """argparse type: a device torch can use on this machine."""
     try:
@@ -150,19 +105,3 @@ def device(text: str) -> str:
     return text
 
 
-def check_writable(folder: str | os.PathLike, option: str) -> Path:
-    """Create `folder` if needed and prove it writable (create, write and delete a probe file); else
-    InvalidArgument naming the option. Runs before any work, so a bad folder fails in well under a second."""
-    path = Path(folder).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".diffsolve-probe.", dir=path)
-        try:
-            os.write(fd, b"probe")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as e:
-        why = e.strerror or type(e).__name__
-        raise InvalidArgument(f"{option} {str(folder)!r} is not a writable folder ({why})") from None
-    return path

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from diffsolve.files import atomic_write_bytes
+from diffsolve.grids import register_field_grid
 from diffsolve.errors import InvalidArgument
 from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
 
@@ -409,3 +410,5 @@ def shipped_grid(kind: str) -> Callable[[Any, Any], Callable[..., torch.Tensor]]
 
 gits_shipped = shipped_grid("gits")
 learned_shipped = shipped_grid("learned")
+register_field_grid("gits", gits_shipped)
+register_field_grid("learned", learned_shipped)

@@ -22,6 +22,7 @@ import torch
 
 from diffsolve.errors import InvalidArgument, check_float
 from diffsolve.files import atomic_write_bytes
+from diffsolve.sampler import Sampler, register_field_correction
 from diffsolve.field import EvalPoint, Field, FieldOutput, FieldWrapper, VectorField, model_identity, model_spec_of
 
 
@@ -289,7 +290,6 @@ def skip_samples(model: Any, solver: str, nfe: int, seeds: Sequence[int], rho_bo
                  solver_options: Mapping[str, Any] | None = None, skip_options: Mapping[str, Any] | None = None,
                  **run_kwargs: Any) -> torch.Tensor:
     """Samples of `solver` at `nfe` from the per-seed noise of `seeds`, the skips scaled (rho 1: the bare model)."""
-    from diffsolve.sampler import Sampler
     field = skip_tuned(model, rho_bottom, rho_top, active=active, **dict(skip_options or {})) \
         if rho_bottom != 1.0 or rho_top != 1.0 else (model if isinstance(model, Field) else VectorField(model))
     s = Sampler(field, solver, progress=False, **dict(solver_options or {}))
@@ -373,3 +373,6 @@ def tune_skip(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor]
                                 "held_out_untuned": held_untuned, "history": [list(h) for h in history],
                                 "tune_seeds": [tune[0], tune[-1], len(tune)],
                                 "eval_seeds": [held[0], held[-1], len(held)]})
+
+
+register_field_correction("skip_tuning", lambda field, settings: skip_tuned(field, settings=settings))

@@ -16,7 +16,7 @@ import diffsolve
 from diffsolve import Sampler
 from diffsolve.bench import run_bench
 from diffsolve.bench import running as bench_running
-from diffsolve.cli.argtypes import check_writable
+from diffsolve.checks import check_writable
 from diffsolve.bench.models import BenchModel
 from diffsolve.problems import GaussianMixtureProblem, GaussianProblem
 from diffsolve.evaluation.reference import ReferenceSettings

@@ -1,0 +1,73 @@
+"""Checks of run settings shared by every surface (Python API and command line): seeds, devices, output folders.
+
+Each raises InvalidArgument naming the option and what is allowed, before any work starts."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffsolve.errors import InvalidArgument
+
+SEED_LIMIT = 2 ** 63
+SAMPLE_SEED_SHIFT = 24
+BENCH_SEED_LIMIT = SEED_LIMIT >> SAMPLE_SEED_SHIFT
+
+
+def check_seed(value: Any, limit: int = SEED_LIMIT, option: str = "seed") -> int:
+    """A seed as the command line's `seed_below` takes it: an int in [0, limit) or InvalidArgument."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise InvalidArgument(f"{option}={value!r}: a seed must be an integer in [0, 2**{limit.bit_length() - 1})")
+    return value
+
+
+def available_devices() -> list[str]:
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(device: Any, option: str = "device") -> Any:
+    """The device if torch can use it here, else InvalidArgument naming the option and the devices available."""
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidArgument(f"{option} {device!r} is not a device; available here: "
+                              f"{', '.join(available_devices())}") from None
+    ok = True
+    if d.type == "cuda":
+        ok = torch.cuda.is_available() and (d.index is None or d.index < torch.cuda.device_count())
+    elif d.type == "mps":
+        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    elif d.type != "cpu":
+        ok = False
+    if not ok:
+        raise InvalidArgument(f"{option} {device!r} is not available on this machine; available here: "
+                              f"{', '.join(available_devices())}")
+    return device
+
+
+def check_writable(folder: str | os.PathLike, option: str) -> Path:
+    """Create `folder` if needed and prove it writable (create, write and delete a probe file); else
+    InvalidArgument naming the option. Runs before any work, so a bad folder fails in well under a second."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".diffsolve-probe.", dir=path)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise InvalidArgument(f"{option} {str(folder)!r} is not a writable folder ({why})") from None
+    return path
