@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.diffsolve-installed
 EXTRAS ?= dev,triton,diffusers,plots,jax
 
-.PHONY: setup bench test clean
+.PHONY: setup bench test test-fast clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ bench: setup
 
 test: setup
 	$(PY) -m pytest -n 2 --durations=15 $(ARGS)
+
+# Everything but the tests marked slow (each over 5 s): the quick check while editing.
+test-fast: setup
+	$(PY) -m pytest -n 2 -m "not slow" $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
