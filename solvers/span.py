@@ -57,12 +57,6 @@ class RunStats:
         self.times = [t0]
         self.states = [x0] if keep else None
 
-    def accept(self, t: float, x: torch.Tensor) -> None:
-        self.accepted += 1
-        self.times.append(t)
-        if self.states is not None:
-            self.states.append(x)
-
 
 class AdaptiveSolver(Solver):
     """Base of solvers that run a span rather than a grid (adaptive step size, or an external library)."""
