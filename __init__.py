@@ -5,7 +5,7 @@ from diffsolve.schedules import (CustomSchedule, EDMSchedule, NoiseSchedule, Rec
 from diffsolve.field import (ClassifierFreeGuidance, EvalPoint, FeatureCapture, Field, FieldOutput, FieldWrapper, ModelSpec,
                     StepOptions, VectorField)
 from diffsolve.grids import GRIDS, make_grid
-from diffsolve.solvers import available_solvers, get_solver
+from diffsolve.solvers import Plan, Solver, available_solvers, get_solver, register
 from diffsolve.sampler import SampleResult, Sampler, StepInfo
 from diffsolve.loop import integrate
 from diffsolve.corrections.skip import skip_tuned
@@ -20,6 +20,7 @@ __all__ = [
     "Field", "FieldOutput", "FieldWrapper", "FeatureCapture", "StepOptions", "integrate", "skip_tuned",
     "likelihood", "LikelihoodResult", "straightness", "Straightness",
     "NoiseSchedule", "VPDiscrete", "VPContinuous", "VESchedule", "EDMSchedule", "RectifiedFlow", "CustomSchedule",
-    "get_schedule", "GRIDS", "make_grid", "available_solvers", "get_solver", "DiffsolveError", "InvalidArgument",
+    "get_schedule", "GRIDS", "make_grid", "available_solvers", "get_solver", "Solver", "Plan", "register",
+    "DiffsolveError", "InvalidArgument",
     "NonFiniteError", "BudgetExceeded",
 ]

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import torch
 
 from diffsolve.errors import InvalidArgument
+from diffsolve.loop import Evaluator, SampleResult, integrate
+from diffsolve.noise import draw_noise
 
 
 class GraphedRun:
@@ -46,7 +48,6 @@ class GraphedRun:
             self.static_out, self.static_ev = self._loop()
 
     def _loop(self):
-        from diffsolve.loop import Evaluator, integrate
         s = self.sampler
         t0 = float(self.plan.t[0])
         scale = s.field.schedule.prior_std(t0) if s.field.schedule is not None else 1.0
@@ -61,8 +62,6 @@ class GraphedRun:
 
     def run(self, noise: torch.Tensor | None = None, *, seed: Any = None, generator: torch.Generator | None = None):
         """Replay for new standard-normal noise (given, or drawn like Sampler.run draws it); returns a SampleResult."""
-        from diffsolve.noise import draw_noise
-        from diffsolve.loop import SampleResult
         if noise is None:
             noise = draw_noise(self.shape, seed=seed, generator=generator, device=self.device, dtype=self.dtype)
         if tuple(noise.shape) != self.shape:

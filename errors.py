@@ -1,6 +1,8 @@
 """Error types that name the bad argument and what would have been allowed."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Iterable
 
 
@@ -55,7 +57,6 @@ def check_bool(argument: str, value: object) -> bool:
 
 def check_int(argument: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer (Python or numpy, never a bool, a float or a string) within [minimum, maximum]."""
-    import numbers
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidArgument(f"{argument}={value!r}: must be an integer"
                               + (f" >= {minimum}" if minimum is not None else ""))
@@ -69,8 +70,6 @@ def check_int(argument: str, value: object, minimum: int | None = None, maximum:
 
 def check_float(argument: str, value: object, *, positive: bool = False, nonnegative: bool = False) -> float:
     """A finite real number (int, float or numpy scalar; never a bool or a string)."""
-    import math
-    import numbers
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument(f"{argument}={value!r}: must be a number")
     value = float(value)

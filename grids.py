@@ -8,22 +8,19 @@ For the EDM schedule t is the EDM sigma, so `karras(...)` returns k-diffusion's 
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable, Sequence
 
 import torch
 
 from diffsolve.errors import InvalidArgument, check_choice, check_int, unknown_name
-from diffsolve.schedules import NoiseSchedule, VPDiscrete
+from diffsolve.schedules import NoiseSchedule, VPDiscrete, as_f64, interp
 
 FINALS = ("zero", "min")
 
 # Align Your Steps, Stable Diffusion 1.5 (Sabour et al. 2024; the 10-step list as diffusers ships it).
 AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.0)
-
-
-def _f64(x) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=torch.float64)
 
 
 def _count(steps: int, final: str) -> int:
@@ -162,10 +159,9 @@ def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[fl
     """Align Your Steps noise levels, log-linearly interpolated to any count (Sabour et al. 2024)."""
     sch = _need(schedule, "ays")
     n = _count(steps, final)
-    base = _f64([s for s in sigmas if s > 0])
+    base = as_f64([s for s in sigmas if s > 0])
     xs = torch.linspace(0, 1, base.numel(), dtype=torch.float64)
     new = torch.linspace(0, 1, n, dtype=torch.float64)
-    from diffsolve.schedules import interp
     # The published values are rounded (SD's sigma_max is 14.6146): keep them inside the schedule's range.
     s = torch.exp(interp(new, xs, torch.log(base))).clamp(max=sch.sigma_max)
     return _finish(sch.t_from_edm_sigma(s), final)
@@ -177,7 +173,7 @@ def from_sigmas(sigmas: Sequence[float], schedule: NoiseSchedule) -> torch.Tenso
     Levels within a few float32 ulps outside the schedule's [sigma_min, sigma_max] (k-diffusion computes its
     karras sigmas in float32) are taken as the range's ends; a final 0 stays 0."""
     sch = _need(schedule, "sigmas")
-    s = _f64(torch.as_tensor(sigmas).detach().cpu() if isinstance(sigmas, torch.Tensor) else sigmas).clone()
+    s = as_f64(torch.as_tensor(sigmas).detach().cpu() if isinstance(sigmas, torch.Tensor) else sigmas).clone()
     lo, hi, slack = sch.sigma_min, sch.sigma_max, 4 * 2.0 ** -23
     s = torch.where((s > hi) & (s <= hi * (1 + slack)), torch.full_like(s, hi), s)
     s = torch.where((s > 0) & (s < lo) & (s >= lo * (1 - slack)), torch.full_like(s, lo), s)
@@ -223,14 +219,14 @@ def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.
             raise unknown_name("grid", grid, [*GRIDS, *FIELD_GRIDS])
         t = _call_grid(grid, GRIDS[grid], steps, schedule, options)
     elif callable(grid):
-        t = _f64(_call_grid(getattr(grid, "__name__", "custom"), grid, steps, schedule, options))
+        t = as_f64(_call_grid(getattr(grid, "__name__", "custom"), grid, steps, schedule, options))
         if steps is not None and t.ndim == 1 and t.numel() != steps + 1:
             raise InvalidArgument(f"grid function {getattr(grid, '__name__', grid)!r} returned {t.numel()} times for "
                                   f"steps={steps}; a grid for n steps holds n + 1 times")
     else:
         if options:
             raise InvalidArgument(f"grid options {sorted(options)} do not apply to an explicit list of times")
-        t = _f64(grid)
+        t = as_f64(grid)
         if steps is not None and t.numel() - 1 != steps:
             raise InvalidArgument(f"steps={steps} does not match the explicit grid of {t.numel() - 1} steps")
     validate_grid(t, schedule)
@@ -238,7 +234,6 @@ def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.
 
 
 def _call_grid(name: str, fn: Callable[..., torch.Tensor], steps, schedule, options: dict) -> torch.Tensor:
-    import inspect
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):

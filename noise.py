@@ -8,11 +8,12 @@ order, batch size or the sample's position in a batch, and needs no host-device 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
 
-from diffsolve.errors import InvalidArgument
+from diffsolve.errors import InvalidArgument, check_int
 
 _M32 = 0xFFFFFFFF
 _SALT_STEP = 0x5EED5A17          # separates the step-noise stream from the initial noise of the same seed
@@ -26,8 +27,6 @@ def check_seed(seed: object) -> "int | list[int] | None":
     """None, one integer seed, or one integer seed per sample (a list, tuple, range, or 1-D integer array/tensor);
     numpy integers are integers, strings and floats are not; every seed lies in [-2**63, 2**64 - 1] (the range
     torch.Generator.manual_seed takes)."""
-    import numbers
-    from diffsolve.errors import check_int
     if seed is None:
         return None
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):

@@ -6,11 +6,13 @@ graph unless `grad=True`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Sequence
 
 import torch
 
+from diffsolve.capture import GraphedRun
 from diffsolve.errors import InvalidArgument, check_choice, check_int
 from diffsolve.field import Field, as_field, device_of
 from diffsolve.grids import is_increasing, make_grid, refuse_increasing, resolve_field_grid, validate_grid
@@ -116,7 +118,6 @@ PLAN_BYTES_PER_STEP = 4096
 
 
 def check_plan_fits(steps: int) -> None:
-    import os
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -337,7 +338,6 @@ class Sampler:
     def graphed(self, steps: int | None = None, *, nfe: int | None = None, shape: Sequence[int] | None = None,
                 batch_size: int | None = None, device: Any = None, dtype: Any = None, **model_kwargs: Any):
         """The fixed-step loop captured in a CUDA graph (CUDA only); `.run(noise)` / `.run(seed=)` replays it."""
-        from diffsolve.capture import GraphedRun
         if shape is None:
             if self.field.sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape")

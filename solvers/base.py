@@ -18,28 +18,14 @@ import numbers
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional, Protocol
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
 from diffsolve.errors import InvalidArgument, unknown_name
-from diffsolve.field import EvalPoint, Field, FieldOutput
+from diffsolve.field import EvalPoint, Field
 from diffsolve.grids import NOT_INVERTIBLE, is_increasing, refuse_increasing
-
-
-class Evaluator(Protocol):
-    """What a step may call: the field's data prediction or slope, counted and checked by the loop."""
-
-    field: Field
-    step: int
-
-    def denoise(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor: ...
-
-    def velocity(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor: ...
-
-    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput: ...
-
-    def noise(self, draw: int = 0) -> torch.Tensor: ...
+from diffsolve.solvers.run import Evaluator
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from diffsolve.errors import InvalidArgument, check_float
 from diffsolve.field import EvalPoint, Field
 from diffsolve.grids import NOT_INVERTIBLE
 from diffsolve.kernels import lincomb
-from diffsolve.solvers.base import Plan, Solver, StepCoefficients, register
+from diffsolve.solvers.base import Plan, StepCoefficients, register
 from diffsolve.solvers.euler import Euler, EulerStep
 from diffsolve.solvers.sde import StochasticSolver
 

@@ -17,8 +17,6 @@ from diffsolve.kernels import lincomb
 from diffsolve.solvers.base import Plan, Solver, StepCoefficients
 from diffsolve.solvers.euler import ddim_coefficients
 
-LOWER_ORDER_FINAL = (True, False, "auto")
-
 
 def lambda_of(p: EvalPoint) -> float:
     """log(alpha / sigma), +inf at zero noise and -inf at pure noise."""

@@ -33,7 +33,7 @@ import torch
 from diffsolve.errors import InvalidArgument, NonFiniteError, check_choice
 from diffsolve.kernels import nonfinite
 from diffsolve.field import Field
-from diffsolve.solvers.adaptive import AdaptiveSolver, RunStats, Span, SpanPlan, _positive
+from diffsolve.solvers.span import AdaptiveSolver, RunStats, Span, SpanPlan, check_positive
 from diffsolve.solvers.base import Plan, register
 
 
@@ -165,10 +165,10 @@ class TorchsdeSolver(AdaptiveSolver):
         self.method = method
         self.default_steps = steps
         self.adaptive_steps = bool(adaptive)
-        self.rtol = _positive("rtol", rtol)
-        self.atol = _positive("atol", atol)
+        self.rtol = check_positive("rtol", rtol)
+        self.atol = check_positive("atol", atol)
         self.brownian = brownian
-        self.tol = _positive("tol", tol)
+        self.tol = check_positive("tol", tol)
         self.name = alias or f"torchsde_{method}"
         # Strong order on this additive-noise SDE (Kloeden & Platen): 1 for Euler, Milstein and reversible Heun,
         # 1.5 for SRK; weak order 1 (2 for SRK's additive-noise tableau is not claimed).

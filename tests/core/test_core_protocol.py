@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from sync_guard import guarded_loop
 
 from diffsolve import (ClassifierFreeGuidance, CustomSchedule, EDMSchedule, FeatureCapture, FieldWrapper,
                        InvalidArgument, Sampler, StepOptions, VectorField, get_solver)
@@ -64,7 +65,6 @@ def test_per_sample_midpoint_equals_the_tableau_midpoint_at_one_half():
 
 
 def test_per_sample_times_act_per_sample_and_without_host_sync():
-    from core.test_sync_free import guarded_loop
     problem = _mixture()
     shape = (4, *problem.diffsolve_spec.sample_shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

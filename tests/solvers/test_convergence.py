@@ -3,32 +3,16 @@
 Float64; error = RMS distance to the exact probability-flow solution; slope = least-squares fit of log error
 against log steps over the three finest grids; it must lie within 0.3 of the declared order.
 """
-import math
-
 import pytest
 import torch
+from convergence import SETTINGS, STEPS, TOL, errors_of, slope
 
 from diffsolve import EDMSchedule, Sampler, VPContinuous, available_solvers, get_solver
 from diffsolve.problems import GaussianProblem
 
-STEPS = (16, 32, 64, 128)
-TOL = 0.3
-
 # Options that make a solver run its declared order everywhere on the measured grids (lower-order final steps
 # would dominate the error otherwise), and native time for Runge-Kutta: see test_edm_frame_orders for the EDM frame.
 OPTIONS = {"lower_order_final": False, "frame": "time"}
-
-
-# Multistep methods warmed up by lower-order steps reach their asymptotic regime later; these grids and step
-# counts are where their declared order shows (measured; see the solver modules' docstrings).
-SETTINGS = {
-    "deis": ("time_uniform", (64, 128, 256, 512)),
-    "learned_multistep": ("time_uniform", (64, 128, 256, 512)),     # untrained: DEIS at full order
-    "lms": ("logsnr_uniform", (32, 64, 128, 256)),
-    "ipndm_v": ("logsnr_uniform", (32, 64, 128, 256)),
-    "unipc_bh2": ("logsnr_uniform", (16, 32, 64, 128)),
-    "dpmpp_3s": ("logsnr_uniform", (16, 32, 64, 128)),   # time_uniform starts with very uneven log-SNR steps
-}
 
 
 def _options_for(name):
@@ -41,25 +25,6 @@ def _options_for(name):
 def _is_fixed_step(name):
     s = get_solver(name)
     return s.deterministic and not getattr(s, "adaptive", False)
-
-
-def slope(errors, steps=STEPS, finest=3):
-    x = torch.log(torch.tensor(steps[-finest:], dtype=torch.float64))
-    y = torch.log(torch.tensor(errors[-finest:], dtype=torch.float64))
-    xm, ym = x.mean(), y.mean()
-    return float(-((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
-
-
-def errors_of(name, problem, grid, options, steps=STEPS):
-    noise = torch.randn(16, problem.mean.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    errs = []
-    for n in steps:
-        sampler = Sampler(problem, name, grid=grid, grid_options={"final": "min"}, progress=False, **options)
-        out = sampler.run(steps=n, noise=noise)
-        t0, t1 = float(out.t[0]), float(out.t[-1])
-        exact = problem.ode_solution(noise * problem.schedule.prior_std(t0), t0, t1)
-        errs.append(float((out.samples - exact).pow(2).mean().sqrt()))
-    return errs
 
 
 DETERMINISTIC = [n for n in available_solvers() if _is_fixed_step(n)]

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from sync_guard import guarded_loop
 
 from diffsolve.problems import GaussianProblem
 from diffsolve.errors import InvalidArgument
@@ -214,9 +215,8 @@ def test_reproducible_with_one_seed_and_with_a_generator():
                                          ("restart", {"restart": [(0.5, 2.0, 1, 2)]}), ("dpmpp_2m_sde", {}),
                                          ("dpmpp_3m_sde", {})])
 def test_stochastic_steps_make_no_host_sync(solver, opts):
-    """The step-noise draw (counter-based hash) and the updates read nothing back to the host: the guard of
-    test_sync_free fails on any op that would sync on a GPU."""
-    from core.test_sync_free import guarded_loop
+    """The step-noise draw (counter-based hash) and the updates read nothing back to the host: the sync guard
+    fails on any op that would sync on a GPU."""
     problem = GaussianProblem.default(dim=4, schedule=VPContinuous(t_min=1e-2))
     sampler = Sampler(problem, solver, grid="time_uniform", grid_options={"final": "min"}, progress=False, **opts)
     with guarded_loop(sampler) as modes:

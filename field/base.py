@@ -1,0 +1,158 @@
+"""What every field is: the model's self-description (ModelSpec), the point a field is evaluated at (EvalPoint),
+what one evaluation returns (FieldOutput), and the Field interface with its host-side path scalars."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Mapping
+
+import torch
+
+from diffsolve.errors import InvalidArgument
+from diffsolve.predictions import PathPoint
+from diffsolve.schedules import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model says about itself so that `Sampler(model)` needs no other argument."""
+
+    prediction: str
+    schedule: NoiseSchedule | None
+    sample_shape: tuple[int, ...] | None = None
+    time_convention: str = "diffusion"
+    data_range: tuple[float, float] | None = None
+    solver: str | None = None          # the sampler this model family needs (consistency, shortcut), else None
+    step_input: str | None = None      # keyword under which the model takes the step size (shortcut models)
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """Path scalars at schedule time t (s = sigma / alpha is the EDM noise level).
+
+    Each value is a host float (the same for the whole batch; float64 precision) or a tensor with one value per
+    sample, on the device, for solvers that choose their times per sample.
+    """
+
+    t: Any
+    model_time: Any
+    alpha: Any = 1.0
+    sigma: Any = 0.0
+    d_alpha: Any = 0.0
+    d_sigma: Any = 0.0
+    step: Any = None        # step size in model time this evaluation serves (shortcut models' d); None: 0
+
+    @property
+    def per_sample(self) -> bool:
+        return isinstance(self.t, torch.Tensor)
+
+    @property
+    def s(self) -> Any:
+        if self.per_sample:
+            return self.sigma / self.alpha
+        return self.sigma / self.alpha if self.alpha != 0 else float("inf")
+
+    @property
+    def path(self) -> PathPoint:
+        return PathPoint(self.alpha, self.sigma, self.d_alpha, self.d_sigma)
+
+    def path_for(self, x: torch.Tensor) -> PathPoint:
+        """The path scalars broadcastable against x (per-sample tensors become [batch, 1, ...] in x's dtype)."""
+        if not self.per_sample:
+            return self.path
+        return PathPoint(*(per_sample(v, x) for v in (self.alpha, self.sigma, self.d_alpha, self.d_sigma)))
+
+
+def per_sample(v: Any, x: torch.Tensor) -> Any:
+    """A host float as is; a tensor of one value per sample as [batch, 1, ..., 1] in x's dtype and device."""
+    if not isinstance(v, torch.Tensor):
+        return v
+    return v.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class FieldOutput:
+    """What one evaluation returns: the data prediction (or velocity, for `kind='velocity'`) and auxiliary outputs
+    that a caller asked for (features captured from named modules, keyed by the name the caller gave)."""
+
+    value: torch.Tensor
+    aux: Mapping[str, Any] = dc_field(default_factory=dict)
+
+
+class Field:
+    """What every field and wrapper offers: `evaluate(x, p, kind)` and the two views of it solvers use."""
+
+    evals_per_call = 1
+
+    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        raise NotImplementedError
+
+    def denoise(self, x: torch.Tensor, p: EvalPoint, **kwargs: Any) -> torch.Tensor:
+        """The data prediction x0_hat = E[x0 | x_t] at the point p."""
+        return self.evaluate(x, p, "x0", **kwargs).value
+
+    def velocity(self, x: torch.Tensor, p: EvalPoint, **kwargs: Any) -> torch.Tensor:
+        """dx/dt in the schedule's diffusion time (t decreasing towards data)."""
+        return self.evaluate(x, p, "velocity", **kwargs).value
+
+    # --- host-side, before the loop ---------------------------------------------------------------
+    @property
+    def has_schedule(self) -> bool:
+        return self.schedule is not None
+
+    @property
+    def t_max(self) -> float:
+        return self.schedule.t_max if self.schedule is not None else 1.0
+
+    def require_schedule(self, who: str) -> None:
+        if self.schedule is None:
+            raise InvalidArgument(
+                f"solver {who!r} needs a Gaussian noise schedule, but this field is a plain velocity field "
+                "(schedule=None); use 'euler', 'heun', 'rk4' or another Runge-Kutta solver, the Adams-Bashforth "
+                "solvers 'ipndm', 'ipndm_v' or 'lms', or pass schedule=")
+
+    def at(self, t: Any) -> EvalPoint:
+        """Path scalars at schedule time t: host floats for a number, per-sample device tensors for a tensor."""
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            return self._at_tensor(t)
+        return self._at_host(float(t))
+
+    def _at_host(self, t: float) -> EvalPoint:
+        sch = self.schedule
+        if sch is None:
+            return EvalPoint(t=t, model_time=(1.0 - t) if self.time_convention == "flow" else t)
+        tt = torch.tensor(t, dtype=torch.float64)
+        alpha, sigma = float(sch.alpha(tt)), float(sch.sigma(tt))
+        d_alpha = float(sch.d_alpha(tt)) if t > 0 else 0.0
+        d_sigma = float(sch.d_sigma(tt)) if t > 0 else 0.0
+        if alpha == 0.0 and self.prediction in ("eps", "score", "denoiser"):
+            raise InvalidArgument(
+                f"prediction={self.prediction!r} gives no data prediction at pure noise (alpha = 0 at t={t:g}); "
+                f"start the grid below it, e.g. grid_options={{'t_max': {0.999 * t:g}}}")
+        if self.prediction == "denoiser":
+            mt = sigma / alpha
+        else:
+            mt = float(sch.model_time(1.0 - tt if self.time_convention == "flow" else tt))
+        return EvalPoint(t=t, model_time=mt, alpha=alpha, sigma=sigma, d_alpha=d_alpha, d_sigma=d_sigma)
+
+    def _at_tensor(self, t: torch.Tensor) -> EvalPoint:
+        # Per-sample times stay on their device: no host read, so a solver may compute them inside the loop.
+        sch = self.schedule
+        if sch is None:
+            return EvalPoint(t=t, model_time=(1.0 - t) if self.time_convention == "flow" else t)
+        alpha, sigma = sch.alpha(t), sch.sigma(t)
+        d_alpha = torch.where(t > 0, sch.d_alpha(t), torch.zeros_like(t))
+        d_sigma = torch.where(t > 0, sch.d_sigma(t), torch.zeros_like(t))
+        if self.prediction == "denoiser":
+            mt = sigma / alpha
+        else:
+            mt = sch.model_time(1.0 - t if self.time_convention == "flow" else t)
+        return EvalPoint(t=t, model_time=mt, alpha=alpha, sigma=sigma, d_alpha=d_alpha, d_sigma=d_sigma)
+
+    def identity(self) -> str | None:
+        """A stable string naming what this field computes (the reference cache's key), or None if unknown."""
+        return None
+
+    def correction_identity(self) -> str | None:
+        """The identity a learned correction (AMED predictor, optimized grid) is matched against: `identity()`
+        without the wrappers that change sampling on purpose and stack on a correction (Skip-Tuning)."""
+        return self.identity()

@@ -1,0 +1,163 @@
+"""Field wrappers: each holds the field it wraps and changes one thing (classifier-free guidance, per-step model
+options, features captured from named submodules)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+
+from diffsolve.errors import InvalidArgument
+from diffsolve.field.base import EvalPoint, Field, FieldOutput
+from diffsolve.field.identity import identity_of_kwargs
+from diffsolve.schedules import NoiseSchedule
+
+
+class FieldWrapper(Field):
+    """Base of wrappers: everything not overridden is the inner field's (schedule, shape, points, ...)."""
+
+    def __init__(self, inner: Field):
+        if not isinstance(inner, Field):
+            raise InvalidArgument(f"a field wrapper wraps a VectorField or another wrapper, got {type(inner).__name__}")
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes the wrapper does not define: the wrapped field answers.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def evals_per_call(self) -> int:
+        return self.inner.evals_per_call
+
+    @property
+    def schedule(self) -> NoiseSchedule | None:
+        return self.inner.schedule
+
+    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        return self.inner.evaluate(x, p, kind, **kwargs)
+
+    # True for wrappers a correction trained on the bare network applies through (see Field.correction_identity)
+    stacks_on_corrections = False
+
+    def identity(self) -> str | None:
+        return self._compose(self.inner.identity())
+
+    def correction_identity(self) -> str | None:
+        inner = self.inner.correction_identity()
+        return inner if self.stacks_on_corrections else self._compose(inner)
+
+    def _compose(self, inner: str | None) -> str | None:
+        mine = self.own_identity()
+        return None if inner is None or mine is None else f"{type(self).__name__}({mine}, {inner})"
+
+    def own_identity(self) -> str | None:
+        """What this wrapper adds to the identity; None when it cannot be stated (callables)."""
+        return ""
+
+
+def _scalar_or_callable(name: str, value: Any) -> Any:
+    if callable(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(f"{name}={value!r}: must be a number or a function of the EvalPoint")
+    return float(value)
+
+
+class ClassifierFreeGuidance(FieldWrapper):
+    """Classifier-free guidance on the converted prediction: x0 = x0_u + w (x0_c - x0_u) (Ho & Salimans 2022).
+
+    `scale` is a number or a function `scale(p: EvalPoint)` of the point (guidance that changes per step).
+    """
+
+    def __init__(self, field: Field, scale: float | Callable[[EvalPoint], float],
+                 uncond_kwargs: Mapping[str, Any]):
+        super().__init__(field)
+        self.scale = _scalar_or_callable("scale", scale)
+        self.uncond_kwargs = dict(uncond_kwargs)
+
+    @property
+    def evals_per_call(self) -> int:
+        return 2 * self.inner.evals_per_call
+
+    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        cond = self.inner.evaluate(x, p, kind, **kwargs)
+        uncond = self.inner.evaluate(x, p, kind, **{**kwargs, **self.uncond_kwargs})
+        w = self.scale(p) if callable(self.scale) else self.scale
+        return FieldOutput(uncond.value + w * (cond.value - uncond.value), cond.aux)
+
+    def own_identity(self) -> str | None:
+        if callable(self.scale):
+            return None
+        uncond = identity_of_kwargs(self.uncond_kwargs)
+        return None if uncond is None else f"scale={self.scale!r}, uncond={uncond}"
+
+
+class StepOptions(FieldWrapper):
+    """Model keyword arguments that change along the trajectory: `options(p) -> dict` is merged into every call
+    at the point p (skip scales per noise level, a per-step conditioning, ...)."""
+
+    def __init__(self, field: Field, options: Callable[[EvalPoint], Mapping[str, Any]], identity: str | None = None):
+        super().__init__(field)
+        if not callable(options):
+            raise InvalidArgument(f"options must be a function of the EvalPoint returning a dict, got {options!r}")
+        self.options = options
+        self.options_identity = identity
+
+    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        return self.inner.evaluate(x, p, kind, **{**self.options(p), **kwargs})
+
+    def own_identity(self) -> str | None:
+        return self.options_identity
+
+
+class FeatureCapture(FieldWrapper):
+    """Features of the network for the solver: forward hooks on named submodules, active only during the call.
+
+    `modules={"bottleneck": "mid"}` maps an output name to a submodule path of the network (`model.mid`, a
+    diffusers `UNet2DModel`'s `"mid_block"`, any module of yours). Each evaluation's `aux[name]` holds that
+    module's output (its first tensor when it returns a tuple), passed through `reduce` when given.
+    """
+
+    def __init__(self, field: Field, modules: Mapping[str, str],
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__(field)
+        net = _network_of(field)
+        if not isinstance(net, torch.nn.Module):
+            raise InvalidArgument("FeatureCapture needs a torch.nn.Module network to hook; this field's model is "
+                                  f"{type(net).__name__}")
+        if not isinstance(modules, Mapping) or not modules:
+            raise InvalidArgument(f"modules={modules!r}: must be a non-empty dict {{output name: module path}}")
+        known = dict(net.named_modules())
+        for name, path in modules.items():
+            if path not in known:
+                near = [k for k in known if k.endswith(path.split(".")[-1])][:5]
+                raise InvalidArgument(f"modules[{name!r}]={path!r} is not a submodule of the network"
+                                      + (f"; similar names: {near}" if near else ""))
+        self.targets = {name: known[path] for name, path in modules.items()}
+        self.paths = dict(modules)
+        self.reduce = reduce
+
+    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, module in self.targets.items():
+            def hook(_m, _inp, out, name=name):
+                t = out if isinstance(out, torch.Tensor) else out[0]
+                captured[name] = self.reduce(t) if self.reduce is not None else t
+            handles.append(module.register_forward_hook(hook))
+        try:
+            out = self.inner.evaluate(x, p, kind, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        return FieldOutput(out.value, {**out.aux, **captured})
+
+    def own_identity(self) -> str | None:
+        return f"features={sorted(self.paths.items())}"   # features do not change the values
+
+
+def _network_of(field: Field) -> Any:
+    while isinstance(field, FieldWrapper):
+        field = field.inner
+    return getattr(field, "model", None)
