@@ -191,10 +191,10 @@ def test_shipped_weights_run_on_the_builtin_unet():
 
 @pytest.mark.parametrize("base", ["ipndm", "ipndm_v"])
 def test_untrained_orders_of_the_other_bases(base):
-    """Zero offsets on the other bases converge at the order the solver declares (as tests/test_convergence)."""
+    """Zero offsets on the other bases converge at the order the solver declares (as tests/solvers/test_convergence)."""
     import warnings
 
-    from solvers.test_convergence import SETTINGS, TOL, errors_of, slope
+    from convergence import SETTINGS, TOL, errors_of, slope
 
     from diffsolve import VPContinuous, get_solver
     from diffsolve.problems import GaussianProblem
