@@ -10,7 +10,8 @@ from diffsolve.pretrained_adapters.diffusers.config import config_of
 from diffsolve.pretrained_adapters.diffusers.loops import (
     DDIMStepTargets, LCMBoundary, SchedulerSinglestep, TCDSteps, scheduler_loop)
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
-from diffsolve.pretrained_adapters.diffusers.solver_map import UnmatchedScheduler, UnmatchedSolver, solver_and_options_of
+from diffsolve.pretrained_adapters.diffusers.solver_map import (
+    UnmatchedScheduler, UnmatchedSolver, solver_and_options_of)
 from diffsolve.pretrained_adapters.diffusers.timesteps import grid_options_of
 from diffsolve.sampler import Sampler, SamplerParts, register_scheduler_adapter
 from diffsolve.solvers.base import Solver, get_solver
@@ -81,13 +82,6 @@ def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: An
     if not isinstance(solver, Solver):
         sampler_kwargs = {**parts.solver_options, **solver_options, **sampler_kwargs}
     return Sampler(parts.field, solver, grid, grid_options=opts, **sampler_kwargs)
-
-
-__all__ = ["DiffusersModel", "from_diffusers", "schedule_from_diffusers", "prediction_of", "alphas_cumprod_of",
-           "diffusers_grid", "flow_grid", "shift_sigmas", "grid_from_scheduler", "grid_options_of",
-           "times_from_timesteps", "discrete_timesteps", "noise_scale_of", "sampler_from_diffusers", "sampler_parts", "solver_of", "solver_options_of", "config_of",
-           "SCHEDULER_SOLVERS", "UNMATCHED_SCHEDULERS", "UnmatchedScheduler", "solver_and_options_of",
-           "infer_class_name"]
 
 
 register_scheduler_adapter(sampler_parts)
