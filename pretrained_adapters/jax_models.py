@@ -9,12 +9,12 @@ the boundary). `Sampler(jax_fn, prediction=..., schedule=...)` detects a jitted 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
 from diffsolve.errors import InvalidArgument
-from diffsolve.field import VectorField
+from diffsolve.field import VectorField, register_model_adapter
 
 
 def _jax():
@@ -82,7 +82,6 @@ def detect(model: Any, **given: Any):
 
 
 def _register() -> None:
-    from diffsolve.field import register_model_adapter
     register_model_adapter(detect)
 
 

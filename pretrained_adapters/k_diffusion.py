@@ -15,14 +15,13 @@ a k-diffusion denoiser wrapper (`sigma_min`/`sigma_max` or a `sigmas` buffer: `D
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Mapping
 
 import torch
 
 from diffsolve.errors import InvalidArgument
-from diffsolve.field import VectorField, model_spec_of
+from diffsolve.field import VectorField, model_spec_of, register_model_adapter
 from diffsolve.loop import Evaluator, integrate
 from diffsolve.noise import NoiseSource
 from diffsolve.schedules import EDMSchedule
@@ -155,17 +154,24 @@ def sample(name: str, model: Callable[..., Any], x: torch.Tensor, sigmas: Any, e
     return result.samples
 
 
-def sampler_function(name: str) -> Callable[..., torch.Tensor]:
-    """`sample_<name>` as k-diffusion defines it, for a k-diffusion or diffsolve sampler name."""
-    solver_name_of(name)          # fails now, naming the choices, rather than at the first call
+def _sampler(name: str) -> Callable[..., torch.Tensor]:
+    """`sample_<name>` for a sampler name, unchecked: the name is resolved when the function runs."""
+    solver = K_DIFFUSION_TO_DIFFSOLVE.get(name) or name
 
     def fn(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         return sample(name, model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **options)
 
     fn.__name__ = fn.__qualname__ = f"sample_{name}"
-    fn.__doc__ = (f"k-diffusion-style sampler running diffsolve's {solver_name_of(name)!r} solver: "
+    fn.__doc__ = (f"k-diffusion-style sampler running diffsolve's {solver!r} solver: "
                   "(model, x, sigmas, extra_args=None, callback=None, disable=None, **options).")
     return fn
+
+
+def sampler_function(name: str) -> Callable[..., torch.Tensor]:
+    """`sample_<name>` as k-diffusion defines it, for a k-diffusion or diffsolve sampler name (a solver registered
+    after this module was imported included)."""
+    solver_name_of(name)          # fails now, naming the choices, rather than at the first call
+    return _sampler(name)
 
 
 def sampler_names() -> list[str]:
@@ -174,14 +180,58 @@ def sampler_names() -> list[str]:
     return sorted(names)
 
 
-def __getattr__(name: str) -> Any:
-    if name.startswith("sample_") and name[7:] in sampler_names():
-        return sampler_function(name[7:])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + [f"sample_{n}" for n in sampler_names()])
+# k-diffusion's own sampler names (those diffsolve matches)
+sample_euler = _sampler("euler")
+sample_euler_ancestral = _sampler("euler_ancestral")
+sample_heun = _sampler("heun")
+sample_dpm_2 = _sampler("dpm_2")
+sample_lms = _sampler("lms")
+sample_dpm_adaptive = _sampler("dpm_adaptive")
+sample_dpmpp_2s_ancestral = _sampler("dpmpp_2s_ancestral")
+sample_dpmpp_2m = _sampler("dpmpp_2m")
+sample_dpmpp_2m_sde = _sampler("dpmpp_2m_sde")
+sample_dpmpp_3m_sde = _sampler("dpmpp_3m_sde")
+# every other registered diffsolve solver (tests check that this list matches the registry)
+sample_amed = _sampler("amed")
+sample_amed_plugin = _sampler("amed_plugin")
+sample_bosh3 = _sampler("bosh3")
+sample_consistency = _sampler("consistency")
+sample_ddim = _sampler("ddim")
+sample_ddim_eta = _sampler("ddim_eta")
+sample_ddpm = _sampler("ddpm")
+sample_deis = _sampler("deis")
+sample_dpm_adaptive_12 = _sampler("dpm_adaptive_12")
+sample_dpm_adaptive_23 = _sampler("dpm_adaptive_23")
+sample_dpm_solver_2 = _sampler("dpm_solver_2")
+sample_dpm_solver_3 = _sampler("dpm_solver_3")
+sample_dpmpp_2s = _sampler("dpmpp_2s")
+sample_dpmpp_3m = _sampler("dpmpp_3m")
+sample_dpmpp_3s = _sampler("dpmpp_3s")
+sample_edm_churn = _sampler("edm_churn")
+sample_euler_churn = _sampler("euler_churn")
+sample_ipndm = _sampler("ipndm")
+sample_ipndm_v = _sampler("ipndm_v")
+sample_learned_multistep = _sampler("learned_multistep")
+sample_midpoint = _sampler("midpoint")
+sample_odeint = _sampler("odeint")
+sample_odeint_adaptive_heun = _sampler("odeint_adaptive_heun")
+sample_odeint_bosh3 = _sampler("odeint_bosh3")
+sample_odeint_dopri5 = _sampler("odeint_dopri5")
+sample_odeint_dopri8 = _sampler("odeint_dopri8")
+sample_ralston = _sampler("ralston")
+sample_restart = _sampler("restart")
+sample_rk3 = _sampler("rk3")
+sample_rk38 = _sampler("rk38")
+sample_rk4 = _sampler("rk4")
+sample_shortcut = _sampler("shortcut")
+sample_tcd = _sampler("tcd")
+sample_torchsde = _sampler("torchsde")
+sample_torchsde_euler = _sampler("torchsde_euler")
+sample_torchsde_milstein = _sampler("torchsde_milstein")
+sample_torchsde_reversible_heun = _sampler("torchsde_reversible_heun")
+sample_torchsde_srk = _sampler("torchsde_srk")
+sample_unipc_bh1 = _sampler("unipc_bh1")
+sample_unipc_bh2 = _sampler("unipc_bh2")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,7 +317,6 @@ def detect(model: Any, **given: Any):
 
 
 def _register() -> None:
-    from diffsolve.field import register_model_adapter
     register_model_adapter(detect)
     if not hasattr(VectorField, "from_k_diffusion"):
         # `VectorField.from_k_diffusion(model)`: the adapter's function, attached here (field.py never imports it)
@@ -278,4 +327,4 @@ _register()
 
 __all__ = ["K_DIFFUSION_TO_DIFFSOLVE", "DIFFSOLVE_TO_K_DIFFUSION", "sample", "sampler_function", "sampler_names",
            "solver_name_of", "from_k_diffusion", "is_k_diffusion_denoiser", "is_edm_network", "EDMNetwork",
-           "edm_sigma_range", "detect"]
+           "edm_sigma_range", "detect"] + sorted(name for name in dict(globals()) if name.startswith("sample_"))

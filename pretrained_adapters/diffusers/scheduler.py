@@ -27,19 +27,22 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from diffsolve.errors import InvalidArgument
-from diffsolve.field import EvalPoint, FieldOutput, VectorField
-from diffsolve.grids import make_grid
+# the diffusers library is optional: the package's __getattr__ imports this module only when it is asked for
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffsolve.errors import InvalidArgument, check_choice, check_float
+from diffsolve.field import EvalPoint, FieldOutput
+from diffsolve.grids import from_sigmas, make_grid
 from diffsolve.loop import Evaluator
 from diffsolve.noise import NoiseSource
-from diffsolve.solvers.base import Plan, Solver, available_solvers, get_solver
+from diffsolve.pretrained_adapters.diffusers.config import config_of
+from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
+from diffsolve.pretrained_adapters.diffusers.timesteps import grid_options_of, times_from_timesteps
 from diffsolve.schedules import RectifiedFlow, VPDiscrete
-from diffsolve.pretrained_adapters import diffusers as ad
-
-from diffusers import ConfigMixin, SchedulerMixin   # noqa: E402  (this module is only imported with diffusers)
-from diffusers.configuration_utils import register_to_config  # noqa: E402
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerOutput  # noqa: E402
-from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
+from diffsolve.solvers.base import Plan, Solver, available_solvers, get_solver
 
 
 class _NeedModel(Exception):
@@ -183,7 +186,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 f"before its loop) cannot drive it; supported solvers: {', '.join(supported_solvers())}")
         cfg = self._source_config()
         self._feed = _Feed()
-        self.field = ad.from_diffusers(self._feed, cfg)
+        self.field = from_diffusers(self._feed, cfg)
         self.order = int(self.solver.calls_per_step)
         self.run: SchedulerRun | None = None
         self.timesteps: torch.Tensor | None = None
@@ -200,7 +203,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         # the source scheduler's values (defaults included) are what define the path and the timesteps
         cfg.pop("_use_default_values", None)
         if "source_class" not in kwargs:
-            src = cfg.get("source_class") or ad.config_of(cfg).get("_class_name")
+            src = cfg.get("source_class") or config_of(cfg).get("_class_name")
             if src and src != cls.__name__:
                 kwargs["source_class"] = src
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
@@ -225,7 +228,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def _flow_times(self, steps: int | None, sigmas: Sequence[float] | None, mu: float | None) -> torch.Tensor:
         """FlowMatchEulerDiscreteScheduler.set_timesteps with `sigmas=` and/or `mu=` (resolution-dependent shift)."""
-        from diffsolve.errors import check_choice, check_float
         n = int(self.config.num_train_timesteps)
         dynamic = bool(self.config.use_dynamic_shifting)
         if dynamic and mu is None:
@@ -269,8 +271,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if not isinstance(sch, VPDiscrete):
                 raise InvalidArgument("timesteps= / sigmas= need a discrete VP config")
             if timesteps is not None:
-                return ad.times_from_timesteps(sch, [float(v) for v in timesteps], None, final="zero")
-            from diffsolve.grids import from_sigmas
+                return times_from_timesteps(sch, [float(v) for v in timesteps], None, final="zero")
             s = [float(v) for v in sigmas]
             return from_sigmas(s if s[-1] == 0 else s + [0.0], sch)
         if steps is None:
@@ -278,7 +279,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if self.config.grid is not None:
             grid, opts = self.config.grid, dict(self.config.grid_options or {})
         else:
-            grid, opts = ad.grid_options_of(self._source_config())
+            grid, opts = grid_options_of(self._source_config())
             opts.update(self.config.grid_options or {})
         if not isinstance(grid, str) and not callable(grid):
             return make_grid(grid, None, sch)

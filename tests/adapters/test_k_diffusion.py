@@ -15,6 +15,7 @@ from diffsolve import InvalidArgument, Sampler, VectorField
 from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
 from diffsolve.grids import from_sigmas
 from diffsolve.pretrained_adapters import k_diffusion as kd
+from diffsolve.pretrained_adapters.k_diffusion import sample_dpm_2, sample_dpmpp_2m
 from diffsolve.solvers import available_solvers
 
 RTOL = 1e-5
@@ -98,6 +99,15 @@ def test_name_tables_and_every_solver_has_a_function(setup):
         out = getattr(kd, f"sample_{name}")(den, noise * sigmas[0], sigmas, seed=0)
         assert torch.isfinite(out).all()
 
+
+
+def test_sampler_functions_are_defined_in_the_module():
+    """One `sample_<name>` per sampler name, written in the module (importable by name, listed in __all__)."""
+    defined = {n[len("sample_"):] for n in vars(kd) if n.startswith("sample_")}
+    assert defined == set(kd.sampler_names())
+    assert {f"sample_{n}" for n in defined} <= set(kd.__all__)
+    assert sample_dpmpp_2m.__name__ == "sample_dpmpp_2m" and "'dpmpp_2m'" in sample_dpmpp_2m.__doc__
+    assert "'dpm_solver_2'" in sample_dpm_2.__doc__
 
 def test_s_churn_runs_edm_churn(setup):
     sigmas, noise, _ = setup

@@ -80,12 +80,14 @@ def test_solver_set_is_complete():
     assert not missing, f"deterministic solvers missing from the registry: {sorted(missing)}"
 
 
+@pytest.mark.slow
 def test_euler_falls_as_order_one(errors):
     lo, hi = errors["euler"]
     slope = math.log(hi / lo) / math.log(LOW / HIGH)
     assert 0.6 < slope < 1.4, f"Euler's observed order between {LOW} and {HIGH} calls is {slope:.2f}"
 
 
+@pytest.mark.slow
 def test_every_solver_error_falls_and_higher_orders_fall_faster(errors):
     e_lo, e_hi = errors["euler"]
     euler_ratio = e_hi / e_lo
@@ -102,6 +104,7 @@ def test_every_solver_error_falls_and_higher_orders_fall_faster(errors):
 ADAPTIVE_OPTIONS = {"odeint_dopri8": {"rtol": 5e-2, "atol": 1e-2}}
 
 
+@pytest.mark.slow
 def test_adaptive_solvers_run_within_budget(model, noise, reference, errors):
     """Adaptive deterministic solvers (default tolerances) finish within 600 calls, finite, with a relative error
     below 0.15, i.e. at or below what the fixed-step methods reach with 10 calls."""

@@ -25,7 +25,7 @@ BATCH, SIZE = 2, 8
 
 
 def require(name: str) -> None:
-    """Solvers that issue 3 asks for must be registered: a missing one fails the test, it is not skipped."""
+    """Solvers the diffusers cross-checks name must be registered: a missing one fails the test, it is not skipped."""
     if name not in available_solvers():
         pytest.fail(f"solver {name!r} is not registered in diffsolve.solvers (available: {available_solvers()}); "
                     "the diffusers cross-check for it cannot run")

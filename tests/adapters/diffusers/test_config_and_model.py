@@ -30,6 +30,16 @@ def test_core_and_adapter_import_without_diffusers():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
+
+def test_public_names_importable_from_the_package():
+    """The package re-exports its modules' public names; the scheduler module reads the modules, not the package."""
+    for name in ad.__all__:
+        assert getattr(ad, name) is not None, name
+    assert ad.sampler_parts.__module__ == "diffsolve.pretrained_adapters.diffusers.sampling"
+    source = (ROOT / "pretrained_adapters" / "diffusers" / "scheduler.py").read_text()
+    assert "from diffsolve.pretrained_adapters import diffusers" not in source
+    assert "from diffsolve.pretrained_adapters.diffusers import " not in source
+
 def test_config_dict_schedules_and_model_time():
     cfg = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
            "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction"}

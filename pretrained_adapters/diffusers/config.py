@@ -1,0 +1,168 @@
+"""diffusers scheduler configs read as plain data: the config dict, its scheduler class, its prediction type and
+its Gaussian path (betas -> alphas_cumprod -> `VPDiscrete`, or flow matching -> `RectifiedFlow`).
+
+The diffusers library is imported only to name the class of a config that does not say it (`infer_class_name`).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
+
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "velocity"}
+# Which timestep formula a diffusers scheduler class uses (they differ in 'linspace' and 'leading').
+STYLES = ("dpmsolver", "ddim", "euler", "flow")
+_STYLE_OF_CLASS = {
+    "DDIMScheduler": "ddim", "DDPMScheduler": "ddim", "PNDMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler", "HeunDiscreteScheduler": "euler",
+    "LMSDiscreteScheduler": "euler", "KDPM2DiscreteScheduler": "euler", "KDPM2AncestralDiscreteScheduler": "euler",
+    "DPMSolverMultistepScheduler": "dpmsolver", "DPMSolverSinglestepScheduler": "dpmsolver",
+    "UniPCMultistepScheduler": "dpmsolver", "DEISMultistepScheduler": "dpmsolver",
+    "FlowMatchEulerDiscreteScheduler": "flow", "FlowMatchHeunDiscreteScheduler": "flow",
+}
+
+
+def config_of(scheduler_or_config: Any) -> dict:
+    """A plain dict from a diffusers scheduler, its `.config` (FrozenDict) or a config dict (JSON as loaded)."""
+    cfg = getattr(scheduler_or_config, "config", scheduler_or_config)
+    if not isinstance(cfg, Mapping):
+        raise InvalidArgument(f"scheduler must be a diffusers scheduler or a config mapping, got "
+                              f"{type(scheduler_or_config).__name__}")
+    out = dict(cfg)
+    if "_class_name" not in out and not isinstance(scheduler_or_config, Mapping):
+        out["_class_name"] = type(scheduler_or_config).__name__
+    elif "_class_name" not in out:
+        # `scheduler.config` of a scheduler built in code carries no class name: its keys name the class
+        name = infer_class_name(out)
+        if name is not None:
+            out["_class_name"] = name
+    return out
+
+
+# Classes whose __init__ takes the same arguments: the one listed here is assumed (same timesteps either way).
+_PREFERRED_OF_SAME_SIGNATURE = ("DDIMScheduler", "DDPMScheduler", "LMSDiscreteScheduler",
+                                "FlowMatchHeunDiscreteScheduler", "CogVideoXDDIMScheduler", "LCMScheduler")
+
+
+@functools.lru_cache(maxsize=1)
+def _class_of_signature() -> dict:
+    try:
+        import diffusers
+    except ImportError:
+        return {}
+    table: dict = {}
+    for name in sorted(dir(diffusers)):
+        cls = getattr(diffusers, name, None)
+        if not (name.endswith("Scheduler") and isinstance(cls, type)):
+            continue
+        try:
+            keys = frozenset(k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "kwargs"))
+        except (TypeError, ValueError):
+            continue
+        if keys not in table or name in _PREFERRED_OF_SAME_SIGNATURE:
+            table[keys] = name
+    return table
+
+
+def infer_class_name(cfg: Mapping) -> str | None:
+    """The diffusers scheduler class whose constructor takes exactly this config's keys (None if none or no diffusers).
+
+    KDPM2, KDPM2Ancestral and LMS take the same arguments; such a config is read as LMS's (the same timesteps). Pass
+    the scheduler object, or a config with `_class_name`, to name the class for sure."""
+    keys = frozenset(k for k in cfg if not str(k).startswith("_"))
+    return _class_of_signature().get(keys) if keys else None
+
+
+def is_flow_config(cfg: Mapping) -> bool:
+    """Flow matching (FlowMatch* schedulers, or a multistep solver with use_flow_sigmas)."""
+    name = str(cfg.get("_class_name", ""))
+    return name.startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas", False)) or \
+        cfg.get("prediction_type") == "flow_prediction"
+
+
+def prediction_of(cfg: Mapping) -> str:
+    """diffsolve's prediction name for the config's prediction_type (flow matching: velocity)."""
+    if is_flow_config(cfg):
+        return "velocity"
+    ptype = cfg.get("prediction_type", "epsilon")
+    check_choice("prediction_type", ptype, PREDICTION_TYPES)
+    return PREDICTION_TYPES[ptype]
+
+
+def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
+    """diffusers' betas_for_alpha_bar (Nichol & Dhariwal cosine), computed as diffusers does."""
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    return torch.tensor([min(1 - f((i + 1) / n) / f(i / n), max_beta) for i in range(n)], dtype=torch.float32)
+
+
+def betas_of(cfg: Mapping) -> torch.Tensor:
+    """The float32 betas a diffusers scheduler builds from this config (same arithmetic, same rounding)."""
+    n = int(cfg.get("num_train_timesteps", 1000))
+    start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    trained = cfg.get("trained_betas")
+    kind = cfg.get("beta_schedule", "linear")
+    if trained is not None:
+        return torch.as_tensor(np.asarray(trained), dtype=torch.float32).reshape(-1).clone()
+    if kind == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float32)
+    if kind == "scaled_linear":
+        return torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float32) ** 2
+    if kind == "squaredcos_cap_v2":
+        return _cosine_betas(n)
+    if kind == "sigmoid":
+        return torch.sigmoid(torch.linspace(-6, 6, n)) * (end - start) + start
+    check_choice("beta_schedule", kind, ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"))
+    raise AssertionError
+
+
+def _rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2024, Alg. 1, as diffusers applies it."""
+    ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    a0, aT = ab[0].clone(), ab[-1].clone()
+    ab = (ab - aT) * (a0 / (a0 - aT))
+    ab2 = ab ** 2
+    alphas = torch.cat([ab2[0:1], ab2[1:] / ab2[:-1]])
+    return 1 - alphas
+
+
+def alphas_cumprod_of(scheduler_or_config: Any) -> torch.Tensor:
+    """alphas_cumprod as float64 holding diffusers' float32 values (the scheduler's own tensor when given one)."""
+    ac = getattr(scheduler_or_config, "alphas_cumprod", None)
+    if isinstance(ac, torch.Tensor):
+        return ac.detach().to("cpu", torch.float64)
+    cfg = config_of(scheduler_or_config)
+    betas = betas_of(cfg)
+    if cfg.get("rescale_betas_zero_snr", False):
+        betas = _rescale_zero_terminal_snr(betas)
+    ac = torch.cumprod(1.0 - betas, dim=0)
+    if cfg.get("rescale_betas_zero_snr", False):
+        ac[-1] = 2.0 ** -24      # diffusers' stand-in for zero terminal SNR, so that the first sigma is finite
+    return ac.to(torch.float64)
+
+
+def schedule_from_diffusers(scheduler_or_config: Any) -> NoiseSchedule:
+    """VPDiscrete (model time = integer timestep n, alpha^2 = alphas_cumprod[n]) or RectifiedFlow (model time 1000 t)."""
+    cfg = config_of(scheduler_or_config)
+    if is_flow_config(cfg):
+        n = int(cfg.get("num_train_timesteps", 1000))
+        return RectifiedFlow(model_time_scale=float(n), t_min=min(1e-4, 0.5 / n))
+    return VPDiscrete(alphas_cumprod=alphas_cumprod_of(scheduler_or_config), model_time_scale=1.0)
+
+
+def style_of(cfg: Mapping, style: str | None = None) -> str:
+    """The timestep formula (`STYLES`) of the config's scheduler class, or `style` checked when given."""
+    if style is None:
+        style = _STYLE_OF_CLASS.get(str(cfg.get("_class_name", "")), "flow" if is_flow_config(cfg) else "dpmsolver")
+    check_choice("style", style, STYLES)
+    return style
+
+
+__all__ = ["PREDICTION_TYPES", "STYLES", "config_of", "infer_class_name", "is_flow_config", "prediction_of",
+           "betas_of", "alphas_cumprod_of", "schedule_from_diffusers", "style_of"]

@@ -1,0 +1,274 @@
+"""Each diffusers scheduler's own loop, where it departs from stepping a clean grid with the exact model time:
+LCM's boundary condition on the network's prediction, TCD's and DDIM's step targets, the rounded timesteps
+DPMSolver*/UniPC/DEIS feed the network on karras sigmas, and DPMSolverSinglestep's grouping of listed timesteps.
+`scheduler_loop` applies the ones a config calls for (`loop="scheduler"`, the default of
+`Sampler(unet, scheduler=...)`); `loop="clean"` keeps the clean grid."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.field import FieldOutput, FieldWrapper, VectorField, per_sample, velocity_from_x0
+from diffsolve.pretrained_adapters.diffusers.timesteps import node_sigmas
+from diffsolve.schedules import VPDiscrete
+from diffsolve.solvers.base import Plan, Solver, get_solver
+from diffsolve.solvers.consistency import Consistency, consistency_coefficients
+from diffsolve.solvers.dpm_solver import DPMSolverSinglestep, SinglestepCoefficients, lambda_of
+from diffsolve.solvers.euler import ddim_coefficients
+
+LOOPS = ("scheduler", "clean")
+# Classes that round the timesteps of karras sigmas before feeding the network (the update keeps the sigma).
+_ROUNDS_KARRAS_TIMESTEPS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+                            "UniPCMultistepScheduler", "DEISMultistepScheduler")
+
+
+class LCMBoundary(FieldWrapper):
+    """Latent consistency models' boundary condition, applied by diffusers' LCMScheduler to the network's data
+    prediction: c_skip x + c_out x0_hat with c_skip = sd^2 / ((10 n)^2 + sd^2), c_out = 10 n / sqrt((10 n)^2 + sd^2),
+    n the timestep and sd = 0.5 (Luo et al. 2023; `timestep_scaling` replaces the 10)."""
+
+    def __init__(self, field: Any, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
+        super().__init__(field)
+        self.timestep_scaling, self.sigma_data = float(timestep_scaling), float(sigma_data)
+
+    def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any):
+        out = self.inner.evaluate(x, p, "x0", **kwargs)
+        n = per_sample(p.model_time, x) * self.timestep_scaling
+        sd2 = self.sigma_data ** 2
+        if isinstance(n, torch.Tensor):
+            c_skip, c_out = sd2 / (n * n + sd2), n / torch.sqrt(n * n + sd2)
+        else:
+            c_skip, c_out = sd2 / (n * n + sd2), n / math.sqrt(n * n + sd2)
+        x0 = c_skip * x + c_out * out.value
+        value = x0 if kind == "x0" else velocity_from_x0(x, x0, p.path_for(x))
+        return FieldOutput(value, out.aux)
+
+    def own_identity(self) -> str:
+        return f"lcm_boundary(scaling={self.timestep_scaling!r}, sigma_data={self.sigma_data!r})"
+
+
+class TCDSteps(Consistency):
+    """TCDScheduler's loop (Zheng et al. 2024): from listed timestep n to n', a DDIM move to the timestep
+    floor((1 - gamma) n') with the model's x0 and eps, then noise back up to n'; the last step ends at
+    alphas_cumprod[0] without noise. `gamma` is the `eta` its pipeline passes to `step` (default 0.3)."""
+
+    def __init__(self, gamma: float = 0.3, s_noise: float = 1.0):
+        super().__init__(gamma, s_noise)
+        self.name = "tcd_scheduler"
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        self.check_field(field)
+        sch = field.schedule
+        if not isinstance(sch, VPDiscrete):
+            raise InvalidArgument("TCDScheduler's loop needs a discrete VP schedule")
+        pts = self.grid_points(field, t)
+        zero = field.at(0.0)            # TCD's x0 prediction is the clean data: the boundary is s = 0
+        coeffs = []
+        for p, q in zip(pts[:-1], pts[1:]):
+            n_next = float(sch.timestep_index(torch.tensor(float(q.t))))
+            n_mid = math.floor((1.0 - self.gamma) * round(n_next))
+            mid = field.at(float(sch.t_from_index(torch.tensor(float(n_mid)))))
+            coeffs.append(consistency_coefficients(p, q, mid, zero, self.s_noise))
+        return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=self.count_calls(tuple(coeffs), field, pts))
+
+
+def _sigma_to_timestep(sigma: float, log_sigmas: np.ndarray) -> float:
+    """diffusers' `_sigma_to_t`: linear interpolation in log sigma between training nodes (float32 node sigmas)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = int(np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2).item())
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = float(np.clip((lo - log_sigma) / (lo - hi), 0, 1))
+    return (1 - w) * low + w * (low + 1)
+
+
+class RoundedModelTime(FieldWrapper):
+    """The network gets the timestep diffusers feeds it at a noise level between training nodes: its
+    `_sigma_to_t` rounded to an integer (DPMSolver*, UniPC and DEIS with karras sigmas). The update still uses
+    the exact noise level, as diffusers' does."""
+
+    def __init__(self, field: Any):
+        super().__init__(field)
+        sch = field.schedule
+        node = node_sigmas(sch.alphas_cumprod)
+        self.log_sigmas = np.log(node)
+
+    def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any):
+        if not p.per_sample and p.alpha > 0 and p.sigma > 0:
+            mt = float(p.model_time)
+            if abs(mt - round(mt)) > 1e-6:
+                n = float(round(_sigma_to_timestep(np.float64(p.sigma / p.alpha), self.log_sigmas)))
+                p = dataclasses.replace(p, model_time=n)
+        return self.inner.evaluate(x, p, kind, **kwargs)
+
+    def own_identity(self) -> str:
+        return "rounded_model_time"
+
+
+def singlestep_orders(steps: int, order: int, lower_order_final: bool, final_zero: bool) -> list[int]:
+    """DPMSolverSinglestepScheduler's order per listed timestep (its set_timesteps and get_order_list)."""
+    lower_order_final = lower_order_final or steps % order != 0 or final_zero
+    if lower_order_final:
+        pattern = list(range(1, order + 1))
+        full, rest = divmod(steps, order)
+        if rest == 0 and order > 1:
+            orders = pattern * (full - 1) + pattern[:-1] + [1]
+        else:
+            orders = pattern * full + pattern[:rest]
+    else:
+        orders = list(range(1, order + 1)) * (steps // order)
+    if final_zero:
+        orders[-1] = 1
+    return orders
+
+
+class SchedulerSinglestep(DPMSolverSinglestep):
+    """DPMSolverSinglestepScheduler's own loop: each listed timestep is one model call, and a run of orders
+    1, 2, .., k is one singlestep step from its first timestep to the timestep after its last, whose intermediate
+    points are the listed timesteps in between (not DPM-Solver's r = 1/2 or 1/3, 2/3), with diffusers' update
+    formulas for `algorithm_type` and `solver_type`."""
+
+    def __init__(self, order: int = 2, algorithm_type: str = "dpmsolver++", solver_type: str = "midpoint",
+                 lower_order_final: bool = False):
+        check_choice("algorithm_type", algorithm_type, ("dpmsolver++", "dpmsolver"))
+        check_choice("solver_type", solver_type, ("midpoint", "heun"))
+        super().__init__(order if order > 1 else 2, "data" if algorithm_type == "dpmsolver++" else "noise")
+        self.scheduler_order = int(order)
+        self.algorithm_type, self.solver_type = algorithm_type, solver_type
+        self.lower_order_final = bool(lower_order_final)
+        self.name = f"scheduler_singlestep_{self.scheduler_order}"
+        self.calls_per_step = 1
+
+    def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        return steps        # one call per listed timestep, grouped into singlestep steps in plan()
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        self.check_field(field)
+        pts = self.grid_points(field, t)
+        n = len(pts) - 1
+        orders = singlestep_orders(n, self.scheduler_order, self.lower_order_final, float(t[-1]) == 0.0)
+        starts = [i for i, o in enumerate(orders) if o == 1] + [n]
+        coeffs, bounds = [], []
+        for a, b in zip(starts[:-1], starts[1:]):
+            coeffs.append(self._group(pts[a:b + 1]))
+            bounds.append(a)
+        bounds.append(n)
+        return Plan(t=t[bounds], points=tuple(pts[i] for i in bounds), coeffs=tuple(coeffs), nfe=n)
+
+    def _group(self, pts: Sequence[Any]) -> Any:
+        """The stages and final update of one group: points P0 (start), P1..P(k-1) (model calls), Pk (target)."""
+        k = len(pts) - 1
+        basis = np.eye(k + 1)
+        states = [basis[0]]
+
+        def output(j: int) -> np.ndarray:      # diffusers' converted model output at P_j, as a basis vector
+            if self.algorithm_type == "dpmsolver++":
+                return basis[1 + j]
+            return (states[j] - pts[j].alpha * basis[1 + j]) / pts[j].sigma
+
+        for j in range(1, k + 1):
+            q = pts[j]
+            if j == 1:
+                a, b = ddim_coefficients(pts[0], q)
+                states.append(a * basis[0] + b * basis[1])
+                continue
+            s0, lt = pts[0], lambda_of(q)
+            h = lt - lambda_of(s0)
+            ms = [output(i) for i in range(j)]
+            rs = [(lambda_of(pts[i]) - lambda_of(s0)) / h for i in range(1, j)]
+            if self.algorithm_type == "dpmsolver++":
+                lin, phi = (q.sigma / s0.sigma) * basis[0], math.expm1(-h)
+                first, second = -q.alpha * phi, q.alpha * (phi / h + 1.0)
+                third = -q.alpha * ((phi + h) / h ** 2 - 0.5)
+                half = -0.5 * q.alpha * phi
+            else:
+                lin, phi = (q.alpha / s0.alpha) * basis[0], math.expm1(h)
+                first, second = -q.sigma * phi, -q.sigma * (phi / h - 1.0)
+                third = -q.sigma * ((phi - h) / h ** 2 - 0.5)
+                half = -0.5 * q.sigma * phi
+            if j == 2:
+                d1 = (ms[1] - ms[0]) / rs[0]
+                x = lin + first * ms[0] + (half if self.solver_type == "midpoint" else second) * d1
+            else:
+                r1, r0 = rs[0], rs[1]
+                d1_0, d1_1 = (ms[1] - ms[0]) / r1, (ms[2] - ms[0]) / r0
+                if self.solver_type == "midpoint":
+                    x = lin + first * ms[0] + second * d1_1
+                else:
+                    d1 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1)
+                    d2 = 2.0 * (d1_1 - d1_0) / (r0 - r1)
+                    x = lin + first * ms[0] + second * d1 + third * d2
+            states.append(x)
+        stages = tuple(tuple(float(v) for v in u[: i + 2]) for i, u in enumerate(states[1:-1]))
+        return SinglestepCoefficients(tuple(pts[1:-1]), stages, tuple(float(v) for v in states[-1]))
+
+    def options(self) -> dict:
+        return {"order": self.scheduler_order, "algorithm_type": self.algorithm_type,
+                "solver_type": self.solver_type, "lower_order_final": self.lower_order_final}
+
+
+class DDIMStepTargets(Solver):
+    """DDIMScheduler's loop: each step goes from its listed timestep n to n - T // steps, and the next step starts
+    at the next listed timestep as if the state were there. With 'linspace' spacing the two differ (999 steps to
+    899 but the next call is at 888), and with 'trailing' whenever T / steps is not an integer (6 steps: 999 to
+    833, next call at 832); `loop="clean"` steps to the next listed timestep instead."""
+
+    def __init__(self, inner: Solver, num_train_timesteps: int, final_t: float):
+        if not hasattr(type(inner), "coefficients") or type(inner).coefficients is Solver.coefficients:
+            raise InvalidArgument(f"solver {inner.name!r} plans whole grids; DDIM's step targets need a single-step "
+                                  "solver (ddim, euler, ddim_eta, ddpm, euler_ancestral) or loop='clean'")
+        self.inner, self.T, self.final_t = inner, int(num_train_timesteps), float(final_t)
+        self.name, self.order, self.calls_per_step = inner.name, inner.order, inner.calls_per_step
+
+    @property
+    def deterministic(self) -> bool:   # type: ignore[override]
+        return self.inner.deterministic
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        self.inner.check_field(field)
+        pts = self.inner.grid_points(field, t)
+        steps = len(pts) - 1
+        sch = field.schedule
+        coeffs = []
+        for i in range(steps):
+            n = float(sch.timestep_index(torch.tensor(pts[i].t)))
+            target = round(n) - self.T // steps
+            q = field.at(float(sch.t_from_index(torch.tensor(float(target)))) if target >= 0 else self.final_t)
+            coeffs.append(self.inner.coefficients(field, pts[i], q))
+        return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=self.inner.count_calls(tuple(coeffs), field, pts))
+
+    def init(self, plan: Plan) -> Any:
+        return self.inner.init(plan)
+
+    def step(self, ev: Any, x: torch.Tensor, t0: Any, t1: Any, state: Any, coeffs: Any):
+        return self.inner.step(ev, x, t0, t1, state, coeffs)
+
+    def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        return self.inner.model_calls(steps, field, ends_at_zero)
+
+
+def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict, loop: str):
+    """(field, solver) reproducing the scheduler's own loop where it departs from a clean grid."""
+    check_choice("loop", loop, LOOPS)
+    name = str(cfg.get("_class_name", ""))
+    if loop == "clean" or not isinstance(field.schedule, VPDiscrete):
+        return field, solver
+    if name in _ROUNDS_KARRAS_TIMESTEPS and cfg.get("use_karras_sigmas", False) and \
+            cfg.get("beta_schedule", "linear") != "squaredcos_cap_v2":
+        field = RoundedModelTime(field)
+    if name == "DDIMScheduler":      # every spacing: with trailing, T / steps need not be an integer either
+        inner = solver if isinstance(solver, Solver) else get_solver(solver, **options)
+        if hasattr(type(inner), "coefficients") and type(inner).coefficients is not Solver.coefficients:
+            final_t = 0.0 if cfg.get("set_alpha_to_one", True) else float(field.schedule.t_from_index(
+                torch.tensor(0.0)))
+            return field, DDIMStepTargets(inner, int(cfg.get("num_train_timesteps", 1000)), final_t)
+    return field, solver
+
+
+__all__ = ["LOOPS", "LCMBoundary", "TCDSteps", "RoundedModelTime", "singlestep_orders", "SchedulerSinglestep",
+           "DDIMStepTargets", "scheduler_loop"]

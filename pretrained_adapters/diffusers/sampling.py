@@ -1,0 +1,89 @@
+"""`Sampler(unet, scheduler=...)` for diffusers schedulers: `sampler_parts` (registered with
+`diffsolve.sampler.register_scheduler_adapter` when this module is imported) gives the field, the matching solver
+and the grid that reproduce a scheduler's run; `sampler_from_diffusers` builds the Sampler directly."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from diffsolve.errors import InvalidArgument
+from diffsolve.pretrained_adapters.diffusers.config import config_of
+from diffsolve.pretrained_adapters.diffusers.loops import (
+    DDIMStepTargets, LCMBoundary, SchedulerSinglestep, TCDSteps, scheduler_loop)
+from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
+from diffsolve.pretrained_adapters.diffusers.solver_map import (
+    UnmatchedScheduler, UnmatchedSolver, solver_and_options_of)
+from diffsolve.pretrained_adapters.diffusers.timesteps import grid_options_of
+from diffsolve.sampler import Sampler, SamplerParts, register_scheduler_adapter
+from diffsolve.solvers.base import Solver, get_solver
+
+
+def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str | None = None,
+                  sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
+                  loop: str = "scheduler", solver: Any = None) -> SamplerParts | None:
+    """What `Sampler(model, scheduler=...)` needs from a diffusers scheduler (or its config): the field, the
+    matching solver and its options, and the grid that reproduces the scheduler's timesteps. None when
+    `scheduler` is not a diffusers scheduler or config.
+
+    `loop="scheduler"` (the default) reproduces the scheduler's own loop where it departs from a clean grid:
+    DDIM with 'linspace' spacing steps to t - T // steps (not to the next listed timestep), and DPMSolver*,
+    UniPC and DEIS feed the network rounded timesteps on karras sigmas. `loop="clean"` steps grid point to grid
+    point with the exact model time. `solver=` picks the update (the scheduler's path and timesteps kept)."""
+    try:
+        cfg = config_of(scheduler)
+    except InvalidArgument:
+        return None
+    field = from_diffusers(model, scheduler, prediction=prediction, sample_shape=sample_shape,
+                           timestep_scale=timestep_scale)
+    if str(cfg.get("_class_name", "")) == "LCMScheduler":
+        field = LCMBoundary(field, float(cfg.get("timestep_scaling", 10.0)))    # part of the model, in every loop
+    grid, grid_options = grid_options_of(scheduler)
+    options: dict = {}
+    if solver is None:
+        try:
+            solver, options = solver_and_options_of(scheduler)
+        except UnmatchedScheduler as e:
+            return SamplerParts(field, UnmatchedSolver(e), {}, grid, grid_options)
+        if loop == "scheduler" and cfg.get("_class_name") == "TCDScheduler":
+            solver, options = TCDSteps(), {}
+        if loop == "scheduler" and cfg.get("_class_name") == "DPMSolverSinglestepScheduler":
+            solver, options = SchedulerSinglestep(int(cfg.get("solver_order", 2)),
+                                                  cfg.get("algorithm_type", "dpmsolver++"),
+                                                  cfg.get("solver_type", "midpoint"),
+                                                  bool(cfg.get("lower_order_final", False))), {}
+    field, solver = scheduler_loop(cfg, field, solver, options, loop)
+    if isinstance(solver, DDIMStepTargets):
+        options = {}
+    return SamplerParts(field, solver, options, grid, grid_options)
+
+
+def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: Any = None, *, grid: Any = None,
+                           grid_options: Mapping[str, Any] | None = None, prediction: str | None = None,
+                           sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
+                           loop: str = "scheduler", **sampler_kwargs: Any) -> Sampler:
+    """`Sampler` for a diffusers network + scheduler: same path, prediction and (by default) the same timesteps.
+
+    `solver=None` picks the diffsolve solver matching the scheduler class (`solver_of`).
+    """
+    solver_options = {k: sampler_kwargs.pop(k) for k in list(sampler_kwargs)
+                      if k not in ("check_finite", "progress", "time_convention")}
+    chosen = solver if solver is None or isinstance(solver, Solver) or not solver_options else \
+        get_solver(solver, **solver_options)
+    parts = sampler_parts(model, scheduler, prediction=prediction, sample_shape=sample_shape,
+                          timestep_scale=timestep_scale, loop=loop, solver=chosen)
+    if parts is None:
+        raise InvalidArgument(f"scheduler={type(scheduler).__name__} is not a diffusers scheduler or config")
+    if grid is None:
+        grid, opts = parts.grid, {**parts.grid_options, **(grid_options or {})}
+    else:
+        opts = dict(grid_options or {})
+    if isinstance(parts.solver, UnmatchedSolver):
+        raise parts.solver.error
+    solver = parts.solver
+    if not isinstance(solver, Solver):
+        sampler_kwargs = {**parts.solver_options, **solver_options, **sampler_kwargs}
+    return Sampler(parts.field, solver, grid, grid_options=opts, **sampler_kwargs)
+
+
+register_scheduler_adapter(sampler_parts)
+
+__all__ = ["sampler_parts", "sampler_from_diffusers"]
