@@ -159,7 +159,8 @@ def test_tune_weights_command_is_reproducible(tmp_path, capsys):
 
 
 def test_peer_report_table_layout():
-    from diffsolve.corrections.peer_report import table
+    from corrections.scripts_loader import load_script
+    table = load_script("peer_report").table
     names = ["DEIS + learned grid", "AMED-Plugin(DEIS)", "DEIS + learned weights"]
     row = {"best_diffusers": {"name": "DDIM", "rmse": 0.1}, "best_ours": {"name": "deis / karras", "rmse": 0.12},
            "learned": {k: 0.05 for k in names}, "ratio": 0.5}
