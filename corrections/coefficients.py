@@ -1,4 +1,4 @@
-"""Learned multistep weights on a learned grid (solvers.learned_multistep): the grid's times (LD3, Tong et al. 2024)
+"""Learned multistep weights on a learned grid (corrections.learned_multistep): the grid's times (LD3, Tong et al. 2024)
 and per-step offsets of the base rule's weights on the slope history (S4S, Frankel et al. 2025), fitted together by
 Adam through a differentiable run against teacher endpoints.
 
@@ -14,7 +14,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
-from diffsolve.corrections.grid_search import GapGrid, _fit_grid, _teacher_endpoints, differentiable_run, learn_grid, steps_for_budget
+from diffsolve.corrections.grid_search import (GapGrid, _fit_grid, _teacher_endpoints, differentiable_run, learn_grid,
+                                              steps_for_budget)
 from diffsolve.corrections.io import CoefficientCorrection, GridCorrection
 from diffsolve.corrections.learned_multistep import COEFFICIENT_BASES
 from diffsolve.solvers import get_solver

@@ -224,7 +224,7 @@ class GridCorrection:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class CoefficientCorrection:
-    """Learned weight offsets of a multistep base rule (solvers.learned_multistep), each set on its learned grid."""
+    """Learned weight offsets of a multistep base rule (corrections.learned_multistep), each set on its learned grid."""
 
     grids: dict[int, tuple[float, ...]]                      # steps -> schedule times
     weights: dict[int, tuple[tuple[float, ...], ...]]        # steps -> one row of offsets per step, newest first

@@ -1,4 +1,4 @@
-"""Learned multistep weights (solvers.learned_multistep, corrections.coefficients): zero offsets are the base rule,
+"""Learned multistep weights (corrections.learned_multistep, corrections.coefficients): zero offsets are the base rule,
 the solver and the differentiable training run are one formula, NFE accounting, training beats the base solver on
 held-out noise, files round-trip and are refused on another model, and bad input gets clear errors."""
 from __future__ import annotations
