@@ -1,14 +1,61 @@
-"""`diffsolve tune amed|gits|grid|weights|skip`: fit a learned correction to one model and write it."""
+"""`diffsolve tune <tuner>`: fit a learned correction to one model and write it. One subcommand per registered
+tuner (diffsolve.corrections.tuning.register_tuner: amed, gits, grid, weights, skip, and any registered later),
+its options read from the fields of the tuner's settings dataclass."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from diffsolve.corrections import tune as _tune
+from diffsolve.bench.models import import_object, resolve_model
+from diffsolve.corrections import tuners as _builtin  # noqa: F401  (registers the built-in tuners)
+from diffsolve.corrections.tuning import TUNERS, TuneContext, check_out, flag_of, get_tuner, tune
+
+MODEL_HELP = "built-in bench model name (mnist-unet, gmm, ...) or 'module:attr' (default mnist-unet)"
+
+
+def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    names = (flag_of(f), *f.metadata.get("aliases", ()))
+    if f.metadata.get("parse") is None and f.default is False:
+        p.add_argument(*names, dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                       help=f.metadata.get("help"))
+        return
+    text = f.metadata.get("help") or ""
+    if "default" not in text and f.default is not None:
+        text += f" (default {','.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default})"
+    p.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, metavar=f.metadata.get("metavar"), help=text)
 
 
 def add_parser(sub) -> None:
-    _tune.add_parser(sub)
+    t = sub.add_parser("tune", help="train a learned correction (AMED predictor, GITS or learned grid, multistep "
+                                    "weights, skip scales) for one model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = t.add_subparsers(dest="tuner", metavar="{" + ",".join(TUNERS) + "}")
+    kinds.required = True
+    for name, tuner in TUNERS.items():
+        p = kinds.add_parser(name, help=tuner.summary, description=tuner.summary)
+        p.add_argument("--model", default="mnist-unet", help=MODEL_HELP)
+        for f in dataclasses.fields(tuner.settings):
+            _add_field(p, f)
+
+
+def settings_from(args: argparse.Namespace):
+    """The tuner's settings from the options given (each read by its field's parser; the rest keep the
+    dataclass defaults)."""
+    tuner = get_tuner(args.tuner)
+    given = {}
+    for f in dataclasses.fields(tuner.settings):
+        if f.name in vars(args):
+            parse = f.metadata.get("parse")
+            value = getattr(args, f.name)
+            given[f.name] = parse(value, flag_of(f)) if parse is not None and isinstance(value, str) else value
+    return tuner.settings(**given)
 
 
 def run(args: argparse.Namespace) -> int:
-    return _tune.run(args)
+    settings = settings_from(args)
+    check_out(settings)                       # before the model is built or anything trained
+    entry, model = resolve_model(args.model)
+    context = TuneContext(model_name=entry.name, dtype=entry.dtype or TuneContext.dtype, reference=entry.reference,
+                          image=entry.kind == "image", log=lambda s: print(s, flush=True), import_object=import_object)
+    tune(args.tuner, model, settings, context)
+    return 0

@@ -7,8 +7,11 @@ records the model identity, and used through the ordinary Sampler:
 
 The built-in MNIST UNet ships with trained ones (corrections/weights), so `Sampler(load_mnist_unet(),
 "amed_plugin", base="ipndm").run(nfe=5)` and `grid="gits"` / `grid="learned"` need nothing else.
+
+`diffsolve tune <name>` runs the tuners registered with `register_tuner` (corrections.tuning; the built-in ones in
+corrections.tuners): a new learned correction is one module with its solver and its tuner, plus their registration.
 """
-from diffsolve.corrections import amed, learned_multistep  # noqa: F401  (register the learned solvers)
+from diffsolve.corrections import amed, learned_multistep, tuners  # noqa: F401  (register the learned solvers, tuners)
 from diffsolve.corrections.coefficients import learn_coefficients
 from diffsolve.corrections.grid_search import gits_cost_matrix, gits_dynamic_programming, gits_grid, learn_grid
 from diffsolve.corrections.io import (AMEDCorrection, CoefficientCorrection, GridCorrection, IdentityMismatch,
@@ -17,8 +20,9 @@ from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
 from diffsolve.corrections.skip import skip_tuned
 from diffsolve.corrections.teacher import teacher_states
 from diffsolve.corrections.train import steps_for_nfe, train_amed
+from diffsolve.corrections.tuning import TuneContext, TuneSettings, register_tuner, tune
 
 __all__ = ["AMEDPredictor", "TimeTable", "AMEDCorrection", "GridCorrection", "CoefficientCorrection",
            "load_correction", "IdentityMismatch", "amed_grid", "find_shipped", "train_amed", "steps_for_nfe",
            "gits_grid", "learn_grid", "gits_cost_matrix", "gits_dynamic_programming", "teacher_states",
-           "learn_coefficients", "skip_tuned"]
+           "learn_coefficients", "skip_tuned", "register_tuner", "tune", "TuneSettings", "TuneContext"]

@@ -13,7 +13,9 @@ in log s). On a step into zero noise the geometric interpolation uses the schedu
 
 AMED-Plugin runs a base solver on the doubled grid s_n -> s_mid -> s_{n+1}, both slopes entering its history;
 c scales the base solver's increment over the second half. Bases: euler, ipndm, ipndm_v, deis (multistep on the
-EDM slope), dpmpp_2m (multistep data prediction), dpm_solver_2 (r replaces 1/2, c scales its increment).
+EDM slope), dpmpp_2m (multistep data prediction), dpm_solver_2 (r replaces 1/2, c scales its increment). The
+half steps are the registered base solver's own rule (corrections.base_rules: its weights or coefficients on
+the EDM-frame levels), at its full order with a warm start.
 
 NFE: two model calls per step, 2 (N - 1) for N grid points, one fewer with the analytical first step (AFS), which
 takes d = (y - mu) / sqrt(1 + s^2) at the largest noise: mu is the mean data prediction there, measured once when
@@ -27,26 +29,26 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
-from diffsolve.field import EvalPoint, Field, _network_of, per_sample
-from diffsolve.solvers.base import Plan, Solver, StepCoefficients, register
-from diffsolve.solvers.ipndm import AB_WEIGHTS
+from diffsolve.field import EvalPoint, Field, per_sample
+from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
+from diffsolve.corrections.base_rules import afs_denoised, base_step, default_order
+from diffsolve.corrections.io import AMEDCorrection, as_amed_correction, find_shipped
+from diffsolve.corrections.predictor import AMEDPredictor
 
 PLUGIN_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m", "dpm_solver_2")
 PLAIN_BASES = ("amed", "euler", "ipndm", "ipndm_v", "dpm_solver_2")     # rules with no log s and no data prediction
 SINGLE_STEP_BASES = ("amed", "euler", "dpm_solver_2")
-DEFAULT_MAX_ORDER = {"ipndm": 4, "ipndm_v": 4, "deis": 3, "dpmpp_2m": 2}
 
 
 @dataclass(frozen=True)
 class AMEDStep(StepCoefficients):
     """One step's host data: noise levels, the EDM-frame scale alpha at both ends, the AFS flag, and (for a
-    time-only table) the constants (r, c, a)."""
+    time-only table) the constants (r, c, a); `predictor`: the AMEDCorrection resolved for the field."""
 
     index: int
     s0: float
@@ -60,121 +62,30 @@ class AMEDStep(StepCoefficients):
     plain: bool = False                 # a plain velocity field: s0, s1 are the field's own times t0, t1
 
 
-# ------------------------------------------------------------------------------------------------
-# Base rules in the EDM frame, on host floats or per-sample tensors alike
-# ------------------------------------------------------------------------------------------------
-_GL = {False: np.polynomial.legendre.leggauss(4), True: np.polynomial.legendre.leggauss(8)}
-
-
-def lagrange_weights(nodes: Sequence[Any], lo: Any, hi: Any, log: bool = False) -> list[Any]:
-    """int_lo^hi L_j(u(s)) ds for the Lagrange basis through `nodes` (u = s, or u = log s): floats or tensors.
-
-    Gauss-Legendre: 4 nodes are exact for the (degree <= 3) polynomials in s; 8 resolve e^u P(u) in log s to
-    round-off over a sampler's steps."""
-    if log:
-        lo_u, hi_u = _log(lo), _log(hi)
-        u_nodes = [_log(v) for v in nodes]
+def resolve_amed(given: Any, field: Field | None, base: str, afs: bool | None = None, who: str = "amed",
+                 warn: bool = True) -> AMEDCorrection:
+    """The AMEDCorrection a solver with `predictor=given` uses on `field`: the one given (checked against the
+    field's identity), else the one shipped for the field's model, else (with a warning when `warn`) the
+    untrained starting point r = 1/2, c = a = 1 (the geometric midpoint rule inside the base solver)."""
+    if given is not None:
+        corr = as_amed_correction(given, base, afs)
+        if field is not None:
+            corr.check_field(field)
+    elif field is None:
+        raise InvalidArgument("predictor= is missing")
     else:
-        lo_u, hi_u, u_nodes = lo, hi, list(nodes)
-    half, mid = (hi_u - lo_u) * 0.5, (hi_u + lo_u) * 0.5
-    out = []
-    for j, uj in enumerate(u_nodes):
-        total = 0.0
-        for xg, wg in zip(*_GL[log]):
-            u = mid + half * float(xg)
-            basis = 1.0
-            for k, uk in enumerate(u_nodes):
-                if k != j:
-                    basis = basis * (u - uk) / (uj - uk)
-            jac = half * float(wg) * (_exp(u) if log else 1.0)
-            total = total + jac * basis
-        out.append(total)
-    return out
-
-
-def _log(v):
-    return torch.log(v) if isinstance(v, torch.Tensor) else math.log(v)
-
-
-def _exp(v):
-    return torch.exp(v) if isinstance(v, torch.Tensor) else math.exp(v)
-
-
-def _bc(v: Any, x: torch.Tensor) -> Any:
-    return per_sample(v, x) if isinstance(v, torch.Tensor) else v
-
-
-def base_substep(rule: str, y0: torch.Tensor, hist: Sequence[tuple], s0: Any, s1: Any, max_order: int) -> torch.Tensor:
-    """y at s1 from y0 at s0 by one step of `rule`; hist = ((s, d, D), ...) newest first, hist[0] at s0."""
-    d0 = hist[0][1]
-    zero_end = not isinstance(s1, torch.Tensor) and s1 == 0
-    k = min(max_order, len(hist))
-    if rule in ("euler", "amed", "dpm_solver_2") or k == 1 and rule != "dpmpp_2m":
-        return y0 + _bc(s1 - s0, y0) * d0
-    if rule == "ipndm":
-        w = AB_WEIGHTS[k]
-        inc = sum(wj * h[1] for wj, h in zip(w, hist[:k]))
-        return y0 + _bc(s1 - s0, y0) * inc
-    if rule in ("ipndm_v", "deis"):
-        if rule == "deis" and zero_end:
-            return y0 + _bc(s1 - s0, y0) * d0
-        ws = lagrange_weights([h[0] for h in hist[:k]], s0, s1, log=(rule == "deis"))
-        return y0 + sum(_bc(w, y0) * h[1] for w, h in zip(ws, hist[:k]))
-    if rule == "dpmpp_2m":
-        D0 = hist[0][2]
-        if zero_end:
-            return D0
-        ratio = s1 / s0
-        if k >= 2:
-            h = _log(s0) - _log(s1)
-            r = (_log(hist[1][0]) - _log(s0)) / h
-            w = 0.5 / r
-            Dc = _bc(1 + w, y0) * D0 - _bc(w, y0) * hist[1][2]
-        else:
-            Dc = D0
-        return _bc(ratio, y0) * y0 + _bc(1 - ratio, y0) * Dc
-    raise InvalidArgument(f"base={rule!r}; allowed values: {', '.join(map(repr, PLUGIN_BASES))}")
-
-
-def afs_denoised(y0: torch.Tensor, s0: float, mean: torch.Tensor | None) -> torch.Tensor:
-    """The analytical first step's data prediction: mu + (y - mu)(1 - s / sqrt(1 + s^2)), i.e. d = (y - mu) /
-    sqrt(1 + s^2); mu = 0 is diff-sampler's AFS."""
-    k = 1.0 - s0 / math.sqrt(1.0 + s0 * s0)
-    if mean is None:
-        return y0 * k
-    mu = mean.to(device=y0.device, dtype=y0.dtype)
-    return mu + (y0 - mu) * k
-
-
-def denoise_with_features(ev, x: torch.Tensor, p: EvalPoint, module: str | None) -> tuple[torch.Tensor, Any]:
-    """The data prediction and the feature of `module` at the same call: from a FeatureCapture wrapper when the
-    field has one (`ev.features`), else by a forward hook held only during this call."""
-    if module is None:
-        return ev.denoise(x, p), None
-    net = _network_of(ev.field)
-    captured: dict = {}
-    handle = None
-    if isinstance(net, torch.nn.Module):
         try:
-            target = net.get_submodule(module)
-        except AttributeError:
-            raise InvalidArgument(f"the predictor reads features of submodule {module!r}, which this network does "
-                                  "not have; use a predictor trained for this model") from None
-
-        def hook(_m, _inp, out):
-            captured["f"] = (out if isinstance(out, torch.Tensor) else out[0]).detach()
-        handle = target.register_forward_hook(hook)
-    try:
-        D = ev.denoise(x, p)
-    finally:
-        if handle is not None:
-            handle.remove()
-    feat = captured.get("f")
-    if feat is None:
-        feat = ev.features.get("bottleneck")
-    if feat is None:
-        raise InvalidArgument(f"no feature from submodule {module!r} was captured during the model call")
-    return D, feat
+            corr = find_shipped(field, "amed", base)
+        except InvalidArgument as e:
+            if warn:
+                warnings.warn(f"{who}: {e}. Using the untrained midpoint rule (r = 1/2, c = a = 1).",
+                              UserWarning, stacklevel=4)
+            corr = AMEDCorrection(AMEDPredictor(features="none"), base, False, None, {}, None, {"untrained": True})
+    if not isinstance(corr, AMEDCorrection):
+        raise InvalidArgument("predictor must be an AMED correction")
+    if corr.base != base:
+        raise InvalidArgument(f"this predictor was trained for base={corr.base!r}, not {base!r}")
+    return corr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,43 +112,18 @@ class AMEDSolver(Solver):
         self.base = base
         self.name = "amed" if base == "amed" else f"amed_plugin[{base}]"
         self.order = 2
-        self.max_order = int(max_order if max_order is not None else DEFAULT_MAX_ORDER.get(base, 1))
+        # the half steps' rule: the registered base solver (AMED-Solver and DPM-Solver-2 start with Euler)
+        self.rule = get_solver("euler" if base in SINGLE_STEP_BASES else base)
+        self.max_order = int(max_order if max_order is not None else default_order(self.rule))
         if afs is not None and not isinstance(afs, bool):
             raise InvalidArgument(f"afs={afs!r}: must be True, False or None (follow the predictor)")
         self.afs_option = afs
         self._given = predictor
-        self._resolved: dict = {}
 
     # --- the predictor ------------------------------------------------------------------------------
-    def correction(self, field: Field | None):
-        """The AMEDCorrection this solver uses on `field` (loaded or found once per field identity)."""
-        from diffsolve.corrections.io import AMEDCorrection, as_amed_correction, find_shipped
-        key = None if self._given is not None else (field.correction_identity() if field is not None else None)
-        if key in self._resolved:
-            return self._resolved[key]
-        if self._given is not None:
-            corr = as_amed_correction(self._given, self.base, self.afs_option)
-            if field is not None:
-                corr.check_field(field)
-        else:
-            if field is None:
-                raise InvalidArgument("predictor= is missing")
-            try:
-                corr = find_shipped(field, "amed", self.base)
-            except InvalidArgument as e:
-                # Nothing trained for this model: the predictor's starting point, r = 1/2, c = a = 1 (the
-                # geometric midpoint rule inside the base solver), computed per sample like a trained one.
-                from diffsolve.corrections.predictor import AMEDPredictor
-                warnings.warn(f"{self.name}: {e}. Using the untrained midpoint rule (r = 1/2, c = a = 1).",
-                              UserWarning, stacklevel=4)
-                corr = AMEDCorrection(AMEDPredictor(features="none"), self.base, False, None, {}, None,
-                                      {"untrained": True})
-        if not isinstance(corr, AMEDCorrection):
-            raise InvalidArgument("predictor must be an AMED correction")
-        if corr.base != self.base:
-            raise InvalidArgument(f"this predictor was trained for base={corr.base!r}, not {self.base!r}")
-        self._resolved[key] = corr
-        return corr
+    def correction(self, field: Field | None, warn: bool = False) -> AMEDCorrection:
+        """The AMEDCorrection this solver uses on `field` (resolve_amed; nothing is kept between calls)."""
+        return resolve_amed(self._given, field, self.base, self.afs_option, self.name, warn)
 
     def uses_afs(self, field: Field | None) -> bool:
         if self.afs_option is not None:
@@ -256,8 +142,8 @@ class AMEDSolver(Solver):
         if not field.has_schedule:
             return self.plan_plain(field, t)
         self.check_field(field)
-        corr = self.correction(field)
-        afs = self.uses_afs(field)
+        corr = self.correction(field, warn=True)
+        afs = self.afs_option if self.afs_option is not None else corr.afs
         pts = self.grid_points(field, t)
         if float(pts[0].alpha) == 0.0:
             raise InvalidArgument(f"{self.name} integrates in the EDM frame; start the grid below pure noise")
@@ -280,8 +166,8 @@ class AMEDSolver(Solver):
         if self.base not in PLAIN_BASES:
             raise InvalidArgument(f"{self.name} on a plain velocity field (schedule=None): base={self.base!r} needs a "
                                   f"Gaussian schedule; bases in native time: {', '.join(PLAIN_BASES)}")
-        corr = self.correction(field)
-        if self.uses_afs(field):
+        corr = self.correction(field, warn=True)
+        if (self.afs_option if self.afs_option is not None else corr.afs):
             raise InvalidArgument(f"{self.name}: the analytical first step (afs) needs a Gaussian path; a plain "
                                   "velocity field (schedule=None) has none: use afs=False and a predictor trained "
                                   "without it")
@@ -312,20 +198,19 @@ class AMEDSolver(Solver):
             t_eval = (co.s1 + a.double() * (t_mid - co.s1)).clamp(lo, hi)
             p_mid = ev.field.at(t_eval.reshape(-1).to(device=x.device))
         hist = ((co.s0, v0, None), *state)
-        rule = self.base
-        x_mid = base_substep(rule, x, hist, co.s0, t_mid, self.max_order)
+        x_mid = base_step(self.rule, x, hist, co.s0, t_mid, self.max_order)
         v_mid = ev.velocity(x_mid.to(x.dtype), p_mid)
-        cc = _bc(c, x)
-        if rule == "amed":
+        cc = per_sample(c, x)
+        if self.base == "amed":
             x1 = x + cc * h * v_mid
-        elif rule == "dpm_solver_2":
-            w = _bc(0.5 / r, x) if isinstance(r, torch.Tensor) else 0.5 / r
+        elif self.base == "dpm_solver_2":
+            w = per_sample(0.5 / r, x) if isinstance(r, torch.Tensor) else 0.5 / r
             x1 = x + cc * h * ((1 - w) * v0 + w * v_mid)
         else:
             hist2 = ((t_mid, v_mid, None), *hist)
-            x_end = base_substep(rule, x_mid, hist2, t_mid, co.s1, self.max_order)
+            x_end = base_step(self.rule, x_mid, hist2, t_mid, co.s1, self.max_order)
             x1 = x_mid + cc * (x_end - x_mid)
-            state = hist2[: self.max_order - 1] if rule not in SINGLE_STEP_BASES else ()
+            state = hist2[: self.max_order - 1] if self.base not in SINGLE_STEP_BASES else ()
         return x1.to(x.dtype), None, state
 
     def inversion_refusal(self) -> str | None:
@@ -363,22 +248,21 @@ class AMEDSolver(Solver):
         else:
             p_mid = ev.field.at(float(sch.t_from_edm_sigma(s_eval)))
         hist = ((co.s0, d0, D0), *state)
-        rule = self.base
-        y_mid = base_substep(rule, y0, hist, co.s0, s_mid, self.max_order)
-        x_mid = y_mid * _bc(p_mid.alpha, y_mid) if not _is_one(p_mid.alpha) else y_mid
+        y_mid = base_step(self.rule, y0, hist, co.s0, s_mid, self.max_order)
+        x_mid = y_mid * per_sample(p_mid.alpha, y_mid) if not _is_one(p_mid.alpha) else y_mid
         D_mid = ev.denoise(x_mid.to(x.dtype), p_mid)
-        d_mid = (y_mid - D_mid) / _bc(s_mid, y_mid)
-        cc = _bc(c, y0)
-        if rule == "amed":
+        d_mid = (y_mid - D_mid) / per_sample(s_mid, y_mid)
+        cc = per_sample(c, y0)
+        if self.base == "amed":
             y1 = y0 + cc * (co.s1 - co.s0) * d_mid
-        elif rule == "dpm_solver_2":
-            w = _bc(0.5 / r, y0) if isinstance(r, torch.Tensor) else 0.5 / r
+        elif self.base == "dpm_solver_2":
+            w = per_sample(0.5 / r, y0) if isinstance(r, torch.Tensor) else 0.5 / r
             y1 = y0 + cc * (co.s1 - co.s0) * ((1 - w) * d0 + w * d_mid)
         else:
             hist2 = ((s_mid, d_mid, D_mid), *hist)
-            y_end = base_substep(rule, y_mid, hist2, s_mid, co.s1, self.max_order)
+            y_end = base_step(self.rule, y_mid, hist2, s_mid, co.s1, self.max_order)
             y1 = y_mid + cc * (y_end - y_mid)
-            state = hist2[: self.max_order - 1] if rule not in SINGLE_STEP_BASES else ()
+            state = hist2[: self.max_order - 1] if self.base not in SINGLE_STEP_BASES else ()
         x1 = y1 * co.alpha1 if co.alpha1 != 1.0 else y1
         return x1.to(x.dtype), None, state
 

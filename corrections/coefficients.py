@@ -1,4 +1,4 @@
-"""Learned multistep weights on a learned grid (solvers.learned_multistep): the grid's times (LD3, Tong et al. 2024)
+"""Learned multistep weights on a learned grid (corrections.learned_multistep): the grid's times (LD3, Tong et al. 2024)
 and per-step offsets of the base rule's weights on the slope history (S4S, Frankel et al. 2025), fitted together by
 Adam through a differentiable run against teacher endpoints.
 
@@ -14,8 +14,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
-from diffsolve.corrections.grid_search import GapGrid, _fit_grid, _teacher_endpoints, differentiable_run, learn_grid, steps_for_budget
+from diffsolve.corrections.grid_search import (GapGrid, _fit_grid, _teacher_endpoints, differentiable_run, learn_grid,
+                                              steps_for_budget)
 from diffsolve.corrections.io import CoefficientCorrection, GridCorrection
+from diffsolve.corrections.learned_multistep import COEFFICIENT_BASES
+from diffsolve.solvers import get_solver
+from diffsolve.corrections.base_rules import default_order
 from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_start
 
 GRID_STARTS = ("karras", "logsnr_uniform", "time_quadratic")
@@ -48,8 +52,6 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
     `grid`: starting grids (a `learn_grid` result with the same AFS setting); None learns them first with
     `learn_grid(..., starts=grid_starts, **grid_options)` (default: 64 trajectories, batches of 16, 16 epochs at
     learning rate 0.2). `lr` is the grid's learning rate in this joint stage, `weight_lr` the offsets'."""
-    from diffsolve.corrections.amed import DEFAULT_MAX_ORDER
-    from diffsolve.corrections.learned_multistep import COEFFICIENT_BASES
     check_choice("base", base, COEFFICIENT_BASES)
     field = field_of(model)
     if not field.has_schedule:
@@ -57,7 +59,7 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
                               "(schedule=None) has none: learn a grid for it (learn_grid) instead")
     if not isinstance(afs, bool):
         raise InvalidArgument(f"afs={afs!r}: must be True or False")
-    k = int(max_order if max_order is not None else DEFAULT_MAX_ORDER[base])
+    k = int(max_order if max_order is not None else default_order(get_solver(base)))
     sch = field.schedule
     start = time.perf_counter()
     if grid is None:

@@ -22,7 +22,13 @@ import torch
 
 from diffsolve.errors import InvalidArgument
 from diffsolve.field import Field
-from diffsolve.corrections.io import GridCorrection, amed_grid
+from diffsolve.grids import karras, make_grid, time_uniform
+from diffsolve.solvers import get_solver
+from diffsolve.solvers.euler import ddim_coefficients
+from diffsolve.solvers.multistep import step_orders
+from diffsolve.corrections.base_rules import afs_denoised, base_step, corrected_step, default_order
+from diffsolve.corrections.io import AMEDCorrection, GridCorrection, amed_grid
+from diffsolve.corrections.predictor import TimeTable
 from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_start, noise_for, teacher_states
 
 GITS_WEIGHT = 1.15
@@ -36,14 +42,12 @@ def check_plain_base(field: Field, base: str, who: str) -> None:
     """On a plain velocity field (no Gaussian path) only bases that integrate in native time; a clear error else."""
     if field.has_schedule:
         return
-    from diffsolve.solvers import get_solver
     if get_solver(base).needs_schedule:
         raise InvalidArgument(f"{who} on a plain velocity field (schedule=None) needs a base solver that runs in "
                               f"native time (e.g. {', '.join(PLAIN_BASES)}); {base!r} needs a Gaussian schedule")
 
 
 def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -> int:
-    from diffsolve.solvers import get_solver
     solver = get_solver(base, **solver_options)
     steps = 0
     while solver.model_calls(steps + 1, field, True) <= nfe:
@@ -59,7 +63,6 @@ def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -
 def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """C[i, j] (i < j) = mean over samples of the RMSE of one Euler jump from states[i] at times[i] to times[j],
     against states[j]; +inf elsewhere. `states`: [K, B, ...] teacher points at the decreasing `times`."""
-    from diffsolve.solvers.euler import ddim_coefficients
     plain = not field.has_schedule          # a plain velocity field: x_j = x_i + (t_j - t_i) f(x_i, t_i)
     K = times.numel()
     pts = [field.at(float(v)) for v in times]
@@ -109,7 +112,6 @@ def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7,
     """GITS grids for `base` at each NFE, from `n` teacher trajectories on a fine EDM grid of fine_steps + 1 points
     (karras, rho 7, ending at t = 0). On a plain velocity field (schedule=None) the fine grid is uniform in the
     field's own time t (1 to 0) and the cost of a jump is one Euler step x + (t_j - t_i) f(x_i, t_i)."""
-    from diffsolve.grids import karras, time_uniform
     field = field_of(model)
     check_plain_base(field, base, "gits")
     start = time.perf_counter()
@@ -149,20 +151,16 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
                        weights: Sequence[Any] | None = None) -> torch.Tensor:
     """The base solver over EDM noise levels `s` (tensors with gradient; a final 0 as a float) in the EDM frame,
     written with torch arithmetic so that the result is differentiable in the levels. `afs`: the first data
-    prediction is the analytical one around `afs_mean` (solvers.amed.afs_denoised), no model call.
+    prediction is the analytical one around `afs_mean` (corrections.base_rules.afs_denoised), no model call.
     `solver_orders`: each step's order as the registered solver takes it (DEIS lowers it on its last steps, as
     diffusers does); False: the full order throughout, as AMED-Plugin's base rule takes it. `weights`: one row of
-    learned offsets per step (solvers.learned_multistep), with gradient or not."""
-    from diffsolve.corrections.amed import DEFAULT_MAX_ORDER, afs_denoised
-    from diffsolve.corrections.learned_multistep import corrected_substep
+    learned offsets per step (corrections.learned_multistep), with gradient or not."""
     if base not in DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}; a learned grid supports {', '.join(DIFFERENTIABLE_BASES)}")
-    k = max_order if max_order is not None else DEFAULT_MAX_ORDER.get(base, 1)
+    solver = get_solver(base)
+    k = max_order if max_order is not None else default_order(solver)
     orders = [k] * (len(s) - 1)
     if solver_orders and field.has_schedule:
-        from diffsolve.solvers import get_solver
-        from diffsolve.solvers.multistep import step_orders
-        solver = get_solver(base)
         if hasattr(solver, "lower_order_final"):
             # only the step count and the final zero matter to the order schedule, not the levels themselves
             ends = float(s[-1]) == 0.0
@@ -187,7 +185,7 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
         s0b = s0.reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype) if isinstance(s0, torch.Tensor) else s0
         d = (y - D) / s0b
         hist = ((s0, d, D), *hist)[:k]
-        y = corrected_substep(base, y, hist, s0, s1, min(k, orders[i]), None if weights is None else weights[i])
+        y = corrected_step(solver, y, hist, s0, s1, min(k, orders[i]), None if weights is None else weights[i])
     a1 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[-1])))))))
     return y * a1
 
@@ -199,19 +197,19 @@ def differentiable_run_plain(field: Field, x: torch.Tensor, t: Sequence[Any], ba
                              afs: bool = False) -> torch.Tensor:
     """The base solver on a plain velocity field over times `t` (tensors with gradient or floats) in native time:
     the same Adams-Bashforth rules as the solvers' `plan_plain`, history (t, f) newest first."""
-    from diffsolve.corrections.amed import base_substep
     if base not in PLAIN_DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}: on a plain velocity field a learned grid supports "
                               f"{', '.join(PLAIN_DIFFERENTIABLE_BASES)}")
     if afs:
         raise InvalidArgument("afs=True needs a Gaussian path; a plain velocity field (schedule=None) has none")
+    solver = get_solver(base)
     hist: tuple = ()
     for i in range(len(t) - 1):
         t0, t1 = t[i], t[i + 1]
         p = field.at(t0.reshape(1) if isinstance(t0, torch.Tensor) else float(t0))
         v = field.velocity(x, p)
         hist = ((t0, v, None), *hist)[:k]
-        x = base_substep(base, x, hist, t0, t1, k)
+        x = base_step(solver, x, hist, t0, t1, k)
     return x
 
 
@@ -341,7 +339,6 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
                 if first is None:
                     t_init = amed_grid(steps, sch)
                 elif isinstance(first, str) or callable(first):
-                    from diffsolve.grids import make_grid
                     t_init = make_grid(first, steps, sch)
                 else:
                     t_init = torch.as_tensor(first, dtype=torch.float64)
@@ -377,14 +374,12 @@ def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, ba
     """learn_grid on a plain velocity field: the interior times (gaps in t, `TimeGapGrid`) optimized through
     `differentiable_run_plain` against the teacher's endpoints; the start (t = 1) and t = 0 fixed. The initial
     grid is uniform in t (the default grid of such fields) unless `init` says otherwise."""
-    from diffsolve.grids import time_uniform
     check_plain_base(field, base, "a learned grid")
     if base not in PLAIN_DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}: on a plain velocity field a learned grid supports "
                               f"{', '.join(PLAIN_DIFFERENTIABLE_BASES)}")
     if afs or solver_options.get("afs"):
         raise InvalidArgument("afs=True needs a Gaussian path; a plain velocity field (schedule=None) has none")
-    from diffsolve.solvers import get_solver
     k = getattr(get_solver(base, **solver_options), "solver_order", 1)
     start = time.perf_counter()
     t0, noise, target = _teacher_endpoints(field, n, seed, teacher, teacher_options, dtype, log, start)
@@ -415,8 +410,6 @@ def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | Non
     """A learned grid of 2M steps as AMED-Plugin per-step constants: the even points are the main grid, each odd
     point the intermediate time (r from its place in log s; c = a = 1). With the grid's AFS the result runs at the
     grid's NFE through `Sampler(model, "amed_plugin", base=..., predictor=table)`."""
-    from diffsolve.corrections.io import AMEDCorrection
-    from diffsolve.corrections.predictor import TimeTable
     field = field_of(field)
     sch = field.schedule
     afs = bool(grid.meta.get("afs"))

@@ -17,8 +17,9 @@ from typing import Any, Callable
 import torch
 
 from diffsolve.files import atomic_write_bytes
-from diffsolve.grids import register_field_grid
+from diffsolve.grids import karras, register_field_grid, time_uniform
 from diffsolve.errors import InvalidArgument
+from diffsolve.corrections.features import denoise_with_features
 from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
 
 FORMAT = "diffsolve-correction"
@@ -88,7 +89,6 @@ class AMEDCorrection:
         _check_identity(self.identity, field, "AMED predictor")
 
     def denoise_with_features(self, ev, x: torch.Tensor, p) -> tuple[torch.Tensor, torch.Tensor]:
-        from diffsolve.corrections.amed import denoise_with_features
         if self.predictor.features == "denoised":
             D = ev.denoise(x, p)
             return D, D
@@ -103,7 +103,6 @@ class AMEDCorrection:
             if self.is_table:
                 raise InvalidArgument(f"this AMED time table was exported for {sorted(grids)} steps, not {steps}")
             if schedule is None:                # a plain velocity field: its default grid, uniform in t
-                from diffsolve.grids import time_uniform
                 return time_uniform(steps, None, **options)
             return amed_grid(steps, schedule, **options)
         return amed_trained_grid
@@ -225,7 +224,7 @@ class GridCorrection:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class CoefficientCorrection:
-    """Learned weight offsets of a multistep base rule (solvers.learned_multistep), each set on its learned grid."""
+    """Learned weight offsets of a multistep base rule (corrections.learned_multistep), each set on its learned grid."""
 
     grids: dict[int, tuple[float, ...]]                      # steps -> schedule times
     weights: dict[int, tuple[tuple[float, ...], ...]]        # steps -> one row of offsets per step, newest first
@@ -390,7 +389,6 @@ def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | P
 def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:
     """The default AMED grid: steps + 1 EDM-polynomial levels from sigma_max to sigma_min, the last replaced by 0
     (a final step straight to the data, its intermediate point placed against sigma_min)."""
-    from diffsolve.grids import karras
     t = karras(steps, schedule, rho=rho, final="min")
     t[0], t[-1] = schedule.t_max, 0.0
     return t

@@ -6,7 +6,8 @@ s_{n+1}:
 
     y_{n+1} = base(y_n, d_n, d_{n-1}, ...; s_n -> s_{n+1}) + (s_{n+1} - s_n) sum_j w_{n,j} d_{n-j},
 
-the base rule (DEIS, iPNDM or iPNDM_v, `solvers.amed.base_substep`) at its full order on every step, w the
+the registered base solver's own step (DEIS, iPNDM or iPNDM_v, through `corrections.base_rules`) at its full
+order on every step, w the
 learned offsets (zero: the base solver). With the analytical first step (AFS) the first slope is
 (y - mu) / sqrt(1 + s^2) around the mean data prediction mu at the largest noise (no model call). Weights and grid
 are fitted together by `diffsolve.corrections.learn_coefficients`; they belong to the grid they were fitted on.
@@ -15,33 +16,41 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.field import EvalPoint, Field
-from diffsolve.corrections.amed import DEFAULT_MAX_ORDER, _bc, afs_denoised, base_substep
-from diffsolve.solvers.base import Plan, Solver, StepCoefficients, register
+from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
+from diffsolve.corrections.base_rules import afs_denoised, corrected_step, default_order
+from diffsolve.corrections.io import CoefficientCorrection, as_coefficient_correction, find_shipped
 
 COEFFICIENT_BASES = ("deis", "ipndm", "ipndm_v")
 
 
-def corrected_substep(rule: str, y0: torch.Tensor, hist: Sequence[tuple], s0: Any, s1: Any, max_order: int,
-                      weights: Any = None) -> torch.Tensor:
-    """`base_substep` plus (s1 - s0) sum_j weights[j] d_j over hist = ((s, d, D), ...) newest first; weights
-    (floats, or scalar tensors with gradient) may be shorter than the history, or None (the base rule alone)."""
-    y1 = base_substep(rule, y0, hist, s0, s1, max_order)
-    if weights is None:
-        return y1
-    inc = None
-    for w, h in zip(weights, hist):
-        if isinstance(w, float) and w == 0.0:      # exact zeros leave the base rule bit for bit
-            continue
-        inc = w * h[1] if inc is None else inc + w * h[1]
-    if inc is None:
-        return y1
-    return y1 + _bc(s1 - s0, y0) * inc
+def resolve_coefficients(given: Any, field: Field | None, base: str, who: str = "learned_multistep",
+                         warn: bool = True) -> CoefficientCorrection:
+    """The CoefficientCorrection a solver with `coefficients=given` uses on `field`: the one given (checked
+    against the field's identity), else the one shipped for the field's model, else (with a warning when `warn`)
+    zero offsets, the base rule alone."""
+    if given is not None:
+        corr = as_coefficient_correction(given)
+        if field is not None:
+            corr.check_field(field)
+    elif field is None:
+        raise InvalidArgument("coefficients= is missing")
+    else:
+        try:
+            corr = find_shipped(field, "coefficients", base)
+        except InvalidArgument as e:
+            if warn:
+                warnings.warn(f"{who}: {e}. Running the base rule {base!r} with zero offsets.",
+                              UserWarning, stacklevel=4)
+            corr = CoefficientCorrection({}, {}, base, False, None, None, {"untrained": True})
+    if corr.base != base:
+        raise InvalidArgument(f"these coefficients were learned for base={corr.base!r}, not {base!r}")
+    return corr
 
 
 @dataclass(frozen=True)
@@ -74,39 +83,19 @@ class LearnedMultistep(Solver):
             raise InvalidArgument(f"max_order={max_order!r}: must be a positive integer")
         self.base = base
         self._max_order = max_order
+        self.rule = get_solver(base)            # the step: the registered base solver's own weights
         # the base rule's order with zero offsets: DEIS and iPNDM_v interpolate max_order nodes (in log s and s);
         # iPNDM's fixed Adams-Bashforth weights are second order on grids that are not uniform in s
-        k = int(max_order if max_order is not None else DEFAULT_MAX_ORDER[base])
+        k = int(max_order if max_order is not None else default_order(self.rule))
         self.order = min(k, 2) if base == "ipndm" else k
         self._given = coefficients
-        self._resolved: dict = {}
 
     def options(self) -> dict:
         return {"base": self.base, "max_order": self._max_order}
 
-    def correction(self, field: Field | None):
-        """The CoefficientCorrection used on `field`: the one given, or the one shipped for the field's model."""
-        from diffsolve.corrections.io import CoefficientCorrection, as_coefficient_correction, find_shipped
-        key = None if self._given is not None else (field.correction_identity() if field is not None else None)
-        if key in self._resolved:
-            return self._resolved[key]
-        if self._given is not None:
-            corr = as_coefficient_correction(self._given)
-            if field is not None:
-                corr.check_field(field)
-        else:
-            if field is None:
-                raise InvalidArgument("coefficients= is missing")
-            try:
-                corr = find_shipped(field, "coefficients", self.base)
-            except InvalidArgument as e:
-                warnings.warn(f"{self.name}: {e}. Running the base rule {self.base!r} with zero offsets.",
-                              UserWarning, stacklevel=4)
-                corr = CoefficientCorrection({}, {}, self.base, False, None, None, {"untrained": True})
-        if corr.base != self.base:
-            raise InvalidArgument(f"these coefficients were learned for base={corr.base!r}, not {self.base!r}")
-        self._resolved[key] = corr
-        return corr
+    def correction(self, field: Field | None, warn: bool = False) -> CoefficientCorrection:
+        """The CoefficientCorrection used on `field` (resolve_coefficients; nothing is kept between calls)."""
+        return resolve_coefficients(self._given, field, self.base, self.name, warn)
 
     def grid_for(self, field: Field):
         corr = self.correction(field)
@@ -120,10 +109,10 @@ class LearnedMultistep(Solver):
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
         self.check_field(field)
-        corr = self.correction(field)
+        corr = self.correction(field, warn=True)
         rows = corr.weights_for(t)
         # the order the offsets were learned with, unless max_order= says otherwise
-        k = int(self._max_order or corr.meta.get("max_order") or DEFAULT_MAX_ORDER[self.base])
+        k = int(self._max_order or corr.meta.get("max_order") or default_order(self.rule))
         pts = self.grid_points(field, t)
         if float(pts[0].alpha) == 0.0:
             raise InvalidArgument(f"{self.name} integrates in the EDM frame; start the grid below pure noise")
@@ -141,7 +130,7 @@ class LearnedMultistep(Solver):
         y0 = x / co.alpha0 if co.alpha0 != 1.0 else x
         D0 = afs_denoised(y0, co.s0, co.afs_mean) if co.afs else ev.denoise(x, t0)
         hist = ((co.s0, (y0 - D0) / co.s0, D0), *state)
-        y1 = corrected_substep(self.base, y0, hist, co.s0, co.s1, co.max_order, co.weights)
+        y1 = corrected_step(self.rule, y0, hist, co.s0, co.s1, co.max_order, co.weights)
         x1 = y1 * co.alpha1 if co.alpha1 != 1.0 else y1
         return x1.to(x.dtype), None, hist[: co.max_order - 1]
 

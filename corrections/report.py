@@ -2,7 +2,7 @@
 float64 reference (bench/reference.py, dopri5 at rtol = atol = 1e-5, cached on disk) on held-out noise seeds
 (100000 and up; training uses seeds below 1000000 * (seed + 1) from 0, and the held-out range is never used there).
 
-    python -m diffsolve.corrections.report [--nfe 3,5,7,9] [--n 64] [--json out.json]
+    python scripts/corrections_report.py [--nfe 3,5,7,9] [--n 64] [--json out.json]
 
 Un-learned: every listed solver on every listed grid (the named grids and the AMED grid, which is the EDM grid to
 sigma_min with its last point moved to 0), best per NFE. Learned: every shipped correction (LEARNED): AMED-Solver,
@@ -10,13 +10,22 @@ AMED-Plugin(iPNDM / DEIS), iPNDM on the GITS and learned grids, DEIS on its lear
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
+from diffsolve.field import as_field
+from diffsolve.files import atomic_write_bytes
+from diffsolve.models import load_mnist_unet
+from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier
+from diffsolve.models.classifier import feature_stats, featurize, frechet_distance
+from diffsolve.sampler import Sampler
+from diffsolve.corrections.io import SHIPPED, amed_grid
+from diffsolve.corrections.teacher import noise_for, teacher_states
 
 BASELINE_SOLVERS = (("ipndm", {}), ("ipndm_v", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("unipc_bh2", {}),
                     ("deis", {}))
@@ -33,7 +42,6 @@ LEARNED = (("AMED-Solver", "amed", {}, None, "amed-mnist-unet"),
 
 def shipped_learned() -> list[tuple]:
     """The LEARNED entries whose correction ships, each with its training cost in wall seconds (sidecar meta)."""
-    from diffsolve.corrections.io import SHIPPED
     out = []
     for label, name, opts, grid, stem in LEARNED:
         side = SHIPPED / f"{stem}.safetensors.json"
@@ -50,12 +58,6 @@ def _label(name: str, opts: dict) -> str:
 
 def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baseline_cache: str | None = None,
              learned: bool = True) -> dict:
-    from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
-    from diffsolve.field import as_field
-    from diffsolve.models import load_mnist_unet
-    from diffsolve.sampler import Sampler
-    from diffsolve.corrections.io import amed_grid
-    from diffsolve.corrections.teacher import noise_for
 
     torch.set_num_threads(1)
     field = as_field(load_mnist_unet())
@@ -91,7 +93,6 @@ def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baselin
                     continue
                 rows[str(k)]["baselines"][f"{_label(name, opts)} / {grid}"] = {"rmse": e, "nfe": used}
     if cached is None and baseline_cache:
-        from diffsolve.files import atomic_write_bytes
         atomic_write_bytes(baseline_cache, json.dumps(
             {"n": n, "rows": {k: r["baselines"] for k, r in rows.items()}}, indent=1).encode())
     if not learned:
@@ -118,13 +119,6 @@ def fd_at(nfe: int, result: dict, n: int = 1000, log=print) -> dict:
     best learned run: to the held-out real digits, and to the exact ODE samples from the same noise (a fine
     DPM-Solver++(3M) solve, the teachers' 'fine' mode). The exact samples' own FD to the digits is the floor no
     solver of this ODE can go far below; FD to the exact samples measures the solver's error alone."""
-    from diffsolve.field import as_field
-    from diffsolve.models import load_mnist_unet
-    from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier
-    from diffsolve.models.classifier import feature_stats, featurize, frechet_distance
-    from diffsolve.sampler import Sampler
-    from diffsolve.corrections.io import amed_grid
-    from diffsolve.corrections.teacher import noise_for, teacher_states
 
     classifier, digits = load_mnist_classifier(), load_feature_stats()
     field = as_field(load_mnist_unet())
@@ -189,30 +183,3 @@ def table(result: dict) -> str:
         cells = [f"{row['learned'][lab]['rmse']:.4f}" for lab in learned_names]
         lines.append(f"| {k} | {b['name']} | {b['rmse']:.4f} | " + " | ".join(cells) + f" | {row['ratio']:.2f}x |")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffsolve.corrections.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nfe", default="3,5,7,9")
-    p.add_argument("--n", type=int, default=64, help="held-out samples (default 64)")
-    p.add_argument("--json", default=None, help="also write the full result here")
-    p.add_argument("--fd", type=int, default=None, metavar="NFE",
-                   help="also the FD (1,000 held-out samples) of the best learned and un-learned run at this NFE")
-    p.add_argument("--baseline-cache", default=None,
-                   help="a JSON file with the un-learned rows: read if it matches, else computed and written")
-    args = p.parse_args(argv)
-    nfes = [int(v) for v in args.nfe.replace(",", " ").split()]
-    result = evaluate(nfes, args.n, baseline_cache=args.baseline_cache)
-    print(table(result))
-    if args.fd is not None:
-        result["fd"] = {str(args.fd): fd_at(args.fd, result)}
-        print(fd_lines(args.fd, result["fd"][str(args.fd)]))
-    if args.json:
-        from diffsolve.files import atomic_write_bytes
-        atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,9 +13,12 @@ from typing import Any, Sequence
 import torch
 
 from diffsolve.errors import InvalidArgument
+from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
 from diffsolve.field import Field, _network_of, as_field
+from diffsolve.grids import karras
+from diffsolve.noise import draw_noise
+from diffsolve.sampler import Sampler
 
-TEACHER_MODES = ("reference", "fine")
 # Bottleneck blocks of known networks: the built-in UNet, diffusers' UNet2DModel, ADM/LDM UNets, and the shared MNIST
 # DDPM (no downsampling; its middle block is the second 32-channel 7x7-conv block).
 FEATURE_MODULES = ("mid", "mid_block", "middle_block", "gt.blocks.2")
@@ -34,7 +37,6 @@ def sample_shape_of(field: Field) -> tuple[int, ...]:
 
 
 def noise_for(field: Field, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: Any = None):
-    from diffsolve.noise import draw_noise
     return draw_noise((len(seeds), *sample_shape_of(field)), seed=list(seeds), dtype=dtype, device=device)
 
 
@@ -72,13 +74,10 @@ def teacher_states(field: Field, noise: torch.Tensor, times: Sequence[float] | t
     [len(times), B, ...] in noise's dtype."""
     t = torch.as_tensor(times, dtype=torch.float64).reshape(-1).unique(sorted=True).flip(0)
     if mode == "reference":
-        from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
         ref = solve_reference(field, noise, t, settings=settings or ReferenceSettings(), cache=cache, seeds=seeds)
         return ref.at(t).to(noise.dtype)
     if mode != "fine":
         raise InvalidArgument(f"teacher mode={mode!r}; allowed values: 'reference', 'fine'")
-    from diffsolve.grids import karras
-    from diffsolve.sampler import Sampler
     fine = karras(fine_steps, field.schedule, final="zero")
     fine = fine[fine <= float(t[0])]
     coarse = [float(v) for v in t]

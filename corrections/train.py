@@ -18,11 +18,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.field import Field
+from diffsolve.grids import make_grid, time_uniform
 from diffsolve.loop import Evaluator
+from diffsolve.corrections.amed import PLAIN_BASES, PLUGIN_BASES, SINGLE_STEP_BASES, AMEDSolver
 from diffsolve.corrections.io import AMEDCorrection, amed_grid
 from diffsolve.corrections.predictor import AMEDPredictor
-from diffsolve.corrections.teacher import (default_feature_module, field_of, frozen, mean_denoised_at_start, noise_for,
-                      teacher_states)
+from diffsolve.corrections.teacher import (default_feature_module, field_of, frozen, mean_denoised_at_start,
+                                          noise_for, teacher_states)
 
 LOSSES = ("step", "endpoint")
 
@@ -36,7 +39,6 @@ def steps_for_nfe(nfe: int, afs: bool) -> int:
 
 
 def _grid_times(grid: Any, steps: int, field) -> tuple[float, ...]:
-    from diffsolve.grids import make_grid, time_uniform
     if grid is None and not field.has_schedule:
         t = time_uniform(steps, None)          # a plain velocity field's default grid
     elif grid is None:
@@ -68,26 +70,12 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     their grids become the training grids and the predictor first reproduces their (r, c, a) exactly (its
     feature branch starts at zero), so training refines a good time-only solver per sample.
     """
-    from diffsolve.corrections.amed import AMEDSolver, PLUGIN_BASES, SINGLE_STEP_BASES
-
     check_choice("loss", loss, LOSSES)
     if base != "amed":
         check_choice("base", base, PLUGIN_BASES)
     field = field_of(model)
     if not field.has_schedule:
-        # A plain velocity field: native time (AMEDSolver.plan_plain), no AFS, features none or the velocity.
-        from diffsolve.corrections.amed import PLAIN_BASES
-        if base not in PLAIN_BASES:
-            raise InvalidArgument(f"AMED on a plain velocity field (schedule=None) needs a base in native time "
-                                  f"({', '.join(PLAIN_BASES)}); {base!r} needs a Gaussian schedule")
-        if afs:
-            raise InvalidArgument("afs=True needs a Gaussian path; a plain velocity field (schedule=None) has none: "
-                                  "pass afs=False")
-        if features == "auto":
-            features = "none"
-        if features == "module":
-            raise InvalidArgument("features='module' is not supported on a plain velocity field; use 'none' "
-                                  "(time-only) or 'denoised' (the velocity at the step's start)")
+        features = _plain_field_features(base, afs, features)
         afs_mean = False
     torch.manual_seed(seed)
     if features == "auto":
@@ -120,6 +108,32 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
                           {"loss": loss, "epochs": epochs, "n_train": n_train, "batch_size": batch_size, "lr": lr,
                            "seed": seed, "teacher": teacher, "features": features, "module": module})
     seeds = list(train_seeds) if train_seeds is not None else list(range(seed * 1_000_000, seed * 1_000_000 + n_train))
+    _fit_predictor(corr, field, seeds, loss=loss, batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
+                   teacher=teacher, teacher_options=teacher_options, dtype=dtype, log=log)
+    return corr
+
+
+def _plain_field_features(base: str, afs: bool, features: str) -> str:
+    """A plain velocity field: native time (AMEDSolver.plan_plain), no AFS, features none or the velocity."""
+    if base not in PLAIN_BASES:
+        raise InvalidArgument(f"AMED on a plain velocity field (schedule=None) needs a base in native time "
+                              f"({', '.join(PLAIN_BASES)}); {base!r} needs a Gaussian schedule")
+    if afs:
+        raise InvalidArgument("afs=True needs a Gaussian path; a plain velocity field (schedule=None) has none: "
+                              "pass afs=False")
+    if features == "module":
+        raise InvalidArgument("features='module' is not supported on a plain velocity field; use 'none' "
+                              "(time-only) or 'denoised' (the velocity at the step's start)")
+    return "none" if features == "auto" else features
+
+
+def _fit_predictor(corr: AMEDCorrection, field: Field, seeds: list, *, loss: str, batch_size: int, epochs: int,
+                   lr: float, seed: int, teacher: str, teacher_options: dict | None, dtype: torch.dtype,
+                   log: Callable[[str], None] | None) -> None:
+    """Adam on the predictor of `corr` against teacher states at its grids' times, the batches cycling through
+    the grids; the loss history and the seconds go to corr.meta."""
+    predictor, grids = corr.predictor, corr.grids
+    steps_list = sorted(grids)
     noise = noise_for(field, seeds, dtype=dtype)
     all_times = sorted({v for g in grids.values() for v in g}, reverse=True)
     start = time.perf_counter()
@@ -128,8 +142,8 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     if log:
         log(f"teacher: {len(seeds)} trajectories at {len(all_times)} times ({teacher}) in "
             f"{time.perf_counter() - start:.1f}s")
-    solver = AMEDSolver(corr, base=base, afs=afs, plugin=base != "amed")
-    single = base in SINGLE_STEP_BASES
+    solver = AMEDSolver(corr, base=corr.base, afs=corr.afs, plugin=corr.base != "amed")
+    single = corr.base in SINGLE_STEP_BASES
     opt = torch.optim.Adam(predictor.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     predictor.train().requires_grad_(True)
@@ -151,7 +165,6 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
                 log(f"epoch {epoch + 1}/{epochs}  loss {history[-1]:.6g}  ({time.perf_counter() - start:.0f}s)")
     predictor.eval().requires_grad_(False)
     corr.meta.update({"loss_history": history, "seconds": round(time.perf_counter() - start, 1)})
-    return corr
 
 
 def _train_batch(solver, field, plan, target: torch.Tensor, opt, loss: str, single: bool) -> float:

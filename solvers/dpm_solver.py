@@ -56,12 +56,13 @@ def dpmpp_multistep_coefficients(p: EvalPoint, q: EvalPoint, lams: tuple[float, 
         return MultistepCoefficients(a, (c,), order=1)
     lam_t, lam0, lam1 = lams[0], lams[1], lams[2]
     h = lam_t - lam0
-    phi1 = math.expm1(-h)                  # c = -alpha' phi1
-    al = q.alpha
     r0 = (lam0 - lam1) / h
     if order == 2:
+        # host floats here, or per-sample tensors where a learned correction places the step (corrections.amed)
         w = 0.5 / r0
         return MultistepCoefficients(a, (c * (1 + w), -c * w), order=2)
+    phi1 = math.expm1(-h)                  # c = -alpha' phi1
+    al = q.alpha
     lam2 = lams[3]
     r1 = (lam1 - lam2) / h
     phi2 = phi1 / h + 1.0

@@ -82,19 +82,25 @@ def afs_x0_coefficient(p: EvalPoint) -> float:
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
 
 
-def lagrange_integrals(nodes: Sequence[float], lo: float, hi: float, variable: str = "s") -> tuple[float, ...]:
+def lagrange_integrals(nodes: Sequence[Any], lo: Any, hi: Any, variable: str = "s") -> tuple[Any, ...]:
     """int_lo^hi L_j(u(tau)) dtau for the Lagrange basis through `nodes` (in tau), u = tau or u = log tau.
 
     Gauss-Legendre on 24 points: exact for the polynomial case, and for u = log tau the integrand e^v P(v)
-    (after tau = e^v) is resolved to round-off for the step sizes a sampler takes.
+    (after tau = e^v) is resolved to round-off for the step sizes a sampler takes. Host floats give floats (the
+    plans); when a node or an end is a tensor (per-sample times, or times with gradient as learned corrections
+    use them) the weights are float64 tensors of the broadcast shape, differentiable in the times.
     """
+    if variable not in ("s", "logs"):
+        raise InvalidArgument(f"variable={variable!r}; allowed values: 's', 'logs'")
+    if any(isinstance(v, torch.Tensor) for v in (*nodes, lo, hi)):
+        return _lagrange_integrals_tensor(list(nodes), lo, hi, variable == "logs")
     nodes = [float(v) for v in nodes]
     if variable == "s":
         u_nodes = nodes
         half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
         u = mid + half * _GL_NODES
         jac = half * _GL_WEIGHTS
-    elif variable == "logs":
+    else:
         if lo <= 0 or hi <= 0 or min(nodes) <= 0:
             raise InvalidArgument("Lagrange integration in log sigma needs positive noise levels")
         u_nodes = [math.log(v) for v in nodes]
@@ -102,8 +108,6 @@ def lagrange_integrals(nodes: Sequence[float], lo: float, hi: float, variable: s
         half, mid = 0.5 * (b - a), 0.5 * (b + a)
         u = mid + half * _GL_NODES
         jac = half * _GL_WEIGHTS * np.exp(u)
-    else:
-        raise InvalidArgument(f"variable={variable!r}; allowed values: 's', 'logs'")
     out = []
     for j, uj in enumerate(u_nodes):
         basis = np.ones_like(u)
@@ -111,6 +115,31 @@ def lagrange_integrals(nodes: Sequence[float], lo: float, hi: float, variable: s
             if k != j:
                 basis = basis * (u - uk) / (uj - uk)
         out.append(float(np.sum(jac * basis)))
+    return tuple(out)
+
+
+def _lagrange_integrals_tensor(nodes: list, lo: Any, hi: Any, log: bool) -> tuple[torch.Tensor, ...]:
+    """The tensor form of `lagrange_integrals`: the same 24-point rule, broadcast over the values' shapes."""
+    like = next(v for v in (*nodes, lo, hi) if isinstance(v, torch.Tensor))
+
+    def as_t(v: Any) -> torch.Tensor:
+        v = torch.as_tensor(v, dtype=torch.float64, device=like.device)
+        return torch.log(v) if log else v
+    u_nodes = [as_t(v) for v in nodes]
+    a, b = as_t(lo), as_t(hi)
+    gx = torch.as_tensor(_GL_NODES, dtype=torch.float64, device=like.device)
+    gw = torch.as_tensor(_GL_WEIGHTS, dtype=torch.float64, device=like.device)
+    shape = (-1,) + (1,) * max(v.dim() for v in (*u_nodes, a, b))     # quadrature points on a leading axis
+    half, mid = (0.5 * (b - a)).unsqueeze(0), (0.5 * (b + a)).unsqueeze(0)
+    u = mid + half * gx.reshape(shape)
+    jac = half * gw.reshape(shape) * (torch.exp(u) if log else 1.0)
+    out = []
+    for j, uj in enumerate(u_nodes):
+        basis = torch.ones_like(u)
+        for k, uk in enumerate(u_nodes):
+            if k != j:
+                basis = basis * (u - uk) / (uj - uk)
+        out.append((jac * basis).sum(0))
     return tuple(out)
 
 

@@ -217,3 +217,11 @@ def test_fd_lines_report_the_floor_and_both_ratios():
     text = fd_lines(5, f)
     assert "exact ODE samples 143.0 (the floor)" in text and "(a / b) 200.0; ratio 0.75x" in text
     assert "best learned 2.0; best un-learned (c / d) 20.0; ratio 0.10x" in text
+
+
+@pytest.mark.parametrize("name", ["build_corrections", "corrections_report", "peer_report"])
+def test_scripts_show_their_help(name, capsys):
+    from corrections.scripts_loader import load_script
+    with pytest.raises(SystemExit) as info:
+        load_script(name).main(["--help"])
+    assert info.value.code == 0 and "usage: python scripts/" in capsys.readouterr().out

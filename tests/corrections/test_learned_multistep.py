@@ -1,4 +1,4 @@
-"""Learned multistep weights (solvers.learned_multistep, corrections.coefficients): zero offsets are the base rule,
+"""Learned multistep weights (corrections.learned_multistep, corrections.coefficients): zero offsets are the base rule,
 the solver and the differentiable training run are one formula, NFE accounting, training beats the base solver on
 held-out noise, files round-trip and are refused on another model, and bad input gets clear errors."""
 from __future__ import annotations
@@ -159,7 +159,8 @@ def test_tune_weights_command_is_reproducible(tmp_path, capsys):
 
 
 def test_peer_report_table_layout():
-    from diffsolve.corrections.peer_report import table
+    from corrections.scripts_loader import load_script
+    table = load_script("peer_report").table
     names = ["DEIS + learned grid", "AMED-Plugin(DEIS)", "DEIS + learned weights"]
     row = {"best_diffusers": {"name": "DDIM", "rmse": 0.1}, "best_ours": {"name": "deis / karras", "rmse": 0.12},
            "learned": {k: 0.05 for k in names}, "ratio": 0.5}

@@ -1,10 +1,10 @@
 """Retrain the corrections shipped for the built-in MNIST UNet (corrections/weights), with the settings below.
 
-    python -m diffsolve.corrections.build [--only amed,amed_ipndm,amed_deis,gits,learned,learned_deis,weights_deis]
-                                          [--out corrections/weights]
+    python scripts/build_corrections.py [--only amed,amed_ipndm,amed_deis,gits,learned,learned_deis,weights_deis]
+                                        [--out corrections/weights]
 
 Each item trains on one CPU thread in a few minutes (times are printed and stored in the sidecars), from training
-noise seeds 0 .. n - 1 (the learned grid: 500000 .. 500000 + n - 1); the evaluation (corrections.report) uses the
+noise seeds 0 .. n - 1 (the learned grid: 500000 .. 500000 + n - 1); the evaluation (scripts/corrections_report.py) uses the
 held-out seeds from 100000.
 """
 from __future__ import annotations
@@ -16,7 +16,11 @@ from typing import Sequence
 
 import torch
 
-from diffsolve.corrections.io import SHIPPED
+from diffsolve.models import load_mnist_unet
+from diffsolve.corrections.coefficients import learn_coefficients
+from diffsolve.corrections.grid_search import gits_grid, learn_grid, to_amed_table
+from diffsolve.corrections.io import SHIPPED, AMEDCorrection, load_correction
+from diffsolve.corrections.train import train_amed
 
 NFE = (3, 5, 7, 9)
 FILES = {"amed_ipndm": "amed-ipndm-mnist-unet.safetensors", "amed": "amed-mnist-unet.safetensors",
@@ -45,11 +49,6 @@ WEIGHTS_DEIS = dict(n=256, batch_size=16, epochs=30, lr=0.02, weight_lr=5e-3, gr
 
 
 def build(names: Sequence[str], out: Path) -> None:
-    from diffsolve.models import load_mnist_unet
-    from diffsolve.corrections.coefficients import learn_coefficients
-    from diffsolve.corrections.grid_search import gits_grid, learn_grid, to_amed_table
-    from diffsolve.corrections.io import AMEDCorrection, load_correction
-    from diffsolve.corrections.train import train_amed
 
     torch.set_num_threads(1)
     model = load_mnist_unet()
@@ -89,7 +88,7 @@ def build(names: Sequence[str], out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffsolve.corrections.build", description=__doc__,
+    p = argparse.ArgumentParser(prog="python scripts/build_corrections.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(ITEMS), help="comma-separated items (default: all)")
     p.add_argument("--out", default=str(SHIPPED), help="output folder (default: the package's weights folder)")

@@ -1,6 +1,6 @@
 """Learned corrections on the shared MNIST DDPM (../shared/models) against diffusers' schedulers on the same noise.
 
-    python -m diffsolve.corrections.peer_report [--nfe 3,5,7,9] [--n 64] [--out DIR] [--json out.json]
+    python scripts/peer_report.py [--nfe 3,5,7,9] [--n 64] [--out DIR] [--json out.json]
 
 Endpoint RMSE (the bench's peer-table measure: root mean square over all pixels) against DPM-Solver++(3M) on 1,000
 log-SNR steps, on held-out noise seeds from 100000. Peers: every scheduler of the bench's diffusers preset at its
@@ -19,6 +19,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from diffsolve.bench.presets import MNIST_DDPM, diffusers_rows, rmse, solver_rows
+from diffsolve.corrections.coefficients import learn_coefficients
+from diffsolve.corrections.grid_search import learn_grid, to_amed_table
+from diffsolve.corrections.io import load_correction
+from diffsolve.corrections.teacher import field_of
+from diffsolve.corrections.train import train_amed
+from diffsolve.errors import InvalidArgument
+from diffsolve.files import atomic_write_bytes
+from diffsolve.noise import draw_noise
+from diffsolve.pretrained_adapters import load_mnist_ddpm
+from diffsolve.pretrained_adapters.diffusers import diffusers_grid
+from diffsolve.sampler import Sampler
+
 EVAL_SEED = 100_000
 TEACHER = {"fine_steps": 200}       # the 96-step default leaves 0.009 RMSE on this model; 200 steps 0.0007
 GRID_FIT = dict(n=64, batch_size=16, epochs=16, lr=0.05)
@@ -28,7 +41,6 @@ WEIGHTS = dict(n=128, batch_size=16, epochs=30, lr=0.02, weight_lr=5e-3)
 
 def grid_starts() -> tuple:
     """Starting grids of the grid fits: three standard ones and diffusers' DPM-Solver and DDIM timesteps."""
-    from diffsolve.pretrained_adapters.diffusers import diffusers_grid
 
     def diffusers_dpmsolver(steps: int, schedule: Any) -> torch.Tensor:
         return diffusers_grid(steps, schedule, style="dpmsolver")
@@ -40,11 +52,6 @@ def grid_starts() -> tuple:
 
 def train_corrections(model: Any, nfes: Sequence[int], out: Path, log: Callable[[str], None] | None = print) -> dict:
     """The three learned corrections for `model` at `nfes`, read from `out` when there, else trained and saved."""
-    from diffsolve.corrections.coefficients import learn_coefficients
-    from diffsolve.corrections.grid_search import learn_grid, to_amed_table
-    from diffsolve.corrections.io import load_correction
-    from diffsolve.corrections.teacher import field_of
-    from diffsolve.corrections.train import train_amed
 
     out.mkdir(parents=True, exist_ok=True)
     tag = "-".join(str(k) for k in nfes)
@@ -79,12 +86,6 @@ def train_corrections(model: Any, nfes: Sequence[int], out: Path, log: Callable[
 
 def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, out: Path | None = None,
              log: Callable[[str], None] | None = print) -> dict:
-    from diffsolve.bench.presets import MNIST_DDPM, diffusers_rows, rmse, solver_rows
-    from diffsolve.errors import InvalidArgument
-    from diffsolve.noise import draw_noise
-    from diffsolve.pretrained_adapters import load_mnist_ddpm
-    from diffsolve.pretrained_adapters.diffusers import diffusers_grid
-    from diffsolve.sampler import Sampler
 
     if not MNIST_DDPM.is_file():
         raise InvalidArgument(f"{MNIST_DDPM} is missing (the shared model folder)")
@@ -145,10 +146,10 @@ def table(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffsolve.corrections.peer_report", description=__doc__,
+    p = argparse.ArgumentParser(prog="python scripts/peer_report.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nfe", default="3,5,7,9")
-    p.add_argument("--n", type=int, default=64, help="held-out samples (default 64)")
+    p.add_argument("--samples", "--n", dest="n", type=int, default=64, help="held-out samples (default 64)")
     p.add_argument("--out", default=None, help="folder of the trained corrections (default "
                                                "~/.cache/diffsolve/ddpm-corrections; reused when present)")
     p.add_argument("--json", default=None, help="also write the full result here")
@@ -157,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate(nfes, args.n, Path(args.out) if args.out else None)
     print(table(result))
     if args.json:
-        from diffsolve.files import atomic_write_bytes
         atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
     return 0
 

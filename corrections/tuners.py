@@ -1,0 +1,276 @@
+"""The built-in tuners of `diffsolve tune`: amed, gits, grid, weights and skip (see corrections.tuning).
+
+    diffsolve tune amed --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out amed-ipndm.safetensors
+    diffsolve tune gits --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out gits-ipndm.safetensors
+    diffsolve tune grid --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out learned-ipndm.safetensors
+    diffsolve tune weights --model mnist-unet --solver deis --nfe 5 --out weights-deis.safetensors
+    diffsolve tune skip --model mnist-unet-deep --solver dpmpp_2m --nfe 5 --out skip-dpmpp_2m.json
+
+`amed`: `--solver amed` trains the AMED-Solver, any other base (ipndm, ipndm_v, dpmpp_2m, deis, dpm_solver_2, euler)
+an AMED-Plugin predictor for it. `weights` learns a multistep rule's weight offsets together with its grid, for
+`Sampler(model, "learned_multistep", base=..., coefficients=file)`. On a plain velocity field (the moons flows)
+everything runs in the field's own time t, without AFS. `skip` searches Skip-Tuning's rho_bottom (golden section)
+for one solver and NFE, minimising the FD of the built-in classifier's features (MNIST-shaped models) or
+`--metric module:attr` on the tuning seeds, then scores it on other seeds. Runs are seeded and reproducible on
+one machine and thread count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffsolve.errors import InvalidArgument
+from diffsolve.evaluation.reference import ReferenceSettings
+from diffsolve.field import as_field, model_spec_of
+from diffsolve.grids import GRIDS
+from diffsolve.models.evaluate import fd_metric
+from diffsolve.corrections.coefficients import GRID_STARTS, learn_coefficients
+from diffsolve.corrections.grid_search import gits_grid, learn_grid, to_amed_table
+from diffsolve.corrections.skip import save_settings, tune_skip
+from diffsolve.corrections.train import train_amed
+from diffsolve.corrections.tuning import (TuneContext, TuneSettings, check_count, check_one_of, check_rate,
+                                          option, parse_float, parse_int, parse_names, parse_pair, register_tuner)
+
+SKIP_TUNE_SEED, SKIP_EVAL_SEED = 7_000_000, 9_000_000     # tuning and held-out noise of `tune skip`: disjoint
+
+
+def _check_starts(starts: tuple[str, ...]) -> None:
+    bad = [v for v in starts if v not in GRIDS]
+    if bad:
+        raise InvalidArgument(f"--starts {','.join(starts)!r}: unknown grid {bad[0]!r}; allowed values: "
+                              f"{', '.join(sorted(GRIDS))}")
+
+
+@dataclass(frozen=True)
+class GradientSettings(TuneSettings):
+    """A tuner trained by Adam on minibatches."""
+
+    epochs: int = option(20, "epochs", parse=parse_int)
+    batch_size: int = option(32, "minibatch size", aliases=("--batch",), parse=parse_int)
+    lr: float = option(0.05, "Adam learning rate", parse=parse_float)
+    starts: tuple[str, ...] = option((), "comma-separated grid names also fitted from (the lowest training loss "
+                                     "is kept)", parse=parse_names)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_count("--epochs", self.epochs)
+        check_count("--batch-size", self.batch_size)
+        check_rate("--lr", self.lr)
+        _check_starts(self.starts)
+
+
+@dataclass(frozen=True)
+class AMEDTuneSettings(GradientSettings):
+    solver: str = option("amed", "amed (AMED-Solver) or the AMED-Plugin base solver")
+    samples: int | None = option(None, "training trajectories (default 128; 64 for the --from-grid stage)",
+                                 aliases=("--n",), parse=parse_int)
+    epochs: int = option(10, "epochs (default 10)", parse=parse_int)
+    lr: float = option(5e-3, "Adam learning rate (default 5e-3)", parse=parse_float)
+    loss: str = option("step", "step-wise (step) or endpoint loss")
+    no_afs: bool = option(False, "no analytical first step (one more NFE)")
+    features: str = option("auto", "auto, module, denoised or none (time-only)")
+    module: str | None = option(None, "submodule whose output feeds the predictor")
+    from_grid: bool = option(False, "first learn 2(N-1)-step grids of the base with the data-mean AFS and start the "
+                             "predictor from them as per-step constants (how the shipped MNIST one was made)")
+    grid_epochs: int = option(8, "--from-grid: epochs of the grid stage", parse=parse_int)
+    grid_lr: float = option(0.05, "--from-grid: learning rate of the grid stage", parse=parse_float)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_one_of("--loss", self.loss, ("step", "endpoint"))
+        check_one_of("--features", self.features, ("auto", "module", "denoised", "none"))
+        check_count("--grid-epochs", self.grid_epochs)
+        check_rate("--grid-lr", self.grid_lr)
+
+    def default_out(self) -> str:
+        return f"amed-{self.solver}.safetensors"
+
+
+@dataclass(frozen=True)
+class GITSTuneSettings(TuneSettings):
+    def default_out(self) -> str:
+        return f"gits-{self.solver}.safetensors"
+
+
+@dataclass(frozen=True)
+class GridTuneSettings(GradientSettings):
+    samples: int = option(96, "training trajectories (default 96)", aliases=("--n",), parse=parse_int)
+
+    def default_out(self) -> str:
+        return f"learned-{self.solver}.safetensors"
+
+
+@dataclass(frozen=True)
+class WeightsTuneSettings(GradientSettings):
+    solver: str = option("deis", "base rule: deis, ipndm or ipndm_v")
+    epochs: int = option(30, "epochs (default 30)", parse=parse_int)
+    batch_size: int = option(16, "minibatch size (default 16)", aliases=("--batch",), parse=parse_int)
+    lr: float = option(0.02, "learning rate of the grid in the joint stage (default 0.02)", parse=parse_float)
+    weight_lr: float = option(5e-3, "learning rate of the offsets (default 5e-3)", parse=parse_float)
+    grid_lr: float = option(0.2, "learning rate of the starting-grid stage (default 0.2)", parse=parse_float)
+    no_afs: bool = option(False, "no analytical first step (one more NFE)")
+    starts: tuple[str, ...] = option(GRID_STARTS, "comma-separated starting grids (default "
+                                     f"{','.join(GRID_STARTS)})", parse=parse_names)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_rate("--weight-lr", self.weight_lr)
+        check_rate("--grid-lr", self.grid_lr)
+
+    def default_out(self) -> str:
+        return f"weights-{self.solver}.safetensors"
+
+
+def _teacher(settings: TuneSettings, ctx: TuneContext) -> tuple[str, dict]:
+    """The teacher mode and the keyword arguments that pass its settings on."""
+    teacher = settings.teacher or ("fine" if ctx.image else "reference")
+    if teacher != "reference":
+        return teacher, {}
+    ref = (ReferenceSettings(method="dopri5", rtol=settings.ref_rtol, atol=settings.ref_rtol)
+           if settings.ref_rtol is not None else ctx.reference)
+    return teacher, {"teacher_options": {"settings": ref}}
+
+
+def _save(corr: Any, settings: TuneSettings, ctx: TuneContext, start: float) -> Path:
+    if ctx.model_name is not None:
+        corr.meta["model"] = ctx.model_name
+    path = corr.save(settings.out_path())
+    if ctx.log:
+        ctx.log(f"wrote {path} and {path.name}.json ({path.stat().st_size} bytes) in "
+                f"{time.perf_counter() - start:.0f}s")
+    return path
+
+
+def tune_amed(model: Any, st: AMEDTuneSettings, ctx: TuneContext) -> Path:
+    start = time.perf_counter()
+    teacher, teach = _teacher(st, ctx)
+    plain = not as_field(model).has_schedule      # a plain velocity field: native time, no AFS
+    init = None
+    if st.from_grid:
+        if plain:
+            raise InvalidArgument("--from-grid starts from the data-mean AFS, which a plain velocity field (schedule="
+                                  "None) has not; train without --from-grid")
+        g = learn_grid(model, base=st.solver, nfe=st.nfe, afs=True, n=st.samples or 64, batch_size=st.batch_size,
+                       epochs=st.grid_epochs, lr=st.grid_lr, seed=st.seed, teacher=teacher, dtype=ctx.dtype,
+                       log=ctx.log, starts=st.starts, **teach)
+        init = to_amed_table(g, model)
+    corr = train_amed(model, base=st.solver, nfe=st.nfe, afs=not (st.no_afs or plain), loss=st.loss,
+                      features=st.features, init=init, module=st.module, n_train=st.samples or 128,
+                      batch_size=st.batch_size, epochs=st.epochs, lr=st.lr, seed=st.seed, teacher=teacher,
+                      dtype=ctx.dtype, log=ctx.log, **teach)
+    return _save(corr, st, ctx, start)
+
+
+def tune_gits(model: Any, st: GITSTuneSettings, ctx: TuneContext) -> Path:
+    start = time.perf_counter()
+    teacher, teach = _teacher(st, ctx)
+    corr = gits_grid(model, base=st.solver, nfe=st.nfe, n=st.samples, seed=st.seed, teacher=teacher, dtype=ctx.dtype,
+                     log=ctx.log, **teach)
+    return _save(corr, st, ctx, start)
+
+
+def tune_grid(model: Any, st: GridTuneSettings, ctx: TuneContext) -> Path:
+    start = time.perf_counter()
+    teacher, teach = _teacher(st, ctx)
+    corr = learn_grid(model, base=st.solver, nfe=st.nfe, n=st.samples, batch_size=st.batch_size, epochs=st.epochs,
+                      lr=st.lr, seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log, starts=st.starts,
+                      **teach)
+    return _save(corr, st, ctx, start)
+
+
+def tune_weights(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Path:
+    start = time.perf_counter()
+    teacher, teach = _teacher(st, ctx)
+    corr = learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=not st.no_afs, n=st.samples,
+                              batch_size=st.batch_size, epochs=st.epochs, lr=st.lr, weight_lr=st.weight_lr,
+                              seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log,
+                              grid_options={"lr": st.grid_lr}, grid_starts=st.starts, **teach)
+    return _save(corr, st, ctx, start)
+
+
+# ------------------------------------------------------------------------------------------------
+# Skip-Tuning
+# ------------------------------------------------------------------------------------------------
+def parse_ranges(text: str, flag: str) -> tuple[tuple[float, float] | None, ...]:
+    """'lo,hi;lo,hi' noise ranges; 'all' for everywhere (None)."""
+    return tuple(None if c.strip() == "all" else parse_pair(c, flag) for c in text.split(";") if c.strip())
+
+
+@dataclass(frozen=True)
+class SkipTuneSettings(TuneSettings):
+    solver: str = option("dpmpp_2m", "the solver whose runs are tuned (default dpmpp_2m)")
+    samples: int = option(1000, "tuning samples (default 1000)", aliases=("--n",), parse=parse_int)
+    eval_samples: int = option(1000, "held-out samples for the final score (default 1000)", aliases=("--eval-n",),
+                               parse=parse_int)
+    rho_range: tuple[float, float] = option((0.5, 1.0), "search interval of rho_bottom (default 0.5,1.0)",
+                                            parse=parse_pair)
+    rho_top: float = option(1.0, "rho of the highest-resolution skip (default 1)", parse=parse_float)
+    active: tuple[float, float] | None = option(None, "'lo,hi' EDM noise levels where the scaling applies "
+                                                "(default: everywhere)", parse=parse_pair)
+    tune_rho_top: bool = option(False, "then search rho_top between the rho_bottom found and 1")
+    active_choices: tuple = option((), "noise ranges to try with the rho found, 'lo,hi;lo,hi' (EDM levels; 'all' "
+                                   "for everywhere); the best on the tuning noise is kept", parse=parse_ranges)
+    evaluations: int = option(8, "metric evaluations of the search (default 8)", parse=parse_int)
+    grid: str | None = option(None, "the solver's grid (default: the model's)")
+    metric: str | None = option(None, "'module:attr', a callable metric(samples) -> float to minimise (default: the "
+                                "built-in classifier's FD for MNIST-shaped models)")
+    suffix = ".json"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_count("--eval-samples", self.eval_samples)
+        check_count("--evaluations", self.evaluations)
+        check_rate("--rho-top", self.rho_top)
+
+    def default_out(self) -> str:
+        return f"skip-{self.solver}-nfe{self.nfe[0]}.json"
+
+
+def _metric(spec: str | None, model: Any, ctx: TuneContext):
+    if spec is None:
+        ms = model_spec_of(model)
+        if ms is None or tuple(ms.sample_shape or ()) != (1, 28, 28):
+            raise InvalidArgument("--metric: this model's samples are not MNIST digits, so the built-in classifier's "
+                                  "FD does not apply; name a callable metric(samples) -> float as 'module:attr'")
+        return fd_metric(ms.data_range or (-1.0, 1.0)), "FD (built-in classifier, held-out real digits)"
+    if ctx.import_object is None:
+        raise InvalidArgument("--metric 'module:attr' needs a context that imports objects")
+    obj = ctx.import_object(spec, "--metric")
+    if not callable(obj):
+        raise InvalidArgument(f"--metric {spec!r}: not callable")
+    return obj, spec
+
+
+def run_skip(model: Any, st: SkipTuneSettings, ctx: TuneContext) -> Path:
+    start = time.perf_counter()
+    if len(st.nfe) != 1:
+        raise InvalidArgument(f"--nfe {','.join(map(str, st.nfe))!r}: skip tuning takes one NFE (rho is tuned for "
+                              "one budget)")
+    nfe, n, log = st.nfe[0], st.samples, ctx.log or (lambda s: None)
+    metric, metric_name = _metric(st.metric, model, ctx)
+    lo, hi = st.rho_range
+    log(f"skip tuning {ctx.model_name}: {st.solver} at NFE {nfe}, rho_bottom in [{lo}, {hi}], metric {metric_name}, "
+        f"{n} tuning samples, {st.eval_samples} held-out")
+    found = tune_skip(model, st.solver, nfe, metric, rho_range=(lo, hi), rho_top=st.rho_top, active=st.active,
+                      evaluations=st.evaluations,
+                      tune_seeds=range(SKIP_TUNE_SEED + st.seed * n, SKIP_TUNE_SEED + (st.seed + 1) * n),
+                      eval_seeds=range(SKIP_EVAL_SEED, SKIP_EVAL_SEED + st.eval_samples),
+                      solver_options={"grid": st.grid} if st.grid else None, progress=log,
+                      tune_rho_top=st.tune_rho_top, active_choices=list(st.active_choices))
+    seconds = time.perf_counter() - start
+    found = dataclasses.replace(found, metric={**found.metric, "name": metric_name, "model_name": ctx.model_name,
+                                               "seconds": round(seconds, 1)})
+    path = save_settings(found, st.out_path())
+    log(f"wrote {path}: rho_bottom={found.rho_bottom:.4f}, held-out {found.metric['held_out']:.4g} "
+        f"(untuned {found.metric['held_out_untuned']:.4g}) in {seconds:.0f}s")
+    return path
+
+
+register_tuner("amed", AMEDTuneSettings, tune_amed, "train an AMED-Solver or AMED-Plugin predictor")
+register_tuner("gits", GITSTuneSettings, tune_gits, "a GITS grid (dynamic programming on teacher trajectories)")
+register_tuner("grid", GridTuneSettings, tune_grid, "a grid learned by gradient (LD3-style)")
+register_tuner("weights", WeightsTuneSettings, tune_weights, "learned multistep weight offsets and their grid")
+register_tuner("skip", SkipTuneSettings, run_skip, "Skip-Tuning's rho for one solver and NFE")
