@@ -40,7 +40,7 @@ class Import:
     source: str          # importing module
     target: str          # the diffsolve module it names (the longest known prefix)
     line: int
-    in_function: bool
+    function: str | None  # the enclosing function, None at module level
 
 
 def _targets(module: str, path: Path, node: ast.AST, known: set[str]) -> list[str]:
@@ -70,11 +70,12 @@ def imports() -> tuple[Import, ...]:
     found = []
     for module, path in files.items():
         tree = ast.parse(path.read_text())
-        inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        inner = {id(n): f.name for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                  for n in ast.walk(f)}
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                found += [Import(module, t, node.lineno, id(node) in inner) for t in _targets(module, path, node, known)]
+                found += [Import(module, t, node.lineno, inner.get(id(node)))
+                          for t in _targets(module, path, node, known)]
     return tuple(found)
 
 

@@ -21,7 +21,9 @@ def test_the_cycle_finder_finds_a_planted_circle():
 
 
 def test_our_modules_are_imported_at_module_level():
-    inner = [f"{i.source}:{i.line} imports {i.target}" for i in imports() if i.in_function]
+    # The one exception: a module-level __getattr__ that defers a module needing an optional dependency.
+    inner = [f"{i.source}:{i.line} imports {i.target}" for i in imports()
+             if i.function is not None and i.function != "__getattr__"]
     assert inner == []
 
 
