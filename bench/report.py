@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from diffsolve.evaluation.reference import atomic_write_bytes
+from diffsolve.bench.plots import write_plots
+from diffsolve.files import atomic_write_bytes
 
 
 def _fmt(v: Any, width: int = 9) -> str:
@@ -150,6 +151,5 @@ def write_outputs(rep: dict, out: Path, chunks: list[dict], *, plots: bool, nfes
     atomic_write_bytes(out / "bench.csv", buf.getvalue().encode())
     written.append(str(out / "bench.csv"))
     if plots:
-        from diffsolve.bench.plots import write_plots
         written += write_plots(rep, out, chunks, nfes, names)
     return written

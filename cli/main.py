@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from diffsolve import __version__
-from diffsolve.bench.running import OutputError
+from diffsolve.bench.settings import OutputError
 from diffsolve.cli import bench, evaluate, likelihood, sample, solvers, train, tune
 from diffsolve.errors import DiffsolveError
 
