@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,29 @@ from diffsolve.checks import check_device, check_seed, check_writable
 from diffsolve.errors import InvalidArgument
 from diffsolve.files import atomic_write_bytes
 from diffsolve.sampler import Sampler
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """What `diffsolve sample` draws and where it writes it (see `sample_to_folder`, which checks every value)."""
+
+    model: Any = "gmm"
+    solver: str = "dpmpp_2m"
+    seeds: tuple[int, ...] = tuple(range(16))
+    out: str | Path = "diffsolve-samples"
+    nfe: int | None = None
+    steps: int | None = None
+    grid: Any = None
+    device: Any = None
+    dtype: Any = "auto"
+    batch_size: int | None = None
+    plots: bool = True
+
+
+def write_samples(cfg: SampleSettings) -> list[str]:
+    """`sample_to_folder` with the settings of one `SampleSettings`; the paths written."""
+    return sample_to_folder(cfg.model, cfg.solver, cfg.seeds, cfg.out, nfe=cfg.nfe, steps=cfg.steps, grid=cfg.grid,
+                            device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, plot=cfg.plots)
 
 
 def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | Path, *, nfe: int | None = None,
