@@ -72,8 +72,9 @@ def implementations(device: torch.device, want: list[str]) -> dict[str, Callable
     return impls
 
 
-def run(sizes: list[str], dtypes: list[str], terms: list[int], device: torch.device, impl_names: list[str],
-        min_time: float = 0.2) -> tuple[float, list[Row]]:
+def measure_updates(sizes: list[str], dtypes: list[str], terms: list[int], device: torch.device,
+                    impl_names: list[str], min_time: float = 0.2) -> tuple[float, list[Row]]:
+    """The copy bandwidth of this device and one row per size x dtype x K x implementation."""
     peak = copy_bandwidth(device)
     impls = implementations(device, impl_names)
     rows: list[Row] = []

@@ -138,8 +138,9 @@ def prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSet
                 if cfg.verbose and dist.is_main:
                     print(f"peer provider {getattr(provider, '__name__', provider)} failed: {e}")
     return Job(entry=entry, net=net, field=field, dist=dist, cfg=cfg, names=names, nfes=nfes, batch=B, chunk=csize,
-                reference=entry.reference if cfg.reference is None else cfg.reference, trajectory=traj, device=dev, dtype=run_dtype,
-                samplers=samplers, runs=runs, ok=ok, ref_times=ref_times, main_t0=max(starts), peers=peer_list)
+               reference=entry.reference if cfg.reference is None else cfg.reference, trajectory=traj, device=dev,
+               dtype=run_dtype, samplers=samplers, runs=runs, ok=ok, ref_times=ref_times, main_t0=max(starts),
+               peers=peer_list)
 
 
 

@@ -33,7 +33,7 @@ import torch
 
 from diffsolve.bench.models import SHARED
 from diffsolve.bench.overhead import loop_overhead
-from diffsolve.bench.skip_table import run as skip_table
+from diffsolve.bench.skip_table import skip_report
 from diffsolve.corrections.report import evaluate as evaluate_learned, table as learned_table
 from diffsolve.errors import InvalidArgument
 from diffsolve.evaluation.metrics import sliced_wasserstein
@@ -153,7 +153,7 @@ def _overhead(cfg: PresetSettings) -> Iterator[str]:
 
 
 def _skip(cfg: PresetSettings) -> Iterator[str]:
-    yield skip_table(cfg.nfe, cfg.solvers, cfg.models, cfg.quick, cfg.out)
+    yield skip_report(cfg.nfe, cfg.solvers, cfg.models, cfg.quick, cfg.out)
 
 
 def _learned(cfg: PresetSettings) -> Iterator[str]:

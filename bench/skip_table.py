@@ -154,8 +154,9 @@ def write(rows: list[dict], out: Path) -> list[Path]:
     return written
 
 
-def run(nfes: Sequence[int] | None, solvers: Sequence[str] | None, models: Sequence[str] | None, quick: bool,
-        out: str | Path | None) -> str:
+def skip_report(nfes: Sequence[int] | None, solvers: Sequence[str] | None, models: Sequence[str] | None,
+                quick: bool, out: str | Path | None) -> str:
+    """The skip table (markdown) over models x solvers x NFE; with `out`, its JSON and sample grid written there."""
     nfes = tuple(nfes) if nfes else ((5,) if quick else SKIP_NFES)
     solvers = tuple(solvers) if solvers else (("euler", "dpmpp_2m") if quick else SKIP_SOLVERS)
     models = tuple(models) if models else SKIP_MODELS

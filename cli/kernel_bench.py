@@ -12,12 +12,12 @@ import sys
 
 import torch
 
-from diffsolve.bench.kernels import SIZES, format_bandwidth_table, run
+from diffsolve.bench.kernels import SIZES, format_bandwidth_table, measure_updates
 from diffsolve.bench.settings import DTYPES
 from diffsolve.cli import argtypes
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog, description="Time one solver update step, x' = sum_k c_k T_k, per "
                                                         "implementation; print time, GB/s and % of copy bandwidth.")
     ap.add_argument("--sizes", default="toy,small,latents", help=f"comma list of {sorted(SIZES)}")
@@ -33,7 +33,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    ap = build_parser(prog)
+    ap = _parser(prog)
     a = ap.parse_args(argv)
     sizes, dtypes = a.sizes.split(","), a.dtypes.split(",")
     for flag, names, known in (("--sizes", sizes, SIZES), ("--dtypes", dtypes, DTYPES)):
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 ap.error(f"{flag}: {name!r} is not one of {', '.join(sorted(known))}")
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    peak, rows = run(sizes, dtypes, [int(v) for v in a.terms.split(",")], device, a.impls.split(","), a.min_time)
+    peak, rows = measure_updates(sizes, dtypes, [int(v) for v in a.terms.split(",")], device, a.impls.split(","),
+                                 a.min_time)
     print(format_bandwidth_table(peak, rows, device))
     return 0
 

@@ -88,6 +88,7 @@ def test_preset_learned_lists_every_shipped_correction_with_its_training_cost(ca
     assert next(line for line in out.splitlines() if line.startswith("| 3 |")).endswith("x |")
 
 
+@pytest.mark.slow
 def test_preset_skip_quick_on_one_solver(capsys, tmp_path):
     assert main(["bench", "--preset", "skip", "--quick", "--models", "mnist-unet", "--solvers", "euler",
                  "--out", str(tmp_path)]) == 0
