@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from diffsolve.errors import InvalidArgument
+
 
 @dataclass
 class Dist:
@@ -38,7 +40,6 @@ class Dist:
         if world <= 1:
             return cls()
         if not dist.is_available():
-            from diffsolve.errors import InvalidArgument
             raise InvalidArgument(f"WORLD_SIZE={world} asks for {world} processes (torchrun), but this torch build has "
                                   "no torch.distributed; run one process (unset WORLD_SIZE) or install a torch with it")
         local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -4,7 +4,7 @@
     DIFFSOLVE_BENCH_SIZES=toy,latents,images DIFFSOLVE_BENCH_DTYPES=float32,bfloat16 python -m pytest bench/bench_kernels.py
 
 The eager implementation is the tests' reference (kernels.lincomb_reference); sizes and the bandwidth figures
-come from bench/kernel_bench.py (extra_info: bytes moved, GB/s, fraction of the copy bandwidth of this run).
+come from bench/kernels.py (extra_info: bytes moved, GB/s, fraction of the copy bandwidth of this run).
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import os
 import pytest
 import torch
 
-from diffsolve.bench.kernel_bench import DTYPES, SIZES, compiled_reference, copy_bandwidth, make_inputs
-from diffsolve.kernels.lincomb import lincomb_reference
+from diffsolve.bench.kernels import SIZES, compiled_reference, make_inputs
+from diffsolve.bench.settings import DTYPES
+from diffsolve.bench.timing import copy_bandwidth, sync
+from diffsolve.kernels.lincomb import lincomb_reference, lincomb_triton
 
 DEVICE = torch.device(os.environ.get("DIFFSOLVE_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 BENCH_SIZES = os.environ.get("DIFFSOLVE_BENCH_SIZES", "toy,small").split(",")
@@ -35,13 +37,7 @@ def _impl(name: str):
         return fn
     if DEVICE.type != "cuda":
         pytest.skip("the Triton kernel is timed on CUDA devices only (no GPU here)")
-    from diffsolve.kernels.lincomb import lincomb_triton
     return lincomb_triton
-
-
-def _sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
 
 
 @pytest.mark.parametrize("impl", ["eager", "compile", "triton"])
@@ -54,7 +50,7 @@ def test_update_step(benchmark, size, dtype, k, impl):
 
     def step():
         out = fn(coeffs, ts)
-        _sync()
+        sync(DEVICE)
         return out
 
     step()                             # compile / autotune outside the timed rounds

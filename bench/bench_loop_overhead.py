@@ -1,4 +1,4 @@
-"""pytest-benchmark timings of the loop-overhead comparison (bench/loop_overhead.py): one full 10-step
+"""pytest-benchmark timings of the loop-overhead comparison (bench/overhead.py): one full 10-step
 DPM-Solver++(2M) solve per round, diffsolve, diffusers and k-diffusion on the identity eps-model.
 
     python -m pytest bench/bench_loop_overhead.py --benchmark-only -p no:cacheprovider
@@ -11,13 +11,13 @@ import os
 import pytest
 import torch
 
-from diffsolve.bench.loop_overhead import build
+from diffsolve.bench.overhead import build
 
 BATCH, DIM = (int(v) for v in os.environ.get("DIFFSOLVE_OVERHEAD_SIZE", "256x3072").split("x"))
 STEPS = int(os.environ.get("DIFFSOLVE_OVERHEAD_STEPS", "10"))
-# One CPU thread unless told otherwise, as in loop_overhead.py: the loops' own cost, not OpenMP's.
+# One CPU thread unless told otherwise, as in scripts/loop_overhead.py: the loops' own cost, not OpenMP's.
 torch.set_num_threads(int(os.environ.get("DIFFSOLVE_BENCH_THREADS", "1")))
-RUNS = build(BATCH, DIM, STEPS)
+RUNS, _ = build(BATCH, DIM, STEPS)
 
 
 @pytest.mark.parametrize("name", list(RUNS))

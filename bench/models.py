@@ -15,8 +15,12 @@ from typing import Any, Callable
 import torch
 
 from diffsolve.errors import InvalidArgument, unknown_name
-from diffsolve.field import model_spec_of
 from diffsolve.evaluation.reference import ReferenceSettings
+from diffsolve.field import model_spec_of
+from diffsolve.models.builtin import load_mnist_unet, load_mnist_unet_deep
+from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
+from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
+from diffsolve.problems import GaussianMixtureProblem, GaussianProblem
 
 SHARED = Path(os.environ.get("DIFFSOLVE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -57,17 +61,14 @@ def register_bench_model(entry: BenchModel) -> None:
 
 
 def _gmm():
-    from diffsolve.problems import GaussianMixtureProblem
     return GaussianMixtureProblem.default()
 
 
 def _gaussian():
-    from diffsolve.problems import GaussianProblem
     return GaussianProblem.default(dim=16)
 
 
 def _mnist_ddpm():
-    from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
     return load_mnist_ddpm(SHARED / "models" / "mnist-ddpm-eps.safetensors")
 
 
@@ -89,7 +90,6 @@ register_bench_model(BenchModel(
 
 for _flow in ("otcfm", "cfm"):
     def _build(_f=_flow):
-        from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
         return load_torchcfm_mlp(SHARED / "models" / "moons-flow" / f"{_f}.safetensors")
     register_bench_model(BenchModel(
         f"moons-{_flow}", _build, f"2-D two-moons flow ({_flow}, torchcfm MLP, plain velocity field)", kind="points",
@@ -97,7 +97,6 @@ for _flow in ("otcfm", "cfm"):
         available=_needs(SHARED / "models" / "moons-flow" / f"{_flow}.safetensors")))
 
 def _mnist_unet():
-    from diffsolve.models.builtin import load_mnist_unet
     return load_mnist_unet()
 
 
@@ -115,7 +114,6 @@ WEIGHTS_DEEP = Path(__file__).resolve().parents[1] / "models" / "weights" / "mni
 
 
 def _mnist_unet_deep():
-    from diffsolve.models.builtin import load_mnist_unet_deep
     return load_mnist_unet_deep()
 
 

@@ -1,107 +1,178 @@
-"""Solver overhead: the share of sampling wall time spent outside the model, per solver (MNIST DDPM, CPU).
+"""Loop overhead: the same DPM-Solver++(2M) solve in diffsolve, diffusers and k-diffusion, with a model that costs
+nothing, so that the times are the sampling loops' own cost.
 
-    python -m diffsolve.bench.overhead                                  # ../shared/models/mnist-ddpm-eps.safetensors
-    python -m diffsolve.bench.overhead --solvers euler,heun,dpmpp_2m --batch 16 --steps 10 --repeats 3
+    python scripts/loop_overhead.py [--batch-size 256] [--dim 3072] [--steps 10] [--repeats 15] [--threads 1]
+    diffsolve bench --preset overhead [--batch-size 256] [--repeats 15]
 
-Model time is the sum of forward() wall times (hooks on the module; on CUDA each call is synchronized, which
-itself costs a little); total is the wall time of Sampler.run. Outside = total - model: planning, conversions,
-update arithmetic, noise, checks, Python.
+The model is the identity eps-model (eps_hat(x, t) = x) on the DDPM linear-beta schedule (T = 1000). All three
+solve the same problem from the same x_T = sigma(t_max) * noise: diffsolve on its default grid for this schedule
+(diffusers' trailing timesteps), diffusers' DPMSolverMultistepScheduler with trailing spacing and a final sigma of
+zero (its documented loop: set_timesteps, then model and step per timestep), and k-diffusion's sample_dpmpp_2m on
+the same noise levels (sigma = s(t) of those timesteps, then 0) with the model wrapped as a k-diffusion denoiser
+(x in the EDM frame x / alpha, D = x - s * eps(alpha x, t)). The samples' largest difference to diffsolve's is
+printed beside the times; each time is the median of `repeats` full solves after one warm-up.
 """
 from __future__ import annotations
 
-import argparse
+import copy
 import statistics
 import time
-from pathlib import Path
+import warnings
+from typing import Callable
 
 import torch
 
-from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
+from diffsolve.errors import InvalidArgument
+from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
+from diffsolve.field import ModelSpec
 from diffsolve.sampler import Sampler
-from diffsolve.solvers import available_solvers
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "mnist-ddpm-eps.safetensors"
+from diffsolve.schedules import VPDiscrete
 
 
-class ModelTimer:
-    """Forward hooks that add up the model's own wall time."""
+class IdentityEps(torch.nn.Module):
+    """eps_hat(x, t) = x: a model whose cost is nil, so the loop's own cost is all that is measured."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.total = 0.0
-        self.calls = 0
-        self._start = 0.0
-        self.sync = device.type == "cuda"
-        model.register_forward_pre_hook(self._pre)
-        model.register_forward_hook(self._post)
+    def __init__(self, dim: int, schedule: VPDiscrete):
+        super().__init__()
+        self.dim = dim
+        self.schedule = schedule
 
-    def _pre(self, module, args):
-        if self.sync:
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
+    @property
+    def diffsolve_spec(self) -> ModelSpec:
+        return ModelSpec(prediction="eps", schedule=self.schedule, sample_shape=(self.dim,))
 
-    def _post(self, module, args, out):
-        if self.sync:
-            torch.cuda.synchronize()
-        self.total += time.perf_counter() - self._start
-        self.calls += 1
-
-    def reset(self) -> None:
-        self.total, self.calls = 0.0, 0
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x
 
 
-def measure(model, timer: ModelTimer, solver: str, steps: int, batch: int, repeats: int, device) -> dict:
-    sampler = Sampler(model, solver, progress=False)
-    sampler.run(steps=steps, batch_size=batch, seed=0, device=device)          # warm-up
-    totals, models, nfe = [], [], 0
-    for r in range(repeats):
-        timer.reset()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        res = sampler.run(steps=steps, batch_size=batch, seed=r, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        totals.append(time.perf_counter() - t0)
-        models.append(timer.total)
-        nfe = res.nfe
-    plans = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sampler.plan(steps)
-        plans.append(time.perf_counter() - t0)
-    total, mtime = statistics.median(totals), statistics.median(models)
-    return {"solver": solver, "nfe": nfe, "total": total, "model": mtime, "outside": total - mtime,
-            "plan": statistics.median(plans),
-            "share": (total - mtime) / total, "per_step_ms": 1e3 * (total - mtime) / steps}
+def _diffusers_scheduler(sch: VPDiscrete):
+    import diffusers
+
+    ac = sch.alphas_cumprod
+    betas = torch.cat([1.0 - ac[:1], 1.0 - ac[1:] / ac[:-1]]).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)     # numpy 2 notices from inside diffusers
+        return diffusers.DPMSolverMultistepScheduler(
+            num_train_timesteps=sch.N, trained_betas=betas, prediction_type="epsilon", solver_order=2,
+            timestep_spacing="trailing", final_sigmas_type="zero")
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    ap.add_argument("--solvers", default="euler,heun,dpmpp_2m,dpmpp_3m,unipc_bh2,rk4,euler_ancestral")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
-    model = load_mnist_ddpm(a.weights).to(device)
-    timer = ModelTimer(model, device)
-    known = set(available_solvers())
-    print(f"MNIST DDPM (eps, 1x28x28), device {device}, threads {torch.get_num_threads()}, batch {a.batch}, "
-          f"steps {a.steps}, median of {a.repeats}")
-    print(f"{'solver':<16} {'NFE':>4} {'total/s':>9} {'model/s':>9} {'outside/s':>10} {'outside%':>9} "
-          f"{'outside ms/step':>16} {'of which plan/s':>16}")
-    for name in a.solvers.split(","):
-        if name not in known:
-            print(f"{name:<16} not registered")
-            continue
-        r = measure(model, timer, name, a.steps, a.batch, a.repeats, device)
-        print(f"{r['solver']:<16} {r['nfe']:>4} {r['total']:>9.3f} {r['model']:>9.3f} {r['outside']:>10.4f} "
-              f"{100 * r['share']:>8.2f}% {r['per_step_ms']:>16.3f} {r['plan']:>16.4f}")
+def build(batch: int, dim: int, steps: int,
+          seed: int = 0) -> tuple[dict[str, Callable[[], torch.Tensor]], list[str]]:
+    """The solvers of one problem, as name -> run() returning the samples, and notes: a line where the grids
+    differ."""
+    notes: list[str] = []
+    sch = VPDiscrete.linear()
+    model = IdentityEps(dim, sch)
+    noise = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed))
+    t_max = float(sch.t_max)
+    x_T = noise * sch.prior_std(t_max)
+
+    ours = Sampler(model, "dpmpp_2m", progress=False)
+    unchecked = Sampler(model, "dpmpp_2m", progress=False, check_finite=False)
+    t_grid = ours.plan(steps=steps).t                                        # float64 schedule times, ends at 0
+    if float(t_grid[0]) != t_max or float(t_grid[-1]) != 0.0:
+        raise RuntimeError(f"diffsolve's default grid does not span [0, t_max]: {t_grid.tolist()}")
+
+    runs: dict[str, Callable[[], torch.Tensor]] = {
+        "diffsolve Sampler.run": lambda: ours.run(steps=steps, noise=noise).samples,
+        "diffsolve, check_finite=False": lambda: unchecked.run(steps=steps, noise=noise).samples,
+    }
+
+    try:
+        scheduler = _diffusers_scheduler(sch)
+    except ImportError:
+        scheduler = None
+    if scheduler is not None:
+        scheduler.set_timesteps(steps)
+        theirs = torch.tensor([float(sch.t_from_index(float(t))) for t in scheduler.timesteps], dtype=torch.float64)
+        if not torch.allclose(theirs, t_grid[:-1], rtol=0, atol=1e-12):
+            # diffusers rounds trailing timesteps to integers: with steps not dividing T the grids differ a little
+            notes.append(f"diffusers' timesteps differ from diffsolve's by up to "
+                         f"{float((theirs - t_grid[:-1]).abs().max()):.2e} in t (steps do not divide T = {sch.N})")
+
+        def run_diffusers() -> torch.Tensor:
+            s = copy.deepcopy(scheduler)
+            s.set_timesteps(steps)
+            x = x_T
+            for t in s.timesteps:
+                out = model(x, t)
+                x = s.step(out, t, x).prev_sample
+            return x
+
+        runs["diffusers DPMSolverMultistepScheduler"] = run_diffusers
+
+    try:
+        kd = load_k_diffusion_sampling()
+    except ImportError:
+        kd = None
+    if kd is not None:
+        s_grid = sch.edm_sigma(t_grid[:-1])
+        sigmas = torch.cat([s_grid, torch.zeros(1, dtype=torch.float64)]).to(torch.float32)
+        # The model time of each noise level, looked up by value: the denoiser gets only sigma.
+        model_time = {float(sg): torch.full((batch,), float(sch.model_time(t)), dtype=torch.float32)
+                      for sg, t in zip(sigmas[:-1].tolist(), t_grid[:-1].tolist())}
+
+        def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            s = float(sigma[0])
+            alpha = (1.0 + s * s) ** -0.5
+            return x - s * model(x * alpha, model_time[s])
+
+        x_start = x_T / float(sch.alpha(t_max))
+        runs["k-diffusion sample_dpmpp_2m"] = lambda: kd.sample_dpmpp_2m(denoiser, x_start, sigmas, disable=True)
+    return runs, notes
 
 
-if __name__ == "__main__":
-    main()
+def measure(runs: dict[str, Callable[[], torch.Tensor]], repeats: int) -> list[dict]:
+    """Median wall time of each run (after one warm-up) and its samples' largest difference to the first's.
+
+    The runs take turns (one repetition of each, then the next round), so a machine whose load drifts during the
+    measurement slows every implementation alike instead of whichever ran last.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        outs = {name: run() for name, run in runs.items()}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
+    first = next(iter(outs.values()))
+    return [{"name": name, "median_s": statistics.median(times[name]), "min_s": min(times[name]),
+             "maxdiff": float((outs[name].double() - first.double()).abs().max()),
+             "scale": float(first.double().abs().max())} for name in runs]
+
+
+def format_rows(rows: list[dict], steps: int) -> str:
+    base = rows[0]["median_s"]
+    w = max(len(r["name"]) for r in rows)
+    lines = [f"{'implementation'.ljust(w)}  {'median ms':>10} {'min ms':>8} {'ms/step':>8} {'x diffsolve':>11} "
+             f"{'max |x - ours|':>15}"]
+    for r in rows:
+        lines.append(f"{r['name'].ljust(w)}  {1e3 * r['median_s']:>10.2f} {1e3 * r['min_s']:>8.2f} "
+                     f"{1e3 * r['median_s'] / steps:>8.3f} {r['median_s'] / base:>11.2f} {r['maxdiff']:>15.2e}")
+    lines.append(f"(samples' max |x| = {rows[0]['scale']:.3g})")
+    return "\n".join(lines)
+
+
+PEERS = ("diffusers DPMSolverMultistepScheduler", "k-diffusion sample_dpmpp_2m")
+
+
+def loop_overhead(batch: int = 256, dim: int = 3072, steps: int = 10, repeats: int = 15,
+                  threads: int = 1) -> tuple[list[dict], str]:
+    """The comparison's rows (see `measure`) and its report as text; torch's thread setting is restored after."""
+    for name, value in (("batch_size", batch), ("dim", dim), ("steps", steps), ("repeats", repeats),
+                        ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgument(f"{name}={value!r}: must be an integer >= 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs, notes = build(batch, dim, steps)
+        rows = measure(runs, repeats)
+    finally:
+        torch.set_num_threads(before)
+    lines = [f"DPM-Solver++(2M), {steps} steps, identity eps-model on VP linear betas (T=1000), batch {batch} x "
+             f"{dim} float32, CPU, {threads} thread(s), median of {repeats} runs", format_rows(rows, steps), *notes]
+    lines += [f"{name}: not installed, left out" for name in sorted(set(PEERS) - set(runs))]
+    return rows, "\n".join(lines)

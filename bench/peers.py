@@ -12,6 +12,9 @@ from typing import Any, Callable
 
 import torch
 
+from diffsolve.schedules import VPDiscrete
+
+
 @dataclass
 class PeerRun:
     """One peer sampler: `run(noise, nfe) -> samples` (noise standard normal, as our Sampler takes it)."""
@@ -43,8 +46,6 @@ def _diffusers_provider(model: Any, field: Any) -> list[PeerRun]:
     starts from the same x_T = sigma(t_max) * noise (in the scheduler's own variable: x_T, or x_T / alpha for the
     Euler family, whose init_noise_sigma then cancels), so both libraries are measured against the same solution.
     """
-    from diffsolve.schedules import VPDiscrete
-
     sch = field.schedule
     if not isinstance(sch, VPDiscrete) or field.prediction not in ("eps", "v") or field.time_convention != "diffusion":
         return []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from diffsolve.evaluation.reference import atomic_write_bytes
+from diffsolve.files import atomic_write_bytes
 
 
 def _savefig(fig, path: Path) -> None:

@@ -8,8 +8,8 @@
     diffsolve bench --preset sde [--quick] [--steps 10,20]
         SDE samplers scored by distribution metrics on the mixture: sliced W1 to exact data samples and the exact
         log-likelihood (an SDE sample has no single "right" endpoint to compare with).
-    diffsolve bench --preset overhead
-        the sampling loop's own cost against diffusers' and k-diffusion's (bench.loop_overhead).
+    diffsolve bench --preset overhead [--batch-size 256] [--repeats 15]
+        the sampling loop's own cost against diffusers' and k-diffusion's (bench.overhead).
     diffsolve bench --preset skip [--quick] [--nfe 3,5,7,9,19] [--models mnist-unet,mnist-unet-deep]
         Skip-Tuning on the built-in UNets: rho tuned per solver on tuning noise, then FD, classifier confidence and
         endpoint RMSE with and without it on held-out noise (bench.skip_table).
@@ -22,18 +22,25 @@ dtypes (float64 on the mixture, the model's float32 on the MNIST DDPM).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import time
-from typing import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import torch
 
-from diffsolve.sampler import Sampler
-from diffsolve.evaluation.metrics import sliced_wasserstein
 from diffsolve.bench.models import SHARED
+from diffsolve.bench.overhead import loop_overhead
+from diffsolve.bench.skip_table import skip_report
+from diffsolve.corrections.report import evaluate as evaluate_learned, table as learned_table
+from diffsolve.errors import InvalidArgument
+from diffsolve.evaluation.metrics import sliced_wasserstein
+from diffsolve.pretrained_adapters import load_mnist_ddpm
+from diffsolve.pretrained_adapters.diffusers import diffusers_grid
 from diffsolve.problems import GaussianMixtureProblem
+from diffsolve.sampler import Sampler
 
 PRESETS = ("diffusers", "adaptive", "sde", "overhead", "skip", "learned")
 MNIST_DDPM = SHARED / "models" / "mnist-ddpm-eps.safetensors"
@@ -41,90 +48,120 @@ FAST_NFES = (3, 4, 5, 6, 8, 10, 15, 20)
 FAST_GRID = "karras"     # our grid on the MNIST DDPM (EDM rho = 7 over its sigma range, then 0)
 FAST_SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "dpm_solver_2", "dpm_solver_3", "unipc_bh1",
                 "unipc_bh2", "deis", "ipndm", "ipndm_v", "lms", "rk4")
+# The settings each preset reads; setting any other is refused (it would be silently ignored).
+PRESET_OPTIONS = {
+    "diffusers": ("nfe", "batch_size", "solvers", "skip_mnist", "ref_steps"),
+    "adaptive": ("batch_size", "rtols", "quick"),
+    "sde": ("batch_size", "steps", "quick"),
+    "overhead": ("batch_size", "repeats"),
+    "skip": ("nfe", "solvers", "models", "quick", "out"),
+    "learned": ("nfe", "batch_size"),
+}
 
 
-def add_arguments(b: argparse.ArgumentParser) -> None:
-    """The preset options of `diffsolve bench` (the presets also read --nfe, --batch-size and --solvers)."""
-    b.add_argument("--preset", choices=PRESETS, default=None,
-                   help="print a fixed comparison table instead of the solver x NFE bench: diffusers (fast ODE "
-                        "solvers and diffusers' schedulers), adaptive (adaptive ODE solvers), sde (SDE samplers by "
-                        "distribution metrics), overhead (loop overhead vs diffusers and k-diffusion), skip (Skip-Tuning "
-                        "on the built-in UNets: FD, confidence and RMSE with and without tuned skips), learned (the "
-                        "shipped learned corrections against the best un-learned solver, with training cost)")
-    b.add_argument("--skip-mnist", action="store_true", help="preset diffusers: leave out the shared MNIST DDPM "
-                                                             "(the slow part)")
-    from diffsolve.cli.argtypes import int_at_least
-    b.add_argument("--ref-steps", type=int_at_least(2), default=2000,
-                   help="preset diffusers: steps of the dpmpp_3m reference solve (default 2000)")
-    b.add_argument("--rtols", default=None, help="preset adaptive: comma-separated rtol values")
-    b.add_argument("--steps", default=None, help="preset sde: comma-separated step counts")
-    b.add_argument("--quick", action="store_true", help="presets adaptive, sde and skip: fewer samples and settings")
-    b.add_argument("--models", default=None, help="preset skip: comma-separated bench models (default mnist-unet,"
-                                                  "mnist-unet-deep)")
+def _positive(name: str, values, kind: type) -> None:
+    if values is None:
+        return
+    ok = isinstance(values, tuple) and len(values) > 0 and all(
+        isinstance(v, kind) and not isinstance(v, bool) and v > 0 and (kind is int or math.isfinite(v))
+        for v in values)
+    if not ok:
+        raise InvalidArgument(f"{name}={values!r}: give a non-empty tuple of positive {kind.__name__}s")
 
 
-def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    from diffsolve.errors import InvalidArgument
-    if text is None:
-        return None
-    try:
-        vals = tuple(float(v) for v in text.replace(",", " ").split())
-    except ValueError:
-        raise InvalidArgument(f"{what}={text!r}: give comma-separated numbers") from None
-    if not vals or min(vals) <= 0:
-        raise InvalidArgument(f"{what}={text!r}: give positive numbers")
-    return vals
+@dataclass(frozen=True)
+class PresetSettings:
+    """What one preset table is run with; None: the preset's own default (see the module docstring).
+
+    Only the fields the preset reads (`PRESET_OPTIONS`) may differ from their defaults: any other is refused
+    rather than ignored.
+    """
+
+    preset: str
+    nfe: tuple[int, ...] | None = None
+    batch_size: int | None = None
+    solvers: tuple[str, ...] | None = None
+    skip_mnist: bool = False                  # diffusers: leave out the shared MNIST DDPM (the slow part)
+    ref_steps: int = 2000                     # diffusers: steps of the dpmpp_3m reference solve
+    rtols: tuple[float, ...] | None = None    # adaptive
+    steps: tuple[int, ...] | None = None      # sde
+    quick: bool = False                       # adaptive, sde, skip: fewer samples and settings
+    models: tuple[str, ...] | None = None     # skip: bench models
+    out: str | Path | None = None             # skip: folder for skip_tuning.json and its sample grid
+    repeats: int | None = None                # overhead: timed solves per implementation
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise InvalidArgument(f"preset={self.preset!r}: one of {', '.join(PRESETS)}")
+        for f in fields(self):
+            if f.name != "preset" and f.name not in PRESET_OPTIONS[self.preset] \
+                    and getattr(self, f.name) != f.default:
+                raise InvalidArgument(f"preset {self.preset} does not use {f.name}={getattr(self, f.name)!r}")
+        for name in ("batch_size", "repeats"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InvalidArgument(f"{name}={v!r}: must be an integer >= 1")
+        if isinstance(self.ref_steps, bool) or not isinstance(self.ref_steps, int) or self.ref_steps < 2:
+            raise InvalidArgument(f"ref_steps={self.ref_steps!r}: must be an integer >= 2")
+        _positive("nfe", self.nfe, int)
+        _positive("steps", self.steps, int)
+        _positive("rtols", self.rtols, float)
+        for name in ("solvers", "models"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, tuple) or not v or not all(isinstance(x, str) and x for x in v)):
+                raise InvalidArgument(f"{name}={v!r}: give a non-empty tuple of names")
 
 
-def run_preset(args: argparse.Namespace) -> int:
-    from diffsolve.errors import InvalidArgument
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InvalidArgument(f"--batch-size {args.batch_size}: must be >= 1")
-
-    def batch(default: int) -> int:
-        return default if args.batch_size is None else args.batch_size
-
-    if args.ref_steps < 2:
-        raise InvalidArgument(f"--ref-steps {args.ref_steps}: must be >= 2")
-    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()] if args.solvers is not None else None
-    if solvers is not None and not solvers:
-        raise InvalidArgument(f"--solvers {args.solvers!r}: give at least one solver name")
+def run_preset(cfg: PresetSettings) -> int:
+    """Print the preset's table(s) on stdout, each as soon as it is ready; CPU, one torch thread (restored after)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if args.preset == "diffusers":
-            nfes = FAST_NFES if args.nfe is None else tuple(args.nfe)
-            print(mixture_section(batch(256), nfes, args.ref_steps, solvers), flush=True)
-            if not args.skip_mnist:
-                print()
-                print(mnist_section(batch(4), nfes, args.ref_steps, solvers), flush=True)
-        elif args.preset == "adaptive":
-            rtols = _floats(args.rtols, "--rtols")
-            if rtols is None:
-                rtols = (1e-2, 1e-3) if args.quick else (0.05, 1e-2, 1e-3, 1e-4)
-            print(adaptive_report(batch(64 if args.quick else 256), rtols), flush=True)
-        elif args.preset == "sde":
-            steps = _floats(args.steps, "--steps")
-            if steps is not None and any(s != int(s) for s in steps):
-                raise InvalidArgument(f"--steps {args.steps!r}: give whole numbers of steps")
-            steps = tuple(int(s) for s in steps) if steps is not None else None
-            n = batch(1000 if args.quick else 2000)
-            print(sde_report(n, steps if steps is not None else ((10, 20) if args.quick else (5, 10, 20, 40)),
-                             steps if steps is not None else ((16,) if args.quick else (16, 32, 64))), flush=True)
-        elif args.preset == "skip":
-            from diffsolve.bench.skip_table import run as skip_table
-            models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-            print(skip_table(args.nfe, solvers, models, args.quick, args.out), flush=True)
-        elif args.preset == "learned":
-            from diffsolve.corrections.report import evaluate, table
-            nfes = tuple(args.nfe) if args.nfe else (3, 5, 7, 9)
-            print(table(evaluate(nfes, batch(64))), flush=True)
-        else:
-            from diffsolve.bench.loop_overhead import main as overhead
-            overhead([])
+        for block in _PRESET_RUNS[cfg.preset](cfg):
+            print(block, flush=True)
     finally:
         torch.set_num_threads(before)
     return 0
+
+
+def _batch(cfg: PresetSettings, default: int) -> int:
+    return default if cfg.batch_size is None else cfg.batch_size
+
+
+def _diffusers(cfg: PresetSettings) -> Iterator[str]:
+    nfes = FAST_NFES if cfg.nfe is None else cfg.nfe
+    yield mixture_section(_batch(cfg, 256), nfes, cfg.ref_steps, cfg.solvers)
+    if not cfg.skip_mnist:
+        yield ""
+        yield mnist_section(_batch(cfg, 4), nfes, cfg.ref_steps, cfg.solvers)
+
+
+def _adaptive(cfg: PresetSettings) -> Iterator[str]:
+    rtols = cfg.rtols if cfg.rtols is not None else ((1e-2, 1e-3) if cfg.quick else (0.05, 1e-2, 1e-3, 1e-4))
+    yield adaptive_report(_batch(cfg, 64 if cfg.quick else 256), rtols)
+
+
+def _sde(cfg: PresetSettings) -> Iterator[str]:
+    n = _batch(cfg, 1000 if cfg.quick else 2000)
+    steps = cfg.steps
+    yield sde_report(n, steps if steps is not None else ((10, 20) if cfg.quick else (5, 10, 20, 40)),
+                     steps if steps is not None else ((16,) if cfg.quick else (16, 32, 64)))
+
+
+def _overhead(cfg: PresetSettings) -> Iterator[str]:
+    yield loop_overhead(batch=_batch(cfg, 256), repeats=15 if cfg.repeats is None else cfg.repeats)[1]
+
+
+def _skip(cfg: PresetSettings) -> Iterator[str]:
+    yield skip_report(cfg.nfe, cfg.solvers, cfg.models, cfg.quick, cfg.out)
+
+
+def _learned(cfg: PresetSettings) -> Iterator[str]:
+    yield learned_table(evaluate_learned(cfg.nfe if cfg.nfe else (3, 5, 7, 9), _batch(cfg, 64)))
+
+
+_PRESET_RUNS = {"diffusers": _diffusers, "adaptive": _adaptive, "sde": _sde, "overhead": _overhead, "skip": _skip,
+                "learned": _learned}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,10 +285,6 @@ def mnist_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequ
     """The shared MNIST DDPM driven by diffusers through `MnistAsUNet` and trained_betas = the model's beta_t, so
     both libraries use the same alphas_cumprod (up to float32 cumprod round-off, printed). All runs and the
     reference end at zero noise."""
-    from diffsolve.errors import InvalidArgument
-    from diffsolve.pretrained_adapters import load_mnist_ddpm
-    from diffsolve.pretrained_adapters.diffusers import diffusers_grid
-
     if not MNIST_DDPM.is_file():
         raise InvalidArgument(f"{MNIST_DDPM} is missing (the shared model folder); pass --skip-mnist")
     model = load_mnist_ddpm(MNIST_DDPM)

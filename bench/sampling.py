@@ -11,25 +11,50 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from diffsolve.errors import InvalidArgument
+from safetensors.torch import save
+
+from diffsolve import __version__
+from diffsolve.bench.models import data_range_of, resolve_model
+from diffsolve.bench.settings import model_dtype, resolve_dtype
 from diffsolve.checks import check_device, check_seed, check_writable
-from diffsolve.evaluation.reference import atomic_write_bytes
+from diffsolve.errors import InvalidArgument
+from diffsolve.files import atomic_write_bytes
+from diffsolve.sampler import Sampler
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """What `diffsolve sample` draws and where it writes it (see `sample_to_folder`, which checks every value)."""
+
+    model: Any = "gmm"
+    solver: str = "dpmpp_2m"
+    seeds: tuple[int, ...] = tuple(range(16))
+    out: str | Path = "diffsolve-samples"
+    nfe: int | None = None
+    steps: int | None = None
+    grid: Any = None
+    device: Any = None
+    dtype: Any = "auto"
+    batch_size: int | None = None
+    plots: bool = True
+
+
+def write_samples(cfg: SampleSettings) -> list[str]:
+    """`sample_to_folder` with the settings of one `SampleSettings`; the paths written."""
+    return sample_to_folder(cfg.model, cfg.solver, cfg.seeds, cfg.out, nfe=cfg.nfe, steps=cfg.steps, grid=cfg.grid,
+                            device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, plot=cfg.plots)
 
 
 def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | Path, *, nfe: int | None = None,
                      steps: int | None = None, grid: Any = None, device: Any = None, dtype: Any = "auto",
                      batch_size: int | None = None, plot: bool = True) -> list[str]:
     """Draw one sample per seed and write them to `out`; returns the paths written."""
-    from diffsolve import __version__
-    from diffsolve.sampler import Sampler
-    from diffsolve.bench.models import data_range_of, resolve_model
-    from diffsolve.bench.running import _model_dtype, _resolve_dtype
-
     seeds = [check_seed(s, option="seeds") for s in seeds]
     if not seeds:
         raise InvalidArgument("seeds: give at least one seed")
@@ -39,9 +64,9 @@ def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | P
     check_device(device, "--device")
     folder = check_writable(out, "--out")          # before the model is built or anything is solved
     entry, net = resolve_model(model)
-    run_dtype = _resolve_dtype(dtype)
+    run_dtype = resolve_dtype(dtype)
     if run_dtype is None:
-        run_dtype = entry.dtype if entry.dtype is not None else _model_dtype(net)
+        run_dtype = entry.dtype if entry.dtype is not None else model_dtype(net)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if isinstance(net, torch.nn.Module):
         has_params = any(True for _ in net.parameters())
@@ -65,7 +90,6 @@ def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | P
     if not torch.isfinite(samples).all():
         raise FloatingPointError("the samples contain NaN/Inf")
 
-    from safetensors.torch import save
     meta = {"model": entry.name, "solver": smp.solver.name, "nfe": used, "steps": steps_taken,
             "nfe_requested": nfe, "steps_requested": steps, "adaptive": smp.solver.adaptive,
             "grid": smp.grid if isinstance(smp.grid, str) else "custom", "dtype": str(run_dtype).replace("torch.", ""),

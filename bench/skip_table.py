@@ -20,6 +20,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from diffsolve.bench.models import resolve_model
+from diffsolve.corrections.skip import search_rho, skip_samples
+from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
+from diffsolve.field import as_field, model_spec_of
+from diffsolve.files import atomic_write_bytes
+from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier
+from diffsolve.models.evaluate import fd_metric, save_grid, score, to_unit_range
+from diffsolve.noise import draw_noise
+from diffsolve.sampler import Sampler
+
 SKIP_NFES = (3, 5, 7, 9, 19)
 SKIP_SOLVERS = ("euler", "dpmpp_2m", "unipc_bh2", "ipndm", "amed", "amed_plugin", "amed_plugin[deis]")
 SKIP_MODELS = ("mnist-unet", "mnist-unet-deep")
@@ -43,7 +53,6 @@ def _label(name: str) -> str:
 
 def _runnable(model: Any, name: str, nfe: int) -> str | None:
     """None, or why this solver cannot run at this NFE on this model (a learned solver without its predictor)."""
-    from diffsolve.sampler import Sampler
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")       # an AMED solver without its predictor warns and runs untrained
@@ -57,14 +66,6 @@ def skip_rows(model_name: str, solvers: Sequence[str], nfes: Sequence[int], *, n
               rmse_n: int = 64, tune_nfe: int = 5, evaluations: int = 6, rho_range: tuple[float, float] = (0.5, 1.0),
               log: Callable[[str], None] | None = None) -> list[dict]:
     """One row per (solver, NFE): rho, FD / confidence / RMSE untuned and tuned, tuning seconds."""
-    from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
-    from diffsolve.field import as_field, model_spec_of
-    from diffsolve.models.evaluate import fd_metric, score, to_unit_range
-    from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier
-    from diffsolve.noise import draw_noise
-    from diffsolve.corrections.skip import search_rho, skip_samples
-    from diffsolve.bench.models import resolve_model
-
     log = log or (lambda line: print(line, flush=True))
     entry, model = resolve_model(model_name)
     spec = model_spec_of(model)
@@ -136,8 +137,6 @@ def format_table(rows: list[dict]) -> str:
 
 def write(rows: list[dict], out: Path) -> list[Path]:
     """rows as JSON and a sample grid (10 held-out digits untuned and tuned per solver at NFE 5), atomically."""
-    from diffsolve.files import atomic_write_bytes
-    from diffsolve.models.evaluate import save_grid
     out.mkdir(parents=True, exist_ok=True)
     plain = [{k: v for k, v in r.items() if not k.startswith("grid_")} for r in rows]
     path = out / "skip_tuning.json"
@@ -155,8 +154,9 @@ def write(rows: list[dict], out: Path) -> list[Path]:
     return written
 
 
-def run(nfes: Sequence[int] | None, solvers: Sequence[str] | None, models: Sequence[str] | None, quick: bool,
-        out: str | Path | None) -> str:
+def skip_report(nfes: Sequence[int] | None, solvers: Sequence[str] | None, models: Sequence[str] | None,
+                quick: bool, out: str | Path | None) -> str:
+    """The skip table (markdown) over models x solvers x NFE; with `out`, its JSON and sample grid written there."""
     nfes = tuple(nfes) if nfes else ((5,) if quick else SKIP_NFES)
     solvers = tuple(solvers) if solvers else (("euler", "dpmpp_2m") if quick else SKIP_SOLVERS)
     models = tuple(models) if models else SKIP_MODELS

@@ -1,8 +1,8 @@
-"""Validating argparse types and checks shared by the command lines (`diffsolve bench|sample`, models.evaluate).
+"""Validating argparse types shared by the command lines (`diffsolve bench|sample`, models.evaluate, scripts/).
 
 Each type turns a bad value into one argparse error line ("argument --batch-size: ...", exit status 2) instead
-of a silent default or a traceback; `check_device` and `check_writable` raise InvalidArgument naming the option,
-so that the Python API (run_bench) gives the same messages.
+of a silent default or a traceback. The library's own checks (seeds, devices, writable folders) live in
+diffsolve.checks; `device` below wraps `checks.check_device` so both give the same message.
 """
 from __future__ import annotations
 
@@ -40,6 +40,36 @@ def int_at_least(low: int) -> Callable[[str], int]:
         return v
     parse.__name__ = f"int>={low}"
     return parse
+
+
+def positive_int_list(text: str) -> list[int]:
+    """Comma- or space-separated integers >= 1, e.g. 4,8,16."""
+    try:
+        vals = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers, e.g. 4,8,16") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 4,8,16")
+    return vals
+
+
+def positive_float_list(text: str) -> list[float]:
+    """Comma- or space-separated finite numbers > 0, e.g. 1e-2,1e-3."""
+    try:
+        vals = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers") from None
+    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers")
+    return vals
+
+
+def name_list(text: str) -> list[str]:
+    """Comma-separated names (at least one)."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one name")
+    return names
 
 
 def positive_float(text: str) -> float:

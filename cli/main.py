@@ -4,7 +4,7 @@
 `.evaluate`).
 
 Every bad value is one argparse-style error line and exit status 2, never a traceback and never a silent default:
-the argument types below validate (bench.argtypes), and errors diffsolve raises (DiffsolveError) are printed the
+the argument types validate (cli.argtypes), and errors diffsolve raises (DiffsolveError) are printed the
 same way.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from diffsolve import __version__
-from diffsolve.bench.running import OutputError
+from diffsolve.bench.settings import OutputError
 from diffsolve.cli import bench, evaluate, likelihood, sample, solvers, train, tune
 from diffsolve.errors import DiffsolveError
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 import argparse
 
 from diffsolve.bench.models import BENCH_MODELS
-from diffsolve.bench.sampling import sample_to_folder
+from diffsolve.bench.sampling import SampleSettings, write_samples
 from diffsolve.cli import argtypes
 
 
 def add_parser(sub) -> None:
-    models = BENCH_MODELS
     sp = sub.add_parser("sample", help="samples from given seeds: a PNG (image grid or 2-D scatter) and the tensors",
                         description="Draw one sample per seed with one solver and write samples.png (an image grid "
                                     "for image models, a scatter plot otherwise) and samples.safetensors (samples, "
                                     "seeds; settings in its metadata) to --out, each written atomically. Sample i "
                                     "depends on its seed only, not on the other seeds.")
     sp.add_argument("--model", default="gmm",
-                    help=f"bench model name ({', '.join(models)}) or 'module:attr' (default: gmm)")
+                    help=f"bench model name ({', '.join(BENCH_MODELS)}) or 'module:attr' (default: gmm)")
     sp.add_argument("--solver", default="dpmpp_2m", help="solver name (diffsolve solvers; default dpmpp_2m)")
     budget = sp.add_mutually_exclusive_group()
     budget.add_argument("--nfe", type=argtypes.positive_int, default=None,
@@ -30,14 +29,16 @@ def add_parser(sub) -> None:
     sp.add_argument("--dtype", default="auto", help="float64, float32, float16, bfloat16 or auto (default: per model)")
     sp.add_argument("--batch-size", type=argtypes.positive_int, default=None,
                     help="samples per solver run (default: all seeds at once)")
-    sp.add_argument("--no-plot", action="store_true", help="write the tensors only")
+    sp.add_argument("--no-plots", "--no-plot", action="store_true", help="write the tensors only")
 
+
+def sample_settings(args: argparse.Namespace) -> SampleSettings:
+    return SampleSettings(model=args.model, solver=args.solver, seeds=tuple(args.seeds), out=args.out, nfe=args.nfe,
+                          steps=args.steps, grid=args.grid, device=args.device, dtype=args.dtype,
+                          batch_size=args.batch_size, plots=not args.no_plots)
 
 
 def run(args: argparse.Namespace) -> int:
-    files = sample_to_folder(args.model, args.solver, args.seeds, args.out, nfe=args.nfe, steps=args.steps,
-                             grid=args.grid, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                             plot=not args.no_plot)
+    files = write_samples(sample_settings(args))
     print("wrote: " + ", ".join(files))
     return 0
-

@@ -45,14 +45,6 @@ def summarize(values: torch.Tensor) -> dict[str, float]:
             "max": float(v.max())}
 
 
-def endpoint_errors(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    """Endpoint error against the reference: per-sample RMSE and max-abs, summarised over the batch."""
-    r = summarize(rmse_per_sample(x, ref))
-    m = summarize(maxabs_per_sample(x, ref))
-    return {"rmse_mean": r["mean"], "rmse_median": r["median"], "rmse_p90": r["p90"], "rmse_max": r["max"],
-            "maxabs_mean": m["mean"], "maxabs_max": m["max"]}
-
-
 def trajectory_rmse(traj: torch.Tensor, ref_traj: torch.Tensor) -> torch.Tensor:
     """Per grid point and per sample RMSE of a trajectory ([P, B, ...] each) -> [P, B] float64."""
     _same_shape(traj, ref_traj, "trajectory_rmse")

@@ -32,7 +32,7 @@ import torch
 from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.field import Field, VectorField, as_field
 from diffsolve.files import atomic_write_bytes
-from diffsolve.solvers.frames import integration_frame
+from diffsolve.solvers.frames import FRAMES, integration_frame     # FRAMES: the frames a reference may be solved in
 
 METHODS = ("dopri8", "dopri5", "bosh3", "rk4")
 CACHE_VERSION = 2     # 2: keys cover every field setting (guidance, clipping) and module settings
@@ -168,7 +168,6 @@ def save_reference(path: str | Path, ref: Reference, key: str, desc: dict) -> No
     atomic_write_bytes(path, blob)
 
 
-from diffsolve.solvers.frames import FRAMES  # noqa: E402  (the frames a reference may be solved in)
 # Every field an entry's metadata must carry, and its type; an entry lacking one, or with one of another type, is
 # a cache miss like any other malformed entry.
 _META_FIELDS = {"key": str, "sha256": str, "nfe": int, "seconds": (int, float), "frame": str, "desc": dict}

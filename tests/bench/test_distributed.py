@@ -36,6 +36,7 @@ def test_chunks_and_seeds_do_not_depend_on_the_process_count():
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+@pytest.mark.slow
 def test_two_ranks_under_torchrun_equal_one_rank(tmp_path):
     out1, out2 = tmp_path / "one", tmp_path / "two"
     before = torch.get_num_threads()

@@ -1,12 +1,24 @@
-"""bench/gpu_check runs every code path on the CPU (--cpu-smoke) and refuses clearly without CUDA otherwise."""
+"""scripts/gpu_check.py (run by bench/gpu_check.sh) runs every code path on the CPU (--cpu-smoke) and refuses
+clearly without CUDA otherwise."""
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from diffsolve.bench import gpu_check  # noqa: E402
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+_spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
+
+
+def test_the_shell_wrapper_runs_the_script():
+    wrapper = (SCRIPT.parents[1] / "bench" / "gpu_check.sh").read_text()
+    assert "scripts/gpu_check.py" in wrapper
 
 
 def test_cpu_smoke_runs_every_section(monkeypatch, capsys):

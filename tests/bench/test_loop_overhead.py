@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from diffsolve.bench import loop_overhead
+from diffsolve.bench.overhead import build, loop_overhead
 from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
 
 
 def test_loop_overhead_runs_small_and_the_three_agree(capsys):
     pytest.importorskip("diffusers")
     load_k_diffusion_sampling()         # installed with the dev setup (Makefile); a missing one fails loudly here
-    rows = loop_overhead.main(["--batch", "4", "--dim", "16", "--steps", "5", "--repeats", "2"])
-    out = capsys.readouterr().out
+    rows, out = loop_overhead(batch=4, dim=16, steps=5, repeats=2)
     names = [r["name"] for r in rows]
     assert names == ["diffsolve Sampler.run", "diffsolve, check_finite=False", "diffusers DPMSolverMultistepScheduler",
                      "k-diffusion sample_dpmpp_2m"]
@@ -21,7 +20,7 @@ def test_loop_overhead_runs_small_and_the_three_agree(capsys):
         # float32 round-off of three different orderings of the same arithmetic
         assert r["maxdiff"] <= 1e-5 * max(r["scale"], 1.0), r
     assert rows[0]["maxdiff"] == 0.0 and rows[1]["maxdiff"] == 0.0
-    assert loop_overhead.NOTES == []            # 5 steps divide T = 1000: the very same timesteps
+    assert build(4, 16, 5)[1] == []             # 5 steps divide T = 1000: the very same timesteps
 
 
 def test_k_diffusion_sampling_loads_alone():

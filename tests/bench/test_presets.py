@@ -34,10 +34,47 @@ def test_preset_sde(capsys):
 
 
 def test_preset_options_are_checked(capsys):
-    assert main(["bench", "--preset", "adaptive", "--rtols", "abc"]) == 2
-    assert "--rtols" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--preset", "adaptive", "--rtols", "abc"])
+    assert info.value.code == 2 and "--rtols" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--preset", "nope"])
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--preset", "adaptive", "--solvers", "euler"], "--solvers"),
+    (["--preset", "skip", "--steps", "3"], "--steps"),
+    (["--preset", "sde", "--model", "gaussian"], "--model"),
+    (["--preset", "learned", "--no-plots"], "--no-plots"),
+    (["--preset", "overhead", "--no-progress"], "--progress/--no-progress"),
+    (["--rtols", "1e-3"], "--rtols"),
+    (["--quick"], "--quick"),
+    (["--repeats", "3"], "--repeats"),
+])
+def test_an_option_the_run_does_not_read_is_refused_by_name(capsys, argv, flag):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {flag} " in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["--preset", "skip", "--steps", "0"], ["--preset", "sde", "--steps", "0"],
+                                  ["--preset", "overhead", "--repeats", "0"]])
+def test_zero_is_refused_not_replaced(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", *argv])
+    assert info.value.code == 2 and f"argument {argv[2]}" in capsys.readouterr().err
+
+
+def test_preset_settings_refuse_what_the_preset_does_not_read():
+    from diffsolve.bench.presets import PresetSettings
+    from diffsolve.errors import InvalidArgument
+    with pytest.raises(InvalidArgument, match="solvers"):
+        PresetSettings("adaptive", solvers=("euler",))
+    with pytest.raises(InvalidArgument, match="steps"):
+        PresetSettings("sde", steps=(0,))
+    with pytest.raises(InvalidArgument, match="ref_steps"):
+        PresetSettings("diffusers", ref_steps=1)
+    assert PresetSettings("sde", steps=(3,), quick=True).steps == (3,)
 
 
 def test_preset_learned_lists_every_shipped_correction_with_its_training_cost(capsys):
@@ -51,6 +88,7 @@ def test_preset_learned_lists_every_shipped_correction_with_its_training_cost(ca
     assert next(line for line in out.splitlines() if line.startswith("| 3 |")).endswith("x |")
 
 
+@pytest.mark.slow
 def test_preset_skip_quick_on_one_solver(capsys, tmp_path):
     assert main(["bench", "--preset", "skip", "--quick", "--models", "mnist-unet", "--solvers", "euler",
                  "--out", str(tmp_path)]) == 0

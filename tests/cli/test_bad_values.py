@@ -15,6 +15,7 @@ from bench.test_run_bench import _TinyImages as TinyImages
 import diffsolve
 from diffsolve import Sampler
 from diffsolve.bench import run_bench
+from diffsolve.bench import cells as bench_cells
 from diffsolve.bench import running as bench_running
 from diffsolve.checks import check_writable
 from diffsolve.bench.models import BenchModel
@@ -34,7 +35,7 @@ def _no_work(monkeypatch):
     """Any model build or reference solve fails the test: the checks must come before them."""
     def boom(*a, **k):
         pytest.fail("work started before the arguments and folders were checked")
-    monkeypatch.setattr(bench_running, "solve_reference", boom)
+    monkeypatch.setattr(bench_cells, "solve_reference", boom)
     monkeypatch.setattr(bench_running, "resolve_model", boom)
     monkeypatch.setattr("diffsolve.bench.models.resolve_model", boom)
 

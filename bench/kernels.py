@@ -1,8 +1,7 @@
-"""Time one solver update step, x' = sum_k c_k T_k, per implementation; print time, GB/s and % of copy bandwidth.
+"""Timing of one solver update step, x' = sum_k c_k T_k, per implementation: time, GB/s and % of copy bandwidth.
 
-    python -m diffsolve.bench.kernel_bench                       # CPU: eager and torch.compile, small sizes
-    python -m diffsolve.bench.kernel_bench --sizes toy,latents,images --dtypes float32,bfloat16 --terms 2,6
-    python -m diffsolve.bench.kernel_bench --device cuda         # adds the Triton kernel
+The table is printed by scripts/kernel_bench.py (and the deprecated `diffsolve-kernel-bench`); bench/bench_kernels.py
+times the same cases under pytest-benchmark.
 
 Implementations: `eager` = kernels.lincomb_reference (the tests' reference), `compile` = torch.compile of it,
 `triton` = kernels.lincomb_triton (CUDA only; the interpreter is not a timing). Bandwidth = (K reads + 1 write)
@@ -10,15 +9,14 @@ bytes / time; the peak is a device-to-device copy (read + write) measured in the
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from diffsolve.kernels.lincomb import lincomb_reference
+from diffsolve.bench.settings import DTYPES
+from diffsolve.bench.timing import copy_bandwidth, time_fn
+from diffsolve.kernels.lincomb import lincomb_reference, lincomb_triton
 
 SIZES = {
     "toy": (4096, 2),                  # a 2-D toy problem, 4096 points
@@ -26,7 +24,6 @@ SIZES = {
     "latents": (8, 4, 128, 128),       # SD-style latents
     "images": (64, 3, 256, 256),       # pixel-space images
 }
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 @dataclass
@@ -41,46 +38,6 @@ class Row:
     frac: float | None                  # of the large-buffer copy bandwidth (the device's peak)
     frac_same: float | None             # of a copy moving the same bytes (cache effects included)
     note: str = ""
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable[[], object], device: torch.device, *, min_time: float = 0.2, max_reps: int = 200,
-            warmup: int = 2) -> float:
-    """Median seconds per call (CUDA: events around each call; CPU: perf_counter)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        times.append(time_once(fn, device))
-    return statistics.median(times)
-
-
-def time_once(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call: CUDA events on a GPU (device time), the wall clock elsewhere."""
-    if device.type == "cuda":
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2 ** 20) -> float:
-    """Bytes per second of a device-to-device copy (one read, one write) of `nbytes`."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
-    dst = torch.empty_like(src)
-    sec = time_fn(lambda: dst.copy_(src), device)
-    return 2 * nbytes / sec
 
 
 def make_inputs(shape, dtype, k, device):
@@ -111,13 +68,13 @@ def implementations(device: torch.device, want: list[str]) -> dict[str, Callable
         if device.type != "cuda":
             impls["triton"] = "GPU only (not measured on CPU)"
         else:
-            from diffsolve.kernels.lincomb import lincomb_triton
             impls["triton"] = lincomb_triton
     return impls
 
 
-def run(sizes: list[str], dtypes: list[str], terms: list[int], device: torch.device, impl_names: list[str],
-        min_time: float = 0.2) -> tuple[float, list[Row]]:
+def measure_updates(sizes: list[str], dtypes: list[str], terms: list[int], device: torch.device,
+                    impl_names: list[str], min_time: float = 0.2) -> tuple[float, list[Row]]:
+    """The copy bandwidth of this device and one row per size x dtype x K x implementation."""
     peak = copy_bandwidth(device)
     impls = implementations(device, impl_names)
     rows: list[Row] = []
@@ -151,7 +108,7 @@ def run(sizes: list[str], dtypes: list[str], terms: list[int], device: torch.dev
     return peak, rows
 
 
-def format_table(peak: float, rows: list[Row], device: torch.device) -> str:
+def format_bandwidth_table(peak: float, rows: list[Row], device: torch.device) -> str:
     lines = [f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
              f"torch {torch.__version__}, threads {torch.get_num_threads()}",
              f"copy bandwidth (read+write of a 256 MiB buffer, same run): {peak / 1e9:.2f} GB/s = %peak's 100; "
@@ -165,27 +122,3 @@ def format_table(peak: float, rows: list[Row], device: torch.device) -> str:
         lines.append(f"{r.size:<8} {'x'.join(map(str, r.shape)):<18} {r.dtype:<9} {r.k:>2} {r.impl:<8} {t} {g} {f} "
                      f"{fs}  {r.note}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="toy,small,latents", help=f"comma list of {sorted(SIZES)}")
-    ap.add_argument("--dtypes", default="float32", help=f"comma list of {sorted(DTYPES)}")
-    ap.add_argument("--terms", default="2,4,6", help="numbers of input tensors K, comma list")
-    ap.add_argument("--impls", default="eager,compile,triton", help="comma list of eager, compile, triton")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a shared box inductor's OpenMP kernels at 2+ threads "
-                         "spin-wait for milliseconds per call)")
-    ap.add_argument("--min-time", type=float, default=0.2, help="seconds of timing per cell")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
-    peak, rows = run(a.sizes.split(","), a.dtypes.split(","), [int(v) for v in a.terms.split(",")], device,
-                     a.impls.split(","), a.min_time)
-    print(format_table(peak, rows, device))
-
-
-if __name__ == "__main__":
-    main()

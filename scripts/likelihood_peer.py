@@ -1,5 +1,8 @@
 """diffsolve.likelihood vs k-diffusion's log_likelihood on the built-in MNIST UNet: same digits, same dequantization
-noise, one Rademacher probe each (independent draws), dopri5 at rtol = atol = 1e-5, from sigma_min to sigma_max."""
+noise, one Rademacher probe each (independent draws), dopri5 at rtol = atol = 1e-5, from sigma_min to sigma_max.
+
+    python scripts/likelihood_peer.py [--samples 16]
+"""
 import argparse
 import math
 import time
@@ -7,14 +10,15 @@ import time
 import torch
 
 from diffsolve.analysis.likelihood import likelihood
+from diffsolve.cli.argtypes import positive_int
 from diffsolve.models import load_mnist_unet
 from diffsolve.models.data import load_mnist
 from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m diffsolve.bench.likelihood_peer", description=__doc__)
-    ap.add_argument("--n", type=int, default=16, help="held-out digits (default 16)")
+    ap = argparse.ArgumentParser(prog="python scripts/likelihood_peer.py", description=__doc__)
+    ap.add_argument("--samples", "--n", dest="n", type=positive_int, default=16, help="held-out digits (default 16)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     kd = load_k_diffusion_sampling()

@@ -1,7 +1,7 @@
 """One-shot GPU check (about 5 minutes on one H200): fused-update bandwidth, CUDA-graph replay, loop overhead.
 
-    python -m diffsolve.bench.gpu_check                 # on a CUDA machine; bench/gpu_check.sh also saves the output
-    python -m diffsolve.bench.gpu_check --cpu-smoke     # every code path on the CPU, tiny sizes, 1 repetition
+    python scripts/gpu_check.py                 # on a CUDA machine; bench/gpu_check.sh also saves the output
+    python scripts/gpu_check.py --cpu-smoke     # every code path on the CPU, tiny sizes, 1 repetition
 
 (a) lincomb with K = 2, 3, 4, 6 inputs, forward and forward+backward: the Triton kernel, the eager PyTorch
     reference and torch.compile of the reference, against a 1 GiB device-to-device copy timed in the same run.
@@ -21,7 +21,11 @@ from typing import Callable
 
 import torch
 
-from diffsolve.bench.kernel_bench import time_once
+from diffsolve.bench.timing import copy_bandwidth, sync, time_once
+from diffsolve.cli.argtypes import positive_int
+from diffsolve.kernels import lincomb_reference, lincomb_triton
+from diffsolve.models import load_mnist_unet
+from diffsolve.sampler import Sampler
 
 # Targets printed beside the figures (the figures are what matters; nothing here fails on a miss).
 TARGET_COPY_FRACTION = 0.85        # fused update >= 85% of the copy bandwidth
@@ -31,7 +35,7 @@ TARGET_LOOP_OVERHEAD = 0.01        # < 1% of wall time outside the model
 TERMS = (2, 3, 4, 6)
 SHAPES = {"latents": (8, 4, 128, 128), "images": (64, 3, 256, 256)}
 SMOKE_SHAPES = {"tiny": (2, 3, 8, 8)}
-DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+UPDATE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Clock:
@@ -41,8 +45,7 @@ class Clock:
         self.device, self.reps, self.warmup = device, reps, warmup
 
     def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync(self.device)
 
     def __call__(self, fn: Callable[[], object], reps: int | None = None) -> float:
         for _ in range(self.warmup):
@@ -67,15 +70,6 @@ class Clock:
         return statistics.median(times)
 
 
-def copy_bandwidth(clock: Clock, nbytes: int) -> float:
-    """Bytes per second of dst.copy_(src) over `nbytes` (one read and one write of each byte)."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=clock.device).normal_()
-    dst = torch.empty_like(src)
-    sec = clock(lambda: dst.copy_(src))
-    del src, dst
-    return 2 * nbytes / sec
-
-
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
@@ -85,10 +79,9 @@ def _overhead_mark(share: float) -> str:
 
 
 def fused_updates(clock: Clock, shapes: dict, smoke: bool, compile_ok: bool) -> None:
-    from diffsolve.kernels import lincomb_reference, lincomb_triton
     print("\n(a) fused update x' = sum_k c_k T_k (float coefficients), median time per call")
     copy_bytes = (1 << 20) if smoke else (1 << 30)
-    peak = copy_bandwidth(clock, copy_bytes)
+    peak = copy_bandwidth(clock.device, copy_bytes, clock)
     print(f"copy bandwidth: dst.copy_(src) of {copy_bytes / 2 ** 20:g} MiB, read + write: {peak / 1e9:.1f} GB/s")
     print("GB/s counts the bytes an ideal update must move: forward (K reads + 1 write); forward+backward adds "
           "1 read of grad_out + K gradient writes. %copy = GB/s over the copy's.")
@@ -97,7 +90,7 @@ def fused_updates(clock: Clock, shapes: dict, smoke: bool, compile_ok: bool) -> 
     print(f"{'shape':<16} {'dtype':<8} {'K':>2} {'pass':<8} {'impl':<8} {'time/us':>10} {'GB/s':>8} {'%copy':>6} "
           f"{'x eager':>8}  targets")
     for mode in ("fwd", "fwd+bwd"):
-        for dname, dtype in DTYPES.items():
+        for dname, dtype in UPDATE_DTYPES.items():
             for k in TERMS:
                 impls: dict[str, Callable | str] = {"eager": lincomb_reference, "triton": lincomb_triton}
                 if not compile_ok:
@@ -153,12 +146,10 @@ def _update_rows(clock, peak, sname, shape, dname, dtype, k, mode, impls) -> Non
 
 
 def _sampler(model, solver: str = "dpmpp_2m"):
-    from diffsolve.sampler import Sampler
     return Sampler(model, solver, progress=False)
 
 
 def graph_replay(clock: Clock, device: torch.device, batch: int, steps: int) -> None:
-    from diffsolve.models import load_mnist_unet
     print(f"\n(b) whole sampling loop: Sampler(load_mnist_unet(), 'dpmpp_2m'), {steps} steps, batch {batch}, "
           "float32; median wall time per run (synchronized)")
     sampler = _sampler(load_mnist_unet(device=device))
@@ -186,7 +177,6 @@ def _record_calls(model: torch.nn.Module):
 
 
 def loop_overhead(clock: Clock, device: torch.device, batch: int, steps: int) -> None:
-    from diffsolve.models import load_mnist_unet
     print(f"\n(c) wall time outside the model: built-in UNet, batch {batch}, {steps} steps, dpmpp_2m. "
           "model = the network's forward called alone on the inputs recorded from one run (same count, "
           "synchronized once around all calls); total = synchronized wall time of Sampler.run (and of the graph "
@@ -230,11 +220,12 @@ def loop_overhead(clock: Clock, device: torch.device, batch: int, steps: int) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python scripts/gpu_check.py", description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="run every code path on the CPU with tiny sizes and 1 repetition (Triton interpreted, "
                          "torch.compile skipped): checks that the script runs, not speed")
-    ap.add_argument("--reps", type=int, default=25, help="timed repetitions per figure (median)")
+    ap.add_argument("--repeats", "--reps", type=positive_int, default=25,
+                    help="timed repetitions per figure (median)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compiles take most of (a))")
     ap.add_argument("--only", default="a,b,c", help="comma list of the sections to run: a, b, c")
     a = ap.parse_args(argv)
@@ -252,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         if not torch.cuda.is_available():
             sys.exit("gpu_check: no CUDA device (torch.cuda.is_available() is False; torch "
                      f"{torch.__version__}). Run it on the GPU machine, or pass --cpu-smoke to check the script.")
-        device, reps, warmup = torch.device("cuda"), a.reps, 3
+        device, reps, warmup = torch.device("cuda"), a.repeats, 3
         shapes, batch, steps = SHAPES, 256, 10
     clock = Clock(device, reps, warmup)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke: not a timing)"

@@ -1,10 +1,10 @@
 """NFE-4 comparison on the shared moons flows (plain velocity fields): torchdiffeq's fixed-grid methods against
 diffsolve's solvers, un-learned and with corrections tuned on other noise.
 
-    python -m diffsolve.bench.flows_nfe4 [--models cfm,otcfm,flow_matching] [--n 2048] [--out flows_nfe4.json]
+    python scripts/flows_nfe4.py [--models cfm,otcfm,flow_matching] [--samples 2048] [--out flows_nfe4.json]
 
 Held-out noise: seeds 9_000_000 + i (the tuning below draws seeds 0..n and 500_000..: never these). Reference: the
-float64 adaptive solve of bench/reference.py (dopri5, rtol = atol = 1e-7) from the same noise; the tuning's
+float64 adaptive solve of diffsolve.evaluation.reference (dopri5, rtol = atol = 1e-7) from the same noise; the tuning's
 teacher is the same solve of its own noise. RMSE = sqrt(mean over
 samples of the squared endpoint distance); sliced W1 (256 directions) to 20_000 fresh moons points (seed 123).
 torchdiffeq runs the model directly in flow time tau = 1 - t (0 at the noise), float32, with a call counter.
@@ -18,7 +18,17 @@ import warnings
 
 import torch
 
+from diffsolve.bench.models import SHARED
+from diffsolve.cli.argtypes import positive_int
+from diffsolve.corrections.grid_search import gits_grid, learn_grid
+from diffsolve.corrections.train import train_amed
+from diffsolve.evaluation.metrics import sliced_wasserstein
+from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
+from diffsolve.files import atomic_write_bytes
+from diffsolve.noise import draw_noise
+from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
 from diffsolve.problems import make_moons
+from diffsolve.sampler import Sampler
 
 SHARED_FLOWS = "moons-flow"
 
@@ -38,18 +48,9 @@ def torchdiffeq_run(model, noise: torch.Tensor, method: str, steps: int) -> tupl
 
 
 def main(argv=None) -> int:
-    from diffsolve.evaluation.metrics import sliced_wasserstein
-    from diffsolve.bench.models import SHARED
-    from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
-    from diffsolve.corrections.grid_search import gits_grid, learn_grid
-    from diffsolve.corrections.train import train_amed
-    from diffsolve.noise import draw_noise
-    from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
-    from diffsolve.sampler import Sampler
-
-    ap = argparse.ArgumentParser(prog="python -m diffsolve.bench.flows_nfe4")
+    ap = argparse.ArgumentParser(prog="python scripts/flows_nfe4.py")
     ap.add_argument("--models", default="cfm,otcfm,flow_matching")
-    ap.add_argument("--n", type=int, default=2048, help="held-out samples")
+    ap.add_argument("--samples", "--n", dest="n", type=positive_int, default=2048, help="held-out samples")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -116,7 +117,6 @@ def main(argv=None) -> int:
               f"{best[0] / tdq:.2f}x", flush=True)
         rows[name] = res
     if args.out:
-        from diffsolve.files import atomic_write_bytes
         atomic_write_bytes(args.out, json.dumps(rows, indent=1).encode())
     return 0
 

@@ -1,0 +1,118 @@
+"""The bench's work, chunk by chunk (chunks are the unit of sharding): the reference solves, every solver at every
+NFE and the peers on one chunk's noise, with a progress bar or log line per finished cell."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import torch
+
+from diffsolve.bench.planning import Job
+from diffsolve.bench.timing import sync
+from diffsolve.errors import BudgetExceeded
+from diffsolve.evaluation import metrics
+from diffsolve.evaluation.reference import solve_reference
+from diffsolve.noise import draw_noise
+
+
+class Progress:
+    """A tqdm bar ('bar'), one line on stderr per finished cell ('log': a log file shows where a long run is), or
+    nothing ('none')."""
+
+    def __init__(self, total: int, desc: str, mode: str):
+        from tqdm.auto import tqdm
+        self.mode, self.desc, self.total, self.done = mode, desc, total, 0
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=total, desc=desc, leave=False, disable=mode != "bar", dynamic_ncols=True)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def update(self, n: int = 1, line: str | None = None) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.mode == "log" and line is not None:
+            print(f"[{self.desc}] {line}  ({self.done}/{self.total} done, {time.perf_counter() - self.start:.1f} s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+
+def cell_line(name: str, n: int, item: dict, where: str) -> str:
+    if "budget" in item:
+        what = "budget exceeded"
+    elif "rmse" in item:
+        what = f"NFE used {item['nfe']}, endpoint RMSE {float(item['rmse'].mean()):.3e}"
+    else:
+        what = f"NFE used {item['nfe']}, stochastic (scored by distribution metrics)"
+    return f"{name} NFE {n}: {what}, {item['wall']:.2f} s" + (f" [{where}]" if where else "")
+
+
+def run_chunk(job: Job, seeds: list[int], bar, where: str = "") -> dict:
+    cfg, dev = job.cfg, job.device
+    noise = draw_noise((len(seeds), *job.field.sample_shape), seed=seeds, dtype=torch.float32)
+    chunk: dict[str, Any] = {"refs": {}, "runs": {}, "peers": {}}
+    refs = {}
+    for t0, times in job.ref_times.items():
+        bar.set_postfix_str("reference")
+        ref = solve_reference(job.net, noise.to(dev), times, settings=job.reference, cache=cfg.cache,
+                              cache_dir=cfg.cache_dir, seeds=seeds)
+        refs[t0] = ref
+        chunk["refs"][t0] = {"times": ref.times, "gap_rmse": ref.gap_rmse, "gap_maxabs": ref.gap_maxabs,
+                             "nfe": ref.nfe, "seconds": ref.seconds, "cached": ref.cached, "frame": ref.frame,
+                             "endpoint": ref.endpoint.cpu()}
+        bar.update(1, f"reference from t={t0:.4g}: {len(seeds)} samples, {ref.nfe} NFE, {ref.seconds:.2f} s"
+                      + (" (cached)" if ref.cached else "") + (f" [{where}]" if where else ""))
+    x_in = noise.to(device=dev, dtype=job.dtype)
+    for r in job.ok:
+        name, n, kind = r["solver"], r["nfe_requested"], r["kind"]
+        bar.set_postfix_str(f"{name} nfe={n}")
+        s = job.samplers[name]
+        traj = job.trajectory and kind == "ode"
+        sync(dev)
+        t_start = time.perf_counter()
+        try:
+            # Stochastic solvers draw their step noise from the same per-sample seeds as the initial noise.
+            res = s.run(nfe=n, noise=x_in, seed=seeds if kind == "sde" else None, return_trajectory=traj)
+        except BudgetExceeded as e:
+            item = {"budget": str(e), "wall": time.perf_counter() - t_start}
+            chunk["runs"][(name, n)] = item
+            bar.update(1, cell_line(name, n, item, where))
+            continue
+        sync(dev)
+        wall = time.perf_counter() - t_start
+        t_plan = r["t"]
+        ref = refs[float(t_plan[0])]
+        item = {"samples": res.samples.detach().cpu(), "wall": wall, "nfe": res.nfe}
+        if kind != "sde":
+            # Adaptive solvers step at their own times: only the endpoint is compared.
+            end_ref = ref.at(t_plan[-1:])[0].to(res.samples.device)
+            item["rmse"] = metrics.rmse_per_sample(res.samples, end_ref).cpu()
+            item["maxabs"] = metrics.maxabs_per_sample(res.samples, end_ref).cpu()
+        if traj:
+            item["traj"] = metrics.trajectory_rmse(res.trajectory, ref.at(res.t).to(res.trajectory.device)).cpu()
+        chunk["runs"][(name, n)] = item
+        bar.update(1, cell_line(name, n, item, where))
+    for peer in job.peers:
+        for n in job.nfes:
+            bar.set_postfix_str(f"{peer.name} nfe={n}")
+            t_start = time.perf_counter()
+            try:
+                xs = peer.run(x_in, n)
+                sync(dev)
+                end_ref = refs[job.main_t0].states[-1]
+                chunk["peers"][(peer.name, n)] = {
+                    "wall": time.perf_counter() - t_start,
+                    "rmse": metrics.rmse_per_sample(xs, end_ref.to(xs.device)).cpu(),
+                    "samples": xs.detach().cpu()}
+                line = f"{peer.name} NFE {n}: endpoint RMSE " \
+                       f"{float(chunk['peers'][(peer.name, n)]['rmse'].mean()):.3e}"
+            except Exception as e:  # noqa: BLE001 - a failing peer is reported in its row, not raised
+                chunk["peers"][(peer.name, n)] = {"error": f"{type(e).__name__}: {e}"}
+                line = f"{peer.name} NFE {n}: failed"
+            bar.update(1, f"{line}, {time.perf_counter() - t_start:.2f} s" + (f" [{where}]" if where else ""))
+    return chunk
+

@@ -1,0 +1,150 @@
+"""What a bench run resolves before any work (`prepare` -> `Job`): the solvers, the model on its device and in
+its dtype, every solver's plan at every NFE (infeasible pairs recorded, not run), the reference time points and
+the peers."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from diffsolve.bench.models import DEFAULT_SOLVERS, BenchModel
+from diffsolve.bench.peers import PEER_PROVIDERS, PeerRun
+from diffsolve.bench.settings import BenchSettings, model_dtype, resolve_dtype
+from diffsolve.distributed import Dist
+from diffsolve.errors import InvalidArgument, unknown_name
+from diffsolve.evaluation.reference import ReferenceSettings
+from diffsolve.field import as_field
+from diffsolve.sampler import Sampler
+from diffsolve.solvers import available_solvers
+
+
+def resolve_solvers(solvers: Sequence[str] | str | None, entry: BenchModel) -> list[str]:
+    known = available_solvers()
+    if solvers is None:
+        wanted = entry.solvers if entry.solvers is not None else DEFAULT_SOLVERS
+        return [s for s in wanted if s in known]
+    if isinstance(solvers, str):
+        solvers = [s.strip() for s in solvers.split(",") if s.strip()]
+    if list(solvers) == ["all"]:
+        return available_solvers(deterministic=True)
+    for s in solvers:
+        if s not in known:
+            raise unknown_name("solvers", s, known + ["all"])
+    if not solvers:
+        raise InvalidArgument("solvers: give at least one solver name, or 'all'")
+    return list(dict.fromkeys(solvers))
+
+
+
+@dataclass
+class Job:
+    """Everything the run resolved before any work: the model on its device, the solvers' plans, the references."""
+
+    entry: BenchModel
+    net: Any
+    field: Any
+    dist: Dist
+    cfg: BenchSettings
+    names: list[str]
+    nfes: list[int]
+    batch: int
+    chunk: int
+    reference: ReferenceSettings
+    trajectory: bool
+    device: torch.device
+    dtype: torch.dtype
+    samplers: dict[str, Sampler]
+    runs: list[dict]                      # one row per solver x NFE, status 'ok' or why not
+    ok: list[dict]
+    ref_times: dict[float, torch.Tensor]  # start time -> every time point a reference state is needed at
+    main_t0: float
+    peers: list[PeerRun]
+
+
+def prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettings) -> Job:
+    names = resolve_solvers(solvers, entry)
+    nfes = sorted({int(n) for n in (entry.nfe if nfe is None else nfe)})
+    if not nfes or nfes[0] < 1:
+        raise InvalidArgument(f"nfe={nfe!r}: give positive integers")
+    B = int(entry.batch_size if cfg.batch_size is None else cfg.batch_size)
+    csize = int(min(entry.chunk_size, B) if cfg.chunk_size is None else cfg.chunk_size)
+    traj = entry.trajectory if cfg.trajectory is None else bool(cfg.trajectory)
+    dev = dist.device(cfg.device) if cfg.device is not None else torch.device("cpu")
+    run_dtype = resolve_dtype(cfg.dtype)
+    if run_dtype is None:
+        run_dtype = entry.dtype if entry.dtype is not None else model_dtype(net)
+    if isinstance(net, torch.nn.Module):
+        # Networks run in the benchmark's dtype; analytic problems keep their float64 buffers (they compute in
+        # the dtype of x), so their exact metrics stay exact.
+        has_params = any(True for _ in net.parameters())
+        moves = [t for t in list(net.parameters()) + list(net.buffers())
+                 if t.device != dev or (has_params and t.is_floating_point() and t.dtype != run_dtype)]
+        if moves:
+            net = copy.deepcopy(net)        # never convert the caller's model in place
+            net = net.to(device=dev, dtype=run_dtype) if has_params else net.to(device=dev)
+    field = as_field(net)
+    if field.sample_shape is None:
+        raise InvalidArgument(f"model {entry.name!r} does not declare its sample shape (ModelSpec.sample_shape)")
+
+    # Plans: every solver x NFE, on the host; infeasible pairs are recorded, not run.
+    samplers: dict[str, Sampler] = {}
+    runs: list[dict] = []
+    for name in names:
+        try:
+            samplers[name] = Sampler(field, name, grid=cfg.grid, grid_options=cfg.grid_options, progress=False)
+        except InvalidArgument as e:
+            if solvers is None:
+                continue        # the default set keeps only solvers that can drive this model
+            for n in nfes:
+                runs.append({"solver": name, "nfe_requested": n, "status": f"n/a: {e}"})
+            continue
+        solver = samplers[name].solver
+        # ode: a fixed grid, scored against the reference along it; adaptive: its own times, scored at the
+        # endpoint only, its NFE what it used; sde: stochastic, scored by distribution metrics only.
+        kind = solver_kind(solver)
+        for n in nfes:
+            row = {"solver": name, "nfe_requested": n, "kind": kind}
+            try:
+                plan = samplers[name].plan(nfe=n)
+            except InvalidArgument as e:
+                row["status"] = f"skipped: {e}"
+            else:
+                fixed = not solver.adaptive
+                row.update(status="ok", nfe=plan.nfe * field.evals_per_call if fixed else None,
+                           steps=plan.steps if fixed else None, t=plan.t)
+            runs.append(row)
+    names = [n for n in names if n in samplers or solvers is not None]
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        raise InvalidArgument("no solver can run at the requested NFE values: " +
+                              "; ".join(f"{r['solver']}@{r['nfe_requested']}: {r['status']}" for r in runs))
+    # One reference per distinct start time (normally all grids start at the same noise level).
+    starts: dict[float, set[float]] = {}
+    for r in ok:
+        t = r["t"]
+        pts = t.tolist() if traj and r["kind"] == "ode" else [float(t[0]), float(t[-1])]
+        starts.setdefault(float(t[0]), set()).update(pts)
+    ref_times = {t0: torch.tensor(sorted(v, reverse=True), dtype=torch.float64) for t0, v in starts.items()}
+
+    peer_list: list[PeerRun] = []
+    if cfg.peers:
+        for provider in PEER_PROVIDERS:
+            try:
+                # Only peers of solvers in this run: the point is the ratio at equal NFE.
+                peer_list += [pr for pr in provider(net, field) if pr.ours in names]
+            except Exception as e:  # noqa: BLE001 - a broken optional peer never stops the benchmark
+                if cfg.verbose and dist.is_main:
+                    print(f"peer provider {getattr(provider, '__name__', provider)} failed: {e}")
+    return Job(entry=entry, net=net, field=field, dist=dist, cfg=cfg, names=names, nfes=nfes, batch=B, chunk=csize,
+               reference=entry.reference if cfg.reference is None else cfg.reference, trajectory=traj, device=dev,
+               dtype=run_dtype, samplers=samplers, runs=runs, ok=ok, ref_times=ref_times, main_t0=max(starts),
+               peers=peer_list)
+
+
+
+def solver_kind(solver: Any) -> str:
+    """'ode' (fixed grid), 'adaptive' (its own step sizes) or 'sde' (stochastic)."""
+    return "sde" if not solver.deterministic else ("adaptive" if solver.adaptive else "ode")
+
