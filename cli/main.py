@@ -15,12 +15,12 @@ from typing import Sequence
 
 from diffsolve import __version__
 from diffsolve.bench.running import OutputError
-from diffsolve.cli import bench, evaluate, likelihood, sample, solvers, train, tune
+from diffsolve.cli import bench, evaluate, likelihood, reflow, sample, solvers, train, tune
 from diffsolve.errors import DiffsolveError
 
 # Subcommands in the order `diffsolve --help` lists them: each module has add_parser(sub) and run(args) -> int.
 COMMANDS = {"bench": bench, "sample": sample, "solvers": solvers, "tune": tune, "train": train,
-            "evaluate": evaluate, "likelihood": likelihood}
+            "evaluate": evaluate, "likelihood": likelihood, "reflow": reflow}
 
 
 def build_parser() -> argparse.ArgumentParser:
