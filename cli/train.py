@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 
 from diffsolve.cli import argtypes
-from diffsolve.training.configs import WEIGHTS, AdversarialConfig, ConsistencyConfig
+from diffsolve.models.builtin import WEIGHTS
+from diffsolve.training.configs import AdversarialConfig, ConsistencyConfig
 from diffsolve.training.recipes import STAGE_CHOICES, WHAT, MnistTrainSettings, train_mnist
 from diffsolve.training.toy2d import DEFAULTS as MOONS_DEFAULTS, train_moons
 

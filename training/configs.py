@@ -1,5 +1,5 @@
 """Settings of the built-in MNIST models' training: the configs, the stage schedules that made the shipped files,
-and the file names under `diffsolve.models.builtin.WEIGHTS`.
+and the file names (in `diffsolve.models.builtin.WEIGHTS`).
 
 unet: EDM training (Karras et al. 2022) in the four UNET_STAGES (the deep UNet: DEEP_UNET_STAGES). classifier:
 cross-entropy with random shifts. consistency: consistency distillation in the CONSISTENCY_STAGES, then the
@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-from diffsolve.models.builtin import WEIGHTS
 
 UNET_FILE = "mnist_unet.safetensors"
 CLASSIFIER_FILE = "mnist_classifier.safetensors"

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import save_file
 
 from diffsolve.errors import InvalidArgument, check_choice
-from diffsolve.models.builtin import load_mnist_classifier, load_mnist_unet, load_weights
+from diffsolve.models.builtin import WEIGHTS, load_mnist_classifier, load_mnist_unet, load_weights
 from diffsolve.models.classifier import featurize
 from diffsolve.models.data import load_mnist
 from diffsolve.training.checkpoints import save_model
 from diffsolve.training.classifier import real_feature_stats, train_classifier
 from diffsolve.training.configs import (CLASSIFIER_FILE, CONSISTENCY_FILE, CONSISTENCY_STAGES, DEEP_UNET,
-                                        DEEP_UNET_FILE, DEEP_UNET_STAGES, STATS_FILE, UNET_FILE, UNET_STAGES, WEIGHTS,
+                                        DEEP_UNET_FILE, DEEP_UNET_STAGES, STATS_FILE, UNET_FILE, UNET_STAGES,
                                         AdversarialConfig, ClassifierConfig, ConsistencyConfig, UNetConfig)
 from diffsolve.training.consistency import train_consistency, train_consistency_adversarial
 from diffsolve.training.unet import train_unet

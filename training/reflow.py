@@ -30,7 +30,6 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load as st_load

@@ -140,6 +140,7 @@ def teacher():
     return load_mnist_unet()
 
 
+@pytest.mark.slow
 def test_tiny_distillation_is_deterministic_and_uses_a_diffsolve_solver_step(teacher, monkeypatch):
     data = load_mnist("train")[0][:64]
     from diffsolve.solvers.runge_kutta import RungeKutta

@@ -97,6 +97,7 @@ def one_thread():
 # ------------------------------------------------------------------------------------------------
 # Ranks
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 def test_two_torchrun_ranks_write_the_one_process_files(tmp_path, monkeypatch, capsys, one_thread):
     """The CLI under torchrun (2 ranks, gloo) writes exactly the files of one process, manifest included."""
@@ -124,6 +125,7 @@ def test_two_torchrun_ranks_write_the_one_process_files(tmp_path, monkeypatch, c
 # ------------------------------------------------------------------------------------------------
 # A real crash
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_uninterrupted_files(tmp_path, one_thread):
     script = _script(tmp_path)
     n, shard, batch = 32, 4, 4
