@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torchdiffeq
 
 from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.field import EvalPoint, Field, as_field
@@ -170,6 +171,38 @@ def likelihood(model_or_field: Any, x: torch.Tensor, *, divergence: str = "exact
     and the dequantization noise; without it they come from torch's global generator.
     """
     field: Field = as_field(model_or_field)
+    _check_options(x, divergence=divergence, probes=probes, probe=probe, frame=frame, dequantize=dequantize,
+                   solver=solver, steps=steps)
+    if dtype is not None:
+        x = x.to(dtype)
+    noise = NoiseSource.for_run(x.shape, seed=seed, device=x.device, dtype=x.dtype)
+    x, jac, how = _data_end(field, x, noise, dequantize, bins, data_range)
+    span = _Span.of(field, t_start, t_end, frame)
+    vs, how_div = _probe_vectors(noise, divergence, probes, probe, x[0].numel())
+    ev = Evaluator(field, model_kwargs, check_finite=False)
+    slope = _Slope(ev, span.frame, span.u_to_t, vs)
+    y0 = x / span.p_start.alpha if span.frame == "logs" else x
+    with torch.no_grad():
+        if solver in ADAPTIVE:
+            y1, delta, stats = _solve_adaptive(slope, y0, span.u0, span.u1, solver, rtol, atol)
+        else:
+            y1, delta, stats = _solve_fixed(slope, y0, span.u0, span.u1, solver, steps)
+    x1 = y1 * span.p_end.alpha if span.frame == "logs" and span.p_end.alpha != 1.0 else y1
+    prior_lp, how_prior = _prior_log_prob(field, x1, prior, span.te)
+    log_density = prior_lp + span.log_density_change(delta.to(torch.float64), x[0].numel())
+    if not torch.isfinite(log_density).all():
+        raise InvalidArgument("the log-likelihood came out NaN/Inf; check the model, t_start and t_end")
+    log_prob = log_density + jac if dequantize == "uniform" else log_density
+    bpd = -(log_density + jac) / (x[0].numel() * math.log(2.0))
+    stats.update(prior=how_prior, model_kwargs=sorted(model_kwargs))
+    return LikelihoodResult(log_prob=log_prob, bits_per_dim=bpd, prior_log_prob=prior_lp,
+                            delta_log_prob=log_prob - prior_lp, nfe=ev.nfe, vjps=slope.vjps, latent=x1,
+                            dequantization=how, divergence=how_div, solver=solver, frame=span.frame,
+                            t_start=span.ts, t_end=span.te, stats=stats)
+
+
+def _check_options(x: Any, *, divergence: str, probes: Any, probe: str, frame: str, dequantize: Any, solver: str,
+                   steps: Any) -> None:
     check_choice("divergence", divergence, DIVERGENCES)
     check_choice("probe", probe, PROBES)
     check_choice("frame", frame, FRAMES)
@@ -185,14 +218,12 @@ def likelihood(model_or_field: Any, x: torch.Tensor, *, divergence: str = "exact
     if solver not in ADAPTIVE and (steps is None or isinstance(steps, bool) or not isinstance(steps, int)
                                    or steps < 1):
         raise InvalidArgument(f"solver={solver!r} runs a fixed grid: give steps= (an integer >= 1)")
-    sch = field.schedule
-    if dtype is not None:
-        x = x.to(dtype)
-    B = x.shape[0]
-    d = x[0].numel()
 
-    # --- the data end: dequantization --------------------------------------------------------------
-    noise = NoiseSource.for_run(x.shape, seed=seed, device=x.device, dtype=x.dtype)
+
+def _data_end(field: Field, x: torch.Tensor, noise: NoiseSource, dequantize: str | None, bins: int,
+              data_range: tuple[float, float] | None) -> tuple[torch.Tensor, float, str]:
+    """The data end: (x, dequantized when asked; the Jacobian term in nats; what was done)."""
+    d = x[0].numel()
     rng = data_range if data_range is not None else getattr(field, "data_range", None)
     if rng is not None:
         lo, hi = float(rng[0]), float(rng[1])
@@ -207,164 +238,110 @@ def likelihood(model_or_field: Any, x: torch.Tensor, *, divergence: str = "exact
         u = _uniform_from_normal(noise.draw(0, 0))
         x = (lo + (hi - lo) * (k + u) / bins).to(x.dtype)
         jac = d * math.log((hi - lo) / bins)
-        how = (f"uniform: each value moved to its bin k of {bins} over [{lo:g}, {hi:g}] and replaced by "
-               f"lo + (hi - lo)(k + u)/{bins}, u ~ U(0,1) (one seeded draw); log_prob is the discrete data's "
-               f"(dequantization bound) and includes d log((hi - lo)/{bins}) = {jac:.6g} nats")
-    elif rng is not None:
+        return x, jac, (f"uniform: each value moved to its bin k of {bins} over [{lo:g}, {hi:g}] and replaced by "
+                        f"lo + (hi - lo)(k + u)/{bins}, u ~ U(0,1) (one seeded draw); log_prob is the discrete "
+                        f"data's (dequantization bound) and includes d log((hi - lo)/{bins}) = {jac:.6g} nats")
+    if rng is not None:
         jac = d * math.log((hi - lo) / bins)
-        how = (f"none: x taken as continuous; bits_per_dim is that of x scaled from [{lo:g}, {hi:g}] to "
-               f"[0, {bins}] (includes d log((hi - lo)/{bins}) = {jac:.6g} nats); log_prob is the density of x")
-    else:
-        jac = 0.0
-        how = "none: log_prob and bits_per_dim are those of the continuous density of x in its own units"
+        return x, jac, (f"none: x taken as continuous; bits_per_dim is that of x scaled from [{lo:g}, {hi:g}] to "
+                        f"[0, {bins}] (includes d log((hi - lo)/{bins}) = {jac:.6g} nats); log_prob is the density "
+                        "of x")
+    return x, 0.0, "none: log_prob and bits_per_dim are those of the continuous density of x in its own units"
 
-    # --- span and frame -----------------------------------------------------------------------------
-    if sch is not None:
-        ts = float(sch.t_min if t_start is None else t_start)
-        te = float(sch.t_max if t_end is None else t_end)
-    else:
-        ts = 0.0 if t_start is None else float(t_start)
-        te = 1.0 if t_end is None else float(t_end)
-    if not te > ts:
-        raise InvalidArgument(f"t_end={te:g} must lie above t_start={ts:g}")
-    p_start, p_end = field.at(ts), field.at(te)
-    if frame == "auto":
-        frame = "logs" if sch is not None and p_end.alpha > 0 and p_start.sigma > 0 else "time"
-    if frame == "logs":
+
+@dataclass
+class _Span:
+    """The integration span [ts, te] in model time, its frame, and the solver's variable u from u0 to u1."""
+
+    ts: float
+    te: float
+    p_start: EvalPoint
+    p_end: EvalPoint
+    frame: str
+    u0: float
+    u1: float
+    u_to_t: Callable[[float], float]
+
+    @classmethod
+    def of(cls, field: Field, t_start: float | None, t_end: float | None, frame: str) -> "_Span":
+        sch = field.schedule
+        if sch is not None:
+            ts = float(sch.t_min if t_start is None else t_start)
+            te = float(sch.t_max if t_end is None else t_end)
+        else:
+            ts = 0.0 if t_start is None else float(t_start)
+            te = 1.0 if t_end is None else float(t_end)
+        if not te > ts:
+            raise InvalidArgument(f"t_end={te:g} must lie above t_start={ts:g}")
+        p_start, p_end = field.at(ts), field.at(te)
+        if frame == "auto":
+            frame = "logs" if sch is not None and p_end.alpha > 0 and p_start.sigma > 0 else "time"
+        if frame == "time":
+            return cls(ts, te, p_start, p_end, frame, ts, te, float)
         if sch is None or not (p_end.alpha > 0 and p_start.sigma > 0):
             raise InvalidArgument("frame='logs' needs a Gaussian path with 0 < s < inf at both ends; use "
                                   "frame='time', or t_start > 0 and t_end below pure noise")
         u0, u1 = math.log(p_start.s), math.log(p_end.s)
         ends = {u0: ts, u1: te}
         u_to_t = lambda u: ends[u] if u in ends else float(sch.t_from_edm_sigma(math.exp(u)))  # noqa: E731
-        y0 = x / p_start.alpha
-    else:
-        u0, u1 = ts, te
-        u_to_t = float
-        y0 = x
+        return cls(ts, te, p_start, p_end, frame, u0, u1, u_to_t)
 
-    if divergence == "hutchinson":
-        vs = [noise.draw(k, 1) for k in range(probes)]
-        if probe == "rademacher":
-            vs = [torch.where(v >= 0, torch.ones_like(v), -torch.ones_like(v)) for v in vs]
-        how_div = f"hutchinson ({probes} {probe} probe(s), fixed over the solve)"
-    else:
-        vs = None
-        how_div = f"exact ({d} VJPs per evaluation)"
-
-    ev = Evaluator(field, model_kwargs, check_finite=False)
-    slope = _Slope(ev, frame, u_to_t, vs)
-    stats: dict = {}
-    with torch.no_grad():
-        if solver in ADAPTIVE:
-            import torchdiffeq
-
-            def func(u, state):
-                return slope(float(u), state[0])
-
-            tt = torch.tensor([u0, u1], dtype=torch.float64, device=x.device)
-            # Exact ends for the inverse map (float64 times; torchdiffeq passes them back as given).
-            zero = torch.zeros(B, dtype=torch.float64, device=x.device)
-            n_y = y0.numel()
-
-            def per_sample_norm(state) -> torch.Tensor:
-                # The worst sample's RMS over its own entries and its log-density increment (DPM-Solver's batch
-                # rule): each sample's error is held to the tolerance, not an average over the batch.
-                if isinstance(state, torch.Tensor):
-                    ys_, ds_ = state[:n_y].reshape(B, -1), state[n_y:].reshape(B, 1)
-                else:
-                    ys_, ds_ = state[0].reshape(B, -1), state[1].reshape(B, 1)
-                return torch.cat([ys_.to(ds_.dtype), ds_], 1).pow(2).mean(1).sqrt().max()
-
-            ys = torchdiffeq.odeint(func, (y0, zero), tt, method=solver, rtol=rtol, atol=atol,
-                                    options={"norm": per_sample_norm})
-            y1, delta = ys[0][-1], ys[1][-1]
-            stats["rtol"], stats["atol"] = rtol, atol
-        else:
-            tab = EULER if solver == "euler" else TABLEAUX[solver]
-            us = [u0 + (u1 - u0) * i / steps for i in range(steps + 1)]
-            us[-1] = u1
-            y1, delta = _fixed_rk(slope, tab, y0, us)
-            stats["steps"] = steps
-
-    x1 = y1 * p_end.alpha if frame == "logs" and p_end.alpha != 1.0 else y1
-    if prior is None:
-        std = sch.prior_std(te) if sch is not None else 1.0
-        prior_lp = gaussian_log_prob(x1, std)
-        how_prior = f"N(0, {std:g}^2 I)"
-    else:
-        prior_lp = torch.as_tensor(prior(x1), dtype=torch.float64).reshape(B)
-        how_prior = "user-supplied"
-    delta = delta.to(torch.float64)
-    if frame == "logs":
+    def log_density_change(self, delta: torch.Tensor, d: int) -> torch.Tensor:
+        """The ODE's integral plus the terms the frame integrated in closed form."""
+        if self.frame != "logs":
+            return delta
         # log p_x = log p_y - d log alpha at each end: the ODE ran on y = x / alpha.
-        delta = delta + d * (u1 - u0) + d * (math.log(p_end.alpha) - math.log(p_start.alpha))
-    log_density = prior_lp + delta
-    if not torch.isfinite(log_density).all():
-        raise InvalidArgument("the log-likelihood came out NaN/Inf; check the model, t_start and t_end")
-    log_prob = log_density + jac if dequantize == "uniform" else log_density
-    bpd = -(log_density + jac) / (d * math.log(2.0))
-    stats.update(prior=how_prior, model_kwargs=sorted(model_kwargs))
-    return LikelihoodResult(log_prob=log_prob, bits_per_dim=bpd, prior_log_prob=prior_lp,
-                            delta_log_prob=log_prob - prior_lp, nfe=ev.nfe, vjps=slope.vjps, latent=x1,
-                            dequantization=how, divergence=how_div, solver=solver, frame=frame, t_start=ts,
-                            t_end=te, stats=stats)
+        return (delta + d * (self.u1 - self.u0)
+                + d * (math.log(self.p_end.alpha) - math.log(self.p_start.alpha)))
 
 
-# ------------------------------------------------------------------------------------------------
-# `diffsolve likelihood`: the command line
-# ------------------------------------------------------------------------------------------------
-def cli_main(argv: list[str] | None = None) -> int:
-    """`diffsolve likelihood --model mnist --data heldout --n 8 ...`: per-sample log-likelihoods and bits/dim as JSON."""
-    import argparse
-    import json
-    import sys
+def _probe_vectors(noise: NoiseSource, divergence: str, probes: int, probe: str, d: int) -> tuple[list | None, str]:
+    if divergence != "hutchinson":
+        return None, f"exact ({d} VJPs per evaluation)"
+    vs = [noise.draw(k, 1) for k in range(probes)]
+    if probe == "rademacher":
+        vs = [torch.where(v >= 0, torch.ones_like(v), -torch.ones_like(v)) for v in vs]
+    return vs, f"hutchinson ({probes} {probe} probe(s), fixed over the solve)"
 
-    p = argparse.ArgumentParser(prog="diffsolve likelihood", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="mixture",
-                   help="'mnist' (the built-in UNet), 'gaussian' or 'mixture' (the analytic problems)")
-    p.add_argument("--data", default=None,
-                   help="mnist: 'heldout' (default) or 'train'; analytic problems: samples drawn with --seed")
-    p.add_argument("--n", type=int, default=8, help="how many samples (the first n of the split, or drawn)")
-    p.add_argument("--divergence", default=None, choices=DIVERGENCES,
-                   help="default: exact for the analytic problems, hutchinson for mnist")
-    p.add_argument("--probes", type=int, default=1)
-    p.add_argument("--probe", default="rademacher", choices=PROBES)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--solver", default="dopri5", help=f"{', '.join(ADAPTIVE)}, or a Runge-Kutta name with --steps")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--dequantize", default=None, choices=["uniform"],
-                   help="default: uniform for mnist (256 levels over [-1, 1]), none for the analytic problems")
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.model == "mnist":
-        from diffsolve.models import load_mnist_unet
-        from diffsolve.models.data import load_mnist
-        model = load_mnist_unet()
-        x = load_mnist(args.data or "heldout")[0][: args.n]
-        divergence = args.divergence or "hutchinson"
-        dequantize = args.dequantize or "uniform"
-    elif args.model in ("gaussian", "mixture"):
-        from diffsolve.problems import GaussianMixtureProblem, GaussianProblem
-        model = GaussianProblem.default() if args.model == "gaussian" else GaussianMixtureProblem.default()
-        x = model.sample_data(args.n, torch.Generator().manual_seed(args.seed)).float()
-        divergence = args.divergence or "exact"
-        dequantize = args.dequantize
-    else:
-        print(f"diffsolve likelihood: error: --model {args.model!r}; allowed: mnist, gaussian, mixture",
-              file=sys.stderr)
-        return 2
-    res = likelihood(model, x, divergence=divergence, probes=args.probes, probe=args.probe,
-                     seed=[args.seed * 100003 + i for i in range(x.shape[0])], solver=args.solver,
-                     rtol=args.rtol, atol=args.atol, steps=args.steps, dequantize=dequantize)
-    out = {"model": args.model, "n": x.shape[0], "solver": res.solver, "nfe": res.nfe, "vjps": res.vjps,
-           "divergence": res.divergence, "dequantization": res.dequantization, "frame": res.frame,
-           "t_start": res.t_start, "t_end": res.t_end, "prior": res.stats.get("prior"),
-           "mean_log_prob": float(res.log_prob.mean()), "mean_bits_per_dim": float(res.bits_per_dim.mean()),
-           "log_prob": [float(v) for v in res.log_prob], "bits_per_dim": [float(v) for v in res.bits_per_dim]}
-    print(json.dumps(out, indent=1))
-    return 0
+
+def _solve_adaptive(slope: _Slope, y0: torch.Tensor, u0: float, u1: float, solver: str, rtol: float,
+                    atol: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    B = y0.shape[0]
+
+    def func(u, state):
+        return slope(float(u), state[0])
+
+    tt = torch.tensor([u0, u1], dtype=torch.float64, device=y0.device)
+    # Exact ends for the inverse map (float64 times; torchdiffeq passes them back as given).
+    zero = torch.zeros(B, dtype=torch.float64, device=y0.device)
+    n_y = y0.numel()
+
+    def per_sample_norm(state) -> torch.Tensor:
+        # The worst sample's RMS over its own entries and its log-density increment (DPM-Solver's batch
+        # rule): each sample's error is held to the tolerance, not an average over the batch.
+        if isinstance(state, torch.Tensor):
+            ys_, ds_ = state[:n_y].reshape(B, -1), state[n_y:].reshape(B, 1)
+        else:
+            ys_, ds_ = state[0].reshape(B, -1), state[1].reshape(B, 1)
+        return torch.cat([ys_.to(ds_.dtype), ds_], 1).pow(2).mean(1).sqrt().max()
+
+    ys = torchdiffeq.odeint(func, (y0, zero), tt, method=solver, rtol=rtol, atol=atol,
+                            options={"norm": per_sample_norm})
+    return ys[0][-1], ys[1][-1], {"rtol": rtol, "atol": atol}
+
+
+def _solve_fixed(slope: _Slope, y0: torch.Tensor, u0: float, u1: float, solver: str,
+                 steps: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    tab = EULER if solver == "euler" else TABLEAUX[solver]
+    us = [u0 + (u1 - u0) * i / steps for i in range(steps + 1)]
+    us[-1] = u1
+    y1, delta = _fixed_rk(slope, tab, y0, us)
+    return y1, delta, {"steps": steps}
+
+
+def _prior_log_prob(field: Field, x1: torch.Tensor, prior: Callable | None, te: float) -> tuple[torch.Tensor, str]:
+    if prior is None:
+        sch = field.schedule
+        std = sch.prior_std(te) if sch is not None else 1.0
+        return gaussian_log_prob(x1, std), f"N(0, {std:g}^2 I)"
+    return torch.as_tensor(prior(x1), dtype=torch.float64).reshape(x1.shape[0]), "user-supplied"

@@ -1,4 +1,4 @@
-"""Validating argparse types shared by the command lines (`diffsolve bench|sample`, models.evaluate, scripts/).
+"""Validating argparse types shared by the command lines (`diffsolve bench|sample`, evaluate, scripts/).
 
 Each type turns a bad value into one argparse error line ("argument --batch-size: ...", exit status 2) instead
 of a silent default or a traceback. The library's own checks (seeds, devices, writable folders) live in

@@ -1,7 +1,7 @@
 """The `diffsolve` command line: `bench` (steps versus quality), `sample` (samples from seeds to a folder),
 `solvers` (`--verbose`: every option with its type and default), `--version`, `tune` (learned corrections), and
-`train` / `evaluate` for the built-in MNIST model (their options are those of `python -m diffsolve.training.mnist` /
-`.evaluate`).
+`train` / `evaluate` for the built-in models (`diffsolve train` also retrains the moons flows), `likelihood`, and
+`reflow` (reflow couplings, sharded under torchrun).
 
 Every bad value is one argparse-style error line and exit status 2, never a traceback and never a silent default:
 the argument types validate (cli.argtypes), and errors diffsolve raises (DiffsolveError) are printed the
@@ -15,12 +15,12 @@ from typing import Sequence
 
 from diffsolve import __version__
 from diffsolve.bench.settings import OutputError
-from diffsolve.cli import bench, evaluate, likelihood, sample, solvers, train, tune
+from diffsolve.cli import bench, evaluate, likelihood, reflow, sample, solvers, train, tune
 from diffsolve.errors import DiffsolveError
 
 # Subcommands in the order `diffsolve --help` lists them: each module has add_parser(sub) and run(args) -> int.
 COMMANDS = {"bench": bench, "sample": sample, "solvers": solvers, "tune": tune, "train": train,
-            "evaluate": evaluate, "likelihood": likelihood}
+            "evaluate": evaluate, "likelihood": likelihood, "reflow": reflow}
 
 
 def build_parser() -> argparse.ArgumentParser:

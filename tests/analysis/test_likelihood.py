@@ -94,3 +94,19 @@ def test_command_line(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 2 and out["nfe"] == 8 and len(out["bits_per_dim"]) == 2
     assert out["divergence"].startswith("exact") and out["dequantization"].startswith("none")
+
+
+def test_command_line_takes_bench_names_and_the_old_ones(capsys):
+    import json
+
+    from diffsolve.cli import main
+    assert main(["likelihood", "--model", "mixture", "--samples", "2", "--solver", "euler", "--steps", "2"]) == 0
+    old = json.loads(capsys.readouterr().out)
+    assert main(["likelihood", "--model", "gmm", "--n", "2", "--solver", "euler", "--steps", "2"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    assert old == new and new["model"] == "gmm" and new["n"] == 2
+    for bad in (["--model", "nope"], ["--samples", "0"], ["--probes", "0"], ["--rtol", "0"]):
+        with pytest.raises(SystemExit) as info:
+            main(["likelihood", *bad])
+        assert info.value.code == 2
+        assert bad[0] in capsys.readouterr().err

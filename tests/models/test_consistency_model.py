@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffsolve.cli.main import main
 from diffsolve.field import model_spec_of
 from diffsolve.models import load_mnist_consistency
 from diffsolve.models.builtin import WEIGHTS, load_feature_stats, load_mnist_classifier, load_mnist_unet
 from diffsolve.models.consistency import ConsistencyUNet
 from diffsolve.models.data import load_mnist
-from diffsolve.models.evaluate import sample_model, score
+from diffsolve.models.quality import sample_model, score
 from diffsolve.errors import InvalidArgument
-from diffsolve.training.mnist import (CONSISTENCY_STAGES, AdversarialConfig, ConsistencyConfig, consistency_levels,
-                                    teacher_trajectories, train_consistency, train_consistency_adversarial)
+from diffsolve.training.configs import CONSISTENCY_STAGES, AdversarialConfig, ConsistencyConfig
+from diffsolve.training.consistency import (consistency_levels, teacher_trajectories, train_consistency,
+                                            train_consistency_adversarial)
 from diffsolve.sampler import Sampler
 from diffsolve.schedules import EDMSchedule
 
@@ -138,6 +140,7 @@ def teacher():
     return load_mnist_unet()
 
 
+@pytest.mark.slow
 def test_tiny_distillation_is_deterministic_and_uses_a_diffsolve_solver_step(teacher, monkeypatch):
     data = load_mnist("train")[0][:64]
     from diffsolve.solvers.runge_kutta import RungeKutta
@@ -234,10 +237,29 @@ def test_adversarial_stage_is_deterministic_regresses_on_endpoints_and_its_criti
     assert c.extra["regression"][0] > a.extra["regression"][0] + 1.0
 
 
-def test_consistency_cli_refuses_bad_stages(tmp_path):
-    from diffsolve.training.mnist import main
-    with pytest.raises(SystemExit):
-        main(["--what", "consistency", "--stages", "adversarial", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        main(["--what", "consistency", "--stages", "cd,foo", "--out", str(tmp_path)])
+def test_consistency_cli_refuses_bad_stages(tmp_path, capsys):
+    threads = str(torch.get_num_threads())
+    assert main(["train", "--what", "consistency", "--stages", "adversarial", "--out", str(tmp_path),
+                 "--threads", threads]) == 2
+    assert "--resume" in capsys.readouterr().err
+    for bad in (["--stages", "cd,foo"], ["--set", "nope=1"], ["--set", "lr=fast"], ["--set-adversarial", "lr"],
+                ["--iters", "0"], ["--lr", "0"]):
+        with pytest.raises(SystemExit) as info:
+            main(["train", "--what", "consistency", *bad, "--out", str(tmp_path)])
+        assert info.value.code == 2 and bad[0] in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_grid_rows_follow_the_solver(tmp_path, monkeypatch, capsys):
+    from diffsolve.cli import evaluate
+    settings = evaluate.EvaluateSettings(models=("consistency",), solver="consistency", steps=1)
+    assert evaluate._grid_rows("consistency", settings) == [("consistency", b) for b in (1, 2, 4)]
+    assert evaluate._grid_rows("builtin", settings) == [(s, b) for s in ("heun", "dpmpp_2m") for b in (5, 10, 50)]
+
+    def no_sampling(*a, **k):
+        pytest.fail("sampling started before the grid rows were checked")
+    monkeypatch.setattr(evaluate, "sample_model", no_sampling)
+    assert main(["evaluate", "--models", "consistency", "--solver", "consistency", "--steps", "1", "--grid-nfe",
+                 "2,50", "--grid-out", str(tmp_path), "--threads", str(torch.get_num_threads())]) == 2
+    err = capsys.readouterr().err
+    assert "--grid-nfe" in err and "50 NFE" in err and "Traceback" not in err

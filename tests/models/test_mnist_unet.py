@@ -1,4 +1,4 @@
-"""The built-in MNIST UNet, its feature classifier and the training script (issue 7)."""
+"""The built-in MNIST UNet, its feature classifier and their training."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,9 @@ from diffsolve.field import model_spec_of
 from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier, load_mnist_unet
 from diffsolve.models.classifier import feature_stats, featurize, frechet_distance
 from diffsolve.models.data import load_mnist, random_shift
-from diffsolve.training.mnist import ClassifierConfig, UNetConfig, train_classifier, train_unet
+from diffsolve.training.classifier import train_classifier
+from diffsolve.training.configs import ClassifierConfig, UNetConfig
+from diffsolve.training.unet import train_unet
 from diffsolve.models.unet import UNet
 from diffsolve.sampler import Sampler
 
@@ -158,7 +160,7 @@ SHARED_DDPM = Path(__file__).resolve().parents[2].parent / "shared" / "models" /
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DDPM.is_file(), reason="the shared MNIST DDPM is not beside the repository")
 def test_builtin_beats_the_shared_ddpm_at_equal_nfe(unet):
-    from diffsolve.models.evaluate import sample_model, score
+    from diffsolve.models.quality import sample_model, score
     from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
     clf, ref = load_mnist_classifier(), load_feature_stats()
     ours, nfe = sample_model(unet, 200, solver="heun", steps=10, seed=0)

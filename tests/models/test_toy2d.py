@@ -1,15 +1,22 @@
 """The shipped 2-D moons models: reflow straightens the 1-RF; the shortcut model is told d = 1/K and samples in 1 step."""
 from __future__ import annotations
 
+import fnmatch
+import tomllib
+from pathlib import Path
+
 import pytest
 import torch
 
 from diffsolve import Sampler
 from diffsolve.field import ModelSpec
 from diffsolve.models import load_moons_flow, load_moons_shortcut
+from diffsolve.cli.main import main
 from diffsolve.models import toy2d
-from diffsolve.models.toy2d import (FILES, WEIGHTS, MoonsMLP, ToyConfig, heldout_moons, heldout_noise, sample,
-                                    sliced_w1, straightness_of, toy_metadata, train_toy)
+from diffsolve.models.toy2d import FILES, WEIGHTS, MoonsMLP, toy_metadata
+from diffsolve.training.reflow import load_couplings
+from diffsolve.training.toy2d import (HELDOUT_SEED, ToyConfig, heldout_moons, heldout_noise, sample, sliced_w1,
+                                      straightness_of, train_toy)
 
 N = 4000
 
@@ -37,7 +44,7 @@ def test_shipped_models_declare_their_specs_and_training_record():
         assert meta["train_seconds"] > 0 and meta["threads"] == 1
     meta2 = toy_metadata(WEIGHTS / FILES["2rf"])
     assert meta2["init"] == FILES["1rf"] and meta2["coupling_seconds"] > 0
-    assert meta2["coupling_seed"] != toy2d.HELDOUT_SEED
+    assert meta2["coupling_seed"] != HELDOUT_SEED
     assert not any(p.requires_grad for p in rf1.parameters())
     with pytest.raises(ValueError, match="reflow=3"):
         load_moons_flow(3)
@@ -115,8 +122,7 @@ def test_training_is_seeded(what, one_thread):
 
 
 def test_reflow_cli_reads_the_shipped_model_names(tmp_path, capsys, one_thread):
-    from diffsolve.training.reflow import load_couplings, main
-    assert main(["--model", "moons-2rf", "--samples", "6", "--out", str(tmp_path / "c"), "--solver", "rk4",
+    assert main(["reflow", "--model", "moons-2rf", "--samples", "6", "--out", str(tmp_path / "c"), "--solver", "rk4",
                  "--steps", "4", "--shard-size", "4", "--threads", "1"]) == 0
     noise, endpoint = load_couplings(tmp_path / "c")
     ref = Sampler(load_moons_flow(2), "rk4", progress=False).run(steps=4, noise=noise).samples
@@ -124,9 +130,6 @@ def test_reflow_cli_reads_the_shipped_model_names(tmp_path, capsys, one_thread):
 
 
 def test_weights_are_package_data():
-    import fnmatch
-    import tomllib
-    from pathlib import Path
     root = Path(toy2d.__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
         "diffsolve.models"]

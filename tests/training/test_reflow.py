@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import diffsolve
+from diffsolve.cli.main import main
 from diffsolve.errors import InvalidArgument
-from diffsolve.training.reflow import CouplingsError, generate_couplings, load_couplings, sample_seeds, verify_couplings
+from diffsolve.training.reflow import CouplingsError, generate_couplings, load_couplings, coupling_seeds, verify_couplings
 
 # A tiny 2-D velocity field, seeded, with an optional sleep per call (REFLOW_TEST_SLEEP seconds) so that a run
 # can be killed half way. The sleep changes no weight, hence not the model's identity.
@@ -96,6 +97,7 @@ def one_thread():
 # ------------------------------------------------------------------------------------------------
 # Ranks
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 def test_two_torchrun_ranks_write_the_one_process_files(tmp_path, monkeypatch, capsys, one_thread):
     """The CLI under torchrun (2 ranks, gloo) writes exactly the files of one process, manifest included."""
@@ -103,12 +105,11 @@ def test_two_torchrun_ranks_write_the_one_process_files(tmp_path, monkeypatch, c
     common = ["--model", "tinyflow:make_model", "--samples", "23", "--solver", "heun", "--steps", "3", "--batch-size", "3",
               "--shard-size", "4", "--seed", "11", "--threads", "1"]
     env = _env(tmp_path)
-    from diffsolve.training.reflow import main
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert main([*common, "--out", str(tmp_path / "one")]) == 0          # one process: this one, at 1 thread
+    assert main(["reflow", *common, "--out", str(tmp_path / "one")]) == 0          # one process: this one, at 1 thread
     one = json.loads(capsys.readouterr().out)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "diffsolve.training.reflow", *common, "--out", str(tmp_path / "two")],
+                          "-m", "diffsolve", "reflow", *common, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=120, env=env)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert two.stdout.count('"computed"') == 1                                 # rank 0 reports
@@ -124,6 +125,7 @@ def test_two_torchrun_ranks_write_the_one_process_files(tmp_path, monkeypatch, c
 # ------------------------------------------------------------------------------------------------
 # A real crash
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_uninterrupted_files(tmp_path, one_thread):
     script = _script(tmp_path)
     n, shard, batch = 32, 4, 4
@@ -182,12 +184,12 @@ def test_noise_is_per_sample_and_batching_does_not_change_it(tmp_path, one_threa
     zb, xb = load_couplings(tmp_path / "b")
     assert torch.equal(za, zb)
     assert torch.allclose(xa, xb, atol=1e-6)
-    expect = diffsolve.noise.draw_noise((10, 2), seed=sample_seeds(11, 0, 10))
+    expect = diffsolve.noise.draw_noise((10, 2), seed=coupling_seeds(11, 0, 10))
     assert torch.equal(za, expect)
     # the endpoint is the solver's: the same as a Sampler run on that noise
     ref = diffsolve.Sampler(model, "heun", progress=False).run(steps=3, noise=expect).samples
     assert torch.allclose(xa, ref, atol=1e-6)
-    assert sample_seeds(3, 5, 7) == [3 * 2 ** 32 + 5, 3 * 2 ** 32 + 6]
+    assert coupling_seeds(3, 5, 7) == [3 * 2 ** 32 + 5, 3 * 2 ** 32 + 6]
 
 
 def test_corrupted_or_missing_shard_is_caught(tmp_path, one_thread):
@@ -267,13 +269,30 @@ def test_bad_arguments_get_clear_errors(tmp_path, one_thread):
 
 
 def test_cli_rejects_unknown_model_and_bad_numbers(tmp_path, capsys):
-    from diffsolve.training.reflow import main
-    assert main(["--model", "no-such-model", "--n", "4", "--out", str(tmp_path / "o")]) == 2
+    threads = str(torch.get_num_threads())
+    assert main(["reflow", "--model", "no-such-model", "--n", "4", "--out", str(tmp_path / "o"),
+                 "--threads", threads]) == 2
     assert "model='no-such-model' is not known" in capsys.readouterr().err
-    assert main(["--model", "moons-1rf", "--n", "0", "--out", str(tmp_path / "o"), "--threads",
-                 str(torch.get_num_threads())]) == 2
-    assert "n=0: must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["reflow", "--model", "moons-1rf", "--n", "0", "--out", str(tmp_path / "o"), "--threads", threads])
+    assert info.value.code == 2
+    assert "argument --samples/--n: '0': must be an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_old_module_name_warns_reexports_and_still_runs(tmp_path):
+    import importlib
+    _script(tmp_path)
+    old_cli = subprocess.run([sys.executable, "-m", "diffsolve.reflow", "--model", "tinyflow:make_model", "--samples",
+                              "5", "--steps", "2", "--shard-size", "4", "--out", str(tmp_path / "o")],
+                             capture_output=True, text=True, timeout=120, env=_env(tmp_path))
+    assert old_cli.returncode == 0, old_cli.stderr[-3000:]
+    assert json.loads(old_cli.stdout)["computed"] == 2 and len(load_couplings(tmp_path / "o")[0]) == 5
+    import diffsolve.training.reflow as lib
+    sys.modules.pop("diffsolve.reflow", None)
+    with pytest.warns(DeprecationWarning, match="diffsolve.training.reflow"):
+        old = importlib.import_module("diffsolve.reflow")
+    assert old.generate_couplings is lib.generate_couplings and old.load_couplings is lib.load_couplings
 
 
 def test_stochastic_solver_draws_its_step_noise_per_sample(tmp_path, one_thread):
@@ -284,6 +303,6 @@ def test_stochastic_solver_draws_its_step_noise_per_sample(tmp_path, one_thread)
                              shard_size=5, seed=2, model_id="gaussian-16d")
     noise, endpoint = load_couplings(tmp_path / "s")
     ref = diffsolve.Sampler(model, "euler_ancestral", progress=False).run(steps=6, noise=noise,
-                                                                          seed=sample_seeds(2, 0, 10)).samples
+                                                                          seed=coupling_seeds(2, 0, 10)).samples
     assert torch.equal(endpoint, ref.float())
     assert run.manifest["solver"] == "euler_ancestral" and run.manifest["model"] == "gaussian-16d"
