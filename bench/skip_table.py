@@ -26,7 +26,7 @@ from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
 from diffsolve.field import as_field, model_spec_of
 from diffsolve.files import atomic_write_bytes
 from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier
-from diffsolve.models.evaluate import fd_metric, save_grid, score, to_unit_range
+from diffsolve.models.quality import fd_metric, save_grid, score, to_unit_range
 from diffsolve.noise import draw_noise
 from diffsolve.sampler import Sampler
 

@@ -26,7 +26,7 @@ from diffsolve.errors import InvalidArgument
 from diffsolve.evaluation.reference import ReferenceSettings
 from diffsolve.field import as_field, model_spec_of
 from diffsolve.grids import GRIDS
-from diffsolve.models.evaluate import fd_metric
+from diffsolve.models.quality import fd_metric
 from diffsolve.corrections.coefficients import GRID_STARTS, learn_coefficients
 from diffsolve.corrections.grid_search import gits_grid, learn_grid, to_amed_table
 from diffsolve.corrections.skip import save_settings, tune_skip
