@@ -5,6 +5,8 @@ tr(C_a + C_b - 2 (C_a C_b)^(1/2)) over 128-dimensional penultimate-layer feature
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -59,7 +61,10 @@ def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, c
     from scipy import linalg
     m1, m2 = mu1.double().numpy(), mu2.double().numpy()
     c1, c2 = cov1.double().numpy(), cov2.double().numpy()
-    covmean, _ = linalg.sqrtm(c1 @ c2, disp=False)
+    with warnings.catch_warnings():
+        # few samples make the product singular; that case is regularized just below, so scipy's warning adds nothing
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(c1 @ c2)
     if not np.isfinite(covmean).all():   # near-singular product: regularize as the FID reference code does
         off = np.eye(c1.shape[0]) * 1e-6
         covmean = linalg.sqrtm((c1 + off) @ (c2 + off))

@@ -31,6 +31,7 @@ def test_flow_moves_gaussian_onto_moons(shared_models, ckpt, solver, steps):
     assert out.nfe == steps * (4 if solver == "rk4" else 1)
 
 
+@pytest.mark.slow
 def test_orders_on_the_real_flow(shared_models):
     """Against a fine RK4 solve of the real network: Euler's error halves as steps double; RK4 is far ahead.
 

@@ -16,6 +16,7 @@ def _exact_prior(problem, t):
     return lambda z: problem.marginal_log_prob(z, t)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", [EDM, VP], ids=["edm", "vp"])
 @pytest.mark.parametrize("kind", ["gaussian", "mixture"])
 def test_exact_divergence_matches_the_closed_form(kind, schedule):

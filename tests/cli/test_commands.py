@@ -35,6 +35,7 @@ def test_a_small_table_and_a_bad_size(capsys):
     assert info.value.code == 2 and "--sizes" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_script_runs_its_help():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_bench.py"), "--help"], capture_output=True,
                          text=True, timeout=120)

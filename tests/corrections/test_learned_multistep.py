@@ -144,6 +144,7 @@ def test_plain_velocity_field_is_refused():
         learn_coefficients(LinearFlowProblem(), **FIT)
 
 
+@pytest.mark.slow
 def test_tune_weights_command_is_reproducible(tmp_path, capsys):
     from diffsolve.cli import main
     got = []

@@ -190,6 +190,7 @@ def _run(name, backend, monkeypatch):
     return sampler.run(steps=3, batch_size=2, seed=0).samples
 
 
+@pytest.mark.slow
 def test_every_solver_gives_the_same_samples_through_the_kernels(monkeypatch):
     from diffsolve.solvers import available_solvers
     calls = _count_triton(monkeypatch)
