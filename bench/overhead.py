@@ -25,6 +25,7 @@ import torch
 from diffsolve.errors import InvalidArgument
 from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
 from diffsolve.field import ModelSpec
+from diffsolve.pretrained_adapters import k_diffusion as k_functions
 from diffsolve.sampler import Sampler
 from diffsolve.schedules import VPDiscrete
 
@@ -76,6 +77,8 @@ def build(batch: int, dim: int, steps: int,
 
     runs: dict[str, Callable[[], torch.Tensor]] = {
         "diffsolve Sampler.run": lambda: ours.run(steps=steps, noise=noise).samples,
+        "diffsolve Sampler(...).run, a new Sampler per call": (
+            lambda: Sampler(model, "dpmpp_2m", progress=False).run(steps=steps, noise=noise).samples),
         "diffsolve, check_finite=False": lambda: unchecked.run(steps=steps, noise=noise).samples,
     }
 
@@ -120,6 +123,8 @@ def build(batch: int, dim: int, steps: int,
 
         x_start = x_T / float(sch.alpha(t_max))
         runs["k-diffusion sample_dpmpp_2m"] = lambda: kd.sample_dpmpp_2m(denoiser, x_start, sigmas, disable=True)
+        runs["diffsolve sample_dpmpp_2m (k-diffusion function)"] = (
+            lambda: k_functions.sample_dpmpp_2m(denoiser, x_start, sigmas))
     return runs, notes
 
 

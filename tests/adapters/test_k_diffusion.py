@@ -6,15 +6,17 @@ Tolerance: 1e-5 relative (float32; the two implementations differ only in roundi
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 
 import pytest
 import torch
 
-from diffsolve import InvalidArgument, Sampler, VectorField
+from diffsolve import InvalidArgument, NonFiniteError, Sampler, VectorField
 from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
 from diffsolve.grids import from_sigmas
 from diffsolve.pretrained_adapters import k_diffusion as kd
+from diffsolve.pretrained_adapters.k_diffusion import outbound
 from diffsolve.pretrained_adapters.k_diffusion import sample_dpm_2, sample_dpmpp_2m
 from diffsolve.solvers import available_solvers
 
@@ -95,7 +97,7 @@ def test_name_tables_and_every_solver_has_a_function(setup):
     with pytest.raises(InvalidArgument, match="dpm_2 -> dpm_solver_2"):
         kd.sampler_function("dpmpp_sde")
     sigmas, noise, _ = setup
-    for name in ("dpm_adaptive", "rk4", "unipc_bh2", "restart", "dpm_solver_3"):
+    for name in ("dpm_adaptive_23", "rk4", "unipc_bh2", "restart", "dpm_solver_3"):
         out = getattr(kd, f"sample_{name}")(den, noise * sigmas[0], sigmas, seed=0)
         assert torch.isfinite(out).all()
 
@@ -104,7 +106,8 @@ def test_name_tables_and_every_solver_has_a_function(setup):
 def test_sampler_functions_are_defined_in_the_module():
     """One `sample_<name>` per sampler name, written in the module (importable by name, listed in __all__)."""
     defined = {n[len("sample_"):] for n in vars(kd) if n.startswith("sample_")}
-    assert defined == set(kd.sampler_names())
+    unmatched = {k for k, v in kd.K_DIFFUSION_TO_DIFFSOLVE.items() if v is None}     # defined, and they refuse
+    assert defined == set(kd.sampler_names()) | unmatched
     assert {f"sample_{n}" for n in defined} <= set(kd.__all__)
     assert sample_dpmpp_2m.__name__ == "sample_dpmpp_2m" and "'dpmpp_2m'" in sample_dpmpp_2m.__doc__
     assert "'dpm_solver_2'" in sample_dpm_2.__doc__
@@ -208,3 +211,91 @@ def test_noise_scale_prior_and_the_obvious_mistake():
         s.run(5, noise=noise * 80.0)                      # std near sigma_max given as unit noise
     with pytest.raises(InvalidArgument, match="noise_scale"):
         s.run(5, noise=noise, noise_scale="sigma")
+
+
+# ------------------------------------------------------------------------------------------------
+# Outbound: k-diffusion's signatures, default noise and checks
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(kd.K_DIFFUSION_TO_DIFFSOLVE))
+def test_each_function_takes_k_diffusions_arguments(K, name):
+    """Every k-diffusion parameter, in k-diffusion's order and with its default; ours adds only `seed`."""
+    theirs = inspect.signature(getattr(K, f"sample_{name}")).parameters
+    ours = inspect.signature(getattr(kd, f"sample_{name}")).parameters
+    assert list(ours)[:len(theirs)] == list(theirs)
+    for p in theirs.values():
+        assert ours[p.name].default == p.default, p.name
+    assert set(ours) - set(theirs) <= {"seed", "unexpected"}
+
+
+def test_a_misspelt_keyword_names_the_valid_ones(setup):
+    sigmas, noise, _ = setup
+    with pytest.raises(InvalidArgument, match=r"\['etaa'\].*eta, s_noise, noise_sampler"):
+        kd.sample_euler_ancestral(den, noise * sigmas[0], sigmas, etaa=0.5)
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_default_noise_is_k_diffusions_for_the_same_global_seed(K, setup, name):
+    """No noise_sampler: the same torch.manual_seed gives k-diffusion's samples (randn_like per step, or its
+    Brownian tree for the SDE samplers); seed= switches to diffsolve's own step noise."""
+    sigmas, noise, _ = setup
+    x = noise * sigmas[0]
+    torch.manual_seed(123)
+    ref = getattr(K, f"sample_{name}")(den, x.clone(), sigmas, disable=True)
+    torch.manual_seed(123)
+    got = getattr(kd, f"sample_{name}")(den, x.clone(), sigmas)
+    assert rel(got, ref) < RTOL
+    other = getattr(kd, f"sample_{name}")(den, x.clone(), sigmas, seed=5)
+    assert rel(other, ref) > 1e-3
+
+
+def test_dpm_adaptive_takes_sigma_min_and_sigma_max(K, setup):
+    """k-diffusion's arguments; both integrate the same ODE to rtol, so they agree to about rtol, and a tighter
+    rtol brings ours closer to a tight solve (the step-size controllers differ in detail)."""
+    _, noise, _ = setup
+    x = noise * 20.0
+    ref = K.sample_dpm_adaptive(den, x.clone(), 0.03, 20.0, disable=True, rtol=1e-3, atol=1e-4)
+    got, info = kd.sample_dpm_adaptive(den, x.clone(), 0.03, 20.0, rtol=1e-3, atol=1e-4, return_info=True)
+    assert rel(got, ref) < 5e-3 and info["steps"] > 1
+    tight = kd.sample_dpm_adaptive(den, x.clone(), 0.03, 20.0, rtol=1e-6, atol=1e-7)
+    assert rel(got, tight) < 5e-3
+    with pytest.raises(InvalidArgument, match="sigma_min"):
+        kd.sample_dpm_adaptive(den, x, 20.0, 0.03)
+    with pytest.raises(InvalidArgument, match="pcoeff"):
+        kd.sample_dpm_adaptive(den, x, 0.03, 20.0, pcoeff=0.3)
+
+
+@pytest.mark.parametrize("name,nearest", [("dpm_fast", "sample_dpm_solver_3"),
+                                          ("dpm_2_ancestral", "sample_dpmpp_2s_ancestral"),
+                                          ("dpmpp_sde", "sample_dpmpp_2m_sde")])
+def test_unmatched_k_diffusion_functions_name_the_nearest(setup, name, nearest):
+    sigmas, noise, _ = setup
+    args = (0.03, 20.0, 6) if name == "dpm_fast" else (sigmas,)
+    with pytest.raises(InvalidArgument, match=nearest):
+        getattr(kd, f"sample_{name}")(den, noise * 20.0, *args)
+
+
+def test_bad_input_is_refused_by_name(setup):
+    sigmas, noise, _ = setup
+    x = noise * sigmas[0]
+    with pytest.raises(InvalidArgument, match="floating-point"):
+        kd.sample_euler(den, x.long(), sigmas)
+    with pytest.raises(InvalidArgument, match="noise_sampler returned"):
+        kd.sample_euler_ancestral(den, x, sigmas, noise_sampler=lambda s, sn: torch.zeros(1))
+    bad = sigmas.clone()
+    bad[2] = float("nan")
+    with pytest.raises(InvalidArgument, match="sigmas must be finite"):
+        kd.sample_dpmpp_2m(den, x, bad)
+    with pytest.raises(NonFiniteError):
+        kd.sample_dpmpp_2m(lambda x, s: den(x, s) * float("nan"), x, sigmas)
+
+
+def test_plans_are_reused_across_calls(setup):
+    sigmas, noise, _ = setup
+    outbound._PLANS.clear()
+    a = kd.sample_dpmpp_2m(den, noise * sigmas[0], sigmas)
+    assert len(outbound._PLANS) == 1
+    (plan,) = outbound._PLANS.values()
+    b = kd.sample_dpmpp_2m(den, noise * sigmas[0], sigmas)
+    assert torch.equal(a, b) and list(outbound._PLANS.values()) == [plan]
+    kd.sample_dpmpp_2m(den, noise * sigmas[0], sigmas[1:])
+    assert len(outbound._PLANS) == 2
