@@ -14,7 +14,7 @@ import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.field import FieldOutput, FieldWrapper, VectorField, per_sample, velocity_from_x0
-from diffsolve.pretrained_adapters.diffusers.timesteps import node_sigmas
+from diffsolve.pretrained_adapters.diffusers.timesteps import LOWER_ORDER_FINAL_BELOW, node_sigmas
 from diffsolve.schedules import VPDiscrete
 from diffsolve.solvers.base import Plan, Solver, get_solver
 from diffsolve.solvers.consistency import Consistency, consistency_coefficients
@@ -280,6 +280,47 @@ class DDIMStepTargets(Solver):
         return self.inner.model_calls(steps, field, ends_at_zero)
 
 
+class DropZeroLengthEnd(Solver):
+    """DPMSolverMultistep/UniPC/DEIS on spaced sigmas ending at sigma_min: the grid ends with diffusers' zero-length
+    step (one ulp long here). From 15 steps on diffusers' lower-order-final rule does not count it and the step
+    returns its input, while a diffsolve step of higher order would divide by its zero length: the plan leaves it
+    out (one model call fewer, the same sample). Below 15 steps it is kept, as the rule counts it."""
+
+    def __init__(self, inner: Solver):
+        self.inner = inner
+        self.name, self.order, self.calls_per_step = inner.name, inner.order, inner.calls_per_step
+
+    @property
+    def deterministic(self) -> bool:   # type: ignore[override]
+        return self.inner.deterministic
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        steps = t.numel() - 1
+        zero_length = steps >= 2 and float(t[-2]) > 0 and \
+            float(torch.nextafter(t[-2:-1], torch.zeros(1, dtype=t.dtype))) == float(t[-1])
+        if zero_length and steps >= LOWER_ORDER_FINAL_BELOW:
+            t = t[:-1]
+        return self.inner.plan(field, t)
+
+    def init(self, plan: Plan) -> Any:
+        return self.inner.init(plan)
+
+    def step(self, ev: Any, x: torch.Tensor, t0: Any, t1: Any, state: Any, coeffs: Any):
+        return self.inner.step(ev, x, t0, t1, state, coeffs)
+
+    def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        return self.inner.model_calls(steps, field, ends_at_zero)
+
+    def options(self) -> dict:
+        return self.inner.options()
+
+    def inversion_refusal(self) -> str | None:
+        return self.inner.inversion_refusal()
+
+    def fit_steps(self, steps: int) -> int:
+        return self.inner.fit_steps(steps)
+
+
 def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict, loop: str):
     """(field, solver) reproducing the scheduler's own loop where it departs from a clean grid."""
     check_choice("loop", loop, LOOPS)
@@ -289,6 +330,8 @@ def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict,
     rounding = model_time_rounding(cfg)
     if rounding is not None:
         field = RoundedModelTime(field, rounding)
+        if name != "DPMSolverSinglestepScheduler" and not isinstance(solver, SchedulerSinglestep):
+            solver = DropZeroLengthEnd(solver if isinstance(solver, Solver) else get_solver(solver, **options))
     if name == "DDIMScheduler":      # every spacing: with trailing, T / steps need not be an integer either
         inner = solver if isinstance(solver, Solver) else get_solver(solver, **options)
         if hasattr(type(inner), "coefficients") and type(inner).coefficients is not Solver.coefficients:
@@ -299,4 +342,4 @@ def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict,
 
 
 __all__ = ["LOOPS", "LCMBoundary", "TCDSteps", "RoundedModelTime", "model_time_rounding", "singlestep_orders", "SchedulerSinglestep",
-           "DDIMStepTargets", "scheduler_loop"]
+           "DDIMStepTargets", "DropZeroLengthEnd", "scheduler_loop"]
