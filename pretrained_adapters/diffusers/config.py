@@ -175,13 +175,33 @@ DIFFSOLVE_KEYS = ("solver", "solver_options", "source_class", "grid", "grid_opti
                   "base_image_seq_len", "max_image_seq_len", "invert_sigmas", "stochastic_sampling", "time_shift_type")
 
 
+@functools.lru_cache(maxsize=None)
+def _defaults_of_class(name: str) -> dict:
+    """The default arguments of a diffusers scheduler class (empty without diffusers or for an unknown name)."""
+    try:
+        import diffusers
+    except ImportError:
+        return {}
+    cls = getattr(diffusers, name, None)
+    if not isinstance(cls, type):
+        return {}
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def source_config_of(cfg: Mapping) -> dict:
     """For a DiffsolveScheduler config, the config of the scheduler class it was written for (`source_class`,
-    by default DPMSolverMultistepScheduler), which fixes its path and timesteps; other configs as they are."""
+    by default DPMSolverMultistepScheduler), which fixes its path and timesteps; other configs as they are.
+
+    A key the config left at its default (`_use_default_values`, as diffusers records it) takes the source
+    class's default: a DDPM config's unset timestep_spacing is DDPM's 'leading'."""
     if cfg.get("_class_name") != "DiffsolveScheduler":
         return dict(cfg)
+    source = cfg.get("source_class") or "DPMSolverMultistepScheduler"
     out = {k: v for k, v in cfg.items() if not str(k).startswith("_") and k not in DIFFSOLVE_KEYS}
-    out["_class_name"] = cfg.get("source_class") or "DPMSolverMultistepScheduler"
+    defaults = _defaults_of_class(source)
+    out.update({k: defaults[k] for k in (cfg.get("_use_default_values") or ()) if k in defaults and k in out})
+    out["_class_name"] = source
     if out.get("final_sigmas_type") is None:
         out.pop("final_sigmas_type", None)
     return out

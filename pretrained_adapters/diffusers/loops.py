@@ -282,9 +282,10 @@ class DDIMStepTargets(Solver):
 
 class DropZeroLengthEnd(Solver):
     """DPMSolverMultistep/UniPC/DEIS on spaced sigmas ending at sigma_min: the grid ends with diffusers' zero-length
-    step (one ulp long here). From 15 steps on diffusers' lower-order-final rule does not count it and the step
-    returns its input, while a diffsolve step of higher order would divide by its zero length: the plan leaves it
-    out (one model call fewer, the same sample). Below 15 steps it is kept, as the rule counts it."""
+    step (one ulp long here). From 15 steps on (or with lower_order_final=False) diffusers' lower-order-final rule
+    does not count it and the step returns its input, while a diffsolve step of higher order would divide by its
+    zero length: the plan leaves it out (one model call fewer, the same sample). Otherwise it is kept, as the rule
+    counts it."""
 
     def __init__(self, inner: Solver):
         self.inner = inner
@@ -298,7 +299,8 @@ class DropZeroLengthEnd(Solver):
         steps = t.numel() - 1
         zero_length = steps >= 2 and float(t[-2]) > 0 and \
             float(torch.nextafter(t[-2:-1], torch.zeros(1, dtype=t.dtype))) == float(t[-1])
-        if zero_length and steps >= LOWER_ORDER_FINAL_BELOW:
+        never_lowered = getattr(self.inner, "lower_order_final", "auto") is False
+        if zero_length and (steps >= LOWER_ORDER_FINAL_BELOW or never_lowered):
             t = t[:-1]
         return self.inner.plan(field, t)
 

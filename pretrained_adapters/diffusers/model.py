@@ -75,8 +75,8 @@ class DynamicThresholding(FieldWrapper):
     def __init__(self, field: Any, ratio: float = 0.995, max_value: float = 1.0):
         super().__init__(field)
         self.ratio = check_float("dynamic_thresholding_ratio", ratio)
-        if not 0 < self.ratio <= 1:
-            raise InvalidArgument(f"dynamic_thresholding_ratio={ratio!r}: must be in (0, 1]")
+        if not 0 <= self.ratio <= 1:
+            raise InvalidArgument(f"dynamic_thresholding_ratio={ratio!r}: must be in [0, 1] (a quantile)")
         self.max_value = check_float("sample_max_value", max_value, positive=True)
 
     def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any) -> FieldOutput:

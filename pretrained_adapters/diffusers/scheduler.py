@@ -114,7 +114,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self.field = RoundedModelTime(self.field, rounding)       # the integer timesteps diffusers lists
         if isinstance(self.field.schedule, VPDiscrete):
             betas = betas_of(cfg)
-            self.betas = rescale_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
+            self.betas = rescale_zero_terminal_snr(betas) if cfg.get("rescale_betas_zero_snr") else betas
             self.alphas = 1.0 - self.betas
             self.alphas_cumprod = alphas_cumprod_of(cfg).to(torch.float32)
         self.order = int(self.solver.calls_per_step)
@@ -132,25 +132,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             cfg = {**dict(config.config), "_class_name": type(config).__name__}    # a scheduler object
         else:
             cfg = dict(config or {})
-        # diffusers drops the keys listed in `_use_default_values` so that a new class takes its own defaults; here
-        # the source scheduler's values (defaults included) define the path and the timesteps, and the list is
-        # handed on, so that a scheduler made from this one's config takes its own defaults as from the source's
-        defaults = list(cfg.pop("_use_default_values", None) or [])
+        # diffusers drops the keys listed in `_use_default_values`, as for any class: the run takes the source
+        # class's defaults for them (source_config_of), and a scheduler made from this config takes its own
         if "source_class" not in kwargs:
             src = cfg.get("source_class") or config_of(cfg).get("_class_name")
             if src and src != cls.__name__:
                 kwargs["source_class"] = src
-        out = super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
-        made = out[0] if isinstance(out, tuple) else out
-        own = [k for k in (made.config.get("_use_default_values") or []) if k not in cfg]
-        passed = set(kwargs)
-        kept = sorted({k for k in defaults + own if k not in passed})
-        if kept:
-            made.register_to_config(_use_default_values=kept)
-        return out
+        return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # --- host side --------------------------------------------------------------------------------
     def _source_config(self) -> dict:
+        """The config of the class the run reproduces (`source_class`): its path, timesteps and defaults."""
         return source_config_of({**dict(self.config), "_class_name": "DiffsolveScheduler"})
 
     @property
@@ -164,6 +156,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if self.config.final_sigmas_type is not None:
             return str(self.config.final_sigmas_type)
         return str(grid_options_of(self._source_config())[1].get("final", "zero"))
+
+    def _repeated_end(self) -> str:
+        """What a grid does with diffusers' zero-length end step (`times_from_timesteps`): a multistep solver that
+        never lowers its last order would divide by its zero length, so there it is always left out."""
+        return "drop" if getattr(self.solver, "lower_order_final", "auto") is False else "auto"
 
     def _spacing_flags(self) -> list[str]:
         return [k for k in SIGMA_SPACINGS if self.config.get(k, False)]
@@ -186,7 +183,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 raise InvalidArgument(f"timesteps= cannot be used with {self._spacing_flags()[0]}=True (the spacing "
                                       "fixes the noise levels), as in diffusers")
             if timesteps is not None:
-                return custom_timesteps(sch, timesteps, int(self.config.num_train_timesteps), self._final())
+                return custom_timesteps(sch, timesteps, int(self.config.num_train_timesteps), self._final(),
+                                        self._repeated_end())
             return custom_sigmas(sch, sigmas)
         if steps is None:
             raise InvalidArgument("set_timesteps needs num_inference_steps (or timesteps= / sigmas=)")
@@ -201,7 +199,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return make_grid(grid, None, sch)
         if grid is diffusers_grid:
             # as diffusers lists them: a repeated end point from 15 steps on, and repeated timesteps, once
-            return make_grid(diffusers_grid(steps, sch, **{"repeated_end": "auto", **opts}), None, sch)
+            return make_grid(diffusers_grid(steps, sch, **{"repeated_end": self._repeated_end(), **opts}), None, sch)
         return make_grid(grid, steps, sch, **opts)
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None,
@@ -302,8 +300,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """The network sees the state as is, except where the first step perturbs its input before the first model
         call (EDM churn): then the perturbed state. Later steps return such inputs as `step`'s prev_sample."""
-        if self.run is not None and timestep is not None and not self.run.started:
-            self._begin(timestep)
+        run = self.run
+        if run is not None and not run.started and timestep is not None:
+            # a timestep outside the listing is let through here, as diffusers' multistep schedulers ignore it;
+            # step() refuses it
+            value = timestep_value(timestep)
+            if any(same_timestep(v, value) for v in self._full_run().listed):
+                self._begin(timestep)
         run = self.run
         if run is not None and run.index == 0 and run.first_at_input and not run.first_at_input[0]:
             run.scaled = True

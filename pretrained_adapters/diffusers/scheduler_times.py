@@ -37,7 +37,8 @@ def _strictly_decreasing(name: str, v: np.ndarray) -> None:
                               "strictly decreasing (from noise to data), each listed once")
 
 
-def custom_timesteps(schedule: VPDiscrete, timesteps: Any, num_train_timesteps: int, final: str) -> torch.Tensor:
+def custom_timesteps(schedule: VPDiscrete, timesteps: Any, num_train_timesteps: int, final: str,
+                     repeated_end: str = "auto") -> torch.Tensor:
     """set_timesteps(timesteps=[...]): integer timesteps, largest first, inside [0, num_train_timesteps), then the
     config's final noise level (final_sigmas_type), as DPMSolverMultistepScheduler ends them."""
     ts = _values("timesteps", timesteps)
@@ -47,7 +48,7 @@ def custom_timesteps(schedule: VPDiscrete, timesteps: Any, num_train_timesteps: 
     if ts[0] > num_train_timesteps - 1 or ts[-1] < 0:
         raise InvalidArgument(f"timesteps={ts.tolist()}: must lie in [0, {num_train_timesteps - 1}] "
                               f"(num_train_timesteps={num_train_timesteps})")
-    return make_grid(times_from_timesteps(schedule, ts, None, final=final, repeated_end="auto"), None, schedule)
+    return make_grid(times_from_timesteps(schedule, ts, None, final=final, repeated_end=repeated_end), None, schedule)
 
 
 def custom_sigmas(schedule: VPDiscrete, sigmas: Any) -> torch.Tensor:

@@ -61,6 +61,18 @@ def test_karras_ending_at_sigma_min_runs_like_dpmsolver(unet, noise, steps):
     assert rel(out.samples, ref) < RTOL
 
 
+def test_zero_length_end_without_lower_order_final(unet, noise):
+    """lower_order_final=False: diffusers' zero-length end step is second order there and returns its input."""
+    ref_sch = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True, final_sigmas_type="sigma_min",
+                                                    lower_order_final=False)
+    ref, _ = loop(ref_sch, unet, noise, 8)
+    ours = DiffsolveScheduler.from_config(ref_sch.config, solver="dpmpp_2m", solver_options={"lower_order_final": False})
+    got, _ = loop(ours, unet, noise, 8)
+    with torch.no_grad():
+        out = Sampler(unet, scheduler=ref_sch, progress=False).run(8, noise=noise)
+    assert rel(got, ref) < RTOL and rel(out.samples, ref) < RTOL
+
+
 def test_ddpm_pipeline_with_karras_sigma_min_at_many_steps(unet):
     sch = DiffsolveScheduler.from_config(diffusers.DDPMScheduler().config, solver="dpmpp_2m", use_karras_sigmas=True,
                                          final_sigmas_type="sigma_min")
@@ -220,12 +232,14 @@ def test_defaults_of_the_source_stay_defaults_through_diffsolve():
     takes its own default, as it does from DDPM's config directly."""
     ddpm = diffusers.DDPMScheduler()
     ours = DiffsolveScheduler.from_config(ddpm.config)
-    assert ours.config.timestep_spacing == "leading"            # the source's timesteps drive our run
+    ours.set_timesteps(5)
+    assert ours.timesteps.tolist() == [800, 600, 400, 200, 0]     # the source's default spacing drives the run
     direct = diffusers.EulerDiscreteScheduler.from_config(ddpm.config)
     through = diffusers.EulerDiscreteScheduler.from_config(ours.config)
     assert through.config.timestep_spacing == direct.config.timestep_spacing == "linspace"
     again = DiffsolveScheduler.from_config(ours.config)
-    assert again.config.timestep_spacing == "leading"
+    again.set_timesteps(5)
+    assert again.timesteps.tolist() == [800, 600, 400, 200, 0]
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
