@@ -122,7 +122,7 @@ def betas_of(cfg: Mapping) -> torch.Tensor:
     raise AssertionError
 
 
-def _rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Lin et al. 2024, Alg. 1, as diffusers applies it."""
     ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
     a0, aT = ab[0].clone(), ab[-1].clone()
@@ -140,11 +140,25 @@ def alphas_cumprod_of(scheduler_or_config: Any) -> torch.Tensor:
     cfg = config_of(scheduler_or_config)
     betas = betas_of(cfg)
     if cfg.get("rescale_betas_zero_snr", False):
-        betas = _rescale_zero_terminal_snr(betas)
+        betas = rescale_zero_terminal_snr(betas)
     ac = torch.cumprod(1.0 - betas, dim=0)
     if cfg.get("rescale_betas_zero_snr", False):
         ac[-1] = 2.0 ** -24      # diffusers' stand-in for zero terminal SNR, so that the first sigma is finite
     return ac.to(torch.float64)
+
+
+def _decreasing_tail(ac: torch.Tensor) -> torch.Tensor:
+    """alphas_cumprod made strictly decreasing at its end.
+
+    With zero terminal SNR diffusers replaces the last value by 2^-24, and a linear beta schedule has a few
+    values just before it below that stand-in: there diffusers' noise level rises again above its first
+    sigma. Those few nodes are raised just above the next one (they are listed only beyond ~250 steps)."""
+    ac = ac.clone()
+    for i in range(ac.numel() - 2, -1, -1):
+        if float(ac[i]) > float(ac[i + 1]):
+            break
+        ac[i] = ac[i + 1] * (1.0 + 2.0 ** -10)
+    return ac
 
 
 def schedule_from_diffusers(scheduler_or_config: Any) -> NoiseSchedule:
@@ -153,7 +167,44 @@ def schedule_from_diffusers(scheduler_or_config: Any) -> NoiseSchedule:
     if is_flow_config(cfg):
         n = int(cfg.get("num_train_timesteps", 1000))
         return RectifiedFlow(model_time_scale=float(n), t_min=min(1e-4, 0.5 / n))
-    return VPDiscrete(alphas_cumprod=alphas_cumprod_of(scheduler_or_config), model_time_scale=1.0)
+    return VPDiscrete(alphas_cumprod=_decreasing_tail(alphas_cumprod_of(scheduler_or_config)), model_time_scale=1.0)
+
+
+# DiffsolveScheduler's own config keys: they are not part of the config of the class it was written for
+DIFFSOLVE_KEYS = ("solver", "solver_options", "source_class", "grid", "grid_options", "seed", "base_shift", "max_shift",
+                  "base_image_seq_len", "max_image_seq_len", "invert_sigmas", "stochastic_sampling", "time_shift_type")
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults_of_class(name: str) -> dict:
+    """The default arguments of a diffusers scheduler class (empty without diffusers or for an unknown name)."""
+    try:
+        import diffusers
+    except ImportError:
+        return {}
+    cls = getattr(diffusers, name, None)
+    if not isinstance(cls, type):
+        return {}
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def source_config_of(cfg: Mapping) -> dict:
+    """For a DiffsolveScheduler config, the config of the scheduler class it was written for (`source_class`,
+    by default DPMSolverMultistepScheduler), which fixes its path and timesteps; other configs as they are.
+
+    A key the config left at its default (`_use_default_values`, as diffusers records it) takes the source
+    class's default: a DDPM config's unset timestep_spacing is DDPM's 'leading'."""
+    if cfg.get("_class_name") != "DiffsolveScheduler":
+        return dict(cfg)
+    source = cfg.get("source_class") or "DPMSolverMultistepScheduler"
+    out = {k: v for k, v in cfg.items() if not str(k).startswith("_") and k not in DIFFSOLVE_KEYS}
+    defaults = _defaults_of_class(source)
+    out.update({k: defaults[k] for k in (cfg.get("_use_default_values") or ()) if k in defaults and k in out})
+    out["_class_name"] = source
+    if out.get("final_sigmas_type") is None:
+        out.pop("final_sigmas_type", None)
+    return out
 
 
 def style_of(cfg: Mapping, style: str | None = None) -> str:
@@ -165,4 +216,4 @@ def style_of(cfg: Mapping, style: str | None = None) -> str:
 
 
 __all__ = ["PREDICTION_TYPES", "STYLES", "config_of", "infer_class_name", "is_flow_config", "prediction_of",
-           "betas_of", "alphas_cumprod_of", "schedule_from_diffusers", "style_of"]
+           "betas_of", "rescale_zero_terminal_snr", "alphas_cumprod_of", "schedule_from_diffusers", "style_of", "DIFFSOLVE_KEYS", "source_config_of"]

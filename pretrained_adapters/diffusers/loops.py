@@ -14,7 +14,7 @@ import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.field import FieldOutput, FieldWrapper, VectorField, per_sample, velocity_from_x0
-from diffsolve.pretrained_adapters.diffusers.timesteps import node_sigmas
+from diffsolve.pretrained_adapters.diffusers.timesteps import LOWER_ORDER_FINAL_BELOW, node_sigmas
 from diffsolve.schedules import VPDiscrete
 from diffsolve.solvers.base import Plan, Solver, get_solver
 from diffsolve.solvers.consistency import Consistency, consistency_coefficients
@@ -22,7 +22,10 @@ from diffsolve.solvers.dpm_solver import DPMSolverSinglestep, SinglestepCoeffici
 from diffsolve.solvers.euler import ddim_coefficients
 
 LOOPS = ("scheduler", "clean")
-# Classes that round the timesteps of karras sigmas before feeding the network (the update keeps the sigma).
+# Classes whose spaced sigmas keep fractional timesteps (the network gets them as they are).
+_FRACTIONAL_TIMESTEPS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+                         "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
+# Classes that make the timesteps of spaced sigmas integers before feeding the network (the update keeps the sigma).
 _ROUNDS_KARRAS_TIMESTEPS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
                             "UniPCMultistepScheduler", "DEISMultistepScheduler")
 
@@ -89,25 +92,50 @@ def _sigma_to_timestep(sigma: float, log_sigmas: np.ndarray) -> float:
 
 class RoundedModelTime(FieldWrapper):
     """The network gets the timestep diffusers feeds it at a noise level between training nodes: its
-    `_sigma_to_t` rounded to an integer (DPMSolver*, UniPC and DEIS with karras sigmas). The update still uses
-    the exact noise level, as diffusers' does."""
+    `_sigma_to_t` made an integer (DPMSolver*, UniPC and DEIS with karras, Lu, exponential or beta sigmas):
+    `rounding="nearest"` where diffusers rounds it (karras and Lu sigmas, except on a cosine schedule), `"down"`
+    where it only casts it to int64 (the others). The update still uses the exact noise level, as diffusers' does."""
 
-    def __init__(self, field: Any):
+    def __init__(self, field: Any, rounding: str = "nearest"):
         super().__init__(field)
+        check_choice("rounding", rounding, ("nearest", "down"))
+        self.rounding = rounding
         sch = field.schedule
         node = node_sigmas(sch.alphas_cumprod)
         self.log_sigmas = np.log(node)
 
+    def fed_time(self, p: Any) -> float:
+        """The model time the network gets at point p."""
+        mt = float(p.model_time)
+        if p.per_sample or not (p.alpha > 0 and p.sigma > 0) or abs(mt - round(mt)) <= 1e-6:
+            return mt
+        n = _sigma_to_timestep(np.float64(p.sigma / p.alpha), self.log_sigmas)
+        return float(round(n) if self.rounding == "nearest" else math.floor(n))
+
     def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any):
-        if not p.per_sample and p.alpha > 0 and p.sigma > 0:
-            mt = float(p.model_time)
-            if abs(mt - round(mt)) > 1e-6:
-                n = float(round(_sigma_to_timestep(np.float64(p.sigma / p.alpha), self.log_sigmas)))
-                p = dataclasses.replace(p, model_time=n)
+        n = self.fed_time(p)
+        if n != float(p.model_time):
+            p = dataclasses.replace(p, model_time=n)
         return self.inner.evaluate(x, p, kind, **kwargs)
 
     def own_identity(self) -> str:
-        return "rounded_model_time"
+        return "rounded_model_time" + ("" if self.rounding == "nearest" else "(down)")
+
+
+def model_time_rounding(cfg: Mapping, spaced_like_dpmsolver: bool = False) -> str | None:
+    """How a DPMSolver*/UniPC/DEIS config makes the timesteps of its spaced sigmas integers (None: they are nodes).
+
+    `spaced_like_dpmsolver`: any class but the Euler family (which feeds the network fractional timesteps) is
+    read as DPMSolverMultistepScheduler (DiffsolveScheduler spaces DDPM/DDIM configs' sigmas as it does)."""
+    name = str(cfg.get("_class_name", ""))
+    euler = name in _FRACTIONAL_TIMESTEPS or name.startswith("FlowMatch")
+    if name not in _ROUNDS_KARRAS_TIMESTEPS and not (spaced_like_dpmsolver and not euler):
+        return None
+    if cfg.get("use_karras_sigmas", False) or cfg.get("use_lu_lambdas", False):
+        return "down" if cfg.get("beta_schedule", "linear") == "squaredcos_cap_v2" else "nearest"
+    if cfg.get("use_exponential_sigmas", False) or cfg.get("use_beta_sigmas", False):
+        return "down"
+    return None
 
 
 def singlestep_orders(steps: int, order: int, lower_order_final: bool, final_zero: bool) -> list[int]:
@@ -252,15 +280,60 @@ class DDIMStepTargets(Solver):
         return self.inner.model_calls(steps, field, ends_at_zero)
 
 
+class DropZeroLengthEnd(Solver):
+    """DPMSolverMultistep/UniPC/DEIS on spaced sigmas ending at sigma_min: the grid ends with diffusers' zero-length
+    step (one ulp long here). From 15 steps on (or with lower_order_final=False) diffusers' lower-order-final rule
+    does not count it and the step returns its input, while a diffsolve step of higher order would divide by its
+    zero length: the plan leaves it out (one model call fewer, the same sample). Otherwise it is kept, as the rule
+    counts it."""
+
+    def __init__(self, inner: Solver):
+        self.inner = inner
+        self.name, self.order, self.calls_per_step = inner.name, inner.order, inner.calls_per_step
+
+    @property
+    def deterministic(self) -> bool:   # type: ignore[override]
+        return self.inner.deterministic
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        steps = t.numel() - 1
+        zero_length = steps >= 2 and float(t[-2]) > 0 and \
+            float(torch.nextafter(t[-2:-1], torch.zeros(1, dtype=t.dtype))) == float(t[-1])
+        never_lowered = getattr(self.inner, "lower_order_final", "auto") is False
+        if zero_length and (steps >= LOWER_ORDER_FINAL_BELOW or never_lowered):
+            t = t[:-1]
+        return self.inner.plan(field, t)
+
+    def init(self, plan: Plan) -> Any:
+        return self.inner.init(plan)
+
+    def step(self, ev: Any, x: torch.Tensor, t0: Any, t1: Any, state: Any, coeffs: Any):
+        return self.inner.step(ev, x, t0, t1, state, coeffs)
+
+    def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        return self.inner.model_calls(steps, field, ends_at_zero)
+
+    def options(self) -> dict:
+        return self.inner.options()
+
+    def inversion_refusal(self) -> str | None:
+        return self.inner.inversion_refusal()
+
+    def fit_steps(self, steps: int) -> int:
+        return self.inner.fit_steps(steps)
+
+
 def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict, loop: str):
     """(field, solver) reproducing the scheduler's own loop where it departs from a clean grid."""
     check_choice("loop", loop, LOOPS)
     name = str(cfg.get("_class_name", ""))
     if loop == "clean" or not isinstance(field.schedule, VPDiscrete):
         return field, solver
-    if name in _ROUNDS_KARRAS_TIMESTEPS and cfg.get("use_karras_sigmas", False) and \
-            cfg.get("beta_schedule", "linear") != "squaredcos_cap_v2":
-        field = RoundedModelTime(field)
+    rounding = model_time_rounding(cfg)
+    if rounding is not None:
+        field = RoundedModelTime(field, rounding)
+        if name != "DPMSolverSinglestepScheduler" and not isinstance(solver, SchedulerSinglestep):
+            solver = DropZeroLengthEnd(solver if isinstance(solver, Solver) else get_solver(solver, **options))
     if name == "DDIMScheduler":      # every spacing: with trailing, T / steps need not be an integer either
         inner = solver if isinstance(solver, Solver) else get_solver(solver, **options)
         if hasattr(type(inner), "coefficients") and type(inner).coefficients is not Solver.coefficients:
@@ -270,5 +343,5 @@ def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict,
     return field, solver
 
 
-__all__ = ["LOOPS", "LCMBoundary", "TCDSteps", "RoundedModelTime", "singlestep_orders", "SchedulerSinglestep",
-           "DDIMStepTargets", "scheduler_loop"]
+__all__ = ["LOOPS", "LCMBoundary", "TCDSteps", "RoundedModelTime", "model_time_rounding", "singlestep_orders", "SchedulerSinglestep",
+           "DDIMStepTargets", "DropZeroLengthEnd", "scheduler_loop"]

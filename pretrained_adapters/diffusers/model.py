@@ -7,9 +7,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from diffsolve.errors import InvalidArgument
-from diffsolve.field import VectorField
-from diffsolve.pretrained_adapters.diffusers.config import config_of, prediction_of, schedule_from_diffusers
+from diffsolve.errors import InvalidArgument, check_float
+from diffsolve.field import FieldOutput, FieldWrapper, VectorField, velocity_from_x0
+from diffsolve.pretrained_adapters.diffusers.config import (
+    config_of, is_flow_config, prediction_of, schedule_from_diffusers)
 
 
 class DiffusersModel(torch.nn.Module):
@@ -55,22 +56,59 @@ def sample_shape_of(model: Any) -> tuple[int, ...] | None:
     return (int(ch), *map(int, size))
 
 
+def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, Imagen) as diffusers applies it: per sample, s = the `ratio`
+    quantile of |x0| clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s."""
+    dtype, shape = x0.dtype, x0.shape
+    flat = x0.reshape(shape[0], -1)
+    if dtype not in (torch.float32, torch.float64):
+        flat = flat.float()        # quantile needs a float32/64 input
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(shape).to(dtype)
+
+
+class DynamicThresholding(FieldWrapper):
+    """A config with thresholding=True: every data prediction the solver forms is thresholded (`threshold_sample`);
+    a solver that asks for the velocity gets the one of the thresholded prediction, as diffusers' noise-prediction
+    algorithms re-derive their noise from the thresholded data prediction."""
+
+    def __init__(self, field: Any, ratio: float = 0.995, max_value: float = 1.0):
+        super().__init__(field)
+        self.ratio = check_float("dynamic_thresholding_ratio", ratio)
+        if not 0 <= self.ratio <= 1:
+            raise InvalidArgument(f"dynamic_thresholding_ratio={ratio!r}: must be in [0, 1] (a quantile)")
+        self.max_value = check_float("sample_max_value", max_value, positive=True)
+
+    def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        out = self.inner.evaluate(x, p, "x0", **kwargs)
+        x0 = threshold_sample(out.value, self.ratio, self.max_value)
+        return FieldOutput(x0 if kind == "x0" else velocity_from_x0(x, x0, p.path_for(x)), out.aux)
+
+    def own_identity(self) -> str:
+        return f"dynamic_thresholding(ratio={self.ratio!r}, max={self.max_value!r})"
+
+
 def from_diffusers(model: Callable[..., Any], scheduler_or_config: Any, *, prediction: str | None = None,
                    sample_shape: Sequence[int] | None = None, model_kwargs: Mapping[str, Any] | None = None,
                    timestep_scale: float = 1.0) -> VectorField:
     """The VectorField of a diffusers network under its scheduler config (schedule, prediction type, model time)."""
     cfg = config_of(scheduler_or_config)
     shape = tuple(sample_shape) if sample_shape is not None else sample_shape_of(model)
-    if cfg.get("thresholding", False):
-        raise InvalidArgument("scheduler config has thresholding=True (dynamic thresholding), which diffsolve does "
-                              "not reproduce; set it to False")
+    if cfg.get("thresholding", False) and is_flow_config(cfg):
+        raise InvalidArgument("thresholding=True (dynamic thresholding of the data prediction) applies to "
+                              "diffusion configs; diffusers' flow-matching schedulers do not threshold either")
     clip = None
-    if cfg.get("clip_sample", False):
+    if cfg.get("clip_sample", False) and not cfg.get("thresholding", False):   # diffusers: thresholding wins
         r = float(cfg.get("clip_sample_range", 1.0))
         clip = (-r, r)
-    return VectorField(DiffusersModel(model, timestep_scale), prediction=prediction or prediction_of(cfg),
-                       schedule=schedule_from_diffusers(scheduler_or_config), sample_shape=shape,
-                       model_kwargs=model_kwargs, clip_x0=clip)
+    field = VectorField(DiffusersModel(model, timestep_scale), prediction=prediction or prediction_of(cfg),
+                        schedule=schedule_from_diffusers(scheduler_or_config), sample_shape=shape,
+                        model_kwargs=model_kwargs, clip_x0=clip)
+    if cfg.get("thresholding", False):
+        # diffusers thresholds instead of clipping when both are set
+        field = DynamicThresholding(field, cfg.get("dynamic_thresholding_ratio", 0.995),
+                                    cfg.get("sample_max_value", 1.0))
+    return field
 
 
-__all__ = ["DiffusersModel", "sample_shape_of", "from_diffusers"]
+__all__ = ["DiffusersModel", "sample_shape_of", "from_diffusers", "threshold_sample", "DynamicThresholding"]

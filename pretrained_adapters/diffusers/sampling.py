@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from diffsolve.errors import InvalidArgument
-from diffsolve.pretrained_adapters.diffusers.config import config_of
+from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.pretrained_adapters.diffusers.config import config_of, source_config_of
 from diffsolve.pretrained_adapters.diffusers.loops import (
-    DDIMStepTargets, LCMBoundary, SchedulerSinglestep, TCDSteps, scheduler_loop)
+    LOOPS, DDIMStepTargets, DropZeroLengthEnd, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, model_time_rounding, scheduler_loop)
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
 from diffsolve.pretrained_adapters.diffusers.solver_map import (
     UnmatchedScheduler, UnmatchedSolver, solver_and_options_of)
 from diffsolve.pretrained_adapters.diffusers.timesteps import grid_options_of
 from diffsolve.sampler import Sampler, SamplerParts, register_scheduler_adapter
+from diffsolve.schedules import VPDiscrete
 from diffsolve.solvers.base import Solver, get_solver
 
 
@@ -36,7 +37,12 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
                            timestep_scale=timestep_scale)
     if str(cfg.get("_class_name", "")) == "LCMScheduler":
         field = LCMBoundary(field, float(cfg.get("timestep_scaling", 10.0)))    # part of the model, in every loop
-    grid, grid_options = grid_options_of(scheduler)
+    source = source_config_of(cfg)        # a DiffsolveScheduler's timesteps are those of its source class
+    grid, grid_options = grid_options_of(source)
+    if cfg.get("_class_name") == "DiffsolveScheduler":
+        grid_options = {**grid_options, **_diffsolve_grid_options(cfg)}
+        if cfg.get("grid") is not None:
+            grid, grid_options = cfg["grid"], dict(cfg.get("grid_options") or {})
     options: dict = {}
     if solver is None:
         try:
@@ -50,10 +56,25 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
                                                   cfg.get("algorithm_type", "dpmsolver++"),
                                                   cfg.get("solver_type", "midpoint"),
                                                   bool(cfg.get("lower_order_final", False))), {}
-    field, solver = scheduler_loop(cfg, field, solver, options, loop)
-    if isinstance(solver, DDIMStepTargets):
-        options = {}
+    check_choice("loop", loop, LOOPS)
+    if cfg.get("_class_name") == "DiffsolveScheduler":
+        # the scheduler's own loop: its solver steps grid point to grid point; only the timesteps it feeds the
+        # network are its source class's
+        rounding = model_time_rounding(source, spaced_like_dpmsolver=True) if loop == "scheduler" else None
+        if rounding is not None and isinstance(field.schedule, VPDiscrete):
+            field = RoundedModelTime(field, rounding)
+    else:
+        field, solver = scheduler_loop(cfg, field, solver, options, loop)
+    if isinstance(solver, (DDIMStepTargets, DropZeroLengthEnd)):
+        options = {}       # built into the wrapped solver
     return SamplerParts(field, solver, options, grid, grid_options)
+
+
+def _diffsolve_grid_options(cfg: Mapping) -> dict:
+    """A DiffsolveScheduler config's own changes to its source class's grid: its final_sigmas_type, when set, and
+    its grid_options."""
+    out = {} if cfg.get("final_sigmas_type") is None else {"final": cfg["final_sigmas_type"]}
+    return {**out, **dict(cfg.get("grid_options") or {})}
 
 
 def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: Any = None, *, grid: Any = None,

@@ -16,7 +16,11 @@ class UnmatchedScheduler(InvalidArgument):
 def _dpmsolver_multistep(cfg: Mapping) -> tuple[str, dict]:
     algo, order = cfg.get("algorithm_type", "dpmsolver++"), int(cfg.get("solver_order", 2))
     if algo == "dpmsolver++":
-        return {1: "euler", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order], ({"third_order": "reference"} if order == 3 else {})
+        options = {"third_order": "reference"} if order == 3 else {}
+        if order > 1 and not cfg.get("lower_order_final", True):
+            # diffusers then lowers only a step into zero noise, which diffsolve's multistep steps always do
+            options["lower_order_final"] = False
+        return {1: "euler", 2: "dpmpp_2m", 3: "dpmpp_3m"}[order], options
     if algo == "sde-dpmsolver++" and order == 2:
         return "dpmpp_2m_sde", {"solver_type": cfg.get("solver_type", "midpoint")}
     raise UnmatchedScheduler(f"DPMSolverMultistepScheduler(algorithm_type={algo!r}, solver_order={order}) has no "

@@ -19,6 +19,11 @@ from diffsolve.pretrained_adapters.diffusers.config import (
 from diffsolve.schedules import NoiseSchedule, RectifiedFlow, VPDiscrete
 
 SPACINGS = ("linspace", "leading", "trailing")
+# diffusers' multistep schedulers lower their order on the last steps only for fewer steps than this
+LOWER_ORDER_FINAL_BELOW = 15
+# Noise-level spacings of DPMSolverMultistepScheduler (config flag -> name), at most one of them set
+SIGMA_SPACINGS = {"use_karras_sigmas": "karras", "use_lu_lambdas": "lu", "use_exponential_sigmas": "exponential",
+                  "use_beta_sigmas": "beta"}
 
 
 def discrete_timesteps(steps: int, num_train_timesteps: int, *, spacing: str = "linspace", steps_offset: int = 0,
@@ -29,20 +34,35 @@ def discrete_timesteps(steps: int, num_train_timesteps: int, *, spacing: str = "
     check_choice("spacing", spacing, SPACINGS)
     check_choice("style", style, STYLES[:3])
     n = int(num_train_timesteps)
+    if style == "dpmsolver":
+        # DPMSolver*/UniPC/DEIS take any count; from num_train_timesteps steps on, rounding repeats timesteps (a
+        # zero-length step each): they are listed once
+        return _once(_dpmsolver_timesteps(steps, n, spacing, steps_offset))
     if steps > n:
         raise InvalidArgument(f"steps={steps} exceeds num_train_timesteps={n}")
     if spacing == "trailing":
         return np.arange(n, 0, -n / steps).round() - 1
-    if style == "dpmsolver":      # DPMSolver*/UniPC/DEIS: steps + 1 points, the last (0) dropped
-        if spacing == "linspace":
-            return np.linspace(0, n - 1, steps + 1).round()[::-1][:-1].copy()
-        ratio = n // (steps + 1)
-        return (np.arange(0, steps + 1) * ratio).round()[::-1][:-1] + steps_offset
     if spacing == "linspace":
         ts = np.linspace(0, n - 1, steps)
         # DDIM rounds; Euler-family schedulers keep the float32 values and interpolate sigma between nodes
         return ts.round()[::-1].copy() if style == "ddim" else ts.astype(np.float32).astype(np.float64)[::-1].copy()
     return (np.arange(0, steps) * (n // steps)).round()[::-1] + steps_offset
+
+
+def _dpmsolver_timesteps(steps: int, n: int, spacing: str, steps_offset: int) -> np.ndarray:
+    """DPMSolver*/UniPC/DEIS: steps + 1 points, the last (0) dropped."""
+    if spacing == "trailing":
+        return np.arange(n, 0, -n / steps).round() - 1
+    if spacing == "linspace":
+        return np.linspace(0, n - 1, steps + 1).round()[::-1][:-1].copy()
+    ratio = n // (steps + 1)
+    return (np.arange(0, steps + 1) * ratio).round()[::-1][:-1] + steps_offset
+
+
+def _once(ts: np.ndarray) -> np.ndarray:
+    """Each timestep once, in the order listed."""
+    _, first = np.unique(ts, return_index=True)
+    return ts[np.sort(first)]
 
 
 def node_sigmas(ac: torch.Tensor) -> np.ndarray:
@@ -52,9 +72,15 @@ def node_sigmas(ac: torch.Tensor) -> np.ndarray:
 
 
 def times_from_timesteps(schedule: VPDiscrete, timesteps: Sequence[float], sigmas: Sequence[float] | None = None,
-                         final: float | str = "zero") -> torch.Tensor:
+                         final: float | str = "zero", repeated_end: str = "step") -> torch.Tensor:
     """diffsolve times for diffusers (timesteps, sigmas): t_from_index(n) at integer timesteps whose sigma is the
-    node's own, otherwise the time whose EDM sigma is diffusers' sigma (the value its update uses)."""
+    node's own, otherwise the time whose EDM sigma is diffusers' sigma (the value its update uses).
+
+    A last timestep already at the end point (karras sigmas ending at sigma_min) is a zero-length step in
+    diffusers: `repeated_end="step"` keeps it (one ulp long), `"drop"` removes the repeated end point, and
+    `"auto"` drops it from 15 steps on, where diffusers' lower-order-final rule no longer counts it and the step
+    only returns its input (a second-order diffsolve step would divide by its zero length)."""
+    check_choice("repeated_end", repeated_end, ("step", "drop", "auto"))
     ts = np.asarray(timesteps, dtype=np.float64)
     t = schedule.t_from_index(torch.from_numpy(ts.copy()))
     if sigmas is not None:
@@ -73,6 +99,8 @@ def times_from_timesteps(schedule: VPDiscrete, timesteps: Sequence[float], sigma
     else:
         raise InvalidArgument(f"final={final!r}; allowed values: 'zero', 'sigma_min', 'none'")
     if float(t[-1]) <= float(end[0]):
+        if repeated_end == "drop" or (repeated_end == "auto" and t.numel() >= LOWER_ORDER_FINAL_BELOW):
+            return t if t.numel() >= 2 else torch.cat([t, torch.nextafter(t[-1:], torch.zeros(1, dtype=t.dtype))])
         # The last timestep is already the end point and diffusers takes a zero-length step there: a model call
         # that leaves the state as it is, but that counts in its lower-order-final rule (DEIS on karras sigmas).
         # One ulp below keeps the grid strictly decreasing while the step's coefficients are those of a zero step.
@@ -80,13 +108,33 @@ def times_from_timesteps(schedule: VPDiscrete, timesteps: Sequence[float], sigma
     return torch.cat([t, end])
 
 
+def spaced_sigmas(kind: str, lo: float, hi: float, steps: int) -> np.ndarray:
+    """`steps` noise levels from hi down to lo as DPMSolverMultistepScheduler spaces them (`SIGMA_SPACINGS`)."""
+    if kind == "karras":
+        return karras_sigmas(lo, hi, steps).numpy()
+    if kind == "lu":            # uniform in log sigma, written as Lu et al.'s lambda ramp with rho = 1
+        lam_lo, lam_hi = float(np.log(np.float32(lo))), float(np.log(np.float32(hi)))   # float32 logs, as diffusers
+        return np.exp(lam_hi + np.linspace(0, 1, steps) * (lam_lo - lam_hi))
+    if kind == "exponential":
+        return np.exp(np.linspace(math.log(hi), math.log(lo), steps))
+    if kind == "beta":          # quantiles of Beta(0.6, 0.6) (Lee et al. 2024)
+        import scipy.stats      # optional dependency, needed only here
+        q = scipy.stats.beta.ppf(1 - np.linspace(0, 1, steps), 0.6, 0.6)
+        return np.array([lo + v * (hi - lo) for v in q])
+    check_choice("sigma spacing", kind, tuple(SIGMA_SPACINGS.values()))
+    raise AssertionError
+
+
 def diffusers_grid(steps: int, schedule: NoiseSchedule, *, style: str = "dpmsolver", timestep_spacing: str = "linspace",
-                   steps_offset: int = 0, use_karras_sigmas: bool = False, final: str = "zero",
-                   shift: float = 1.0, num_train_timesteps: int | None = None) -> torch.Tensor:
+                   steps_offset: int = 0, use_karras_sigmas: bool = False, use_lu_lambdas: bool = False,
+                   use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False, final: str = "zero",
+                   shift: float = 1.0, num_train_timesteps: int | None = None,
+                   repeated_end: str = "step") -> torch.Tensor:
     """A diffsolve grid function (`Sampler(grid=diffusers_grid, grid_options=...)`) giving diffusers' timesteps.
 
     VP schedules: the spacing formulas of the scheduler family `style` ('dpmsolver': DPMSolver*, UniPC, DEIS;
-    'ddim': DDIM/DDPM/PNDM; 'euler': Euler/Heun/LMS), optional karras sigmas; `final` 'zero' or 'sigma_min'.
+    'ddim': DDIM/DDPM/PNDM; 'euler': Euler/Heun/LMS), optional karras, Lu (log-uniform), exponential or beta
+    sigmas; `final` 'zero' or 'sigma_min'; `repeated_end` as in `times_from_timesteps`.
     Flow matching (`style='flow'` or a RectifiedFlow schedule): FlowMatchEulerDiscreteScheduler's shifted
     sigmas s' = shift s / (1 + (shift - 1) s).
     """
@@ -96,19 +144,25 @@ def diffusers_grid(steps: int, schedule: NoiseSchedule, *, style: str = "dpmsolv
     if not isinstance(schedule, VPDiscrete):
         raise InvalidArgument("diffusers_grid needs a VPDiscrete or RectifiedFlow schedule")
     check_choice("final", final, ("zero", "sigma_min"))
+    flags = {"use_karras_sigmas": use_karras_sigmas, "use_lu_lambdas": use_lu_lambdas,
+             "use_exponential_sigmas": use_exponential_sigmas, "use_beta_sigmas": use_beta_sigmas}
+    kinds = [SIGMA_SPACINGS[k] for k, v in flags.items() if v]
+    if len(kinds) > 1:
+        raise InvalidArgument(f"{' and '.join(k for k, v in flags.items() if v)} are all set; diffusers takes only "
+                              "one noise-level spacing at a time")
     n = num_train_timesteps or schedule.N
     ts = discrete_timesteps(steps, n, spacing=timestep_spacing, steps_offset=steps_offset, style=style)
     node = node_sigmas(schedule.alphas_cumprod).astype(np.float64)
     sigmas = np.interp(ts, np.arange(node.size), node).astype(np.float32).astype(np.float64)
-    if use_karras_sigmas:
+    if kinds:
         if style == "euler":
             lo, hi = float(sigmas[-1]), float(sigmas[0])
         else:
             lo, hi = float(node[0]), float(node[-1])
-        sigmas = karras_sigmas(lo, hi, steps).numpy().astype(np.float32).astype(np.float64)   # diffusers stores float32
+        sigmas = spaced_sigmas(kinds[0], lo, hi, steps).astype(np.float32).astype(np.float64)  # diffusers: float32
         # nearest integer timestep as a candidate node: sigmas equal to a node's map to its exact time
         ts = schedule.timestep_index(schedule.t_from_edm_sigma(torch.from_numpy(sigmas))).round().numpy()
-    return times_from_timesteps(schedule, ts, sigmas, final=final)
+    return times_from_timesteps(schedule, ts, sigmas, final=final, repeated_end=repeated_end)
 
 
 def lcm_timesteps(steps: int, num_train_timesteps: int = 1000, original_inference_steps: int = 50) -> np.ndarray:
@@ -223,10 +277,13 @@ def grid_options_of(scheduler_or_config: Any) -> tuple[Callable[..., torch.Tenso
     if style != "ddim":
         # DEIS has no final_sigmas_type: it ends at alphas_cumprod[0]
         final = cfg.get("final_sigmas_type", "sigma_min" if "DEIS" in str(cfg.get("_class_name")) else "zero")
-    return diffusers_grid, {"style": style, "timestep_spacing": cfg.get("timestep_spacing", "linspace"),
-                            "steps_offset": int(cfg.get("steps_offset", 0) or 0),
-                            "use_karras_sigmas": bool(cfg.get("use_karras_sigmas", False)), "final": final}
+    opts = {"style": style, "timestep_spacing": cfg.get("timestep_spacing", "linspace"),
+            "steps_offset": int(cfg.get("steps_offset", 0) or 0),
+            "use_karras_sigmas": bool(cfg.get("use_karras_sigmas", False)), "final": final}
+    # the other spacings are passed only when set, so that grid options stay as they were for other configs
+    opts.update({k: True for k in SIGMA_SPACINGS if k != "use_karras_sigmas" and cfg.get(k, False)})
+    return diffusers_grid, opts
 
 
-__all__ = ["SPACINGS", "discrete_timesteps", "node_sigmas", "times_from_timesteps", "diffusers_grid", "lcm_timesteps",
+__all__ = ["SPACINGS", "SIGMA_SPACINGS", "LOWER_ORDER_FINAL_BELOW", "spaced_sigmas", "discrete_timesteps", "node_sigmas", "times_from_timesteps", "diffusers_grid", "lcm_timesteps",
            "lcm_grid", "shift_sigmas", "flow_grid", "grid_from_scheduler", "noise_scale_of", "grid_options_of"]

@@ -1,0 +1,115 @@
+"""The per-run machinery of `DiffsolveScheduler`: the dry run that lists where a solver's steps call the model
+(`DryEvaluator`), the replay that answers those calls with the outputs a pipeline hands to `step`
+(`ReplayEvaluator`, `NeedModel`), and what one pipeline run changes (`SchedulerRun`). No diffusers import."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from diffsolve.errors import InvalidArgument
+from diffsolve.field import EvalPoint, FieldOutput
+from diffsolve.loop import Evaluator
+from diffsolve.noise import NoiseSource
+from diffsolve.solvers.base import Plan
+
+
+class NeedModel(Exception):
+    """Raised inside a replayed step when the solver asks for a model output not received yet."""
+
+    def __init__(self, x: torch.Tensor, p: EvalPoint):
+        super().__init__()
+        self.x, self.p = x, p
+
+
+class Feed:
+    """The 'network' of the scheduler's field: returns the output the pipeline handed to `step`."""
+
+    def __init__(self) -> None:
+        self.output: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.output
+
+
+class DryEvaluator(Evaluator):
+    """Records where a step evaluates the model; returns zeros (the points do not depend on the values)."""
+
+    def __init__(self, field):
+        super().__init__(field, {}, False, None)
+        self.points: list[tuple[int, EvalPoint]] = []
+        self.first_at_input: dict[int, bool] = {}
+        self.input: torch.Tensor | None = None
+        self.gen = torch.Generator().manual_seed(0)
+
+    def noise(self, draw: int = 0) -> torch.Tensor:
+        return torch.randn(1, 4, dtype=torch.float64, generator=self.gen)
+
+    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput:
+        if p.per_sample:
+            raise InvalidArgument("this solver picks its times per sample inside the loop; a diffusers pipeline "
+                                  "needs every timestep before the loop")
+        if self.step not in self.first_at_input:
+            self.first_at_input[self.step] = bool(torch.allclose(x, self.input, rtol=1e-12, atol=0))
+        self.points.append((self.step, p))
+        self.nfe += 1
+        out = FieldOutput(torch.zeros_like(x))
+        self.last = out
+        return out
+
+
+class ReplayEvaluator(Evaluator):
+    """Answers a step's k-th model call with the k-th output the pipeline gave; asks for the next one."""
+
+    def __init__(self, field, feed: Feed, outputs: list[torch.Tensor], noise_of):
+        super().__init__(field, {}, False, None)
+        self.feed, self.outputs, self.noise_of, self.calls = feed, outputs, noise_of, 0
+
+    def noise(self, draw: int = 0) -> torch.Tensor:
+        return self.noise_of(self.step, draw)
+
+    def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput:
+        if self.calls >= len(self.outputs):
+            raise NeedModel(x, p)
+        self.feed.output = self.outputs[self.calls]
+        self.calls += 1
+        try:
+            out = self.field.evaluate(x, p, kind)
+        finally:
+            self.feed.output = None
+        self.nfe += 1
+        self.last = out
+        return out
+
+
+@dataclass
+class SchedulerRun:
+    """Everything one pipeline run changes (diffusers keeps it on the scheduler; here it is one object)."""
+
+    plan: Plan
+    calls: list[tuple[int, int]]              # (step i, call k within the step) for each listed timestep
+    points: list[EvalPoint]                   # the point of each listed timestep
+    index: int = 0                            # the next entry of `calls` that `step` receives
+    x_start: torch.Tensor | None = None       # the state at the start of the current step
+    state: Any = None                         # the solver's carried state (multistep history)
+    outputs: list = dc_field(default_factory=list)
+    noise: dict = dc_field(default_factory=dict)
+    noise_source: NoiseSource | None = None
+    first_at_input: list = dc_field(default_factory=list)   # per step: is its first model call at its input state?
+    x_next: torch.Tensor | None = None        # the state after the last step, when the next one perturbs it first
+    scaled: bool = False                      # scale_model_input gave step 0 its perturbed input
+    listed: list = dc_field(default_factory=list)           # the timestep the network gets at each entry of `calls`
+    started: bool = False                     # a pipeline call has fixed where the run starts
+    full: Any = None                          # the run over the whole listing, when this one starts inside it
+
+
+def timesteps_tensor(values: Sequence[float], device: Any) -> torch.Tensor:
+    arr = np.asarray(values, dtype=np.float64)
+    if np.all(np.abs(arr - np.round(arr)) <= 1e-6 * np.maximum(1.0, np.abs(arr))):
+        return torch.from_numpy(np.round(arr).astype(np.int64)).to(device)
+    return torch.from_numpy(arr.astype(np.float32)).to(device)
+
+
+__all__ = ["NeedModel", "Feed", "DryEvaluator", "ReplayEvaluator", "SchedulerRun", "timesteps_tensor"]
