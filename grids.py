@@ -233,6 +233,20 @@ def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.
     return t
 
 
+def takes_option(grid: Any, option: str) -> bool:
+    """Whether a grid name or grid function names `option` among its keyword-only parameters (a built-in grid's
+    `final`); a function that only takes **options is not assumed to understand it (optimized grids refuse all)."""
+    fn = GRIDS.get(grid) if isinstance(grid, str) else grid
+    if not callable(fn):
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return option in params and params[option].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                         inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
 def _call_grid(name: str, fn: Callable[..., torch.Tensor], steps, schedule, options: dict) -> torch.Tensor:
     try:
         params = inspect.signature(fn).parameters

@@ -15,7 +15,8 @@ import torch
 from diffsolve.capture import GraphedRun
 from diffsolve.errors import InvalidArgument, check_choice, check_int
 from diffsolve.field import Field, as_field, device_of
-from diffsolve.grids import is_increasing, make_grid, refuse_increasing, resolve_field_grid, validate_grid
+from diffsolve.grids import (is_increasing, make_grid, refuse_increasing, resolve_field_grid, takes_option,
+                             validate_grid)
 from diffsolve.loop import Evaluator, SampleResult, StepInfo, integrate
 from diffsolve.noise import NoiseSource, check_seed, draw_noise
 from diffsolve.solvers.base import Plan, Solver, get_solver
@@ -349,13 +350,17 @@ class Sampler:
     def inversion_times(self, steps: int | None = None) -> torch.Tensor:
         """The inversion grid: the sampling grid reversed (increasing noise), validated.
 
-        A named grid is built with `final="min"` unless grid_options says otherwise, so that the inversion
-        starts at the schedule's smallest noise t_min: the data is taken as the state there (as DDIM inversion
-        and score-SDE likelihoods do). An explicit grid is used as given, reversed if it decreases.
+        A grid that takes a `final` option (the named grids) is built with `final="min"` unless grid_options
+        says otherwise, so that the inversion starts at the schedule's smallest noise t_min: the data is taken as
+        the state there (as DDIM inversion and score-SDE likelihoods do). A grid function without that option
+        (an optimized GITS or learned grid) is built as it comes, and an explicit grid is used as given, reversed
+        if it decreases; either may start the inversion at exactly t = 0 (see `invert`).
         """
         sch = self.field.schedule
         if isinstance(self.grid, str) or callable(self.grid):
-            opts = {"final": "min", **self.grid_options}
+            opts = dict(self.grid_options)
+            if "final" not in opts and takes_option(self.grid, "final"):
+                opts["final"] = "min"
             t = make_grid(self.grid, steps, sch, **opts).flip(0)
         else:
             t = torch.as_tensor(self.grid, dtype=torch.float64).clone()

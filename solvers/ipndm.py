@@ -80,6 +80,7 @@ class IPNDMV(SlopeMultistep):
     name = "ipndm_v"
     needs_schedule = False
     citation = "Zhou et al. 2024 (AMED, diff-sampler ipndm_v); Zhang & Chen 2023 (iPNDM)"
+    inversion_step_ratio = 2.0       # variable-step weights in s: see SlopeMultistep.extrapolation_order
 
     def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False,
                  weights: str = "exact"):

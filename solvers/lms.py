@@ -18,6 +18,7 @@ class LMS(SlopeMultistep):
     name = "lms"
     needs_schedule = False
     citation = "Crowson, k-diffusion sample_lms; Hairer, Norsett & Wanner, Sec. III.1 (Adams methods)"
+    inversion_step_ratio = 2.0       # variable-step weights in s: see SlopeMultistep.extrapolation_order
 
     def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False):
         super().__init__(order, lower_order_final, afs)

@@ -215,3 +215,77 @@ def test_plain_velocity_field_inverts_from_t0(name):
     tol = 0.2 if name == "euler" else 5e-3
     assert float((inv.samples - problem.ode_solution(x, 0.0, 1.0)).abs().max()) < tol
     assert float((s.run(steps=64, noise=inv.samples).samples - x).abs().max()) < 1.5 * tol
+
+
+# ------------------------------------------------------------------------------------------------
+# Few steps: every solver that inverts round-trips with an error bounded by its order, never garbage
+# ------------------------------------------------------------------------------------------------
+def _few_step_bound(order, steps):
+    """B (5/n)^q: at 5 to 20 steps the rules are not yet in their asymptotic range (the convergence tests above
+    check the orders), so first-order rules get q = 0.7 and the others q = 1.5, from B = 1 and 2.5 at 5 steps.
+    Before the growing-step fix lms and ipndm_v came back with errors of 50 (10 steps) to 7000 (5 steps)."""
+    b, q = (1.0, 0.7) if order == 1 else (2.5, 1.5)
+    return b * (5 / steps) ** q
+
+
+@pytest.mark.parametrize("schedule", [VP, EDMSchedule()], ids=["vp", "edm"])
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_round_trip_at_5_10_and_20_steps_is_bounded_by_the_order(name, schedule):
+    problem = GaussianProblem.default(schedule=schedule)
+    x0 = _data(problem)
+    order = get_solver(name).order
+    for n in (5, 10, 20):
+        s = Sampler(problem, name, progress=False)
+        rt = s.round_trip(x0, n, dtype=torch.float64)
+        assert rt.rms <= _few_step_bound(order, n), (name, n, rt.rms)
+        assert 0.3 < float(rt.noise.std()) < 3.0, (name, n)         # the latent is about standard noise
+
+
+@pytest.mark.parametrize("name", ["lms", "ipndm_v"])
+def test_variable_step_adams_bashforth_inverts_on_steps_that_grow(name):
+    # Inverted, a karras grid's steps grow up to 30x a step: extrapolating the past slopes over such a step
+    # lowers the step's order (SlopeMultistep.extrapolation_order); the full order returns as steps grow gently.
+    problem = GaussianProblem.default(schedule=EDMSchedule())
+    x0 = _data(problem)
+    s = Sampler(problem, name, progress=False)
+    orders = [c.order for c in s.solver.plan(s.field, s.inversion_times(10)).coeffs]
+    assert orders[0] == 1 and max(orders) > 1
+    sampling = s.plan(10)                                       # sampling keeps every step's order
+    assert [c.order for c in sampling.coeffs] == [1, 2, 3, 4, 4, 4, 4, 4, 4, 4]
+    steps, errs = (40, 80, 160), []
+    for n in steps:
+        inv = s.invert(x0, n, dtype=torch.float64)
+        exact = problem.ode_solution(x0, float(inv.t[0]), float(inv.t[-1]))
+        errs.append(float((inv.stats["x_end"] - exact).pow(2).mean().sqrt()))
+    assert slope(errs, steps) >= get_solver(name).order - 0.3, errs
+
+
+def test_grids_without_a_final_option_invert():
+    problem = GaussianProblem.default(schedule=EDMSchedule())
+    x0 = _data(problem)
+
+    def optimized(steps, schedule, **options):       # like a GITS / learned grid: takes no options at all
+        if options:
+            raise InvalidArgument(f"an optimized grid takes no grid options, got {sorted(options)}")
+        return torch.cat([torch.logspace(math.log10(80.0), -2, steps, dtype=torch.float64),
+                          torch.zeros(1, dtype=torch.float64)])
+
+    def positional(steps, schedule):
+        return optimized(steps, schedule)
+
+    for grid in (optimized, positional):
+        s = Sampler(problem, "heun", grid=grid, progress=False)
+        inv = s.invert(x0, 12, dtype=torch.float64)
+        assert float(inv.t[0]) == 0.0 and inv.stats["zero_start"] and float(inv.t[-1]) == pytest.approx(80.0)
+        assert s.round_trip(x0, 12, dtype=torch.float64).rms < 0.5
+    with pytest.raises(InvalidArgument, match=r"grid options \['final'\]"):   # asked for: still refused
+        Sampler(problem, "heun", grid=optimized, grid_options={"final": "min"}, progress=False).invert(x0, 4)
+
+
+@pytest.mark.parametrize("grid", ["gits", "learned"])
+def test_shipped_optimized_grids_invert(grid):
+    from diffsolve.models import load_mnist_unet
+    s = Sampler(load_mnist_unet(), "ipndm", grid=grid, progress=False)
+    x0 = torch.zeros(2, 1, 28, 28)
+    inv = s.invert(x0, 3)
+    assert float(inv.t[0]) == 0.0 and torch.isfinite(inv.samples).all()
