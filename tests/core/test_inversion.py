@@ -278,7 +278,7 @@ def test_grids_without_a_final_option_invert():
         inv = s.invert(x0, 12, dtype=torch.float64)
         assert float(inv.t[0]) == 0.0 and inv.stats["zero_start"] and float(inv.t[-1]) == pytest.approx(80.0)
         assert s.round_trip(x0, 12, dtype=torch.float64).rms < 0.5
-    with pytest.raises(InvalidArgument, match=r"grid options \['final'\]"):   # asked for: still refused
+    with pytest.raises(InvalidArgument, match=r"no grid options, got \['final'\]"):   # asked for: still refused
         Sampler(problem, "heun", grid=optimized, grid_options={"final": "min"}, progress=False).invert(x0, 4)
 
 
