@@ -14,7 +14,7 @@ import torch
 
 from diffsolve.capture import GraphedRun
 from diffsolve.errors import InvalidArgument, check_choice, check_int
-from diffsolve.field import Field, as_field, device_of
+from diffsolve.field import Field, as_field, check_sample_shape, device_of
 from diffsolve.grids import (is_increasing, make_grid, refuse_increasing, resolve_field_grid, takes_option,
                              validate_grid)
 from diffsolve.loop import Evaluator, SampleResult, StepInfo, integrate
@@ -168,7 +168,7 @@ class Sampler:
             if solver is None:
                 solver, solver_options = parts.solver, {**parts.solver_options, **solver_options}
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
-                              sample_shape=tuple(sample_shape) if sample_shape is not None else None)
+                              sample_shape=check_sample_shape(sample_shape))
         if skip_tuning is not None:
             self.field = _field_correction("skip_tuning")(self.field, skip_tuning)
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)

@@ -2,11 +2,11 @@
 the data prediction or the ODE slope; `as_field` builds one from a model (or asks the registered adapters)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.errors import InvalidArgument, check_choice, check_int
 from diffsolve.field.base import EvalPoint, Field, FieldOutput, ModelSpec, per_sample
 from diffsolve.field.identity import identity_of_kwargs, model_identity
 from diffsolve.kernels import lincomb
@@ -57,6 +57,16 @@ def unwrap_output(out: Any) -> torch.Tensor:
         "tensor, or a tuple whose first item is the prediction")
 
 
+def check_sample_shape(sample_shape: Any) -> tuple[int, ...] | None:
+    """None, or a sequence of positive integers (numpy integers are integers; a string is not a shape)."""
+    if sample_shape is None:
+        return None
+    if isinstance(sample_shape, (str, bytes)) or not isinstance(sample_shape, (Sequence, torch.Size)):
+        raise InvalidArgument(f"sample_shape={sample_shape!r}: must be a tuple of positive integers (one sample's "
+                              "shape, without the batch)")
+    return tuple(check_int(f"sample_shape[{i}]", v, 1) for i, v in enumerate(sample_shape))
+
+
 class VectorField(Field):
     """`VectorField(model, prediction=..., schedule=...)`: the common form of a network (DPM-Solver model_wrapper).
 
@@ -96,7 +106,7 @@ class VectorField(Field):
                 f"schedule= is missing: prediction={self.prediction!r} needs a noise schedule (for example "
                 "'edm', 'vp_linear', 'rectified_flow' or a NoiseSchedule); only prediction='velocity' may go without")
         self.model = model
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.sample_shape = check_sample_shape(sample_shape)
         self.model_kwargs = dict(model_kwargs or {})
         self.spec = spec
         if clip_x0 is not None and not (isinstance(clip_x0, (tuple, list)) and len(clip_x0) == 2
