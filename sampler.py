@@ -6,13 +6,13 @@ graph unless `grad=True`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Sequence
 
 import torch
 
 from diffsolve.capture import GraphedRun
+from diffsolve.checks import check_device
 from diffsolve.errors import InvalidArgument, check_choice, check_int
 from diffsolve.field import Field, as_field, check_sample_shape, device_of
 from diffsolve.grids import (is_increasing, make_grid, refuse_increasing, resolve_field_grid, takes_option,
@@ -113,21 +113,19 @@ def _agree(batch_size: int | None, seed: Any, batch: int, source: str) -> None:
         raise InvalidArgument(f"seed= has {len(seed)} entries (one per sample) but {source} gives {batch} samples")
 
 
-# A plan holds a few hundred bytes of host data per step (points and coefficients); refuse, before allocating,
-# what could not fit in this machine's memory instead of being killed for it.
-PLAN_BYTES_PER_STEP = 4096
+# The most steps one run may plan. Plans are built on the host, step by step (about 0.1 ms a step for Heun), so
+# a typo like nfe=3_000_000 would build for minutes before the first model call; it is refused up front instead.
+# Fixed-step references converge long before this (adaptive solvers take tolerances, not steps).
+MAX_STEPS = 100_000
 
 
-def check_plan_fits(steps: int) -> None:
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    need = steps * PLAN_BYTES_PER_STEP
-    if need > memory // 2:
-        raise InvalidArgument(f"steps={steps} needs about {need / 2 ** 30:.0f} GiB of host memory for its plan "
-                              f"({PLAN_BYTES_PER_STEP} bytes a step), more than half of this machine's "
-                              f"{memory / 2 ** 30:.0f} GiB; use fewer steps")
+def check_steps(steps: int, nfe: int | None = None) -> int:
+    """Refuse a step count above MAX_STEPS (with nfe=, the steps that budget would take)."""
+    if steps > MAX_STEPS:
+        why = f"nfe={nfe} needs {steps} steps" if nfe is not None else f"steps={steps} is"
+        raise InvalidArgument(f"{why}, above the cap of {MAX_STEPS} steps a run may plan "
+                              "(diffsolve.sampler.MAX_STEPS); use fewer steps, or an adaptive solver with rtol/atol")
+    return steps
 
 
 def default_solver_name(field: Field) -> str:
@@ -222,7 +220,7 @@ class Sampler:
         if steps is None and nfe is None and not explicit and not self.solver.adaptive:
             raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
         if steps is not None:
-            steps = check_int("steps", steps, 1)
+            steps = check_steps(check_int("steps", steps, 1))
         if nfe is not None:
             nfe = check_int("nfe", nfe, 1)
         if self.solver.adaptive:
@@ -231,9 +229,7 @@ class Sampler:
             return self.solver.plan_adaptive(self.field, self.times(steps if steps is not None or explicit else 2),
                                              steps=steps, nfe=nfe)
         if nfe is not None and not explicit:
-            steps = self.steps_for_nfe(nfe)
-        if steps is not None:
-            check_plan_fits(steps)
+            steps = check_steps(self.steps_for_nfe(nfe), nfe)
         plan = self.solver.plan(self.field, self.times(steps))
         if nfe is not None and plan.nfe * self.field.evals_per_call > nfe:
             raise InvalidArgument(f"nfe={nfe} is too small: solver {self.solver.name!r} needs "
@@ -257,7 +253,12 @@ class Sampler:
             _agree(batch_size, seed, noise.shape[0], "noise=")
             return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
         if shape is not None:
-            shape = tuple(check_int(f"shape[{i}]", v, 1) for i, v in enumerate(shape))
+            if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)) or not shape:
+                raise InvalidArgument(f"shape={shape!r}: must be (batch, *sample_shape), a tuple of integers")
+            shape = tuple(check_int(f"shape[{i}]", v, 0 if i == 0 else 1) for i, v in enumerate(shape))
+            if sample_shape is not None and shape[1:] != tuple(sample_shape):
+                raise InvalidArgument(f"shape={shape} does not fit the model, whose samples have shape "
+                                      f"{tuple(sample_shape)}: pass shape=(batch, *{tuple(sample_shape)})")
             _agree(batch_size, seed, shape[0], "shape=")
         else:
             if sample_shape is None:
@@ -287,7 +288,8 @@ class Sampler:
         dtype = as_dtype(dtype)
         seed = check_seed(seed)
         if batch_size is not None:
-            batch_size = check_int("batch_size", batch_size, 1)
+            batch_size = check_int("batch_size", batch_size, 0)      # 0: an empty batch, an empty result
+        device = check_device(device)
         noise = self.initial_noise(noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
                                    device=device or device_of(self.field.model), dtype=dtype)
         if noise_scale == "unit" and given:
@@ -343,6 +345,7 @@ class Sampler:
             if self.field.sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape")
             shape = (batch_size or 1, *self.field.sample_shape)
+        device = check_device(device)
         return GraphedRun(self, self.plan(steps, nfe), shape, device=device or device_of(self.field.model),
                           dtype=as_dtype(dtype) or torch.float32, **model_kwargs)
 
@@ -388,8 +391,7 @@ class Sampler:
         if steps is None and nfe is None and not explicit:
             raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
         if steps is not None:
-            steps = check_int("steps", steps, 1)
-            check_plan_fits(steps)
+            steps = check_steps(check_int("steps", steps, 1))
 
         def planned(n):
             t = self.inversion_times(n)
@@ -404,21 +406,33 @@ class Sampler:
             t, plan = planned(steps)
         else:
             nfe = check_int("nfe", nfe, 1)
-            check_plan_fits(nfe)
             t, plan = planned(1)
             if cost(plan) > nfe:
                 raise InvalidArgument(f"nfe={nfe} is too small for solver {self.solver.name!r}, which needs "
                                       f"{cost(plan)} model evaluations for one step")
-            n = 1
-            while True:                           # host-side plans only; calls grow with the step count
-                t2, plan2 = planned(n + 1)
-                if cost(plan2) > nfe:
-                    break
-                n, t, plan = n + 1, t2, plan2
+            lo = self._most_steps_within(nfe, lambda n: cost(planned(n)[1]))
+            t, plan = planned(lo)
         if nfe is not None and cost(plan) > nfe:
             raise InvalidArgument(f"nfe={nfe} is too small: solver {self.solver.name!r} needs {cost(plan)} model "
                                   "evaluations to invert on this grid")
         return t, plan
+
+    def _most_steps_within(self, nfe: int, cost: Callable[[int], int]) -> int:
+        """The most inversion steps whose cost fits `nfe` (cost(1) fits): the cost grows with the step count,
+        so double to bracket the budget, then bisect; host plans only, none beyond MAX_STEPS."""
+        try:                                      # refuse a huge budget before planning anything big
+            check_steps(self.steps_for_nfe(nfe), nfe)
+        except InvalidArgument as e:
+            if "too small" not in str(e):         # the free step out of t = 0 may still fit
+                raise
+        lo, hi = 1, 2
+        while hi <= MAX_STEPS and cost(hi) <= nfe:
+            lo, hi = hi, 2 * hi
+        hi = min(hi, MAX_STEPS + 1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if cost(mid) <= nfe else (lo, mid)
+        return lo
 
     def invert(self, x0: torch.Tensor, steps: int | None = None, *, nfe: int | None = None,
                callback: Callable[[StepInfo], None] | None = None, return_trajectory: bool = False,
