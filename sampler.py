@@ -122,8 +122,8 @@ MAX_STEPS = 100_000
 def check_steps(steps: int, nfe: int | None = None) -> int:
     """Refuse a step count above MAX_STEPS (with nfe=, the steps that budget would take)."""
     if steps > MAX_STEPS:
-        why = f"nfe={nfe} needs {steps} steps" if nfe is not None else f"steps={steps} is"
-        raise InvalidArgument(f"{why}, above the cap of {MAX_STEPS} steps a run may plan "
+        why = f"nfe={nfe} needs {steps} steps," if nfe is not None else f"steps={steps} is"
+        raise InvalidArgument(f"{why} above the cap of {MAX_STEPS} steps a run may plan "
                               "(diffsolve.sampler.MAX_STEPS); use fewer steps, or an adaptive solver with rtol/atol")
     return steps
 

@@ -57,6 +57,15 @@ def unwrap_output(out: Any) -> torch.Tensor:
         "tensor, or a tuple whose first item is the prediction")
 
 
+def step_input_given(keyword: str, value: Any) -> InvalidArgument:
+    """A caller passed the step-size keyword a shortcut model takes from the solver."""
+    return InvalidArgument(
+        f"{keyword}={value!r}: this shortcut model takes the step size {keyword!r} from the solver, which sets it "
+        f"to the step it takes (d = 1/K with solver='shortcut', d = 0, the instantaneous velocity, with any other "
+        f"solver); a {keyword}= that disagrees with the step would make the model jump by one length while the "
+        f"solver moves by another. Choose the step size with steps=K, not {keyword}=")
+
+
 def check_sample_shape(sample_shape: Any) -> tuple[int, ...] | None:
     """None, or a sequence of positive integers (numpy integers are integers; a string is not a shape)."""
     if sample_shape is None:
@@ -121,6 +130,8 @@ class VectorField(Field):
         if step_input is not None and not (isinstance(step_input, str) and step_input.isidentifier()):
             raise InvalidArgument(f"step_input={step_input!r}: must be the model's keyword for the step size, or None")
         self.step_input = step_input
+        if step_input is not None and step_input in self.model_kwargs:
+            raise step_input_given(step_input, self.model_kwargs[step_input])
 
     @property
     def data_range(self) -> tuple[float, float] | None:
@@ -140,6 +151,8 @@ class VectorField(Field):
         if self.step_input is not None:
             # A shortcut model takes the step it is asked to jump; any other solver asks for d = 0, the
             # instantaneous velocity (Frans et al. 2024), so every ODE solver still applies.
+            if self.step_input in kwargs:
+                raise step_input_given(self.step_input, kwargs[self.step_input])
             step = p.step if p.step is not None else 0.0
             kwargs = {**kwargs, self.step_input: (step.to(device=x.device, dtype=tdtype).reshape(-1).expand(x.shape[0])
                                                   if isinstance(step, torch.Tensor) else
