@@ -44,10 +44,17 @@ def _need(schedule: NoiseSchedule | None, grid: str) -> NoiseSchedule:
 
 
 def _levels(lo_name: str, lo: Any, hi_name: str, hi: Any, lo_default: float, hi_default: float, *,
-            positive: bool = True) -> tuple[float, float]:
-    """A grid's range options: numbers (not strings), positive (times: >= 0), the low one below the high one."""
+            positive: bool = True, within: tuple[float, float] | None = None) -> tuple[float, float]:
+    """A grid's range options: numbers (not strings), positive (times: >= 0 and `within` the schedule's
+    [t_min, t_max]), the low one below the high one."""
     lo = lo_default if lo is None else check_float(lo_name, lo, positive=positive, nonnegative=not positive)
     hi = hi_default if hi is None else check_float(hi_name, hi, positive=True)
+    if within is not None:
+        tol = 1e-9 * max(1.0, abs(within[1]))
+        for name, v in ((lo_name, lo), (hi_name, hi)):
+            if not within[0] - tol <= v <= within[1] + tol:
+                raise InvalidArgument(f"{name}={v!r} lies outside the schedule's times [{within[0]:g}, "
+                                      f"{within[1]:g}]")
     if not lo < hi:
         raise InvalidArgument(f"{lo_name}={lo!r} must be below {hi_name}={hi!r}")
     return lo, hi
@@ -111,7 +118,8 @@ def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
     """Uniform in lambda = log(alpha/sigma) (DPM-Solver skip_type='logSNR')."""
     sch = _need(schedule, "logsnr_uniform")
     n = _count(steps, final)
-    lo, hi = _levels("t_min", t_min, "t_max", t_max, sch.t_min, sch.t_max, positive=False)
+    lo, hi = _levels("t_min", t_min, "t_max", t_max, sch.t_min, sch.t_max, positive=False,
+                     within=(sch.t_min, sch.t_max))
     lam = torch.linspace(float(sch.lambda_(hi)), float(sch.lambda_(lo)), n, dtype=torch.float64)
     if not torch.isfinite(lam).all():
         raise InvalidArgument("grid='logsnr_uniform' needs finite log-SNR at both ends; pass t_max= below pure noise")
@@ -135,7 +143,8 @@ def time_quadratic(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
     """Uniform in sqrt(t) (DDIM's quadratic spacing; DPM-Solver 'time_quadratic')."""
     sch = _need(schedule, "time_quadratic")
     n = _count(steps, final)
-    lo, hi = _levels("t_min", t_min, "t_max", t_max, sch.t_min, sch.t_max, positive=False)
+    lo, hi = _levels("t_min", t_min, "t_max", t_max, sch.t_min, sch.t_max, positive=False,
+                     within=(sch.t_min, sch.t_max))
     return _finish(torch.linspace(hi ** 0.5, lo ** 0.5, n, dtype=torch.float64) ** 2, final)
 
 
