@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from diffsolve.capture import GraphedRun
-from diffsolve.checks import check_device
-from diffsolve.errors import InvalidArgument, check_choice, check_int
+from diffsolve.checks import MAX_STEPS, check_device, check_steps
+from diffsolve.errors import InvalidArgument, check_bool, check_choice, check_int
 from diffsolve.field import Field, as_field, check_sample_shape, device_of
 from diffsolve.grids import (is_increasing, make_grid, refuse_increasing, resolve_field_grid, takes_option,
                              validate_grid)
@@ -113,33 +113,12 @@ def _agree(batch_size: int | None, seed: Any, batch: int, source: str) -> None:
         raise InvalidArgument(f"seed= has {len(seed)} entries (one per sample) but {source} gives {batch} samples")
 
 
-# The most steps one run may plan. Plans are built on the host, step by step (about 0.1 ms a step for Heun), so
-# a typo like nfe=3_000_000 would build for minutes before the first model call; it is refused up front instead.
-# Fixed-step references converge long before this (adaptive solvers take tolerances, not steps).
-MAX_STEPS = 100_000
-
-
-def check_steps(steps: int, nfe: int | None = None) -> int:
-    """Refuse a step count above MAX_STEPS (with nfe=, the steps that budget would take)."""
-    if steps > MAX_STEPS:
-        why = f"nfe={nfe} needs {steps} steps," if nfe is not None else f"steps={steps} is"
-        raise InvalidArgument(f"{why} above the cap of {MAX_STEPS} steps a run may plan "
-                              "(diffsolve.sampler.MAX_STEPS); use fewer steps, or an adaptive solver with rtol/atol")
-    return steps
-
-
 def default_solver_name(field: Field) -> str:
     """The model family's own sampler when its spec names one (consistency, shortcut), else an ODE solver."""
     spec = getattr(field, "spec", None)
     if spec is not None and spec.solver is not None:
         return spec.solver
     return "dpmpp_2m" if field.has_schedule else "heun"
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{name}={value!r}: must be True or False")
-    return value
 
 
 class Sampler:
@@ -178,8 +157,8 @@ class Sampler:
         grid = resolve_field_grid(grid, self.field, self.solver)   # 'gits' / 'learned': tuned for this model
         self.grid = grid if grid is not None else (sch.default_grid if sch is not None else "time_uniform")
         self.grid_options = dict(grid_options or {})
-        self.check_finite = _check_flag("check_finite", check_finite)
-        self.progress = _check_flag("progress", progress)
+        self.check_finite = check_bool("check_finite", check_finite)
+        self.progress = check_bool("progress", progress)
 
     # --- host-side planning ---------------------------------------------------------------------
     def times(self, steps: int) -> torch.Tensor:
@@ -322,8 +301,8 @@ class Sampler:
 
         `step_noise` feeds stochastic solvers (`ev.noise(j)`); without it one is seeded from torch's global RNG.
         """
-        _check_flag("grad", grad)
-        _check_flag("return_trajectory", return_trajectory)
+        check_bool("grad", grad)
+        check_bool("return_trajectory", return_trajectory)
         check_choice("noise_scale", noise_scale, NOISE_SCALES)
         t0 = float(plan.t[0])
         scale = self.field.schedule.prior_std(t0) if self.field.schedule is not None else 1.0
@@ -333,7 +312,7 @@ class Sampler:
             step_noise = NoiseSource.for_run(noise.shape, device=noise.device, dtype=noise.dtype)
         ev = Evaluator(self.field, model_kwargs, self.check_finite,
                        step_noise if not self.solver.deterministic else None)
-        show = self.progress if progress is None else _check_flag("progress", progress)
+        show = self.progress if progress is None else check_bool("progress", progress)
         with torch.set_grad_enabled(grad):
             return integrate(self.solver, ev, noise * scale, plan, callback=callback,
                              return_trajectory=return_trajectory, progress=show)
@@ -463,13 +442,13 @@ class Sampler:
         """
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
             raise InvalidArgument("x0 must be a floating-point torch.Tensor (a batch of data)")
-        _check_flag("grad", grad)
-        _check_flag("return_trajectory", return_trajectory)
+        check_bool("grad", grad)
+        check_bool("return_trajectory", return_trajectory)
         t, plan = self.inversion_plan(steps, nfe)
         dtype = as_dtype(dtype)
         x = x0.to(dtype) if dtype is not None else x0
         ev = Evaluator(self.field, model_kwargs, self.check_finite)
-        show = self.progress if progress is None else _check_flag("progress", progress)
+        show = self.progress if progress is None else check_bool("progress", progress)
         zero = self._zero_start(t)
         traj = [x] if return_trajectory else None
         with torch.set_grad_enabled(grad):
