@@ -6,6 +6,7 @@ graph unless `grad=True`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Sequence
 
@@ -442,6 +443,9 @@ class Sampler:
         """
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
             raise InvalidArgument("x0 must be a floating-point torch.Tensor (a batch of data)")
+        want = self.field.sample_shape
+        if want is not None and tuple(x0.shape[1:]) != tuple(want):
+            raise InvalidArgument(f"x0 has shape {tuple(x0.shape)} but the model expects (batch, *{tuple(want)})")
         check_bool("grad", grad)
         check_bool("return_trajectory", return_trajectory)
         t, plan = self.inversion_plan(steps, nfe)
@@ -483,8 +487,9 @@ class Sampler:
         back = self.solver.plan(self.field, inv.t.flip(0))
         rec = self.solve(back, inv.samples, progress=False, **model_kwargs)
         ref = x0.to(rec.samples.dtype)
-        diff = (rec.samples - ref).reshape(ref.shape[0], -1)
+        diff = (rec.samples - ref).reshape(ref.shape[0], int(ref[0].numel()) if ref.shape[0] else 0)
         err = diff.pow(2).mean(dim=1).sqrt()
+        empty = diff.numel() == 0                 # an empty batch: no error to measure (NaN)
         return RoundTrip(data=x0, noise=inv.samples, reconstruction=rec.samples, error=err,
-                         rms=float(diff.pow(2).mean().sqrt()), max_abs=float(diff.abs().max()),
+                         rms=float(diff.pow(2).mean().sqrt()), max_abs=math.nan if empty else float(diff.abs().max()),
                          nfe_invert=inv.nfe, nfe_sample=rec.nfe, t=inv.t, solver=self.solver.name)

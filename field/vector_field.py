@@ -6,7 +6,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from diffsolve.errors import InvalidArgument, check_choice, check_int
+from diffsolve.errors import InvalidArgument, check_choice, check_float, check_int
 from diffsolve.field.base import EvalPoint, Field, FieldOutput, ModelSpec, per_sample
 from diffsolve.field.identity import identity_of_kwargs, model_identity
 from diffsolve.kernels import lincomb
@@ -116,12 +116,17 @@ class VectorField(Field):
                 "'edm', 'vp_linear', 'rectified_flow' or a NoiseSchedule); only prediction='velocity' may go without")
         self.model = model
         self.sample_shape = check_sample_shape(sample_shape)
+        if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+            raise InvalidArgument(f"model_kwargs={model_kwargs!r}: must be a mapping of keyword -> value")
         self.model_kwargs = dict(model_kwargs or {})
         self.spec = spec
-        if clip_x0 is not None and not (isinstance(clip_x0, (tuple, list)) and len(clip_x0) == 2
-                                        and float(clip_x0[0]) < float(clip_x0[1])):
-            raise InvalidArgument(f"clip_x0={clip_x0!r}: must be a pair (low, high) with low < high")
-        self.clip_x0 = (float(clip_x0[0]), float(clip_x0[1])) if clip_x0 is not None else None
+        if clip_x0 is not None:
+            if not (isinstance(clip_x0, (tuple, list)) and len(clip_x0) == 2):
+                raise InvalidArgument(f"clip_x0={clip_x0!r}: must be a pair (low, high) with low < high")
+            clip_x0 = (check_float("clip_x0[0]", clip_x0[0]), check_float("clip_x0[1]", clip_x0[1]))
+            if not clip_x0[0] < clip_x0[1]:
+                raise InvalidArgument(f"clip_x0={clip_x0!r}: must be a pair (low, high) with low < high")
+        self.clip_x0 = clip_x0
         if model_dtype is not None and not (isinstance(model_dtype, torch.dtype) and model_dtype.is_floating_point):
             raise InvalidArgument(f"model_dtype={model_dtype!r}: must be a floating torch dtype or None")
         self.model_dtype = model_dtype

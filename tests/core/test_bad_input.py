@@ -196,3 +196,19 @@ def test_an_empty_batch_gives_an_empty_result(name):
         if get_solver(name).inversion_refusal() is None and get_solver(name).deterministic:
             inv = s.invert(torch.zeros(0, DIM), 4)
             assert inv.samples.shape == (0, DIM) and inv.nfe == 0
+
+
+def test_round_trip_and_inversion_check_the_data():
+    s = Sampler(PROBLEM, "heun", progress=False)
+    rt = s.round_trip(torch.zeros(0, DIM), 4)
+    assert rt.reconstruction.shape == (0, DIM) and math.isnan(rt.rms) and math.isnan(rt.max_abs)
+    with pytest.raises(InvalidArgument, match=r"x0 has shape \(2, 5\) but the model expects \(batch, \*\(8,\)\)"):
+        s.invert(torch.zeros(2, 5), 4)
+
+
+@pytest.mark.parametrize("clip", [("a", "b"), (None, 1), (1, -1), (0.0,), "01"])
+def test_clip_x0_is_a_numeric_pair(clip):
+    with pytest.raises(InvalidArgument, match="clip_x0"):
+        VectorField(PROBLEM, clip_x0=clip)
+    with pytest.raises(InvalidArgument, match="model_kwargs"):
+        VectorField(PROBLEM, model_kwargs=[("y", 1)])
