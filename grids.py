@@ -26,8 +26,7 @@ AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.15
 
 def _count(steps: int, final: str) -> int:
     """How many points precede the appended t = 0 (or end the grid, for final='min')."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+    steps = check_int("steps", steps, 1)          # numpy integers are integers
     check_choice("final", final, FINALS)
     return steps if final == "zero" else steps + 1
 
@@ -70,7 +69,12 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, 
     `ramp` (positions in [0, 1], 0 at sigma_max) places them elsewhere on the same curve."""
     if ramp is None:
         ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    try:
+        hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    except OverflowError:
+        raise InvalidArgument(f"rho={rho!r} is too small for noise levels up to {sigma_max:g}: "
+                              f"sigma_max ** (1 / rho) overflows") from None
+    return (hi + ramp * (lo - hi)) ** rho
 
 
 def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = None, sigma_max: float | None = None,

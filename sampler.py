@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -157,6 +157,8 @@ class Sampler:
             grid = self.solver.grid_for(self.field)          # a learned solver's own grid (AMED)
         grid = resolve_field_grid(grid, self.field, self.solver)   # 'gits' / 'learned': tuned for this model
         self.grid = grid if grid is not None else (sch.default_grid if sch is not None else "time_uniform")
+        if grid_options is not None and not isinstance(grid_options, Mapping):
+            raise InvalidArgument(f"grid_options={grid_options!r}: must be a mapping of option -> value")
         self.grid_options = dict(grid_options or {})
         self.check_finite = check_bool("check_finite", check_finite)
         self.progress = check_bool("progress", progress)

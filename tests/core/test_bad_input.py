@@ -212,3 +212,14 @@ def test_clip_x0_is_a_numeric_pair(clip):
         VectorField(PROBLEM, clip_x0=clip)
     with pytest.raises(InvalidArgument, match="model_kwargs"):
         VectorField(PROBLEM, model_kwargs=[("y", 1)])
+
+
+def test_grid_options_are_a_mapping_and_numpy_steps_are_steps():
+    with pytest.raises(InvalidArgument, match="grid_options=.*mapping"):
+        Sampler(PROBLEM, "euler", grid_options=[("rho", 7)], progress=False)
+    from diffsolve.grids import GRIDS
+    sch = PROBLEM.schedule
+    for name in ("karras", "logsnr_uniform", "time_uniform", "time_quadratic", "ays"):
+        torch.testing.assert_close(GRIDS[name](np.int64(6), sch), GRIDS[name](6, sch))
+        with pytest.raises(InvalidArgument, match="steps="):
+            GRIDS[name](6.0, sch)
