@@ -1,9 +1,9 @@
 """Linear multistep (k-diffusion `sample_lms`): Adams-Bashforth in sigma with Lagrange quadrature weights.
 
 k-diffusion integrates the Lagrange basis with scipy quad (epsrel 1e-4); here the weights are exact
-(Gauss-Legendre on a polynomial), so results agree with k-diffusion to about that tolerance. On a plain velocity field (schedule=None) the same
-rule runs in the field's own time t on f = dx/dt (SlopeMultistep.plan_plain). An inversion (data to noise)
-lowers the order of steps that outgrow the spacing of the slopes they extrapolate
+(Gauss-Legendre on a polynomial), so results agree with k-diffusion to about that tolerance. On a plain velocity
+field (schedule=None) the same rule runs in the field's own time t on f = dx/dt (SlopeMultistep.plan_plain). An
+inversion (data to noise) lowers the order of steps that outgrow the spacing of the slopes they extrapolate
 (SlopeMultistep.extrapolation_order).
 """
 from __future__ import annotations
