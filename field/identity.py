@@ -26,6 +26,7 @@ REDUCED = (torch.float16, torch.bfloat16)
 # rounded to dtype) -> the float32 digest. A half copy's values are a rounding of the float32 ones, which cannot
 # be undone, so it is recognised by the rounding instead; a loader that converts a network hashes it first.
 _ROUNDED: dict[tuple[torch.dtype, str], str] = {}
+_ROUNDED_FROM: set[str] = set()
 
 
 def _settings(module: torch.nn.Module) -> bytes:
@@ -74,7 +75,8 @@ def state_dict_digest(module: torch.nn.Module) -> str:
         if known is not None:
             return known
     digest = _digest(module, state, FLOAT32)
-    if not reduced:
+    if not reduced and digest not in _ROUNDED_FROM:       # the roundings' digests once per network
+        _ROUNDED_FROM.add(digest)
         for d in REDUCED:
             _ROUNDED.setdefault((d, _digest(module, state, d)), digest)
     return digest

@@ -1,7 +1,11 @@
 """A network's identity (the key learned corrections and reference caches match) is a property of its values,
 not of the dtype it happens to run in."""
+import warnings
+
+import pytest
 import torch
 
+from diffsolve import Sampler
 from diffsolve.field import VectorField, model_identity, state_dict_digest
 from diffsolve.models import load_mnist_unet
 
@@ -41,3 +45,13 @@ def test_a_different_network_has_a_different_identity():
     before = state_dict_digest(ints)
     ints.count += 1                                      # integer buffers are hashed as they are
     assert state_dict_digest(ints) != before
+
+
+@pytest.mark.parametrize("convert", ["half", "bfloat16", "double"])
+def test_a_shipped_correction_applies_to_a_converted_copy(convert):
+    state_dict_digest(load_mnist_unet())          # as a loader does: the float32 network is hashed first
+    net = getattr(load_mnist_unet(), convert)()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*untrained.*")
+        out = Sampler(net, "amed_plugin", progress=False).run(nfe=5, batch_size=1, seed=0, dtype=torch.float32)
+    assert torch.isfinite(out.samples).all()
