@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from diffsolve import InvalidArgument, Sampler, VectorField, available_solvers, get_solver
 from diffsolve.problems import GaussianProblem
 from diffsolve.checks import MAX_STEPS
+from diffsolve.grids import GRIDS
 from diffsolve.solvers.span import MIN_TOLERANCE
 
 PROBLEM = GaussianProblem.default()
@@ -217,7 +218,6 @@ def test_clip_x0_is_a_numeric_pair(clip):
 def test_grid_options_are_a_mapping_and_numpy_steps_are_steps():
     with pytest.raises(InvalidArgument, match="grid_options=.*mapping"):
         Sampler(PROBLEM, "euler", grid_options=[("rho", 7)], progress=False)
-    from diffsolve.grids import GRIDS
     sch = PROBLEM.schedule
     for name in ("karras", "logsnr_uniform", "time_uniform", "time_quadratic", "ays"):
         torch.testing.assert_close(GRIDS[name](np.int64(6), sch), GRIDS[name](6, sch))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffsolve import EDMSchedule, InvalidArgument, RectifiedFlow, Sampler, VPContinuous, available_solvers, get_solver
+from diffsolve.models import load_mnist_unet
 from diffsolve.problems import GaussianProblem
 from diffsolve.grids import validate_grid
 from diffsolve.solvers.multistep import step_orders
@@ -288,7 +289,6 @@ def test_grids_without_a_final_option_invert():
 
 @pytest.mark.parametrize("grid", ["gits", "learned"])
 def test_shipped_optimized_grids_invert(grid):
-    from diffsolve.models import load_mnist_unet
     s = Sampler(load_mnist_unet(), "ipndm", grid=grid, progress=False)
     x0 = torch.zeros(2, 1, 28, 28)
     inv = s.invert(x0, 3)
