@@ -1,4 +1,5 @@
-"""Checks of run settings shared by every surface (Python API and command line): seeds, devices, output folders.
+"""Checks of run settings shared by every surface (Python API and command line): seeds, devices, output folders,
+the cap on steps.
 
 Each raises InvalidArgument naming the option and what is allowed, before any work starts."""
 from __future__ import annotations
@@ -22,6 +23,21 @@ def check_seed(value: Any, limit: int = SEED_LIMIT, option: str = "seed") -> int
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
         raise InvalidArgument(f"{option}={value!r}: a seed must be an integer in [0, 2**{limit.bit_length() - 1})")
     return value
+
+
+# The most steps one run may plan. Plans are built on the host, step by step (about 0.1 ms a step for Heun), so
+# a typo like nfe=3_000_000 would build for minutes before the first model call; it is refused up front instead.
+# Fixed-step references converge long before this (adaptive solvers take tolerances, not steps).
+MAX_STEPS = 100_000
+
+
+def check_steps(steps: int, nfe: int | None = None) -> int:
+    """Refuse a step count above MAX_STEPS (with nfe=, the steps that budget would take)."""
+    if steps > MAX_STEPS:
+        why = f"nfe={nfe} needs {steps} steps," if nfe is not None else f"steps={steps} is"
+        raise InvalidArgument(f"{why} above the cap of {MAX_STEPS} steps a run may plan "
+                              "(diffsolve.checks.MAX_STEPS); use fewer steps, or an adaptive solver with rtol/atol")
+    return steps
 
 
 def available_devices() -> list[str]:

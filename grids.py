@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, Callable, Sequence
 
 import torch
 
-from diffsolve.errors import InvalidArgument, check_choice, check_int, unknown_name
+from diffsolve.errors import InvalidArgument, check_choice, check_float, check_int, unknown_name
 from diffsolve.schedules import NoiseSchedule, VPDiscrete, as_f64, interp
 
 FINALS = ("zero", "min")
@@ -25,8 +26,7 @@ AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.15
 
 def _count(steps: int, final: str) -> int:
     """How many points precede the appended t = 0 (or end the grid, for final='min')."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
+    steps = check_int("steps", steps, 1)          # numpy integers are integers
     check_choice("final", final, FINALS)
     return steps if final == "zero" else steps + 1
 
@@ -42,13 +42,39 @@ def _need(schedule: NoiseSchedule | None, grid: str) -> NoiseSchedule:
     return schedule
 
 
+def _levels(lo_name: str, lo: Any, hi_name: str, hi: Any, lo_default: float, hi_default: float, *,
+            positive: bool = True, within: tuple[float, float] | None = None) -> tuple[float, float]:
+    """A grid's range options: numbers (not strings), positive (times: >= 0 and `within` the schedule's
+    [t_min, t_max]), the low one below the high one."""
+    lo = lo_default if lo is None else check_float(lo_name, lo, positive=positive, nonnegative=not positive)
+    hi = hi_default if hi is None else check_float(hi_name, hi, positive=True)
+    if within is not None:
+        tol = 1e-9 * max(1.0, abs(within[1]))
+        for name, v in ((lo_name, lo), (hi_name, hi)):
+            if not within[0] - tol <= v <= within[1] + tol:
+                raise InvalidArgument(f"{name}={v!r} lies outside the schedule's times [{within[0]:g}, "
+                                      f"{within[1]:g}]")
+    if not lo < hi:
+        raise InvalidArgument(f"{lo_name}={lo!r} must be below {hi_name}={hi!r}")
+    return lo, hi
+
+
+def _rho(rho: Any) -> float:
+    return check_float("rho", rho, positive=True)
+
+
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, *,
                   ramp: torch.Tensor | None = None) -> torch.Tensor:
     """n EDM noise levels from sigma_max down to sigma_min, uniform in s^(1/rho) (Karras et al. 2022, eq. 5);
     `ramp` (positions in [0, 1], 0 at sigma_max) places them elsewhere on the same curve."""
     if ramp is None:
         ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    try:
+        hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    except OverflowError:
+        raise InvalidArgument(f"rho={rho!r} is too small for noise levels up to {sigma_max:g}: "
+                              f"sigma_max ** (1 / rho) overflows") from None
+    return (hi + ramp * (lo - hi)) ** rho
 
 
 def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = None, sigma_max: float | None = None,
@@ -56,8 +82,8 @@ def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = Non
     """EDM polynomial noise levels, uniform in s^(1/rho) (Karras et al. 2022, eq. 5)."""
     sch = _need(schedule, "karras")
     n = _count(steps, final)
-    smin = sch.sigma_min if sigma_min is None else float(sigma_min)
-    smax = sch.sigma_max if sigma_max is None else float(sigma_max)
+    rho = _rho(rho)
+    smin, smax = _levels("sigma_min", sigma_min, "sigma_max", sigma_max, sch.sigma_min, sch.sigma_max)
     if not math.isfinite(smax):
         raise InvalidArgument("grid='karras' needs a finite sigma_max; this schedule reaches pure noise, "
                               "pass sigma_max= or use grid='time_uniform'")
@@ -84,8 +110,8 @@ def karras_index(steps: int, schedule: NoiseSchedule, *, indices: Sequence[int] 
             raise InvalidArgument(f"indices={list(indices)} hold {idx.numel()} levels; steps={steps} needs {n}")
         if not torch.all(idx[1:] > idx[:-1]):
             raise InvalidArgument(f"indices={list(indices)}: must be strictly increasing (from high to low noise)")
-    smin = sch.sigma_min if sigma_min is None else float(sigma_min)
-    smax = sch.sigma_max if sigma_max is None else float(sigma_max)
+    rho = _rho(rho)
+    smin, smax = _levels("sigma_min", sigma_min, "sigma_max", sigma_max, sch.sigma_min, sch.sigma_max)
     if not math.isfinite(smax):
         raise InvalidArgument("grid='karras_index' needs a finite sigma_max; pass sigma_max=")
     return _finish(sch.t_from_edm_sigma(karras_sigmas(smin, smax, points, rho)[idx]), final)
@@ -96,8 +122,8 @@ def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
     """Uniform in lambda = log(alpha/sigma) (DPM-Solver skip_type='logSNR')."""
     sch = _need(schedule, "logsnr_uniform")
     n = _count(steps, final)
-    lo = sch.t_min if t_min is None else t_min
-    hi = sch.t_max if t_max is None else t_max
+    lo, hi = _levels("t_min", t_min, "t_max", t_max, sch.t_min, sch.t_max, positive=False,
+                     within=(sch.t_min, sch.t_max))
     lam = torch.linspace(float(sch.lambda_(hi)), float(sch.lambda_(lo)), n, dtype=torch.float64)
     if not torch.isfinite(lam).all():
         raise InvalidArgument("grid='logsnr_uniform' needs finite log-SNR at both ends; pass t_max= below pure noise")
@@ -110,8 +136,9 @@ def time_uniform(steps: int, schedule: NoiseSchedule | None, *, t_min: float | N
                  t_max: float | None = None, final: str = "zero") -> torch.Tensor:
     """Uniform in the schedule's time (DPM-Solver 'time_uniform'; flow matching's default)."""
     _count(steps, final)
-    hi = (schedule.t_max if schedule is not None else 1.0) if t_max is None else float(t_max)
-    lo = 0.0 if final == "zero" else ((schedule.t_min if schedule is not None else 0.0) if t_min is None else t_min)
+    lo, hi = _levels("t_min", t_min, "t_max", t_max, schedule.t_min if schedule is not None else 0.0,
+                     schedule.t_max if schedule is not None else 1.0, positive=False)
+    lo = 0.0 if final == "zero" else lo
     return torch.linspace(hi, lo, steps + 1, dtype=torch.float64)
 
 
@@ -120,8 +147,8 @@ def time_quadratic(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
     """Uniform in sqrt(t) (DDIM's quadratic spacing; DPM-Solver 'time_quadratic')."""
     sch = _need(schedule, "time_quadratic")
     n = _count(steps, final)
-    lo = sch.t_min if t_min is None else t_min
-    hi = sch.t_max if t_max is None else t_max
+    lo, hi = _levels("t_min", t_min, "t_max", t_max, sch.t_min, sch.t_max, positive=False,
+                     within=(sch.t_min, sch.t_max))
     return _finish(torch.linspace(hi ** 0.5, lo ** 0.5, n, dtype=torch.float64) ** 2, final)
 
 
@@ -132,6 +159,7 @@ def discrete(steps: int, schedule: NoiseSchedule, *, spacing: str = "trailing", 
     if not isinstance(sch, VPDiscrete):
         raise InvalidArgument("grid='discrete' needs a VPDiscrete schedule (integer timesteps)")
     check_choice("spacing", spacing, ("linspace", "leading", "trailing"))
+    steps_offset = check_int("steps_offset", steps_offset, 0)
     _count(steps, "zero")
     N = sch.N
     if steps > N:
@@ -159,7 +187,12 @@ def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[fl
     """Align Your Steps noise levels, log-linearly interpolated to any count (Sabour et al. 2024)."""
     sch = _need(schedule, "ays")
     n = _count(steps, final)
-    base = as_f64([s for s in sigmas if s > 0])
+    if isinstance(sigmas, (str, bytes)) or not isinstance(sigmas, (Sequence, torch.Tensor)):
+        raise InvalidArgument(f"sigmas={sigmas!r}: must be a sequence of noise levels")
+    levels = [check_float(f"sigmas[{i}]", v, nonnegative=True) for i, v in enumerate(sigmas)]
+    if sum(v > 0 for v in levels) < 2:
+        raise InvalidArgument(f"sigmas={list(sigmas)!r}: needs at least 2 positive noise levels")
+    base = as_f64([s for s in levels if s > 0])
     xs = torch.linspace(0, 1, base.numel(), dtype=torch.float64)
     new = torch.linspace(0, 1, n, dtype=torch.float64)
     # The published values are rounded (SD's sigma_max is 14.6146): keep them inside the schedule's range.
@@ -219,18 +252,51 @@ def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.
             raise unknown_name("grid", grid, [*GRIDS, *FIELD_GRIDS])
         t = _call_grid(grid, GRIDS[grid], steps, schedule, options)
     elif callable(grid):
-        t = as_f64(_call_grid(getattr(grid, "__name__", "custom"), grid, steps, schedule, options))
+        name = getattr(grid, "__name__", "custom")
+        t = as_times(_call_grid(name, grid, steps, schedule, options), f"grid function {name!r} returned")
         if steps is not None and t.ndim == 1 and t.numel() != steps + 1:
             raise InvalidArgument(f"grid function {getattr(grid, '__name__', grid)!r} returned {t.numel()} times for "
                                   f"steps={steps}; a grid for n steps holds n + 1 times")
     else:
         if options:
             raise InvalidArgument(f"grid options {sorted(options)} do not apply to an explicit list of times")
-        t = as_f64(grid)
+        t = as_times(grid, "grid=")
         if steps is not None and t.numel() - 1 != steps:
             raise InvalidArgument(f"steps={steps} does not match the explicit grid of {t.numel() - 1} steps")
     validate_grid(t, schedule)
     return t
+
+
+def takes_option(grid: Any, option: str) -> bool:
+    """Whether a grid name or grid function names `option` among its keyword-only parameters (a built-in grid's
+    `final`); a function that only takes **options is not assumed to understand it (optimized grids refuse all)."""
+    fn = GRIDS.get(grid) if isinstance(grid, str) else grid
+    if not callable(fn):
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return option in params and params[option].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                         inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def as_times(value: Any, what: str) -> torch.Tensor:
+    """A float64 tensor of times from a tensor, array or sequence of real numbers; InvalidArgument for anything
+    else (None, strings: "80" is not a time)."""
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        t = torch.as_tensor(value)
+        if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype.is_signed or
+                                                             t.dtype == torch.uint8):
+            raise InvalidArgument(f"{what} a tensor of dtype {t.dtype}; times must be real numbers")
+        return t.detach().cpu().to(torch.float64)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidArgument(f"{what} {value!r}; times must be a 1-D sequence or tensor of real numbers")
+    items = [v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for v in value]
+    bad = [v for v in items if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+    if bad:
+        raise InvalidArgument(f"{what} {list(value)!r}; times must be real numbers, not {bad[0]!r}")
+    return torch.tensor([float(v) for v in items], dtype=torch.float64)
 
 
 def _call_grid(name: str, fn: Callable[..., torch.Tensor], steps, schedule, options: dict) -> torch.Tensor:

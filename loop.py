@@ -27,7 +27,11 @@ __all__ = ["integrate", "integrate_adaptive", "Evaluator", "SampleResult", "Step
 def integrate(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any, *,
               callback: Callable[[StepInfo], None] | None = None, return_trajectory: bool = False,
               progress: bool = False, raise_nonfinite: bool = True) -> SampleResult:
-    """Integrate `x` along a plan: a fixed grid, an adaptive span (solvers.adaptive) or a whole-span bridge."""
+    """Integrate `x` along a plan: a fixed grid, an adaptive span (solvers.adaptive) or a whole-span bridge.
+
+    An empty batch (no samples) gives an empty result with no model call, the same for every solver."""
+    if x.numel() == 0:
+        return empty_result(solver, x, plan, return_trajectory)
     if getattr(plan, "span", None) is not None:
         if hasattr(solver, "solve_span"):
             return solver.solve_span(ev, x, plan, callback=callback, return_trajectory=return_trajectory)
@@ -49,6 +53,15 @@ def integrate(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any, *,
         ev.raise_if_bad(plan.t)
     return SampleResult(samples=x, nfe=ev.nfe, steps=plan.steps, t=plan.t, solver=solver.name,
                         trajectory=torch.stack(traj) if traj is not None else None)
+
+
+def empty_result(solver: Solver, x: torch.Tensor, plan: Any, return_trajectory: bool) -> SampleResult:
+    """The result of integrating no samples: nothing to evaluate, so no model call (adaptive control and the
+    bridges would otherwise size their steps on an error norm of nothing)."""
+    traj = x.unsqueeze(0).expand(len(plan.t), *x.shape).clone() if return_trajectory else None
+    steps = plan.steps if getattr(plan, "span", None) is None else 0
+    return SampleResult(samples=x.clone(), nfe=0, steps=steps, t=plan.t, solver=solver.name, trajectory=traj,
+                        stats={"empty": True})
 
 
 def integrate_adaptive(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any, *,

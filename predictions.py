@@ -18,7 +18,7 @@ ALIASES = {"epsilon": "eps", "noise": "eps", "sample": "x0", "data": "x0", "v_pr
 
 
 def canonical_prediction(name: str) -> str:
-    name = ALIASES.get(name, name)
+    name = ALIASES.get(name, name) if isinstance(name, str) else name    # a list is no name (nor hashable)
     check_choice("prediction", name, PREDICTIONS + tuple(ALIASES))
     return name
 

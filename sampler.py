@@ -6,16 +6,18 @@ graph unless `grad=True`.
 """
 from __future__ import annotations
 
-import os
+import math
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from diffsolve.capture import GraphedRun
-from diffsolve.errors import InvalidArgument, check_choice, check_int
-from diffsolve.field import Field, as_field, device_of
-from diffsolve.grids import is_increasing, make_grid, refuse_increasing, resolve_field_grid, validate_grid
+from diffsolve.checks import MAX_STEPS, check_device, check_steps
+from diffsolve.errors import InvalidArgument, check_bool, check_choice, check_int
+from diffsolve.field import Field, as_field, check_sample_shape, device_of
+from diffsolve.grids import (is_increasing, make_grid, refuse_increasing, resolve_field_grid, takes_option,
+                             validate_grid)
 from diffsolve.loop import Evaluator, SampleResult, StepInfo, integrate
 from diffsolve.noise import NoiseSource, check_seed, draw_noise
 from diffsolve.solvers.base import Plan, Solver, get_solver
@@ -112,35 +114,12 @@ def _agree(batch_size: int | None, seed: Any, batch: int, source: str) -> None:
         raise InvalidArgument(f"seed= has {len(seed)} entries (one per sample) but {source} gives {batch} samples")
 
 
-# A plan holds a few hundred bytes of host data per step (points and coefficients); refuse, before allocating,
-# what could not fit in this machine's memory instead of being killed for it.
-PLAN_BYTES_PER_STEP = 4096
-
-
-def check_plan_fits(steps: int) -> None:
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    need = steps * PLAN_BYTES_PER_STEP
-    if need > memory // 2:
-        raise InvalidArgument(f"steps={steps} needs about {need / 2 ** 30:.0f} GiB of host memory for its plan "
-                              f"({PLAN_BYTES_PER_STEP} bytes a step), more than half of this machine's "
-                              f"{memory / 2 ** 30:.0f} GiB; use fewer steps")
-
-
 def default_solver_name(field: Field) -> str:
     """The model family's own sampler when its spec names one (consistency, shortcut), else an ODE solver."""
     spec = getattr(field, "spec", None)
     if spec is not None and spec.solver is not None:
         return spec.solver
     return "dpmpp_2m" if field.has_schedule else "heun"
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{name}={value!r}: must be True or False")
-    return value
 
 
 class Sampler:
@@ -167,7 +146,7 @@ class Sampler:
             if solver is None:
                 solver, solver_options = parts.solver, {**parts.solver_options, **solver_options}
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
-                              sample_shape=tuple(sample_shape) if sample_shape is not None else None)
+                              sample_shape=check_sample_shape(sample_shape))
         if skip_tuning is not None:
             self.field = _field_correction("skip_tuning")(self.field, skip_tuning)
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)
@@ -178,9 +157,11 @@ class Sampler:
             grid = self.solver.grid_for(self.field)          # a learned solver's own grid (AMED)
         grid = resolve_field_grid(grid, self.field, self.solver)   # 'gits' / 'learned': tuned for this model
         self.grid = grid if grid is not None else (sch.default_grid if sch is not None else "time_uniform")
+        if grid_options is not None and not isinstance(grid_options, Mapping):
+            raise InvalidArgument(f"grid_options={grid_options!r}: must be a mapping of option -> value")
         self.grid_options = dict(grid_options or {})
-        self.check_finite = _check_flag("check_finite", check_finite)
-        self.progress = _check_flag("progress", progress)
+        self.check_finite = check_bool("check_finite", check_finite)
+        self.progress = check_bool("progress", progress)
 
     # --- host-side planning ---------------------------------------------------------------------
     def times(self, steps: int) -> torch.Tensor:
@@ -221,7 +202,7 @@ class Sampler:
         if steps is None and nfe is None and not explicit and not self.solver.adaptive:
             raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
         if steps is not None:
-            steps = check_int("steps", steps, 1)
+            steps = check_steps(check_int("steps", steps, 1))
         if nfe is not None:
             nfe = check_int("nfe", nfe, 1)
         if self.solver.adaptive:
@@ -230,9 +211,7 @@ class Sampler:
             return self.solver.plan_adaptive(self.field, self.times(steps if steps is not None or explicit else 2),
                                              steps=steps, nfe=nfe)
         if nfe is not None and not explicit:
-            steps = self.steps_for_nfe(nfe)
-        if steps is not None:
-            check_plan_fits(steps)
+            steps = check_steps(self.steps_for_nfe(nfe), nfe)
         plan = self.solver.plan(self.field, self.times(steps))
         if nfe is not None and plan.nfe * self.field.evals_per_call > nfe:
             raise InvalidArgument(f"nfe={nfe} is too small: solver {self.solver.name!r} needs "
@@ -256,7 +235,12 @@ class Sampler:
             _agree(batch_size, seed, noise.shape[0], "noise=")
             return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
         if shape is not None:
-            shape = tuple(check_int(f"shape[{i}]", v, 1) for i, v in enumerate(shape))
+            if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)) or not shape:
+                raise InvalidArgument(f"shape={shape!r}: must be (batch, *sample_shape), a tuple of integers")
+            shape = tuple(check_int(f"shape[{i}]", v, 0 if i == 0 else 1) for i, v in enumerate(shape))
+            if sample_shape is not None and shape[1:] != tuple(sample_shape):
+                raise InvalidArgument(f"shape={shape} does not fit the model, whose samples have shape "
+                                      f"{tuple(sample_shape)}: pass shape=(batch, *{tuple(sample_shape)})")
             _agree(batch_size, seed, shape[0], "shape=")
         else:
             if sample_shape is None:
@@ -286,7 +270,8 @@ class Sampler:
         dtype = as_dtype(dtype)
         seed = check_seed(seed)
         if batch_size is not None:
-            batch_size = check_int("batch_size", batch_size, 1)
+            batch_size = check_int("batch_size", batch_size, 0)      # 0: an empty batch, an empty result
+        device = check_device(device)
         noise = self.initial_noise(noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
                                    device=device or device_of(self.field.model), dtype=dtype)
         if noise_scale == "unit" and given:
@@ -319,8 +304,8 @@ class Sampler:
 
         `step_noise` feeds stochastic solvers (`ev.noise(j)`); without it one is seeded from torch's global RNG.
         """
-        _check_flag("grad", grad)
-        _check_flag("return_trajectory", return_trajectory)
+        check_bool("grad", grad)
+        check_bool("return_trajectory", return_trajectory)
         check_choice("noise_scale", noise_scale, NOISE_SCALES)
         t0 = float(plan.t[0])
         scale = self.field.schedule.prior_std(t0) if self.field.schedule is not None else 1.0
@@ -330,7 +315,7 @@ class Sampler:
             step_noise = NoiseSource.for_run(noise.shape, device=noise.device, dtype=noise.dtype)
         ev = Evaluator(self.field, model_kwargs, self.check_finite,
                        step_noise if not self.solver.deterministic else None)
-        show = self.progress if progress is None else _check_flag("progress", progress)
+        show = self.progress if progress is None else check_bool("progress", progress)
         with torch.set_grad_enabled(grad):
             return integrate(self.solver, ev, noise * scale, plan, callback=callback,
                              return_trajectory=return_trajectory, progress=show)
@@ -342,6 +327,7 @@ class Sampler:
             if self.field.sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape")
             shape = (batch_size or 1, *self.field.sample_shape)
+        device = check_device(device)
         return GraphedRun(self, self.plan(steps, nfe), shape, device=device or device_of(self.field.model),
                           dtype=as_dtype(dtype) or torch.float32, **model_kwargs)
 
@@ -349,13 +335,17 @@ class Sampler:
     def inversion_times(self, steps: int | None = None) -> torch.Tensor:
         """The inversion grid: the sampling grid reversed (increasing noise), validated.
 
-        A named grid is built with `final="min"` unless grid_options says otherwise, so that the inversion
-        starts at the schedule's smallest noise t_min: the data is taken as the state there (as DDIM inversion
-        and score-SDE likelihoods do). An explicit grid is used as given, reversed if it decreases.
+        A grid that takes a `final` option (the named grids) is built with `final="min"` unless grid_options
+        says otherwise, so that the inversion starts at the schedule's smallest noise t_min: the data is taken as
+        the state there (as DDIM inversion and score-SDE likelihoods do). A grid function without that option
+        (an optimized GITS or learned grid) is built as it comes, and an explicit grid is used as given, reversed
+        if it decreases; either may start the inversion at exactly t = 0 (see `invert`).
         """
         sch = self.field.schedule
         if isinstance(self.grid, str) or callable(self.grid):
-            opts = {"final": "min", **self.grid_options}
+            opts = dict(self.grid_options)
+            if "final" not in opts and takes_option(self.grid, "final"):
+                opts["final"] = "min"
             t = make_grid(self.grid, steps, sch, **opts).flip(0)
         else:
             t = torch.as_tensor(self.grid, dtype=torch.float64).clone()
@@ -383,8 +373,7 @@ class Sampler:
         if steps is None and nfe is None and not explicit:
             raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
         if steps is not None:
-            steps = check_int("steps", steps, 1)
-            check_plan_fits(steps)
+            steps = check_steps(check_int("steps", steps, 1))
 
         def planned(n):
             t = self.inversion_times(n)
@@ -399,21 +388,33 @@ class Sampler:
             t, plan = planned(steps)
         else:
             nfe = check_int("nfe", nfe, 1)
-            check_plan_fits(nfe)
             t, plan = planned(1)
             if cost(plan) > nfe:
                 raise InvalidArgument(f"nfe={nfe} is too small for solver {self.solver.name!r}, which needs "
                                       f"{cost(plan)} model evaluations for one step")
-            n = 1
-            while True:                           # host-side plans only; calls grow with the step count
-                t2, plan2 = planned(n + 1)
-                if cost(plan2) > nfe:
-                    break
-                n, t, plan = n + 1, t2, plan2
+            lo = self._most_steps_within(nfe, lambda n: cost(planned(n)[1]))
+            t, plan = planned(lo)
         if nfe is not None and cost(plan) > nfe:
             raise InvalidArgument(f"nfe={nfe} is too small: solver {self.solver.name!r} needs {cost(plan)} model "
                                   "evaluations to invert on this grid")
         return t, plan
+
+    def _most_steps_within(self, nfe: int, cost: Callable[[int], int]) -> int:
+        """The most inversion steps whose cost fits `nfe` (cost(1) fits): the cost grows with the step count,
+        so double to bracket the budget, then bisect; host plans only, none beyond MAX_STEPS."""
+        try:                                      # refuse a huge budget before planning anything big
+            check_steps(self.steps_for_nfe(nfe), nfe)
+        except InvalidArgument as e:
+            if "too small" not in str(e):         # the free step out of t = 0 may still fit
+                raise
+        lo, hi = 1, 2
+        while hi <= MAX_STEPS and cost(hi) <= nfe:
+            lo, hi = hi, 2 * hi
+        hi = min(hi, MAX_STEPS + 1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if cost(mid) <= nfe else (lo, mid)
+        return lo
 
     def invert(self, x0: torch.Tensor, steps: int | None = None, *, nfe: int | None = None,
                callback: Callable[[StepInfo], None] | None = None, return_trajectory: bool = False,
@@ -444,13 +445,16 @@ class Sampler:
         """
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
             raise InvalidArgument("x0 must be a floating-point torch.Tensor (a batch of data)")
-        _check_flag("grad", grad)
-        _check_flag("return_trajectory", return_trajectory)
+        want = self.field.sample_shape
+        if want is not None and tuple(x0.shape[1:]) != tuple(want):
+            raise InvalidArgument(f"x0 has shape {tuple(x0.shape)} but the model expects (batch, *{tuple(want)})")
+        check_bool("grad", grad)
+        check_bool("return_trajectory", return_trajectory)
         t, plan = self.inversion_plan(steps, nfe)
         dtype = as_dtype(dtype)
         x = x0.to(dtype) if dtype is not None else x0
         ev = Evaluator(self.field, model_kwargs, self.check_finite)
-        show = self.progress if progress is None else _check_flag("progress", progress)
+        show = self.progress if progress is None else check_bool("progress", progress)
         zero = self._zero_start(t)
         traj = [x] if return_trajectory else None
         with torch.set_grad_enabled(grad):
@@ -485,8 +489,9 @@ class Sampler:
         back = self.solver.plan(self.field, inv.t.flip(0))
         rec = self.solve(back, inv.samples, progress=False, **model_kwargs)
         ref = x0.to(rec.samples.dtype)
-        diff = (rec.samples - ref).reshape(ref.shape[0], -1)
+        diff = (rec.samples - ref).reshape(ref.shape[0], int(ref[0].numel()) if ref.shape[0] else 0)
         err = diff.pow(2).mean(dim=1).sqrt()
+        empty = diff.numel() == 0                 # an empty batch: no error to measure (NaN)
         return RoundTrip(data=x0, noise=inv.samples, reconstruction=rec.samples, error=err,
-                         rms=float(diff.pow(2).mean().sqrt()), max_abs=float(diff.abs().max()),
+                         rms=float(diff.pow(2).mean().sqrt()), max_abs=math.nan if empty else float(diff.abs().max()),
                          nfe_invert=inv.nfe, nfe_sample=rec.nfe, t=inv.t, solver=self.solver.name)

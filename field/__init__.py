@@ -12,12 +12,13 @@ adapters' registry), wrappers (guidance, per-step options, feature capture), ide
 """
 from diffsolve.field.base import EvalPoint, Field, FieldOutput, ModelSpec, per_sample
 from diffsolve.field.identity import identity_of_kwargs, model_identity, state_dict_digest
-from diffsolve.field.vector_field import (TIME_CONVENTIONS, VectorField, as_field, device_of, floating_dtype_of,
-                                          model_spec_of, register_model_adapter, unwrap_output, velocity_from_x0)
+from diffsolve.field.vector_field import (TIME_CONVENTIONS, VectorField, as_field, check_sample_shape, device_of,
+                                          floating_dtype_of, model_spec_of, register_model_adapter, unwrap_output,
+                                          velocity_from_x0)
 from diffsolve.field.wrappers import ClassifierFreeGuidance, FeatureCapture, FieldWrapper, StepOptions
 from diffsolve.field.wrappers import _network_of  # noqa: F401  (the corrections reach the bare network)
 
 __all__ = ["ModelSpec", "EvalPoint", "FieldOutput", "Field", "VectorField", "FieldWrapper", "ClassifierFreeGuidance",
            "StepOptions", "FeatureCapture", "as_field", "register_model_adapter", "model_spec_of", "model_identity",
            "state_dict_digest", "identity_of_kwargs", "device_of", "floating_dtype_of", "unwrap_output",
-           "velocity_from_x0", "per_sample", "TIME_CONVENTIONS"]
+           "velocity_from_x0", "per_sample", "TIME_CONVENTIONS", "check_sample_shape"]

@@ -19,27 +19,67 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def state_dict_digest(module: torch.nn.Module) -> str:
-    """sha256 over a module's class name, its state_dict (names, dtypes, shapes and bytes) and the plain settings
-    its submodules hold outside it (a UNet's `skip_scales`), which change the output as surely as the weights."""
-    h = hashlib.sha256(type(module).__qualname__.encode())
+FLOAT32 = torch.float32
+REDUCED = (torch.float16, torch.bfloat16)
+
+# Reduced-precision copies of networks hashed in float32 (or wider) in this process: (dtype, digest of the values
+# rounded to dtype) -> the float32 digest. A half copy's values are a rounding of the float32 ones, which cannot
+# be undone, so it is recognised by the rounding instead; a loader that converts a network hashes it first.
+_ROUNDED: dict[tuple[torch.dtype, str], str] = {}
+_ROUNDED_FROM: set[str] = set()
+
+
+def _settings(module: torch.nn.Module) -> bytes:
+    """The plain settings submodules hold outside the state_dict (a UNet's `skip_scales`)."""
+    out = []
     for prefix, sub in module.named_modules():
         for attr, value in sorted(vars(sub).items()):
             # None is left out with tensors: a slot filled by a forward pass must not change the key.
             if attr.startswith("_") or attr == "training" or value is None or not _plain(value):
                 continue
-            h.update(f"{prefix}.{attr}={value!r};".encode())
-    state = module.state_dict()
+            out.append(f"{prefix}.{attr}={value!r};")
+    return "".join(out).encode()
+
+
+def _digest(module: torch.nn.Module, state: Mapping[str, Any], floats: torch.dtype) -> str:
+    """sha256 of class name, settings and state_dict with every floating tensor cast to `floats`."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    h.update(_settings(module))
     for name in sorted(state):
         v = state[name]
         h.update(name.encode())
         if isinstance(v, torch.Tensor):
             v = v.detach().cpu().contiguous()
+            v = v.to(floats) if v.is_floating_point() else v
             h.update(f"{v.dtype}{tuple(v.shape)}".encode())
             h.update((v.view(torch.int16) if v.dtype == torch.bfloat16 else v).numpy().tobytes())
         else:
             h.update(repr(v).encode())
     return f"sha256:{h.hexdigest()}"
+
+
+def state_dict_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's class name, its state_dict (names, shapes and bytes) and the plain settings its
+    submodules hold outside it (a UNet's `skip_scales`), which change the output as surely as the weights.
+
+    The digest does not depend on the dtype the network runs in, so that a learned correction trained on it
+    still applies to its `.half()`, `.bfloat16()` or `.double()` copy. Floating values are hashed as float32
+    (the reference: a float32 network's digest is its bytes' digest, and a float64 copy casts back bit for bit).
+    A float16 or bfloat16 copy has lost the float32 bits; it gets the digest of the float32 network it was
+    rounded from when that network was hashed in this process, else the digest of its values as float32."""
+    state = module.state_dict()
+    dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    reduced = [d for d in REDUCED if d in dtypes]
+    if len(reduced) == 1:
+        known = _ROUNDED.get((reduced[0], _digest(module, state, reduced[0])))
+        if known is not None:
+            return known
+    digest = _digest(module, state, FLOAT32)
+    if not reduced and digest not in _ROUNDED_FROM:       # the roundings' digests once per network
+        _ROUNDED_FROM.add(digest)
+        for d in REDUCED:
+            _ROUNDED.setdefault((d, _digest(module, state, d)), digest)
+    return digest
 
 
 def model_identity(model: Any) -> str | None:

@@ -2,11 +2,11 @@
 the data prediction or the ODE slope; `as_field` builds one from a model (or asks the registered adapters)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.errors import InvalidArgument, check_choice, check_float, check_int
 from diffsolve.field.base import EvalPoint, Field, FieldOutput, ModelSpec, per_sample
 from diffsolve.field.identity import identity_of_kwargs, model_identity
 from diffsolve.kernels import lincomb
@@ -57,6 +57,25 @@ def unwrap_output(out: Any) -> torch.Tensor:
         "tensor, or a tuple whose first item is the prediction")
 
 
+def step_input_given(keyword: str, value: Any) -> InvalidArgument:
+    """A caller passed the step-size keyword a shortcut model takes from the solver."""
+    return InvalidArgument(
+        f"{keyword}={value!r}: this shortcut model takes the step size {keyword!r} from the solver, which sets it "
+        f"to the step it takes (d = 1/K with solver='shortcut', d = 0, the instantaneous velocity, with any other "
+        f"solver); a {keyword}= that disagrees with the step would make the model jump by one length while the "
+        f"solver moves by another. Choose the step size with steps=K, not {keyword}=")
+
+
+def check_sample_shape(sample_shape: Any) -> tuple[int, ...] | None:
+    """None, or a sequence of positive integers (numpy integers are integers; a string is not a shape)."""
+    if sample_shape is None:
+        return None
+    if isinstance(sample_shape, (str, bytes)) or not isinstance(sample_shape, (Sequence, torch.Size)):
+        raise InvalidArgument(f"sample_shape={sample_shape!r}: must be a tuple of positive integers (one sample's "
+                              "shape, without the batch)")
+    return tuple(check_int(f"sample_shape[{i}]", v, 1) for i, v in enumerate(sample_shape))
+
+
 class VectorField(Field):
     """`VectorField(model, prediction=..., schedule=...)`: the common form of a network (DPM-Solver model_wrapper).
 
@@ -96,13 +115,18 @@ class VectorField(Field):
                 f"schedule= is missing: prediction={self.prediction!r} needs a noise schedule (for example "
                 "'edm', 'vp_linear', 'rectified_flow' or a NoiseSchedule); only prediction='velocity' may go without")
         self.model = model
-        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.sample_shape = check_sample_shape(sample_shape)
+        if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+            raise InvalidArgument(f"model_kwargs={model_kwargs!r}: must be a mapping of keyword -> value")
         self.model_kwargs = dict(model_kwargs or {})
         self.spec = spec
-        if clip_x0 is not None and not (isinstance(clip_x0, (tuple, list)) and len(clip_x0) == 2
-                                        and float(clip_x0[0]) < float(clip_x0[1])):
-            raise InvalidArgument(f"clip_x0={clip_x0!r}: must be a pair (low, high) with low < high")
-        self.clip_x0 = (float(clip_x0[0]), float(clip_x0[1])) if clip_x0 is not None else None
+        if clip_x0 is not None:
+            if not (isinstance(clip_x0, (tuple, list)) and len(clip_x0) == 2):
+                raise InvalidArgument(f"clip_x0={clip_x0!r}: must be a pair (low, high) with low < high")
+            clip_x0 = (check_float("clip_x0[0]", clip_x0[0]), check_float("clip_x0[1]", clip_x0[1]))
+            if not clip_x0[0] < clip_x0[1]:
+                raise InvalidArgument(f"clip_x0={clip_x0!r}: must be a pair (low, high) with low < high")
+        self.clip_x0 = clip_x0
         if model_dtype is not None and not (isinstance(model_dtype, torch.dtype) and model_dtype.is_floating_point):
             raise InvalidArgument(f"model_dtype={model_dtype!r}: must be a floating torch dtype or None")
         self.model_dtype = model_dtype
@@ -111,6 +135,8 @@ class VectorField(Field):
         if step_input is not None and not (isinstance(step_input, str) and step_input.isidentifier()):
             raise InvalidArgument(f"step_input={step_input!r}: must be the model's keyword for the step size, or None")
         self.step_input = step_input
+        if step_input is not None and step_input in self.model_kwargs:
+            raise step_input_given(step_input, self.model_kwargs[step_input])
 
     @property
     def data_range(self) -> tuple[float, float] | None:
@@ -130,6 +156,8 @@ class VectorField(Field):
         if self.step_input is not None:
             # A shortcut model takes the step it is asked to jump; any other solver asks for d = 0, the
             # instantaneous velocity (Frans et al. 2024), so every ODE solver still applies.
+            if self.step_input in kwargs:
+                raise step_input_given(self.step_input, kwargs[self.step_input])
             step = p.step if p.step is not None else 0.0
             kwargs = {**kwargs, self.step_input: (step.to(device=x.device, dtype=tdtype).reshape(-1).expand(x.shape[0])
                                                   if isinstance(step, torch.Tensor) else

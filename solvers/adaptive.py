@@ -26,7 +26,7 @@ from diffsolve.solvers.base import Plan, Solver, register
 from diffsolve.solvers.dpm_solver import DPMSolverSinglestep, StartEval
 from diffsolve.solvers.multistep import lambda_of
 from diffsolve.solvers.run import Evaluator
-from diffsolve.solvers.span import AdaptiveSolver, Span, check_positive
+from diffsolve.solvers.span import AdaptiveSolver, Span, check_positive, check_tolerance
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,8 +106,8 @@ class DPMSolverAdaptive(AdaptiveSolver):
             raise InvalidArgument(f"order={order!r}; allowed values: 2 (DPM-Solver-12), 3 (DPM-Solver-23)")
         self.order = order
         self.calls_per_step = order
-        self.rtol = check_positive("rtol", rtol)
-        self.atol = check_positive("atol", atol)
+        self.rtol = check_tolerance("rtol", rtol)
+        self.atol = check_tolerance("atol", atol)
         self.h_init = check_positive("h_init", h_init)
         self.theta = check_positive("theta", theta)
         if self.theta > 1:

@@ -15,6 +15,10 @@ dx/dt = f(x, t) in the field's own time with the same weights in t instead of s 
 iPNDM's constant weights are exact only on grids uniform in t, iPNDM_v's are variable-step Adams-Bashforth. The
 warm start's low-order first steps bound a run on an ordinary grid to global order 2; iPNDM_v shows its declared
 `plain_order` on grids whose first steps are refined (tests/test_convergence.py checks both).
+
+Inversion (data to noise) runs a grid reversed, so its steps grow: iPNDM_v lowers the order of a step longer than
+1.5 times the spacing of the slopes it extrapolates (SlopeMultistep.extrapolation_order); iPNDM's constant weights
+do not extrapolate over the true spacing and need no such rule.
 """
 from __future__ import annotations
 
@@ -80,6 +84,7 @@ class IPNDMV(SlopeMultistep):
     name = "ipndm_v"
     needs_schedule = False
     citation = "Zhou et al. 2024 (AMED, diff-sampler ipndm_v); Zhang & Chen 2023 (iPNDM)"
+    inversion_step_ratio = 1.5       # variable-step weights in s: see SlopeMultistep.extrapolation_order
 
     def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False,
                  weights: str = "exact"):

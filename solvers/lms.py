@@ -1,8 +1,10 @@
 """Linear multistep (k-diffusion `sample_lms`): Adams-Bashforth in sigma with Lagrange quadrature weights.
 
 k-diffusion integrates the Lagrange basis with scipy quad (epsrel 1e-4); here the weights are exact
-(Gauss-Legendre on a polynomial), so results agree with k-diffusion to about that tolerance. On a plain velocity field (schedule=None) the same
-rule runs in the field's own time t on f = dx/dt (SlopeMultistep.plan_plain).
+(Gauss-Legendre on a polynomial), so results agree with k-diffusion to about that tolerance. On a plain velocity
+field (schedule=None) the same rule runs in the field's own time t on f = dx/dt (SlopeMultistep.plan_plain). An
+inversion (data to noise) lowers the order of steps that outgrow the spacing of the slopes they extrapolate
+(SlopeMultistep.extrapolation_order).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ class LMS(SlopeMultistep):
     name = "lms"
     needs_schedule = False
     citation = "Crowson, k-diffusion sample_lms; Hairer, Norsett & Wanner, Sec. III.1 (Adams methods)"
+    inversion_step_ratio = 1.5       # variable-step weights in s: see SlopeMultistep.extrapolation_order
 
     def __init__(self, order: int = 4, lower_order_final: bool | str = False, afs: bool = False):
         super().__init__(order, lower_order_final, afs)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from diffsolve.errors import BudgetExceeded, InvalidArgument, check_choice
+from diffsolve.errors import BudgetExceeded, InvalidArgument, check_choice, check_float
 from diffsolve.field import Field
 from diffsolve.solvers.base import Plan, Solver
 from diffsolve.solvers.run import Evaluator, SampleResult
@@ -39,12 +39,23 @@ class SpanPlan(Plan):
 
 
 def check_positive(name: str, value: float) -> float:
-    """A finite number > 0 (an int or a float, never a bool), as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgument(f"{name}={value!r}: must be a finite number > 0")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidArgument(f"{name}={value!r}: must be a finite number > 0")
+    """A finite number > 0 (an int, a float or a numpy number, never a bool or a string), as a float."""
+    return check_float(name, value, positive=True)
+
+
+# The smallest rtol / atol an adaptive run takes. float64 resolves relative changes of about 2.2e-16, so no
+# dtype meets a tolerance below this floor; and the error norms divide by the tolerance in the state's dtype:
+# in float32, (error / 1e-20)^2 overflows and 1e-300 rounds to 0, and the NaN or Inf norm that follows used to
+# read as a non-finite model output. A run near the floor ends with the budget or step-size error naming rtol/atol.
+MIN_TOLERANCE = 1e-15
+
+
+def check_tolerance(name: str, value: float) -> float:
+    """rtol or atol: a finite number >= MIN_TOLERANCE."""
+    value = check_positive(name, value)
+    if value < MIN_TOLERANCE:
+        raise InvalidArgument(f"{name}={value!r}: must be >= {MIN_TOLERANCE:g} (diffsolve.solvers.span."
+                              "MIN_TOLERANCE); no dtype resolves a smaller tolerance (float64: about 2.2e-16 relative)")
     return value
 
 

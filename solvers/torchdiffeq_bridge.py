@@ -26,7 +26,7 @@ import torch
 from diffsolve.errors import InvalidArgument, NonFiniteError, check_choice
 from diffsolve.field import Field
 from diffsolve.kernels import lincomb, nonfinite
-from diffsolve.solvers.span import AdaptiveSolver, RunStats, Span, SpanPlan, check_positive
+from diffsolve.solvers.span import AdaptiveSolver, RunStats, Span, SpanPlan, check_positive, check_tolerance
 from diffsolve.solvers.base import Plan, register
 from diffsolve.solvers.frames import integration_frame
 
@@ -113,8 +113,8 @@ class TorchdiffeqSolver(AdaptiveSolver):
         check_choice("method", method, ADAPTIVE_METHODS + FIXED_METHODS)
         check_choice("frame", frame, FRAMES)
         self.method = method
-        self.rtol = check_positive("rtol", rtol)
-        self.atol = check_positive("atol", atol)
+        self.rtol = check_tolerance("rtol", rtol)
+        self.atol = check_tolerance("atol", atol)
         self.frame = frame
         self.options = dict(options or {})
         self.name = alias or f"odeint_{method}"

@@ -33,7 +33,7 @@ import torch
 from diffsolve.errors import InvalidArgument, NonFiniteError, check_choice
 from diffsolve.kernels import nonfinite
 from diffsolve.field import Field
-from diffsolve.solvers.span import AdaptiveSolver, RunStats, Span, SpanPlan, check_positive
+from diffsolve.solvers.span import AdaptiveSolver, RunStats, Span, SpanPlan, check_positive, check_tolerance
 from diffsolve.solvers.base import Plan, register
 
 
@@ -165,8 +165,8 @@ class TorchsdeSolver(AdaptiveSolver):
         self.method = method
         self.default_steps = steps
         self.adaptive_steps = bool(adaptive)
-        self.rtol = check_positive("rtol", rtol)
-        self.atol = check_positive("atol", atol)
+        self.rtol = check_tolerance("rtol", rtol)
+        self.atol = check_tolerance("atol", atol)
         self.brownian = brownian
         self.tol = check_positive("tol", tol)
         self.name = alias or f"torchsde_{method}"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffsolve import EDMSchedule, InvalidArgument, RectifiedFlow, Sampler, VPContinuous, available_solvers, get_solver
+from diffsolve.models import load_mnist_unet
 from diffsolve.problems import GaussianProblem
 from diffsolve.grids import validate_grid
 from diffsolve.solvers.multistep import step_orders
@@ -62,8 +63,8 @@ def test_every_deterministic_solver_accepts_an_increasing_grid(name):
     assert inv.nfe == plan.nfe and inv.steps == 24 and torch.isfinite(inv.samples).all()
     exact = problem.ode_solution(x0, float(t[0]), float(t[-1]))
     # 24 steps from data to noise (the latent's scale is 1 on a VP path). Euler is first order (0.25 here);
-    # lms / ipndm_v extrapolate a 4th-order polynomial in s over steps that grow along an inversion (0.29 here,
-    # 1e3 at 12 steps): the variable-step Adams-Bashforth rules are stable when steps shrink, as in sampling.
+    # lms / ipndm_v extrapolate a polynomial in s over steps that grow along an inversion, and lower a step's
+    # order where it outgrows the past slopes' spacing (without that: 1e3 at 12 steps).
     assert float((inv.stats["x_end"] - exact).abs().max()) < 0.35, name
 
 
@@ -215,3 +216,80 @@ def test_plain_velocity_field_inverts_from_t0(name):
     tol = 0.2 if name == "euler" else 5e-3
     assert float((inv.samples - problem.ode_solution(x, 0.0, 1.0)).abs().max()) < tol
     assert float((s.run(steps=64, noise=inv.samples).samples - x).abs().max()) < 1.5 * tol
+
+
+# ------------------------------------------------------------------------------------------------
+# Few steps: every solver that inverts round-trips with an error bounded by its order, never garbage
+# ------------------------------------------------------------------------------------------------
+def _few_step_bound(order, steps):
+    """B (5/n)^q: at 5 to 20 steps the rules are not yet in their asymptotic range (the convergence tests above
+    check the orders), so first-order rules get q = 0.7 and the others q = 1.5, from B = 1 and 2.5 at 5 steps.
+    Before the growing-step fix lms and ipndm_v came back with errors of 50 (10 steps) to 7000 (5 steps)."""
+    b, q = (1.0, 0.7) if order == 1 else (2.5, 1.5)
+    return b * (5 / steps) ** q
+
+
+@pytest.mark.parametrize("schedule", [VP, EDMSchedule()], ids=["vp", "edm"])
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_round_trip_at_5_10_and_20_steps_is_bounded_by_the_order(name, schedule):
+    problem = GaussianProblem.default(schedule=schedule)
+    x0 = _data(problem)
+    order = get_solver(name).order
+    for n in (5, 10, 20):
+        s = Sampler(problem, name, progress=False)
+        rt = s.round_trip(x0, n, dtype=torch.float64)
+        assert rt.rms <= _few_step_bound(order, n), (name, n, rt.rms)
+        assert 0.3 < float(rt.noise.std()) < 3.0, (name, n)         # the latent is about standard noise
+
+
+@pytest.mark.parametrize("name", ["lms", "ipndm_v"])
+def test_variable_step_adams_bashforth_inverts_on_steps_that_grow(name):
+    # Inverted, a karras grid's steps grow up to 30x a step: extrapolating the past slopes over such a step
+    # lowers the step's order (SlopeMultistep.extrapolation_order); the full order returns as steps grow gently.
+    problem = GaussianProblem.default(schedule=EDMSchedule())
+    x0 = _data(problem)
+    s = Sampler(problem, name, progress=False)
+    # 10 steps: each inverted step is over 1.5x the last, so every step is first order, the DDIM inversion
+    assert all(c.order == 1 for c in s.solver.plan(s.field, s.inversion_times(10)).coeffs)
+    torch.testing.assert_close(s.invert(x0, 10, dtype=torch.float64).samples,
+                               Sampler(problem, "ddim", progress=False).invert(x0, 10, dtype=torch.float64).samples)
+    orders = [c.order for c in s.solver.plan(s.field, s.inversion_times(40)).coeffs]
+    assert orders[:4] == [1, 1, 1, 1] and orders[-1] == 4      # the full order returns as steps grow gently
+    sampling = s.plan(10)                                       # sampling keeps every step's order
+    assert [c.order for c in sampling.coeffs] == [1, 2, 3, 4, 4, 4, 4, 4, 4, 4]
+    steps, errs = (40, 80, 160), []
+    for n in steps:
+        inv = s.invert(x0, n, dtype=torch.float64)
+        exact = problem.ode_solution(x0, float(inv.t[0]), float(inv.t[-1]))
+        errs.append(float((inv.stats["x_end"] - exact).pow(2).mean().sqrt()))
+    assert slope(errs, steps) >= get_solver(name).order - 0.3, errs
+
+
+def test_grids_without_a_final_option_invert():
+    problem = GaussianProblem.default(schedule=EDMSchedule())
+    x0 = _data(problem)
+
+    def optimized(steps, schedule, **options):       # like a GITS / learned grid: takes no options at all
+        if options:
+            raise InvalidArgument(f"an optimized grid takes no grid options, got {sorted(options)}")
+        return torch.cat([torch.logspace(math.log10(80.0), -2, steps, dtype=torch.float64),
+                          torch.zeros(1, dtype=torch.float64)])
+
+    def positional(steps, schedule):
+        return optimized(steps, schedule)
+
+    for grid in (optimized, positional):
+        s = Sampler(problem, "heun", grid=grid, progress=False)
+        inv = s.invert(x0, 12, dtype=torch.float64)
+        assert float(inv.t[0]) == 0.0 and inv.stats["zero_start"] and float(inv.t[-1]) == pytest.approx(80.0)
+        assert s.round_trip(x0, 12, dtype=torch.float64).rms < 0.5
+    with pytest.raises(InvalidArgument, match=r"no grid options, got \['final'\]"):   # asked for: still refused
+        Sampler(problem, "heun", grid=optimized, grid_options={"final": "min"}, progress=False).invert(x0, 4)
+
+
+@pytest.mark.parametrize("grid", ["gits", "learned"])
+def test_shipped_optimized_grids_invert(grid):
+    s = Sampler(load_mnist_unet(), "ipndm", grid=grid, progress=False)
+    x0 = torch.zeros(2, 1, 28, 28)
+    inv = s.invert(x0, 3)
+    assert float(inv.t[0]) == 0.0 and torch.isfinite(inv.samples).all()

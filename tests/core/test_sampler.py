@@ -173,8 +173,9 @@ def test_more_bad_input_is_named():
     g = GaussianProblem.default(dim=2)
     with pytest.raises(InvalidArgument, match=r"grid 'karras' does not take option\(s\) \['rho_'\]; its options"):
         Sampler(g, "euler", grid="karras", grid_options={"rho_": 3}, progress=False).run(steps=3, batch_size=1)
-    with pytest.raises(InvalidArgument, match="batch_size=0"):
-        Sampler(g, "euler", progress=False).run(steps=3, batch_size=0)
+    with pytest.raises(InvalidArgument, match="batch_size=-1"):
+        Sampler(g, "euler", progress=False).run(steps=3, batch_size=-1)
+    assert Sampler(g, "euler", progress=False).run(steps=3, batch_size=0).samples.shape == (0, 2)   # zero is a value
     with pytest.raises(InvalidArgument, match="dtype='int8'.*allowed values"):
         Sampler(g, "euler", progress=False).run(steps=3, batch_size=1, dtype="int8")
     with pytest.raises(InvalidArgument, match="floating-point"):

@@ -247,3 +247,14 @@ def test_bench_reports_the_models_straightness():
     assert "straightness" not in off
     with pytest.raises(InvalidArgument, match="straightness"):
         run_bench("gaussian", ["euler"], [4], straightness="yes")
+
+
+@pytest.mark.parametrize("d", [0.5, 0.0, 1, torch.tensor([0.25])])
+@pytest.mark.parametrize("solver", ["shortcut", "euler"])
+def test_a_step_size_keyword_is_refused_not_overridden(d, solver):
+    model = RecordingShortcut()
+    with pytest.raises(InvalidArgument, match=r"d=.*takes the step size 'd' from the solver.*steps=K"):
+        Sampler(model, solver, progress=False).run(4, batch_size=1, seed=0, d=d)
+    assert not model.seen                                       # refused before the model ran a step
+    with pytest.raises(InvalidArgument, match="takes the step size 'd' from the solver"):
+        VectorField(model, model_kwargs={"d": d})
