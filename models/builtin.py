@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from diffsolve.field import state_dict_digest
 from diffsolve.models.classifier import MnistClassifier
 from diffsolve.models.consistency import ConsistencyUNet
 from diffsolve.models.unet import UNet
@@ -29,6 +30,13 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     return load_file(str(path)), json.loads(meta.get("config", "{}"))
 
 
+def _ready(model: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # Hashed in float32 before any conversion: its float16 and bfloat16 copies then keep the identity that the
+    # shipped corrections are filed under (field.identity recognises a rounding of a network it has hashed).
+    state_dict_digest(model)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
 def load_mnist_unet(path: str | Path | None = None, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> UNet:
     """The built-in MNIST EDM denoiser (1 x 28 x 28, data in [-1, 1]), in eval mode without gradients."""
@@ -36,7 +44,7 @@ def load_mnist_unet(path: str | Path | None = None, device: str | torch.device =
     model = UNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)),
                  blocks_per_level=int(cfg.get("blocks_per_level", 1)))
     model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return _ready(model, device, dtype)
 
 
 def load_mnist_unet_deep(path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -47,7 +55,7 @@ def load_mnist_unet_deep(path: str | Path | None = None, device: str | torch.dev
     model = UNet(tuple(cfg.get("channels", (16, 32, 64, 64))), int(cfg.get("emb_dim", 64)),
                  blocks_per_level=int(cfg.get("blocks_per_level", 2)))
     model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return _ready(model, device, dtype)
 
 
 def load_mnist_consistency(path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -56,7 +64,7 @@ def load_mnist_consistency(path: str | Path | None = None, device: str | torch.d
     state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_consistency.safetensors")
     model = ConsistencyUNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)))
     model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return _ready(model, device, dtype)
 
 
 def load_mnist_classifier(path: str | Path | None = None) -> MnistClassifier:

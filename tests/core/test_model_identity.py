@@ -1,5 +1,7 @@
 """A network's identity (the key learned corrections and reference caches match) is a property of its values,
 not of the dtype it happens to run in."""
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -55,3 +57,16 @@ def test_a_shipped_correction_applies_to_a_converted_copy(convert):
         warnings.filterwarnings("error", message=".*untrained.*")
         out = Sampler(net, "amed_plugin", progress=False).run(nfe=5, batch_size=1, seed=0, dtype=torch.float32)
     assert torch.isfinite(out.samples).all()
+
+
+def test_a_fresh_process_loading_a_half_copy_finds_the_shipped_correction():
+    """The loaders hash the float32 network before converting it, so `load_mnist_unet(dtype=float16)` in a new
+    process keeps the identity its corrections ship under (no "untrained" warning)."""
+    import subprocess
+    import sys
+    code = ("import warnings, torch\nwarnings.simplefilter('error')\nfrom diffsolve import Sampler\n"
+            "from diffsolve.models import load_mnist_unet\n"
+            "m = load_mnist_unet(dtype=torch.float16)\n"
+            "print(Sampler(m, 'amed_plugin', base='ipndm', progress=False).run(nfe=5, batch_size=1, seed=0).nfe)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "5", out.stderr[-2000:]
