@@ -20,6 +20,7 @@ import torch
 
 from diffsolve import Sampler, available_solvers, get_solver
 from diffsolve.pretrained_adapters import load_mnist_ddpm
+from conftest import untrained_corrections
 
 MODEL = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "mnist-ddpm-eps.safetensors"
 GRID = "karras"
@@ -80,6 +81,7 @@ def test_solver_set_is_complete():
     assert not missing, f"deterministic solvers missing from the registry: {sorted(missing)}"
 
 
+@untrained_corrections
 @pytest.mark.slow
 def test_euler_falls_as_order_one(errors):
     lo, hi = errors["euler"]

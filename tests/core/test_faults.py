@@ -13,6 +13,7 @@ from diffsolve.problems import GaussianMixtureProblem
 from diffsolve.errors import DiffsolveError
 from diffsolve.loop import Evaluator
 from diffsolve.solvers.base import registry_entries
+from conftest import untrained_corrections
 
 PROBLEM = GaussianMixtureProblem.default(dim=4, components=3)
 DIM = 4
@@ -203,6 +204,7 @@ def _steps_of_calls(name, monkeypatch) -> list[int]:
     return seen
 
 
+@untrained_corrections
 @pytest.mark.parametrize("name", available_solvers())
 def test_nan_at_call_k_is_reported_at_its_step(name, monkeypatch):
     steps = _steps_of_calls(name, monkeypatch)

@@ -1,7 +1,7 @@
 """The Sampler: NFE accounting, budgets, callbacks, trajectories, seeds, guidance, and clear errors on bad input."""
 import pytest
 import torch
-from conftest import Counting
+from conftest import Counting, untrained_corrections
 
 from diffsolve import (ClassifierFreeGuidance, EDMSchedule, InvalidArgument, NonFiniteError, Sampler, VectorField,
                        available_solvers, get_solver)
@@ -13,6 +13,7 @@ from diffsolve.problems import GaussianMixtureProblem, GaussianProblem
 FIXED = [n for n in available_solvers() if get_solver(n).deterministic and not getattr(get_solver(n), "adaptive", False)]
 
 
+@untrained_corrections
 @pytest.mark.parametrize("name", FIXED)
 def test_nfe_budget_is_never_exceeded_and_reported_exactly(name):
     model = Counting(GaussianProblem.default(dim=4))

@@ -13,6 +13,7 @@ from diffsolve.sampler import Sampler
 from diffsolve.schedules import VPContinuous
 from diffsolve.solvers import available_solvers, get_solver
 from diffsolve.solvers.base import Solver
+from conftest import untrained_corrections
 
 
 def fixed_step_deterministic() -> list[str]:
@@ -24,6 +25,7 @@ def make_sampler(solver) -> Sampler:
     return Sampler(problem, solver, grid="time_uniform", grid_options={"final": "min"}, progress=False)
 
 
+@untrained_corrections
 @pytest.mark.parametrize("name", fixed_step_deterministic())
 def test_loop_makes_no_host_sync(name):
     sampler = make_sampler(name)

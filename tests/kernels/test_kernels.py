@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 from diffsolve.errors import InvalidArgument  # noqa: E402
 from diffsolve.kernels import (KernelUnavailable, coefficient_tensor, lincomb, lincomb_pair,  # noqa: E402
                                lincomb_pair_reference, lincomb_reference)
+from conftest import untrained_corrections  # noqa: E402
 
 lincomb_module = importlib.import_module("diffsolve.kernels.lincomb")   # the package attribute is the function
 
@@ -190,6 +191,7 @@ def _run(name, backend, monkeypatch):
     return sampler.run(steps=3, batch_size=2, seed=0).samples
 
 
+@untrained_corrections
 @pytest.mark.slow
 def test_every_solver_gives_the_same_samples_through_the_kernels(monkeypatch):
     from diffsolve.solvers import available_solvers

@@ -9,6 +9,7 @@ from convergence import SETTINGS, STEPS, TOL, errors_of, slope
 
 from diffsolve import EDMSchedule, Sampler, VPContinuous, available_solvers, get_solver
 from diffsolve.problems import GaussianProblem
+from conftest import untrained_corrections
 
 # Options that make a solver run its declared order everywhere on the measured grids (lower-order final steps
 # would dominate the error otherwise), and native time for Runge-Kutta: see test_edm_frame_orders for the EDM frame.
@@ -35,6 +36,7 @@ def test_registry_has_the_foundation_solvers():
         assert name in DETERMINISTIC
 
 
+@untrained_corrections
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_declared_order_on_gaussian(name):
     problem = GaussianProblem.default(schedule=VPContinuous(t_min=1e-2))
