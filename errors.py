@@ -1,6 +1,7 @@
 """Error types that name the bad argument and what would have been allowed."""
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from typing import Iterable
@@ -30,8 +31,11 @@ class BudgetExceeded(DiffsolveError, RuntimeError):
 
 
 def unknown_name(argument: str, value: object, allowed: Iterable[str]) -> InvalidArgument:
-    allowed = sorted(allowed)
-    return InvalidArgument(f"{argument}={value!r} is not known; allowed values: {', '.join(map(repr, allowed))}")
+    """The error for a name that is not one of `allowed`: the close matches first ("did you mean"), then all."""
+    allowed = sorted(allowed, key=str)
+    close = difflib.get_close_matches(value, [str(a) for a in allowed], n=3, cutoff=0.6) if isinstance(value, str) else []
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return InvalidArgument(f"{argument}={value!r} is not known; {hint}allowed values: {', '.join(map(repr, allowed))}")
 
 
 def check_choice(argument: str, value: object, allowed: Iterable[str]) -> None:

@@ -172,7 +172,9 @@ def test_tiny_tolerances_no_longer_blame_the_model():
 # ------------------------------------------------------------------------------------------------
 def _runs_on_the_problem(name):
     try:
-        Sampler(PROBLEM, name, progress=False).plan(4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)      # the learned solvers' untrained-rule notice
+            Sampler(PROBLEM, name, progress=False).plan(4)
         return True
     except InvalidArgument:
         return False
@@ -223,3 +225,15 @@ def test_grid_options_are_a_mapping_and_numpy_steps_are_steps():
         torch.testing.assert_close(GRIDS[name](np.int64(6), sch), GRIDS[name](6, sch))
         with pytest.raises(InvalidArgument, match="steps="):
             GRIDS[name](6.0, sch)
+
+
+@pytest.mark.parametrize("surface", ["solver", "grid"])
+def test_a_misspelt_name_gets_did_you_mean(surface):
+    with pytest.raises(InvalidArgument, match=r"did you mean '(dpmpp_2m|karras)'"):
+        if surface == "solver":
+            get_solver("dpmpp2m")
+        else:
+            Sampler(GaussianProblem.default(), "euler", grid="karas", progress=False).run(steps=3, batch_size=1)
+    with pytest.raises(InvalidArgument) as err:
+        get_solver("zzzzzz")
+    assert "did you mean" not in str(err.value)
