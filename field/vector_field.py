@@ -152,7 +152,9 @@ class VectorField(Field):
             t_in = p.model_time.to(device=x.device, dtype=tdtype).reshape(-1).expand(x.shape[0])
         else:
             t_in = torch.full((x.shape[0],), p.model_time, dtype=tdtype, device=x.device)
-        x_in = x / per_sample(p.alpha, x) if self.prediction == "denoiser" else x
+        # a denoiser sees x / alpha (EDM's frame); on the EDM path alpha is exactly 1 and the division a wasted pass
+        scaled = self.prediction == "denoiser" and (isinstance(p.alpha, torch.Tensor) or p.alpha != 1.0)
+        x_in = x / per_sample(p.alpha, x) if scaled else x
         if self.step_input is not None:
             # A shortcut model takes the step it is asked to jump; any other solver asks for d = 0, the
             # instantaneous velocity (Frans et al. 2024), so every ODE solver still applies.

@@ -29,6 +29,11 @@ def _check(coeffs, tensors) -> int:
 
 
 def _coef_ref(coeffs, k: int, like: torch.Tensor, acc: torch.dtype):
+    if (isinstance(coeffs, torch.Tensor) and coeffs.dim() == 1 and not coeffs.requires_grad
+            and coeffs.device.type == "cpu" == like.device.type):
+        # one coefficient per term, on the host with the state: as a number it folds into add_'s alpha (one pass,
+        # no temporary) instead of a separate multiply; reading a CPU tensor syncs with nothing
+        return float(coeffs[k])
     if isinstance(coeffs, torch.Tensor):
         c = coeffs[..., k].to(device=like.device, dtype=acc)
         return c.reshape(-1, *([1] * (like.dim() - 1))) if coeffs.dim() == 2 else c
