@@ -32,15 +32,15 @@ def _cell(text: str) -> str:
 
 
 def solver_table() -> str:
-    rows = ["| name | family | declared order | calls per step | options (type = default) | summary |",
+    rows = ["| name | family | declared order | calls per step | summary | options (type = default) |",
             "|---|---|---|---|---|---|"]
     for name, entry in sorted(registry_entries().items()):
         d = get_solver(name).describe()
         order = d["order"] if d["deterministic"] else f"weak {d['order']}"
         opts = "<br>".join(f"`{o}`: {_cell(t)} = `{v.replace('|', '/')}`" + (" (set by this name)" if by_name else "")
                            for o, t, v, by_name in solver_options(entry)) or "none"
-        rows.append(f"| `{name}` | {family(name, entry)} | {order} | {d['calls_per_step']} | {opts} "
-                    f"| {_cell(entry.summary)} |")
+        rows.append(f"| `{name}` | {family(name, entry)} | {order} | {d['calls_per_step']} "
+                    f"| {_cell(entry.summary)} | {opts} |")
     return "\n".join(rows)
 
 
