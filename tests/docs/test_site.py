@@ -102,3 +102,9 @@ def test_every_internal_link_image_and_anchor_resolves(built_site):
             elif parts.fragment and target.suffix == ".html" and parts.fragment not in pages[target].ids:
                 broken.append(f"{page.relative_to(site)} -> {ref} (no such anchor)")
     assert broken == [], "\n".join(broken)
+
+
+def test_paths_the_pages_quote_exist():
+    text = "\n".join(p.read_text() for p in DOCS.rglob("*.md")) + (ROOT / "README.md").read_text()
+    quoted = set(re.findall(r"\b((?:tests|scripts|bench)/[\w/]+\.py)\b", text))
+    assert quoted and {q for q in quoted if not (ROOT / q).is_file()} == set()
