@@ -32,7 +32,7 @@ def _cell(text: str) -> str:
 
 
 def solver_table() -> str:
-    rows = ["| name | family | declared order | calls per step | summary | options (type = default) |",
+    rows = ["| name | family | order | calls per step | summary | options: type = default |",
             "|---|---|---|---|---|---|"]
     for name, entry in sorted(registry_entries().items()):
         d = get_solver(name).describe()
