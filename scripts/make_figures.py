@@ -8,7 +8,8 @@
 - learned_vs_unlearned.png: the shipped learned corrections against un-learned solvers at equal NFE (MNIST UNet);
 - flow_trajectories.png: trajectories of the 2-D moons flows (1- and 2-rectified flow, shortcut model).
 
-A few minutes on one CPU core; seeded, so a rerun draws the same pictures.
+About ten seconds on one CPU core (it loads the shipped weights; nothing is trained); seeded, so a rerun draws
+the same pictures.
 """
 from __future__ import annotations
 
