@@ -1,10 +1,11 @@
-# One command each, on a fresh machine: `make bench` (the main job) and `make test` (the suite). Both set up .venv.
+# One command each, on a fresh machine: `make bench` (the main job), `make test` (the suite) and `make docs` (the site
+# in site/). Each sets up .venv.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.diffsolve-installed
-EXTRAS ?= dev,triton,diffusers,plots,jax
+EXTRAS ?= dev,triton,diffusers,plots,jax,docs
 
-.PHONY: setup bench test test-fast clean
+.PHONY: setup bench test test-fast docs clean
 
 setup: $(STAMP)
 
@@ -28,5 +29,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -n 2 -m "not slow" $(ARGS)
 
+# The documentation site, strict: a warning, a broken link or a missing reference fails the build (tests/docs runs
+# the same build). The solver table and the command-line reference are generated from the code (docs/hooks.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

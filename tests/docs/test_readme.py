@@ -1,4 +1,4 @@
-"""README.md's runnable example runs and prints what its comments say; CI runs the README's test command."""
+"""README.md's runnable examples run and print what their comments say; CI runs the README's test command."""
 import contextlib
 import io
 import re
@@ -29,11 +29,14 @@ def test_builtin_model_block_runs():
 
 
 def test_ci_runs_the_test_command_the_readme_gives():
-    assert "make test" in README and "make bench" in README
+    assert "make test" in README and "make bench" in README and "make docs" in README
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: setup\n\t.*pytest", makefile, re.M)
     assert re.search(r"^bench: setup\n\t.*diffsolve bench", makefile, re.M)
+    assert re.search(r"^docs: setup\n\t.*mkdocs build --strict", makefile, re.M)
+    extras = re.search(r"^EXTRAS \?= (.*)$", makefile, re.M).group(1).split(",")
+    assert "docs" in extras            # the suite builds the site, so `make test` installs the docs extra
 
 
 def test_few_step_block_runs_and_prints_what_it_says():
@@ -43,3 +46,13 @@ def test_few_step_block_runs_and_prints_what_it_says():
     with contextlib.redirect_stdout(out):
         exec(compile(block, "README.md", "exec"), {})
     assert out.getvalue().split() == ["1", "2", "4"]
+
+
+def test_readme_is_short_and_points_into_the_site():
+    assert len(README.splitlines()) <= 200
+    for target in re.findall(r"\]\((docs/[^)#]+)", README):
+        assert (ROOT / target).is_file(), target
+    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")}
+    linked = set(re.findall(r"\]\((docs/[^)#]+\.md)", README))
+    assert {"docs/solvers.md", "docs/learned-corrections.md", "docs/api/index.md", "docs/errors.md"} <= linked
+    assert linked <= pages

@@ -1,0 +1,76 @@
+"""mkdocs hooks: the solver table and the command-line reference are generated from the code at build time.
+
+A page asks for them with a marker line: `<!-- generated: solver-table -->` or `<!-- generated: cli-reference -->`.
+Both read the same sources as `diffsolve solvers --verbose` and `diffsolve --help`, so a renamed solver, option or
+flag changes the site on the next build instead of leaving a stale hand-kept table.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+
+from diffsolve.cli import build_parser, solver_options
+from diffsolve.solvers import get_solver, registry_entries
+
+LEARNED_MODULE = "diffsolve.corrections"
+
+
+def family(name: str, entry) -> str:
+    """The kind of solver a name is, read from what the solver itself declares."""
+    d = get_solver(name).describe()
+    if getattr(entry.factory, "__module__", "").startswith(LEARNED_MODULE):
+        return "learned ODE"
+    if d.get("model_family"):
+        return f"few-step ({d['model_family']})"
+    if d["adaptive"]:
+        return "adaptive ODE" if d["deterministic"] else "adaptive SDE"
+    return "ODE" if d["deterministic"] else "SDE"
+
+
+def _cell(text: str) -> str:
+    return html.escape(str(text)).replace("|", "&#124;")
+
+
+def solver_table() -> str:
+    rows = ["| name | family | order | calls per step | summary | options: type = default |",
+            "|---|---|---|---|---|---|"]
+    for name, entry in sorted(registry_entries().items()):
+        d = get_solver(name).describe()
+        order = d["order"] if d["deterministic"] else f"weak {d['order']}"
+        opts = "<br>".join(f"`{o}`: {_cell(t)} = `{v.replace('|', '/')}`" + (" (set by this name)" if by_name else "")
+                           for o, t, v, by_name in solver_options(entry)) or "none"
+        rows.append(f"| `{name}` | {family(name, entry)} | {order} | {d['calls_per_step']} "
+                    f"| {_cell(entry.summary)} | {opts} |")
+    return "\n".join(rows)
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def _usage(title: str, parser: argparse.ArgumentParser, level: int) -> list[str]:
+    parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
+    out = [f"{'#' * level} `{title}`", "", "```text", parser.format_help().rstrip(), "```", ""]
+    for name, child in _subparsers(parser).items():
+        out += _usage(f"{title} {name}", child, level + 1)
+    return out
+
+
+def cli_reference() -> str:
+    parser = build_parser()
+    lines = _usage("diffsolve", parser, 2)
+    return "\n".join(lines)
+
+
+GENERATORS = {"solver-table": solver_table, "cli-reference": cli_reference}
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    for key, make in GENERATORS.items():
+        marker = f"<!-- generated: {key} -->"
+        if marker in markdown:
+            markdown = markdown.replace(marker, make())
+    return markdown
