@@ -5,7 +5,8 @@ All are written in the EDM frame y = x / alpha, s = sigma / alpha (Karras et al.
 model is the variance-exploding process y = x0 + s eps; this is how k-diffusion's formulas (alpha = 1) carry over
 to any schedule: x = alpha y at both ends of a step, and noise added to y with std s_up is noise alpha s_up in x.
 Coefficients are written with ratios (s'/s = sigma' alpha / (sigma alpha'), sigma'/sigma) so that they stay finite
-at pure noise (alpha = 0, flows). Noise comes from `ev.noise(j)`: a function of each sample's seed, the step and the draw j.
+at pure noise (alpha = 0, flows). Noise comes from `ev.noise(j)`: a function of each sample's seed, the step and
+the draw j.
 """
 from __future__ import annotations
 
