@@ -18,7 +18,12 @@ from diffsolve.noise import NoiseSource
 
 @dataclass
 class StepInfo:
-    """What a callback receives after each accepted step."""
+    """What a callback receives after each accepted step.
+
+    Attributes:
+        i: the step's index. t, t_next: its start and end times. x: the state after the step.
+        denoised: the latest model output (None before any model call). nfe: model evaluations so far.
+    """
 
     i: int
     t: float
@@ -30,7 +35,14 @@ class StepInfo:
 
 @dataclass
 class SampleResult:
-    """Samples, the exact number of model evaluations per sample made, the grid, and (on request) the trajectory."""
+    """Samples, the exact number of model evaluations per sample made, the grid, and (on request) the trajectory.
+
+    Attributes:
+        samples: the final state. nfe: model evaluations per sample (guidance's two per call counted). steps: the
+            steps taken. t: the grid (or the accepted times). solver: the solver's name.
+        trajectory: `(steps + 1, *samples.shape)` states, with `return_trajectory=True`; else None.
+        stats: adaptive runs: accepted/rejected steps, completed flag; inversion: direction, x_end, prior_std.
+    """
 
     samples: torch.Tensor
     nfe: int
@@ -43,7 +55,12 @@ class SampleResult:
 
 class Evaluator:
     """Per-run wrapper of the field that counts model evaluations and flags non-finite outputs by step: what a
-    step may call (the field's data prediction or slope, and the run's step noise)."""
+    step may call (the field's data prediction or slope, and the run's step noise).
+
+    Args:
+        field: the field to call. model_kwargs: passed to the network at every call.
+        check_finite: flag NaN/Inf outputs (one read after the loop). noise_source: the run's step noise.
+    """
 
     def __init__(self, field: Field, model_kwargs: dict, check_finite: bool,
                  noise_source: NoiseSource | None = None):
@@ -63,6 +80,7 @@ class Evaluator:
         return self.noise_source.draw(self.step, draw)
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput:
+        """Call the field for `kind` ("x0" or "velocity") at point `p`: counted and flagged."""
         out = self.field.evaluate(x, p, kind, **self.kwargs)
         self.nfe += self.field.evals_per_call
         if self.check_finite:
@@ -71,13 +89,16 @@ class Evaluator:
         return out
 
     def denoise(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor:
+        """The data prediction at `x`, point `p` (one model evaluation)."""
         return self.evaluate(x, p, "x0").value
 
     def velocity(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor:
+        """The velocity dx/dt at `x`, point `p` (one model evaluation)."""
         return self.evaluate(x, p, "velocity").value
 
     @property
     def last_denoised(self) -> torch.Tensor | None:
+        """The latest evaluation's value, or None before the first."""
         return self.last.value if self.last is not None else None
 
     @property
@@ -94,6 +115,11 @@ class Evaluator:
         return torch.where(bad.any(), steps[bad.to(torch.uint8).argmax()], torch.full_like(steps[0], -1))
 
     def raise_if_bad(self, times: torch.Tensor) -> None:
+        """Raise NonFiniteError naming the first step whose output held NaN or Inf (one host read).
+
+        Args:
+            times: the run's grid, to name the step's time.
+        """
         first = self.first_bad_step()
         if first is not None:
             step = int(first)                # the one host sync, after the loop
