@@ -76,11 +76,8 @@ def _check_nonneg(name: str, value: float) -> float:
 
 
 class StochasticSolver(Solver):
-    """Base of the SDE samplers: needs a Gaussian path, draws noise through ev.noise(j).
-
-    Stochastic samplers cannot invert (`inversion_refusal`); their noise is a function of each sample's seed,
-    the step and the draw, so a sample does not depend on the batch.
-    """
+    """Base of the SDE samplers: needs a Gaussian path, draws noise through ev.noise(j) (a function of each
+    sample's seed, the step and the draw: a sample does not depend on the batch); they cannot invert."""
 
     deterministic = False
     needs_schedule = True
