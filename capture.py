@@ -23,8 +23,12 @@ class GraphedRun:
     Made by `Sampler.graphed`: the capture warms up on a side stream, then records one whole loop.
 
     Args:
-        sampler: the Sampler. plan: its fixed-step Plan. shape: the captured `(batch, *sample_shape)`.
-        device: a CUDA device. dtype: the state's dtype (default float32). warmup: runs before the capture.
+        sampler: the Sampler.
+        plan: its fixed-step Plan.
+        shape: the captured `(batch, *sample_shape)`.
+        device: a CUDA device.
+        dtype: the state's dtype (default float32).
+        warmup: runs before the capture.
         **model_kwargs: passed to the network at every call (fixed in the graph).
 
     Raises:
@@ -75,7 +79,8 @@ class GraphedRun:
         """Replay for new standard-normal noise (given, or drawn like Sampler.run draws it); returns a SampleResult.
 
         Args:
-            noise: standard-normal noise of the captured shape; None: drawn. seed, generator: as in Sampler.run.
+            noise: standard-normal noise of the captured shape; None: drawn.
+            seed, generator: as in Sampler.run.
 
         Raises:
             InvalidArgument: noise of another shape. NonFiniteError: a NaN/Inf model output in the replay.

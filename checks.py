@@ -22,7 +22,9 @@ def check_seed(value: Any, limit: int = SEED_LIMIT, option: str = "seed") -> int
     """A seed as the command line's `seed_below` takes it: an int in [0, limit) or InvalidArgument.
 
     Args:
-        value: the seed. limit: the exclusive upper bound (default 2**63). option: the option's name.
+        value: the seed.
+        limit: the exclusive upper bound (default 2**63).
+        option: the option's name.
 
     Returns:
         The seed.
@@ -45,7 +47,8 @@ def check_steps(steps: int, nfe: int | None = None) -> int:
     """Refuse a step count above MAX_STEPS (with nfe=, the steps that budget would take).
 
     Args:
-        steps: the step count. nfe: the budget it came from, for the message.
+        steps: the step count.
+        nfe: the budget it came from, for the message.
 
     Returns:
         The step count.
@@ -78,7 +81,8 @@ def check_device(device: Any, option: str = "device") -> Any:
     """The device if torch can use it here, else InvalidArgument naming the option and the devices available.
 
     Args:
-        device: a device or its name; None passes through. option: the option's name for the message.
+        device: a device or its name; None passes through.
+        option: the option's name for the message.
 
     Returns:
         The device as given (or None).
@@ -111,7 +115,8 @@ def check_writable(folder: str | os.PathLike, option: str) -> Path:
     InvalidArgument naming the option. Runs before any work, so a bad folder fails in well under a second.
 
     Args:
-        folder: the folder. option: the option's name for the message.
+        folder: the folder.
+        option: the option's name for the message.
 
     Returns:
         The folder as a Path (user's home expanded).

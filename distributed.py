@@ -21,8 +21,10 @@ class Dist:
     """This process's place in the group: rank, world size, and whether it started the group itself.
 
     Attributes:
-        rank: this process's rank (0: the main one). world: the number of processes.
-        local_rank: the rank on this machine (the GPU index). owns_group: whether `close` must end the group.
+        rank: this process's rank (0: the main one).
+        world: the number of processes.
+        local_rank: the rank on this machine (the GPU index).
+        owns_group: whether `close` must end the group.
     """
 
     rank: int = 0
@@ -141,7 +143,8 @@ def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
     """[start, stop) of each fixed-size chunk of n samples (the last may be shorter).
 
     Args:
-        n: the number of samples. chunk_size: samples per chunk.
+        n: the number of samples.
+        chunk_size: samples per chunk.
 
     Returns:
         The (start, stop) pairs.
@@ -153,7 +156,8 @@ def sample_seeds(seed: int, n: int) -> list[int]:
     """One seed per sample, so sample i is the same whatever chunk or process draws it.
 
     Args:
-        seed: the run's seed. n: the number of samples.
+        seed: the run's seed.
+        n: the number of samples.
 
     Returns:
         seed * 2**24 + i for each sample i.

@@ -27,7 +27,8 @@ class NonFiniteError(DiffsolveError, FloatingPointError):
     Also a FloatingPointError.
 
     Args:
-        step: the first step (0-based) whose output was non-finite. t: that step's time, if known.
+        step: the first step (0-based) whose output was non-finite.
+        t: that step's time, if known.
         what: what became non-finite (default "model output").
     """
 
@@ -51,7 +52,9 @@ def unknown_name(argument: str, value: object, allowed: Iterable[str]) -> Invali
     """The error for a name that is not one of `allowed`: the close matches first ("did you mean"), then all.
 
     Args:
-        argument: the argument's name. value: what was given. allowed: the valid names.
+        argument: the argument's name.
+        value: what was given.
+        allowed: the valid names.
 
     Returns:
         The InvalidArgument to raise.
@@ -66,7 +69,9 @@ def check_choice(argument: str, value: object, allowed: Iterable[str]) -> None:
     """Refuse a value that is not one of `allowed` (compared by type too: True is not 1).
 
     Args:
-        argument: the argument's name. value: what was given. allowed: the valid values.
+        argument: the argument's name.
+        value: what was given.
+        allowed: the valid values.
 
     Raises:
         InvalidArgument: from `unknown_name` (close matches first).
@@ -89,7 +94,8 @@ def check_bool(argument: str, value: object) -> bool:
     """A bool (numpy.bool_ included); a string or a number is refused.
 
     Args:
-        argument: the argument's name. value: what was given.
+        argument: the argument's name.
+        value: what was given.
 
     Returns:
         The value as a Python bool.
@@ -106,7 +112,8 @@ def check_int(argument: str, value: object, minimum: int | None = None, maximum:
     """An integer (Python or numpy, never a bool, a float or a string) within [minimum, maximum].
 
     Args:
-        argument: the argument's name. value: what was given.
+        argument: the argument's name.
+        value: what was given.
         minimum, maximum: the inclusive bounds; None: unbounded.
 
     Returns:
@@ -130,8 +137,10 @@ def check_float(argument: str, value: object, *, positive: bool = False, nonnega
     """A finite real number (int, float or numpy scalar; never a bool or a string).
 
     Args:
-        argument: the argument's name. value: what was given.
-        positive: require > 0. nonnegative: require >= 0.
+        argument: the argument's name.
+        value: what was given.
+        positive: require > 0.
+        nonnegative: require >= 0.
 
     Returns:
         The value as a Python float.

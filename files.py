@@ -13,7 +13,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     `*.tmp` file, which nothing reads.
 
     Args:
-        path: the target file; its folder is created if needed. data: the bytes to write.
+        path: the target file; its folder is created if needed.
+        data: the bytes to write.
 
     Raises:
         OSError: the write failed (the temporary file is removed).

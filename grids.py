@@ -69,7 +69,9 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, 
     `ramp` (positions in [0, 1], 0 at sigma_max) places them elsewhere on the same curve.
 
     Args:
-        sigma_min, sigma_max: the smallest and largest levels. n: how many. rho: the curve's exponent.
+        sigma_min, sigma_max: the smallest and largest levels.
+        n: how many.
+        rho: the curve's exponent.
         ramp: positions in [0, 1] instead of n uniform ones.
 
     Returns:
@@ -93,8 +95,10 @@ def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = Non
     """EDM polynomial noise levels, uniform in s^(1/rho) (Karras et al. 2022, eq. 5).
 
     Args:
-        steps: the number of steps. schedule: the noise schedule (required).
-        sigma_min, sigma_max: the EDM noise-level range; None: the schedule's. rho: the exponent (default 7).
+        steps: the number of steps.
+        schedule: the noise schedule (required).
+        sigma_min, sigma_max: the EDM noise-level range; None: the schedule's.
+        rho: the exponent (default 7).
 
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
 
@@ -118,7 +122,8 @@ def karras_index(steps: int, schedule: NoiseSchedule, *, indices: Sequence[int] 
     multistep samplers choose them (Song et al. 2023; e.g. indices (0, 22, 39) of 40); by default spread evenly.
 
     Args:
-        steps: the number of steps. schedule: the noise schedule (required).
+        steps: the number of steps.
+        schedule: the noise schedule (required).
         indices: strictly increasing indices into the `points` levels; None: spread evenly.
         points: the levels of the underlying karras grid (default 40).
         sigma_min, sigma_max, rho: as in `karras`.
@@ -154,7 +159,8 @@ def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
     """Uniform in lambda = log(alpha/sigma) (DPM-Solver skip_type='logSNR').
 
     Args:
-        steps: the number of steps. schedule: the noise schedule (required).
+        steps: the number of steps.
+        schedule: the noise schedule (required).
         t_min, t_max: the time range, within the schedule's; None: the schedule's.
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
 
@@ -178,7 +184,8 @@ def time_uniform(steps: int, schedule: NoiseSchedule | None, *, t_min: float | N
     """Uniform in the schedule's time (DPM-Solver 'time_uniform'; flow matching's default).
 
     Args:
-        steps: the number of steps. schedule: the noise schedule; None for a plain velocity field (range [0, 1]).
+        steps: the number of steps.
+        schedule: the noise schedule; None for a plain velocity field (range [0, 1]).
         t_min, t_max: the time range; None: the schedule's.
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
 
@@ -197,7 +204,8 @@ def time_quadratic(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
     """Uniform in sqrt(t) (DDIM's quadratic spacing; DPM-Solver 'time_quadratic').
 
     Args:
-        steps: the number of steps. schedule: the noise schedule (required).
+        steps: the number of steps.
+        schedule: the noise schedule (required).
         t_min, t_max: the time range, within the schedule's; None: the schedule's.
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
 
@@ -216,8 +224,10 @@ def discrete(steps: int, schedule: NoiseSchedule, *, spacing: str = "trailing", 
     """diffusers' integer timestep spacings ('linspace', 'leading', 'trailing') on a discrete VP schedule.
 
     Args:
-        steps: the number of steps, at most the schedule's N. schedule: a VPDiscrete schedule.
-        spacing: "linspace", "leading" or "trailing" (default). steps_offset: diffusers' offset ("leading").
+        steps: the number of steps, at most the schedule's N.
+        schedule: a VPDiscrete schedule.
+        spacing: "linspace", "leading" or "trailing" (default).
+        steps_offset: diffusers' offset ("leading").
         final: "zero" or "min" (diffusers' final_sigmas_type="sigma_min": one more step to the first timestep).
 
     Returns:
@@ -255,7 +265,8 @@ def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[fl
     """Align Your Steps noise levels, log-linearly interpolated to any count (Sabour et al. 2024).
 
     Args:
-        steps: the number of steps. schedule: the noise schedule (required).
+        steps: the number of steps.
+        schedule: the noise schedule (required).
         sigmas: the published EDM noise levels to interpolate (default: Stable Diffusion 1.5's).
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
 
@@ -284,7 +295,8 @@ def from_sigmas(sigmas: Sequence[float], schedule: NoiseSchedule) -> torch.Tenso
     karras sigmas in float32) are taken as the range's ends; a final 0 stays 0.
 
     Args:
-        sigmas: the EDM noise levels. schedule: the noise schedule (required).
+        sigmas: the EDM noise levels.
+        schedule: the noise schedule (required).
 
     Returns:
         The float64 schedule times.
@@ -306,7 +318,8 @@ def register_field_grid(name: str, resolve: Callable[[Any, Any], Any]) -> None:
     """Make `grid=name` mean a grid tuned for the model: `resolve(field, solver)` returns it (or raises).
 
     Args:
-        name: the grid name (not a built-in one). resolve: `resolve(field, solver) -> grid function`.
+        name: the grid name (not a built-in one).
+        resolve: `resolve(field, solver) -> grid function`.
 
     Raises:
         InvalidArgument: an empty or taken name.
@@ -320,7 +333,9 @@ def resolve_field_grid(grid, field, solver):
     """A model-specific grid name (FIELD_GRIDS) as the grid function for this field; other grids as given.
 
     Args:
-        grid: what `Sampler(grid=)` was given. field: the field sampled. solver: the solver used.
+        grid: what `Sampler(grid=)` was given.
+        field: the field sampled.
+        solver: the solver used.
 
     Returns:
         The grid to use.
@@ -398,7 +413,8 @@ def as_times(value: Any, what: str) -> torch.Tensor:
     else (None, strings: "80" is not a time).
 
     Args:
-        value: the times. what: how the message names the value's source.
+        value: the times.
+        what: how the message names the value's source.
 
     Returns:
         The float64 tensor, on the CPU.
@@ -458,7 +474,9 @@ def validate_grid(t: torch.Tensor, schedule: NoiseSchedule | None, direction: st
     `direction="decreasing"` (sampling, noise to data) or `"increasing"` (inversion, data to noise).
 
     Args:
-        t: the grid. schedule: its schedule (None: the range [0, 1]). direction: as above.
+        t: the grid.
+        schedule: its schedule (None: the range [0, 1]).
+        direction: as above.
 
     Raises:
         InvalidArgument: naming the first time out of order or out of range.

@@ -32,11 +32,15 @@ def integrate(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any, *,
     An empty batch (no samples) gives an empty result with no model call, the same for every solver.
 
     Args:
-        solver: the Solver. ev: the run's Evaluator (field, model keywords, finite check, step noise).
-        x: the starting state. plan: the solver's Plan (or SpanPlan).
-        callback: called with a StepInfo after each step. return_trajectory: keep every step's state.
-        progress: show a tqdm progress bar. raise_nonfinite: read the finite flags and raise after the loop
-            (the CUDA-graph capture reads them after the replay instead).
+        solver: the Solver.
+        ev: the run's Evaluator (field, model keywords, finite check, step noise).
+        x: the starting state.
+        plan: the solver's Plan (or SpanPlan).
+        callback: called with a StepInfo after each step.
+        return_trajectory: keep every step's state.
+        progress: show a tqdm progress bar.
+        raise_nonfinite: read the finite flags and raise after the loop (the CUDA-graph capture reads them after the
+            replay instead).
 
     Returns:
         The SampleResult.
@@ -74,7 +78,10 @@ def empty_result(solver: Solver, x: torch.Tensor, plan: Any, return_trajectory: 
     bridges would otherwise size their steps on an error norm of nothing).
 
     Args:
-        solver: the Solver. x: the empty batch. plan: the plan. return_trajectory: fill a trajectory of copies.
+        solver: the Solver.
+        x: the empty batch.
+        plan: the plan.
+        return_trajectory: fill a trajectory of copies.
 
     Returns:
         A SampleResult with nfe 0 and stats {"empty": True}.
@@ -92,8 +99,12 @@ def integrate_adaptive(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any
     its error estimate, the controller accepts or rejects and proposes the next (one host read per attempt).
 
     Args:
-        solver: an adaptive solver with a `controller`. ev: the run's Evaluator. x: the starting state.
-        plan: a SpanPlan. callback: called after each accepted step. return_trajectory: keep accepted states.
+        solver: an adaptive solver with a `controller`.
+        ev: the run's Evaluator.
+        x: the starting state.
+        plan: a SpanPlan.
+        callback: called after each accepted step.
+        return_trajectory: keep accepted states.
 
     Returns:
         The SampleResult; `stats` holds accepted/rejected steps and whether the span was completed.

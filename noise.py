@@ -68,9 +68,11 @@ def draw_noise(shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
     Drawn on the CPU in float32, then moved: the same seed gives the same numbers on every device and dtype.
 
     Args:
-        shape: `(batch, *sample_shape)`. seed: one seed, one per sample, or None.
+        shape: `(batch, *sample_shape)`.
+        seed: one seed, one per sample, or None.
         generator: a torch.Generator instead of `seed`; neither: torch's global generator.
-        device: where the noise goes (default CPU). dtype: its dtype (default float32).
+        device: where the noise goes (default CPU).
+        dtype: its dtype (default float32).
 
     Returns:
         The noise tensor.
@@ -124,7 +126,8 @@ def sample_key(seed: int, index: int = 0) -> tuple[int, int]:
     """Two 32-bit keys for one sample from an arbitrary Python int seed (and a sample index, for one-seed batches).
 
     Args:
-        seed: any Python int. index: the sample's index in a one-seed batch (0 for a per-sample seed).
+        seed: any Python int.
+        index: the sample's index in a one-seed batch (0 for a per-sample seed).
 
     Returns:
         The pair of keys.
@@ -143,8 +146,10 @@ class NoiseSource:
     seed= / generator= the run's initial noise came from.
 
     Args:
-        keys: one pair of 32-bit keys per sample (see `sample_key`). sample_shape: one sample's shape.
-        device: where draws are made (default CPU). dtype: their dtype (default float32).
+        keys: one pair of 32-bit keys per sample (see `sample_key`).
+        sample_shape: one sample's shape.
+        device: where draws are made (default CPU).
+        dtype: their dtype (default float32).
     """
 
     def __init__(self, keys: Sequence[tuple[int, int]], sample_shape: Sequence[int], *,
@@ -172,7 +177,9 @@ class NoiseSource:
         (one base seed drawn from it before the loop), or neither (a base seed from torch's global generator).
 
         Args:
-            shape: the run's `(batch, *sample_shape)`. seed: as the run's seed=. generator: as the run's generator=.
+            shape: the run's `(batch, *sample_shape)`.
+            seed: as the run's seed=.
+            generator: as the run's generator=.
             device, dtype: where and in what the draws are made.
 
         Returns:
@@ -202,7 +209,8 @@ class NoiseSource:
         """Standard normal noise for step i, draw j: [batch, *sample_shape].
 
         Args:
-            i: the step. j: the draw within the step (default 0).
+            i: the step.
+            j: the draw within the step (default 0).
 
         Returns:
             The noise, on the source's device and dtype.

@@ -39,7 +39,8 @@ class PathPoint:
     """Path scalars at one time t: x_t = alpha x0 + sigma eps.
 
     Attributes:
-        alpha, sigma: the data and noise scales. d_alpha, d_sigma: their time derivatives (default 0).
+        alpha, sigma: the data and noise scales.
+        d_alpha, d_sigma: their time derivatives (default 0).
     """
 
     alpha: float
@@ -52,7 +53,8 @@ def x0_coefficients(prediction: str, p: PathPoint) -> tuple:
     """(c_x, c_out) with x0_hat = c_x x + c_out out: every parameterization is linear in (x, out) (notes table 2).
 
     Args:
-        prediction: a name in PREDICTIONS. p: the path scalars.
+        prediction: a name in PREDICTIONS.
+        p: the path scalars.
 
     Returns:
         (c_x, c_out), floats or tensors like p's scalars.
@@ -81,7 +83,10 @@ def to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, p: PathPoint) -> 
     """Network output `out` at state `x` -> data prediction x0_hat (notes table 2), as one update.
 
     Args:
-        prediction: a name in PREDICTIONS. out: the network's output. x: the state. p: the path scalars.
+        prediction: a name in PREDICTIONS.
+        out: the network's output.
+        x: the state.
+        p: the path scalars.
 
     Returns:
         x0_hat, in x's shape.
@@ -98,7 +103,10 @@ def from_x0(prediction: str, x0: torch.Tensor, x: torch.Tensor, p: PathPoint) ->
     """The inverse of to_x0: what a network of this parameterization would output given x0_hat.
 
     Args:
-        prediction: a name in PREDICTIONS. x0: the data prediction. x: the state. p: the path scalars.
+        prediction: a name in PREDICTIONS.
+        x0: the data prediction.
+        x: the state.
+        p: the path scalars.
 
     Returns:
         The network output that maps to x0.

@@ -27,7 +27,8 @@ class GaussianProblem(torch.nn.Module):
     is constant along the probability-flow ODE, so every trajectory is known exactly.
 
     Args:
-        mean: the data mean, 1-D. var: the per-dimension variances (positive), same length.
+        mean: the data mean, 1-D.
+        var: the per-dimension variances (positive), same length.
         schedule: a NoiseSchedule or its name; None: EDMSchedule().
 
     Raises:
@@ -52,7 +53,9 @@ class GaussianProblem(torch.nn.Module):
         """A seeded problem: mean ~ N(0, I), variances log-spaced from 0.25 to 4.
 
         Args:
-            dim: the dimension (default 8). schedule: as in the constructor. seed: the seed of the mean.
+            dim: the dimension (default 8).
+            schedule: as in the constructor.
+            seed: the seed of the mean.
 
         Returns:
             The GaussianProblem.
@@ -76,7 +79,8 @@ class GaussianProblem(torch.nn.Module):
         """The exact data prediction at the network's time input.
 
         Args:
-            x: the state [B, dim]. t_model: the network's time input per sample.
+            x: the state [B, dim].
+            t_model: the network's time input per sample.
 
         Returns:
             E[x0 | x_t], [B, dim].
@@ -88,7 +92,8 @@ class GaussianProblem(torch.nn.Module):
         """The exact data prediction E[x0 | x_t] at schedule time t.
 
         Args:
-            x: the state [B, dim]. t: the time (a float, or one per sample).
+            x: the state [B, dim].
+            t: the time (a float, or one per sample).
 
         Returns:
             E[x0 | x_t], in x's dtype.
@@ -101,7 +106,8 @@ class GaussianProblem(torch.nn.Module):
         """Exact probability-flow transport of x_from at time t_from to time t_to.
 
         Args:
-            x_from: the state at t_from. t_from, t_to: schedule times.
+            x_from: the state at t_from.
+            t_from, t_to: schedule times.
 
         Returns:
             The state at t_to.
@@ -116,7 +122,8 @@ class GaussianProblem(torch.nn.Module):
         """n exact data samples.
 
         Args:
-            n: how many. generator: the torch.Generator to draw from; None: the global one.
+            n: how many.
+            generator: the torch.Generator to draw from; None: the global one.
 
         Returns:
             A float64 tensor [n, dim].
@@ -129,7 +136,8 @@ class GaussianProblem(torch.nn.Module):
         ([B, d] -> [B]).
 
         Args:
-            x: the states [B, d]. t: the schedule time.
+            x: the states [B, d].
+            t: the schedule time.
 
         Returns:
             The float64 log densities [B].
@@ -144,9 +152,10 @@ class GaussianMixtureProblem(torch.nn.Module):
     """Data x0 ~ sum_k w_k N(mu_k, var_k I) in any dimension; exact denoiser, density and samples.
 
     Args:
-        means: the component means [K, dim]. variances: one variance per component, or one for all.
-        weights: the component weights (normalized here); None: uniform. schedule: a NoiseSchedule or its name; None:
-            EDMSchedule().
+        means: the component means [K, dim].
+        variances: one variance per component, or one for all.
+        weights: the component weights (normalized here); None: uniform.
+        schedule: a NoiseSchedule or its name; None: EDMSchedule().
 
     Raises:
         InvalidArgument: means not [K, dim], or variances or weights not one positive value per component.
@@ -177,7 +186,9 @@ class GaussianMixtureProblem(torch.nn.Module):
         """A fixed, seeded mixture: means spread on a sphere of radius 3, component std 0.3 to 0.6.
 
         Args:
-            dim: the dimension (default 16). components: K (default 8). schedule: as in the constructor.
+            dim: the dimension (default 16).
+            components: K (default 8).
+            schedule: as in the constructor.
             seed: the seed of means, stds and weights.
 
         Returns:
@@ -210,7 +221,8 @@ class GaussianMixtureProblem(torch.nn.Module):
         """The exact data prediction at the network's time input.
 
         Args:
-            x: the state [B, dim]. t_model: the network's time input per sample.
+            x: the state [B, dim].
+            t_model: the network's time input per sample.
 
         Returns:
             E[x0 | x_t], [B, dim].
@@ -232,7 +244,8 @@ class GaussianMixtureProblem(torch.nn.Module):
         """The exact data prediction E[x0 | x_t]: the posterior-weighted component means.
 
         Args:
-            x: the state [B, dim]. t: the time (a float, or one per sample).
+            x: the state [B, dim].
+            t: the time (a float, or one per sample).
 
         Returns:
             E[x0 | x_t], in x's dtype.
@@ -267,7 +280,8 @@ class GaussianMixtureProblem(torch.nn.Module):
         """Exact log density of x_t at time t: the mixture of N(alpha mu_k, (alpha^2 v_k + sigma^2) I) ([B, d] -> [B]).
 
         Args:
-            x: the states [B, d]. t: the schedule time.
+            x: the states [B, d].
+            t: the schedule time.
 
         Returns:
             The float64 log densities [B].
@@ -283,7 +297,8 @@ class GaussianMixtureProblem(torch.nn.Module):
         """n exact data samples.
 
         Args:
-            n: how many. generator: the torch.Generator to draw from; None: the global one.
+            n: how many.
+            generator: the torch.Generator to draw from; None: the global one.
 
         Returns:
             A float64 tensor [n, dim].
@@ -300,7 +315,8 @@ class LinearFlowProblem(torch.nn.Module):
     state, time-dependent, for checking solvers' orders on a field without a noise schedule (any source).
 
     Args:
-        decay: M's contraction rate (default 0.5). rotation: its rotation rate (default 2).
+        decay: M's contraction rate (default 0.5).
+        rotation: its rotation rate (default 2).
         w1, w2: the frequencies of p (defaults 2, 3).
     """
 
@@ -328,7 +344,8 @@ class LinearFlowProblem(torch.nn.Module):
         """The velocity dx/dtau at x.
 
         Args:
-            x: the state [B, 2]. tau: the flow time (a scalar or one per sample).
+            x: the state [B, 2].
+            tau: the flow time (a scalar or one per sample).
 
         Returns:
             The velocity [B, 2].
@@ -340,7 +357,8 @@ class LinearFlowProblem(torch.nn.Module):
         """The exact state at diffsolve time t1 from x at t0 (tau = 1 - t).
 
         Args:
-            x: the state at t0 [B, 2]. t0, t1: diffsolve times.
+            x: the state at t0 [B, 2].
+            t0, t1: diffsolve times.
 
         Returns:
             The state at t1, in x's dtype.
@@ -357,7 +375,8 @@ def make_moons(n: int, noise: float = 0.2, generator: torch.Generator | None = N
     trained: * 3 - 1 (float64, [n, 2]).
 
     Args:
-        n: the number of points. noise: the std of the Gaussian noise added (default 0.2).
+        n: the number of points.
+        noise: the std of the Gaussian noise added (default 0.2).
         generator: the torch.Generator to draw from; None: the global one.
 
     Returns:

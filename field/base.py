@@ -45,8 +45,10 @@ class EvalPoint:
     sample, on the device, for solvers that choose their times per sample.
 
     Attributes:
-        t: schedule time. model_time: the network's time input at t.
-        alpha, sigma: the path's data and noise scales; d_alpha, d_sigma: their time derivatives.
+        t: schedule time.
+        model_time: the network's time input at t.
+        alpha, sigma: the path's data and noise scales;
+        d_alpha, d_sigma: their time derivatives.
         step: the step size in model time this evaluation serves (shortcut models' d); None: 0.
     """
 
@@ -93,7 +95,8 @@ def per_sample(v: Any, x: torch.Tensor) -> Any:
     """A host float as is; a tensor of one value per sample as [batch, 1, ..., 1] in x's dtype and device.
 
     Args:
-        v: a path scalar (float or per-sample tensor). x: the state it will multiply.
+        v: a path scalar (float or per-sample tensor).
+        x: the state it will multiply.
 
     Returns:
         v, or the tensor reshaped to broadcast against x.
@@ -129,7 +132,8 @@ class Field:
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
         """One evaluation of the field at `x`, point `p`.
         Args:
-            x: the state, `(batch, *sample_shape)`. p: the point (path scalars) to evaluate at.
+            x: the state, `(batch, *sample_shape)`.
+            p: the point (path scalars) to evaluate at.
             kind: "x0" (the data prediction) or "velocity" (dx/dt in diffusion time).
             **kwargs: keyword arguments for the network.
 
@@ -142,7 +146,9 @@ class Field:
         """The data prediction x0_hat = E[x0 | x_t] at the point p.
 
         Args:
-            x: the state. p: the point. **kwargs: keyword arguments for the network.
+            x: the state.
+            p: the point.
+            **kwargs: keyword arguments for the network.
 
         Returns:
             x0_hat, in x's shape and dtype.
@@ -153,7 +159,9 @@ class Field:
         """dx/dt in the schedule's diffusion time (t decreasing towards data).
 
         Args:
-            x: the state. p: the point. **kwargs: keyword arguments for the network.
+            x: the state.
+            p: the point.
+            **kwargs: keyword arguments for the network.
 
         Returns:
             dx/dt, in x's shape and dtype.

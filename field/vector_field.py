@@ -130,12 +130,14 @@ class VectorField(Field):
 
     Args:
         model: the network, `model(x, t_model, **kwargs)`. Missing settings are read from its ModelSpec.
-        prediction: "eps", "x0", "v", "score", "velocity" or "denoiser" (aliases accepted); required unless the
-            model declares it.
+        prediction: "eps", "x0", "v", "score", "velocity" or "denoiser" (aliases accepted); required unless the model
+            declares it.
         schedule: a NoiseSchedule or its name; None only for prediction="velocity" (a plain ODE).
         time_convention: "diffusion" (default: t = 0 is data) or "flow" (t = 0 is noise; the velocity is negated).
-        sample_shape: one sample's shape, without the batch. model_kwargs: keywords passed at every call.
-        clip_x0: (low, high) to clamp the data prediction. model_dtype: the network's dtype (None: detected).
+        sample_shape: one sample's shape, without the batch.
+        model_kwargs: keywords passed at every call.
+        clip_x0: (low, high) to clamp the data prediction.
+        model_dtype: the network's dtype (None: detected).
         step_input: the keyword for the step size (shortcut models); None: from the spec, or none.
 
     Raises:
@@ -204,7 +206,9 @@ class VectorField(Field):
         """The network's raw output at p, in the state's dtype (EDM Precond's casts).
 
         Args:
-            x: the state. p: the point. **kwargs: keyword arguments for the network.
+            x: the state.
+            p: the point.
+            **kwargs: keyword arguments for the network.
 
         Returns:
             The raw output, in x's shape and dtype.
@@ -238,7 +242,8 @@ class VectorField(Field):
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
         """The network at `x`, `p`, converted to the data prediction or the velocity.
         Args:
-            x: the state, `(batch, *sample_shape)`. p: the point (path scalars) to evaluate at.
+            x: the state, `(batch, *sample_shape)`.
+            p: the point (path scalars) to evaluate at.
             kind: "x0" (the data prediction) or "velocity" (dx/dt in diffusion time).
             **kwargs: keyword arguments for the network.
 
@@ -275,7 +280,9 @@ def velocity_from_x0(x: torch.Tensor, x0: torch.Tensor, p: PathPoint) -> torch.T
     """Probability-flow dx/dt = (sigma'/sigma) x + (alpha' - sigma' alpha / sigma) x0_hat.
 
     Args:
-        x: the state. x0: the data prediction. p: the path scalars at the point.
+        x: the state.
+        x0: the data prediction.
+        p: the path scalars at the point.
 
     Returns:
         dx/dt.

@@ -84,7 +84,8 @@ class ClassifierFreeGuidance(FieldWrapper):
     Each call evaluates the inner field twice (conditional and unconditional): `evals_per_call` doubles.
 
     Args:
-        field: the field to guide. scale: the guidance weight w, a number or `scale(p)`.
+        field: the field to guide.
+        scale: the guidance weight w, a number or `scale(p)`.
         uncond_kwargs: the model keywords that make a call unconditional (e.g. `{"class_labels": null_label}`).
 
     Raises:
@@ -122,7 +123,8 @@ class StepOptions(FieldWrapper):
     at the point p (skip scales per noise level, a per-step conditioning, ...).
 
     Args:
-        field: the field to wrap. options: `options(p) -> dict` of model keywords at the point p.
+        field: the field to wrap.
+        options: `options(p) -> dict` of model keywords at the point p.
         identity: a string naming `options` for caches; None: the field has no identity.
 
     Raises:
@@ -153,7 +155,8 @@ class FeatureCapture(FieldWrapper):
     module's output (its first tensor when it returns a tuple), passed through `reduce` when given.
 
     Args:
-        field: the field whose network is hooked. modules: `{output name: submodule path}`.
+        field: the field whose network is hooked.
+        modules: `{output name: submodule path}`.
         reduce: applied to each captured tensor (e.g. a mean over space); None: kept whole.
 
     Raises:

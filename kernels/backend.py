@@ -136,7 +136,8 @@ def use_triton(tensors: Sequence[torch.Tensor], backend: str | None = None) -> b
     "auto" takes Triton only for CUDA tensors in float16, bfloat16 or float32 when the kernels load.
 
     Args:
-        tensors: the inputs of one combination. backend: as `requested_backend`.
+        tensors: the inputs of one combination.
+        backend: as `requested_backend`.
 
     Returns:
         Whether to run the Triton kernel.

@@ -39,7 +39,8 @@ def lincomb_reference(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[
     """sum_k coeffs[k] * tensors[k], accumulated in float32 for half-precision inputs, returned in tensors[0]'s dtype.
 
     Args:
-        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients). tensors: K tensors of one shape.
+        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients).
+        tensors: K tensors of one shape.
 
     Returns:
         The combination.
@@ -73,7 +74,9 @@ def coefficient_tensor(values, batch: int | None = None, *, device=None, dtype=t
     """Host float64 coefficients -> a device tensor [K] (or [batch, K] when `values` is per sample / batch= given).
 
     Args:
-        values: the coefficients. batch: expand a [K] row to [batch, K]. device, dtype: the result's.
+        values: the coefficients.
+        batch: expand a [K] row to [batch, K].
+        device, dtype: the result's.
 
     Returns:
         The contiguous coefficient tensor.
@@ -128,7 +131,8 @@ def combine_triton(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor,
     """M (1 or 2) combinations of the same inputs in one pass; `rows`: M coefficient rows (floats, [K] or [batch, K]).
 
     Args:
-        rows: the coefficient rows. tensors: the K inputs, of one shape.
+        rows: the coefficient rows.
+        tensors: the K inputs, of one shape.
 
     Returns:
         One tensor per row.
@@ -239,7 +243,8 @@ def lincomb_triton(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[tor
     directly (no autograd node, so nothing is added to the per-step cost of sampling).
 
     Args:
-        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients). tensors: K tensors of one shape.
+        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients).
+        tensors: K tensors of one shape.
 
     Returns:
         The combination, in tensors[0]'s dtype.
@@ -261,7 +266,8 @@ def lincomb_pair_reference(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch
     """Two combinations of the same inputs (e.g. x0_hat and the update that uses it).
 
     Args:
-        rows: two coefficient rows. tensors: the inputs.
+        rows: two coefficient rows.
+        tensors: the inputs.
 
     Returns:
         The two combinations.
@@ -273,7 +279,9 @@ def lincomb_pair(rows, tensors: Sequence[torch.Tensor], *, backend: str | None =
     """Two combinations of the same inputs in one pass over them (Triton), or the reference.
 
     Args:
-        rows: two coefficient rows. tensors: the inputs. backend: "auto", "triton" or "torch"; None: the environment's.
+        rows: two coefficient rows.
+        tensors: the inputs.
+        backend: "auto", "triton" or "torch"; None: the environment's.
 
     Returns:
         The two combinations.
@@ -297,7 +305,8 @@ def lincomb(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tens
     """sum_k coeffs[k] tensors[k]: the fused Triton kernel where it can run (see kernels.backend), else the reference.
 
     Args:
-        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients). tensors: K tensors of one shape.
+        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients).
+        tensors: K tensors of one shape.
         backend: "auto", "triton" or "torch"; None: $DIFFSOLVE_KERNELS, else "auto".
 
     Returns:

@@ -33,7 +33,9 @@ def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear interpolation of (xp, fp), xp increasing, extrapolating linearly past both ends.
 
     Args:
-        x: where to evaluate. xp: the increasing nodes. fp: the values at the nodes.
+        x: where to evaluate.
+        xp: the increasing nodes.
+        fp: the values at the nodes.
 
     Returns:
         A float64 tensor of x's shape.
@@ -50,8 +52,10 @@ class NoiseSchedule:
     """A Gaussian path `x_t = alpha(t) x0 + sigma(t) eps` for t in [0, t_max]; subclasses give log_alpha and log_sigma.
 
     Attributes:
-        name: the schedule's name. t_min: the smallest time a grid may use apart from the exact end t = 0.
-        t_max: the noisiest time. default_grid: the grid a Sampler uses when none is named.
+        name: the schedule's name.
+        t_min: the smallest time a grid may use apart from the exact end t = 0.
+        t_max: the noisiest time.
+        default_grid: the grid a Sampler uses when none is named.
     """
 
     name = "schedule"

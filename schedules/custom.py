@@ -13,9 +13,11 @@ class CustomSchedule(NoiseSchedule):
     """Any pair of callables alpha(t), sigma(t) on [0, t_max]; derivatives by autograd, inverse by bisection.
 
     Args:
-        alpha, sigma: float64 tensor functions of t. t_min, t_max: the time range (defaults 1e-3, 1).
+        alpha, sigma: float64 tensor functions of t.
+        t_min, t_max: the time range (defaults 1e-3, 1).
         model_time: the network's time input as a function of t; None: t itself.
-        name: the schedule's name. identity: a string naming these functions, so caches can key on them.
+        name: the schedule's name.
+        identity: a string naming these functions, so caches can key on them.
 
     Raises:
         InvalidArgument: unless 0 <= t_min < t_max, a non-string identity, or log(alpha/sigma) not decreasing.

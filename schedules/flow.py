@@ -15,7 +15,8 @@ class RectifiedFlow(NoiseSchedule):
 
     Args:
         model_time_scale: maps t to the network's input (SD3 and Flux take 1000 t; default 1).
-        t_max: the noisiest time (default 1, pure noise). t_min: the smallest time a grid uses (default 1e-4).
+        t_max: the noisiest time (default 1, pure noise).
+        t_min: the smallest time a grid uses (default 1e-4).
 
     Raises:
         InvalidArgument: unless 0 < t_min < t_max <= 1.

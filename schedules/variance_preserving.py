@@ -137,7 +137,8 @@ class VPDiscrete(VPSchedule):
         """DDPM linear betas (Ho et al. 2020).
 
         Args:
-            N: the number of steps in the table. beta_start, beta_end: the first and last betas.
+            N: the number of steps in the table.
+            beta_start, beta_end: the first and last betas.
             **kw: model_time_scale / model_time_offset.
         """
         return cls(betas=torch.linspace(beta_start, beta_end, N, dtype=torch.float64), **kw)
@@ -147,7 +148,8 @@ class VPDiscrete(VPSchedule):
         """Stable Diffusion's sqrt-linear betas.
 
         Args:
-            N: the number of steps. beta_start, beta_end: squares of the ends of the linear sqrt(beta) ramp.
+            N: the number of steps.
+            beta_start, beta_end: squares of the ends of the linear sqrt(beta) ramp.
             **kw: model_time_scale / model_time_offset.
         """
         b = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, N, dtype=torch.float64) ** 2
@@ -158,7 +160,9 @@ class VPDiscrete(VPSchedule):
         """Improved DDPM cosine schedule (Nichol & Dhariwal 2021), betas clipped at max_beta.
 
         Args:
-            N: the number of steps. s: the cosine's offset. max_beta: the cap on each beta.
+            N: the number of steps.
+            s: the cosine's offset.
+            max_beta: the cap on each beta.
             **kw: model_time_scale / model_time_offset.
         """
         f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
@@ -170,7 +174,8 @@ class VPDiscrete(VPSchedule):
         """Betas spaced geometrically (log-linearly) from beta_start to beta_end.
 
         Args:
-            N: the number of steps. beta_start, beta_end: the first and last betas.
+            N: the number of steps.
+            beta_start, beta_end: the first and last betas.
             **kw: model_time_scale / model_time_offset.
         """
         b = torch.exp(torch.linspace(math.log(beta_start), math.log(beta_end), N, dtype=torch.float64))
@@ -183,7 +188,8 @@ class VPContinuous(VPSchedule):
     Paper: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations".
 
     Args:
-        beta_min, beta_max: beta(0) and beta(1) (defaults 0.1, 20). t_min, t_max: the time range (1e-3, 1).
+        beta_min, beta_max: beta(0) and beta(1) (defaults 0.1, 20).
+        t_min, t_max: the time range (1e-3, 1).
         model_time_scale: the network receives t * scale (default 1).
 
     Raises:

@@ -49,9 +49,12 @@ class LogSNRController:
     h <- theta h E^(-beta1/order) E_prev^(beta2/order) (`kind='pi'`; Gustafsson 1991, Hairer & Wanner IV.2).
 
     Args:
-        order: the order of the step pair (the exponent's denominator). rtol, atol: the error tolerances.
-        h_init: the first step in log-SNR. theta: the safety factor in (0, 1].
-        kind: "i" (DPM-Solver's rule) or "pi" (proportional-integral). beta1, beta2: the PI rule's exponents.
+        order: the order of the step pair (the exponent's denominator).
+        rtol, atol: the error tolerances.
+        h_init: the first step in log-SNR.
+        theta: the safety factor in (0, 1].
+        kind: "i" (DPM-Solver's rule) or "pi" (proportional-integral).
+        beta1, beta2: the PI rule's exponents.
     """
 
     def __init__(self, order: int, rtol: float, atol: float, h_init: float, theta: float, kind: str = "i",
@@ -117,10 +120,11 @@ class DPMSolverAdaptive(AdaptiveSolver):
     Args:
         order: 2 (DPM-Solver-12, dpm_adaptive_12) or 3 (DPM-Solver-23, dpm_adaptive_23; default).
         rtol, atol: the relative and absolute tolerances of the error norm (defaults 0.05, 0.0078; at least 1e-15).
-        h_init: the first step in log-SNR (default 0.05). theta: the safety factor in (0, 1] (default 0.9).
+        h_init: the first step in log-SNR (default 0.05).
+        theta: the safety factor in (0, 1] (default 0.9).
         max_steps: the most step attempts (accepted and rejected) a run may take (default 1000).
-        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked
-            incomplete in `stats`).
+        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked incomplete
+            in `stats`).
         max_nfe: a model-evaluation budget for every run; None: only a run's `nfe=` bounds it.
         controller: "i" (DPM-Solver's rule) or "pi".
 

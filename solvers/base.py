@@ -109,7 +109,8 @@ class Solver:
         slope), so an inversion grid may start there.
 
         Args:
-            t: the grid times. field: the field it is for; None: treated as having a schedule.
+            t: the grid times.
+            field: the field it is for; None: treated as having a schedule.
 
         Returns:
             True for an increasing grid (inversion), False for a decreasing one (sampling).
@@ -134,7 +135,8 @@ class Solver:
         """Model evaluations (per sample, before guidance) that `steps` steps will make.
 
         Args:
-            steps: the number of steps. field: the field to be sampled.
+            steps: the number of steps.
+            field: the field to be sampled.
             ends_at_zero: whether the grid ends at t = 0 (some solvers save the last evaluation there).
 
         Returns:
@@ -157,7 +159,8 @@ class Solver:
         """The grid's points and every step's coefficients, on the host.
 
         Args:
-            field: the field to be sampled. t: the grid times, float64 (decreasing, or increasing to invert).
+            field: the field to be sampled.
+            t: the grid times, float64 (decreasing, or increasing to invert).
 
         Returns:
             The Plan of the run.
@@ -174,7 +177,8 @@ class Solver:
         """The per-step data for one interval (single-step solvers; multistep ones need the whole grid).
 
         Args:
-            field: the field being sampled. t0, t1: the interval's start and end points.
+            field: the field being sampled.
+            t0, t1: the interval's start and end points.
 
         Returns:
             The solver's StepCoefficients for that step.
@@ -198,7 +202,9 @@ class Solver:
 
         Args:
             ev: calls the field (`ev.denoise(x, p)`, `ev.velocity(x, p)`), counted and checked; `ev.noise(j)`.
-            x: the state at `t0`. t0, t1: the interval's end points. state: what the previous step returned.
+            x: the state at `t0`.
+            t0, t1: the interval's end points.
+            state: what the previous step returned.
             coeffs: this step's StepCoefficients from the plan.
 
         Returns:

@@ -39,7 +39,8 @@ class DEIS(SlopeMultistep):
         """Adams-Bashforth weights `c_j` of an order-`k` step integrated in log rho (diffusers' 'logrho').
 
         Args:
-            s_hist: the noise levels s of the past slopes, newest first. s_next: the level the step ends at.
+            s_hist: the noise levels s of the past slopes, newest first.
+            s_next: the level the step ends at.
             k: the step's order.
 
         Returns:

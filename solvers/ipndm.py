@@ -64,7 +64,8 @@ class IPNDM(SlopeMultistep):
         """Constant-step Adams-Bashforth weights `c_j` of an order-`k` step in the slope's variable.
 
         Args:
-            s_hist: the noise levels s of the past slopes, newest first. s_next: the level the step ends at.
+            s_hist: the noise levels s of the past slopes, newest first.
+            s_next: the level the step ends at.
             k: the step's order.
 
         Returns:
@@ -136,7 +137,8 @@ class IPNDMV(SlopeMultistep):
         """Variable-step Adams-Bashforth weights `c_j` of an order-`k` step in the slope's variable.
 
         Args:
-            s_hist: the noise levels s of the past slopes, newest first. s_next: the level the step ends at.
+            s_hist: the noise levels s of the past slopes, newest first.
+            s_next: the level the step ends at.
             k: the step's order.
 
         Returns:

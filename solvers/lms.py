@@ -42,7 +42,8 @@ class LMS(SlopeMultistep):
         """Variable-step Adams-Bashforth weights `c_j` of an order-`k` step in the slope's variable.
 
         Args:
-            s_hist: the noise levels s of the past slopes, newest first. s_next: the level the step ends at.
+            s_hist: the noise levels s of the past slopes, newest first.
+            s_next: the level the step ends at.
             k: the step's order.
 
         Returns:

@@ -21,8 +21,11 @@ class StepInfo:
     """What a callback receives after each accepted step.
 
     Attributes:
-        i: the step's index. t, t_next: its start and end times. x: the state after the step.
-        denoised: the latest model output (None before any model call). nfe: model evaluations so far.
+        i: the step's index.
+        t, t_next: its start and end times.
+        x: the state after the step.
+        denoised: the latest model output (None before any model call).
+        nfe: model evaluations so far.
     """
 
     i: int
@@ -38,8 +41,11 @@ class SampleResult:
     """Samples, the exact number of model evaluations per sample made, the grid, and (on request) the trajectory.
 
     Attributes:
-        samples: the final state. nfe: model evaluations per sample (guidance's two per call counted). steps: the
-            steps taken. t: the grid (or the accepted times). solver: the solver's name.
+        samples: the final state.
+        nfe: model evaluations per sample (guidance's two per call counted).
+        steps: the steps taken.
+        t: the grid (or the accepted times).
+        solver: the solver's name.
         trajectory: `(steps + 1, *samples.shape)` states, with `return_trajectory=True`; else None.
         stats: adaptive runs: accepted/rejected steps, completed flag; inversion: direction, x_end, prior_std.
     """
@@ -58,8 +64,10 @@ class Evaluator:
     step may call (the field's data prediction or slope, and the run's step noise).
 
     Args:
-        field: the field to call. model_kwargs: passed to the network at every call.
-        check_finite: flag NaN/Inf outputs (one read after the loop). noise_source: the run's step noise.
+        field: the field to call.
+        model_kwargs: passed to the network at every call.
+        check_finite: flag NaN/Inf outputs (one read after the loop).
+        noise_source: the run's step noise.
     """
 
     def __init__(self, field: Field, model_kwargs: dict, check_finite: bool,

@@ -34,8 +34,11 @@ class ButcherTableau:
     """An explicit tableau (c, A, b) with its declared order; construction checks consistency and order conditions.
 
     Attributes:
-        name: the tableau's registry name. c: the stage times. a: rows of the strictly lower triangle (a[i] has i
-            entries). b: the weights. order: the declared order, checked up to 4.
+        name: the tableau's registry name.
+        c: the stage times.
+        a: rows of the strictly lower triangle (a[i] has i entries).
+        b: the weights.
+        order: the declared order, checked up to 4.
 
     Raises:
         InvalidArgument: shapes that do not match, c[i] not the sum of row i, or a failed order condition.

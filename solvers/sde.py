@@ -150,7 +150,8 @@ class DPMSolverPP2SAncestral(StochasticSolver):
     k-diffusion (sample_dpmpp_2s_ancestral).
 
     Args:
-        eta: the share of the step's noise that is re-drawn (default 1). s_noise: a scale on the added noise.
+        eta: the share of the step's noise that is re-drawn (default 1).
+        s_noise: a scale on the added noise.
     """
 
     name = "dpmpp_2s_ancestral"
@@ -329,9 +330,10 @@ class Restart(RenoiseSolver):
     Paper: Xu et al. 2023, "Restart Sampling for Improving Generative Processes".
 
     Args:
-        restart: a list of (s_min, s_max, K, steps): K restarts from s_min up to s_max, each re-solved in
-            `steps` Heun steps (default ((0.06, 0.30, 2, 3),)).
-        inner: the deterministic solver (default "heun"). s_noise: a scale on the restart noise (default 1).
+        restart: a list of (s_min, s_max, K, steps): K restarts from s_min up to s_max, each re-solved in `steps` Heun
+            steps (default ((0.06, 0.30, 2, 3),)).
+        inner: the deterministic solver (default "heun").
+        s_noise: a scale on the restart noise (default 1).
 
     Raises:
         InvalidArgument: a malformed restart list (need 0 < s_min < s_max < inf, integers K, steps >= 1).
@@ -410,8 +412,10 @@ class DPMSolverPPSDE(StochasticSolver):
     Diffusion Models"; Crowson, k-diffusion (sample_dpmpp_2m_sde / sample_dpmpp_3m_sde).
 
     Args:
-        history: 2 for (2M) SDE, 3 for (3M) SDE. eta: the noise share (0: the deterministic multistep method).
-        s_noise: a scale on the added noise. solver_type: "midpoint" or "heun" (k-diffusion's 2M SDE variants).
+        history: 2 for (2M) SDE, 3 for (3M) SDE.
+        eta: the noise share (0: the deterministic multistep method).
+        s_noise: a scale on the added noise.
+        solver_type: "midpoint" or "heun" (k-diffusion's 2M SDE variants).
         alias: the registry name reported; None: dpmpp_<history>m_sde.
     """
 

@@ -125,9 +125,11 @@ class AdaptiveSolver(Solver):
         """A plan without a fixed grid: the grid's span, budget and the solver's settings.
 
         Args:
-            field: the field to sample. t: the grid the span comes from. steps: the grid's step count (fixed-grid
-                methods). nfe: the model-evaluation budget (the smaller of it and max_nfe). settings: the
-                solver's own typed settings.
+            field: the field to sample.
+            t: the grid the span comes from.
+            steps: the grid's step count (fixed-grid methods).
+            nfe: the model-evaluation budget (the smaller of it and max_nfe).
+            settings: the solver's own typed settings.
 
         Returns:
             A SpanPlan.

@@ -113,10 +113,11 @@ class TorchdiffeqSolver(AdaptiveSolver):
         rtol, atol: torchdiffeq's tolerances (defaults 1e-3, 1e-4).
         frame: "auto" (log-SNR for Gaussian paths, else native time), "logsnr", "edm" or "time".
         max_steps: the most step attempts (accepted and rejected) a run may take (default 1000).
-        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked
-            incomplete in `stats`).
+        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked incomplete
+            in `stats`).
         max_nfe: a model-evaluation budget for every run; None: only a run's `nfe=` bounds it.
-        options: extra keywords for torchdiffeq's `options=`. alias: the registry name reported.
+        options: extra keywords for torchdiffeq's `options=`.
+        alias: the registry name reported.
 
     Raises:
         InvalidArgument: an unknown method or frame, or tolerances out of range.

@@ -164,11 +164,11 @@ class TorchsdeSolver(AdaptiveSolver):
         method: "euler", "milstein", "srk" or "reversible_heun" (default "euler").
         steps: fixed steps uniform in log-SNR; None: a run's steps=, or adaptive stepping.
         adaptive: let torchsde choose the steps (with rtol, atol; defaults 1e-3).
-        brownian: "tree" or "interval" (one Brownian motion per sample), "batch_tree" or "batch" (one for the
-            batch). tol: the Brownian tree's resolution (default 1e-6).
+        brownian: "tree" or "interval" (one Brownian motion per sample), "batch_tree" or "batch" (one for the batch).
+        tol: the Brownian tree's resolution (default 1e-6).
         max_steps: the most step attempts (accepted and rejected) a run may take (default 100000).
-        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked
-            incomplete in `stats`).
+        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked incomplete
+            in `stats`).
         max_nfe: a model-evaluation budget for every run; None: only a run's `nfe=` bounds it.
         alias: the registry name reported; None: torchsde_<method>.
 
