@@ -80,7 +80,8 @@ class GraphedRun:
 
         Args:
             noise: standard-normal noise of the captured shape; None: drawn.
-            seed, generator: as in Sampler.run.
+            seed: as in Sampler.run.
+            generator: as in Sampler.run.
 
         Raises:
             InvalidArgument: noise of another shape. NonFiniteError: a NaN/Inf model output in the replay.

@@ -114,7 +114,8 @@ def check_int(argument: str, value: object, minimum: int | None = None, maximum:
     Args:
         argument: the argument's name.
         value: what was given.
-        minimum, maximum: the inclusive bounds; None: unbounded.
+        minimum: the inclusive lower bound; None: unbounded.
+        maximum: the inclusive upper bound; None: unbounded.
 
     Returns:
         The value as a Python int.

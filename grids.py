@@ -5,6 +5,8 @@ Sampling grids decrease in noise. An inversion (data to noise, `Sampler.invert`)
 
 For the EDM schedule t is the EDM sigma, so `karras(...)` returns k-diffusion's `get_sigmas_karras` values.
 `final="zero"` appends the exact noise-free end t = 0; `final="min"` ends at the schedule's smallest noise.
+Every grid function returns steps + 1 float64 times, decreasing, and raises InvalidArgument for a bad option or
+a schedule that does not fit (none, or no finite range).
 """
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, 
     `ramp` (positions in [0, 1], 0 at sigma_max) places them elsewhere on the same curve.
 
     Args:
-        sigma_min, sigma_max: the smallest and largest levels.
+        sigma_min: the smallest level.
+        sigma_max: the largest level.
         n: how many.
         rho: the curve's exponent.
         ramp: positions in [0, 1] instead of n uniform ones.
@@ -97,13 +100,11 @@ def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = Non
     Args:
         steps: the number of steps.
         schedule: the noise schedule (required).
-        sigma_min, sigma_max: the EDM noise-level range; None: the schedule's.
+        sigma_min: the smallest EDM noise level; None: the schedule's.
+        sigma_max: the largest EDM noise level; None: the schedule's.
         rho: the exponent (default 7).
 
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
-
-    Returns:
-        steps + 1 float64 times, decreasing (InvalidArgument for a bad option or a schedule that does not fit).
     """
     sch = _need(schedule, "karras")
     n = _count(steps, final)
@@ -126,11 +127,10 @@ def karras_index(steps: int, schedule: NoiseSchedule, *, indices: Sequence[int] 
         schedule: the noise schedule (required).
         indices: strictly increasing indices into the `points` levels; None: spread evenly.
         points: the levels of the underlying karras grid (default 40).
-        sigma_min, sigma_max, rho: as in `karras`.
+        sigma_min: as in `karras`.
+        sigma_max: as in `karras`.
+        rho: as in `karras`.
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level). Default "min".
-
-    Returns:
-        steps + 1 float64 times, decreasing (InvalidArgument for a bad option or a schedule that does not fit).
     """
     sch = _need(schedule, "karras_index")
     n = _count(steps, final)
@@ -161,11 +161,9 @@ def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
     Args:
         steps: the number of steps.
         schedule: the noise schedule (required).
-        t_min, t_max: the time range, within the schedule's; None: the schedule's.
+        t_min: the earliest time, within the schedule's range; None: the schedule's t_min.
+        t_max: the latest time, within the schedule's range; None: the schedule's t_max.
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
-
-    Returns:
-        steps + 1 float64 times, decreasing (InvalidArgument for a bad option or a schedule that does not fit).
     """
     sch = _need(schedule, "logsnr_uniform")
     n = _count(steps, final)
@@ -186,11 +184,9 @@ def time_uniform(steps: int, schedule: NoiseSchedule | None, *, t_min: float | N
     Args:
         steps: the number of steps.
         schedule: the noise schedule; None for a plain velocity field (range [0, 1]).
-        t_min, t_max: the time range; None: the schedule's.
+        t_min: the earliest time; None: the schedule's t_min (0 without a schedule).
+        t_max: the latest time; None: the schedule's t_max (1 without a schedule).
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
-
-    Returns:
-        steps + 1 float64 times, decreasing (InvalidArgument for a bad option or a schedule that does not fit).
     """
     _count(steps, final)
     lo, hi = _levels("t_min", t_min, "t_max", t_max, schedule.t_min if schedule is not None else 0.0,
@@ -206,11 +202,9 @@ def time_quadratic(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
     Args:
         steps: the number of steps.
         schedule: the noise schedule (required).
-        t_min, t_max: the time range, within the schedule's; None: the schedule's.
+        t_min: the earliest time, within the schedule's range; None: the schedule's t_min.
+        t_max: the latest time, within the schedule's range; None: the schedule's t_max.
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
-
-    Returns:
-        steps + 1 float64 times, decreasing (InvalidArgument for a bad option or a schedule that does not fit).
     """
     sch = _need(schedule, "time_quadratic")
     n = _count(steps, final)
@@ -229,9 +223,6 @@ def discrete(steps: int, schedule: NoiseSchedule, *, spacing: str = "trailing", 
         spacing: "linspace", "leading" or "trailing" (default).
         steps_offset: diffusers' offset ("leading").
         final: "zero" or "min" (diffusers' final_sigmas_type="sigma_min": one more step to the first timestep).
-
-    Returns:
-        steps + 1 float64 times, decreasing (InvalidArgument for a bad option or a schedule that does not fit).
     """
     sch = _need(schedule, "discrete")
     if not isinstance(sch, VPDiscrete):
@@ -269,9 +260,6 @@ def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[fl
         schedule: the noise schedule (required).
         sigmas: the published EDM noise levels to interpolate (default: Stable Diffusion 1.5's).
         final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
-
-    Returns:
-        steps + 1 float64 times, decreasing (InvalidArgument for a bad option or a schedule that does not fit).
     """
     sch = _need(schedule, "ays")
     n = _count(steps, final)

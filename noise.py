@@ -180,7 +180,8 @@ class NoiseSource:
             shape: the run's `(batch, *sample_shape)`.
             seed: as the run's seed=.
             generator: as the run's generator=.
-            device, dtype: where and in what the draws are made.
+            device: where the draws are made.
+            dtype: their dtype.
 
         Returns:
             The NoiseSource.

@@ -39,8 +39,10 @@ class PathPoint:
     """Path scalars at one time t: x_t = alpha x0 + sigma eps.
 
     Attributes:
-        alpha, sigma: the data and noise scales.
-        d_alpha, d_sigma: their time derivatives (default 0).
+        alpha: the data scale.
+        sigma: the noise scale.
+        d_alpha: d alpha / dt (default 0).
+        d_sigma: d sigma / dt (default 0).
     """
 
     alpha: float

@@ -107,7 +107,8 @@ class GaussianProblem(torch.nn.Module):
 
         Args:
             x_from: the state at t_from.
-            t_from, t_to: schedule times.
+            t_from: the schedule time of x_from.
+            t_to: the schedule time to transport to.
 
         Returns:
             The state at t_to.
@@ -317,7 +318,8 @@ class LinearFlowProblem(torch.nn.Module):
     Args:
         decay: M's contraction rate (default 0.5).
         rotation: its rotation rate (default 2).
-        w1, w2: the frequencies of p (defaults 2, 3).
+        w1: the frequency of p's first coordinate (default 2).
+        w2: the frequency of its second (default 3).
     """
 
     def __init__(self, decay: float = 0.5, rotation: float = 2.0, w1: float = 2.0, w2: float = 3.0):
@@ -358,7 +360,8 @@ class LinearFlowProblem(torch.nn.Module):
 
         Args:
             x: the state at t0 [B, 2].
-            t0, t1: diffsolve times.
+            t0: the diffsolve time of x.
+            t1: the diffsolve time to reach.
 
         Returns:
             The state at t1, in x's dtype.

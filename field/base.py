@@ -47,8 +47,10 @@ class EvalPoint:
     Attributes:
         t: schedule time.
         model_time: the network's time input at t.
-        alpha, sigma: the path's data and noise scales;
-        d_alpha, d_sigma: their time derivatives.
+        alpha: the path's data scale.
+        sigma: the path's noise scale.
+        d_alpha: d alpha / dt.
+        d_sigma: d sigma / dt.
         step: the step size in model time this evaluation serves (shortcut models' d); None: 0.
     """
 

@@ -76,7 +76,8 @@ def coefficient_tensor(values, batch: int | None = None, *, device=None, dtype=t
     Args:
         values: the coefficients.
         batch: expand a [K] row to [batch, K].
-        device, dtype: the result's.
+        device: the result's device.
+        dtype: the result's dtype (default float64).
 
     Returns:
         The contiguous coefficient tensor.

@@ -13,8 +13,10 @@ class CustomSchedule(NoiseSchedule):
     """Any pair of callables alpha(t), sigma(t) on [0, t_max]; derivatives by autograd, inverse by bisection.
 
     Args:
-        alpha, sigma: float64 tensor functions of t.
-        t_min, t_max: the time range (defaults 1e-3, 1).
+        alpha: alpha(t), a float64 tensor function.
+        sigma: sigma(t), a float64 tensor function.
+        t_min: the smallest time a grid uses (default 1e-3).
+        t_max: the noisiest time (default 1).
         model_time: the network's time input as a function of t; None: t itself.
         name: the schedule's name.
         identity: a string naming these functions, so caches can key on them.

@@ -16,7 +16,8 @@ class VESchedule(NoiseSchedule):
     Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations".
 
     Args:
-        sigma_min, sigma_max: sigma as t -> 0 and at t = 1 (defaults 0.01, 50).
+        sigma_min: sigma as t -> 0 (default 0.01).
+        sigma_max: sigma at t = 1 (default 50).
         model_input: what the network receives: "sigma" (default) or "t".
 
     Raises:
@@ -83,7 +84,8 @@ class EDMSchedule(NoiseSchedule):
     Paper: Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models".
 
     Args:
-        sigma_min, sigma_max: t_min and t_max, the smallest and largest noise levels (defaults 0.002, 80).
+        sigma_min: t_min, the smallest noise level (default 0.002).
+        sigma_max: t_max, the largest noise level (default 80).
 
     Raises:
         InvalidArgument: unless 0 < sigma_min < sigma_max.

@@ -138,7 +138,8 @@ class VPDiscrete(VPSchedule):
 
         Args:
             N: the number of steps in the table.
-            beta_start, beta_end: the first and last betas.
+            beta_start: the first beta.
+            beta_end: the last beta.
             **kw: model_time_scale / model_time_offset.
         """
         return cls(betas=torch.linspace(beta_start, beta_end, N, dtype=torch.float64), **kw)
@@ -149,7 +150,8 @@ class VPDiscrete(VPSchedule):
 
         Args:
             N: the number of steps.
-            beta_start, beta_end: squares of the ends of the linear sqrt(beta) ramp.
+            beta_start: the first beta (the ramp is linear in sqrt(beta)).
+            beta_end: the last beta.
             **kw: model_time_scale / model_time_offset.
         """
         b = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, N, dtype=torch.float64) ** 2
@@ -175,7 +177,8 @@ class VPDiscrete(VPSchedule):
 
         Args:
             N: the number of steps.
-            beta_start, beta_end: the first and last betas.
+            beta_start: the first beta.
+            beta_end: the last beta.
             **kw: model_time_scale / model_time_offset.
         """
         b = torch.exp(torch.linspace(math.log(beta_start), math.log(beta_end), N, dtype=torch.float64))
@@ -188,8 +191,10 @@ class VPContinuous(VPSchedule):
     Paper: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations".
 
     Args:
-        beta_min, beta_max: beta(0) and beta(1) (defaults 0.1, 20).
-        t_min, t_max: the time range (1e-3, 1).
+        beta_min: beta(0) (default 0.1).
+        beta_max: beta(1) (default 20).
+        t_min: the smallest time a grid uses (default 1e-3).
+        t_max: the noisiest time (default 1).
         model_time_scale: the network receives t * scale (default 1).
 
     Raises:

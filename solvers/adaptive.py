@@ -50,11 +50,13 @@ class LogSNRController:
 
     Args:
         order: the order of the step pair (the exponent's denominator).
-        rtol, atol: the error tolerances.
+        rtol: the relative tolerance.
+        atol: the absolute tolerance.
         h_init: the first step in log-SNR.
         theta: the safety factor in (0, 1].
         kind: "i" (DPM-Solver's rule) or "pi" (proportional-integral).
-        beta1, beta2: the PI rule's exponents.
+        beta1: the PI rule's exponent of the current error (default 0.7).
+        beta2: its exponent of the previous error (default 0.4).
     """
 
     def __init__(self, order: int, rtol: float, atol: float, h_init: float, theta: float, kind: str = "i",
@@ -119,7 +121,8 @@ class DPMSolverAdaptive(AdaptiveSolver):
 
     Args:
         order: 2 (DPM-Solver-12, dpm_adaptive_12) or 3 (DPM-Solver-23, dpm_adaptive_23; default).
-        rtol, atol: the relative and absolute tolerances of the error norm (defaults 0.05, 0.0078; at least 1e-15).
+        rtol: the relative tolerance of the error norm (default 0.05; at least 1e-15).
+        atol: the absolute tolerance (default 0.0078; at least 1e-15).
         h_init: the first step in log-SNR (default 0.05).
         theta: the safety factor in (0, 1] (default 0.9).
         max_steps: the most step attempts (accepted and rejected) a run may take (default 1000).

@@ -178,7 +178,8 @@ class Solver:
 
         Args:
             field: the field being sampled.
-            t0, t1: the interval's start and end points.
+            t0: the interval's start point.
+            t1: its end point.
 
         Returns:
             The solver's StepCoefficients for that step.
@@ -203,7 +204,8 @@ class Solver:
         Args:
             ev: calls the field (`ev.denoise(x, p)`, `ev.velocity(x, p)`), counted and checked; `ev.noise(j)`.
             x: the state at `t0`.
-            t0, t1: the interval's end points.
+            t0: the interval's start point.
+            t1: its end point.
             state: what the previous step returned.
             coeffs: this step's StepCoefficients from the plan.
 

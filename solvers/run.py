@@ -22,7 +22,8 @@ class StepInfo:
 
     Attributes:
         i: the step's index.
-        t, t_next: its start and end times.
+        t: the step's start time.
+        t_next: its end time.
         x: the state after the step.
         denoised: the latest model output (None before any model call).
         nfe: model evaluations so far.

@@ -5,8 +5,7 @@ All are written in the EDM frame y = x / alpha, s = sigma / alpha (Karras et al.
 model is the variance-exploding process y = x0 + s eps; this is how k-diffusion's formulas (alpha = 1) carry over
 to any schedule: x = alpha y at both ends of a step, and noise added to y with std s_up is noise alpha s_up in x.
 Coefficients are written with ratios (s'/s = sigma' alpha / (sigma alpha'), sigma'/sigma) so that they stay finite
-at pure noise (alpha = 0, flows). Noise comes from `ev.noise(j)`: a function of each sample's seed, the step and
-the draw j.
+at pure noise (alpha = 0, flows). Noise comes from `ev.noise(j)`: a function of each sample's seed, step and draw.
 """
 from __future__ import annotations
 
@@ -108,11 +107,8 @@ class EulerAncestral(StochasticSolver):
 
     Args:
         eta: the share of the step's noise that is re-drawn: 1 is DDPM, 0 deterministic DDIM (default 1).
-        s_noise: a scale on the added noise (1: exact).
+        s_noise: a scale on the added noise (1: exact). A negative eta or s_noise raises InvalidArgument.
         alias: the registry name reported (euler_ancestral, ddpm, ddim_eta).
-
-    Raises:
-        InvalidArgument: a negative eta or s_noise.
     """
 
     name = "euler_ancestral"
@@ -146,8 +142,8 @@ class DPMSolverPP2SAncestral(StochasticSolver):
     """DPM-Solver++(2S) ancestral: a second-order singlestep step (midpoint in lambda) down to s_down, then noise
     s_up (k-diffusion sample_dpmpp_2s_ancestral; Lu et al. 2022b).
 
-    Papers: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"; Crowson,
-    k-diffusion (sample_dpmpp_2s_ancestral).
+    Papers: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models";
+    Crowson, k-diffusion (sample_dpmpp_2s_ancestral).
 
     Args:
         eta: the share of the step's noise that is re-drawn (default 1).
@@ -280,7 +276,8 @@ class EDMChurn(RenoiseSolver):
 
     Args:
         S_churn: the total churn over the run (gamma = min(S_churn / N, sqrt2 - 1) per step; default 40).
-        S_tmin, S_tmax: the EDM noise levels between which churn is added (defaults 0.05 and 50).
+        S_tmin: the lowest EDM noise level at which churn is added (default 0.05).
+        S_tmax: the highest (default 50).
         S_noise: a scale on the added noise (default 1).
         inner: the deterministic step after the churn: "heun" (default; euler_churn: "euler") or a Solver.
         alias: the registry name reported (edm_churn, euler_churn).
@@ -334,9 +331,7 @@ class Restart(RenoiseSolver):
             steps (default ((0.06, 0.30, 2, 3),)).
         inner: the deterministic solver (default "heun").
         s_noise: a scale on the restart noise (default 1).
-
-    Raises:
-        InvalidArgument: a malformed restart list (need 0 < s_min < s_max < inf, integers K, steps >= 1).
+    A malformed restart list raises InvalidArgument (need 0 < s_min < s_max < inf, integers K, steps >= 1).
     """
 
     name = "restart"
@@ -407,9 +402,9 @@ class DPMSolverPPSDE(StochasticSolver):
     Gonzalez et al. 2023 SEEDS): x' = (s'/s) e^{-eta h} x + (1 - e^{-(1+eta) h}) D + history correction
     + s' sqrt(1 - e^{-2 eta h}) S_noise z in the EDM frame, h = lambda' - lambda.
 
-    Papers: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"; Gonzalez
-    et al. 2023, "SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from
-    Diffusion Models"; Crowson, k-diffusion (sample_dpmpp_2m_sde / sample_dpmpp_3m_sde).
+    Papers: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models";
+    Gonzalez et al. 2023, "SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models";
+    Crowson, k-diffusion (sample_dpmpp_2m_sde / sample_dpmpp_3m_sde).
 
     Args:
         history: 2 for (2M) SDE, 3 for (3M) SDE.

@@ -110,7 +110,8 @@ class TorchdiffeqSolver(AdaptiveSolver):
     Args:
         method: an adaptive method (dopri5, dopri8, bosh3, adaptive_heun, fehlberg2) or a fixed-grid one (euler,
             midpoint, rk4, explicit_adams, implicit_adams); default "dopri5".
-        rtol, atol: torchdiffeq's tolerances (defaults 1e-3, 1e-4).
+        rtol: torchdiffeq's relative tolerance (default 1e-3).
+        atol: its absolute tolerance (default 1e-4).
         frame: "auto" (log-SNR for Gaussian paths, else native time), "logsnr", "edm" or "time".
         max_steps: the most step attempts (accepted and rejected) a run may take (default 1000).
         on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked incomplete
