@@ -256,14 +256,17 @@ class Sampler:
         """Sample from noise to data in `steps` steps, or in at most `nfe` model evaluations.
 
         Args:
-            steps: the number of steps; None with an explicit grid: the grid's own count. nfe: a budget instead.
+            steps: the number of steps; None with an explicit grid: the grid's own count.
+            nfe: a model-evaluation budget instead of steps (the most steps that fit).
             noise: the starting noise `(batch, *sample_shape)`; None: drawn (from `seed` or `generator`).
             shape: `(batch, *sample_shape)` of the noise to draw; None: `batch_size` samples of the model's shape.
             batch_size: samples to draw (0: an empty result, no model call); None: from noise, shape or seeds, or 1.
             seed: an integer, or one per sample (sample i then does not depend on the batch); None: global RNG.
             generator: a torch.Generator to draw from instead of `seed`. Both also seed stochastic solvers.
-            callback: called with a StepInfo after each step. return_trajectory: keep every step's state.
-            progress: show a progress bar; None: the Sampler's setting. device: None: the model's (or noise's).
+            callback: called with a StepInfo after each step.
+            return_trajectory: keep every step's state in `result.trajectory`.
+            progress: show a progress bar; None: the Sampler's setting.
+            device: where to run; None: the model's device (or the noise's).
             dtype: the state's dtype; None: that of `noise=`, else float32 whatever the model's dtype.
             grad: record the autograd graph through the whole run (training through the sampler); default: none.
             noise_scale: "unit": `noise=` is standard normal, scaled here by the prior's std at the first time;
@@ -344,13 +347,11 @@ class Sampler:
                           dtype=as_dtype(dtype) or torch.float32, **model_kwargs)
 
     def inversion_times(self, steps: int | None = None) -> torch.Tensor:
-        """The inversion grid: the sampling grid reversed (increasing noise), validated.
+        """The inversion grid of `steps` steps (None for an explicit grid): the sampling grid reversed, validated.
 
-        A grid that takes a `final` option (the named grids) is built with `final="min"` unless grid_options say
-        otherwise: the inversion starts at the schedule's smallest noise t_min, the data taken as the state there.
-        A grid function without that option (GITS, learned) is built as it comes, an explicit grid used as given
-        (reversed if it decreases); either may start at exactly t = 0 (see `invert`). `steps`: None if explicit.
-        """
+        Named grids (those with a `final` option) get `final="min"` unless grid_options say otherwise: the inversion
+        starts at t_min, the data taken as the state there. Grid functions without it (GITS, learned) and explicit
+        grids (reversed if decreasing) are used as they come; either may start at exactly t = 0 (see `invert`)."""
         sch = self.field.schedule
         if isinstance(self.grid, str) or callable(self.grid):
             opts = dict(self.grid_options)
@@ -430,8 +431,8 @@ class Sampler:
         """Integrate the probability-flow ODE from data `x0` to noise on the sampling grid reversed.
 
         Args:
-            x0: a floating batch of data `(batch, *sample_shape)`; never scaled by the prior's std.
-            steps, nfe, callback, return_trajectory, progress, dtype, grad, **model_kwargs: as in `run`.
+            x0: a floating batch of data `(batch, *sample_shape)`; never scaled by the prior's std. Other keywords
+                (steps, nfe, callback, return_trajectory, progress, dtype, grad, model keywords) as in `run`.
 
         Returns:
             SampleResult whose `.samples` is the latent as standard-normal noise: the state at the grid's noisiest
@@ -442,10 +443,9 @@ class Sampler:
             InvalidArgument: a stochastic sampler or adaptive span solver (only deterministic fixed-step ones
                 invert: Euler/DDIM, Runge-Kutta, the DPM-Solver family, UniPC, DEIS, iPNDM, LMS), or a bad `x0`.
 
-        AFS (for an almost pure-noise state) and `lower_order_final` (into zero noise) do not apply to an inversion.
-        Named grids start at t_min (`inversion_times`), never where the slope is 0/0. A grid starting at exactly
-        t = 0 begins with a step with no model call: there D = x0 and E[eps | x0] = E[eps] = 0 (noise is
-        independent of data), so DDIM gives x(t1) = alpha(t1) x0 (first order); no eps-network runs at zero noise."""
+        AFS and `lower_order_final` (sampling's rules) do not apply. Named grids start at t_min, never where the slope
+        is 0/0. A grid starting at t = 0 begins with a step with no model call: D = x0 and E[eps | x0] = E[eps] = 0
+        (noise is independent of data), so DDIM gives x(t1) = alpha(t1) x0; no eps-network runs at zero noise."""
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
             raise InvalidArgument("x0 must be a floating-point torch.Tensor (a batch of data)")
         want = self.field.sample_shape
