@@ -92,8 +92,8 @@ class Consistency(StochasticSolver):
                 "noise; invert with an ODE solver")
 
     def grid_for(self, field: Field) -> str:
+        """"karras_index", which ends at the consistency function's boundary; None without a finite sigma_max."""
         # The consistency function's boundary is the schedule's smallest level: end the grid there, not at 0.
-        """The grid that ends at the consistency function's boundary (the smallest level)."""
         return "karras_index" if field.has_schedule and math.isfinite(field.schedule.sigma_max) else None
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:

@@ -105,7 +105,7 @@ class AdaptiveSolver(Solver):
 
     # --- planning on the host -------------------------------------------------------------------
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
-        """The span plan (`plan_adaptive` with no budget)."""
+        """The span plan: `plan_adaptive` with no nfe= (the solver's max_nfe is the budget)."""
         return self.plan_adaptive(field, t)
 
     def stop_time(self, field: Field, t: torch.Tensor) -> tuple[float, bool]:

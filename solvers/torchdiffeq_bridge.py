@@ -112,7 +112,8 @@ class TorchdiffeqSolver(AdaptiveSolver):
             midpoint, rk4, explicit_adams, implicit_adams); default "dopri5".
         rtol: torchdiffeq's relative tolerance (default 1e-3).
         atol: its absolute tolerance (default 1e-4).
-        frame: "auto" (log-SNR for Gaussian paths, else native time), "logsnr", "edm" or "time".
+        frame: "auto" (log-SNR; native time for plain fields, velocity models and a start at pure noise), "logsnr",
+            "edm" or "time".
         max_steps: the most step attempts (accepted and rejected) a run may take (default 1000).
         on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked incomplete
             in `stats`).
@@ -148,9 +149,9 @@ class TorchdiffeqSolver(AdaptiveSolver):
         return self.method in FIXED_METHODS
 
     def choose_frame(self, field: Field, t_start: float) -> str:
+        """The frame to integrate in from `t_start` (log-SNR preferred)."""
         # The EDM frame in lambda = -log s by default: on a VP Gaussian dopri5 needs about half the calls of the
         # same ODE in s for the same endpoint error (s spans four decades; error control in s is poor at large s).
-        """The frame to integrate in from `t_start` (log-SNR preferred)."""
         return integration_frame(field, t_start, None if self.frame == "auto" else self.frame, preferred="logsnr")
 
     def stop_time(self, field: Field, t: torch.Tensor) -> tuple[float, bool]:

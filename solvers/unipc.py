@@ -106,7 +106,7 @@ class UniPC(MultistepSolver):
     Models".
 
     Args:
-        variant: "bh2" (B(h) = e^h - 1, registered as unipc_bh2) or "bh1" (B(h) = h, unipc_bh1).
+        variant: "bh2" (B(h) = e^-h - 1, registered as unipc_bh2) or "bh1" (B(h) = -h, unipc_bh1).
         order: the predictor's highest order, 1 to 3 (default 2); the declared order is one higher with the
             corrector.
         use_corrector: run the UniC corrector (no extra model call).
