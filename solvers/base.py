@@ -190,11 +190,27 @@ class Solver:
         raise NotImplementedError(f"{type(self).__name__} plans whole grids only")
 
     def count_calls(self, coeffs: tuple, field: Field, pts: tuple[EvalPoint, ...]) -> int:
-        """The model evaluations of a planned run: `model_calls` for its steps, given whether it ends at t = 0."""
+        """The model evaluations of a planned run: `model_calls` for its steps, given whether it ends at t = 0.
+
+        Args:
+            coeffs: the plan's per-step coefficients.
+            field: the field sampled.
+            pts: the grid's points.
+
+        Returns:
+            The number of model calls (per sample, before guidance).
+        """
         return self.model_calls(len(coeffs), field, float(pts[-1].t) == 0.0)
 
     def init(self, plan: Plan) -> Any:
-        """The state before the first step (a multistep solver's empty history); `()` for single-step solvers."""
+        """The state before the first step (a multistep solver's empty history); `()` for single-step solvers.
+
+        Args:
+            plan: the run's plan.
+
+        Returns:
+            The initial state handed to the first `step`.
+        """
         return ()
 
     def step(self, ev: Evaluator, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any,
@@ -216,12 +232,24 @@ class Solver:
 
     # --- helpers shared by subclasses -----------------------------------------------------------
     def check_field(self, field: Field) -> None:
-        """Raise InvalidArgument when the solver needs a noise schedule and `field` has none."""
+        """Raise InvalidArgument when the solver needs a noise schedule and `field` has none.
+
+        Args:
+            field: the field to be sampled.
+        """
         if self.needs_schedule:
             field.require_schedule(self.name)
 
     def grid_points(self, field: Field, t: torch.Tensor) -> tuple[EvalPoint, ...]:
-        """The field's path scalars at every time of `t`, after checking the grid's direction."""
+        """The field's path scalars at every time of `t`, after checking the grid's direction.
+
+        Args:
+            field: the field to be sampled.
+            t: the grid times.
+
+        Returns:
+            One EvalPoint per time.
+        """
         self.check_direction(t, field)
         return tuple(field.at(float(v)) for v in t)
 
@@ -406,5 +434,9 @@ def available_solvers(deterministic: bool | None = None) -> list[str]:
 
 
 def registry_entries() -> dict[str, RegistryEntry]:
-    """A copy of the registry: name -> RegistryEntry (factory, fixed settings, defaults, summary)."""
+    """A copy of the registry: name -> RegistryEntry (factory, fixed settings, defaults, summary).
+
+    Returns:
+        The entries by name (changing the copy does not change the registry).
+    """
     return dict(_REGISTRY)

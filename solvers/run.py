@@ -83,13 +83,32 @@ class Evaluator:
         self.noise_source = noise_source
 
     def noise(self, draw: int = 0) -> torch.Tensor:
-        """Standard normal noise like the state for the current step, draw j: a function of each sample's seed."""
+        """Standard normal noise like the state for the current step, draw j: a function of each sample's seed.
+
+        Args:
+            draw: the draw j within the step (default 0).
+
+        Returns:
+            The noise, shaped like the state.
+
+        Raises:
+            InvalidArgument: the run has no step-noise source (stochastic solvers run through Sampler.run/solve).
+        """
         if self.noise_source is None:
             raise InvalidArgument("this run has no step-noise source; stochastic solvers run through Sampler.run/solve")
         return self.noise_source.draw(self.step, draw)
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput:
-        """Call the field for `kind` ("x0" or "velocity") at point `p`: counted and flagged."""
+        """Call the field for `kind` ("x0" or "velocity") at point `p`: counted and flagged.
+
+        Args:
+            x: the state.
+            p: the point.
+            kind: "x0" (the data prediction) or "velocity".
+
+        Returns:
+            The field's FieldOutput (kept as the latest evaluation).
+        """
         out = self.field.evaluate(x, p, kind, **self.kwargs)
         self.nfe += self.field.evals_per_call
         if self.check_finite:
@@ -98,11 +117,27 @@ class Evaluator:
         return out
 
     def denoise(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor:
-        """The data prediction at `x`, point `p` (one model evaluation)."""
+        """The data prediction at `x`, point `p` (one model evaluation).
+
+        Args:
+            x: the state.
+            p: the point.
+
+        Returns:
+            x0_hat, in x's shape and dtype.
+        """
         return self.evaluate(x, p, "x0").value
 
     def velocity(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor:
-        """The velocity dx/dt at `x`, point `p` (one model evaluation)."""
+        """The velocity dx/dt at `x`, point `p` (one model evaluation).
+
+        Args:
+            x: the state.
+            p: the point.
+
+        Returns:
+            dx/dt, in x's shape and dtype.
+        """
         return self.evaluate(x, p, "velocity").value
 
     @property
