@@ -18,7 +18,22 @@ from diffsolve.noise import draw_noise
 
 
 class GraphedRun:
-    """`g = sampler.graphed(steps=20, shape=(8, 4, 64, 64), device='cuda')`, then `g.run(seed=1)` or `g.run(noise)`."""
+    """`g = sampler.graphed(steps=20, shape=(8, 4, 64, 64), device='cuda')`, then `g.run(seed=1)` or `g.run(noise)`.
+
+    Made by `Sampler.graphed`: the capture warms up on a side stream, then records one whole loop.
+
+    Args:
+        sampler: the Sampler.
+        plan: its fixed-step Plan.
+        shape: the captured `(batch, *sample_shape)`.
+        device: a CUDA device.
+        dtype: the state's dtype (default float32).
+        warmup: runs before the capture.
+        **model_kwargs: passed to the network at every call (fixed in the graph).
+
+    Raises:
+        InvalidArgument: not CUDA, no CUDA available, or an adaptive or stochastic solver.
+    """
 
     def __init__(self, sampler: Any, plan: Any, shape: Sequence[int], *, device: Any, dtype: torch.dtype = torch.float32,
                  warmup: int = 2, **model_kwargs: Any):
@@ -61,7 +76,16 @@ class GraphedRun:
         return res.samples, ev
 
     def run(self, noise: torch.Tensor | None = None, *, seed: Any = None, generator: torch.Generator | None = None):
-        """Replay for new standard-normal noise (given, or drawn like Sampler.run draws it); returns a SampleResult."""
+        """Replay for new standard-normal noise (given, or drawn like Sampler.run draws it); returns a SampleResult.
+
+        Args:
+            noise: standard-normal noise of the captured shape; None: drawn.
+            seed: as in Sampler.run.
+            generator: as in Sampler.run.
+
+        Raises:
+            InvalidArgument: noise of another shape. NonFiniteError: a NaN/Inf model output in the replay.
+        """
         if noise is None:
             noise = draw_noise(self.shape, seed=seed, generator=generator, device=self.device, dtype=self.dtype)
         if tuple(noise.shape) != self.shape:

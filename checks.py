@@ -19,7 +19,19 @@ BENCH_SEED_LIMIT = SEED_LIMIT >> SAMPLE_SEED_SHIFT
 
 
 def check_seed(value: Any, limit: int = SEED_LIMIT, option: str = "seed") -> int:
-    """A seed as the command line's `seed_below` takes it: an int in [0, limit) or InvalidArgument."""
+    """A seed as the command line's `seed_below` takes it: an int in [0, limit) or InvalidArgument.
+
+    Args:
+        value: the seed.
+        limit: the exclusive upper bound (default 2**63).
+        option: the option's name.
+
+    Returns:
+        The seed.
+
+    Raises:
+        InvalidArgument: not an integer in [0, limit).
+    """
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
         raise InvalidArgument(f"{option}={value!r}: a seed must be an integer in [0, 2**{limit.bit_length() - 1})")
     return value
@@ -32,7 +44,18 @@ MAX_STEPS = 100_000
 
 
 def check_steps(steps: int, nfe: int | None = None) -> int:
-    """Refuse a step count above MAX_STEPS (with nfe=, the steps that budget would take)."""
+    """Refuse a step count above MAX_STEPS (with nfe=, the steps that budget would take).
+
+    Args:
+        steps: the step count.
+        nfe: the budget it came from, for the message.
+
+    Returns:
+        The step count.
+
+    Raises:
+        InvalidArgument: steps above MAX_STEPS.
+    """
     if steps > MAX_STEPS:
         why = f"nfe={nfe} needs {steps} steps," if nfe is not None else f"steps={steps} is"
         raise InvalidArgument(f"{why} above the cap of {MAX_STEPS} steps a run may plan "
@@ -41,6 +64,11 @@ def check_steps(steps: int, nfe: int | None = None) -> int:
 
 
 def available_devices() -> list[str]:
+    """The devices torch can use here: "cpu", then "cuda" and "cuda:<i>" per GPU, then "mps".
+
+    Returns:
+        The device names.
+    """
     names = ["cpu"]
     if torch.cuda.is_available():
         names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -50,7 +78,18 @@ def available_devices() -> list[str]:
 
 
 def check_device(device: Any, option: str = "device") -> Any:
-    """The device if torch can use it here, else InvalidArgument naming the option and the devices available."""
+    """The device if torch can use it here, else InvalidArgument naming the option and the devices available.
+
+    Args:
+        device: a device or its name; None passes through.
+        option: the option's name for the message.
+
+    Returns:
+        The device as given (or None).
+
+    Raises:
+        InvalidArgument: not a device, or not available on this machine.
+    """
     if device is None:
         return None
     try:
@@ -73,7 +112,18 @@ def check_device(device: Any, option: str = "device") -> Any:
 
 def check_writable(folder: str | os.PathLike, option: str) -> Path:
     """Create `folder` if needed and prove it writable (create, write and delete a probe file); else
-    InvalidArgument naming the option. Runs before any work, so a bad folder fails in well under a second."""
+    InvalidArgument naming the option. Runs before any work, so a bad folder fails in well under a second.
+
+    Args:
+        folder: the folder.
+        option: the option's name for the message.
+
+    Returns:
+        The folder as a Path (user's home expanded).
+
+    Raises:
+        InvalidArgument: the folder cannot be created or written.
+    """
     path = Path(folder).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)

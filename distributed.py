@@ -18,7 +18,14 @@ from diffsolve.errors import InvalidArgument
 
 @dataclass
 class Dist:
-    """This process's place in the group: rank, world size, and whether it started the group itself."""
+    """This process's place in the group: rank, world size, and whether it started the group itself.
+
+    Attributes:
+        rank: this process's rank (0: the main one).
+        world: the number of processes.
+        local_rank: the rank on this machine (the GPU index).
+        owns_group: whether `close` must end the group.
+    """
 
     rank: int = 0
     world: int = 1
@@ -27,11 +34,22 @@ class Dist:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the process that writes files and prints)."""
         return self.rank == 0
 
     @classmethod
     def from_env(cls, device: str | torch.device | None = None) -> "Dist":
-        """Join the group torchrun describes in the environment (WORLD_SIZE, RANK, ...), or a group already made."""
+        """Join the group torchrun describes in the environment (WORLD_SIZE, RANK, ...), or a group already made.
+
+        Args:
+            device: the run's device: "cuda" picks nccl and this process's local GPU; otherwise gloo.
+
+        Returns:
+            The Dist; one process (rank 0 of 1) without WORLD_SIZE > 1.
+
+        Raises:
+            InvalidArgument: WORLD_SIZE > 1 but torch has no torch.distributed.
+        """
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
@@ -50,7 +68,14 @@ class Dist:
         return cls(dist.get_rank(), dist.get_world_size(), local, owns_group=True)
 
     def device(self, device: str | torch.device | None) -> torch.device | None:
-        """One GPU per process: 'cuda' becomes this process's local GPU."""
+        """One GPU per process: 'cuda' becomes this process's local GPU.
+
+        Args:
+            device: the run's device, or None.
+
+        Returns:
+            The device to use here, or None.
+        """
         if device is None:
             return None
         d = torch.device(device)
@@ -59,10 +84,25 @@ class Dist:
         return d
 
     def my_chunks(self, n_chunks: int) -> list[int]:
+        """The chunk indices this rank computes: c with c % world == rank.
+
+        Args:
+            n_chunks: the total number of chunks.
+
+        Returns:
+            The indices, increasing.
+        """
         return [c for c in range(n_chunks) if c % self.world == self.rank]
 
     def all_gather(self, obj: Any) -> list[Any]:
-        """Every rank's object, in rank order (a one-element list without a group)."""
+        """Every rank's object, in rank order (a one-element list without a group).
+
+        Args:
+            obj: a picklable object.
+
+        Returns:
+            One object per rank.
+        """
         if self.world == 1:
             return [obj]
         import torch.distributed as dist
@@ -72,18 +112,27 @@ class Dist:
         return out
 
     def gather_chunks(self, mine: dict[int, Any]) -> list[Any]:
-        """All chunks' results in chunk order, from each rank's {chunk index: result}."""
+        """All chunks' results in chunk order, from each rank's {chunk index: result}.
+
+        Args:
+            mine: this rank's results by chunk index.
+
+        Returns:
+            Every chunk's result, in chunk order (the same on every rank).
+        """
         merged: dict[int, Any] = {}
         for part in self.all_gather(mine):
             merged.update(part)
         return [merged[c] for c in sorted(merged)]
 
     def barrier(self) -> None:
+        """Wait for every rank (a no-op for one process)."""
         if self.world > 1:
             import torch.distributed as dist
             dist.barrier()
 
     def close(self) -> None:
+        """End the process group if this Dist started it."""
         if self.owns_group:
             import torch.distributed as dist
             dist.destroy_process_group()
@@ -91,12 +140,31 @@ class Dist:
 
 
 def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
-    """[start, stop) of each fixed-size chunk of n samples (the last may be shorter)."""
+    """[start, stop) of each fixed-size chunk of n samples (the last may be shorter).
+
+    Args:
+        n: the number of samples.
+        chunk_size: samples per chunk.
+
+    Returns:
+        The (start, stop) pairs.
+    """
     return [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
 
 
 def sample_seeds(seed: int, n: int) -> list[int]:
-    """One seed per sample, so sample i is the same whatever chunk or process draws it."""
+    """One seed per sample, so sample i is the same whatever chunk or process draws it.
+
+    Args:
+        seed: the run's seed.
+        n: the number of samples.
+
+    Returns:
+        seed * 2**24 + i for each sample i.
+
+    Raises:
+        ValueError: n >= 2**24.
+    """
     if n >= 2 ** 24:
         raise ValueError("at most 2**24 samples per benchmark")
     return [int(seed) * 2 ** 24 + i for i in range(n)]

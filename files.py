@@ -11,6 +11,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     A reader sees the old file or the complete new one, never a partial one; a crash leaves at most a
     `*.tmp` file, which nothing reads.
+
+    Args:
+        path: the target file; its folder is created if needed.
+        data: the bytes to write.
+
+    Raises:
+        OSError: the write failed (the temporary file is removed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

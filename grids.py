@@ -5,6 +5,8 @@ Sampling grids decrease in noise. An inversion (data to noise, `Sampler.invert`)
 
 For the EDM schedule t is the EDM sigma, so `karras(...)` returns k-diffusion's `get_sigmas_karras` values.
 `final="zero"` appends the exact noise-free end t = 0; `final="min"` ends at the schedule's smallest noise.
+Every grid function returns steps + 1 float64 times, decreasing, and raises InvalidArgument for a bad option or
+a schedule that does not fit (none, or no finite range).
 """
 from __future__ import annotations
 
@@ -66,7 +68,21 @@ def _rho(rho: Any) -> float:
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, *,
                   ramp: torch.Tensor | None = None) -> torch.Tensor:
     """n EDM noise levels from sigma_max down to sigma_min, uniform in s^(1/rho) (Karras et al. 2022, eq. 5);
-    `ramp` (positions in [0, 1], 0 at sigma_max) places them elsewhere on the same curve."""
+    `ramp` (positions in [0, 1], 0 at sigma_max) places them elsewhere on the same curve.
+
+    Args:
+        sigma_min: the smallest level.
+        sigma_max: the largest level.
+        n: how many.
+        rho: the curve's exponent.
+        ramp: positions in [0, 1] instead of n uniform ones.
+
+    Returns:
+        The float64 levels, decreasing.
+
+    Raises:
+        InvalidArgument: rho so small that sigma_max ** (1 / rho) overflows.
+    """
     if ramp is None:
         ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     try:
@@ -79,7 +95,17 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, 
 
 def karras(steps: int, schedule: NoiseSchedule, *, sigma_min: float | None = None, sigma_max: float | None = None,
            rho: float = 7.0, final: str = "zero") -> torch.Tensor:
-    """EDM polynomial noise levels, uniform in s^(1/rho) (Karras et al. 2022, eq. 5)."""
+    """EDM polynomial noise levels, uniform in s^(1/rho) (Karras et al. 2022, eq. 5).
+
+    Args:
+        steps: the number of steps.
+        schedule: the noise schedule (required).
+        sigma_min: the smallest EDM noise level; None: the schedule's.
+        sigma_max: the largest EDM noise level; None: the schedule's.
+        rho: the exponent (default 7).
+
+        final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
+    """
     sch = _need(schedule, "karras")
     n = _count(steps, final)
     rho = _rho(rho)
@@ -94,7 +120,18 @@ def karras_index(steps: int, schedule: NoiseSchedule, *, indices: Sequence[int] 
                  sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
                  final: str = "min") -> torch.Tensor:
     """Levels picked by index from a `points`-level karras grid ending at sigma_min, as consistency models'
-    multistep samplers choose them (Song et al. 2023; e.g. indices (0, 22, 39) of 40); by default spread evenly."""
+    multistep samplers choose them (Song et al. 2023; e.g. indices (0, 22, 39) of 40); by default spread evenly.
+
+    Args:
+        steps: the number of steps.
+        schedule: the noise schedule (required).
+        indices: strictly increasing indices into the `points` levels; None: spread evenly.
+        points: the levels of the underlying karras grid (default 40).
+        sigma_min: as in `karras`.
+        sigma_max: as in `karras`.
+        rho: as in `karras`.
+        final: "zero" (append the exact t = 0) or "min" (end at the smallest level). Default "min".
+    """
     sch = _need(schedule, "karras_index")
     n = _count(steps, final)
     points = check_int("points", points, 2)
@@ -119,7 +156,15 @@ def karras_index(steps: int, schedule: NoiseSchedule, *, indices: Sequence[int] 
 
 def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None = None, t_max: float | None = None,
                    final: str = "zero") -> torch.Tensor:
-    """Uniform in lambda = log(alpha/sigma) (DPM-Solver skip_type='logSNR')."""
+    """Uniform in lambda = log(alpha/sigma) (DPM-Solver skip_type='logSNR').
+
+    Args:
+        steps: the number of steps.
+        schedule: the noise schedule (required).
+        t_min: the earliest time, within the schedule's range; None: the schedule's t_min.
+        t_max: the latest time, within the schedule's range; None: the schedule's t_max.
+        final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
+    """
     sch = _need(schedule, "logsnr_uniform")
     n = _count(steps, final)
     lo, hi = _levels("t_min", t_min, "t_max", t_max, sch.t_min, sch.t_max, positive=False,
@@ -134,7 +179,15 @@ def logsnr_uniform(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
 
 def time_uniform(steps: int, schedule: NoiseSchedule | None, *, t_min: float | None = None,
                  t_max: float | None = None, final: str = "zero") -> torch.Tensor:
-    """Uniform in the schedule's time (DPM-Solver 'time_uniform'; flow matching's default)."""
+    """Uniform in the schedule's time (DPM-Solver 'time_uniform'; flow matching's default).
+
+    Args:
+        steps: the number of steps.
+        schedule: the noise schedule; None for a plain velocity field (range [0, 1]).
+        t_min: the earliest time; None: the schedule's t_min (0 without a schedule).
+        t_max: the latest time; None: the schedule's t_max (1 without a schedule).
+        final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
+    """
     _count(steps, final)
     lo, hi = _levels("t_min", t_min, "t_max", t_max, schedule.t_min if schedule is not None else 0.0,
                      schedule.t_max if schedule is not None else 1.0, positive=False)
@@ -144,7 +197,15 @@ def time_uniform(steps: int, schedule: NoiseSchedule | None, *, t_min: float | N
 
 def time_quadratic(steps: int, schedule: NoiseSchedule, *, t_min: float | None = None, t_max: float | None = None,
                    final: str = "zero") -> torch.Tensor:
-    """Uniform in sqrt(t) (DDIM's quadratic spacing; DPM-Solver 'time_quadratic')."""
+    """Uniform in sqrt(t) (DDIM's quadratic spacing; DPM-Solver 'time_quadratic').
+
+    Args:
+        steps: the number of steps.
+        schedule: the noise schedule (required).
+        t_min: the earliest time, within the schedule's range; None: the schedule's t_min.
+        t_max: the latest time, within the schedule's range; None: the schedule's t_max.
+        final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
+    """
     sch = _need(schedule, "time_quadratic")
     n = _count(steps, final)
     lo, hi = _levels("t_min", t_min, "t_max", t_max, sch.t_min, sch.t_max, positive=False,
@@ -154,7 +215,15 @@ def time_quadratic(steps: int, schedule: NoiseSchedule, *, t_min: float | None =
 
 def discrete(steps: int, schedule: NoiseSchedule, *, spacing: str = "trailing", steps_offset: int = 0,
              final: str = "zero") -> torch.Tensor:
-    """diffusers' integer timestep spacings ('linspace', 'leading', 'trailing') on a discrete VP schedule."""
+    """diffusers' integer timestep spacings ('linspace', 'leading', 'trailing') on a discrete VP schedule.
+
+    Args:
+        steps: the number of steps, at most the schedule's N.
+        schedule: a VPDiscrete schedule.
+        spacing: "linspace", "leading" or "trailing" (default).
+        steps_offset: diffusers' offset ("leading").
+        final: "zero" or "min" (diffusers' final_sigmas_type="sigma_min": one more step to the first timestep).
+    """
     sch = _need(schedule, "discrete")
     if not isinstance(sch, VPDiscrete):
         raise InvalidArgument("grid='discrete' needs a VPDiscrete schedule (integer timesteps)")
@@ -184,7 +253,14 @@ def discrete(steps: int, schedule: NoiseSchedule, *, spacing: str = "trailing", 
 
 def align_your_steps(steps: int, schedule: NoiseSchedule, *, sigmas: Sequence[float] = AYS_SD15,
                      final: str = "zero") -> torch.Tensor:
-    """Align Your Steps noise levels, log-linearly interpolated to any count (Sabour et al. 2024)."""
+    """Align Your Steps noise levels, log-linearly interpolated to any count (Sabour et al. 2024).
+
+    Args:
+        steps: the number of steps.
+        schedule: the noise schedule (required).
+        sigmas: the published EDM noise levels to interpolate (default: Stable Diffusion 1.5's).
+        final: "zero" (append the exact t = 0) or "min" (end at the smallest level).
+    """
     sch = _need(schedule, "ays")
     n = _count(steps, final)
     if isinstance(sigmas, (str, bytes)) or not isinstance(sigmas, (Sequence, torch.Tensor)):
@@ -204,7 +280,15 @@ def from_sigmas(sigmas: Sequence[float], schedule: NoiseSchedule) -> torch.Tenso
     """A user list of EDM noise levels s = sigma/alpha (k-diffusion `sigmas`) as schedule times.
 
     Levels within a few float32 ulps outside the schedule's [sigma_min, sigma_max] (k-diffusion computes its
-    karras sigmas in float32) are taken as the range's ends; a final 0 stays 0."""
+    karras sigmas in float32) are taken as the range's ends; a final 0 stays 0.
+
+    Args:
+        sigmas: the EDM noise levels.
+        schedule: the noise schedule (required).
+
+    Returns:
+        The float64 schedule times.
+    """
     sch = _need(schedule, "sigmas")
     s = as_f64(torch.as_tensor(sigmas).detach().cpu() if isinstance(sigmas, torch.Tensor) else sigmas).clone()
     lo, hi, slack = sch.sigma_min, sch.sigma_max, 4 * 2.0 ** -23
@@ -219,14 +303,31 @@ FIELD_GRIDS: dict[str, Callable[[Any, Any], Any]] = {}
 
 
 def register_field_grid(name: str, resolve: Callable[[Any, Any], Any]) -> None:
-    """Make `grid=name` mean a grid tuned for the model: `resolve(field, solver)` returns it (or raises)."""
+    """Make `grid=name` mean a grid tuned for the model: `resolve(field, solver)` returns it (or raises).
+
+    Args:
+        name: the grid name (not a built-in one).
+        resolve: `resolve(field, solver) -> grid function`.
+
+    Raises:
+        InvalidArgument: an empty or taken name.
+    """
     if not isinstance(name, str) or not name or name in GRIDS or name in FIELD_GRIDS:
         raise InvalidArgument(f"register_field_grid: name {name!r} is empty or taken")
     FIELD_GRIDS[name] = resolve
 
 
 def resolve_field_grid(grid, field, solver):
-    """A model-specific grid name (FIELD_GRIDS) as the grid function for this field; other grids as given."""
+    """A model-specific grid name (FIELD_GRIDS) as the grid function for this field; other grids as given.
+
+    Args:
+        grid: what `Sampler(grid=)` was given.
+        field: the field sampled.
+        solver: the solver used.
+
+    Returns:
+        The grid to use.
+    """
     if isinstance(grid, str) and grid in FIELD_GRIDS and grid not in GRIDS:
         return FIELD_GRIDS[grid](field, solver)
     return grid
@@ -246,7 +347,21 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
 def make_grid(grid: str | Callable[..., torch.Tensor] | Sequence[float] | torch.Tensor, steps: int | None,
               schedule: NoiseSchedule | None, **options) -> torch.Tensor:
     """Times for `steps` steps from a grid name, a grid function, or an explicit list of times; validated
-    (strictly decreasing: a sampling grid)."""
+    (strictly decreasing: a sampling grid).
+
+    Args:
+        grid: a name in GRIDS, a function `(steps, schedule, **options) -> times`, or a list of times.
+        steps: the number of steps; None for an explicit list (its own count).
+        schedule: the noise schedule, or None for a plain velocity field.
+        **options: the grid's keyword options (refused for an explicit list).
+
+    Returns:
+        The float64 times, strictly decreasing.
+
+    Raises:
+        InvalidArgument: an unknown name (with the nearest ones), options the grid does not take, a count that
+            does not match, or times that fail `validate_grid`.
+    """
     if isinstance(grid, str):
         if grid not in GRIDS:
             raise unknown_name("grid", grid, [*GRIDS, *FIELD_GRIDS])
@@ -283,7 +398,18 @@ def takes_option(grid: Any, option: str) -> bool:
 
 def as_times(value: Any, what: str) -> torch.Tensor:
     """A float64 tensor of times from a tensor, array or sequence of real numbers; InvalidArgument for anything
-    else (None, strings: "80" is not a time)."""
+    else (None, strings: "80" is not a time).
+
+    Args:
+        value: the times.
+        what: how the message names the value's source.
+
+    Returns:
+        The float64 tensor, on the CPU.
+
+    Raises:
+        InvalidArgument: not real numbers.
+    """
     if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
         t = torch.as_tensor(value)
         if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype.is_signed or
@@ -333,7 +459,16 @@ def refuse_increasing(who: str, why: str) -> InvalidArgument:
 def validate_grid(t: torch.Tensor, schedule: NoiseSchedule | None, direction: str = "decreasing") -> None:
     """Finite, 1-D, strictly monotone times inside [t_min, t_max] (an exact 0 is allowed at the data end).
 
-    `direction="decreasing"` (sampling, noise to data) or `"increasing"` (inversion, data to noise)."""
+    `direction="decreasing"` (sampling, noise to data) or `"increasing"` (inversion, data to noise).
+
+    Args:
+        t: the grid.
+        schedule: its schedule (None: the range [0, 1]).
+        direction: as above.
+
+    Raises:
+        InvalidArgument: naming the first time out of order or out of range.
+    """
     check_choice("direction", direction, DIRECTIONS)
     if t.ndim != 1 or t.numel() < 2:
         raise InvalidArgument(f"grid must be a 1-D sequence of at least 2 times, got shape {tuple(t.shape)}")

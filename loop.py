@@ -29,7 +29,25 @@ def integrate(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any, *,
               progress: bool = False, raise_nonfinite: bool = True) -> SampleResult:
     """Integrate `x` along a plan: a fixed grid, an adaptive span (solvers.adaptive) or a whole-span bridge.
 
-    An empty batch (no samples) gives an empty result with no model call, the same for every solver."""
+    An empty batch (no samples) gives an empty result with no model call, the same for every solver.
+
+    Args:
+        solver: the Solver.
+        ev: the run's Evaluator (field, model keywords, finite check, step noise).
+        x: the starting state.
+        plan: the solver's Plan (or SpanPlan).
+        callback: called with a StepInfo after each step.
+        return_trajectory: keep every step's state.
+        progress: show a tqdm progress bar.
+        raise_nonfinite: read the finite flags and raise after the loop (the CUDA-graph capture reads them after the
+            replay instead).
+
+    Returns:
+        The SampleResult.
+
+    Raises:
+        NonFiniteError: a model output held NaN or Inf (naming the first such step).
+    """
     if x.numel() == 0:
         return empty_result(solver, x, plan, return_trajectory)
     if getattr(plan, "span", None) is not None:
@@ -57,7 +75,17 @@ def integrate(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any, *,
 
 def empty_result(solver: Solver, x: torch.Tensor, plan: Any, return_trajectory: bool) -> SampleResult:
     """The result of integrating no samples: nothing to evaluate, so no model call (adaptive control and the
-    bridges would otherwise size their steps on an error norm of nothing)."""
+    bridges would otherwise size their steps on an error norm of nothing).
+
+    Args:
+        solver: the Solver.
+        x: the empty batch.
+        plan: the plan.
+        return_trajectory: fill a trajectory of copies.
+
+    Returns:
+        A SampleResult with nfe 0 and stats {"empty": True}.
+    """
     traj = x.unsqueeze(0).expand(len(plan.t), *x.shape).clone() if return_trajectory else None
     steps = plan.steps if getattr(plan, "span", None) is None else 0
     return SampleResult(samples=x.clone(), nfe=0, steps=steps, t=plan.t, solver=solver.name, trajectory=traj,
@@ -68,7 +96,22 @@ def integrate_adaptive(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any
                        callback: Callable[[StepInfo], None] | None = None,
                        return_trajectory: bool = False) -> SampleResult:
     """Adaptive stepping: the controller proposes an interval, the solver's own step integrates it and returns
-    its error estimate, the controller accepts or rejects and proposes the next (one host read per attempt)."""
+    its error estimate, the controller accepts or rejects and proposes the next (one host read per attempt).
+
+    Args:
+        solver: an adaptive solver with a `controller`.
+        ev: the run's Evaluator.
+        x: the starting state.
+        plan: a SpanPlan.
+        callback: called after each accepted step.
+        return_trajectory: keep accepted states.
+
+    Returns:
+        The SampleResult; `stats` holds accepted/rejected steps and whether the span was completed.
+
+    Raises:
+        BudgetExceeded: the budget ran out with on_budget="raise". NonFiniteError: a NaN/Inf error estimate.
+    """
     field = ev.field
     span = plan.span
     ctrl = solver.controller

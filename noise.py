@@ -26,7 +26,17 @@ MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 64 - 1
 def check_seed(seed: object) -> "int | list[int] | None":
     """None, one integer seed, or one integer seed per sample (a list, tuple, range, or 1-D integer array/tensor);
     numpy integers are integers, strings and floats are not; every seed lies in [-2**63, 2**64 - 1] (the range
-    torch.Generator.manual_seed takes)."""
+    torch.Generator.manual_seed takes).
+
+    Args:
+        seed: the seed(s) to check.
+
+    Returns:
+        None, an int, or a list of ints.
+
+    Raises:
+        InvalidArgument: a seed of another type or out of range.
+    """
     if seed is None:
         return None
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
@@ -52,7 +62,24 @@ def check_seed(seed: object) -> "int | list[int] | None":
 def draw_noise(shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise. A list of seeds gives each sample its own stream, so sample i does not depend on the batch."""
+    """Standard normal noise. A list of seeds gives each sample its own stream, so sample i does not depend on the
+    batch.
+
+    Drawn on the CPU in float32, then moved: the same seed gives the same numbers on every device and dtype.
+
+    Args:
+        shape: `(batch, *sample_shape)`.
+        seed: one seed, one per sample, or None.
+        generator: a torch.Generator instead of `seed`; neither: torch's global generator.
+        device: where the noise goes (default CPU).
+        dtype: its dtype (default float32).
+
+    Returns:
+        The noise tensor.
+
+    Raises:
+        InvalidArgument: both seed and generator, a bad seed, or a seed list of the wrong length.
+    """
     shape = tuple(int(v) for v in shape)
     seed = check_seed(seed)
     if seed is not None and generator is not None:
@@ -96,7 +123,15 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_key(seed: int, index: int = 0) -> tuple[int, int]:
-    """Two 32-bit keys for one sample from an arbitrary Python int seed (and a sample index, for one-seed batches)."""
+    """Two 32-bit keys for one sample from an arbitrary Python int seed (and a sample index, for one-seed batches).
+
+    Args:
+        seed: any Python int.
+        index: the sample's index in a one-seed batch (0 for a per-sample seed).
+
+    Returns:
+        The pair of keys.
+    """
     s = int(seed)
     lo, hi = s & _M32, (s >> 32) & _M32
     k1 = _mix32_py(lo ^ _mix32_py(hi ^ _mix32_py(int(index) ^ _SALT_STEP)))
@@ -109,6 +144,12 @@ class NoiseSource:
 
     Sample b's numbers are a function of (keys[b], i, j) only. Build it with `NoiseSource.for_run` from the same
     seed= / generator= the run's initial noise came from.
+
+    Args:
+        keys: one pair of 32-bit keys per sample (see `sample_key`).
+        sample_shape: one sample's shape.
+        device: where draws are made (default CPU).
+        dtype: their dtype (default float32).
     """
 
     def __init__(self, keys: Sequence[tuple[int, int]], sample_shape: Sequence[int], *,
@@ -126,13 +167,28 @@ class NoiseSource:
 
     @property
     def batch_size(self) -> int:
+        """The number of samples (one key pair each)."""
         return len(self.keys)
 
     @classmethod
     def for_run(cls, shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
                 generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> "NoiseSource":
         """Keys from a seed list (one per sample: batch invariant), one seed (key of (seed, index)), a generator
-        (one base seed drawn from it before the loop), or neither (a base seed from torch's global generator)."""
+        (one base seed drawn from it before the loop), or neither (a base seed from torch's global generator).
+
+        Args:
+            shape: the run's `(batch, *sample_shape)`.
+            seed: as the run's seed=.
+            generator: as the run's generator=.
+            device: where the draws are made.
+            dtype: their dtype.
+
+        Returns:
+            The NoiseSource.
+
+        Raises:
+            InvalidArgument: both seed and generator, or a seed list whose length is not the batch.
+        """
         shape = tuple(int(v) for v in shape)
         seed = check_seed(seed)
         if seed is not None and generator is not None:
@@ -151,7 +207,15 @@ class NoiseSource:
         return cls(keys, shape[1:], device=device, dtype=dtype)
 
     def draw(self, i: int, j: int = 0) -> torch.Tensor:
-        """Standard normal noise for step i, draw j: [batch, *sample_shape]."""
+        """Standard normal noise for step i, draw j: [batch, *sample_shape].
+
+        Args:
+            i: the step.
+            j: the draw within the step (default 0).
+
+        Returns:
+            The noise, on the source's device and dtype.
+        """
         step = _mix32_py(_mix32_py(int(i) ^ 0x2C1B3C6D) ^ (int(j) * 0x297A2D39 + 0x9E3779B9))
         base = _mix32(self._k1 ^ step)                             # [B, 1]
         ctr = self._ctr * 2                                        # [1, n]
@@ -164,10 +228,24 @@ class NoiseSource:
         return z.reshape(self.batch_size, *self.sample_shape).to(self.dtype)
 
     def entropy(self, b: int) -> int:
-        """A 64-bit integer seed for sample b (for Brownian trees that take a seed, such as torchsde's)."""
+        """A 64-bit integer seed for sample b (for Brownian trees that take a seed, such as torchsde's).
+
+        Args:
+            b: the sample's index.
+
+        Returns:
+            An int below 2**63.
+        """
         k1, k2 = self.keys[b]
         return ((k1 & 0x7FFFFFFF) << 32) | (k2 & 0xFFFFFFFF)     # disjoint bits, below 2^63
 
     def subset(self, index: Sequence[int]) -> "NoiseSource":
-        """The noise of the chosen samples, unchanged."""
+        """The noise of the chosen samples, unchanged.
+
+        Args:
+            index: the samples' indices.
+
+        Returns:
+            A NoiseSource over those samples.
+        """
         return NoiseSource([self.keys[k] for k in index], self.sample_shape, device=self.device, dtype=self.dtype)

@@ -18,6 +18,17 @@ ALIASES = {"epsilon": "eps", "noise": "eps", "sample": "x0", "data": "x0", "v_pr
 
 
 def canonical_prediction(name: str) -> str:
+    """The canonical name of a parameterization ("epsilon" -> "eps", "v_prediction" -> "v", ...).
+
+    Args:
+        name: a name in PREDICTIONS or ALIASES.
+
+    Returns:
+        A name in PREDICTIONS.
+
+    Raises:
+        InvalidArgument: an unknown name.
+    """
     name = ALIASES.get(name, name) if isinstance(name, str) else name    # a list is no name (nor hashable)
     check_choice("prediction", name, PREDICTIONS + tuple(ALIASES))
     return name
@@ -25,7 +36,14 @@ def canonical_prediction(name: str) -> str:
 
 @dataclass(frozen=True)
 class PathPoint:
-    """Path scalars at one time t: x_t = alpha x0 + sigma eps."""
+    """Path scalars at one time t: x_t = alpha x0 + sigma eps.
+
+    Attributes:
+        alpha: the data scale.
+        sigma: the noise scale.
+        d_alpha: d alpha / dt (default 0).
+        d_sigma: d sigma / dt (default 0).
+    """
 
     alpha: float
     sigma: float
@@ -34,7 +52,18 @@ class PathPoint:
 
 
 def x0_coefficients(prediction: str, p: PathPoint) -> tuple:
-    """(c_x, c_out) with x0_hat = c_x x + c_out out: every parameterization is linear in (x, out) (notes table 2)."""
+    """(c_x, c_out) with x0_hat = c_x x + c_out out: every parameterization is linear in (x, out) (notes table 2).
+
+    Args:
+        prediction: a name in PREDICTIONS.
+        p: the path scalars.
+
+    Returns:
+        (c_x, c_out), floats or tensors like p's scalars.
+
+    Raises:
+        InvalidArgument: an unknown prediction.
+    """
     a, s = p.alpha, p.sigma
     if prediction in ("x0", "denoiser"):
         return 0.0, 1.0
@@ -53,7 +82,17 @@ def x0_coefficients(prediction: str, p: PathPoint) -> tuple:
 
 
 def to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, p: PathPoint) -> torch.Tensor:
-    """Network output `out` at state `x` -> data prediction x0_hat (notes table 2), as one update."""
+    """Network output `out` at state `x` -> data prediction x0_hat (notes table 2), as one update.
+
+    Args:
+        prediction: a name in PREDICTIONS.
+        out: the network's output.
+        x: the state.
+        p: the path scalars.
+
+    Returns:
+        x0_hat, in x's shape.
+    """
     if prediction in ("x0", "denoiser"):
         return out
     cx, co = x0_coefficients(prediction, p)
@@ -63,7 +102,20 @@ def to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, p: PathPoint) -> 
 
 
 def from_x0(prediction: str, x0: torch.Tensor, x: torch.Tensor, p: PathPoint) -> torch.Tensor:
-    """The inverse of to_x0: what a network of this parameterization would output given x0_hat."""
+    """The inverse of to_x0: what a network of this parameterization would output given x0_hat.
+
+    Args:
+        prediction: a name in PREDICTIONS.
+        x0: the data prediction.
+        x: the state.
+        p: the path scalars.
+
+    Returns:
+        The network output that maps to x0.
+
+    Raises:
+        InvalidArgument: an unknown prediction.
+    """
     a, s = p.alpha, p.sigma
     if prediction in ("x0", "denoiser"):
         return x0

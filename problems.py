@@ -24,7 +24,16 @@ def _path(schedule: NoiseSchedule, t: torch.Tensor | float, like: torch.Tensor) 
 
 class GaussianProblem(torch.nn.Module):
     """Data x0 ~ N(mean, diag(var)): E[x0 | x_t] is linear and z = (x - alpha mean) / sqrt(alpha^2 var + sigma^2)
-    is constant along the probability-flow ODE, so every trajectory is known exactly."""
+    is constant along the probability-flow ODE, so every trajectory is known exactly.
+
+    Args:
+        mean: the data mean, 1-D.
+        var: the per-dimension variances (positive), same length.
+        schedule: a NoiseSchedule or its name; None: EDMSchedule().
+
+    Raises:
+        InvalidArgument: mean and var not 1-D of one length, or a variance not positive.
+    """
 
     def __init__(self, mean: Sequence[float] | torch.Tensor, var: Sequence[float] | torch.Tensor,
                  schedule: NoiseSchedule | str | None = None):
@@ -41,6 +50,16 @@ class GaussianProblem(torch.nn.Module):
 
     @classmethod
     def default(cls, dim: int = 8, schedule: NoiseSchedule | str | None = None, seed: int = 0) -> "GaussianProblem":
+        """A seeded problem: mean ~ N(0, I), variances log-spaced from 0.25 to 4.
+
+        Args:
+            dim: the dimension (default 8).
+            schedule: as in the constructor.
+            seed: the seed of the mean.
+
+        Returns:
+            The GaussianProblem.
+        """
         g = torch.Generator().manual_seed(seed)
         mean = torch.randn(dim, generator=g, dtype=torch.float64)
         var = torch.exp(torch.linspace(math.log(0.25), math.log(4.0), dim, dtype=torch.float64))
@@ -48,23 +67,52 @@ class GaussianProblem(torch.nn.Module):
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
+        """The ModelSpec: a data prediction ('x0') on its schedule, samples of shape (dim,)."""
         return ModelSpec(prediction="x0", schedule=self.schedule, sample_shape=(self.mean.numel(),))
 
     def identity(self) -> str:
+        """A stable string naming the problem (dimension, sums of mean and var, schedule)."""
         return f"GaussianProblem(dim={self.mean.numel()}, sum_mean={float(self.mean.sum()):.12g}, " \
                f"sum_var={float(self.var.sum()):.12g}, schedule={self.schedule.identity()})"
 
     def forward(self, x: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+        """The exact data prediction at the network's time input.
+
+        Args:
+            x: the state [B, dim].
+            t_model: the network's time input per sample.
+
+        Returns:
+            E[x0 | x_t], [B, dim].
+        """
         t = self.schedule.t_from_model_time(t_model.to(torch.float64))
         return self.denoise(x, t)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The exact data prediction E[x0 | x_t] at schedule time t.
+
+        Args:
+            x: the state [B, dim].
+            t: the time (a float, or one per sample).
+
+        Returns:
+            E[x0 | x_t], in x's dtype.
+        """
         a, s = _path(self.schedule, t, x)
         m, v = self.mean.to(x), self.var.to(x)
         return m + a * v / (a * a * v + s * s) * (x - a * m)
 
     def ode_solution(self, x_from: torch.Tensor, t_from: float, t_to: float) -> torch.Tensor:
-        """Exact probability-flow transport of x_from at time t_from to time t_to."""
+        """Exact probability-flow transport of x_from at time t_from to time t_to.
+
+        Args:
+            x_from: the state at t_from.
+            t_from: the schedule time of x_from.
+            t_to: the schedule time to transport to.
+
+        Returns:
+            The state at t_to.
+        """
         a0, s0 = _path(self.schedule, t_from, x_from)
         a1, s1 = _path(self.schedule, t_to, x_from)
         m, v = self.mean.to(x_from), self.var.to(x_from)
@@ -72,11 +120,29 @@ class GaussianProblem(torch.nn.Module):
         return a1 * m + torch.sqrt(a1 * a1 * v + s1 * s1) * z
 
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact data samples.
+
+        Args:
+            n: how many.
+            generator: the torch.Generator to draw from; None: the global one.
+
+        Returns:
+            A float64 tensor [n, dim].
+        """
         eps = torch.randn(n, self.mean.numel(), generator=generator, dtype=torch.float64)
         return self.mean + eps * self.var.sqrt()
 
     def marginal_log_prob(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """Exact log density of x_t = alpha x0 + sigma eps at time t: N(alpha mean, alpha^2 var + sigma^2) ([B, d] -> [B])."""
+        """Exact log density of x_t = alpha x0 + sigma eps at time t: N(alpha mean, alpha^2 var + sigma^2)
+        ([B, d] -> [B]).
+
+        Args:
+            x: the states [B, d].
+            t: the schedule time.
+
+        Returns:
+            The float64 log densities [B].
+        """
         a, s = (float(v) for v in _path(self.schedule, t, torch.zeros((), dtype=torch.float64)))
         var = a * a * self.var + s * s
         z = x.to(torch.float64) - a * self.mean
@@ -84,7 +150,17 @@ class GaussianProblem(torch.nn.Module):
 
 
 class GaussianMixtureProblem(torch.nn.Module):
-    """Data x0 ~ sum_k w_k N(mu_k, var_k I) in any dimension; exact denoiser, density and samples."""
+    """Data x0 ~ sum_k w_k N(mu_k, var_k I) in any dimension; exact denoiser, density and samples.
+
+    Args:
+        means: the component means [K, dim].
+        variances: one variance per component, or one for all.
+        weights: the component weights (normalized here); None: uniform.
+        schedule: a NoiseSchedule or its name; None: EDMSchedule().
+
+    Raises:
+        InvalidArgument: means not [K, dim], or variances or weights not one positive value per component.
+    """
 
     def __init__(self, means: torch.Tensor, variances: Sequence[float] | torch.Tensor,
                  weights: Sequence[float] | torch.Tensor | None = None, schedule: NoiseSchedule | str | None = None):
@@ -108,7 +184,17 @@ class GaussianMixtureProblem(torch.nn.Module):
     @classmethod
     def default(cls, dim: int = 16, components: int = 8, schedule: NoiseSchedule | str | None = None,
                 seed: int = 0) -> "GaussianMixtureProblem":
-        """A fixed, seeded mixture: means spread on a sphere of radius 3, component std 0.3 to 0.6."""
+        """A fixed, seeded mixture: means spread on a sphere of radius 3, component std 0.3 to 0.6.
+
+        Args:
+            dim: the dimension (default 16).
+            components: K (default 8).
+            schedule: as in the constructor.
+            seed: the seed of means, stds and weights.
+
+        Returns:
+            The GaussianMixtureProblem.
+        """
         g = torch.Generator().manual_seed(seed)
         means = torch.randn(components, dim, generator=g, dtype=torch.float64)
         means = 3.0 * means / means.norm(dim=1, keepdim=True)
@@ -118,18 +204,30 @@ class GaussianMixtureProblem(torch.nn.Module):
 
     @property
     def dim(self) -> int:
+        """The data dimension."""
         return self.means.shape[1]
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
+        """The ModelSpec: a data prediction ('x0') on its schedule, samples of shape (dim,)."""
         return ModelSpec(prediction="x0", schedule=self.schedule, sample_shape=(self.dim,))
 
     def identity(self) -> str:
+        """A stable string naming the mixture (sizes, sums of its parameters, schedule)."""
         return (f"GaussianMixtureProblem(K={self.means.shape[0]}, dim={self.dim}, "
                 f"sum_means={float(self.means.sum()):.12g}, sum_var={float(self.variances.sum()):.12g}, "
                 f"sum_w2={float((self.weights ** 2).sum()):.12g}, schedule={self.schedule.identity()})")
 
     def forward(self, x: torch.Tensor, t_model: torch.Tensor) -> torch.Tensor:
+        """The exact data prediction at the network's time input.
+
+        Args:
+            x: the state [B, dim].
+            t_model: the network's time input per sample.
+
+        Returns:
+            E[x0 | x_t], [B, dim].
+        """
         t = self.schedule.t_from_model_time(t_model.to(torch.float64))
         return self.denoise(x, t)
 
@@ -144,6 +242,15 @@ class GaussianMixtureProblem(torch.nn.Module):
         return torch.softmax(logp, dim=1), tot
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The exact data prediction E[x0 | x_t]: the posterior-weighted component means.
+
+        Args:
+            x: the state [B, dim].
+            t: the time (a float, or one per sample).
+
+        Returns:
+            E[x0 | x_t], in x's dtype.
+        """
         a, s = _path(self.schedule, t, x)
         a2 = a.reshape(-1, 1) if a.ndim else a
         s2 = s.reshape(-1, 1) if s.ndim else s
@@ -156,7 +263,14 @@ class GaussianMixtureProblem(torch.nn.Module):
         return (r[..., None] * post).sum(1)
 
     def log_prob(self, x0: torch.Tensor) -> torch.Tensor:
-        """Exact log density of the data distribution at x0 ([B, d] -> [B])."""
+        """Exact log density of the data distribution at x0 ([B, d] -> [B]).
+
+        Args:
+            x0: the points [B, d].
+
+        Returns:
+            The float64 log densities [B].
+        """
         x0 = x0.to(torch.float64)
         mu, v, w = self.means, self.variances, self.weights
         d2 = ((x0[:, None, :] - mu[None]) ** 2).sum(-1)
@@ -164,7 +278,15 @@ class GaussianMixtureProblem(torch.nn.Module):
         return torch.logsumexp(logp, dim=1)
 
     def marginal_log_prob(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """Exact log density of x_t at time t: the mixture of N(alpha mu_k, (alpha^2 v_k + sigma^2) I) ([B, d] -> [B])."""
+        """Exact log density of x_t at time t: the mixture of N(alpha mu_k, (alpha^2 v_k + sigma^2) I) ([B, d] -> [B]).
+
+        Args:
+            x: the states [B, d].
+            t: the schedule time.
+
+        Returns:
+            The float64 log densities [B].
+        """
         a, s = (float(v) for v in _path(self.schedule, t, torch.zeros((), dtype=torch.float64)))
         x = x.to(torch.float64)
         tot = a * a * self.variances + s * s                                       # [K]
@@ -173,6 +295,15 @@ class GaussianMixtureProblem(torch.nn.Module):
         return torch.logsumexp(logp, dim=1)
 
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact data samples.
+
+        Args:
+            n: how many.
+            generator: the torch.Generator to draw from; None: the global one.
+
+        Returns:
+            A float64 tensor [n, dim].
+        """
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[k] + eps * self.variances[k].sqrt()[:, None]
@@ -182,7 +313,14 @@ class LinearFlowProblem(torch.nn.Module):
     """A plain velocity field with a known solution: dx/dtau = M (x - p(tau)) + p'(tau) in 2-D, tau = 1 - t the
     flow's time (0 at the source, 1 at the data), p(tau) = (sin(w1 tau), cos(w2 tau)) and M a rotating
     contraction. Its solution is x(tau) = p(tau) + exp(M (tau - tau0)) (x(tau0) - p(tau0)): smooth in time and
-    state, time-dependent, for checking solvers' orders on a field without a noise schedule (any source)."""
+    state, time-dependent, for checking solvers' orders on a field without a noise schedule (any source).
+
+    Args:
+        decay: M's contraction rate (default 0.5).
+        rotation: its rotation rate (default 2).
+        w1: the frequency of p's first coordinate (default 2).
+        w2: the frequency of its second (default 3).
+    """
 
     def __init__(self, decay: float = 0.5, rotation: float = 2.0, w1: float = 2.0, w2: float = 3.0):
         super().__init__()
@@ -191,22 +329,43 @@ class LinearFlowProblem(torch.nn.Module):
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
+        """The ModelSpec: a plain velocity field (no schedule), flow time, samples (2,)."""
         return ModelSpec(prediction="velocity", schedule=None, sample_shape=(2,), time_convention="flow")
 
     def p(self, tau: torch.Tensor) -> torch.Tensor:
+        """The path p(tau) = (sin(w1 tau), cos(w2 tau)), [..., 2]."""
         w = self.w.to(tau.dtype)
         return torch.stack([torch.sin(w[0] * tau), torch.cos(w[1] * tau)], -1)
 
     def dp(self, tau: torch.Tensor) -> torch.Tensor:
+        """Its derivative p'(tau), [..., 2]."""
         w = self.w.to(tau.dtype)
         return torch.stack([w[0] * torch.cos(w[0] * tau), -w[1] * torch.sin(w[1] * tau)], -1)
 
     def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The velocity dx/dtau at x.
+
+        Args:
+            x: the state [B, 2].
+            tau: the flow time (a scalar or one per sample).
+
+        Returns:
+            The velocity [B, 2].
+        """
         tau = tau.to(x.dtype).reshape(-1).expand(x.shape[0])
         return (x - self.p(tau)) @ self.M.to(x.dtype).T + self.dp(tau)
 
     def ode_solution(self, x: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
-        """The exact state at diffsolve time t1 from x at t0 (tau = 1 - t)."""
+        """The exact state at diffsolve time t1 from x at t0 (tau = 1 - t).
+
+        Args:
+            x: the state at t0 [B, 2].
+            t0: the diffsolve time of x.
+            t1: the diffsolve time to reach.
+
+        Returns:
+            The state at t1, in x's dtype.
+        """
         tau0 = torch.tensor(1.0 - t0, dtype=torch.float64)
         tau1 = torch.tensor(1.0 - t1, dtype=torch.float64)
         E = torch.linalg.matrix_exp(self.M * (tau1 - tau0))
@@ -216,7 +375,16 @@ class LinearFlowProblem(torch.nn.Module):
 
 def make_moons(n: int, noise: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
     """The two moons of sklearn's make_moons(noise), drawn with torch, scaled as the shared moons flows were
-    trained: * 3 - 1 (float64, [n, 2])."""
+    trained: * 3 - 1 (float64, [n, 2]).
+
+    Args:
+        n: the number of points.
+        noise: the std of the Gaussian noise added (default 0.2).
+        generator: the torch.Generator to draw from; None: the global one.
+
+    Returns:
+        The points.
+    """
     half = n // 2
     a_out = math.pi * torch.rand(half, generator=generator, dtype=torch.float64)
     a_in = math.pi * torch.rand(n - half, generator=generator, dtype=torch.float64)

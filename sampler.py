@@ -1,9 +1,4 @@
-"""The Sampler: a field, a solver and a grid; `run()` draws noise, plans on the host and calls the one loop.
-
-Dtypes follow EDM: the state is float32 unless the run asks for another dtype (float64 for references and
-order tests), whatever the model's dtype; the field casts what the network sees. Sampling builds no autograd
-graph unless `grad=True`.
-"""
+"""The Sampler: a field, a solver and a grid; `run()` draws noise, plans on the host and calls the one loop."""
 from __future__ import annotations
 
 import math
@@ -28,12 +23,11 @@ __all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "RoundTrip", "
 FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "float64": torch.float64, "half": torch.float16, "float": torch.float32, "double": torch.float64}
 
-
 NOISE_SCALES = ("unit", "prior")     # noise= is standard normal / already scaled by the prior's std
 
 
 def as_dtype(dtype: Any) -> torch.dtype | None:
-    """A floating torch dtype from a dtype or its name."""
+    """A floating torch dtype from a dtype or its name in FLOAT_DTYPES; None stays None; else InvalidArgument."""
     if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         return dtype
     if isinstance(dtype, str) and dtype.replace("torch.", "") in FLOAT_DTYPES:
@@ -73,18 +67,17 @@ _SCHEDULER_ADAPTERS: list[Callable[..., SamplerParts | None]] = []
 
 
 def register_scheduler_adapter(adapter: Callable[..., SamplerParts | None]) -> None:
-    """`adapter(model, scheduler, prediction=, sample_shape=) -> SamplerParts`, or None if not its scheduler."""
+    """Add `adapter(model, scheduler, prediction=, sample_shape=) -> SamplerParts | None` (None: not its scheduler)."""
     if adapter not in _SCHEDULER_ADAPTERS:
         _SCHEDULER_ADAPTERS.append(adapter)
 
 
-# Corrections that wrap the field (Skip-Tuning): keyword -> apply(field, value). The corrections package registers
-# them on import, so the sampler names no module above it.
+# Field corrections (Skip-Tuning): the corrections package registers them on import; the sampler names no module above.
 _FIELD_CORRECTIONS: dict[str, Callable[[Field, Any], Field]] = {}
 
 
 def register_field_correction(keyword: str, apply: Callable[[Field, Any], Field]) -> None:
-    """Let `Sampler(..., keyword=value)` wrap its field as `apply(field, value)`."""
+    """Let `Sampler(..., keyword=value)` wrap its field as `apply(field, value)`; a second `keyword` is refused."""
     if keyword in _FIELD_CORRECTIONS:
         raise InvalidArgument(f"register_field_correction: {keyword!r} is registered already")
     _FIELD_CORRECTIONS[keyword] = apply
@@ -125,12 +118,17 @@ def default_solver_name(field: Field) -> str:
 class Sampler:
     """`Sampler(model).run(steps=5)`: solve the probability-flow ODE (or a plain flow) from noise to data.
 
-    `solver` is a registry name (`diffsolve.solvers.available_solvers()`) or a Solver; `grid` a name in
-    `diffsolve.grids.GRIDS`, a function `(steps, schedule, **options) -> times`, or an explicit list of times.
-    `scheduler=` (a diffusers scheduler or its config) reads schedule, prediction, timesteps and solver from it.
-    `skip_tuning=` (a `SkipSettings` or the JSON file `diffsolve tune skip` writes) scales the UNet's skips as tuned.
-    `invert(x0, steps=)` runs the same solver from data to noise on the grid reversed; `round_trip` measures
-    invert-then-sample.
+    Args:
+        model: a network, a plain function or a Field; `prediction`, `schedule`, `time_convention` ("flow": t = 0
+            at the noise) and `sample_shape` (one sample, no batch) describe it (None: read from the model).
+        solver: a registry name (`diffsolve.solvers.available_solvers()`) or a Solver; None: the model family's
+            own sampler, else "dpmpp_2m" ("heun" without a schedule). `**solver_options` are its keywords.
+        grid: a name in `diffsolve.grids.GRIDS`, a function `(steps, schedule, **options) -> times`, or an explicit
+            list of times, with `grid_options` its keywords; None: the solver's grid, else the schedule's default.
+        check_finite: a NaN/Inf model output raises NonFiniteError naming the step. progress: a progress bar.
+        scheduler: a diffusers scheduler or its config: schedule, prediction, timesteps and solver read from it.
+        skip_tuning: a `SkipSettings` or the JSON file `diffsolve tune skip` writes: scales the UNet's skips.
+    Unknown solvers or grids, options the solver refuses and inputs that do not fit raise InvalidArgument.
     """
 
     def __init__(self, model: Any, solver: str | Solver | None = None, grid: Any = None, *,
@@ -163,8 +161,8 @@ class Sampler:
         self.check_finite = check_bool("check_finite", check_finite)
         self.progress = check_bool("progress", progress)
 
-    # --- host-side planning ---------------------------------------------------------------------
     def times(self, steps: int) -> torch.Tensor:
+        """The sampling grid of `steps` steps (float64 times, decreasing), from `grid` and `grid_options`."""
         return make_grid(self.grid, steps, self.field.schedule, **self.grid_options)
 
     def steps_for_nfe(self, nfe: int) -> int:
@@ -195,7 +193,7 @@ class Sampler:
         return float(torch.as_tensor(self.grid, dtype=torch.float64)[-1]) == 0.0
 
     def plan(self, steps: int | None = None, nfe: int | None = None) -> Plan:
-        """Grid and solver coefficients for a run, on the host; with nfe=, the most steps that fit the budget."""
+        """The Plan (grid, coefficients) of `steps` steps, or of the most that fit `nfe` evaluations, on the host."""
         explicit = not (isinstance(self.grid, str) or callable(self.grid))
         if steps is not None and nfe is not None:
             raise InvalidArgument("give steps= or nfe=, not both")
@@ -206,8 +204,7 @@ class Sampler:
         if nfe is not None:
             nfe = check_int("nfe", nfe, 1)
         if self.solver.adaptive:
-            # No fixed grid: the solver takes the grid's span (or the grid itself, for fixed-step methods) and nfe=
-            # as its budget.
+            # No fixed grid: the solver takes the grid's span (or the grid, for fixed-step methods), nfe= its budget
             return self.solver.plan_adaptive(self.field, self.times(steps if steps is not None or explicit else 2),
                                              steps=steps, nfe=nfe)
         if nfe is not None and not explicit:
@@ -218,9 +215,9 @@ class Sampler:
                                   f"{plan.nfe * self.field.evals_per_call} model evaluations on this grid")
         return plan
 
-    # --- noise ------------------------------------------------------------------------------------
     def initial_noise(self, *, noise: torch.Tensor | None, shape: Sequence[int] | None, batch_size: int | None,
                       seed: Any, generator: torch.Generator | None, device: Any, dtype: Any) -> torch.Tensor:
+        """The starting noise: `noise=` checked and moved, else drawn for `shape=` or `batch_size=` (see `run`)."""
         sample_shape = self.field.sample_shape
         if noise is not None:
             if not isinstance(noise, torch.Tensor):
@@ -251,18 +248,36 @@ class Sampler:
             shape = (batch, *sample_shape)
         return draw_noise(shape, seed=seed, generator=generator, device=device, dtype=dtype or torch.float32)
 
-    # --- the run -----------------------------------------------------------------------------------
     def run(self, steps: int | None = None, *, nfe: int | None = None, noise: torch.Tensor | None = None,
             shape: Sequence[int] | None = None, batch_size: int | None = None, seed: Any = None,
             generator: torch.Generator | None = None, callback: Callable[[StepInfo], None] | None = None,
             return_trajectory: bool = False, progress: bool | None = None, device: Any = None, dtype: Any = None,
             grad: bool = False, noise_scale: str = "unit", **model_kwargs: Any) -> SampleResult:
-        """Sample: `steps=` or `nfe=` (never more model evaluations than nfe), noise from `noise=` or drawn.
+        """Sample from noise to data in `steps` steps, or in at most `nfe` model evaluations.
 
-        The state is float32 unless `dtype=` (or the dtype of `noise=`) says otherwise. `grad=True` records the
-        autograd graph through the whole run (training through the sampler); by default none is built.
-        `noise_scale="unit"`: `noise=` is standard normal and is scaled here by the prior's std at the first time;
-        `"prior"`: it is already scaled (k-diffusion's `noise * sigmas[0]`) and is used as is.
+        Args:
+            steps: the number of steps; None with an explicit grid: the grid's own count.
+            nfe: a model-evaluation budget instead of steps (the most steps that fit).
+            noise: the starting noise `(batch, *sample_shape)`; None: drawn (from `seed` or `generator`).
+            shape: `(batch, *sample_shape)` of the noise to draw; None: `batch_size` samples of the model's shape.
+            batch_size: samples to draw (0: an empty result, no model call); None: from noise, shape or seeds, or 1.
+            seed: an integer, or one per sample (sample i then does not depend on the batch); None: global RNG.
+            generator: a torch.Generator to draw from instead of `seed`. Both also seed stochastic solvers.
+            callback: called with a StepInfo after each step.
+            return_trajectory: keep every step's state in `result.trajectory`.
+            progress: show a progress bar; None: the Sampler's setting.
+            device: where to run; None: the model's device (or the noise's).
+            dtype: the state's dtype; None: that of `noise=`, else float32 whatever the model's dtype.
+            grad: record the autograd graph through the whole run (training through the sampler); default: none.
+            noise_scale: "unit": `noise=` is standard normal, scaled here by the prior's std at the first time;
+                "prior": already scaled (k-diffusion's `noise * sigmas[0]`), used as is.
+            **model_kwargs: passed to the network at every call (e.g. class labels).
+
+        Returns:
+            SampleResult: samples, the NFE the model received, the grid, the trajectory if asked.
+
+        Raises:
+            InvalidArgument: a bad or disagreeing argument. NonFiniteError: a NaN/Inf model output.
         """
         plan = self.plan(steps, nfe)
         check_choice("noise_scale", noise_scale, NOISE_SCALES)
@@ -300,8 +315,7 @@ class Sampler:
               return_trajectory: bool = False, progress: bool | None = None, step_noise: NoiseSource | None = None,
               grad: bool = False, noise_scale: str = "unit", **model_kwargs: Any) -> SampleResult:
         """Run a prepared plan from standard-normal `noise` (scaled here by the prior's std at the first time), or
-        with `noise_scale="prior"` from noise already at the prior's scale (used as is).
-
+        with `noise_scale="prior"` from noise already at the prior's scale (used as is); other keywords as in `run`.
         `step_noise` feeds stochastic solvers (`ev.noise(j)`); without it one is seeded from torch's global RNG.
         """
         check_bool("grad", grad)
@@ -322,7 +336,8 @@ class Sampler:
 
     def graphed(self, steps: int | None = None, *, nfe: int | None = None, shape: Sequence[int] | None = None,
                 batch_size: int | None = None, device: Any = None, dtype: Any = None, **model_kwargs: Any):
-        """The fixed-step loop captured in a CUDA graph (CUDA only); `.run(noise)` / `.run(seed=)` replays it."""
+        """The fixed-step loop captured in a CUDA graph (CUDA only); `.run(noise)` / `.run(seed=)` replays it.
+        `shape` defaults to `batch_size` (or 1) samples; dtype to float32; returns a `capture.GraphedRun`."""
         if shape is None:
             if self.field.sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape")
@@ -331,16 +346,12 @@ class Sampler:
         return GraphedRun(self, self.plan(steps, nfe), shape, device=device or device_of(self.field.model),
                           dtype=as_dtype(dtype) or torch.float32, **model_kwargs)
 
-    # --- the ODE backwards: data to noise -------------------------------------------------------
     def inversion_times(self, steps: int | None = None) -> torch.Tensor:
-        """The inversion grid: the sampling grid reversed (increasing noise), validated.
+        """The inversion grid of `steps` steps (None for an explicit grid): the sampling grid reversed, validated.
 
-        A grid that takes a `final` option (the named grids) is built with `final="min"` unless grid_options
-        says otherwise, so that the inversion starts at the schedule's smallest noise t_min: the data is taken as
-        the state there (as DDIM inversion and score-SDE likelihoods do). A grid function without that option
-        (an optimized GITS or learned grid) is built as it comes, and an explicit grid is used as given, reversed
-        if it decreases; either may start the inversion at exactly t = 0 (see `invert`).
-        """
+        Named grids (those with a `final` option) get `final="min"` unless grid_options say otherwise: the inversion
+        starts at t_min, the data taken as the state there. Grid functions without it (GITS, learned) and explicit
+        grids (reversed if decreasing) are used as they come; either may start at exactly t = 0 (see `invert`)."""
         sch = self.field.schedule
         if isinstance(self.grid, str) or callable(self.grid):
             opts = dict(self.grid_options)
@@ -360,10 +371,8 @@ class Sampler:
         return self.field.has_schedule and float(t[0]) == 0.0
 
     def inversion_plan(self, steps: int | None = None, nfe: int | None = None) -> tuple[torch.Tensor, Plan | None]:
-        """(inversion grid, the solver's plan of it); with nfe=, the most steps whose inversion fits the budget.
-
-        A grid that starts at exactly t = 0 is planned from its second point: Sampler.invert takes that first
-        step itself (no model call)."""
+        """(inversion grid, the solver's plan of it, None if no step needs one); with nfe=, the most steps that fit:
+        a grid that starts at exactly t = 0 is planned from its second point (invert takes that step, no model call)."""
         why = self.solver.inversion_refusal()
         if why is not None:
             raise refuse_increasing(self.solver.name, why)
@@ -400,8 +409,7 @@ class Sampler:
         return t, plan
 
     def _most_steps_within(self, nfe: int, cost: Callable[[int], int]) -> int:
-        """The most inversion steps whose cost fits `nfe` (cost(1) fits): the cost grows with the step count,
-        so double to bracket the budget, then bisect; host plans only, none beyond MAX_STEPS."""
+        """The most inversion steps whose cost fits `nfe` (cost(1) fits): double, then bisect, up to MAX_STEPS."""
         try:                                      # refuse a huge budget before planning anything big
             check_steps(self.steps_for_nfe(nfe), nfe)
         except InvalidArgument as e:
@@ -422,27 +430,22 @@ class Sampler:
                **model_kwargs: Any) -> SampleResult:
         """Integrate the probability-flow ODE from data `x0` to noise on the sampling grid reversed.
 
-        Returns a SampleResult whose `.samples` is the latent as standard-normal noise: the state reached at
-        the grid's noisiest time divided by the prior's std there, so that `run(noise=result.samples)` with the
-        same solver and steps maps it back to `x0` (up to the solver's error; see `round_trip`). The unscaled
-        state is `stats["x_end"]`. The data is never scaled by the prior's std (Sampler.solve does that to
-        noise only). `.nfe` counts the model evaluations made.
+        Args:
+            x0: a floating batch of data `(batch, *sample_shape)`; never scaled by the prior's std. Other keywords
+                (steps, nfe, callback, return_trajectory, progress, dtype, grad, model keywords) as in `run`.
 
-        Only deterministic fixed-step solvers invert (Euler/DDIM, Runge-Kutta, the multistep and singlestep
-        DPM-Solver family, UniPC, DEIS, iPNDM, LMS); stochastic samplers and adaptive span solvers raise.
-        Direction-dependent rules follow the direction: AFS (an estimate for an almost pure-noise state) and
-        `lower_order_final` (for the last steps into zero noise) do not apply to an inversion.
+        Returns:
+            SampleResult whose `.samples` is the latent as standard-normal noise: the state at the grid's noisiest
+            time over the prior's std there, so `run(noise=result.samples)` (same solver and steps) maps it back
+            to `x0` up to the solver's error. `stats["x_end"]` is the unscaled state; `.nfe` the evaluations made.
 
-        The start. Named grids start the inversion at the schedule's t_min (`final="min"`, reversed): `x0` is
-        taken as the state at the smallest noise level, as DDIM inversion and score-SDE likelihoods do, and the
-        ODE is never evaluated where its slope is 0/0. A grid starting at exactly t = 0 (an explicit grid, or
-        grid_options `final="zero"`) begins with one step from zero noise that needs no model call: at t = 0 the
-        state is the data, the data prediction is D = x0 for any model and the noise prediction is exactly
-        E[eps | x0] = E[eps] = 0 (noise is independent of data), so the DDIM step gives x(t1) = alpha(t1) x0.
-        That step is first order (eps_hat is frozen at its t = 0 value); the rest of the grid runs the solver.
-        No network is asked for its output at zero noise, where eps-networks are undefined (alpha = 0 end of
-        the trap is the other one: eps-models cannot run at pure noise either, see Field.at).
-        """
+        Raises:
+            InvalidArgument: a stochastic sampler or adaptive span solver (only deterministic fixed-step ones
+                invert: Euler/DDIM, Runge-Kutta, the DPM-Solver family, UniPC, DEIS, iPNDM, LMS), or a bad `x0`.
+
+        AFS and `lower_order_final` (sampling's rules) do not apply. Named grids start at t_min, never where the slope
+        is 0/0. A grid starting at t = 0 begins with a step with no model call: D = x0 and E[eps | x0] = E[eps] = 0
+        (noise is independent of data), so DDIM gives x(t1) = alpha(t1) x0; no eps-network runs at zero noise."""
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
             raise InvalidArgument("x0 must be a floating-point torch.Tensor (a batch of data)")
         want = self.field.sample_shape

@@ -14,7 +14,19 @@ from diffsolve.schedules import NoiseSchedule
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model says about itself so that `Sampler(model)` needs no other argument."""
+    """What a model says about itself so that `Sampler(model)` needs no other argument.
+
+    A model declares it as `model.diffsolve_spec` (an attribute or a method returning it).
+
+    Attributes:
+        prediction: what the network predicts ("eps", "x0", "v", "score", "velocity", "denoiser").
+        schedule: its noise schedule, or None for a plain velocity field.
+        sample_shape: one sample's shape, without the batch; None: not declared.
+        time_convention: "diffusion" (t = 0 is data) or "flow" (t = 0 is noise).
+        data_range: the data's (low, high), or None.
+        solver: the sampler this model family needs (consistency, shortcut), else None.
+        step_input: the keyword under which the model takes the step size (shortcut models), else None.
+    """
 
     prediction: str
     schedule: NoiseSchedule | None
@@ -31,6 +43,15 @@ class EvalPoint:
 
     Each value is a host float (the same for the whole batch; float64 precision) or a tensor with one value per
     sample, on the device, for solvers that choose their times per sample.
+
+    Attributes:
+        t: schedule time.
+        model_time: the network's time input at t.
+        alpha: the path's data scale.
+        sigma: the path's noise scale.
+        d_alpha: d alpha / dt.
+        d_sigma: d sigma / dt.
+        step: the step size in model time this evaluation serves (shortcut models' d); None: 0.
     """
 
     t: Any
@@ -43,27 +64,45 @@ class EvalPoint:
 
     @property
     def per_sample(self) -> bool:
+        """Whether the scalars are per-sample device tensors (else host floats)."""
         return isinstance(self.t, torch.Tensor)
 
     @property
     def s(self) -> Any:
+        """The EDM noise level sigma / alpha (inf at alpha = 0 for host floats)."""
         if self.per_sample:
             return self.sigma / self.alpha
         return self.sigma / self.alpha if self.alpha != 0 else float("inf")
 
     @property
     def path(self) -> PathPoint:
+        """The path scalars as a PathPoint (alpha, sigma and their derivatives)."""
         return PathPoint(self.alpha, self.sigma, self.d_alpha, self.d_sigma)
 
     def path_for(self, x: torch.Tensor) -> PathPoint:
-        """The path scalars broadcastable against x (per-sample tensors become [batch, 1, ...] in x's dtype)."""
+        """The path scalars broadcastable against x (per-sample tensors become [batch, 1, ...] in x's dtype).
+
+        Args:
+            x: the state the scalars will multiply.
+
+        Returns:
+            A PathPoint.
+        """
         if not self.per_sample:
             return self.path
         return PathPoint(*(per_sample(v, x) for v in (self.alpha, self.sigma, self.d_alpha, self.d_sigma)))
 
 
 def per_sample(v: Any, x: torch.Tensor) -> Any:
-    """A host float as is; a tensor of one value per sample as [batch, 1, ..., 1] in x's dtype and device."""
+    """A host float as is; a tensor of one value per sample as [batch, 1, ..., 1] in x's dtype and device.
+
+    Args:
+        v: a path scalar (float or per-sample tensor).
+        x: the state it will multiply.
+
+    Returns:
+        v, or the tensor reshaped to broadcast against x.
+    """
     if not isinstance(v, torch.Tensor):
         return v
     return v.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
@@ -72,38 +111,85 @@ def per_sample(v: Any, x: torch.Tensor) -> Any:
 @dataclass(frozen=True)
 class FieldOutput:
     """What one evaluation returns: the data prediction (or velocity, for `kind='velocity'`) and auxiliary outputs
-    that a caller asked for (features captured from named modules, keyed by the name the caller gave)."""
+    that a caller asked for (features captured from named modules, keyed by the name the caller gave).
+
+    Attributes:
+        value: the data prediction or velocity, in the state's shape and dtype.
+        aux: auxiliary outputs by name (empty unless a FeatureCapture asked).
+    """
 
     value: torch.Tensor
     aux: Mapping[str, Any] = dc_field(default_factory=dict)
 
 
 class Field:
-    """What every field and wrapper offers: `evaluate(x, p, kind)` and the two views of it solvers use."""
+    """What every field and wrapper offers: `evaluate(x, p, kind)` and the two views of it solvers use.
+
+    Attributes:
+        evals_per_call: network evaluations per `evaluate` call (2 under classifier-free guidance).
+    """
 
     evals_per_call = 1
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        """One evaluation of the field at `x`, point `p`.
+        Args:
+            x: the state, `(batch, *sample_shape)`.
+            p: the point (path scalars) to evaluate at.
+            kind: "x0" (the data prediction) or "velocity" (dx/dt in diffusion time).
+            **kwargs: keyword arguments for the network.
+
+        Returns:
+            A FieldOutput.
+        """
         raise NotImplementedError
 
     def denoise(self, x: torch.Tensor, p: EvalPoint, **kwargs: Any) -> torch.Tensor:
-        """The data prediction x0_hat = E[x0 | x_t] at the point p."""
+        """The data prediction x0_hat = E[x0 | x_t] at the point p.
+
+        Args:
+            x: the state.
+            p: the point.
+            **kwargs: keyword arguments for the network.
+
+        Returns:
+            x0_hat, in x's shape and dtype.
+        """
         return self.evaluate(x, p, "x0", **kwargs).value
 
     def velocity(self, x: torch.Tensor, p: EvalPoint, **kwargs: Any) -> torch.Tensor:
-        """dx/dt in the schedule's diffusion time (t decreasing towards data)."""
+        """dx/dt in the schedule's diffusion time (t decreasing towards data).
+
+        Args:
+            x: the state.
+            p: the point.
+            **kwargs: keyword arguments for the network.
+
+        Returns:
+            dx/dt, in x's shape and dtype.
+        """
         return self.evaluate(x, p, "velocity", **kwargs).value
 
     # --- host-side, before the loop ---------------------------------------------------------------
     @property
     def has_schedule(self) -> bool:
+        """Whether the field has a Gaussian noise schedule (False: a plain velocity field)."""
         return self.schedule is not None
 
     @property
     def t_max(self) -> float:
+        """The schedule's t_max, or 1 for a plain velocity field."""
         return self.schedule.t_max if self.schedule is not None else 1.0
 
     def require_schedule(self, who: str) -> None:
+        """Refuse a field without a noise schedule for a solver that needs one.
+
+        Args:
+            who: the solver's name, for the message.
+
+        Raises:
+            InvalidArgument: the field is a plain velocity field (naming the solvers that take one).
+        """
         if self.schedule is None:
             raise InvalidArgument(
                 f"solver {who!r} needs a Gaussian noise schedule, but this field is a plain velocity field "
@@ -111,7 +197,17 @@ class Field:
                 "solvers 'ipndm', 'ipndm_v' or 'lms', or pass schedule=")
 
     def at(self, t: Any) -> EvalPoint:
-        """Path scalars at schedule time t: host floats for a number, per-sample device tensors for a tensor."""
+        """Path scalars at schedule time t: host floats for a number, per-sample device tensors for a tensor.
+
+        Args:
+            t: a time (host scalars) or a 1-D tensor of per-sample times (no host read).
+
+        Returns:
+            The EvalPoint.
+
+        Raises:
+            InvalidArgument: an eps, score or denoiser model at pure noise (alpha = 0), where it predicts no data.
+        """
         if isinstance(t, torch.Tensor) and t.dim() > 0:
             return self._at_tensor(t)
         return self._at_host(float(t))

@@ -66,7 +66,14 @@ def state_dict_digest(module: torch.nn.Module) -> str:
     still applies to its `.half()`, `.bfloat16()` or `.double()` copy. Floating values are hashed as float32
     (the reference: a float32 network's digest is its bytes' digest, and a float64 copy casts back bit for bit).
     A float16 or bfloat16 copy has lost the float32 bits; it gets the digest of the float32 network it was
-    rounded from when that network was hashed in this process, else the digest of its values as float32."""
+    rounded from when that network was hashed in this process, else the digest of its values as float32.
+
+    Args:
+        module: the network.
+
+    Returns:
+        The hex sha256 digest.
+    """
     state = module.state_dict()
     dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
     reduced = [d for d in REDUCED if d in dtypes]
@@ -84,7 +91,14 @@ def state_dict_digest(module: torch.nn.Module) -> str:
 
 def model_identity(model: Any) -> str | None:
     """A stable identity of a network: its `identity()` when it has one, else a digest of an nn.Module's
-    state_dict; None for callables that cannot be identified (they are never cached)."""
+    state_dict; None for callables that cannot be identified (they are never cached).
+
+    Args:
+        model: a network or callable.
+
+    Returns:
+        "<class name>:<identity or digest>", or None.
+    """
     ident = getattr(model, "identity", None)
     if callable(ident):
         value = ident()
@@ -95,7 +109,14 @@ def model_identity(model: Any) -> str | None:
 
 
 def identity_of_kwargs(kwargs: Mapping[str, Any]) -> str | None:
-    """Model keyword arguments as a stable string: tensors by content hash; None if a value has no stable form."""
+    """Model keyword arguments as a stable string: tensors by content hash; None if a value has no stable form.
+
+    Args:
+        kwargs: the model's keyword arguments.
+
+    Returns:
+        "key=value,..." sorted by key, or None.
+    """
     parts = []
     for k in sorted(kwargs):
         v = kwargs[k]

@@ -17,6 +17,14 @@ TIME_CONVENTIONS = ("diffusion", "flow")
 
 
 def model_spec_of(model: Any) -> ModelSpec | None:
+    """The ModelSpec a model declares (`model.diffsolve_spec`, an attribute or a method), or None.
+
+    Args:
+        model: the network or callable.
+
+    Returns:
+        The ModelSpec, or None.
+    """
     spec = getattr(model, "diffsolve_spec", None)
     if callable(spec):
         spec = spec()
@@ -24,7 +32,14 @@ def model_spec_of(model: Any) -> ModelSpec | None:
 
 
 def floating_dtype_of(model: Any) -> torch.dtype | None:
-    """The dtype of a module's first floating-point parameter or buffer (None for plain functions)."""
+    """The dtype of a module's first floating-point parameter or buffer (None for plain functions).
+
+    Args:
+        model: the network or callable.
+
+    Returns:
+        The dtype, or None.
+    """
     for attr in ("parameters", "buffers"):
         fn = getattr(model, attr, None)
         if callable(fn):
@@ -35,6 +50,14 @@ def floating_dtype_of(model: Any) -> torch.dtype | None:
 
 
 def device_of(model: Any) -> torch.device | None:
+    """The device of a module's first parameter, or None (plain functions, parameterless modules).
+
+    Args:
+        model: the network or callable.
+
+    Returns:
+        The torch.device, or None.
+    """
     params = getattr(model, "parameters", None)
     if callable(params):
         for p in params():
@@ -44,7 +67,17 @@ def device_of(model: Any) -> torch.device | None:
 
 def unwrap_output(out: Any) -> torch.Tensor:
     """The declared rule for what a network may return: a tensor, an object or dict with a `sample` tensor
-    (diffusers' outputs), or a tuple/list whose first item is the prediction (the rest, e.g. features, ignored)."""
+    (diffusers' outputs), or a tuple/list whose first item is the prediction (the rest, e.g. features, ignored).
+
+    Args:
+        out: what the network returned.
+
+    Returns:
+        The prediction tensor.
+
+    Raises:
+        InvalidArgument: no prediction tensor can be found.
+    """
     if isinstance(out, torch.Tensor):
         return out
     sample = out.get("sample") if isinstance(out, Mapping) else getattr(out, "sample", None)
@@ -67,7 +100,17 @@ def step_input_given(keyword: str, value: Any) -> InvalidArgument:
 
 
 def check_sample_shape(sample_shape: Any) -> tuple[int, ...] | None:
-    """None, or a sequence of positive integers (numpy integers are integers; a string is not a shape)."""
+    """None, or a sequence of positive integers (numpy integers are integers; a string is not a shape).
+
+    Args:
+        sample_shape: the shape to check.
+
+    Returns:
+        A tuple of ints, or None.
+
+    Raises:
+        InvalidArgument: not a sequence of positive integers.
+    """
     if sample_shape is None:
         return None
     if isinstance(sample_shape, (str, bytes)) or not isinstance(sample_shape, (Sequence, torch.Size)):
@@ -84,6 +127,21 @@ class VectorField(Field):
     the generic integrators (Euler, Heun, Runge-Kutta, torchdiffeq) accept such a field. `clip_x0=(low, high)`
     clamps the data prediction (diffusers' `clip_sample`). `model_dtype=` overrides the dtype the network is
     called in (by default that of its first floating parameter, or the state's for a plain function).
+
+    Args:
+        model: the network, `model(x, t_model, **kwargs)`. Missing settings are read from its ModelSpec.
+        prediction: "eps", "x0", "v", "score", "velocity" or "denoiser" (aliases accepted); required unless the model
+            declares it.
+        schedule: a NoiseSchedule or its name; None only for prediction="velocity" (a plain ODE).
+        time_convention: "diffusion" (default: t = 0 is data) or "flow" (t = 0 is noise; the velocity is negated).
+        sample_shape: one sample's shape, without the batch.
+        model_kwargs: keywords passed at every call.
+        clip_x0: (low, high) to clamp the data prediction.
+        model_dtype: the network's dtype (None: detected).
+        step_input: the keyword for the step size (shortcut models); None: from the spec, or none.
+
+    Raises:
+        InvalidArgument: a model that is not callable, a missing prediction or schedule, or a bad setting.
     """
 
     def __init__(self, model: Callable[..., Any], prediction: str | None = None,
@@ -140,11 +198,24 @@ class VectorField(Field):
 
     @property
     def data_range(self) -> tuple[float, float] | None:
+        """The data's (low, high) from the model's spec, or None."""
         return self.spec.data_range if self.spec is not None else None
 
     # --- inside the loop: network calls only ------------------------------------------------------
     def call_model(self, x: torch.Tensor, p: EvalPoint, **kwargs: Any) -> torch.Tensor:
-        """The network's raw output at p, in the state's dtype (EDM Precond's casts)."""
+        """The network's raw output at p, in the state's dtype (EDM Precond's casts).
+
+        Args:
+            x: the state.
+            p: the point.
+            **kwargs: keyword arguments for the network.
+
+        Returns:
+            The raw output, in x's shape and dtype.
+
+        Raises:
+            InvalidArgument: the output's shape differs from x's, or a step-size keyword given by the caller.
+        """
         mdtype = self.model_dtype or floating_dtype_of(self.model) or x.dtype
         # Half-precision time inputs round (bf16 turns timestep 999 into 1000): float32 or better, always.
         tdtype = torch.float64 if (x.dtype == torch.float64 and mdtype == torch.float64) else torch.float32
@@ -171,6 +242,16 @@ class VectorField(Field):
         return out.to(x.dtype)
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        """The network at `x`, `p`, converted to the data prediction or the velocity.
+        Args:
+            x: the state, `(batch, *sample_shape)`.
+            p: the point (path scalars) to evaluate at.
+            kind: "x0" (the data prediction) or "velocity" (dx/dt in diffusion time).
+            **kwargs: keyword arguments for the network.
+
+        Returns:
+            A FieldOutput.
+        """
         out = self.call_model(x, p, **kwargs)
         if self.prediction == "velocity" and self.time_convention == "flow":
             out = -out
@@ -184,6 +265,7 @@ class VectorField(Field):
         return FieldOutput(x0 if kind == "x0" else velocity_from_x0(x, x0, path))
 
     def identity(self) -> str | None:
+        """The model's identity, prediction, schedule, time convention, clip and keywords; None if unknown."""
         model = model_identity(self.model)
         sch = self.schedule.identity() if self.schedule is not None else "none"
         if model is None or sch is None:
@@ -197,7 +279,16 @@ class VectorField(Field):
 
 
 def velocity_from_x0(x: torch.Tensor, x0: torch.Tensor, p: PathPoint) -> torch.Tensor:
-    """Probability-flow dx/dt = (sigma'/sigma) x + (alpha' - sigma' alpha / sigma) x0_hat."""
+    """Probability-flow dx/dt = (sigma'/sigma) x + (alpha' - sigma' alpha / sigma) x0_hat.
+
+    Args:
+        x: the state.
+        x0: the data prediction.
+        p: the path scalars at the point.
+
+    Returns:
+        dx/dt.
+    """
     ratio = p.d_sigma / p.sigma
     cx0 = p.d_alpha - ratio * p.alpha
     if isinstance(ratio, torch.Tensor) or isinstance(cx0, torch.Tensor):
@@ -211,12 +302,28 @@ _MODEL_ADAPTERS: list[Callable[..., "Field | None"]] = []
 
 def register_model_adapter(adapter: Callable[..., "Field | None"]) -> None:
     """`adapter(model, **given) -> Field`, or None if not its kind of model; `as_field` (hence `Sampler(model)`)
-    asks each registered adapter, in order, about a model that declares no ModelSpec."""
+    asks each registered adapter, in order, about a model that declares no ModelSpec.
+
+    Args:
+        adapter: `adapter(model, **given) -> Field | None`; registering twice is a no-op.
+    """
     if adapter not in _MODEL_ADAPTERS:
         _MODEL_ADAPTERS.append(adapter)
 
 
 def as_field(model_or_field: Any, **kwargs: Any) -> Field:
+    """A Field from a model: the field itself, a registered adapter's, or a VectorField.
+
+    Args:
+        model_or_field: a Field (returned as is), or a network or callable.
+        **kwargs: VectorField's settings (None values are left out).
+
+    Returns:
+        The Field.
+
+    Raises:
+        InvalidArgument: settings given with a Field, or VectorField's refusals.
+    """
     given = {k: v for k, v in kwargs.items() if v is not None}
     if isinstance(model_or_field, Field):
         if given:

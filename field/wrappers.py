@@ -13,7 +13,14 @@ from diffsolve.schedules import NoiseSchedule
 
 
 class FieldWrapper(Field):
-    """Base of wrappers: everything not overridden is the inner field's (schedule, shape, points, ...)."""
+    """Base of wrappers: everything not overridden is the inner field's (schedule, shape, points, ...).
+
+    Args:
+        inner: the field wrapped (a VectorField or another wrapper).
+
+    Raises:
+        InvalidArgument: `inner` is not a Field.
+    """
 
     def __init__(self, inner: Field):
         if not isinstance(inner, Field):
@@ -28,22 +35,27 @@ class FieldWrapper(Field):
 
     @property
     def evals_per_call(self) -> int:
+        """The inner field's evaluations per call."""
         return self.inner.evals_per_call
 
     @property
     def schedule(self) -> NoiseSchedule | None:
+        """The inner field's schedule."""
         return self.inner.schedule
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        """The inner field's evaluation, unchanged (subclasses change one thing)."""
         return self.inner.evaluate(x, p, kind, **kwargs)
 
     # True for wrappers a correction trained on the bare network applies through (see Field.correction_identity)
     stacks_on_corrections = False
 
     def identity(self) -> str | None:
+        """The wrapper's identity around the inner field's, or None if either is unknown."""
         return self._compose(self.inner.identity())
 
     def correction_identity(self) -> str | None:
+        """As Field.correction_identity; wrappers that stack on corrections drop out."""
         inner = self.inner.correction_identity()
         return inner if self.stacks_on_corrections else self._compose(inner)
 
@@ -68,6 +80,16 @@ class ClassifierFreeGuidance(FieldWrapper):
     """Classifier-free guidance on the converted prediction: x0 = x0_u + w (x0_c - x0_u) (Ho & Salimans 2022).
 
     `scale` is a number or a function `scale(p: EvalPoint)` of the point (guidance that changes per step).
+
+    Each call evaluates the inner field twice (conditional and unconditional): `evals_per_call` doubles.
+
+    Args:
+        field: the field to guide.
+        scale: the guidance weight w, a number or `scale(p)`.
+        uncond_kwargs: the model keywords that make a call unconditional (e.g. `{"class_labels": null_label}`).
+
+    Raises:
+        InvalidArgument: a scale that is neither a number nor a function.
     """
 
     def __init__(self, field: Field, scale: float | Callable[[EvalPoint], float],
@@ -78,15 +100,18 @@ class ClassifierFreeGuidance(FieldWrapper):
 
     @property
     def evals_per_call(self) -> int:
+        """Twice the inner field's: a conditional and an unconditional call."""
         return 2 * self.inner.evals_per_call
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        """x0_u + w (x0_c - x0_u) (or the same for velocities); aux from the conditional call."""
         cond = self.inner.evaluate(x, p, kind, **kwargs)
         uncond = self.inner.evaluate(x, p, kind, **{**kwargs, **self.uncond_kwargs})
         w = self.scale(p) if callable(self.scale) else self.scale
         return FieldOutput(uncond.value + w * (cond.value - uncond.value), cond.aux)
 
     def own_identity(self) -> str | None:
+        """The scale and unconditional keywords; None for a scale function."""
         if callable(self.scale):
             return None
         uncond = identity_of_kwargs(self.uncond_kwargs)
@@ -95,7 +120,16 @@ class ClassifierFreeGuidance(FieldWrapper):
 
 class StepOptions(FieldWrapper):
     """Model keyword arguments that change along the trajectory: `options(p) -> dict` is merged into every call
-    at the point p (skip scales per noise level, a per-step conditioning, ...)."""
+    at the point p (skip scales per noise level, a per-step conditioning, ...).
+
+    Args:
+        field: the field to wrap.
+        options: `options(p) -> dict` of model keywords at the point p.
+        identity: a string naming `options` for caches; None: the field has no identity.
+
+    Raises:
+        InvalidArgument: `options` is not callable.
+    """
 
     def __init__(self, field: Field, options: Callable[[EvalPoint], Mapping[str, Any]], identity: str | None = None):
         super().__init__(field)
@@ -105,9 +139,11 @@ class StepOptions(FieldWrapper):
         self.options_identity = identity
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        """The inner evaluation with `options(p)` merged in (a call's own keywords win)."""
         return self.inner.evaluate(x, p, kind, **{**self.options(p), **kwargs})
 
     def own_identity(self) -> str | None:
+        """The identity string given, or None."""
         return self.options_identity
 
 
@@ -117,6 +153,14 @@ class FeatureCapture(FieldWrapper):
     `modules={"bottleneck": "mid"}` maps an output name to a submodule path of the network (`model.mid`, a
     diffusers `UNet2DModel`'s `"mid_block"`, any module of yours). Each evaluation's `aux[name]` holds that
     module's output (its first tensor when it returns a tuple), passed through `reduce` when given.
+
+    Args:
+        field: the field whose network is hooked.
+        modules: `{output name: submodule path}`.
+        reduce: applied to each captured tensor (e.g. a mean over space); None: kept whole.
+
+    Raises:
+        InvalidArgument: the network is not an nn.Module, `modules` is empty, or a path is not a submodule.
     """
 
     def __init__(self, field: Field, modules: Mapping[str, str],
@@ -139,6 +183,7 @@ class FeatureCapture(FieldWrapper):
         self.reduce = reduce
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        """The inner evaluation with the hooked modules' outputs added to `aux`."""
         captured: dict[str, torch.Tensor] = {}
         handles = []
         for name, module in self.targets.items():
@@ -154,6 +199,7 @@ class FeatureCapture(FieldWrapper):
         return FieldOutput(out.value, {**out.aux, **captured})
 
     def own_identity(self) -> str | None:
+        """The captured module paths (features do not change the values)."""
         return f"features={sorted(self.paths.items())}"   # features do not change the values
 
 

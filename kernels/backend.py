@@ -26,11 +26,24 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class KernelUnavailable(DiffsolveError, RuntimeError):
-    """The Triton kernels were forced (DIFFSOLVE_KERNELS=triton or backend='triton') but cannot run here."""
+    """The Triton kernels were forced (DIFFSOLVE_KERNELS=triton or backend='triton') but cannot run here.
+
+    Also a RuntimeError; the message gives the reason and says to use DIFFSOLVE_KERNELS=torch or auto.
+    """
 
 
 def requested_backend(backend: str | None = None) -> str:
-    """The argument if given, else $DIFFSOLVE_KERNELS, else 'auto' (read at every call so tests can switch it)."""
+    """The argument if given, else $DIFFSOLVE_KERNELS, else 'auto' (read at every call so tests can switch it).
+
+    Args:
+        backend: "auto", "triton", "torch", or None.
+
+    Returns:
+        The backend name.
+
+    Raises:
+        InvalidArgument: an unknown name (argument or environment).
+    """
     if backend is None:
         env = os.environ.get(ENV_VAR)
         if env is None:         # the common case, kept cheap: this runs for every update of every step
@@ -43,6 +56,7 @@ def requested_backend(backend: str | None = None) -> str:
 
 
 def interpreting() -> bool:
+    """Whether TRITON_INTERPRET is set (Triton's CPU interpreter, for tests)."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
@@ -54,6 +68,12 @@ def triton_impl() -> ModuleType:
 
     Triton decides at decoration time whether a kernel is compiled or interpreted, so the module is loaded lazily
     (and a second copy is loaded if TRITON_INTERPRET changes), never at `import diffsolve`.
+
+    Returns:
+        The kernels' module.
+
+    Raises:
+        KernelUnavailable: Triton is missing or too old for the kernels.
     """
     key = interpreting()
     got = _IMPL.get(key)
@@ -73,6 +93,7 @@ def triton_impl() -> ModuleType:
 
 
 def triton_importable() -> bool:
+    """Whether the Triton kernels load here (see `triton_impl`)."""
     try:
         triton_impl()
         return True
@@ -81,7 +102,14 @@ def triton_importable() -> bool:
 
 
 def why_not_triton(tensors: Sequence[torch.Tensor]) -> str | None:
-    """None when the Triton kernels can take these tensors, else the reason in words."""
+    """None when the Triton kernels can take these tensors, else the reason in words.
+
+    Args:
+        tensors: the inputs of one combination.
+
+    Returns:
+        None, or why the kernels cannot take them (device, dtype, shape).
+    """
     if not tensors:
         return "no tensors were given"
     dev = tensors[0].device
@@ -103,7 +131,20 @@ def why_not_triton(tensors: Sequence[torch.Tensor]) -> str | None:
 
 
 def use_triton(tensors: Sequence[torch.Tensor], backend: str | None = None) -> bool:
-    """Decide for one call; a forced Triton that cannot run raises KernelUnavailable with the reason."""
+    """Decide for one call; a forced Triton that cannot run raises KernelUnavailable with the reason.
+
+    "auto" takes Triton only for CUDA tensors in float16, bfloat16 or float32 when the kernels load.
+
+    Args:
+        tensors: the inputs of one combination.
+        backend: as `requested_backend`.
+
+    Returns:
+        Whether to run the Triton kernel.
+
+    Raises:
+        KernelUnavailable: Triton forced but unable to run.
+    """
     mode = requested_backend(backend)
     if mode == "torch":
         return False
@@ -124,7 +165,14 @@ def use_triton(tensors: Sequence[torch.Tensor], backend: str | None = None) -> b
 
 def same_layout(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.memory_format]:
     """All inputs dense in one memory format with the batch outermost: channels-last if every input already is,
-    else contiguous. Copies only the inputs that are not (non-contiguous views, mixed formats)."""
+    else contiguous. Copies only the inputs that are not (non-contiguous views, mixed formats).
+
+    Args:
+        tensors: the inputs.
+
+    Returns:
+        (the dense inputs, their memory format).
+    """
     fmt = torch.contiguous_format
     if tensors[0].dim() == 4 and all(t.is_contiguous(memory_format=torch.channels_last) for t in tensors) \
             and not all(t.is_contiguous() for t in tensors):
@@ -133,4 +181,5 @@ def same_layout(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], to
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums are accumulated in: float32 for float16 and bfloat16, else the dtype itself."""
     return torch.float32 if dtype in LOW_PRECISION else dtype

@@ -11,6 +11,15 @@ def nonfinite(t: torch.Tensor) -> torch.Tensor:
     tensor to float64 (a second pass) and can overflow near 1e308; `vector_norm(ord=inf)` is one pass but about
     10x slower than `aminmax` on the CPU. Comparing the extremes never overflows, so values up to the dtype's
     largest finite number (65504 in fp16, ~3.4e38 in bf16/fp32, ~1.8e308 in float64) are never flagged.
+
+    Args:
+        t: any tensor (integer and empty tensors give False).
+
+    Returns:
+        The 0-d bool flag.
+
+    Raises:
+        TypeError: t is not a tensor.
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"nonfinite(t): t must be a tensor, got {type(t).__name__}")

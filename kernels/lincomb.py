@@ -41,7 +41,18 @@ def _coef_ref(coeffs, k: int, like: torch.Tensor, acc: torch.dtype):
 
 
 def lincomb_reference(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """sum_k coeffs[k] * tensors[k], accumulated in float32 for half-precision inputs, returned in tensors[0]'s dtype."""
+    """sum_k coeffs[k] * tensors[k], accumulated in float32 for half-precision inputs, returned in tensors[0]'s dtype.
+
+    Args:
+        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients).
+        tensors: K tensors of one shape.
+
+    Returns:
+        The combination.
+
+    Raises:
+        ValueError: as many coefficients as tensors are needed, and a coefficient tensor must be [K] or [batch, K].
+    """
     _check(coeffs, tensors)
     out_dtype = tensors[0].dtype
     acc_dtype = torch.float32 if out_dtype in _LOW_PRECISION else out_dtype
@@ -65,7 +76,17 @@ def _batch(t: torch.Tensor) -> int:
 
 
 def coefficient_tensor(values, batch: int | None = None, *, device=None, dtype=torch.float64) -> torch.Tensor:
-    """Host float64 coefficients -> a device tensor [K] (or [batch, K] when `values` is per sample / batch= given)."""
+    """Host float64 coefficients -> a device tensor [K] (or [batch, K] when `values` is per sample / batch= given).
+
+    Args:
+        values: the coefficients.
+        batch: expand a [K] row to [batch, K].
+        device: the result's device.
+        dtype: the result's dtype (default float64).
+
+    Returns:
+        The contiguous coefficient tensor.
+    """
     c = torch.as_tensor(values, dtype=torch.float64)
     if batch is not None and c.dim() == 1:
         c = c.expand(batch, -1)
@@ -113,7 +134,18 @@ def _split_rows(scalars, ctensor, start: int, stop: int, prepend_one: bool):
 
 
 def combine_triton(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """M (1 or 2) combinations of the same inputs in one pass; `rows`: M coefficient rows (floats, [K] or [batch, K])."""
+    """M (1 or 2) combinations of the same inputs in one pass; `rows`: M coefficient rows (floats, [K] or [batch, K]).
+
+    Args:
+        rows: the coefficient rows.
+        tensors: the K inputs, of one shape.
+
+    Returns:
+        One tensor per row.
+
+    Raises:
+        KernelUnavailable: the kernels cannot be loaded.
+    """
     impl = triton_impl()
     k = len(tensors)
     ref = tensors[0]
@@ -215,6 +247,13 @@ def lincomb_triton(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[tor
 
     Differentiable in the tensors and in coefficient tensors; with nothing requiring grad it calls the kernel
     directly (no autograd node, so nothing is added to the per-step cost of sampling).
+
+    Args:
+        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients).
+        tensors: K tensors of one shape.
+
+    Returns:
+        The combination, in tensors[0]'s dtype.
     """
     _check(coeffs, tensors)
     tensors = list(tensors)
@@ -230,12 +269,32 @@ def lincomb_triton(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[tor
 
 
 def lincomb_pair_reference(rows, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two combinations of the same inputs (e.g. x0_hat and the update that uses it)."""
+    """Two combinations of the same inputs (e.g. x0_hat and the update that uses it).
+
+    Args:
+        rows: two coefficient rows.
+        tensors: the inputs.
+
+    Returns:
+        The two combinations.
+    """
     return lincomb_reference(rows[0], tensors), lincomb_reference(rows[1], tensors)
 
 
 def lincomb_pair(rows, tensors: Sequence[torch.Tensor], *, backend: str | None = None):
-    """Two combinations of the same inputs in one pass over them (Triton), or the reference."""
+    """Two combinations of the same inputs in one pass over them (Triton), or the reference.
+
+    Args:
+        rows: two coefficient rows.
+        tensors: the inputs.
+        backend: "auto", "triton" or "torch"; None: the environment's.
+
+    Returns:
+        The two combinations.
+
+    Raises:
+        ValueError: not two rows, or rows that do not fit the inputs. KernelUnavailable: Triton forced, unable to run.
+    """
     if len(rows) != 2:
         raise ValueError(f"lincomb_pair takes two coefficient rows, got {len(rows)}")
     for r in rows:
@@ -249,7 +308,19 @@ def lincomb_pair(rows, tensors: Sequence[torch.Tensor], *, backend: str | None =
 
 def lincomb(coeffs: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tensor], *,
             backend: str | None = None) -> torch.Tensor:
-    """sum_k coeffs[k] tensors[k]: the fused Triton kernel where it can run (see kernels.backend), else the reference."""
+    """sum_k coeffs[k] tensors[k]: the fused Triton kernel where it can run (see kernels.backend), else the reference.
+
+    Args:
+        coeffs: K floats, or a tensor [K] or [batch, K] (per-sample coefficients).
+        tensors: K tensors of one shape.
+        backend: "auto", "triton" or "torch"; None: $DIFFSOLVE_KERNELS, else "auto".
+
+    Returns:
+        The combination, in tensors[0]'s dtype (accumulated in float32 for half-precision inputs).
+
+    Raises:
+        ValueError: coefficients and tensors that do not match. KernelUnavailable: Triton forced, unable to run.
+    """
     if use_triton(tensors, backend):
         return lincomb_triton(coeffs, tensors)
     return lincomb_reference(coeffs, tensors)

@@ -30,7 +30,17 @@ SCHEDULES = {
 
 
 def get_schedule(schedule: "str | NoiseSchedule") -> NoiseSchedule:
-    """A schedule object from a name in SCHEDULES, or the object itself."""
+    """A schedule object from a name in SCHEDULES, or the object itself.
+
+    Args:
+        schedule: a NoiseSchedule (returned as is) or a name in SCHEDULES ("vp_linear", "edm", "rectified_flow", ...).
+
+    Returns:
+        The schedule, built with its defaults when named.
+
+    Raises:
+        InvalidArgument: an unknown name (with the nearest names).
+    """
     if isinstance(schedule, NoiseSchedule):
         return schedule
     if isinstance(schedule, str) and schedule in SCHEDULES:

@@ -14,20 +14,36 @@ class VPSchedule(NoiseSchedule):
     """Variance preserving: sigma = sqrt(1 - alpha^2)."""
 
     def log_sigma(self, t: Tensorish) -> torch.Tensor:
+        """log sigma = log(1 - alpha^2) / 2, without cancellation (-inf at t = 0)."""
         la = self.log_alpha(t)
         # log(1 - e^{2 la}) without cancellation; at t = 0 exactly this is -inf (zero noise)
         return 0.5 * torch.log(-torch.expm1(2.0 * la))
 
     def d_log_sigma(self, t: Tensorish) -> torch.Tensor:
+        """d log sigma / dt from d log alpha / dt."""
         la = self.log_alpha(t)
         return -torch.exp(2.0 * la) / (-torch.expm1(2.0 * la)) * self.d_log_alpha(t)
 
     def prior_std(self, t: float | None = None) -> float:
+        """1: alpha^2 + sigma^2 = 1 on a variance-preserving path."""
         return 1.0  # alpha^2 + sigma^2 = 1 on a variance-preserving path
 
 
 class VPDiscrete(VPSchedule):
-    """Discrete-time VP (DDPM): alphas_cumprod[n] at t_n = (n + 1) / N, log alpha piecewise-linear in t (DPM-Solver)."""
+    """Discrete-time VP (DDPM): alphas_cumprod[n] at t_n = (n + 1) / N, log alpha piecewise-linear in t (DPM-Solver).
+
+    Paper: Ho et al. 2020, "Denoising Diffusion Probabilistic Models"; the interpolation is DPM-Solver's (Lu et
+    al. 2022). Builders: `linear()`, `scaled_linear()`, `cosine()`, `geometric()`.
+
+    Args:
+        alphas_cumprod: the cumulative products of (1 - beta), strictly decreasing in (0, 1].
+        betas: the betas instead (each in (0, 1)); give exactly one of the two.
+        model_time_scale: index n is passed to the network as n * scale + offset; None: 1 (diffusers: n itself).
+        model_time_offset: the offset of that map (default 0).
+
+    Raises:
+        InvalidArgument: neither or both tables, or a table out of range or not decreasing.
+    """
 
     name = "vp_discrete"
     default_grid = "time_uniform"
@@ -63,9 +79,11 @@ class VPDiscrete(VPSchedule):
         self.t_max = 1.0
 
     def log_alpha(self, t: Tensorish) -> torch.Tensor:
+        """log alpha, piecewise-linear in t through (0, 0) and the table's nodes."""
         return interp(t, self._t, self._la)
 
     def d_log_alpha(self, t: Tensorish) -> torch.Tensor:
+        """The slope of the piecewise-linear log alpha."""
         t = as_f64(t)
         idx = torch.searchsorted(self._t, t.reshape(-1).contiguous(), right=True).clamp(1, self._t.numel() - 1)
         slope = (self._la[idx] - self._la[idx - 1]) / (self._t[idx] - self._t[idx - 1])
@@ -79,16 +97,26 @@ class VPDiscrete(VPSchedule):
         return torch.where(torch.isposinf(lam), torch.zeros_like(t), t)
 
     def timestep_index(self, t: Tensorish) -> torch.Tensor:
-        """Continuous index n(t) = N t - 1 into alphas_cumprod (the diffusers timestep)."""
+        """Continuous index n(t) = N t - 1 into alphas_cumprod (the diffusers timestep).
+
+        Args:
+            t: schedule time(s).
+
+        Returns:
+            The float64 index (diffusers' timestep).
+        """
         return as_f64(t) * self.N - 1.0
 
     def t_from_index(self, n: Tensorish) -> torch.Tensor:
+        """Schedule time t = (n + 1) / N of table index n (inverse of timestep_index)."""
         return (as_f64(n) + 1.0) / self.N
 
     def model_time(self, t: Tensorish) -> torch.Tensor:
+        """The network's time input: the index times model_time_scale plus model_time_offset."""
         return self.timestep_index(t) * self.model_time_scale + self.model_time_offset
 
     def t_from_model_time(self, tm: Tensorish) -> torch.Tensor:
+        """Schedule time from the network's time input (inverse of model_time)."""
         return self.t_from_index((as_f64(tm) - self.model_time_offset) / self.model_time_scale)
 
     def __repr__(self) -> str:
@@ -98,6 +126,7 @@ class VPDiscrete(VPSchedule):
                 f"model_time_offset={self.model_time_offset:g})")
 
     def identity(self) -> str:
+        """The table's SHA-256 and the time map: equal for equal schedules."""
         digest = hashlib.sha256(self.alphas_cumprod.numpy().tobytes()).hexdigest()
         return (f"VPDiscrete(alphas_cumprod=sha256:{digest}, model_time_scale={self.model_time_scale!r}, "
                 f"model_time_offset={self.model_time_offset!r})")
@@ -105,31 +134,72 @@ class VPDiscrete(VPSchedule):
     # --- builders for the beta schedules seen in the wild ---------------------------------------
     @classmethod
     def linear(cls, N: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, **kw) -> "VPDiscrete":
-        """DDPM linear betas (Ho et al. 2020)."""
+        """DDPM linear betas (Ho et al. 2020).
+
+        Args:
+            N: the number of steps in the table.
+            beta_start: the first beta.
+            beta_end: the last beta.
+            **kw: model_time_scale / model_time_offset.
+        """
         return cls(betas=torch.linspace(beta_start, beta_end, N, dtype=torch.float64), **kw)
 
     @classmethod
     def scaled_linear(cls, N: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012, **kw) -> "VPDiscrete":
-        """Stable Diffusion's sqrt-linear betas."""
+        """Stable Diffusion's sqrt-linear betas.
+
+        Args:
+            N: the number of steps.
+            beta_start: the first beta (the ramp is linear in sqrt(beta)).
+            beta_end: the last beta.
+            **kw: model_time_scale / model_time_offset.
+        """
         b = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, N, dtype=torch.float64) ** 2
         return cls(betas=b, **kw)
 
     @classmethod
     def cosine(cls, N: int = 1000, s: float = 0.008, max_beta: float = 0.999, **kw) -> "VPDiscrete":
-        """Improved DDPM cosine schedule (Nichol & Dhariwal 2021), betas clipped at max_beta."""
+        """Improved DDPM cosine schedule (Nichol & Dhariwal 2021), betas clipped at max_beta.
+
+        Args:
+            N: the number of steps.
+            s: the cosine's offset.
+            max_beta: the cap on each beta.
+            **kw: model_time_scale / model_time_offset.
+        """
         f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
         b = [min(1 - f((i + 1) / N) / f(i / N), max_beta) for i in range(N)]
         return cls(betas=b, **kw)
 
     @classmethod
     def geometric(cls, N: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, **kw) -> "VPDiscrete":
-        """Betas spaced geometrically (log-linearly) from beta_start to beta_end."""
+        """Betas spaced geometrically (log-linearly) from beta_start to beta_end.
+
+        Args:
+            N: the number of steps.
+            beta_start: the first beta.
+            beta_end: the last beta.
+            **kw: model_time_scale / model_time_offset.
+        """
         b = torch.exp(torch.linspace(math.log(beta_start), math.log(beta_end), N, dtype=torch.float64))
         return cls(betas=b, **kw)
 
 
 class VPContinuous(VPSchedule):
-    """Score-SDE VP with linear beta(t): log alpha = -(b1 - b0) t^2 / 4 - b0 t / 2 (Song et al. 2021)."""
+    """Score-SDE VP with linear beta(t): log alpha = -(b1 - b0) t^2 / 4 - b0 t / 2 (Song et al. 2021).
+
+    Paper: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations".
+
+    Args:
+        beta_min: beta(0) (default 0.1).
+        beta_max: beta(1) (default 20).
+        t_min: the smallest time a grid uses (default 1e-3).
+        t_max: the noisiest time (default 1).
+        model_time_scale: the network receives t * scale (default 1).
+
+    Raises:
+        InvalidArgument: unless 0 < beta_min < beta_max and 0 < t_min < t_max.
+    """
 
     name = "vp_continuous"
     default_grid = "logsnr_uniform"
@@ -145,22 +215,27 @@ class VPContinuous(VPSchedule):
         self.model_time_scale = float(model_time_scale)
 
     def log_alpha(self, t: Tensorish) -> torch.Tensor:
+        """log alpha = -(b1 - b0) t^2 / 4 - b0 t / 2."""
         t = as_f64(t)
         return -0.25 * t ** 2 * (self.b1 - self.b0) - 0.5 * t * self.b0
 
     def d_log_alpha(self, t: Tensorish) -> torch.Tensor:
+        """d log alpha / dt = -(b1 - b0) t / 2 - b0 / 2."""
         return -0.5 * as_f64(t) * (self.b1 - self.b0) - 0.5 * self.b0
 
     def t_from_lambda(self, lam: Tensorish) -> torch.Tensor:
+        """The closed-form inverse of lambda (score-SDE VP)."""
         lam = as_f64(lam)
         tmp = 2.0 * (self.b1 - self.b0) * torch.logaddexp(-2.0 * lam, torch.zeros_like(lam))
         delta = self.b0 ** 2 + tmp
         return tmp / (torch.sqrt(delta) + self.b0) / (self.b1 - self.b0)
 
     def model_time(self, t: Tensorish) -> torch.Tensor:
+        """The network's time input: t * model_time_scale."""
         return as_f64(t) * self.model_time_scale
 
     def t_from_model_time(self, tm: Tensorish) -> torch.Tensor:
+        """Schedule time from the network's time input."""
         return as_f64(tm) / self.model_time_scale
 
     def __repr__(self) -> str:

@@ -35,7 +35,14 @@ class StepCoefficients:
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything a fixed-grid run's steps need, computed on the host in float64 before the loop."""
+    """Everything a fixed-grid run's steps need, computed on the host in float64 before the loop.
+
+    Attributes:
+        t: the grid times, float64, `steps + 1` values (decreasing to sample, increasing to invert).
+        points: the path scalars (an `EvalPoint`) at each grid time.
+        coeffs: one StepCoefficients (the solver's own frozen dataclass) per step.
+        nfe: the model evaluations the run will make (per sample, before guidance).
+    """
 
     t: torch.Tensor                          # grid times, float64, steps + 1 values
     points: tuple[EvalPoint, ...]            # path scalars at each grid time
@@ -44,10 +51,12 @@ class Plan:
 
     @property
     def steps(self) -> int:
+        """The number of steps: one fewer than the grid's times."""
         return self.t.numel() - 1
 
     @property
     def ends_at_zero(self) -> bool:
+        """Whether the grid's last time is exactly t = 0 (zero noise)."""
         return float(self.t[-1]) == 0.0
 
 
@@ -55,7 +64,22 @@ StepOutput = tuple[torch.Tensor, Optional[torch.Tensor], Any]
 
 
 class Solver:
-    """Base class: metadata plus the plan / init / step protocol."""
+    """Base class: metadata plus the plan / init / step protocol.
+
+    A subclass sets the class attributes below and implements `step`, plus `coefficients` (single-step solvers)
+    or `plan` (multistep ones, which need the whole grid); `init` gives a multistep solver's empty history.
+    One solver object serves any number of runs: nothing about a run is kept on it.
+
+    Attributes:
+        name: the registry name, shown in results and errors.
+        order: the global order of convergence with the default options.
+        calls_per_step: model evaluations per step (before savings on the first or last steps).
+        deterministic: False for stochastic samplers (they draw `ev.noise(j)` and cannot invert).
+        needs_schedule: True when the solver needs the noise schedule (False: any velocity field).
+        adaptive: True for solvers that integrate the whole span in one call (`plan_adaptive`, solvers.adaptive).
+        model_family: the one kind of model a sampler is for ("consistency", "shortcut"), or None for any.
+        citation: the paper the method comes from.
+    """
 
     name: ClassVar[str] = "solver"
     order: int = 1                      # global order of convergence with the default options
@@ -71,14 +95,30 @@ class Solver:
     # increasing (inversion, data to noise). Stochastic and span (adaptive) solvers refuse an increasing grid
     # with the reason below.
     def inversion_refusal(self) -> str | None:
-        """Why this solver cannot integrate from data to noise, or None when it can."""
+        """Why this solver cannot integrate from data to noise, or None when it can.
+
+        Returns:
+            The reason (stochastic and span solvers), or None for a deterministic fixed-step solver.
+        """
         return None if self.deterministic else NOT_INVERTIBLE
 
     def check_direction(self, t: torch.Tensor, field: Field | None = None) -> bool:
         """True for an increasing (inversion) grid after checking this solver may run it; False for sampling.
 
         With `field` a plain velocity field (schedule=None), t = 0 is an ordinary point of the ODE (no 0/0
-        slope), so an inversion grid may start there."""
+        slope), so an inversion grid may start there.
+
+        Args:
+            t: the grid times.
+            field: the field it is for; None: treated as having a schedule.
+
+        Returns:
+            True for an increasing grid (inversion), False for a decreasing one (sampling).
+
+        Raises:
+            InvalidArgument: an increasing grid for a solver that cannot invert, or one starting at t = 0 with a
+                schedule.
+        """
         if not is_increasing(t):
             return False
         why = self.inversion_refusal()
@@ -92,40 +132,124 @@ class Solver:
         return True
 
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
-        """Model evaluations (per sample, before guidance) that `steps` steps will make."""
+        """Model evaluations (per sample, before guidance) that `steps` steps will make.
+
+        Args:
+            steps: the number of steps.
+            field: the field to be sampled.
+            ends_at_zero: whether the grid ends at t = 0 (some solvers save the last evaluation there).
+
+        Returns:
+            The number of model calls.
+        """
         return steps * self.calls_per_step
 
     def fit_steps(self, steps: int) -> int:
-        """The largest step count this solver accepts that is at most `steps` (shortcut models: powers of two)."""
+        """The largest step count this solver accepts that is at most `steps` (shortcut models: powers of two).
+
+        Args:
+            steps: the step count asked for.
+
+        Returns:
+            The step count the solver will take.
+        """
         return steps
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
-        """The grid's points and every step's coefficients, on the host."""
+        """The grid's points and every step's coefficients, on the host.
+
+        Args:
+            field: the field to be sampled.
+            t: the grid times, float64 (decreasing, or increasing to invert).
+
+        Returns:
+            The Plan of the run.
+
+        Raises:
+            InvalidArgument: the solver needs a schedule the field lacks, or cannot run the grid's direction.
+        """
         self.check_field(field)
         pts = self.grid_points(field, t)
         coeffs = tuple(self.coefficients(field, pts[i], pts[i + 1]) for i in range(len(pts) - 1))
         return Plan(t=t, points=pts, coeffs=coeffs, nfe=self.count_calls(coeffs, field, pts))
 
     def coefficients(self, field: Field, t0: EvalPoint, t1: EvalPoint) -> Any:
-        """The per-step data for one interval (single-step solvers; multistep ones need the whole grid)."""
+        """The per-step data for one interval (single-step solvers; multistep ones need the whole grid).
+
+        Args:
+            field: the field being sampled.
+            t0: the interval's start point.
+            t1: its end point.
+
+        Returns:
+            The solver's StepCoefficients for that step.
+
+        Raises:
+            NotImplementedError: a solver that plans whole grids only.
+        """
         raise NotImplementedError(f"{type(self).__name__} plans whole grids only")
 
     def count_calls(self, coeffs: tuple, field: Field, pts: tuple[EvalPoint, ...]) -> int:
+        """The model evaluations of a planned run: `model_calls` for its steps, given whether it ends at t = 0.
+
+        Args:
+            coeffs: the plan's per-step coefficients.
+            field: the field sampled.
+            pts: the grid's points.
+
+        Returns:
+            The number of model calls (per sample, before guidance).
+        """
         return self.model_calls(len(coeffs), field, float(pts[-1].t) == 0.0)
 
     def init(self, plan: Plan) -> Any:
+        """The state before the first step (a multistep solver's empty history); `()` for single-step solvers.
+
+        Args:
+            plan: the run's plan.
+
+        Returns:
+            The initial state handed to the first `step`.
+        """
         return ()
 
     def step(self, ev: Evaluator, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any,
              coeffs: Any) -> StepOutput:
+        """Integrate one interval from `t0` to `t1`.
+
+        Args:
+            ev: calls the field (`ev.denoise(x, p)`, `ev.velocity(x, p)`), counted and checked; `ev.noise(j)`.
+            x: the state at `t0`.
+            t0: the interval's start point.
+            t1: its end point.
+            state: what the previous step returned.
+            coeffs: this step's StepCoefficients from the plan.
+
+        Returns:
+            `(x1, error, state)`: the state at `t1`, an embedded local-error estimate or None, the next state.
+        """
         raise NotImplementedError
 
     # --- helpers shared by subclasses -----------------------------------------------------------
     def check_field(self, field: Field) -> None:
+        """Raise InvalidArgument when the solver needs a noise schedule and `field` has none.
+
+        Args:
+            field: the field to be sampled.
+        """
         if self.needs_schedule:
             field.require_schedule(self.name)
 
     def grid_points(self, field: Field, t: torch.Tensor) -> tuple[EvalPoint, ...]:
+        """The field's path scalars at every time of `t`, after checking the grid's direction.
+
+        Args:
+            field: the field to be sampled.
+            t: the grid times.
+
+        Returns:
+            One EvalPoint per time.
+        """
         self.check_direction(t, field)
         return tuple(field.at(float(v)) for v in t)
 
@@ -134,6 +258,7 @@ class Solver:
         return {}
 
     def describe(self) -> dict:
+        """The solver's metadata as a dict (name, order, calls_per_step, deterministic, ...), for listings."""
         return {"name": self.name, "order": self.order, "calls_per_step": self.calls_per_step,
                 "deterministic": self.deterministic, "needs_schedule": self.needs_schedule,
                 "adaptive": self.adaptive, "model_family": self.model_family,
@@ -148,6 +273,8 @@ class Solver:
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RegistryEntry:
+    """One registered solver name: its factory, fixed settings, changeable defaults and one-line summary."""
+
     name: str
     factory: Callable[..., Solver]
     fixed: dict                 # what the name stands for (an alias's order, method, tableau): not overridable
@@ -171,7 +298,18 @@ _REGISTRY: dict[str, RegistryEntry] = {}
 
 def register(name: str, factory: Callable[..., Solver], summary: str = "", *, defaults: dict | None = None,
              **fixed: Any) -> None:
-    """Register `factory(**defaults, **user_options, **fixed)` under `name` (k-diffusion style names)."""
+    """Register `factory(**defaults, **user_options, **fixed)` under `name` (k-diffusion style names).
+
+    Args:
+        name: the registry name (e.g. "dpmpp_2m").
+        factory: a Solver class or a function that returns a Solver.
+        summary: one line shown by `diffsolve solvers`.
+        defaults: the name's own defaults, which a user's options may change.
+        **fixed: what the name stands for (an alias's order, method or tableau); a user may not override them.
+
+    Raises:
+        InvalidArgument: `name` is registered already.
+    """
     if name in _REGISTRY:
         raise InvalidArgument(f"solver name {name!r} is registered already")
     _REGISTRY[name] = RegistryEntry(name, factory, dict(fixed), dict(defaults or {}), summary)
@@ -234,6 +372,17 @@ def get_solver(name: "str | Solver", **options: Any) -> Solver:
 
     Options are checked by type against the solver's signature before it is built (a string is not a bool,
     numpy integers are integers), and an alias's defining settings cannot be overridden.
+
+    Args:
+        name: a registry name, or a Solver (returned as is; it takes no options).
+        **options: the solver's keyword options.
+
+    Returns:
+        The built Solver.
+
+    Raises:
+        InvalidArgument: an unknown name (with the nearest names), an unknown option or one of the wrong type,
+            an alias's fixed setting, or options given with a Solver object.
     """
     if isinstance(name, Solver):
         if options:
@@ -270,6 +419,14 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def available_solvers(deterministic: bool | None = None) -> list[str]:
+    """The registered solver names, sorted.
+
+    Args:
+        deterministic: None: every solver; True: the deterministic (ODE) ones; False: the stochastic samplers.
+
+    Returns:
+        The names, for `get_solver` and `Sampler(solver=...)`.
+    """
     names = sorted(_REGISTRY)
     if deterministic is None:
         return names
@@ -277,4 +434,9 @@ def available_solvers(deterministic: bool | None = None) -> list[str]:
 
 
 def registry_entries() -> dict[str, RegistryEntry]:
+    """A copy of the registry: name -> RegistryEntry (factory, fixed settings, defaults, summary).
+
+    Returns:
+        The entries by name (changing the copy does not change the registry).
+    """
     return dict(_REGISTRY)

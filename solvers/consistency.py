@@ -57,7 +57,19 @@ def consistency_coefficients(p: EvalPoint, q: EvalPoint, mid: EvalPoint, end: Ev
 
 
 class Consistency(StochasticSolver):
-    """Multistep consistency sampling (Song et al. 2023, Alg. 1), with TCD's gamma (Zheng et al. 2024)."""
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1), with TCD's gamma (Zheng et al. 2024).
+
+    Papers: Song et al. 2023, "Consistency Models"; Zheng et al. 2024, "Trajectory Consistency Distillation"
+    (TCD).
+
+    Args:
+        gamma: in [0, 1]: 1 re-noises fully (Alg. 1, registered as "consistency"), 0 is deterministic DDIM; TCD's
+            default is 0.3 ("tcd").
+        s_noise: a scale on the added noise (default 1).
+
+    Raises:
+        InvalidArgument: gamma outside [0, 1] or a negative s_noise.
+    """
 
     name = "consistency"
     model_family = "consistency"
@@ -73,16 +85,19 @@ class Consistency(StochasticSolver):
         self.deterministic = self.gamma == 0.0
 
     def inversion_refusal(self) -> str | None:
+        """Always a reason: a consistency model cannot be run from data to noise."""
         if self.gamma > 0:
             return NOT_INVERTIBLE
         return ("a consistency model maps a point to its trajectory's origin, which cannot be run from data to "
                 "noise; invert with an ODE solver")
 
     def grid_for(self, field: Field) -> str:
+        """"karras_index", which ends at the consistency function's boundary; None without a finite sigma_max."""
         # The consistency function's boundary is the schedule's smallest level: end the grid there, not at 0.
         return "karras_index" if field.has_schedule and math.isfinite(field.schedule.sigma_max) else None
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """Each step's weights of x, the model's output and fresh noise (see `Solver.plan`)."""
         self.check_field(field)
         pts = self.grid_points(field, t)
         end = pts[-1]
@@ -94,12 +109,14 @@ class Consistency(StochasticSolver):
         return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=self.count_calls(tuple(coeffs), field, pts))
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: ConsistencyStep):
+        """Jump to the trajectory's origin, then re-noise to the next level (see `Solver.step`)."""
         d = ev.denoise(x, t0)
         if coeffs.c == 0.0:
             return lincomb((coeffs.a, coeffs.b), (x, d)), None, state
         return lincomb((coeffs.a, coeffs.b, coeffs.c), (x, d, ev.noise(0))), None, state
 
     def options(self) -> dict:
+        """The options this solver was built with (gamma, s_noise)."""
         return {"gamma": self.gamma, "s_noise": self.s_noise}
 
 
@@ -115,7 +132,11 @@ def _power_of_two(k: int) -> bool:
 
 
 class Shortcut(Euler):
-    """Shortcut-model sampling (Frans et al. 2024): K uniform Euler steps, the model told d = 1/K."""
+    """Shortcut-model sampling (Frans et al. 2024): K uniform Euler steps, the model told d = 1/K.
+
+    Paper: Frans et al. 2024, "One Step Diffusion via Shortcut Models". Steps must be a power of two on a
+    uniform grid; it takes no options, and a d= model keyword is refused (the solver sets it).
+    """
 
     name = "shortcut"
     model_family = "shortcut"
@@ -124,12 +145,19 @@ class Shortcut(Euler):
     citation = "Frans et al. 2024 (One Step Diffusion via Shortcut Models)"
 
     def fit_steps(self, steps: int) -> int:
+        """The largest power of two at most `steps`."""
         return 1 << (steps.bit_length() - 1)
 
     def grid_for(self, field: Field) -> str:
+        """The uniform grid (time_uniform)."""
         return "time_uniform"
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """Euler steps with the step size d each model call is told.
+
+        Raises:
+            InvalidArgument: a step count that is not a power of two, or a grid that is not uniform.
+        """
         steps = t.numel() - 1
         if not _power_of_two(steps):
             raise InvalidArgument(f"steps={steps}: a shortcut model takes K uniform steps with K a power of two "
@@ -142,15 +170,18 @@ class Shortcut(Euler):
         return super().plan(field, t)
 
     def coefficients(self, field: Field, t0: EvalPoint, t1: EvalPoint) -> ShortcutStep:
+        """Euler's weights and the point at which the model is told d."""
         base = super().coefficients(field, t0, t1)
         d = abs(t1.model_time - t0.model_time)
         return ShortcutStep(base.a, base.b, base.velocity, at=replace(t0, step=d))
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: ShortcutStep):
+        """One Euler step with the model told the step size (see `Solver.step`)."""
         d = ev.velocity(x, coeffs.at) if coeffs.velocity else ev.denoise(x, coeffs.at)
         return lincomb((coeffs.a, coeffs.b), (x, d)), None, state
 
     def inversion_refusal(self) -> str | None:
+        """Always a reason: shortcut models sample only."""
         return "a shortcut model's step size is trained for sampling (noise to data) only"
 
 

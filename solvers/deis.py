@@ -15,7 +15,18 @@ from diffsolve.solvers.multistep import SlopeMultistep, lagrange_integrals
 
 
 class DEIS(SlopeMultistep):
-    """DEIS tAB-k: eps extrapolated by a Lagrange polynomial in log rho, integrated in rho (diffusers 'logrho')."""
+    """DEIS tAB-k: eps extrapolated by a Lagrange polynomial in log rho, integrated in rho (diffusers 'logrho').
+
+    Paper: Zhang and Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator" (DEIS).
+
+    Args:
+        order: the highest step order, 1 to 4 (default 3).
+        lower_order_final: True caps step i at order n - i near the end; "auto" is diffusers' DPMSolverMultistep
+            rule (last step first order when it reaches zero noise or n < 15); False keeps the order. Not applied
+            to an inversion. Default "auto".
+        afs: the analytical first step (diff-sampler AFS): the first step's data prediction estimated from the
+            almost pure-noise state, saving one model call (sampling only).
+    """
 
     name = "deis"
     singular_end = True     # log rho at rho = 0: the step into zero noise is first order
@@ -25,6 +36,16 @@ class DEIS(SlopeMultistep):
         super().__init__(order, lower_order_final, afs)
 
     def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
+        """Adams-Bashforth weights `c_j` of an order-`k` step integrated in log rho (diffusers' 'logrho').
+
+        Args:
+            s_hist: the noise levels s of the past slopes, newest first.
+            s_next: the level the step ends at.
+            k: the step's order.
+
+        Returns:
+            The k weights, newest slope first.
+        """
         return lagrange_integrals(s_hist, s_hist[0], s_next, "logs")
 
 

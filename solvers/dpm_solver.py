@@ -82,6 +82,20 @@ class DPMSolverPP3M(MultistepSolver):
     third_order='taylor' (default) weights the second difference D2 by the exact Taylor coefficient (order 3);
     third_order='reference' reproduces dpm_solver_pytorch / diffusers / k-diffusion (order 2, see
     `dpmpp_multistep_coefficients`).
+
+    Paper: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models".
+
+    Args:
+        order: the highest step order, 1, 2 or 3 (default 3).
+        lower_order_final: True caps step i at order n - i near the end; "auto" is diffusers' DPMSolverMultistep
+            rule (last step first order when it reaches zero noise or n < 15); False keeps the order. Not applied
+            to an inversion.
+        afs: the analytical first step (diff-sampler AFS): the first step's data prediction estimated from the
+            almost pure-noise state, saving one model call (sampling only).
+        third_order: "taylor" (order 3) or "reference" (the reference implementations' rule, order 2).
+
+    Raises:
+        InvalidArgument: an order, lower_order_final or third_order outside the allowed values.
     """
 
     name = "dpmpp_3m"
@@ -96,6 +110,7 @@ class DPMSolverPP3M(MultistepSolver):
             self.order = 2
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The grid's points, per-step orders and multistep weights (see `Solver.plan`)."""
         pts, lam, orders = self.grid_lambdas(field, t)
         data = []
         for i, k in enumerate(orders):
@@ -104,6 +119,7 @@ class DPMSolverPP3M(MultistepSolver):
         return self.make_plan(t, pts, data)
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: MultistepCoefficients):
+        """One multistep update from the history of data predictions (see `Solver.step`)."""
         history = (self.data_prediction(ev, x, t0, coeffs), *state)
         x_next = lincomb((coeffs.a, *coeffs.b), (x, *history[: len(coeffs.b)]))
         return x_next, None, history[: self.solver_order - 1]
@@ -111,7 +127,17 @@ class DPMSolverPP3M(MultistepSolver):
 
 class DPMSolverPP2M(DPMSolverPP3M):
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): D = (1 + 1/2r) x0_n - (1/2r) x0_{n-1},
-    x' = (sigma'/sigma) x + alpha'(1 - e^{-h}) D; the 3M machinery at order 2."""
+    x' = (sigma'/sigma) x + alpha'(1 - e^{-h}) D; the 3M machinery at order 2.
+
+    Paper: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models".
+
+    Args:
+        lower_order_final: True caps step i at order n - i near the end; "auto" is diffusers' DPMSolverMultistep
+            rule (last step first order when it reaches zero noise or n < 15); False keeps the order. Not applied
+            to an inversion.
+        afs: the analytical first step (diff-sampler AFS): the first step's data prediction estimated from the
+            almost pure-noise state, saving one model call (sampling only).
+    """
 
     name = "dpmpp_2m"
     citation = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), Alg. 2"
@@ -165,6 +191,14 @@ class DPMSolverSinglestep(Solver):
     the difference to the embedded lower-order solution (DPM-Solver-12/23 error control, solvers.adaptive).
     On an increasing grid (inversion) the same formulas run with h < 0; a step into pure noise is the sub-step
     rule above, mirrored.
+
+    Papers: Lu et al. 2022, "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around
+    10 Steps"; Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models".
+
+    Args:
+        order: 2 or 3: the step's order and its model calls (default 2).
+        prediction: "noise" (DPM-Solver, registered as dpm_solver_2/3) or "data" (DPM-Solver++, dpmpp_2s/3s).
+        embedded: also compute the embedded lower-order solution's difference (for the adaptive controllers).
     """
 
     calls_per_step = 2
@@ -179,12 +213,15 @@ class DPMSolverSinglestep(Solver):
         self.name = ("dpm_solver_%d" % self.order) if prediction == "noise" else "dpmpp_%ds" % self.order
 
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        """Model evaluations of `steps` steps: `order` per step."""
         return steps * self.order - ((self.order - 1) if ends_at_zero else 0)
 
     def count_calls(self, coeffs: tuple, field: Field, pts) -> int:
+        """The planned run's model evaluations (steps into zero noise take one call)."""
         return sum(1 + len(co.stage_points) for co in coeffs)
 
     def coefficients(self, field: Field, p: EvalPoint, q: EvalPoint) -> SinglestepCoefficients:
+        """The stage and final update weights of one step from `t0` to `t1` (see Solver)."""
         K = self.order
         ls, lt = lambda_of(p), lambda_of(q)
         if lt == math.inf:
@@ -257,6 +294,7 @@ class DPMSolverSinglestep(Solver):
         return SinglestepCoefficients(tuple(points), sc, tuple(float(v) for v in final[:n]), err)
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: SinglestepCoefficients):
+        """One singlestep update through the stages (see `Solver.step`); error: the embedded pair's."""
         if isinstance(state, StartEval) and state.x is x:
             m0 = state.m0                   # a retry of a rejected step: the start's prediction is known
         else:

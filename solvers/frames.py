@@ -13,7 +13,20 @@ FRAMES = ("time", "edm", "logsnr")
 
 
 def integration_frame(field: Field, t_start: float, requested: str | None = None, preferred: str = "edm") -> str:
-    """The frame to integrate in: `requested` after checking it can work, else 'time' or `preferred`."""
+    """The frame to integrate in: `requested` after checking it can work, else 'time' or `preferred`.
+
+    Args:
+        field: the field.
+        t_start: the span's noisier end.
+        requested: the caller's frame ("time", "edm", "logsnr") or None.
+        preferred: the frame for a Gaussian-path field when none is requested (default "edm").
+
+    Returns:
+        "time", "edm" or "logsnr".
+
+    Raises:
+        InvalidArgument: an unknown frame, a non-time frame on a plain field, or one that is singular at pure noise.
+    """
     if requested is not None and requested not in FRAMES:
         raise InvalidArgument(f"frame={requested!r}; allowed values: {', '.join(map(repr, FRAMES))}")
     if not field.has_schedule:

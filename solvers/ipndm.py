@@ -32,7 +32,20 @@ AB_WEIGHTS = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 
 
 
 class IPNDM(SlopeMultistep):
-    """iPNDM: constant-step Adams-Bashforth weights on the EDM slope (diff-sampler `ipndm`)."""
+    """iPNDM: constant-step Adams-Bashforth weights on the EDM slope (diff-sampler `ipndm`).
+
+    Papers: Zhang and Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator" (iPNDM);
+    Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models on Manifolds" (PNDM); Zhou et al. 2024,
+    "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps" (diff-sampler).
+
+    Args:
+        order: the highest step order, 1 to 4 (default 4).
+        lower_order_final: True caps step i at order n - i near the end; "auto" is diffusers' DPMSolverMultistep
+            rule (last step first order when it reaches zero noise or n < 15); False keeps the order. Not applied
+            to an inversion. Default False.
+        afs: the analytical first step (diff-sampler AFS): the first step's data prediction estimated from the
+            almost pure-noise state, saving one model call (sampling only).
+    """
 
     name = "ipndm"
     order = 2       # measured global order on grids that are not uniform in s; see the module docstring
@@ -48,6 +61,16 @@ class IPNDM(SlopeMultistep):
         self.plain_order = self.order
 
     def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
+        """Constant-step Adams-Bashforth weights `c_j` of an order-`k` step in the slope's variable.
+
+        Args:
+            s_hist: the noise levels s of the past slopes, newest first.
+            s_next: the level the step ends at.
+            k: the step's order.
+
+        Returns:
+            The k weights, newest slope first.
+        """
         h = s_next - s_hist[0]
         return tuple(h * w for w in AB_WEIGHTS[k])
 
@@ -79,7 +102,22 @@ def ipndm_v_weights(s_hist: Sequence[float], s_next: float, k: int) -> tuple[flo
 
 
 class IPNDMV(SlopeMultistep):
-    """iPNDM_v: variable-step Adams-Bashforth weights on the EDM slope (diff-sampler `ipndm_v`)."""
+    """iPNDM_v: variable-step Adams-Bashforth weights on the EDM slope (diff-sampler `ipndm_v`).
+
+    Papers: Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps" (AMED,
+    diff-sampler); Zhang and Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator"
+    (iPNDM); Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models on Manifolds" (PNDM).
+
+    Args:
+        order: the highest step order, 1 to 4 (default 4).
+        lower_order_final: True caps step i at order n - i near the end; "auto" is diffusers' DPMSolverMultistep
+            rule (last step first order when it reaches zero noise or n < 15); False keeps the order. Not applied
+            to an inversion. Default False.
+        afs: the analytical first step (diff-sampler AFS): the first step's data prediction estimated from the
+            almost pure-noise state, saving one model call (sampling only).
+        weights: "exact" (variable-step weights of the stated order) or "diff_sampler" (diff-sampler's
+            `ipndm_v` weights; at order 4 of order 2 only on general grids).
+    """
 
     name = "ipndm_v"
     needs_schedule = False
@@ -96,6 +134,16 @@ class IPNDMV(SlopeMultistep):
         self.plain_order = self.order     # variable-step AB in t on a plain velocity field: the same orders
 
     def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
+        """Variable-step Adams-Bashforth weights `c_j` of an order-`k` step in the slope's variable.
+
+        Args:
+            s_hist: the noise levels s of the past slopes, newest first.
+            s_next: the level the step ends at.
+            k: the step's order.
+
+        Returns:
+            The k weights, newest slope first.
+        """
         if self.weight_rule == "diff_sampler":
             return ipndm_v_weights(s_hist, s_next, k)
         return lagrange_integrals(s_hist, s_hist[0], s_next, "s")

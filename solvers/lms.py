@@ -15,7 +15,19 @@ from diffsolve.solvers.multistep import SlopeMultistep, lagrange_integrals
 
 
 class LMS(SlopeMultistep):
-    """Variable-step Adams-Bashforth on d = (x~ - D)/s in s (Lagrange polynomial through past slopes)."""
+    """Variable-step Adams-Bashforth on d = (x~ - D)/s in s (Lagrange polynomial through past slopes).
+
+    Sources: Crowson, k-diffusion (2022), `sample_lms`; Hairer, Norsett and Wanner 1993, "Solving Ordinary
+    Differential Equations I", Sec. III.1 (Adams methods).
+
+    Args:
+        order: the highest step order, 1 to 4 (default 4).
+        lower_order_final: True caps step i at order n - i near the end; "auto" is diffusers' DPMSolverMultistep
+            rule (last step first order when it reaches zero noise or n < 15); False keeps the order. Not applied
+            to an inversion. Default False.
+        afs: the analytical first step (diff-sampler AFS): the first step's data prediction estimated from the
+            almost pure-noise state, saving one model call (sampling only).
+    """
 
     name = "lms"
     needs_schedule = False
@@ -27,6 +39,16 @@ class LMS(SlopeMultistep):
         self.plain_order = self.solver_order      # variable-step Adams-Bashforth in t on a plain velocity field
 
     def weights(self, s_hist: Sequence[float], s_next: float, k: int) -> tuple[float, ...]:
+        """Variable-step Adams-Bashforth weights `c_j` of an order-`k` step in the slope's variable.
+
+        Args:
+            s_hist: the noise levels s of the past slopes, newest first.
+            s_next: the level the step ends at.
+            k: the step's order.
+
+        Returns:
+            The k weights, newest slope first.
+        """
         return lagrange_integrals(s_hist, s_hist[0], s_next, "s")
 
 

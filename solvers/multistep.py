@@ -28,11 +28,21 @@ def lambda_of(p: EvalPoint) -> float:
 
 
 def check_lower_order_final(option) -> None:
+    """Refuse a `lower_order_final` that is not True, False or "auto".
+
+    Raises:
+        InvalidArgument: naming the allowed values.
+    """
     if not (isinstance(option, bool) or option == "auto"):
         raise InvalidArgument(f"lower_order_final={option!r}; allowed values: True, False, 'auto'")
 
 
 def check_order(order, allowed: Sequence[int]) -> int:
+    """The order if it is an integer in `allowed`.
+
+    Raises:
+        InvalidArgument: naming the allowed values.
+    """
     if isinstance(order, bool) or not isinstance(order, int) or order not in allowed:
         raise InvalidArgument(f"order={order!r}; allowed values: {', '.join(map(str, allowed))}")
     return order
@@ -161,6 +171,7 @@ class MultistepSolver(Solver):
     calls_per_step = 1
 
     def set_options(self, order: int, allowed: Sequence[int], lower_order_final, afs: bool) -> None:
+        """Check and store `order` (one of `allowed`), `lower_order_final` and `afs`."""
         self.solver_order = check_order(order, allowed)     # the highest order a step uses
         self.order = self.solver_order                       # declared global order (subclasses may adjust)
         check_lower_order_final(lower_order_final)
@@ -168,10 +179,12 @@ class MultistepSolver(Solver):
         self.afs = bool(afs)
 
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        """One model call per step, less the one AFS saves."""
         return steps - (1 if self.afs else 0)
 
     def step_orders(self, lams: Sequence[float], ends_at_zero: bool, singular_end: bool = True,
                     increasing: bool = False) -> tuple[int, ...]:
+        """Each step's order on a grid of log-SNRs `lams` (see the module's `step_orders`)."""
         return step_orders(lams, self.solver_order, self.lower_order_final, ends_at_zero, singular_end, increasing)
 
     def grid_lambdas(self, field: Field, t: torch.Tensor, singular_end: bool = True):
@@ -265,6 +278,7 @@ class SlopeMultistep(MultistepSolver):
         return k
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The grid's points, per-step orders and slope weights (see `Solver.plan`)."""
         if not field.has_schedule:
             return self.plan_plain(field, t)
         pts, lam, orders = self.grid_lambdas(field, t, singular_end=self.singular_end)
@@ -311,6 +325,7 @@ class SlopeMultistep(MultistepSolver):
         return Plan(t=t, points=tuple(pts), coeffs=tuple(data), nfe=n)
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: SlopeStep):
+        """One Adams-Bashforth step on the past slopes (see `Solver.step`)."""
         if isinstance(coeffs, PlainABStep):
             v = ev.velocity(x, t0)
             hist = (v, *state)

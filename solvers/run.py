@@ -18,7 +18,16 @@ from diffsolve.noise import NoiseSource
 
 @dataclass
 class StepInfo:
-    """What a callback receives after each accepted step."""
+    """What a callback receives after each accepted step.
+
+    Attributes:
+        i: the step's index.
+        t: the step's start time.
+        t_next: its end time.
+        x: the state after the step.
+        denoised: the latest model output (None before any model call).
+        nfe: model evaluations so far.
+    """
 
     i: int
     t: float
@@ -30,7 +39,17 @@ class StepInfo:
 
 @dataclass
 class SampleResult:
-    """Samples, the exact number of model evaluations per sample made, the grid, and (on request) the trajectory."""
+    """Samples, the exact number of model evaluations per sample made, the grid, and (on request) the trajectory.
+
+    Attributes:
+        samples: the final state.
+        nfe: model evaluations per sample (guidance's two per call counted).
+        steps: the steps taken.
+        t: the grid (or the accepted times).
+        solver: the solver's name.
+        trajectory: `(steps + 1, *samples.shape)` states, with `return_trajectory=True`; else None.
+        stats: adaptive runs: accepted/rejected steps, completed flag; inversion: direction, x_end, prior_std.
+    """
 
     samples: torch.Tensor
     nfe: int
@@ -43,7 +62,14 @@ class SampleResult:
 
 class Evaluator:
     """Per-run wrapper of the field that counts model evaluations and flags non-finite outputs by step: what a
-    step may call (the field's data prediction or slope, and the run's step noise)."""
+    step may call (the field's data prediction or slope, and the run's step noise).
+
+    Args:
+        field: the field to call.
+        model_kwargs: passed to the network at every call.
+        check_finite: flag NaN/Inf outputs (one read after the loop).
+        noise_source: the run's step noise.
+    """
 
     def __init__(self, field: Field, model_kwargs: dict, check_finite: bool,
                  noise_source: NoiseSource | None = None):
@@ -57,12 +83,32 @@ class Evaluator:
         self.noise_source = noise_source
 
     def noise(self, draw: int = 0) -> torch.Tensor:
-        """Standard normal noise like the state for the current step, draw j: a function of each sample's seed."""
+        """Standard normal noise like the state for the current step, draw j: a function of each sample's seed.
+
+        Args:
+            draw: the draw j within the step (default 0).
+
+        Returns:
+            The noise, shaped like the state.
+
+        Raises:
+            InvalidArgument: the run has no step-noise source (stochastic solvers run through Sampler.run/solve).
+        """
         if self.noise_source is None:
             raise InvalidArgument("this run has no step-noise source; stochastic solvers run through Sampler.run/solve")
         return self.noise_source.draw(self.step, draw)
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput:
+        """Call the field for `kind` ("x0" or "velocity") at point `p`: counted and flagged.
+
+        Args:
+            x: the state.
+            p: the point.
+            kind: "x0" (the data prediction) or "velocity".
+
+        Returns:
+            The field's FieldOutput (kept as the latest evaluation).
+        """
         out = self.field.evaluate(x, p, kind, **self.kwargs)
         self.nfe += self.field.evals_per_call
         if self.check_finite:
@@ -71,13 +117,32 @@ class Evaluator:
         return out
 
     def denoise(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor:
+        """The data prediction at `x`, point `p` (one model evaluation).
+
+        Args:
+            x: the state.
+            p: the point.
+
+        Returns:
+            x0_hat, in x's shape and dtype.
+        """
         return self.evaluate(x, p, "x0").value
 
     def velocity(self, x: torch.Tensor, p: EvalPoint) -> torch.Tensor:
+        """The velocity dx/dt at `x`, point `p` (one model evaluation).
+
+        Args:
+            x: the state.
+            p: the point.
+
+        Returns:
+            dx/dt, in x's shape and dtype.
+        """
         return self.evaluate(x, p, "velocity").value
 
     @property
     def last_denoised(self) -> torch.Tensor | None:
+        """The latest evaluation's value, or None before the first."""
         return self.last.value if self.last is not None else None
 
     @property
@@ -94,6 +159,11 @@ class Evaluator:
         return torch.where(bad.any(), steps[bad.to(torch.uint8).argmax()], torch.full_like(steps[0], -1))
 
     def raise_if_bad(self, times: torch.Tensor) -> None:
+        """Raise NonFiniteError naming the first step whose output held NaN or Inf (one host read).
+
+        Args:
+            times: the run's grid, to name the step's time.
+        """
         first = self.first_bad_step()
         if first is not None:
             step = int(first)                # the one host sync, after the loop

@@ -31,7 +31,18 @@ def _frac(v) -> Fraction:
 
 @dataclass(frozen=True)
 class ButcherTableau:
-    """An explicit tableau (c, A, b) with its declared order; construction checks consistency and order conditions."""
+    """An explicit tableau (c, A, b) with its declared order; construction checks consistency and order conditions.
+
+    Attributes:
+        name: the tableau's registry name.
+        c: the stage times.
+        a: rows of the strictly lower triangle (a[i] has i entries).
+        b: the weights.
+        order: the declared order, checked up to 4.
+
+    Raises:
+        InvalidArgument: shapes that do not match, c[i] not the sum of row i, or a failed order condition.
+    """
 
     name: str
     c: tuple
@@ -79,10 +90,12 @@ class ButcherTableau:
 
     @property
     def stages(self) -> int:
+        """The number of stages (model calls per step)."""
         return len(self.b)
 
     @property
     def last_stage_at_end(self) -> bool:
+        """Whether a stage sits at the step's end (c = 1), singular at zero noise."""
         return any(float(ci) == 1.0 for ci in self.c)
 
 
@@ -103,6 +116,7 @@ TABLEAUX = {
 
 @dataclass(frozen=True)
 class RKStep(StepCoefficients):
+    """One Runge-Kutta step's data: the integration variable, its increment, alpha at both ends, the stages."""
     tau0: float                         # integration variable at the step start (s or t)
     h: float                            # its increment over the step (negative: noise decreases)
     alpha0: float                       # x = alpha y at the start and end (1 in native time)
@@ -114,7 +128,21 @@ class RKStep(StepCoefficients):
 
 
 class RungeKutta(Solver):
-    """Explicit Runge-Kutta on the probability-flow ODE from a Butcher tableau."""
+    """Explicit Runge-Kutta on the probability-flow ODE from a Butcher tableau.
+
+    Sources: Butcher 2016, "Numerical Methods for Ordinary Differential Equations" (tableaux, order conditions);
+    Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models" (the EDM frame, Heun's Euler
+    step into zero noise). Every TABLEAUX entry is registered by its name
+    (midpoint, heun, ralston, rk3, bosh3, rk4, rk38, ...).
+
+    Args:
+        tableau: a name in TABLEAUX or a ButcherTableau (default "rk4").
+        frame: "edm" or "time"; None: the EDM frame for Gaussian paths, native time for velocity models, plain
+            fields and a start at pure noise.
+
+    Raises:
+        InvalidArgument: an unknown tableau or frame.
+    """
 
     deterministic = True
     needs_schedule = False
@@ -139,6 +167,7 @@ class RungeKutta(Solver):
         return frame == "edm" or field.prediction != "velocity"
 
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        """Stages times steps, less the stages saved by an Euler last step into zero noise."""
         n = steps * self.calls_per_step
         frame = "time" if not field.has_schedule or field.prediction == "velocity" else (self.frame or "edm")
         if ends_at_zero and self.tableau.last_stage_at_end and self._end_singular(field, frame):
@@ -147,6 +176,7 @@ class RungeKutta(Solver):
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
         # The frame is chosen at the noisier end: t[0] when sampling, t[-1] for an inversion (increasing grid).
+        """The grid's points and every step's stage points, in the frame of the noisier end."""
         frame = integration_frame(field, max(float(t[0]), float(t[-1])), self.frame)
         pts = self.grid_points(field, t)
         steps = tuple(self.frame_coefficients(field, pts[i], pts[i + 1], frame) for i in range(len(pts) - 1))
@@ -154,9 +184,11 @@ class RungeKutta(Solver):
         return Plan(t=t, points=pts, coeffs=steps, nfe=nfe)
 
     def coefficients(self, field: Field, t0: EvalPoint, t1: EvalPoint) -> RKStep:
+        """One step's stage data from `t0` to `t1` (for adaptive control)."""
         return self.frame_coefficients(field, t0, t1, integration_frame(field, t0.t, self.frame))
 
     def frame_coefficients(self, field: Field, p: EvalPoint, q: EvalPoint, frame: str) -> RKStep:
+        """One step's stage points and increments in `frame` ("edm" or "time")."""
         sch = field.schedule
         tab = self.tableau
         if frame == "edm":
@@ -181,6 +213,7 @@ class RungeKutta(Solver):
         return lincomb((1.0 / tau, -1.0 / tau), (y, d))
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: RKStep):
+        """One explicit Runge-Kutta step through the tableau's stages (see `Solver.step`)."""
         st = coeffs
         y0 = x / st.alpha0 if st.alpha0 != 1.0 else x
         tab = self.tableau

@@ -5,7 +5,7 @@ All are written in the EDM frame y = x / alpha, s = sigma / alpha (Karras et al.
 model is the variance-exploding process y = x0 + s eps; this is how k-diffusion's formulas (alpha = 1) carry over
 to any schedule: x = alpha y at both ends of a step, and noise added to y with std s_up is noise alpha s_up in x.
 Coefficients are written with ratios (s'/s = sigma' alpha / (sigma alpha'), sigma'/sigma) so that they stay finite
-at pure noise (alpha = 0, flows). Noise comes from `ev.noise(j)`: a function of each sample's seed, the step and the draw j.
+at pure noise (alpha = 0, flows). Noise comes from `ev.noise(j)`: a function of each sample's seed, step and draw.
 """
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def _check_nonneg(name: str, value: float) -> float:
 
 
 class StochasticSolver(Solver):
-    """Base of the SDE samplers: needs a Gaussian path, draws noise through ev.noise(j)."""
+    """Base of the SDE samplers: needs a Gaussian path, draws noise through ev.noise(j) (a function of each
+    sample's seed, the step and the draw: a sample does not depend on the batch); they cannot invert."""
 
     deterministic = False
     needs_schedule = True
@@ -87,6 +88,7 @@ class StochasticSolver(Solver):
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AncestralStep(StepCoefficients):
+    """One ancestral step's data: the Euler weights down to s_down and the weight of the added noise."""
     a: float                # x' = a x + b D + c z  (Euler-ancestral), or the 2S pieces below
     b: float
     c: float
@@ -97,7 +99,17 @@ class AncestralStep(StepCoefficients):
 
 class EulerAncestral(StochasticSolver):
     """Euler-ancestral / DDPM / DDIM(eta): step down to s_down with Euler, add noise s_up (k-diffusion
-    sample_euler_ancestral; with eta = 1 exactly DDPM's posterior sampling, Ho et al. 2020)."""
+    sample_euler_ancestral; with eta = 1 exactly DDPM's posterior sampling, Ho et al. 2020).
+
+    Papers: Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (DDPM); Song et al. 2021, "Denoising
+    Diffusion Implicit Models" (DDIM eta); Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
+    Generative Models"; Crowson, k-diffusion (sample_euler_ancestral).
+
+    Args:
+        eta: the share of the step's noise that is re-drawn: 1 is DDPM, 0 deterministic DDIM (default 1).
+        s_noise: a scale on the added noise (1: exact). A negative eta or s_noise raises InvalidArgument.
+        alias: the registry name reported (euler_ancestral, ddpm, ddim_eta).
+    """
 
     name = "euler_ancestral"
     order = 1
@@ -110,6 +122,7 @@ class EulerAncestral(StochasticSolver):
         self.name = alias
 
     def coefficients(self, field: Field, p: EvalPoint, q: EvalPoint) -> AncestralStep:
+        """The Euler weights down to s_down and the noise weight s_up of one step."""
         r = sigma_ratio(p, q)
         s_up, s_down = ancestral_split(q.s, r, self.eta)
         # x' = alpha' [ (s_down/s) y + (1 - s_down/s) D + s_noise s_up z ],  y = x / alpha
@@ -117,6 +130,7 @@ class EulerAncestral(StochasticSolver):
         return AncestralStep(a, b, q.alpha * self.s_noise * s_up)
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: AncestralStep):
+        """Euler down to s_down, then add fresh noise (see `Solver.step`)."""
         st = coeffs
         d = ev.denoise(x, t0)
         if st.c == 0.0:
@@ -126,7 +140,15 @@ class EulerAncestral(StochasticSolver):
 
 class DPMSolverPP2SAncestral(StochasticSolver):
     """DPM-Solver++(2S) ancestral: a second-order singlestep step (midpoint in lambda) down to s_down, then noise
-    s_up (k-diffusion sample_dpmpp_2s_ancestral; Lu et al. 2022b)."""
+    s_up (k-diffusion sample_dpmpp_2s_ancestral; Lu et al. 2022b).
+
+    Papers: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models";
+    Crowson, k-diffusion (sample_dpmpp_2s_ancestral).
+
+    Args:
+        eta: the share of the step's noise that is re-drawn (default 1).
+        s_noise: a scale on the added noise.
+    """
 
     name = "dpmpp_2s_ancestral"
     order = 1
@@ -138,12 +160,15 @@ class DPMSolverPP2SAncestral(StochasticSolver):
         self.s_noise = _check_nonneg("s_noise", s_noise)
 
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        """Two model calls per step, one fewer when the grid ends at zero noise (that step takes one)."""
         return 2 * steps - (1 if ends_at_zero else 0)
 
     def count_calls(self, coeffs: tuple, field: Field, pts) -> int:
+        """The planned run's model evaluations."""
         return sum(1 if co.mid is None else 2 for co in coeffs)
 
     def coefficients(self, field: Field, p: EvalPoint, q: EvalPoint) -> AncestralStep:
+        """The midpoint, update and noise weights of one step."""
         r = sigma_ratio(p, q)
         s_up, s_down = ancestral_split(q.s, r, self.eta)
         c = q.alpha * self.s_noise * s_up
@@ -159,6 +184,7 @@ class DPMSolverPP2SAncestral(StochasticSolver):
         return AncestralStep(q.alpha * down / p.alpha, 0.0, c, mid, mid_ab, -q.alpha * math.expm1(-h))
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: AncestralStep):
+        """A DPM-Solver++(2S) step down to s_down, then fresh noise (see `Solver.step`)."""
         st = coeffs
         d = ev.denoise(x, t0)
         if st.mid is None:
@@ -204,7 +230,11 @@ class RenoiseStep(StepCoefficients):
 
 
 class RenoiseSolver(StochasticSolver):
-    """Base for samplers whose step is a list of Segments (noise jump + deterministic inner solve)."""
+    """Base for samplers whose step is a list of Segments (noise jump + deterministic inner solve).
+
+    Args:
+        inner: the deterministic solver of each segment: a registry name or a Solver (default "heun").
+    """
 
     def __init__(self, inner: str | Solver = "heun"):
         self.inner = _inner_solver(inner)
@@ -223,6 +253,7 @@ class RenoiseSolver(StochasticSolver):
         return Segment(up, draw, sub)
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: "RenoiseStep"):
+        """Run the step's segments in order: noise jump, then the inner solver's sub-plan."""
         for seg in coeffs.segments:
             if seg.up is not None:
                 x = lincomb(seg.up, (x, ev.noise(seg.draw)))
@@ -239,7 +270,18 @@ class RenoiseSolver(StochasticSolver):
 
 class EDMChurn(RenoiseSolver):
     """EDM stochastic sampler (Karras et al. 2022, Alg. 2): s_hat = s (1 + gamma), gamma = min(S_churn/N, sqrt2 - 1)
-    inside [S_tmin, S_tmax]; add noise sqrt(s_hat^2 - s^2) S_noise; a Heun step (or `inner`) from s_hat to s'."""
+    inside [S_tmin, S_tmax]; add noise sqrt(s_hat^2 - s^2) S_noise; a Heun step (or `inner`) from s_hat to s'.
+
+    Paper: Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models", Alg. 2.
+
+    Args:
+        S_churn: the total churn over the run (gamma = min(S_churn / N, sqrt2 - 1) per step; default 40).
+        S_tmin: the lowest EDM noise level at which churn is added (default 0.05).
+        S_tmax: the highest (default 50).
+        S_noise: a scale on the added noise (default 1).
+        inner: the deterministic step after the churn: "heun" (default; euler_churn: "euler") or a Solver.
+        alias: the registry name reported (edm_churn, euler_churn).
+    """
 
     name = "edm_churn"
     order = 1
@@ -259,9 +301,11 @@ class EDMChurn(RenoiseSolver):
         self.calls_per_step = self.inner.calls_per_step
 
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        """The inner solver's model calls for `steps` steps (churn costs none)."""
         return self.inner.model_calls(steps, field, ends_at_zero)
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """Each step's churn (noise jump) and inner sub-plan from s_hat to the next level."""
         self.check_field(field)
         pts = self.grid_points(field, t)
         n = len(pts) - 1
@@ -278,7 +322,17 @@ class EDMChurn(RenoiseSolver):
 class Restart(RenoiseSolver):
     """Restart sampling (Xu et al. 2023): Heun along the grid; on reaching the grid point nearest each interval's
     s_min, K times jump forward to s_max with fresh noise sqrt(s_max^2 - s_min^2) z and re-solve back with `steps`
-    Heun steps on a Karras (rho = 7) sub-grid. Intervals are given in EDM noise levels s = sigma / alpha."""
+    Heun steps on a Karras (rho = 7) sub-grid. Intervals are given in EDM noise levels s = sigma / alpha.
+
+    Paper: Xu et al. 2023, "Restart Sampling for Improving Generative Processes".
+
+    Args:
+        restart: a list of (s_min, s_max, K, steps): K restarts from s_min up to s_max, each re-solved in `steps` Heun
+            steps (default ((0.06, 0.30, 2, 3),)).
+        inner: the deterministic solver (default "heun").
+        s_noise: a scale on the restart noise (default 1).
+    A malformed restart list raises InvalidArgument (need 0 < s_min < s_max < inf, integers K, steps >= 1).
+    """
 
     name = "restart"
     order = 1
@@ -306,10 +360,12 @@ class Restart(RenoiseSolver):
         self.s_noise = _check_nonneg("s_noise", s_noise)
 
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        """The main grid's calls plus every restart interval's K re-solves."""
         extra = sum(K * self.inner.model_calls(n, field, False) for _, _, K, n in self.restart)
         return self.inner.model_calls(steps, field, ends_at_zero) + extra
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The inner grid, with each restart's K jumps and Karras sub-grids at the grid point nearest its s_min."""
         self.check_field(field)
         pts = self.grid_points(field, t)
         n = len(pts) - 1
@@ -344,7 +400,19 @@ class SDEMultistepCoefficients(StepCoefficients):
 class DPMSolverPPSDE(StochasticSolver):
     """DPM-Solver++(2M) SDE / (3M) SDE (k-diffusion sample_dpmpp_2m_sde / sample_dpmpp_3m_sde; Lu et al. 2022b;
     Gonzalez et al. 2023 SEEDS): x' = (s'/s) e^{-eta h} x + (1 - e^{-(1+eta) h}) D + history correction
-    + s' sqrt(1 - e^{-2 eta h}) S_noise z in the EDM frame, h = lambda' - lambda."""
+    + s' sqrt(1 - e^{-2 eta h}) S_noise z in the EDM frame, h = lambda' - lambda.
+
+    Papers: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models";
+    Gonzalez et al. 2023, "SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models";
+    Crowson, k-diffusion (sample_dpmpp_2m_sde / sample_dpmpp_3m_sde).
+
+    Args:
+        history: 2 for (2M) SDE, 3 for (3M) SDE.
+        eta: the noise share (0: the deterministic multistep method).
+        s_noise: a scale on the added noise.
+        solver_type: "midpoint" or "heun" (k-diffusion's 2M SDE variants).
+        alias: the registry name reported; None: dpmpp_<history>m_sde.
+    """
 
     calls_per_step = 1
     citation = "Lu et al. 2022b (DPM-Solver++); k-diffusion sample_dpmpp_2m_sde / sample_dpmpp_3m_sde"
@@ -364,6 +432,7 @@ class DPMSolverPPSDE(StochasticSolver):
         self.order = 1 if self.eta > 0 else 2
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The grid's points and each step's multistep and noise weights (see `Solver.plan`)."""
         self.check_field(field)
         pts = self.grid_points(field, t)
         lam = [lambda_of(p) for p in pts]
@@ -404,6 +473,7 @@ class DPMSolverPPSDE(StochasticSolver):
         return Plan(t=t, points=pts, coeffs=tuple(data), nfe=len(pts) - 1)
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: SDEMultistepCoefficients):
+        """One SDE multistep update with fresh noise (see `Solver.step`)."""
         co = coeffs
         d = ev.denoise(x, t0)
         history = (d, *state)

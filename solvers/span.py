@@ -70,12 +70,23 @@ class RunStats:
 
 
 class AdaptiveSolver(Solver):
-    """Base of solvers that run a span rather than a grid (adaptive step size, or an external library)."""
+    """Base of solvers that run a span rather than a grid (adaptive step size, or an external library).
+
+    Args:
+        max_steps: the most step attempts (accepted and rejected) a run may take (default 1000).
+        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked
+            incomplete in `stats`).
+        max_nfe: a model-evaluation budget for every run; None: only a run's `nfe=` bounds it.
+
+    Raises:
+        InvalidArgument: max_steps or max_nfe not an integer >= 1, or an unknown on_budget.
+    """
 
     adaptive = True
     calls_per_step = 1
 
     def inversion_refusal(self) -> str | None:
+        """Why a span solver does not invert (step-size control is set up for sampling)."""
         if not self.deterministic:
             return super().inversion_refusal()
         return ("it integrates a whole span under step-size control set up for sampling (noise to data); "
@@ -94,6 +105,7 @@ class AdaptiveSolver(Solver):
 
     # --- planning on the host -------------------------------------------------------------------
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The span plan: `plan_adaptive` with no nfe= (the solver's max_nfe is the budget)."""
         return self.plan_adaptive(field, t)
 
     def stop_time(self, field: Field, t: torch.Tensor) -> tuple[float, bool]:
@@ -105,10 +117,23 @@ class AdaptiveSolver(Solver):
         return t_end, False
 
     def singular_at_zero(self, field: Field) -> bool:
+        """Whether the slope is 0/0 at t = 0 (every Gaussian-path field)."""
         return field.has_schedule
 
     def plan_adaptive(self, field: Field, t: torch.Tensor, *, steps: int | None = None,
                       nfe: int | None = None, settings: Any = None) -> SpanPlan:
+        """A plan without a fixed grid: the grid's span, budget and the solver's settings.
+
+        Args:
+            field: the field to sample.
+            t: the grid the span comes from.
+            steps: the grid's step count (fixed-grid methods).
+            nfe: the model-evaluation budget (the smaller of it and max_nfe).
+            settings: the solver's own typed settings.
+
+        Returns:
+            A SpanPlan.
+        """
         self.check_field(field)
         self.check_direction(t)
         budget = nfe if nfe is not None else self.max_nfe
@@ -123,10 +148,12 @@ class AdaptiveSolver(Solver):
 
     # --- what the bridges share -------------------------------------------------------------------
     def budget_error(self, why: str, stats: RunStats, t_reached: float, ev: Evaluator) -> BudgetExceeded:
+        """The BudgetExceeded error of a run stopped by its budget."""
         return budget_error(self, why, t_reached, stats.accepted, stats.rejected, ev.nfe)
 
     def finish(self, ev: Evaluator, x: torch.Tensor, plan: SpanPlan, stats: RunStats, *, completed: bool,
                t_reached: float, why: str | None = None, extra: dict | None = None) -> SampleResult:
+        """End a span run: final data prediction, the budget's verdict, stats (see `finish_span`)."""
         return finish_span(self, ev, x, plan, stats.times, stats.states, stats.accepted, stats.rejected,
                            completed=completed, t_reached=t_reached, why=why, extra=extra)
 

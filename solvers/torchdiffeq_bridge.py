@@ -33,6 +33,7 @@ from diffsolve.solvers.frames import integration_frame
 
 @dataclass(frozen=True)
 class OdeintSettings:
+    """The frame a torchdiffeq run integrates in: 'edm' (against -s), 'logsnr' or 'time'."""
     frame: str            # 'edm' (against -s), 'logsnr' (against lambda) or 'time' (against -t)
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
@@ -101,7 +102,28 @@ class _ODEFunc(torch.nn.Module):
 
 
 class TorchdiffeqSolver(AdaptiveSolver):
-    """torchdiffeq.odeint on the probability-flow ODE: adaptive (dopri5, dopri8, bosh3, adaptive_heun) or fixed grid."""
+    """torchdiffeq.odeint on the probability-flow ODE: adaptive (dopri5, dopri8, bosh3, adaptive_heun) or fixed grid.
+
+    Papers: Chen et al. 2018, "Neural Ordinary Differential Equations" (torchdiffeq); Dormand and Prince 1980, "A
+    family of embedded Runge-Kutta formulae"; Bogacki and Shampine 1989, "A 3(2) pair of Runge-Kutta formulas".
+
+    Args:
+        method: an adaptive method (dopri5, dopri8, bosh3, adaptive_heun, fehlberg2) or a fixed-grid one (euler,
+            midpoint, rk4, explicit_adams, implicit_adams); default "dopri5".
+        rtol: torchdiffeq's relative tolerance (default 1e-3).
+        atol: its absolute tolerance (default 1e-4).
+        frame: "auto" (log-SNR; native time for plain fields, velocity models and a start at pure noise), "logsnr",
+            "edm" or "time".
+        max_steps: the most step attempts (accepted and rejected) a run may take (default 1000).
+        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked incomplete
+            in `stats`).
+        max_nfe: a model-evaluation budget for every run; None: only a run's `nfe=` bounds it.
+        options: extra keywords for torchdiffeq's `options=`.
+        alias: the registry name reported.
+
+    Raises:
+        InvalidArgument: an unknown method or frame, or tolerances out of range.
+    """
 
     needs_schedule = False
     citation = "Chen et al. 2018 (torchdiffeq); Dormand & Prince 1980; Bogacki & Shampine 1989"
@@ -123,24 +145,33 @@ class TorchdiffeqSolver(AdaptiveSolver):
 
     @property
     def fixed_grid(self) -> bool:
+        """Whether the method steps on a fixed grid (euler, midpoint, rk4, the Adams methods)."""
         return self.method in FIXED_METHODS
 
     def choose_frame(self, field: Field, t_start: float) -> str:
+        """The frame to integrate in from `t_start` (log-SNR preferred)."""
         # The EDM frame in lambda = -log s by default: on a VP Gaussian dopri5 needs about half the calls of the
         # same ODE in s for the same endpoint error (s spans four decades; error control in s is poor at large s).
         return integration_frame(field, t_start, None if self.frame == "auto" else self.frame, preferred="logsnr")
 
     def stop_time(self, field: Field, t: torch.Tensor) -> tuple[float, bool]:
+        """Where odeint stops, and whether one final data prediction takes it to t = 0."""
         t_stop, final = super().stop_time(field, t)
         if self.fixed_grid and final:
             return float(t[-2]), True           # fixed grids stop at their last positive time, then denoise
         return t_stop, final
 
     def singular_at_zero(self, field: Field) -> bool:
+        """Whether the slope is 0/0 at t = 0 in the chosen frame."""
         return field.has_schedule and not (self.frame in ("auto", "time") and field.prediction == "velocity")
 
     def plan_adaptive(self, field: Field, t: torch.Tensor, *, steps: int | None = None,
                       nfe: int | None = None) -> Plan:
+        """The span plan with the frame chosen.
+
+        Raises:
+            InvalidArgument: a fixed-grid method without steps=, or given nfe= instead.
+        """
         if self.fixed_grid and steps is None and t.numel() <= 3 and nfe is None:
             raise InvalidArgument(f"method={self.method!r} is a fixed-grid method: give steps= (or an explicit grid)")
         if self.fixed_grid and steps is None and nfe is not None:
@@ -150,6 +181,7 @@ class TorchdiffeqSolver(AdaptiveSolver):
 
     def solve_span(self, ev, x: torch.Tensor, plan: SpanPlan, *, callback: Callable | None = None,
                    return_trajectory: bool = False):
+        """Run torchdiffeq.odeint over the span (counted, budgeted); returns a SampleResult."""
         import torchdiffeq
         field = ev.field
         span: Span = plan.span

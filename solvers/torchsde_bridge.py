@@ -39,6 +39,7 @@ from diffsolve.solvers.base import Plan, register
 
 @dataclass(frozen=True)
 class SdeintSettings:
+    """A torchsde run's steps (uniform in log-SNR, or None: adaptive) and its span in log-SNR."""
     steps: int | None                  # fixed steps uniform in log-SNR, or None for torchsde's adaptive stepping
     lam: tuple[float, float]           # the span in log-SNR
 
@@ -86,21 +87,26 @@ class PerSampleBrownian:
 
     @property
     def dtype(self):
+        """The motions' dtype."""
         return self.motions[0].dtype
 
     @property
     def device(self):
+        """The motions' device."""
         return self.motions[0].device
 
     @property
     def shape(self):
+        """(batch, numel): the stacked motions' shape."""
         return (sum(m.shape[0] for m in self.motions), *self.motions[0].shape[1:])
 
     def size(self):
+        """The shape (torchsde's BaseBrownian interface)."""
         return self.shape
 
     @property
     def levy_area_approximation(self):
+        """The motions' Levy-area approximation (space-time for srk)."""
         return self.motions[0].levy_area_approximation
 
 
@@ -148,7 +154,27 @@ class _ReverseSDE(torch.nn.Module):
 
 
 class TorchsdeSolver(AdaptiveSolver):
-    """Reverse-time SDE via torchsde.sdeint (euler, milstein, srk, reversible_heun), per-sample Brownian trees."""
+    """Reverse-time SDE via torchsde.sdeint (euler, milstein, srk, reversible_heun), per-sample Brownian trees.
+
+    Papers: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations"
+    (the reverse SDE); Li et al. 2020, "Scalable Gradients for Stochastic Differential Equations" (torchsde);
+    Kidger et al. 2021, "Efficient and Accurate Gradients for Neural SDEs" (Brownian interval).
+
+    Args:
+        method: "euler", "milstein", "srk" or "reversible_heun" (default "euler").
+        steps: fixed steps uniform in log-SNR; None: a run's steps=, or adaptive stepping.
+        adaptive: let torchsde choose the steps (with rtol, atol; defaults 1e-3).
+        brownian: "tree" or "interval" (one Brownian motion per sample), "batch_tree" or "batch" (one for the batch).
+        tol: the Brownian tree's resolution (default 1e-6).
+        max_steps: the most step attempts (accepted and rejected) a run may take (default 100000).
+        on_budget: "raise" (BudgetExceeded when the budget runs out) or "return" (the state reached, marked incomplete
+            in `stats`).
+        max_nfe: a model-evaluation budget for every run; None: only a run's `nfe=` bounds it.
+        alias: the registry name reported; None: torchsde_<method>.
+
+    Raises:
+        InvalidArgument: an unknown method or brownian, or settings out of range.
+    """
 
     deterministic = False
     needs_schedule = True
@@ -176,6 +202,11 @@ class TorchsdeSolver(AdaptiveSolver):
 
     def plan_adaptive(self, field: Field, t: torch.Tensor, *, steps: int | None = None,
                       nfe: int | None = None) -> Plan:
+        """The span plan with its steps and log-SNR span.
+
+        Raises:
+            InvalidArgument: neither steps nor adaptive=True, or a span without finite log-SNR at both ends.
+        """
         plan = super().plan_adaptive(field, t, steps=steps, nfe=nfe)
         n = steps if steps is not None else self.default_steps
         if n is None and not self.adaptive_steps:
@@ -189,6 +220,7 @@ class TorchsdeSolver(AdaptiveSolver):
         return replace(plan, settings=SdeintSettings(n, (lam0, lam1)))
 
     def make_brownian(self, ev, lam0: float, lam1: float, batch: int, numel: int, dtype, device):
+        """The run's Brownian motion over [lam0, lam1]: per sample (seeded by each sample) or one."""
         BI = _brownian_base()
         levy = "space-time" if self.method == "srk" else "none"
         src = ev.noise_source
@@ -210,6 +242,7 @@ class TorchsdeSolver(AdaptiveSolver):
 
     def solve_span(self, ev, x: torch.Tensor, plan: SpanPlan, *, callback: Callable | None = None,
                    return_trajectory: bool = False):
+        """Run torchsde.sdeint over the span (counted, budgeted); returns a SampleResult."""
         import torchsde
         field = ev.field
         span: Span = plan.span

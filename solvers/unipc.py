@@ -100,7 +100,22 @@ def unipc_corrector(p: EvalPoint, q: EvalPoint, lams: tuple[float, ...], order: 
 
 
 class UniPC(MultistepSolver):
-    """UniPC multistep predictor-corrector, data prediction (Zhao et al. 2023, Alg. 2-3, B(h) variants bh1/bh2)."""
+    """UniPC multistep predictor-corrector, data prediction (Zhao et al. 2023, Alg. 2-3, B(h) variants bh1/bh2).
+
+    Paper: Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
+    Models".
+
+    Args:
+        variant: "bh2" (B(h) = e^-h - 1, registered as unipc_bh2) or "bh1" (B(h) = -h, unipc_bh1).
+        order: the predictor's highest order, 1 to 3 (default 2); the declared order is one higher with the
+            corrector.
+        use_corrector: run the UniC corrector (no extra model call).
+        lower_order_final: True caps step i at order n - i near the end; "auto" is diffusers' DPMSolverMultistep
+            rule (last step first order when it reaches zero noise or n < 15); False keeps the order. Not applied
+            to an inversion. Default True.
+        afs: the analytical first step (diff-sampler AFS): the first step's data prediction estimated from the
+            almost pure-noise state, saving one model call (sampling only).
+    """
 
     calls_per_step = 1
     citation = "Zhao et al. 2023, UniPC (arXiv:2302.04867); diffusers UniPCMultistepScheduler"
@@ -115,6 +130,7 @@ class UniPC(MultistepSolver):
         self.name = f"unipc_{variant}"
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The grid's points, per-step orders and predictor/corrector weights (see `Solver.plan`)."""
         pts, lam, orders = self.grid_lambdas(field, t)
         data = []
         for i, k in enumerate(orders):
@@ -128,9 +144,11 @@ class UniPC(MultistepSolver):
         return self.make_plan(t, pts, data)
 
     def init(self, plan: Plan) -> Any:
+        """The empty state: no previous sample, no history."""
         return (None, ())
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: UniPCStep):
+        """Correct the previous step with this model output (UniC), then predict the next state (UniP)."""
         co = coeffs
         x_prev, history = state
         m = self.data_prediction(ev, x, t0, co)
