@@ -60,7 +60,8 @@ def unknown_name(argument: str, value: object, allowed: Iterable[str]) -> Invali
         The InvalidArgument to raise.
     """
     allowed = sorted(allowed, key=str)
-    close = difflib.get_close_matches(value, [str(a) for a in allowed], n=3, cutoff=0.6) if isinstance(value, str) else []
+    names = [str(a) for a in allowed]
+    close = difflib.get_close_matches(value, names, n=3, cutoff=0.6) if isinstance(value, str) else []
     hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     return InvalidArgument(f"{argument}={value!r} is not known; {hint}allowed values: {', '.join(map(repr, allowed))}")
 
