@@ -16,10 +16,11 @@ solver=<matching solver>)` swapped in, and as `Sampler(unet, scheduler=<the diff
 Two differences are diffsolve's on purpose (README) and are taken into account, not hidden: DDIM with
 clip_sample=True is diffusers' use_clipped_model_output=True (the default step is checked to differ), and the
 Euler family's start with 'linspace' / 'trailing' spacing is `noise_scale_of` times diffsolve's.
-Agreement: max |difference| below 2e-6 of max(1, max |reference|) (float32).
+Agreement: max |difference| below 5e-6 of max(1, max |reference|) (float32; measured up to 1.6e-6).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 
@@ -31,9 +32,9 @@ from conftest import tiny_unet2d
 diffusers = pytest.importorskip("diffusers")
 
 from diffsolve import Sampler  # noqa: E402
-from diffsolve.pretrained_adapters.diffusers import DiffsolveScheduler, noise_scale_of  # noqa: E402
+from diffsolve.pretrained_adapters.diffusers import DDIMStepTargets, DiffsolveScheduler, noise_scale_of  # noqa: E402
 
-RTOL = 2e-6          # of max(1, max |reference|): the random networks' samples reach ~50
+RTOL = 5e-6          # of max(1, max |reference|): the random networks' samples reach ~50
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
 
@@ -208,6 +209,10 @@ def sd_inputs(pipe):
 SD_SCHEDULERS = [("DPMSolverMultistepScheduler", {}, "dpmpp_2m"),
                  ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, "euler"),
                  ("UniPCMultistepScheduler", {}, "unipc_bh2"),
+                 ("HeunDiscreteScheduler", {}, "heun"),
+                 # stochastic: the step noise the pipeline's generator draws, handed to the Sampler in order
+                 ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}, "euler_ancestral"),
+                 ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "dpmpp_2m_sde"),
                  # as built here, the pipeline sets steps_offset=1 and clip_sample=False on the scheduler
                  ("DDIMScheduler", {"set_alpha_to_one": False}, "ddim")]
 
@@ -222,7 +227,7 @@ def test_stable_diffusion_pipeline(sd_parts, cls, kw, solver):
 
     def run(start):
         return pipe(PROMPTS, height=16, width=16, num_inference_steps=steps, guidance_scale=GUIDANCE,
-                    latents=start, output_type="latent").images
+                    latents=start, generator=torch.Generator().manual_seed(7), output_type="latent").images
 
     with torch.no_grad():
         ref = run(latents)
@@ -231,8 +236,11 @@ def test_stable_diffusion_pipeline(sd_parts, cls, kw, solver):
         # spacing, noise * sigma_max on x / alpha, is the factor noise_scale_of (README: initial noise)
         ours = run(latents * noise_scale_of(scheduler, steps))
         cond, uncond = sd_inputs(pipe)
-        x = Sampler(GuidedUNet(sd_parts["unet"], uncond, GUIDANCE), scheduler=scheduler, progress=False).run(
-            steps, noise=latents * noise_scale_of(scheduler, steps), encoder_hidden_states=cond).samples
+        g = torch.Generator().manual_seed(7)
+        draws = [torch.randn(latents.shape, generator=g) for _ in range(steps)]
+        s = Sampler(GuidedUNet(sd_parts["unet"], uncond, GUIDANCE), scheduler=scheduler, progress=False)
+        x = s.solve(s.plan(steps), latents * noise_scale_of(scheduler, steps), step_noise=ListNoise(draws),
+                    encoder_hidden_states=cond).samples
     check(f"StableDiffusionPipeline {cls} ({solver})", ref, ours, x)
 
 
@@ -246,7 +254,9 @@ class LocatingScheduler(DiffsolveScheduler):
 
 
 IMG2IMG_SCHEDULERS = [("DPMSolverMultistepScheduler", {}, "dpmpp_2m"),
-                      ("EulerDiscreteScheduler", {}, "euler")]
+                      ("EulerDiscreteScheduler", {}, "euler"),
+                      ("UniPCMultistepScheduler", {}, "unipc_bh2"),
+                      ("DDIMScheduler", {"set_alpha_to_one": False, "timestep_spacing": "trailing"}, "ddim")]
 
 
 @pytest.mark.parametrize("cls,kw,solver", IMG2IMG_SCHEDULERS)
@@ -272,11 +282,18 @@ def test_stable_diffusion_img2img_pipeline(sd_parts, cls, kw, solver):
         noise = torch.randn(init.shape, generator=torch.Generator().manual_seed(5))
         begin = steps - int(steps * strength)
         s = Sampler(GuidedUNet(sd_parts["unet"], sd_inputs(pipe)[1], GUIDANCE), scheduler=scheduler, progress=False)
-        t = s.plan(steps).t
-        sch = s.field.schedule
+        full = s.plan(steps)
+        sch, t = s.field.schedule, full.t
         start = sch.alpha(t[begin]) * init + sch.sigma(t[begin]) * noise
-        rest = Sampler(s.field, s.solver, t[begin:].tolist(), progress=False)
-        x = rest.run(noise=start, noise_scale="prior", encoder_hidden_states=sd_inputs(pipe)[0]).samples
+        if isinstance(s.solver, DDIMStepTargets):
+            # DDIM steps n -> n - T // steps with the run's full step count, which a plan of the rest of the grid
+            # would not know (it would take T // 4): single-step, so the full plan's last steps are the run
+            plan = dataclasses.replace(full, t=t[begin:], points=full.points[begin:], coeffs=full.coeffs[begin:],
+                                       nfe=steps - begin)
+        else:       # multistep solvers start with no history, as diffusers' do after set_begin_index
+            s = Sampler(s.field, s.solver, t[begin:].tolist(), progress=False)
+            plan = s.plan()
+        x = s.solve(plan, start, noise_scale="prior", encoder_hidden_states=sd_inputs(pipe)[0]).samples
     check(f"StableDiffusionImg2ImgPipeline {cls} ({solver}), strength {strength}", ref, ours, x)
     d = max_abs(located, ref)
     print(f"  start located from the timestep (no set_begin_index): max|pipeline - DiffsolveScheduler| = {d:.3g}")
