@@ -189,6 +189,24 @@ def _defaults_of_class(name: str) -> dict:
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
+def used_defaults(cfg: Mapping) -> list:
+    """The config's `_use_default_values` less the keys whose value is no longer its class's default: a pipeline
+    that fixes an outdated config after construction (Stable Diffusion sets steps_offset=1, clip_sample=False)
+    changes the value and leaves the key listed, so diffusers' from_config would bring the default back."""
+    listed = list(cfg.get("_use_default_values") or ())
+    defaults = _defaults_of_class(str(config_of(cfg).get("_class_name", "")))
+
+    def unchanged(k: str) -> bool:
+        if k not in defaults or k not in cfg:
+            return True
+        try:
+            return bool(cfg[k] == defaults[k])
+        except (TypeError, ValueError, RuntimeError):     # arrays and tensors: not a plain default
+            return False
+
+    return [k for k in listed if unchanged(k)]
+
+
 def source_config_of(cfg: Mapping) -> dict:
     """For a DiffsolveScheduler config, the config of the scheduler class it was written for (`source_class`,
     by default DPMSolverMultistepScheduler), which fixes its path and timesteps; other configs as they are.
@@ -216,4 +234,5 @@ def style_of(cfg: Mapping, style: str | None = None) -> str:
 
 
 __all__ = ["PREDICTION_TYPES", "STYLES", "config_of", "infer_class_name", "is_flow_config", "prediction_of",
-           "betas_of", "rescale_zero_terminal_snr", "alphas_cumprod_of", "schedule_from_diffusers", "style_of", "DIFFSOLVE_KEYS", "source_config_of"]
+           "betas_of", "rescale_zero_terminal_snr", "alphas_cumprod_of", "schedule_from_diffusers", "style_of", "DIFFSOLVE_KEYS", "source_config_of",
+           "used_defaults"]

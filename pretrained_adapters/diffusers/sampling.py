@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from diffsolve.errors import InvalidArgument, check_choice
-from diffsolve.pretrained_adapters.diffusers.config import config_of, source_config_of
+from diffsolve.pretrained_adapters.diffusers.config import config_of, is_flow_config, source_config_of
 from diffsolve.pretrained_adapters.diffusers.loops import (
     LOOPS, DDIMStepTargets, DropZeroLengthEnd, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, model_time_rounding, scheduler_loop)
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
@@ -38,7 +38,10 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
     if str(cfg.get("_class_name", "")) == "LCMScheduler":
         field = LCMBoundary(field, float(cfg.get("timestep_scaling", 10.0)))    # part of the model, in every loop
     source = source_config_of(cfg)        # a DiffsolveScheduler's timesteps are those of its source class
-    grid, grid_options = grid_options_of(source)
+    if is_flow_config(source) and source.get("use_dynamic_shifting", False):
+        grid, grid_options = mu_needed, {}       # refused only when used: a grid= given in its place needs no mu
+    else:
+        grid, grid_options = grid_options_of(source)
     if cfg.get("_class_name") == "DiffsolveScheduler":
         grid_options = {**grid_options, **_diffsolve_grid_options(cfg)}
         if cfg.get("grid") is not None:
@@ -68,6 +71,14 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
     if isinstance(solver, (DDIMStepTargets, DropZeroLengthEnd)):
         options = {}       # built into the wrapped solver
     return SamplerParts(field, solver, options, grid, grid_options)
+
+
+def mu_needed(steps: Any, schedule: Any, **options: Any) -> Any:
+    """The default grid of a flow-matching config with use_dynamic_shifting=True: its shift depends on mu, which
+    the pipeline computes per resolution, so it is refused; an explicit grid (the scheduler's sigmas after the
+    pipeline's set_timesteps) or flow_grid with shift=exp(mu) replaces it."""
+    raise InvalidArgument("use_dynamic_shifting=True needs mu per resolution; pass grid=flow_grid with "
+                          "grid_options={'shift': exp(mu)}, or grid=<the scheduler's sigmas after set_timesteps>")
 
 
 def _diffsolve_grid_options(cfg: Mapping) -> dict:

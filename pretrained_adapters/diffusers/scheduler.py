@@ -35,7 +35,7 @@ from diffsolve.errors import InvalidArgument, check_int
 from diffsolve.grids import make_grid
 from diffsolve.noise import NoiseSource
 from diffsolve.pretrained_adapters.diffusers.config import (
-    alphas_cumprod_of, betas_of, config_of, rescale_zero_terminal_snr, source_config_of)
+    alphas_cumprod_of, betas_of, config_of, rescale_zero_terminal_snr, source_config_of, used_defaults)
 from diffsolve.pretrained_adapters.diffusers.loops import RoundedModelTime, model_time_rounding
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
 from diffsolve.pretrained_adapters.diffusers.scheduler_run import (
@@ -132,6 +132,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             cfg = {**dict(config.config), "_class_name": type(config).__name__}    # a scheduler object
         else:
             cfg = dict(config or {})
+        if cfg.get("_use_default_values"):
+            cfg["_use_default_values"] = used_defaults(cfg)      # values a pipeline changed are kept
         # diffusers drops the keys listed in `_use_default_values`, as for any class: the run takes the source
         # class's defaults for them (source_config_of), and a scheduler made from this config takes its own
         if "source_class" not in kwargs:
