@@ -40,7 +40,7 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
 
     Returns:
         The SamplerParts, with an UnmatchedSolver (raising when run) for a scheduler no solver matches; None when
-        `scheduler` is not a diffusers scheduler or config.
+            `scheduler` is not a diffusers scheduler or config.
 
     Raises:
         InvalidArgument: `loop` is not in LOOPS, or the config's settings do not fit.
