@@ -263,14 +263,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                       mu: float | None = None, **kwargs: Any) -> None:
         """Plan the run (grid, coefficients) and list the model times at which the pipeline must call the network.
 
-        Flow-matching configs take `sigmas=` and `mu=` as FlowMatchEulerDiscreteScheduler does (SD3, Flux).
-
         Args:
             num_inference_steps: the number of steps (not with `timesteps=` or `sigmas=`).
             device: where `timesteps` is put.
             timesteps: explicit timesteps (discrete VP configs, no sigma spacing flag).
-            sigmas: explicit sigmas (discrete VP or flow-matching configs).
-            mu: the dynamic shift (flow-matching configs with use_dynamic_shifting=True).
+            sigmas: explicit sigmas (discrete VP; flow configs as FlowMatchEulerDiscreteScheduler: SD3, Flux).
+            mu: the dynamic shift, as FlowMatchEulerDiscreteScheduler's (flow configs with use_dynamic_shifting=True).
             **kwargs: other pipeline keywords, ignored.
 
         Raises:
