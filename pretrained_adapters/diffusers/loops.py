@@ -55,7 +55,7 @@ class LCMBoundary(FieldWrapper):
             **kwargs: passed to the inner field (and on to the network).
 
         Returns:
-            FieldOutput: the converted value and the inner output's aux.
+            (FieldOutput): the converted value and the inner output's aux.
         """
         out = self.inner.evaluate(x, p, "x0", **kwargs)
         n = per_sample(p.model_time, x) * self.timestep_scaling
@@ -161,7 +161,7 @@ class RoundedModelTime(FieldWrapper):
         """The inner field at `p` with the model time `fed_time(p)`; `x`, `kind` and `**kwargs` pass through.
 
         Returns:
-            FieldOutput: the inner field's output.
+            (FieldOutput): the inner field's output.
         """
         n = self.fed_time(p)
         if n != float(p.model_time):
@@ -460,7 +460,7 @@ def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict,
         loop: "scheduler" (the scheduler's loop) or "clean" (field and solver unchanged).
 
     Returns:
-        tuple: the field (wrapped in RoundedModelTime where the config rounds timesteps) and the solver (wrapped in
+        (tuple): the field (wrapped in RoundedModelTime where the config rounds timesteps) and the solver (wrapped in
             DropZeroLengthEnd or DDIMStepTargets where the loop calls for it).
 
     Raises:

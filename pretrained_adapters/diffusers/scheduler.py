@@ -181,7 +181,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             **kwargs: config values to override (e.g. `solver=`, `solver_options=`).
 
         Returns:
-            DiffsolveScheduler: the scheduler (and the unused keywords when asked).
+            (DiffsolveScheduler): the scheduler (and the unused keywords when asked).
         """
         if config is not None and not isinstance(config, Mapping) and hasattr(config, "config"):
             cfg = {**dict(config.config), "_class_name": type(config).__name__}    # a scheduler object
@@ -438,7 +438,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             **kwargs: other pipeline keywords, ignored.
 
         Returns:
-            SchedulerOutput | tuple: SchedulerOutput(prev_sample=...) or (prev_sample,), in the sample's dtype.
+            (SchedulerOutput | tuple): SchedulerOutput(prev_sample=...) or (prev_sample,), in the sample's dtype.
 
         Raises:
             InvalidArgument: called before set_timesteps or too often, an unexpected timestep, or churn

@@ -44,7 +44,7 @@ class DryEvaluator(Evaluator):
     """Records where a step evaluates the model; returns zeros (the points do not depend on the values).
 
     Args:
-        field: the scheduler's field.
+        field (Field): the scheduler's field.
     """
 
     def __init__(self, field):
@@ -58,7 +58,7 @@ class DryEvaluator(Evaluator):
         """A small random stand-in for step noise (`draw` ignored): the points do not depend on it.
 
         Returns:
-            Tensor: a (1, 4) float64 draw from the evaluator's own generator.
+            (Tensor): a (1, 4) float64 draw from the evaluator's own generator.
         """
         return torch.randn(1, 4, dtype=torch.float64, generator=self.gen)
 
@@ -71,7 +71,7 @@ class DryEvaluator(Evaluator):
             kind: the prediction asked (not used).
 
         Returns:
-            FieldOutput: zeros shaped like x.
+            (FieldOutput): zeros shaped like x.
 
         Raises:
             InvalidArgument: `p` is per sample (times chosen inside the loop), which a pipeline cannot list.
@@ -92,10 +92,10 @@ class ReplayEvaluator(Evaluator):
     """Answers a step's k-th model call with the k-th output the pipeline gave; asks for the next one.
 
     Args:
-        field: the scheduler's field.
+        field (Field): the scheduler's field.
         feed: the Feed the field's network reads.
         outputs: the network outputs received for the current step, in order.
-        noise_of: `noise_of(step, draw)` gives the step's noise draws (made once, reused by replays).
+        noise_of (Callable): `noise_of(step, draw)` gives the step's noise draws (made once, reused by replays).
     """
 
     def __init__(self, field, feed: Feed, outputs: list[torch.Tensor], noise_of):
@@ -115,7 +115,7 @@ class ReplayEvaluator(Evaluator):
             kind: the prediction asked of the field.
 
         Returns:
-            FieldOutput: the field's output.
+            (FieldOutput): the field's output.
 
         Raises:
             NeedModel: every received output is used: the pipeline must call the network at `x` next.

@@ -290,7 +290,7 @@ def shift_sigmas(s: torch.Tensor | np.ndarray | float, shift: float):
         shift: the shift factor.
 
     Returns:
-        Tensor | ndarray | float: the shifted sigmas, of the input's type.
+        (Tensor | ndarray | float): the shifted sigmas, of the input's type.
     """
     return shift * s / (1 + (shift - 1) * s)
 
