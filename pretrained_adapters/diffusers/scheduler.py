@@ -177,11 +177,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
         Args:
             config: a scheduler config mapping or a scheduler object (its config and class name are read).
-            return_unused_kwargs: as diffusers': also return the keywords the class did not take.
+            return_unused_kwargs: as diffusers': return (scheduler, the keywords the class did not take).
             **kwargs: config values to override (e.g. `solver=`, `solver_options=`).
-
-        Returns:
-            (DiffsolveScheduler): the scheduler (and the unused keywords when asked).
         """
         if config is not None and not isinstance(config, Mapping) and hasattr(config, "config"):
             cfg = {**dict(config.config), "_class_name": type(config).__name__}    # a scheduler object
@@ -478,9 +475,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             original_samples: x0, batch first.
             noise: the noise, shaped like x0.
             timesteps: one model time per sample.
-
-        Returns:
-            x_t.
 
         Raises:
             InvalidArgument: timesteps out of the config's range.
