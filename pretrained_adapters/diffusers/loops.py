@@ -80,7 +80,7 @@ class TCDSteps(Consistency):
 
     Args:
         gamma: the stochasticity (TCD's `eta`); 0 is deterministic.
-        s_noise: the scale of the fresh noise added back (default 1.0: none changed).
+        s_noise: the scale of the fresh noise added back (default 1.0).
     """
 
     def __init__(self, gamma: float = 0.3, s_noise: float = 1.0):
