@@ -15,7 +15,12 @@ FEATURE_DIM = 128
 
 
 class MnistClassifier(nn.Module):
-    """conv32-conv32-pool-conv64-conv64-pool-fc128(features)-fc10 on (B, 1, 28, 28) images in [-1, 1]."""
+    """conv32-conv32-pool-conv64-conv64-pool-fc128(features)-fc10 on (B, 1, 28, 28) images in [-1, 1].
+
+    Args:
+        feature_dim: the width of the penultimate (feature) layer (default FEATURE_DIM, 128).
+        width: the first convolutions' channels (default 32; the later ones have twice as many).
+    """
 
     def __init__(self, feature_dim: int = FEATURE_DIM, width: int = 32):
         super().__init__()
@@ -28,16 +33,35 @@ class MnistClassifier(nn.Module):
         self.head = nn.Linear(feature_dim, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate-layer features of images `x` (B, 1, 28, 28) in [-1, 1].
+
+        Returns:
+            The features, shape (B, feature_dim).
+        """
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The class logits of images `x` (B, 1, 28, 28) in [-1, 1] (dropout on the features in training mode).
+
+        Returns:
+            The logits, shape (B, 10).
+        """
         return self.head(self.dropout(self.body(x)))
 
 
 @torch.no_grad()
 def featurize(classifier: MnistClassifier, x: torch.Tensor, batch_size: int = 500
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, 128) float64, softmax probabilities (N, 10) float64) of images in [-1, 1]."""
+    """(features (N, 128) float64, softmax probabilities (N, 10) float64) of images in [-1, 1].
+
+    Args:
+        classifier: the MnistClassifier (put in eval mode).
+        x: the images, (N, 1, 28, 28).
+        batch_size: images per forward pass (default 500).
+
+    Returns:
+        The features and the probabilities, both float64.
+    """
     classifier.eval()
     feats, probs = [], []
     for i in range(0, x.shape[0], batch_size):
@@ -49,7 +73,14 @@ def featurize(classifier: MnistClassifier, x: torch.Tensor, batch_size: int = 50
 
 
 def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) covariance of (N, D) features in float64."""
+    """Mean and (unbiased) covariance of (N, D) features in float64.
+
+    Args:
+        features: the features, (N, D) with N >= 2.
+
+    Returns:
+        The mean (D,) and the covariance (D, D).
+    """
     f = features.double()
     mu = f.mean(0)
     d = f - mu
@@ -57,7 +88,20 @@ def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
-    """|mu1 - mu2|^2 + tr(C1 + C2 - 2 sqrt(C1 C2)) (Dowson and Landau 1982; the FID formula)."""
+    """|mu1 - mu2|^2 + tr(C1 + C2 - 2 sqrt(C1 C2)) (Dowson and Landau 1982; the FID formula).
+
+    A product whose square root is not finite is regularized with 1e-6 on both diagonals, as the FID reference
+    code does. Needs scipy.
+
+    Args:
+        mu1: the first feature mean.
+        cov1: the first feature covariance.
+        mu2: the second feature mean.
+        cov2: the second feature covariance.
+
+    Returns:
+        The distance, a float.
+    """
     from scipy import linalg
     m1, m2 = mu1.double().numpy(), mu2.double().numpy()
     c1, c2 = cov1.double().numpy(), cov2.double().numpy()

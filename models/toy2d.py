@@ -23,14 +23,28 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 FILES = {"1rf": "moons_1rf.safetensors", "2rf": "moons_2rf.safetensors", "shortcut": "moons_shortcut.safetensors"}
 
 def moons(n: int, seed: int) -> torch.Tensor:
-    """`sklearn.datasets.make_moons(n, noise=0.2, random_state=seed) * 3 - 1` as float32 [n, 2]."""
+    """`sklearn.datasets.make_moons(n, noise=0.2, random_state=seed) * 3 - 1` as float32 [n, 2].
+
+    Args:
+        n: the number of points.
+        seed: sklearn's random_state.
+
+    Returns:
+        The points, float32 (n, 2).
+    """
     from sklearn.datasets import make_moons
     x, _ = make_moons(n_samples=n, noise=0.2, random_state=seed)
     return torch.from_numpy(x * 3.0 - 1.0).float()
 
 
 class MoonsMLP(torch.nn.Module):
-    """An MLP velocity field on cat([x, t]) (and the step size d for a shortcut model): SiLU, `depth` hidden layers."""
+    """An MLP velocity field on cat([x, t]) (and the step size d for a shortcut model): SiLU, `depth` hidden layers.
+
+    Args:
+        width: the hidden width (default 128).
+        depth: the number of hidden layers (default 3).
+        shortcut: a shortcut model, which also takes the step size d (default False).
+    """
 
     def __init__(self, width: int = 128, depth: int = 3, shortcut: bool = False):
         super().__init__()
@@ -44,12 +58,25 @@ class MoonsMLP(torch.nn.Module):
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
+        """The model's description for diffsolve: a velocity field on (2,) in flow time; a shortcut model adds the
+        "shortcut" solver and its step input "d".
+        """
         if self.shortcut:
             return ModelSpec(prediction="velocity", schedule=None, sample_shape=(2,), time_convention="flow",
                              solver="shortcut", step_input="d")
         return ModelSpec(prediction="velocity", schedule=None, sample_shape=(2,), time_convention="flow")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity at points `x` and flow time `t`.
+
+        Args:
+            x: points, (batch, 2).
+            t: the flow time (t = 0 at the noise), a scalar or one per point.
+            d: a shortcut model's step size, a scalar or one per point; None: 0 (ignored without shortcut).
+
+        Returns:
+            The velocity, (batch, 2).
+        """
         cols = [x, t.to(x.dtype).reshape(-1, 1).expand(x.shape[0], 1)]
         if self.shortcut:
             d = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if d is None else d
@@ -58,7 +85,14 @@ class MoonsMLP(torch.nn.Module):
 
 
 def toy_metadata(path: str | Path) -> dict:
-    """The training record stored with a shipped toy model (config, train_seconds, ...)."""
+    """The training record stored with a shipped toy model (config, train_seconds, ...).
+
+    Args:
+        path: the safetensors file.
+
+    Returns:
+        The record (an empty dict when the file has none).
+    """
     with safe_open(str(path), framework="pt") as f:
         return json.loads((f.metadata() or {}).get("config", "{}"))
 
@@ -73,13 +107,35 @@ def _load(path: Path, shortcut: bool) -> MoonsMLP:
 
 
 def load_moons_flow(reflow: int = 1, path: str | Path | None = None) -> MoonsMLP:
-    """The shipped moons rectified flow: reflow=1 (flow matching) or reflow=2 (trained on the 1-RF's couplings)."""
+    """The shipped moons rectified flow: reflow=1 (flow matching) or reflow=2 (trained on the 1-RF's couplings).
+
+    Args:
+        reflow: 1 (default) or 2.
+        path: the safetensors file; None: the shipped one.
+
+    Returns:
+        The MoonsMLP, in eval mode without gradients.
+
+    Raises:
+        InvalidArgument: `reflow` is not 1 or 2.
+        FileNotFoundError: the file is missing (train it with `diffsolve train --what moons`).
+    """
     check_choice("reflow", reflow, (1, 2))
     return _load(Path(path) if path is not None else WEIGHTS / FILES[f"{reflow}rf"], shortcut=False)
 
 
 def load_moons_shortcut(path: str | Path | None = None) -> MoonsMLP:
-    """The shipped moons shortcut model (v(x, t, d); `Sampler(model)` uses the 'shortcut' solver, K = 1, 2, 4, ...)."""
+    """The shipped moons shortcut model (v(x, t, d); `Sampler(model)` uses the 'shortcut' solver, K = 1, 2, 4, ...).
+
+    Args:
+        path: the safetensors file; None: the shipped one.
+
+    Returns:
+        The MoonsMLP (shortcut=True), in eval mode without gradients.
+
+    Raises:
+        FileNotFoundError: the file is missing (train it with `diffsolve train --what moons`).
+    """
     return _load(Path(path) if path is not None else WEIGHTS / FILES["shortcut"], shortcut=True)
 
 

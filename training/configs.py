@@ -28,6 +28,23 @@ DEEP_UNET_STAGES = ((2e-3, 20), (1e-3, 21), (5e-4, 22))
 
 @dataclass
 class UNetConfig:
+    """Settings of the EDM UNet's training (the defaults: the shipped UNet's first stage).
+
+    Attributes:
+        channels: channels per resolution level.
+        emb_dim: the noise-level embedding's width.
+        blocks_per_level: residual blocks per level.
+        iters: training iterations.
+        batch_size: images per iteration.
+        lr: Adam's learning rate after the warm-up.
+        warmup: iterations of the linear learning-rate warm-up.
+        ema_decay: the EMA's decay (the EMA is what ships).
+        p_mean: the mean of log sigma (EDM's P_mean).
+        p_std: the standard deviation of log sigma (EDM's P_std).
+        max_shift: random shifts of up to this many pixels (0: none).
+        seed: seeds the training noise and batches.
+        log_every: iterations between progress lines (0: none).
+    """
     channels: tuple = (16, 32, 64)
     emb_dim: int = 64
     blocks_per_level: int = 1
@@ -45,6 +62,17 @@ class UNetConfig:
 
 @dataclass
 class ClassifierConfig:
+    """Settings of the feature classifier's training.
+
+    Attributes:
+        width: the first convolutions' channels.
+        iters: training iterations.
+        batch_size: images per iteration.
+        lr: Adam's learning rate (cosine-annealed).
+        max_shift: random shifts of up to this many pixels.
+        seed: seeds the training noise and batches.
+        log_every: iterations between progress lines (0: none).
+    """
     width: int = 32
     iters: int = 1500
     batch_size: int = 64
@@ -61,6 +89,24 @@ CONSISTENCY_STAGES = ((7e-4, 10, 3300), (2e-4, 11, 1500))
 
 @dataclass
 class ConsistencyConfig:
+    """Settings of consistency distillation (Song et al. 2023, Alg. 2) from the UNet.
+
+    Attributes:
+        n_levels: N of the karras discretization (CM's CIFAR-10 setting).
+        rho: the karras grid's rho.
+        solver: the teacher's ODE step, a diffsolve solver.
+        loss: "huber" (pseudo-Huber, Song & Dhariwal 2023) or "l2".
+        huber_c: the pseudo-Huber c; 0: 0.00054 sqrt(d) as iCT.
+        iters: training iterations.
+        batch_size: images per iteration.
+        levels_per_batch: the batch is drawn as this many groups of one level each (one teacher step per group).
+        lr: Adam's learning rate.
+        warmup: iterations of the linear learning-rate warm-up.
+        target_ema: mu of Alg. 2, the target network's EMA.
+        ema_decay: the EMA that ships.
+        seed: seeds the training noise.
+        log_every: iterations between progress lines (0: none).
+    """
     n_levels: int = 18          # N of the karras discretization (CM's CIFAR-10 setting)
     rho: float = 7.0
     solver: str = "heun"        # the teacher's ODE step, a diffsolve solver
@@ -81,6 +127,25 @@ class ConsistencyConfig:
 # plus a hinge GAN term against the real training digits (CTM, Kim et al. 2023, adds the same term to distillation).
 @dataclass
 class AdversarialConfig:
+    """Settings of the consistency model's last stage: regression onto teacher ODE endpoints plus a hinge GAN term.
+
+    Attributes:
+        trajectories: teacher ODE solutions, each on its own jittered karras grid of `levels` steps.
+        levels: steps per teacher trajectory.
+        solver: the teacher's solver, a diffsolve solver.
+        chunk: trajectories per teacher batch (one jittered grid each).
+        iters: training iterations.
+        batch_size: images per iteration.
+        lr: the student's Adam learning rate.
+        d_lr: the discriminator's Adam learning rate.
+        adv_weight: the weight of the GAN term.
+        p_sigma_max: share of the batch at sigma_max, the one-step input.
+        huber_c: the pseudo-Huber c; 0: 0.00054 sqrt(d) as iCT.
+        ema_decay: the EMA that ships.
+        d_width: the discriminator's width.
+        seed: seeds the training noise and teacher trajectories.
+        log_every: iterations between progress lines (0: none).
+    """
     trajectories: int = 2048    # teacher ODE solutions, each on its own jittered karras grid of `levels` steps
     levels: int = 24
     solver: str = "dpmpp_3m"    # the teacher's solver, a diffsolve solver (NFE 24 per trajectory)
@@ -103,6 +168,14 @@ class AdversarialConfig:
 
 @dataclass
 class TrainResult:
+    """What a training run returns.
+
+    Attributes:
+        model: the trained model (the EMA where there is one), in eval mode.
+        losses: the loss of each iteration.
+        seconds: the wall time taken.
+        extra: anything else the run reports (by name).
+    """
     model: torch.nn.Module
     losses: list = field(default_factory=list)
     seconds: float = 0.0

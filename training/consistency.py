@@ -27,12 +27,29 @@ from diffsolve.training.discriminator import Discriminator
 
 
 def consistency_levels(cfg: ConsistencyConfig) -> torch.Tensor:
-    """sigma_1 = eps < ... < sigma_N = T: the karras discretization of Song et al. 2023 (float64, increasing)."""
+    """sigma_1 = eps < ... < sigma_N = T: the karras discretization of Song et al. 2023 (float64, increasing).
+
+    Args:
+        cfg: the settings (`n_levels`, `rho`).
+
+    Returns:
+        The n_levels noise levels, float64, increasing.
+    """
     return karras_sigmas(SIGMA_MIN, SIGMA_MAX, cfg.n_levels, cfg.rho).flip(0)
 
 
 def consistency_loss(a: torch.Tensor, b: torch.Tensor, kind: str, c: float) -> torch.Tensor:
-    """Mean over samples of the pseudo-Huber distance sqrt(|a - b|^2 + c^2) - c, or of the mean squared error."""
+    """Mean over samples of the pseudo-Huber distance sqrt(|a - b|^2 + c^2) - c, or of the mean squared error.
+
+    Args:
+        a: the student's outputs, batch first.
+        b: the targets, shaped like a.
+        kind: "l2" for the mean squared error; anything else for pseudo-Huber.
+        c: the pseudo-Huber constant.
+
+    Returns:
+        The loss, a scalar tensor.
+    """
     d = (a - b).flatten(1)
     if kind == "l2":
         return (d * d).mean()
@@ -43,9 +60,17 @@ def train_consistency(cfg: ConsistencyConfig | None = None, *, teacher: UNet | N
                       data: torch.Tensor | None = None, log: Callable[[str], None] = print,
                       checkpoint: Callable[[torch.nn.Module, int], None] | None = None,
                       checkpoint_every: int = 0, init: dict | None = None) -> TrainResult:
-    """Consistency distillation (Song et al. 2023, Alg. 2) of the EDM UNet; returns the EMA student and losses.
+    """Consistency distillation (Song et al. 2023, Alg. 2) of the EDM UNet; returns the EMA student and losses
+    (TrainResult; `extra` holds the student and the target network).
 
-    The student starts from the teacher's weights, or from the consistency-model state dict `init` (a later stage).
+    Args:
+        cfg: the settings; None: ConsistencyConfig(). A loss other than "huber" or "l2" raises ValueError.
+        teacher: the EDM UNet to distil; None: the built-in one (`load_mnist_unet()`).
+        data: the training images; None: the MNIST training split.
+        log: receives the progress lines (default print).
+        checkpoint: called as `checkpoint(ema, iteration)` every `checkpoint_every` iterations.
+        checkpoint_every: iterations between checkpoints (0: none).
+        init: a consistency-model state dict to start from (a later stage); None: the teacher's weights.
     """
     cfg = cfg or ConsistencyConfig()
     if cfg.loss not in ("huber", "l2"):
@@ -118,6 +143,20 @@ def teacher_trajectories(teacher: torch.nn.Module, n: int, levels: int, solver: 
 
     Each chunk of trajectories has its own karras grid (rho 7) shifted by a random fraction of a step, so the student
     sees every noise level; the first level is sigma_max and the last state the ODE's endpoint (sigma 0).
+
+    Args:
+        teacher: the EDM network that declares its spec (the built-in UNet).
+        n: the number of trajectories, >= 1.
+        levels: noise levels per trajectory before the final 0, >= 2.
+        solver: the diffsolve solver's registry name.
+        seed: seeds the grid shifts and the per-trajectory noise.
+        chunk: trajectories per solve, each chunk on one grid (default 256).
+
+    Returns:
+        The float32 states and the float32 sigmas.
+
+    Raises:
+        InvalidArgument: `levels` < 2, `n` < 1, or the solver name is unknown.
     """
     check_int("levels", levels, 2)
     check_int("n", n, 1)
@@ -151,7 +190,15 @@ def train_consistency_adversarial(cfg: AdversarialConfig | None = None, *, init:
     teacher trajectory through x_sigma (the consistency function's definition, Song et al. 2023) plus adv_weight
     times a hinge GAN loss against the real training digits (CTM, Kim et al. 2023); returns the EMA student.
 
-    The teacher's trajectories (`teacher_trajectories`, timed with the training) are made here unless given.
+    Args:
+        cfg: the settings; None: AdversarialConfig().
+        init: the consistency model's state dict to fine-tune.
+        teacher: the EDM UNet; None: the built-in one.
+        data: the real training images; None: the MNIST training split.
+        log: receives the progress lines (default print).
+        trajectories: (states, sigmas) of `teacher_trajectories`; None: made here (timed with the training).
+        checkpoint: called as `checkpoint(ema, iteration)` every `checkpoint_every` iterations.
+        checkpoint_every: iterations between checkpoints (0: none).
     """
     cfg = cfg or AdversarialConfig()
     t0 = time.time()

@@ -11,7 +11,12 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 
 class Discriminator(nn.Module):
-    """Real/fake score of 28 x 28 images: three strided convolutions and a linear head, all spectral-normalized."""
+    """Real/fake score of 28 x 28 images: three strided convolutions and a linear head, all spectral-normalized.
+
+    Args:
+        in_channels: image channels (default 1).
+        width: the first convolution's channels (default 32; then twice and four times as many).
+    """
 
     def __init__(self, in_channels: int = 1, width: int = 32):
         super().__init__()
@@ -23,4 +28,9 @@ class Discriminator(nn.Module):
             nn.Flatten(), spectral_norm(nn.Linear(4 * w * 16, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The score of each image in `x` (B, in_channels, 28, 28); higher means more real.
+
+        Returns:
+            One score per image, (B,).
+        """
         return self.net(x).squeeze(1)

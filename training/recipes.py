@@ -33,9 +33,24 @@ def _say(text: str) -> None:
 
 @dataclass
 class MnistTrainSettings:
-    """What to train and where (see `diffsolve train --help`). seed None: each trainer's own default seed (0; the
-    consistency stage's ConsistencyConfig.seed). overrides / adversarial_overrides: ConsistencyConfig /
-    AdversarialConfig fields given as text, converted to the field's type."""
+    """What to train and where (see `diffsolve train --help`).
+
+    Attributes:
+        what: one of WHAT: "unet", "unet_deep", "classifier", "stats" or "consistency".
+        out: the folder the files are written to (default: the shipped weights folder).
+        iters: iterations per stage; None: each config's own.
+        seed: None: each trainer's own default seed (0; the consistency stage's ConsistencyConfig.seed).
+        threads: torch threads (recorded with the consistency model).
+        checkpoint_every: iterations between checkpoints (0: none).
+        channels: the UNet's channels per level; None: the config's.
+        lr: one stage at this learning rate instead of the recipe's stages.
+        init: a UNet file to continue from (unet), or the teacher's file (consistency).
+        resume: a consistency-model file to continue from.
+        stages: the consistency stages, one of STAGE_CHOICES.
+        overrides: ConsistencyConfig fields given as text, converted to the field's type.
+        adversarial_overrides: AdversarialConfig fields given as text, converted to the field's type.
+        save_student: also save the consistency stage's raw student (not the EMA) there.
+    """
 
     what: str
     out: Path = WEIGHTS
@@ -54,7 +69,15 @@ class MnistTrainSettings:
 
 
 def train_mnist(s: MnistTrainSettings, log: Callable[[str], None] = _say) -> None:
-    """Run the recipe of `s.what` and write its file(s) under `s.out`."""
+    """Run the recipe of `s.what` and write its file(s) under `s.out`.
+
+    Args:
+        s: the settings.
+        log: receives the progress lines (default: print, flushed).
+
+    Raises:
+        InvalidArgument: `s.what` is not in WHAT, or the settings do not fit the recipe.
+    """
     check_choice("what", s.what, WHAT)
     if s.what in ("unet", "unet_deep"):
         train_unet_stages(s, log)
@@ -67,7 +90,12 @@ def train_mnist(s: MnistTrainSettings, log: Callable[[str], None] = _say) -> Non
 
 
 def train_unet_stages(s: MnistTrainSettings, log: Callable[[str], None] = _say) -> None:
-    """The UNet (or the deep UNet) in its stages, or one stage from `s.init` / with `s.lr`."""
+    """The UNet (or the deep UNet) in its stages, or one stage from `s.init` / with `s.lr`.
+
+    Args:
+        s: the settings (`what` "unet" or "unet_deep").
+        log: receives the progress lines (default: print, flushed).
+    """
     deep = s.what == "unet_deep"
     path = s.out / (DEEP_UNET_FILE if deep else UNET_FILE)
     store = torch.float16 if deep else None
@@ -102,6 +130,12 @@ def train_unet_stages(s: MnistTrainSettings, log: Callable[[str], None] = _say) 
 
 
 def train_classifier_file(s: MnistTrainSettings, log: Callable[[str], None] = _say) -> None:
+    """Train the feature classifier, write it under `s.out` and log its held-out accuracy.
+
+    Args:
+        s: the settings (`seed`, `iters`, `out`).
+        log: receives the progress lines (default: print, flushed).
+    """
     cfg = ClassifierConfig(seed=s.seed or 0)
     if s.iters is not None:
         cfg.iters = s.iters
@@ -114,14 +148,35 @@ def train_classifier_file(s: MnistTrainSettings, log: Callable[[str], None] = _s
 
 
 def write_feature_stats(s: MnistTrainSettings, log: Callable[[str], None] = _say) -> None:
-    """The real images' feature statistics under the classifier in `s.out`."""
+    """The real images' feature statistics under the classifier in `s.out`.
+
+    Args:
+        s: the settings (`out` holds the classifier and receives the statistics).
+        log: receives the progress lines (default: print, flushed).
+
+    Raises:
+        FileNotFoundError: no classifier in `s.out`.
+    """
     stats = real_feature_stats(load_mnist_classifier(s.out / CLASSIFIER_FILE))
     save_file(stats, str(s.out / STATS_FILE))
     log(f"saved {sorted(stats)} to {s.out / STATS_FILE}")
 
 
 def with_overrides(cfg: Any, overrides: dict[str, str], argument: str) -> Any:
-    """cfg with each named field set to its text value converted to the field's type."""
+    """cfg with each named field set to its text value converted to the field's type.
+
+    Args:
+        cfg: a config dataclass, changed in place.
+        overrides: field name -> text value.
+        argument: the argument's name, for the message.
+
+    Returns:
+        `cfg`.
+
+    Raises:
+        InvalidArgument: a name that is not a field of cfg.
+        ValueError: a text the field's type cannot convert.
+    """
     for key, value in overrides.items():
         if key not in type(cfg).__dataclass_fields__:
             raise InvalidArgument(f"{argument}: {key!r} is not a {type(cfg).__name__} field")
@@ -149,7 +204,15 @@ def _consistency_plan(s: MnistTrainSettings) -> list[tuple]:
 
 
 def train_consistency_stages(s: MnistTrainSettings, log: Callable[[str], None] = _say) -> None:
-    """The consistency model's recipe: the CD stages, then the adversarial stage; train_seconds adds up all stages."""
+    """The consistency model's recipe: the CD stages, then the adversarial stage; train_seconds adds up all stages.
+
+    Args:
+        s: the settings (`stages`, `init` the teacher, `resume`, overrides).
+        log: receives the progress lines (default: print, flushed).
+
+    Raises:
+        InvalidArgument: stages not in STAGE_CHOICES, "adversarial" alone without `resume`, or an unknown override.
+    """
     plan = _consistency_plan(s)
     teacher_path = s.init if s.init is not None else WEIGHTS / UNET_FILE
     teacher = load_mnist_unet(teacher_path)

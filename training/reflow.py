@@ -59,11 +59,21 @@ class CouplingsError(DiffsolveError, ValueError):
 
 
 def shard_name(k: int) -> str:
+    """The file name of shard `k`: shard-{k:06d}.safetensors."""
     return f"shard-{k:06d}.safetensors"
 
 
 def coupling_seeds(seed: int, start: int, stop: int) -> list[int]:
-    """The per-sample noise seeds of samples start..stop-1: seed * 2**32 + index (distinct for distinct pairs)."""
+    """The per-sample noise seeds of samples start..stop-1: seed * 2**32 + index (distinct for distinct pairs).
+
+    Args:
+        seed: the run's seed.
+        start: the first sample index.
+        stop: one past the last sample index.
+
+    Returns:
+        The seeds, one per sample.
+    """
     return [int(seed) * 2 ** 32 + i for i in range(start, stop)]
 
 
@@ -97,7 +107,15 @@ def _identity(model: Any, given: str | None) -> str:
 
 @dataclass
 class CouplingRun:
-    """What `generate_couplings` did: the folder, its manifest, the shards this process computed and kept."""
+    """What `generate_couplings` did: the folder, its manifest, the shards this process computed and kept.
+
+    Attributes:
+        out_dir: the coupling folder.
+        manifest: the folder's manifest (settings, model identity, each shard's range and sha256).
+        computed: shard indices computed by this run (every rank's).
+        kept: shard indices found complete and verified (every rank's).
+        seconds: the wall time of the call.
+    """
 
     out_dir: Path
     manifest: dict
@@ -138,7 +156,18 @@ _ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """A safetensors file with a canonical header (sorted keys, no spaces, padded to 8 bytes): the same tensors
     and metadata give the same bytes in every process (safetensors' own writer orders the metadata by a hash
-    map, which differs from process to process)."""
+    map, which differs from process to process).
+
+    Args:
+        tensors: name -> float32, float64 or int64 tensor.
+        metadata: the header's string metadata.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        KeyError: a tensor of another dtype.
+    """
     header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
     blobs, offset = [], 0
     for name in sorted(tensors):
@@ -231,12 +260,31 @@ def generate_couplings(model: Any, out_dir: str | Path, n: int, *, solver: str =
                        verify_noise: bool = True, log: bool = False, dist: Any = None) -> CouplingRun:
     """Solve `n` noise draws to their endpoints with a diffsolve solver and write them as resumable shards.
 
-    model: anything `Sampler` takes (its `diffsolve_spec` must give the sample shape). solver / steps /
-    solver_options: the solver (an accurate one: the coupling is the ODE's map). batch_size: samples per
-    solver call (recorded: it fixes the floating-point work per sample). shard_size: samples per file.
-    seed: the noise seeds of sample i are seed * 2**32 + i. dtype: the state's dtype (stored as float32).
-    model_id: the model's identity for the manifest (default: `diffsolve.field.model_identity`, a digest of
-    an nn.Module's weights). dist: a `diffsolve.distributed.Dist` (default: from torchrun's environment).
+    Args:
+        model: anything `Sampler` takes (its `diffsolve_spec` must give the sample shape).
+        out_dir: the coupling folder (created; an earlier run's folder is resumed).
+        n: the number of samples, 1 to 2**32.
+        solver: the solver's registry name (an accurate one: the coupling is the ODE's map; default "heun").
+        steps: solver steps per sample (default 64).
+        batch_size: samples per solver call (recorded: it fixes the floating-point work per sample).
+        shard_size: samples per file.
+        seed: the noise seeds of sample i are seed * 2**32 + i (0 to 2**31 - 1).
+        dtype: the state's dtype (stored as float32).
+        solver_options: the solver's keywords.
+        model_id: the model's identity for the manifest (default: `diffsolve.field.model_identity`, a digest of an
+            nn.Module's weights).
+        device: where to solve; None: the Dist's device.
+        verify_noise: when resuming, check each kept shard's noise against its seeds (default True).
+        log: print a line per shard written.
+        dist: a `diffsolve.distributed.Dist` (default: from torchrun's environment).
+
+    Returns:
+        The CouplingRun.
+
+    Raises:
+        InvalidArgument: an argument out of its range or of the wrong type, a model without a sample shape or
+            identity, or a path that is not a folder.
+        CouplingsError: the folder holds a run with other settings, or a shard is missing at the end.
     """
     t_start = time.perf_counter()
     n = check_int("n", n, 1, MAX_N)
@@ -366,7 +414,18 @@ def _close_folder(out: Path, settings: dict, dist: Any) -> dict:
 # Reading
 # ------------------------------------------------------------------------------------------------
 def verify_couplings(out_dir: str | Path) -> dict:
-    """The manifest, after checking every shard's presence, sha256, count and indices (else CouplingsError)."""
+    """The manifest, after checking every shard's presence, sha256, count and indices (else CouplingsError).
+
+    Args:
+        out_dir: the coupling folder.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        CouplingsError: no manifest (the generator has not finished), another format, a shard list that does not
+            cover the samples in order, or a shard missing or corrupted.
+    """
     out = Path(out_dir)
     path = out / MANIFEST
     if not path.is_file():
@@ -391,7 +450,18 @@ def verify_couplings(out_dir: str | Path) -> dict:
 
 
 def load_couplings(out_dir: str | Path, *, with_index: bool = False):
-    """(noise, endpoint), each [n, *sample_shape] float32, after `verify_couplings`; with_index: also the indices."""
+    """(noise, endpoint), each [n, *sample_shape] float32, after `verify_couplings`; with_index: also the indices.
+
+    Args:
+        out_dir: the coupling folder.
+        with_index: also return the int64 sample indices.
+
+    Returns:
+        (tuple): (noise, endpoint), or (noise, endpoint, index).
+
+    Raises:
+        CouplingsError: the folder fails `verify_couplings`, or a shard changed or holds other samples.
+    """
     out = Path(out_dir)
     manifest = verify_couplings(out)
     noise, ends, index = [], [], []

@@ -48,6 +48,22 @@ SHORTCUT_LEVELS = 8          # step sizes 1, 1/2, ..., 1/128
 
 @dataclass
 class ToyConfig:
+    """Settings of one moons model's training (the shipped ones: DEFAULTS).
+
+    Attributes:
+        what: "1rf", "2rf" or "shortcut".
+        iters: training iterations.
+        batch_size: points per iteration.
+        lr: Adam's peak learning rate (2% linear warm-up, then cosine decay to zero).
+        width: the MLP's hidden width.
+        depth: the MLP's hidden layers.
+        seed: seeds the weights, the data pool, the noise and the times.
+        pool: moons drawn once (1rf, shortcut) / couplings generated (2rf).
+        consistency_fraction: the share of a shortcut batch trained on self-consistency (default 1/4).
+        coupling_solver: the solver of the 2-RF's couplings.
+        coupling_steps: its steps per coupling.
+        log_every: iterations between progress lines (0: none).
+    """
     what: str = "1rf"                # 1rf | 2rf | shortcut
     iters: int = 6000
     batch_size: int = 512
@@ -69,6 +85,15 @@ DEFAULTS = {"1rf": ToyConfig("1rf", iters=10000, lr=2e-3, seed=0),
 
 @dataclass
 class ToyResult:
+    """What `train_toy` returns.
+
+    Attributes:
+        model: the trained MoonsMLP, in eval mode without gradients.
+        config: the settings it was trained with.
+        seconds: the training's wall time.
+        losses: the loss of each iteration.
+        extra: anything else the run reports (by name).
+    """
     model: MoonsMLP
     config: ToyConfig
     seconds: float
@@ -113,7 +138,21 @@ def train_toy(cfg: ToyConfig, *, init: MoonsMLP | None = None, pairs: tuple[torc
     """Train one model. 2rf needs `pairs` = (noise, endpoint) couplings and `init` (the 1-RF); the others start fresh.
 
     Seeded by cfg.seed (weights, data pool, noise, times): the same config gives the same weights on the same
-    machine and thread count."""
+    machine and thread count.
+
+    Args:
+        cfg: the settings.
+        init: a model to continue from (copied); None: fresh weights.
+        pairs: (noise, endpoint) couplings, needed for "2rf".
+        log: receives the progress lines (default print; None: silent).
+
+    Returns:
+        The ToyResult.
+
+    Raises:
+        InvalidArgument: `cfg.what` is not "1rf", "2rf" or "shortcut".
+        ValueError: "2rf" without `pairs`.
+    """
     check_choice("what", cfg.what, ("1rf", "2rf", "shortcut"))
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -156,36 +195,92 @@ def train_toy(cfg: ToyConfig, *, init: MoonsMLP | None = None, pairs: tuple[torc
 
 
 def save_toy(model: MoonsMLP, path: Path, meta: dict) -> None:
+    """Write a moons model's weights as safetensors with its training record.
+
+    Args:
+        model: the model.
+        path: the file to write.
+        meta: the training record, stored as JSON under the `config` metadata key.
+    """
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"config": json.dumps(meta, sort_keys=True)})
 
 
 def heldout_noise(n: int) -> torch.Tensor:
-    """Noise no model saw in training or couplings: reflow's per-sample seeds HELDOUT_SEED * 2**32 + i."""
+    """Noise no model saw in training or couplings: reflow's per-sample seeds HELDOUT_SEED * 2**32 + i.
+
+    Args:
+        n: the number of points.
+
+    Returns:
+        The noise, (n, 2).
+    """
     return draw_noise((n, 2), seed=coupling_seeds(HELDOUT_SEED, 0, n))
 
 
 def heldout_moons(n: int) -> torch.Tensor:
+    """Moons no model was trained on: `n` points drawn with random_state HELDOUT_DATA_SEED.
+
+    Returns:
+        The points, float32 (n, 2).
+    """
     return moons(n, seed=HELDOUT_DATA_SEED)
 
 
 def sample(model: Any, noise: torch.Tensor, steps: int, solver: str | None = None) -> torch.Tensor:
+    """The samples of `model` from `noise` in `steps` steps of `solver`.
+
+    Args:
+        model: a model `Sampler` takes.
+        noise: the starting noise, (n, 2).
+        steps: the number of steps.
+        solver: the solver's registry name; None: the model's own (or the default).
+
+    Returns:
+        The samples, shaped like noise.
+    """
     return Sampler(model, solver, progress=False).run(steps=steps, noise=noise).samples
 
 
 def sliced_w1(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The sliced Wasserstein-1 distance between point sets `x` and `y` (256 projections, seed 0, in float64).
+
+    Returns:
+        The distance, a float.
+    """
     return sliced_wasserstein(x.double(), y.double(), n_proj=256, seed=0)
 
 
 def straightness_of(model: Any, noise: torch.Tensor, steps: int = 128) -> tuple[float, float]:
-    """(straightness S, RMS 1-step gap) against a fine Heun solve, from `diffsolve.analysis.straightness`."""
+    """(straightness S, RMS 1-step gap) against a fine Heun solve, from `diffsolve.analysis.straightness`.
+
+    Args:
+        model: the flow.
+        noise: the starting points.
+        steps: Heun steps of the reference solve (default 128).
+
+    Returns:
+        The straightness and the RMS one-step gap, floats.
+    """
     r = straightness(model, noise, steps=steps, solver="heun")
     return float(r.straightness), float(r.one_step_gap)
 
 
 def evaluate(n: int = 5000, steps: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
     """Sliced W1 to held-out moons at each step count: 1-RF and 2-RF with Euler, the shortcut model with its
-    sampler; straightness and 1-step gap of 1-RF and 2-RF. The floor (two moons samples) is reported too."""
+    sampler; straightness and 1-step gap of 1-RF and 2-RF. The floor (two moons samples) is reported too.
+
+    Args:
+        n: the number of points (default 5000).
+        steps: the step counts (default 1, 2, 4, 8).
+
+    Returns:
+        {"n", "floor", and per model "1rf"/"2rf"/"shortcut": W1 by step count, "rk4_64", "train_seconds" and, for
+            the flows, "straightness" and "one_step_gap"}.
+
+    Raises:
+        FileNotFoundError: a shipped moons model is missing.
+    """
     noise, target = heldout_noise(n), heldout_moons(n)
     out: dict = {"n": n, "floor": sliced_w1(moons(n, seed=HELDOUT_DATA_SEED + 1), target)}
     for name, solver in (("1rf", "euler"), ("2rf", "euler"), ("shortcut", "shortcut")):
@@ -200,6 +295,19 @@ def evaluate(n: int = 5000, steps: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
 
 
 def make_couplings(model: MoonsMLP, cfg: ToyConfig, folder: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
+    """Generate the 2-RF's couplings from the 1-RF (`cfg.pool` samples by `cfg.coupling_solver`, seed COUPLING_SEED).
+
+    Args:
+        model: the 1-rectified flow.
+        cfg: the 2-RF's settings.
+        folder: the coupling folder (resumable).
+
+    Returns:
+        The (noise, endpoint) couplings and a record of how they were made.
+
+    Raises:
+        CouplingsError: the folder holds couplings made with other settings.
+    """
     run = generate_couplings(model, folder, cfg.pool, solver=cfg.coupling_solver, steps=cfg.coupling_steps,
                              batch_size=2048, shard_size=10_000, seed=COUPLING_SEED, log=True)
     info = {"coupling_seconds": round(run.seconds, 2), "coupling_n": cfg.pool, "coupling_solver": cfg.coupling_solver,
@@ -212,8 +320,22 @@ def make_couplings(model: MoonsMLP, cfg: ToyConfig, folder: Path) -> tuple[tuple
 def train_moons(what: str, out: Path = WEIGHTS, *, iters: int | None = None, couplings: Path | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """Train one shipped moons model ('1rf', '2rf' or 'shortcut') with its DEFAULTS config and save it to
-    out / FILES[what] with its training record (returned). iters overrides the config's iteration count;
-    couplings: the folder of the 2-RF's couplings (resumable; default a temporary folder)."""
+    out / FILES[what] with its training record (returned).
+
+    Args:
+        what: "1rf", "2rf" (needs the 1-RF in `out`) or "shortcut".
+        out: the folder to write to (default: the shipped weights folder).
+        iters: overrides the config's iteration count.
+        couplings: the folder of the 2-RF's couplings (resumable; default a temporary folder).
+        log: receives the progress lines (default print).
+
+    Returns:
+        The training record.
+
+    Raises:
+        InvalidArgument: `what` is not one of the three.
+        FileNotFoundError: "2rf" without the 1-RF's file in `out`.
+    """
     check_choice("what", what, tuple(DEFAULTS))
     cfg = copy.deepcopy(DEFAULTS[what])
     if iters is not None:

@@ -14,7 +14,18 @@ from diffsolve.training.configs import TrainResult, UNetConfig
 
 
 def edm_loss(model: UNet, x0: torch.Tensor, g: torch.Generator, p_mean: float, p_std: float) -> torch.Tensor:
-    """EDM denoising loss with its lambda(sigma) weighting (unit loss at initialization)."""
+    """EDM denoising loss with its lambda(sigma) weighting (unit loss at initialization).
+
+    Args:
+        model: the UNet being trained.
+        x0: clean images, (B, 1, 28, 28).
+        g: draws sigma and the noise.
+        p_mean: the mean of log sigma.
+        p_std: the standard deviation of log sigma.
+
+    Returns:
+        The mean weighted squared error, a scalar tensor with gradients.
+    """
     n = x0.shape[0]
     sigma = torch.exp(p_mean + p_std * torch.randn(n, generator=g))
     noise = torch.randn(x0.shape, generator=g)
@@ -27,7 +38,23 @@ def edm_loss(model: UNet, x0: torch.Tensor, g: torch.Generator, p_mean: float, p
 def train_unet(cfg: UNetConfig | None = None, *, data: torch.Tensor | None = None,
                log: Callable[[str], None] = print, checkpoint: Callable[[UNet, int], None] | None = None,
                checkpoint_every: int = 0, init: dict | None = None) -> TrainResult:
-    """Train the EDM UNet (from scratch, or continue from the state dict `init`); returns the EMA model and losses."""
+    """Train the EDM UNet (from scratch, or continue from the state dict `init`); returns the EMA model and losses.
+
+    Args:
+        cfg: the settings; None: UNetConfig().
+        data: the training images; None: the MNIST training split.
+        log: receives the progress lines (default print).
+        checkpoint: called as `checkpoint(ema, iteration)` every `checkpoint_every` iterations.
+        checkpoint_every: iterations between checkpoints (0: none).
+        init: a state dict to start from; None: fresh weights.
+
+    Returns:
+        The TrainResult: the EMA model in eval mode, the loss per iteration and the seconds taken.
+
+    Raises:
+        RuntimeError: `init` does not match the architecture (torch's load_state_dict).
+        InvalidArgument: `cfg.blocks_per_level` is not an integer >= 1.
+    """
     cfg = cfg or UNetConfig()
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)

@@ -30,7 +30,19 @@ _STYLE_OF_CLASS = {
 
 
 def config_of(scheduler_or_config: Any) -> dict:
-    """A plain dict from a diffusers scheduler, its `.config` (FrozenDict) or a config dict (JSON as loaded)."""
+    """A plain dict from a diffusers scheduler, its `.config` (FrozenDict) or a config dict (JSON as loaded).
+
+    A config without `_class_name` gets the scheduler object's class name, or the class `infer_class_name` finds.
+
+    Args:
+        scheduler_or_config: a diffusers scheduler, its config, or a config mapping.
+
+    Returns:
+        A new dict of the config.
+
+    Raises:
+        InvalidArgument: neither the object nor its `.config` is a mapping.
+    """
     cfg = getattr(scheduler_or_config, "config", scheduler_or_config)
     if not isinstance(cfg, Mapping):
         raise InvalidArgument(f"scheduler must be a diffusers scheduler or a config mapping, got "
@@ -75,20 +87,44 @@ def infer_class_name(cfg: Mapping) -> str | None:
     """The diffusers scheduler class whose constructor takes exactly this config's keys (None if none or no diffusers).
 
     KDPM2, KDPM2Ancestral and LMS take the same arguments; such a config is read as LMS's (the same timesteps). Pass
-    the scheduler object, or a config with `_class_name`, to name the class for sure."""
+    the scheduler object, or a config with `_class_name`, to name the class for sure.
+
+    Args:
+        cfg: the config (keys starting with "_" are ignored).
+
+    Returns:
+        The class name, or None.
+    """
     keys = frozenset(k for k in cfg if not str(k).startswith("_"))
     return _class_of_signature().get(keys) if keys else None
 
 
 def is_flow_config(cfg: Mapping) -> bool:
-    """Flow matching (FlowMatch* schedulers, or a multistep solver with use_flow_sigmas)."""
+    """Flow matching (FlowMatch* schedulers, or a multistep solver with use_flow_sigmas).
+
+    Args:
+        cfg: the config (`_class_name`, `use_flow_sigmas`, `prediction_type`).
+
+    Returns:
+        True for a flow-matching config.
+    """
     name = str(cfg.get("_class_name", ""))
     return name.startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas", False)) or \
         cfg.get("prediction_type") == "flow_prediction"
 
 
 def prediction_of(cfg: Mapping) -> str:
-    """diffsolve's prediction name for the config's prediction_type (flow matching: velocity)."""
+    """diffsolve's prediction name for the config's prediction_type (flow matching: velocity).
+
+    Args:
+        cfg: the config; a missing `prediction_type` is "epsilon".
+
+    Returns:
+        "eps", "x0", "v" or "velocity" (see PREDICTION_TYPES).
+
+    Raises:
+        InvalidArgument: the prediction_type is not one of PREDICTION_TYPES.
+    """
     if is_flow_config(cfg):
         return "velocity"
     ptype = cfg.get("prediction_type", "epsilon")
@@ -103,7 +139,18 @@ def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
 
 
 def betas_of(cfg: Mapping) -> torch.Tensor:
-    """The float32 betas a diffusers scheduler builds from this config (same arithmetic, same rounding)."""
+    """The float32 betas a diffusers scheduler builds from this config (same arithmetic, same rounding).
+
+    Args:
+        cfg: the config: `trained_betas`, or `beta_schedule` ("linear", "scaled_linear", "squaredcos_cap_v2",
+            "sigmoid") with `num_train_timesteps` (default 1000), `beta_start` (1e-4) and `beta_end` (0.02).
+
+    Returns:
+        The betas, a float32 tensor of num_train_timesteps values.
+
+    Raises:
+        InvalidArgument: `beta_schedule` is not one of the four.
+    """
     n = int(cfg.get("num_train_timesteps", 1000))
     start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
     trained = cfg.get("trained_betas")
@@ -123,7 +170,14 @@ def betas_of(cfg: Mapping) -> torch.Tensor:
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Lin et al. 2024, Alg. 1, as diffusers applies it."""
+    """Lin et al. 2024, Alg. 1, as diffusers applies it.
+
+    Args:
+        betas: the betas to rescale.
+
+    Returns:
+        The betas rescaled so that the last alphas_cumprod is zero (zero terminal SNR).
+    """
     ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
     a0, aT = ab[0].clone(), ab[-1].clone()
     ab = (ab - aT) * (a0 / (a0 - aT))
@@ -133,7 +187,18 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 
 
 def alphas_cumprod_of(scheduler_or_config: Any) -> torch.Tensor:
-    """alphas_cumprod as float64 holding diffusers' float32 values (the scheduler's own tensor when given one)."""
+    """alphas_cumprod as float64 holding diffusers' float32 values (the scheduler's own tensor when given one).
+
+    Args:
+        scheduler_or_config: a diffusers scheduler (its `alphas_cumprod` used as is), its config or a config
+            mapping (betas built by `betas_of`, rescaled when `rescale_betas_zero_snr`, with the last value 2^-24).
+
+    Returns:
+        A float64 tensor on the CPU.
+
+    Raises:
+        InvalidArgument: not a diffusers scheduler or config, or an unknown `beta_schedule`.
+    """
     ac = getattr(scheduler_or_config, "alphas_cumprod", None)
     if isinstance(ac, torch.Tensor):
         return ac.detach().to("cpu", torch.float64)
@@ -162,7 +227,17 @@ def _decreasing_tail(ac: torch.Tensor) -> torch.Tensor:
 
 
 def schedule_from_diffusers(scheduler_or_config: Any) -> NoiseSchedule:
-    """VPDiscrete (model time = integer timestep n, alpha^2 = alphas_cumprod[n]) or RectifiedFlow (model time 1000 t)."""
+    """VPDiscrete (model time = integer timestep n, alpha^2 = alphas_cumprod[n]) or RectifiedFlow (model time 1000 t).
+
+    Args:
+        scheduler_or_config: a diffusers scheduler, its config, or a config mapping.
+
+    Returns:
+        The NoiseSchedule of the config's Gaussian path.
+
+    Raises:
+        InvalidArgument: not a diffusers scheduler or config, or an unknown `beta_schedule`.
+    """
     cfg = config_of(scheduler_or_config)
     if is_flow_config(cfg):
         n = int(cfg.get("num_train_timesteps", 1000))
@@ -212,7 +287,14 @@ def source_config_of(cfg: Mapping) -> dict:
     by default DPMSolverMultistepScheduler), which fixes its path and timesteps; other configs as they are.
 
     A key the config left at its default (`_use_default_values`, as diffusers records it) takes the source
-    class's default: a DDPM config's unset timestep_spacing is DDPM's 'leading'."""
+    class's default: a DDPM config's unset timestep_spacing is DDPM's 'leading'.
+
+    Args:
+        cfg: the config.
+
+    Returns:
+        A new dict: the source class's config (DIFFSOLVE_KEYS dropped, `_class_name` the source class), or a copy.
+    """
     if cfg.get("_class_name") != "DiffsolveScheduler":
         return dict(cfg)
     source = cfg.get("source_class") or "DPMSolverMultistepScheduler"
@@ -226,7 +308,18 @@ def source_config_of(cfg: Mapping) -> dict:
 
 
 def style_of(cfg: Mapping, style: str | None = None) -> str:
-    """The timestep formula (`STYLES`) of the config's scheduler class, or `style` checked when given."""
+    """The timestep formula (`STYLES`) of the config's scheduler class, or `style` checked when given.
+
+    Args:
+        cfg: the config (its `_class_name`); an unlisted class is "flow" for flow configs, else "dpmsolver".
+        style: a style to use instead; None: the class's.
+
+    Returns:
+        One of STYLES.
+
+    Raises:
+        InvalidArgument: `style` is not one of STYLES.
+    """
     if style is None:
         style = _STYLE_OF_CLASS.get(str(cfg.get("_class_name", "")), "flow" if is_flow_config(cfg) else "dpmsolver")
     check_choice("style", style, STYLES)

@@ -33,13 +33,30 @@ _ROUNDS_KARRAS_TIMESTEPS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepS
 class LCMBoundary(FieldWrapper):
     """Latent consistency models' boundary condition, applied by diffusers' LCMScheduler to the network's data
     prediction: c_skip x + c_out x0_hat with c_skip = sd^2 / ((10 n)^2 + sd^2), c_out = 10 n / sqrt((10 n)^2 + sd^2),
-    n the timestep and sd = 0.5 (Luo et al. 2023; `timestep_scaling` replaces the 10)."""
+    n the timestep and sd = 0.5 (Luo et al. 2023; `timestep_scaling` replaces the 10).
+
+    Args:
+        field: the field (or field wrapper) whose data prediction gets the boundary condition.
+        timestep_scaling: the factor on the timestep n (LCMScheduler's `timestep_scaling`, default 10).
+        sigma_data: sd, the data's standard deviation in the formulas (default 0.5).
+    """
 
     def __init__(self, field: Any, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
         super().__init__(field)
         self.timestep_scaling, self.sigma_data = float(timestep_scaling), float(sigma_data)
 
     def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any):
+        """The inner field's data prediction at state `x` and point `p` with the boundary condition applied.
+
+        Args:
+            x: the state, batch first.
+            p: the evaluation point (its `model_time` is the timestep n).
+            kind: "x0" for the data prediction, else the velocity computed from it.
+            **kwargs: passed to the inner field (and on to the network).
+
+        Returns:
+            (FieldOutput): the converted value and the inner output's aux.
+        """
         out = self.inner.evaluate(x, p, "x0", **kwargs)
         n = per_sample(p.model_time, x) * self.timestep_scaling
         sd2 = self.sigma_data ** 2
@@ -52,19 +69,37 @@ class LCMBoundary(FieldWrapper):
         return FieldOutput(value, out.aux)
 
     def own_identity(self) -> str:
+        """The identity string of this wrapper: its scaling and sigma_data, for caches."""
         return f"lcm_boundary(scaling={self.timestep_scaling!r}, sigma_data={self.sigma_data!r})"
 
 
 class TCDSteps(Consistency):
     """TCDScheduler's loop (Zheng et al. 2024): from listed timestep n to n', a DDIM move to the timestep
     floor((1 - gamma) n') with the model's x0 and eps, then noise back up to n'; the last step ends at
-    alphas_cumprod[0] without noise. `gamma` is the `eta` its pipeline passes to `step` (default 0.3)."""
+    alphas_cumprod[0] without noise. `gamma` is the `eta` its pipeline passes to `step` (default 0.3).
+
+    Args:
+        gamma: the stochasticity (TCD's `eta`); 0 is deterministic.
+        s_noise: the scale of the fresh noise added back (default 1.0).
+    """
 
     def __init__(self, gamma: float = 0.3, s_noise: float = 1.0):
         super().__init__(gamma, s_noise)
         self.name = "tcd_scheduler"
 
     def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        """The Plan of TCD's loop on grid `t`: one consistency step per interval with TCD's intermediate timestep.
+
+        Args:
+            field: the field to sample; its schedule must be a discrete VP schedule.
+            t: the grid of times (float64, decreasing).
+
+        Returns:
+            The Plan (grid, points, per-step coefficients, model calls).
+
+        Raises:
+            InvalidArgument: the field's schedule is not a VPDiscrete, or the field does not fit the solver.
+        """
         self.check_field(field)
         sch = field.schedule
         if not isinstance(sch, VPDiscrete):
@@ -94,7 +129,15 @@ class RoundedModelTime(FieldWrapper):
     """The network gets the timestep diffusers feeds it at a noise level between training nodes: its
     `_sigma_to_t` made an integer (DPMSolver*, UniPC and DEIS with karras, Lu, exponential or beta sigmas):
     `rounding="nearest"` where diffusers rounds it (karras and Lu sigmas, except on a cosine schedule), `"down"`
-    where it only casts it to int64 (the others). The update still uses the exact noise level, as diffusers' does."""
+    where it only casts it to int64 (the others). The update still uses the exact noise level, as diffusers' does.
+
+    Args:
+        field: the field to wrap; its schedule must have `alphas_cumprod` (a discrete VP schedule).
+        rounding: "nearest" or "down", as above.
+
+    Raises:
+        InvalidArgument: `rounding` is not one of the two.
+    """
 
     def __init__(self, field: Any, rounding: str = "nearest"):
         super().__init__(field)
@@ -105,7 +148,9 @@ class RoundedModelTime(FieldWrapper):
         self.log_sigmas = np.log(node)
 
     def fed_time(self, p: Any) -> float:
-        """The model time the network gets at point p."""
+        """The model time the network gets at point `p`: `p.model_time` at a node, at alpha or sigma 0 or per
+        sample, else diffusers' interpolated timestep rounded per `rounding`.
+        """
         mt = float(p.model_time)
         if p.per_sample or not (p.alpha > 0 and p.sigma > 0) or abs(mt - round(mt)) <= 1e-6:
             return mt
@@ -113,20 +158,33 @@ class RoundedModelTime(FieldWrapper):
         return float(round(n) if self.rounding == "nearest" else math.floor(n))
 
     def evaluate(self, x: torch.Tensor, p: Any, kind: str = "x0", **kwargs: Any):
+        """The inner field at `p` with the model time `fed_time(p)`; `x`, `kind` and `**kwargs` pass through.
+
+        Returns:
+            (FieldOutput): the inner field's output.
+        """
         n = self.fed_time(p)
         if n != float(p.model_time):
             p = dataclasses.replace(p, model_time=n)
         return self.inner.evaluate(x, p, kind, **kwargs)
 
     def own_identity(self) -> str:
+        """The identity string of this wrapper ("rounded_model_time", plus "(down)" when rounding down)."""
         return "rounded_model_time" + ("" if self.rounding == "nearest" else "(down)")
 
 
 def model_time_rounding(cfg: Mapping, spaced_like_dpmsolver: bool = False) -> str | None:
     """How a DPMSolver*/UniPC/DEIS config makes the timesteps of its spaced sigmas integers (None: they are nodes).
 
-    `spaced_like_dpmsolver`: any class but the Euler family (which feeds the network fractional timesteps) is
-    read as DPMSolverMultistepScheduler (DiffsolveScheduler spaces DDPM/DDIM configs' sigmas as it does)."""
+    Args:
+        cfg: the scheduler config (its `_class_name`, `use_karras_sigmas`, `use_lu_lambdas`,
+            `use_exponential_sigmas`, `use_beta_sigmas`, `beta_schedule`).
+        spaced_like_dpmsolver: any class but the Euler family (which feeds the network fractional timesteps) is
+            read as DPMSolverMultistepScheduler (DiffsolveScheduler spaces DDPM/DDIM configs' sigmas as it does).
+
+    Returns:
+        "nearest", "down", or None when no rounding applies.
+    """
     name = str(cfg.get("_class_name", ""))
     euler = name in _FRACTIONAL_TIMESTEPS or name.startswith("FlowMatch")
     if name not in _ROUNDS_KARRAS_TIMESTEPS and not (spaced_like_dpmsolver and not euler):
@@ -139,7 +197,17 @@ def model_time_rounding(cfg: Mapping, spaced_like_dpmsolver: bool = False) -> st
 
 
 def singlestep_orders(steps: int, order: int, lower_order_final: bool, final_zero: bool) -> list[int]:
-    """DPMSolverSinglestepScheduler's order per listed timestep (its set_timesteps and get_order_list)."""
+    """DPMSolverSinglestepScheduler's order per listed timestep (its set_timesteps and get_order_list).
+
+    Args:
+        steps: the number of listed timesteps.
+        order: the solver order (1 to 3).
+        lower_order_final: the config's `lower_order_final` (also forced when `steps % order != 0` or `final_zero`).
+        final_zero: the run ends at sigma 0 (the last order is then 1).
+
+    Returns:
+        The order of each listed timestep, a list of `steps` integers.
+    """
     lower_order_final = lower_order_final or steps % order != 0 or final_zero
     if lower_order_final:
         pattern = list(range(1, order + 1))
@@ -159,7 +227,17 @@ class SchedulerSinglestep(DPMSolverSinglestep):
     """DPMSolverSinglestepScheduler's own loop: each listed timestep is one model call, and a run of orders
     1, 2, .., k is one singlestep step from its first timestep to the timestep after its last, whose intermediate
     points are the listed timesteps in between (not DPM-Solver's r = 1/2 or 1/3, 2/3), with diffusers' update
-    formulas for `algorithm_type` and `solver_type`."""
+    formulas for `algorithm_type` and `solver_type`.
+
+    Args:
+        order: the scheduler's `solver_order` (default 2).
+        algorithm_type: "dpmsolver++" (data prediction) or "dpmsolver" (noise prediction).
+        solver_type: "midpoint" or "heun", diffusers' second- and third-order variants.
+        lower_order_final: the scheduler's `lower_order_final` (see `singlestep_orders`).
+
+    Raises:
+        InvalidArgument: `algorithm_type` or `solver_type` is not one of the two.
+    """
 
     def __init__(self, order: int = 2, algorithm_type: str = "dpmsolver++", solver_type: str = "midpoint",
                  lower_order_final: bool = False):
@@ -173,9 +251,22 @@ class SchedulerSinglestep(DPMSolverSinglestep):
         self.calls_per_step = 1
 
     def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        """One model call per listed timestep: `steps` (`field` and `ends_at_zero` do not change it)."""
         return steps        # one call per listed timestep, grouped into singlestep steps in plan()
 
     def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        """Group the listed timesteps of grid `t` into singlestep steps by `singlestep_orders` and plan each group.
+
+        Args:
+            field: the field to sample.
+            t: the grid of listed times (float64, decreasing).
+
+        Returns:
+            A Plan whose grid holds only the groups' start and end times; its nfe counts every listed timestep.
+
+        Raises:
+            InvalidArgument: the field does not fit the solver.
+        """
         self.check_field(field)
         pts = self.grid_points(field, t)
         n = len(pts) - 1
@@ -236,6 +327,7 @@ class SchedulerSinglestep(DPMSolverSinglestep):
         return SinglestepCoefficients(tuple(pts[1:-1]), stages, tuple(float(v) for v in states[-1]))
 
     def options(self) -> dict:
+        """The keywords that rebuild this solver: order, algorithm_type, solver_type, lower_order_final."""
         return {"order": self.scheduler_order, "algorithm_type": self.algorithm_type,
                 "solver_type": self.solver_type, "lower_order_final": self.lower_order_final}
 
@@ -244,7 +336,16 @@ class DDIMStepTargets(Solver):
     """DDIMScheduler's loop: each step goes from its listed timestep n to n - T // steps, and the next step starts
     at the next listed timestep as if the state were there. With 'linspace' spacing the two differ (999 steps to
     899 but the next call is at 888), and with 'trailing' whenever T / steps is not an integer (6 steps: 999 to
-    833, next call at 832); `loop="clean"` steps to the next listed timestep instead."""
+    833, next call at 832); `loop="clean"` steps to the next listed timestep instead.
+
+    Args:
+        inner: a single-step solver (one with its own `coefficients`), whose update each step uses.
+        num_train_timesteps: T, the scheduler's number of training timesteps.
+        final_t: the time a step that targets a negative timestep ends at (0, or the time of index 0).
+
+    Raises:
+        InvalidArgument: `inner` plans whole grids (has no single-step `coefficients`).
+    """
 
     def __init__(self, inner: Solver, num_train_timesteps: int, final_t: float):
         if not hasattr(type(inner), "coefficients") or type(inner).coefficients is Solver.coefficients:
@@ -255,9 +356,13 @@ class DDIMStepTargets(Solver):
 
     @property
     def deterministic(self) -> bool:   # type: ignore[override]
+        """Whether the inner solver draws no noise."""
         return self.inner.deterministic
 
     def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        """The inner solver's Plan on grid `t` (float64, decreasing) for `field`, each step ending at DDIM's target
+        n - T // steps; InvalidArgument if the field does not fit the inner solver.
+        """
         self.inner.check_field(field)
         pts = self.inner.grid_points(field, t)
         steps = len(pts) - 1
@@ -271,12 +376,17 @@ class DDIMStepTargets(Solver):
         return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=self.inner.count_calls(tuple(coeffs), field, pts))
 
     def init(self, plan: Plan) -> Any:
+        """The inner solver's initial loop state for `plan`."""
         return self.inner.init(plan)
 
     def step(self, ev: Any, x: torch.Tensor, t0: Any, t1: Any, state: Any, coeffs: Any):
+        """One step of the inner solver: `ev` calls the field, `x` the state from `t0` to `t1`, `state` the loop
+        state, `coeffs` the planned coefficients; returns the inner solver's (new x, new state).
+        """
         return self.inner.step(ev, x, t0, t1, state, coeffs)
 
     def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        """The inner solver's model calls for `steps` steps on `field` (`ends_at_zero`: the grid ends at sigma 0)."""
         return self.inner.model_calls(steps, field, ends_at_zero)
 
 
@@ -285,7 +395,11 @@ class DropZeroLengthEnd(Solver):
     step (one ulp long here). From 15 steps on (or with lower_order_final=False) diffusers' lower-order-final rule
     does not count it and the step returns its input, while a diffsolve step of higher order would divide by its
     zero length: the plan leaves it out (one model call fewer, the same sample). Otherwise it is kept, as the rule
-    counts it."""
+    counts it.
+
+    Args:
+        inner: the solver whose plan, steps and options are used.
+    """
 
     def __init__(self, inner: Solver):
         self.inner = inner
@@ -293,9 +407,13 @@ class DropZeroLengthEnd(Solver):
 
     @property
     def deterministic(self) -> bool:   # type: ignore[override]
+        """Whether the inner solver draws no noise."""
         return self.inner.deterministic
 
     def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        """The inner solver's Plan for `field` on grid `t` (float64, decreasing), without its zero-length last step
+        where diffusers does not count it.
+        """
         steps = t.numel() - 1
         zero_length = steps >= 2 and float(t[-2]) > 0 and \
             float(torch.nextafter(t[-2:-1], torch.zeros(1, dtype=t.dtype))) == float(t[-1])
@@ -305,26 +423,49 @@ class DropZeroLengthEnd(Solver):
         return self.inner.plan(field, t)
 
     def init(self, plan: Plan) -> Any:
+        """The inner solver's initial loop state for `plan`."""
         return self.inner.init(plan)
 
     def step(self, ev: Any, x: torch.Tensor, t0: Any, t1: Any, state: Any, coeffs: Any):
+        """One step of the inner solver: `ev` calls the field, `x` the state from `t0` to `t1`, `state` the loop
+        state, `coeffs` the planned coefficients; returns the inner solver's (new x, new state).
+        """
         return self.inner.step(ev, x, t0, t1, state, coeffs)
 
     def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        """The inner solver's model calls for `steps` steps on `field` (`ends_at_zero`: the grid ends at sigma 0)."""
         return self.inner.model_calls(steps, field, ends_at_zero)
 
     def options(self) -> dict:
+        """The inner solver's options."""
         return self.inner.options()
 
     def inversion_refusal(self) -> str | None:
+        """The inner solver's reason to refuse inversion, or None."""
         return self.inner.inversion_refusal()
 
     def fit_steps(self, steps: int) -> int:
+        """The inner solver's step count for `steps` steps asked for."""
         return self.inner.fit_steps(steps)
 
 
 def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict, loop: str):
-    """(field, solver) reproducing the scheduler's own loop where it departs from a clean grid."""
+    """(field, solver) reproducing the scheduler's own loop where it departs from a clean grid.
+
+    Args:
+        cfg: the scheduler config (its `_class_name` and spacing options).
+        field: the VectorField built from the config.
+        solver: a registry name or a Solver.
+        options: keywords for `get_solver` when `solver` is a name.
+        loop: "scheduler" (the scheduler's loop) or "clean" (field and solver unchanged).
+
+    Returns:
+        (tuple): the field (wrapped in RoundedModelTime where the config rounds timesteps) and the solver (wrapped in
+            DropZeroLengthEnd or DDIMStepTargets where the loop calls for it).
+
+    Raises:
+        InvalidArgument: `loop` is not in LOOPS, or the solver name or options are refused.
+    """
     check_choice("loop", loop, LOOPS)
     name = str(cfg.get("_class_name", ""))
     if loop == "clean" or not isinstance(field.schedule, VPDiscrete):

@@ -22,13 +22,29 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
                   sample_shape: Sequence[int] | None = None, timestep_scale: float = 1.0,
                   loop: str = "scheduler", solver: Any = None) -> SamplerParts | None:
     """What `Sampler(model, scheduler=...)` needs from a diffusers scheduler (or its config): the field, the
-    matching solver and its options, and the grid that reproduces the scheduler's timesteps. None when
-    `scheduler` is not a diffusers scheduler or config.
+    matching solver and its options, and the grid that reproduces the scheduler's timesteps.
 
     `loop="scheduler"` (the default) reproduces the scheduler's own loop where it departs from a clean grid:
     DDIM with 'linspace' spacing steps to t - T // steps (not to the next listed timestep), and DPMSolver*,
     UniPC and DEIS feed the network rounded timesteps on karras sigmas. `loop="clean"` steps grid point to grid
-    point with the exact model time. `solver=` picks the update (the scheduler's path and timesteps kept)."""
+    point with the exact model time.
+
+    Args:
+        model: the diffusers network.
+        scheduler: a diffusers scheduler or its config.
+        prediction: the prediction type; None: the config's.
+        sample_shape: the shape of one sample; None: from the network's config.
+        timestep_scale: multiplies the time the network gets (default 1.0).
+        loop: "scheduler" or "clean", as above.
+        solver: picks the update (the scheduler's path and timesteps kept); None: the scheduler class's match.
+
+    Returns:
+        The SamplerParts, with an UnmatchedSolver (raising when run) for a scheduler no solver matches; None when
+            `scheduler` is not a diffusers scheduler or config.
+
+    Raises:
+        InvalidArgument: `loop` is not in LOOPS, or the config's settings do not fit.
+    """
     try:
         cfg = config_of(scheduler)
     except InvalidArgument:
@@ -94,7 +110,25 @@ def sampler_from_diffusers(model: Callable[..., Any], scheduler: Any, solver: An
                            loop: str = "scheduler", **sampler_kwargs: Any) -> Sampler:
     """`Sampler` for a diffusers network + scheduler: same path, prediction and (by default) the same timesteps.
 
-    `solver=None` picks the diffsolve solver matching the scheduler class (`solver_of`).
+    Args:
+        model: the diffusers network.
+        scheduler: a diffusers scheduler or its config.
+        solver: a registry name or a Solver; None: the diffsolve solver matching the scheduler class (`solver_of`).
+        grid: the grid; None: the scheduler's timesteps (`grid_options` then update the scheduler's options).
+        grid_options: keywords of the grid.
+        prediction: the prediction type; None: the config's.
+        sample_shape: the shape of one sample; None: from the network's config.
+        timestep_scale: multiplies the time the network gets (default 1.0).
+        loop: "scheduler" (the scheduler's own loop) or "clean" (see `sampler_parts`).
+        **sampler_kwargs: `check_finite`, `progress`, `time_convention` go to the Sampler; the others are the
+            solver's options.
+
+    Returns:
+        The Sampler.
+
+    Raises:
+        InvalidArgument: `scheduler` is not a diffusers scheduler or config, or an option is refused.
+        UnmatchedScheduler: no diffsolve solver matches the scheduler class and `solver` is None.
     """
     solver_options = {k: sampler_kwargs.pop(k) for k in list(sampler_kwargs)
                       if k not in ("check_finite", "progress", "time_convention")}

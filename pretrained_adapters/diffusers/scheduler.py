@@ -49,7 +49,11 @@ from diffsolve.solvers.base import Solver, available_solvers, get_solver
 
 
 def supported_solvers() -> list[str]:
-    """Registered solvers a diffusers pipeline can drive: every fixed-grid solver (adaptive ones are refused)."""
+    """Registered solvers a diffusers pipeline can drive: every fixed-grid solver (adaptive ones are refused).
+
+    Returns:
+        Their registry names.
+    """
     return [n for n in available_solvers() if not get_solver(n).adaptive]
 
 
@@ -68,6 +72,48 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     `set_timesteps`, `sigmas` (the noise level of each listed timestep, then the final one), with diffusers'
     meanings; `step` finds where the run starts from its first timestep (diffusers' index_for_timestep) unless
     `set_begin_index` said so.
+
+    Args:
+        solver: a registered fixed-grid solver's name (`supported_solvers()`); default "dpmpp_2m".
+        solver_options: the solver's keywords (None: none).
+        num_train_timesteps: the training timesteps, >= 1.
+        beta_start: diffusers' meaning: the first beta.
+        beta_end: the last beta.
+        beta_schedule: "linear", "scaled_linear", "squaredcos_cap_v2" or "sigmoid".
+        trained_betas: explicit betas instead of the schedule.
+        prediction_type: "epsilon", "sample", "v_prediction" or "flow_prediction".
+        timestep_spacing: "linspace", "leading" or "trailing".
+        steps_offset: added to "leading" timesteps.
+        use_karras_sigmas: karras-spaced sigmas (at most one of the four spacings).
+        use_lu_lambdas: log-uniform sigmas.
+        use_exponential_sigmas: exponentially spaced sigmas.
+        use_beta_sigmas: Beta(0.6, 0.6)-spaced sigmas.
+        clip_sample: clip the data prediction to +-`clip_sample_range`.
+        clip_sample_range: the clipping bound.
+        set_alpha_to_one: DDIM-style configs end at alpha 1 (else at alphas_cumprod[0]).
+        final_sigmas_type: "zero" or "sigma_min"; None: the source class's.
+        rescale_betas_zero_snr: rescale to zero terminal SNR.
+        thresholding: dynamic thresholding of the data prediction.
+        dynamic_thresholding_ratio: its quantile.
+        sample_max_value: its largest threshold.
+        shift: the flow-matching static shift.
+        use_flow_sigmas: flow-matching sigmas on a multistep config.
+        use_dynamic_shifting: the shift comes from `mu=` in `set_timesteps` (SD3, Flux).
+        time_shift_type: "exponential" or "linear", how `mu` shifts.
+        base_shift: kept for the pipelines that compute mu (Flux, SD3).
+        max_shift: likewise.
+        base_image_seq_len: likewise.
+        max_image_seq_len: likewise.
+        invert_sigmas: must be False (not reproduced).
+        stochastic_sampling: must be False (not reproduced; use a stochastic diffsolve solver).
+        source_class: the scheduler class the config was written for; None: DPMSolverMultistepScheduler.
+        grid: a diffsolve grid name or explicit times; None: the source class's timesteps.
+        grid_options: the grid's keywords.
+        seed: step noise from diffsolve's NoiseSource keyed as `Sampler.run(seed=)`; None: `step(generator=)`.
+
+    Raises:
+        InvalidArgument: a solver not a name, adaptive or unknown; options not mappings; invert_sigmas or
+            stochastic_sampling set; a config value out of its range.
     """
 
     config_name = "scheduler_config.json"
@@ -127,7 +173,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
-        """As ConfigMixin.from_config; remembers which scheduler class the config was written for (its timesteps)."""
+        """As ConfigMixin.from_config; remembers which scheduler class the config was written for (its timesteps).
+
+        Args:
+            config: a scheduler config mapping or a scheduler object (its config and class name are read).
+            return_unused_kwargs: as diffusers': return (scheduler, the keywords the class did not take).
+            **kwargs: config values to override (e.g. `solver=`, `solver_options=`).
+        """
         if config is not None and not isinstance(config, Mapping) and hasattr(config, "config"):
             cfg = {**dict(config.config), "_class_name": type(config).__name__}    # a scheduler object
         else:
@@ -149,6 +201,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def init_noise_sigma(self) -> float:
+        """The prior's standard deviation at the run's first time (diffusers' starting noise scale)."""
         sch = self.field.schedule
         t0 = float(self.run.plan.t[0]) if self.run is not None else None
         return float(sch.prior_std(t0))
@@ -209,7 +262,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                       mu: float | None = None, **kwargs: Any) -> None:
         """Plan the run (grid, coefficients) and list the model times at which the pipeline must call the network.
 
-        Flow-matching configs take `sigmas=` and `mu=` as FlowMatchEulerDiscreteScheduler does (SD3, Flux)."""
+        Args:
+            num_inference_steps: the number of steps (not with `timesteps=` or `sigmas=`).
+            device: where `timesteps` is put.
+            timesteps: explicit timesteps (discrete VP configs, no sigma spacing flag).
+            sigmas: explicit sigmas (discrete VP; flow configs as FlowMatchEulerDiscreteScheduler: SD3, Flux).
+            mu: the dynamic shift, as FlowMatchEulerDiscreteScheduler's (flow configs with use_dynamic_shifting=True).
+            **kwargs: other pipeline keywords, ignored.
+
+        Raises:
+            InvalidArgument: a missing or invalid step count, or a combination of arguments the config does not take.
+        """
         t = self._times(check_steps(num_inference_steps), timesteps, sigmas, mu)
         self.run = self._new_run(t)
         self._begin_index, self._offset = None, 0
@@ -219,7 +282,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the run at listed timestep `begin_index` (img2img's `strength`): the plan is rebuilt on the grid
-        from that step on, so multistep solvers start with no history there, as diffusers' own do."""
+        from that step on, so multistep solvers start with no history there, as diffusers' own do.
+
+        Args:
+            begin_index: the index into `timesteps` (default 0), the first listed timestep of a step.
+
+        Raises:
+            InvalidArgument: called before set_timesteps, or not the first timestep of a step.
+        """
         if self.run is None:
             raise InvalidArgument("set_begin_index before set_timesteps: call set_timesteps(n) first")
         begin_index = check_int("begin_index", begin_index, 0)
@@ -245,10 +315,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def begin_index(self) -> int | None:
+        """The listed timestep `set_begin_index` started the run at (None if not called)."""
         return self._begin_index
 
     @property
     def step_index(self) -> int | None:
+        """The index of the next listed timestep once the run has started, else None."""
         run = self.run
         return None if run is None or not run.started else self._offset + run.index
 
@@ -301,7 +373,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """The network sees the state as is, except where the first step perturbs its input before the first model
-        call (EDM churn): then the perturbed state. Later steps return such inputs as `step`'s prev_sample."""
+        call (EDM churn): then the perturbed state. Later steps return such inputs as `step`'s prev_sample.
+
+        Args:
+            sample: the pipeline's latents (a guidance batch of two equal halves is perturbed once).
+            timestep: the current timestep; a listed one starts the run there.
+        """
         run = self.run
         if run is not None and not run.started and timestep is not None:
             # a timestep outside the listing is let through here, as diffusers' multistep schedulers ignore it;
@@ -349,7 +426,23 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None,
              return_dict: bool = True, **kwargs: Any):
         """Take the network output at the current listed timestep; return the state at which the network is
-        needed next (inside a multi-call step, or a perturbed start of the next step) or the step's end state."""
+        needed next (inside a multi-call step, or a perturbed start of the next step) or the step's end state.
+
+        Args:
+            model_output: the network's output at the listed timestep.
+            timestep: that timestep (checked against the listing).
+            sample: the pipeline's latents (the step's input at a step's first call).
+            generator: draws the step noise of stochastic solvers when the config has no `seed`.
+            return_dict: return a SchedulerOutput (else a one-tuple).
+            **kwargs: other pipeline keywords, ignored.
+
+        Returns:
+            (SchedulerOutput | tuple): SchedulerOutput(prev_sample=...) or (prev_sample,), in the sample's dtype.
+
+        Raises:
+            InvalidArgument: called before set_timesteps or too often, an unexpected timestep, or churn
+                without scale_model_input.
+        """
         run = self._begin(timestep)
         i, k = run.calls[run.index]
         if k == 0:
@@ -378,7 +471,16 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return SchedulerOutput(prev_sample=prev)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
-        """x_t = alpha(t) x0 + sigma(t) noise at the given model times (img2img, inpainting)."""
+        """x_t = alpha(t) x0 + sigma(t) noise at the given model times (img2img, inpainting).
+
+        Args:
+            original_samples: x0, batch first.
+            noise: the noise, shaped like x0.
+            timesteps: one model time per sample.
+
+        Raises:
+            InvalidArgument: timesteps out of the config's range.
+        """
         sch = self.field.schedule
         tm = check_model_times("timesteps", timesteps, sch, int(self.config.num_train_timesteps))
         t = sch.t_from_model_time(tm)

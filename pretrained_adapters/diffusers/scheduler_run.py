@@ -17,7 +17,12 @@ from diffsolve.solvers.base import Plan
 
 
 class NeedModel(Exception):
-    """Raised inside a replayed step when the solver asks for a model output not received yet."""
+    """Raised inside a replayed step when the solver asks for a model output not received yet.
+
+    Args:
+        x: the state at which the model is needed (returned to the pipeline as `prev_sample`).
+        p: the evaluation point of that call.
+    """
 
     def __init__(self, x: torch.Tensor, p: EvalPoint):
         super().__init__()
@@ -25,17 +30,22 @@ class NeedModel(Exception):
 
 
 class Feed:
-    """The 'network' of the scheduler's field: returns the output the pipeline handed to `step`."""
+    """The 'network' of the scheduler's field: returns the output the pipeline handed to `step` (`output`)."""
 
     def __init__(self) -> None:
         self.output: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The stored output; `x`, `t` and `**kwargs` are ignored."""
         return self.output
 
 
 class DryEvaluator(Evaluator):
-    """Records where a step evaluates the model; returns zeros (the points do not depend on the values)."""
+    """Records where a step evaluates the model; returns zeros (the points do not depend on the values).
+
+    Args:
+        field (Field): the scheduler's field.
+    """
 
     def __init__(self, field):
         super().__init__(field, {}, False, None)
@@ -45,9 +55,27 @@ class DryEvaluator(Evaluator):
         self.gen = torch.Generator().manual_seed(0)
 
     def noise(self, draw: int = 0) -> torch.Tensor:
+        """A small random stand-in for step noise (`draw` ignored): the points do not depend on it.
+
+        Returns:
+            (Tensor): a (1, 4) float64 draw from the evaluator's own generator.
+        """
         return torch.randn(1, 4, dtype=torch.float64, generator=self.gen)
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput:
+        """Record the call at point `p` of the current step (and whether it is at the step's input `x`).
+
+        Args:
+            x: the state.
+            p: the evaluation point.
+            kind: the prediction asked (not used).
+
+        Returns:
+            (FieldOutput): zeros shaped like x.
+
+        Raises:
+            InvalidArgument: `p` is per sample (times chosen inside the loop), which a pipeline cannot list.
+        """
         if p.per_sample:
             raise InvalidArgument("this solver picks its times per sample inside the loop; a diffusers pipeline "
                                   "needs every timestep before the loop")
@@ -61,16 +89,37 @@ class DryEvaluator(Evaluator):
 
 
 class ReplayEvaluator(Evaluator):
-    """Answers a step's k-th model call with the k-th output the pipeline gave; asks for the next one."""
+    """Answers a step's k-th model call with the k-th output the pipeline gave; asks for the next one.
+
+    Args:
+        field (Field): the scheduler's field.
+        feed: the Feed the field's network reads.
+        outputs: the network outputs received for the current step, in order.
+        noise_of (Callable): `noise_of(step, draw)` gives the step's noise draws (made once, reused by replays).
+    """
 
     def __init__(self, field, feed: Feed, outputs: list[torch.Tensor], noise_of):
         super().__init__(field, {}, False, None)
         self.feed, self.outputs, self.noise_of, self.calls = feed, outputs, noise_of, 0
 
     def noise(self, draw: int = 0) -> torch.Tensor:
+        """The `draw`-th noise of the current step, from `noise_of`."""
         return self.noise_of(self.step, draw)
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0") -> FieldOutput:
+        """The field at state `x` and point `p`, its network answering with the next received output.
+
+        Args:
+            x: the state.
+            p: the evaluation point.
+            kind: the prediction asked of the field.
+
+        Returns:
+            (FieldOutput): the field's output.
+
+        Raises:
+            NeedModel: every received output is used: the pipeline must call the network at `x` next.
+        """
         if self.calls >= len(self.outputs):
             raise NeedModel(x, p)
         self.feed.output = self.outputs[self.calls]
@@ -86,7 +135,25 @@ class ReplayEvaluator(Evaluator):
 
 @dataclass
 class SchedulerRun:
-    """Everything one pipeline run changes (diffusers keeps it on the scheduler; here it is one object)."""
+    """Everything one pipeline run changes (diffusers keeps it on the scheduler; here it is one object).
+
+    Attributes:
+        plan: the solver's Plan of the run.
+        calls: (step i, call k within the step) for each listed timestep.
+        points: the point of each listed timestep.
+        index: the next entry of `calls` that `step` receives.
+        x_start: the state at the start of the current step.
+        state: the solver's carried state (multistep history).
+        outputs: the network outputs received in the current step.
+        noise: the step noise drawn so far, by (step, draw).
+        noise_source: the NoiseSource when the scheduler has a `seed`.
+        first_at_input: per step: is its first model call at its input state?
+        x_next: the state after the last step, when the next one perturbs it first.
+        scaled: scale_model_input gave step 0 its perturbed input.
+        listed: the timestep the network gets at each entry of `calls`.
+        started: a pipeline call has fixed where the run starts.
+        full: the run over the whole listing, when this one starts inside it.
+    """
 
     plan: Plan
     calls: list[tuple[int, int]]              # (step i, call k within the step) for each listed timestep
@@ -106,6 +173,15 @@ class SchedulerRun:
 
 
 def timesteps_tensor(values: Sequence[float], device: Any) -> torch.Tensor:
+    """The listed timesteps as diffusers' `timesteps` tensor.
+
+    Args:
+        values: the model times the network gets.
+        device: where the tensor is put.
+
+    Returns:
+        An int64 tensor when every value is an integer (to 1e-6 relative), else float32.
+    """
     arr = np.asarray(values, dtype=np.float64)
     if np.all(np.abs(arr - np.round(arr)) <= 1e-6 * np.maximum(1.0, np.abs(arr))):
         return torch.from_numpy(np.round(arr).astype(np.int64)).to(device)

@@ -40,7 +40,23 @@ def _strictly_decreasing(name: str, v: np.ndarray) -> None:
 def custom_timesteps(schedule: VPDiscrete, timesteps: Any, num_train_timesteps: int, final: str,
                      repeated_end: str = "auto") -> torch.Tensor:
     """set_timesteps(timesteps=[...]): integer timesteps, largest first, inside [0, num_train_timesteps), then the
-    config's final noise level (final_sigmas_type), as DPMSolverMultistepScheduler ends them."""
+    config's final noise level (final_sigmas_type), as DPMSolverMultistepScheduler ends them.
+
+    Args:
+        schedule: the discrete VP schedule.
+        timesteps: the pipeline's timesteps (a list, array or tensor).
+        num_train_timesteps: the config's training timesteps.
+        final: "zero" or "sigma_min", the end point.
+        repeated_end: "step", "drop" or "auto" (default): a last timestep already at the end point
+            (see `times_from_timesteps`).
+
+    Returns:
+        The validated float64 grid.
+
+    Raises:
+        InvalidArgument: an empty list, a non-finite or non-integer value, values not strictly decreasing, or
+            out of [0, num_train_timesteps - 1].
+    """
     ts = _values("timesteps", timesteps)
     if np.any(ts != np.round(ts)):
         raise InvalidArgument(f"timesteps={ts.tolist()}: must be integers (diffusers casts them to int64)")
@@ -52,7 +68,19 @@ def custom_timesteps(schedule: VPDiscrete, timesteps: Any, num_train_timesteps: 
 
 
 def custom_sigmas(schedule: VPDiscrete, sigmas: Any) -> torch.Tensor:
-    """set_timesteps(sigmas=[...]): EDM noise levels, largest first, within the schedule (a final 0 optional)."""
+    """set_timesteps(sigmas=[...]): EDM noise levels, largest first, within the schedule (a final 0 optional).
+
+    Args:
+        schedule: the discrete VP schedule.
+        sigmas: the pipeline's sigmas (a list, array or tensor).
+
+    Returns:
+        The validated float64 grid, ending at 0.
+
+    Raises:
+        InvalidArgument: an empty list, a non-finite value, values not strictly decreasing, the first above the
+            schedule's sigma_max or the last below 0.
+    """
     s = _values("sigmas", sigmas)
     _strictly_decreasing("sigmas", s)
     slack = 4 * 2.0 ** -23       # float32 sigmas computed from the same schedule
@@ -65,7 +93,22 @@ def custom_sigmas(schedule: VPDiscrete, sigmas: Any) -> torch.Tensor:
 
 
 def flow_times(cfg: Mapping, schedule: RectifiedFlow, steps: int | None, sigmas: Any, mu: float | None) -> torch.Tensor:
-    """FlowMatchEulerDiscreteScheduler.set_timesteps with `sigmas=` and/or `mu=` (resolution-dependent shift)."""
+    """FlowMatchEulerDiscreteScheduler.set_timesteps with `sigmas=` and/or `mu=` (resolution-dependent shift).
+
+    Args:
+        cfg: the config (`num_train_timesteps`, `use_dynamic_shifting`, `shift`, `time_shift_type`).
+        schedule: the RectifiedFlow schedule.
+        steps: the number of steps (None with `sigmas=`; else it must match their count).
+        sigmas: flow sigmas in (0, 1], from noise towards data; None: the training sigmas spaced over `steps`.
+        mu: the dynamic shift; needed exactly when use_dynamic_shifting=True.
+
+    Returns:
+        The validated float64 grid (float32 sigmas as diffusers keeps them), ending at 0.
+
+    Raises:
+        InvalidArgument: `mu` missing or not wanted, no steps and no sigmas, sigmas of the wrong count or out of
+            (0, 1], or an unknown time_shift_type.
+    """
     n = int(cfg["num_train_timesteps"])
     dynamic = bool(cfg["use_dynamic_shifting"])
     if dynamic and mu is None:
@@ -99,12 +142,32 @@ def flow_times(cfg: Mapping, schedule: RectifiedFlow, steps: int | None, sigmas:
 
 
 def check_steps(steps: Any) -> int | None:
-    """num_inference_steps: None, or an integer >= 1 (Python or numpy)."""
+    """num_inference_steps: None, or an integer >= 1 (Python or numpy).
+
+    Args:
+        steps: the value to check.
+
+    Returns:
+        None, or the step count as an int.
+
+    Raises:
+        InvalidArgument: not an integer >= 1.
+    """
     return None if steps is None else check_int("num_inference_steps", steps, 1)
 
 
 def timestep_value(timestep: Any) -> float | None:
-    """The one timestep a pipeline hands to `step` (a number, or a tensor of equal values); None when None."""
+    """The one timestep a pipeline hands to `step` (a number, or a tensor of equal values); None when None.
+
+    Args:
+        timestep: the timestep.
+
+    Returns:
+        Its value as a float, or None.
+
+    Raises:
+        InvalidArgument: an empty tensor, unequal values, or not a finite number.
+    """
     if timestep is None:
         return None
     if isinstance(timestep, torch.Tensor):
@@ -116,13 +179,26 @@ def timestep_value(timestep: Any) -> float | None:
 
 
 def same_timestep(a: float, b: float) -> bool:
+    """Whether timesteps `a` and `b` are equal to 1e-6 relative to `b` (absolute below 1)."""
     return abs(a - b) <= 1e-6 * max(1.0, abs(b))
 
 
 def locate(listed: Sequence[float], first_calls: Sequence[bool], timestep: float) -> int:
     """Where a run starts when a pipeline's first timestep is `timestep` (diffusers' index_for_timestep): the
     listed timestep equal to it that starts a step (a timestep listed twice, Heun's, is the start of the later
-    step); refused when it is not in the schedule or only inside a step."""
+    step); refused when it is not in the schedule or only inside a step.
+
+    Args:
+        listed: the listed timesteps.
+        first_calls: per listed timestep: is it a step's first call?
+        timestep: the pipeline's first timestep.
+
+    Returns:
+        The index into `listed`.
+
+    Raises:
+        InvalidArgument: the timestep is not listed, or listed only inside a step.
+    """
     hits = [j for j, v in enumerate(listed) if same_timestep(v, timestep)]
     starts = [j for j in hits if first_calls[j]]
     if not hits:
@@ -135,7 +211,20 @@ def locate(listed: Sequence[float], first_calls: Sequence[bool], timestep: float
 
 
 def check_model_times(name: str, values: Any, schedule: NoiseSchedule, num_train_timesteps: int) -> torch.Tensor:
-    """Model times for add_noise: finite, within [0, num_train_timesteps] (flow) or [0, num_train_timesteps - 1]."""
+    """Model times for add_noise: finite, within [0, num_train_timesteps] (flow) or [0, num_train_timesteps - 1].
+
+    Args:
+        name: the argument's name, for the message.
+        values: the model times.
+        schedule: the schedule (a RectifiedFlow allows num_train_timesteps itself).
+        num_train_timesteps: the config's training timesteps.
+
+    Returns:
+        The model times, a flat float64 CPU tensor.
+
+    Raises:
+        InvalidArgument: a value not finite or out of the range.
+    """
     tm = torch.as_tensor(values, dtype=torch.float64).reshape(-1).cpu()
     hi = num_train_timesteps if isinstance(schedule, RectifiedFlow) else num_train_timesteps - 1
     bad = ~torch.isfinite(tm) | (tm < 0) | (tm > hi)
@@ -148,7 +237,16 @@ def check_model_times(name: str, values: Any, schedule: NoiseSchedule, num_train
 
 def diffusers_sigmas(schedule: NoiseSchedule, points: Sequence[Any], end: Any) -> torch.Tensor:
     """diffusers' `sigmas` of a run: the noise level of each listed timestep, then the final one (float32); EDM
-    sigma = sigma / alpha on a VP path, the flow sigma on a flow-matching path."""
+    sigma = sigma / alpha on a VP path, the flow sigma on a flow-matching path.
+
+    Args:
+        schedule: the run's schedule.
+        points: the evaluation point of each listed timestep.
+        end: the run's final point.
+
+    Returns:
+        A float32 tensor of len(points) + 1 values.
+    """
     def level(p: Any) -> float:
         if isinstance(schedule, RectifiedFlow):
             return float(p.sigma)

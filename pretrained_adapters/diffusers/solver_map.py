@@ -84,9 +84,19 @@ UNMATCHED_SCHEDULERS = {
 
 
 def solver_and_options_of(scheduler_or_config: Any) -> tuple[str, dict]:
-    """(registered diffsolve solver, options) that do what this diffusers scheduler does; raises
-    UnmatchedScheduler, listing the supported classes, for a scheduler without a match. A config with no class
-    name (a partial dict) gets the default, dpmpp_2m."""
+    """(registered diffsolve solver, options) that do what this diffusers scheduler does. A config with no class
+    name (a partial dict) gets the default, dpmpp_2m.
+
+    Args:
+        scheduler_or_config: a diffusers scheduler, its config, or a config mapping.
+
+    Returns:
+        The solver's registry name and a new dict of its options.
+
+    Raises:
+        UnmatchedScheduler: the scheduler (or its setting) has no match; the message lists the supported classes.
+        InvalidArgument: not a diffusers scheduler or config.
+    """
     cfg = config_of(scheduler_or_config)
     name = str(cfg.get("_class_name", ""))
     if not name:
@@ -102,18 +112,42 @@ def solver_and_options_of(scheduler_or_config: Any) -> tuple[str, dict]:
 
 
 def solver_of(scheduler_or_config: Any) -> str:
-    """The registered diffsolve solver that does what this diffusers scheduler does (see SCHEDULER_SOLVERS)."""
+    """The registered diffsolve solver that does what this diffusers scheduler does (see SCHEDULER_SOLVERS).
+
+    Args:
+        scheduler_or_config: a diffusers scheduler, its config, or a config mapping.
+
+    Returns:
+        The solver's registry name.
+
+    Raises:
+        UnmatchedScheduler: the scheduler has no match.
+    """
     return solver_and_options_of(scheduler_or_config)[0]
 
 
 def solver_options_of(scheduler_or_config: Any) -> dict:
-    """Options that make `solver_of`'s solver take the scheduler's exact update (diffusers' 3M halves the x0'' term)."""
+    """Options that make `solver_of`'s solver take the scheduler's exact update (diffusers' 3M halves the x0'' term).
+
+    Args:
+        scheduler_or_config: a diffusers scheduler, its config, or a config mapping.
+
+    Returns:
+        A dict of solver keywords.
+
+    Raises:
+        UnmatchedScheduler: the scheduler has no match.
+    """
     return solver_and_options_of(scheduler_or_config)[1]
 
 
 class UnmatchedSolver(Solver):
     """Stands in for the solver of an unmatched scheduler: `Sampler(unet, scheduler=X)` raises the mapping's error
-    when it looks at the solver, while `Sampler(unet, scheduler=X, solver=...)` never does."""
+    when it looks at the solver, while `Sampler(unet, scheduler=X, solver=...)` never does.
+
+    Args:
+        error: the UnmatchedScheduler (or other InvalidArgument) to raise.
+    """
 
     name = "unmatched"
 
@@ -122,9 +156,15 @@ class UnmatchedSolver(Solver):
 
     @property
     def needs_schedule(self) -> bool:       # the first thing Sampler asks of its solver
+        """Raises the stored error (the first thing Sampler asks of its solver)."""
         raise self.error
 
     def plan(self, field: Any, t: Any) -> Any:
+        """Raises the stored error; `field` and `t` are not looked at.
+
+        Raises:
+            InvalidArgument: always, the error given to the constructor.
+        """
         raise self.error
 
 

@@ -28,7 +28,22 @@ SIGMA_SPACINGS = {"use_karras_sigmas": "karras", "use_lu_lambdas": "lu", "use_ex
 
 def discrete_timesteps(steps: int, num_train_timesteps: int, *, spacing: str = "linspace", steps_offset: int = 0,
                        style: str = "dpmsolver") -> np.ndarray:
-    """diffusers' inference timesteps (float64, largest first) for one scheduler family (`style`)."""
+    """diffusers' inference timesteps (float64, largest first) for one scheduler family (`style`).
+
+    Args:
+        steps: the number of inference steps, >= 1 (at most num_train_timesteps except for "dpmsolver").
+        num_train_timesteps: the config's training timesteps.
+        spacing: "linspace", "leading" or "trailing" (the config's `timestep_spacing`).
+        steps_offset: the config's `steps_offset`, added with "leading" spacing.
+        style: "dpmsolver" (DPMSolver*, UniPC, DEIS; repeated timesteps listed once), "ddim" or "euler".
+
+    Returns:
+        The timesteps, a float64 numpy array.
+
+    Raises:
+        InvalidArgument: `steps` is not an integer >= 1 (or exceeds num_train_timesteps), or `spacing` or `style`
+            is not one of the allowed names.
+    """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
     check_choice("spacing", spacing, SPACINGS)
@@ -66,7 +81,14 @@ def _once(ts: np.ndarray) -> np.ndarray:
 
 
 def node_sigmas(ac: torch.Tensor) -> np.ndarray:
-    """The EDM sigma of each training timestep, sqrt((1 - ac) / ac), in float32 arithmetic as diffusers has it."""
+    """The EDM sigma of each training timestep, sqrt((1 - ac) / ac), in float32 arithmetic as diffusers has it.
+
+    Args:
+        ac: alphas_cumprod, one value per training timestep.
+
+    Returns:
+        The sigmas, a float32 numpy array.
+    """
     a = ac.to(torch.float32)
     return (((1 - a) / a) ** 0.5).numpy()
 
@@ -79,7 +101,21 @@ def times_from_timesteps(schedule: VPDiscrete, timesteps: Sequence[float], sigma
     A last timestep already at the end point (karras sigmas ending at sigma_min) is a zero-length step in
     diffusers: `repeated_end="step"` keeps it (one ulp long), `"drop"` removes the repeated end point, and
     `"auto"` drops it from 15 steps on, where diffusers' lower-order-final rule no longer counts it and the step
-    only returns its input (a second-order diffsolve step would divide by its zero length)."""
+    only returns its input (a second-order diffsolve step would divide by its zero length).
+
+    Args:
+        schedule: the discrete VP schedule.
+        timesteps: diffusers' timesteps, largest first.
+        sigmas: diffusers' sigmas at those timesteps; None: every timestep is read as a node's.
+        final: the end point appended: "zero", "sigma_min" (the time of index 0) or "none" (nothing appended).
+        repeated_end: "step", "drop" or "auto", as above.
+
+    Returns:
+        The float64 times, decreasing.
+
+    Raises:
+        InvalidArgument: `final` or `repeated_end` is not one of the allowed values.
+    """
     check_choice("repeated_end", repeated_end, ("step", "drop", "auto"))
     ts = np.asarray(timesteps, dtype=np.float64)
     t = schedule.t_from_index(torch.from_numpy(ts.copy()))
@@ -109,7 +145,20 @@ def times_from_timesteps(schedule: VPDiscrete, timesteps: Sequence[float], sigma
 
 
 def spaced_sigmas(kind: str, lo: float, hi: float, steps: int) -> np.ndarray:
-    """`steps` noise levels from hi down to lo as DPMSolverMultistepScheduler spaces them (`SIGMA_SPACINGS`)."""
+    """`steps` noise levels from hi down to lo as DPMSolverMultistepScheduler spaces them (`SIGMA_SPACINGS`).
+
+    Args:
+        kind: "karras", "lu" (uniform in log sigma), "exponential" or "beta" (Beta(0.6, 0.6) quantiles; needs scipy).
+        lo: the smallest sigma.
+        hi: the largest sigma.
+        steps: the number of sigmas.
+
+    Returns:
+        The sigmas, a numpy array from hi to lo.
+
+    Raises:
+        InvalidArgument: `kind` is not one of the four.
+    """
     if kind == "karras":
         return karras_sigmas(lo, hi, steps).numpy()
     if kind == "lu":            # uniform in log sigma, written as Lu et al.'s lambda ramp with rho = 1
@@ -137,6 +186,27 @@ def diffusers_grid(steps: int, schedule: NoiseSchedule, *, style: str = "dpmsolv
     sigmas; `final` 'zero' or 'sigma_min'; `repeated_end` as in `times_from_timesteps`.
     Flow matching (`style='flow'` or a RectifiedFlow schedule): FlowMatchEulerDiscreteScheduler's shifted
     sigmas s' = shift s / (1 + (shift - 1) s).
+
+    Args:
+        steps: the number of steps.
+        schedule: a VPDiscrete or RectifiedFlow schedule.
+        style: the scheduler family, as above (default "dpmsolver").
+        timestep_spacing: "linspace", "leading" or "trailing".
+        steps_offset: the config's `steps_offset`.
+        use_karras_sigmas: karras-spaced sigmas (at most one of the four spacing flags).
+        use_lu_lambdas: Lu's log-uniform sigmas.
+        use_exponential_sigmas: exponentially spaced sigmas.
+        use_beta_sigmas: Beta(0.6, 0.6)-spaced sigmas.
+        final: "zero" or "sigma_min", the last time.
+        shift: the flow-matching shift (default 1.0: none).
+        num_train_timesteps: the training timesteps; None: the schedule's.
+        repeated_end: "step", "drop" or "auto".
+
+    Returns:
+        The float64 times, decreasing.
+
+    Raises:
+        InvalidArgument: another schedule, two spacing flags set, or a name or count out of its range.
     """
     if isinstance(schedule, RectifiedFlow) or style == "flow":
         return flow_grid(steps, schedule, shift=shift,
@@ -166,7 +236,19 @@ def diffusers_grid(steps: int, schedule: NoiseSchedule, *, style: str = "dpmsolv
 
 
 def lcm_timesteps(steps: int, num_train_timesteps: int = 1000, original_inference_steps: int = 50) -> np.ndarray:
-    """LCMScheduler.set_timesteps: `steps` evenly spaced indices into the skipping schedule k n - 1, n = 1..50."""
+    """LCMScheduler.set_timesteps: `steps` evenly spaced indices into the skipping schedule k n - 1, n = 1..50.
+
+    Args:
+        steps: the number of steps, 1 to original_inference_steps.
+        num_train_timesteps: the training timesteps (default 1000).
+        original_inference_steps: the length of the skipping schedule (default 50), 1 to num_train_timesteps.
+
+    Returns:
+        The timesteps, an integer numpy array, largest first.
+
+    Raises:
+        InvalidArgument: a count out of its range.
+    """
     steps = check_int("steps", steps, 1)
     original = check_int("original_inference_steps", original_inference_steps, 1, num_train_timesteps)
     if steps > original:
@@ -179,7 +261,21 @@ def lcm_timesteps(steps: int, num_train_timesteps: int = 1000, original_inferenc
 def lcm_grid(steps: int, schedule: NoiseSchedule, *, original_inference_steps: int = 50,
              num_train_timesteps: int | None = None, final: str = "zero") -> torch.Tensor:
     """A diffsolve grid function giving LCMScheduler's and TCDScheduler's timesteps, then 0 (LCM: its last step
-    returns the prediction) or alphas_cumprod[0] (`final="sigma_min"`: TCD's last step ends there)."""
+    returns the prediction) or alphas_cumprod[0] (`final="sigma_min"`: TCD's last step ends there).
+
+    Args:
+        steps: the number of steps.
+        schedule: the discrete VP schedule.
+        original_inference_steps: the length of the skipping schedule (default 50).
+        num_train_timesteps: the training timesteps; None: the schedule's.
+        final: "zero" or "sigma_min".
+
+    Returns:
+        The float64 times, decreasing.
+
+    Raises:
+        InvalidArgument: the schedule is not a VPDiscrete, or a count or `final` out of its range.
+    """
     if not isinstance(schedule, VPDiscrete):
         raise InvalidArgument("lcm_grid needs a VPDiscrete schedule")
     ts = lcm_timesteps(steps, num_train_timesteps or schedule.N, original_inference_steps)
@@ -187,13 +283,35 @@ def lcm_grid(steps: int, schedule: NoiseSchedule, *, original_inference_steps: i
 
 
 def shift_sigmas(s: torch.Tensor | np.ndarray | float, shift: float):
-    """SD3 / FlowMatchEuler timestep shift: s' = shift s / (1 + (shift - 1) s)."""
+    """SD3 / FlowMatchEuler timestep shift: s' = shift s / (1 + (shift - 1) s).
+
+    Args:
+        s: the sigmas (a tensor, an array or a float).
+        shift: the shift factor.
+
+    Returns:
+        (Tensor | ndarray | float): the shifted sigmas, of the input's type.
+    """
     return shift * s / (1 + (shift - 1) * s)
 
 
 def flow_grid(steps: int, schedule: NoiseSchedule | None = None, *, shift: float = 1.0,
               num_train_timesteps: int = 1000, final: str = "zero") -> torch.Tensor:
-    """FlowMatchEulerDiscreteScheduler.set_timesteps (static shift) as diffsolve times t = sigma, then 0."""
+    """FlowMatchEulerDiscreteScheduler.set_timesteps (static shift) as diffsolve times t = sigma, then 0.
+
+    Args:
+        steps: the number of steps, >= 1.
+        schedule: the schedule (not used; the grid function's signature).
+        shift: the static shift, > 0 (default 1.0: none).
+        num_train_timesteps: the training timesteps (default 1000), which fix sigma_min.
+        final: only "zero".
+
+    Returns:
+        The float64 times (float32 sigmas as diffusers stores them), decreasing, ending at 0.
+
+    Raises:
+        InvalidArgument: `steps` not an integer >= 1, `shift` not > 0, or `final` not "zero".
+    """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgument(f"steps={steps!r}: must be an integer >= 1")
     if not shift > 0:
@@ -214,6 +332,18 @@ def grid_from_scheduler(scheduler: Any, steps: int, schedule: NoiseSchedule | No
 
     Multi-stage schedulers (Heun) list points twice; the distinct ones are returned. DDIM steps to
     t - num_train_timesteps // steps, which is the next listed timestep only for 'leading' spacing.
+
+    Args:
+        scheduler: the diffusers scheduler object (left unchanged).
+        steps: the number of inference steps.
+        schedule: the schedule; None: `schedule_from_diffusers(scheduler)`.
+        **set_timesteps_kwargs: passed to `set_timesteps`.
+
+    Returns:
+        The float64 times, decreasing.
+
+    Raises:
+        InvalidArgument: the schedule is neither a VPDiscrete nor a RectifiedFlow.
     """
     sch = copy.deepcopy(scheduler)
     sch.set_timesteps(steps, **set_timesteps_kwargs)
@@ -248,6 +378,13 @@ def noise_scale_of(scheduler: Any, steps: int) -> float:
     diffusers' Euler-family schedulers integrate x~ = x / alpha and start from `noise * init_noise_sigma`; with
     'linspace' / 'trailing' spacing that factor is sigma_max rather than sqrt(sigma_max^2 + 1), so their x_T has
     standard deviation sigma(t_max) < 1 instead of diffsolve's VP prior std 1.
+
+    Args:
+        scheduler: the diffusers scheduler object (a copy runs set_timesteps).
+        steps: the number of inference steps.
+
+    Returns:
+        The factor f.
     """
     sch = copy.deepcopy(scheduler)
     sch.set_timesteps(steps)
@@ -260,7 +397,18 @@ def noise_scale_of(scheduler: Any, steps: int) -> float:
 
 
 def grid_options_of(scheduler_or_config: Any) -> tuple[Callable[..., torch.Tensor], dict]:
-    """(grid function, grid_options) that reproduce the scheduler config's default timesteps in diffsolve."""
+    """(grid function, grid_options) that reproduce the scheduler config's default timesteps in diffsolve.
+
+    Args:
+        scheduler_or_config: a diffusers scheduler, its config, or a config mapping.
+
+    Returns:
+        flow_grid, lcm_grid or diffusers_grid, and its keywords.
+
+    Raises:
+        InvalidArgument: not a diffusers config, or `use_dynamic_shifting=True` (pass grid=flow_grid with
+            shift=exp(mu) instead).
+    """
     cfg = config_of(scheduler_or_config)
     if is_flow_config(cfg) and str(cfg.get("_class_name", "")).startswith("FlowMatch"):
         if cfg.get("use_dynamic_shifting", False):

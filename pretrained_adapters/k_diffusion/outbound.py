@@ -49,7 +49,18 @@ K_DIFFUSION_NOISE = ("euler_ancestral", "dpmpp_2s_ancestral", "euler_churn", "ed
 
 
 def solver_name_of(name: str) -> str:
-    """The registered diffsolve solver for a k-diffusion sampler name (or a diffsolve name, unchanged)."""
+    """The registered diffsolve solver for a k-diffusion sampler name (or a diffsolve name, unchanged).
+
+    Args:
+        name: a k-diffusion sampler name (without "sample_") or a registered solver name.
+
+    Returns:
+        The solver's registry name.
+
+    Raises:
+        InvalidArgument: a k-diffusion sampler with no diffsolve counterpart, or an unknown name (the message lists
+            the choices).
+    """
     if name in K_DIFFUSION_TO_DIFFSOLVE:
         mapped = K_DIFFUSION_TO_DIFFSOLVE[name]
         if mapped is None:
@@ -66,12 +77,30 @@ def solver_name_of(name: str) -> str:
 
 class SamplerNoise:
     """Step noise from a `noise_sampler(sigma, sigma_next)`: one draw per (step, draw index), cached, checked to
-    have the sample's shape (a (1,)-shaped draw would silently be broadcast over every pixel)."""
+    have the sample's shape (a (1,)-shaped draw would silently be broadcast over every pixel).
+
+    Args:
+        noise_sampler: k-diffusion's `noise_sampler(sigma, sigma_next)`.
+        sigmas: the run's noise levels (step i goes from sigmas[i] to sigmas[i + 1]).
+        like: a tensor of the sample's shape.
+    """
 
     def __init__(self, noise_sampler: Callable, sigmas: torch.Tensor, like: torch.Tensor):
         self.noise_sampler, self.sigmas, self.like, self.cache = noise_sampler, sigmas, like, {}
 
     def draw(self, i: int, j: int = 0) -> torch.Tensor:
+        """The noise of step `i`, draw `j` (drawn once, then cached).
+
+        Args:
+            i: the step.
+            j: the draw within the step (default 0).
+
+        Returns:
+            The noise tensor.
+
+        Raises:
+            InvalidArgument: the noise sampler returned something other than a tensor of the sample's shape.
+        """
         if (i, j) not in self.cache:
             z = self.noise_sampler(self.sigmas[i], self.sigmas[i + 1])
             if not isinstance(z, torch.Tensor) or tuple(z.shape) != tuple(self.like.shape):
@@ -85,7 +114,12 @@ class SamplerNoise:
 class BrownianNoise:
     """k-diffusion's default noise for its DPM-Solver++ SDE samplers: one torchsde Brownian tree over
     [smallest positive sigma, largest sigma], its entropy drawn from torch's global generator, and each draw
-    the tree's increment over (sigma, sigma_next) scaled to unit variance."""
+    the tree's increment over (sigma, sigma_next) scaled to unit variance.
+
+    Args:
+        like: a tensor of the sample's shape, dtype and device.
+        sigmas: the run's noise levels.
+    """
 
     def __init__(self, like: torch.Tensor, sigmas: torch.Tensor):
         lo, hi = sigmas[sigmas > 0].min(), sigmas.max()
@@ -93,6 +127,7 @@ class BrownianNoise:
         self.tree = torchsde.BrownianTree(lo, torch.zeros_like(like), hi, entropy=entropy)
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        """The unit-variance noise between `sigma` and `sigma_next` (in either order)."""
         a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (a, b, 1) if a < b else (b, a, -1)
         return self.tree(lo, hi) * sign / (hi - lo).abs().sqrt()
@@ -187,7 +222,28 @@ def _step_noise(solver_name: str, solver: Any, x: torch.Tensor, sigmas: Any, noi
 def sample(name: str, model: Callable[..., Any], x: torch.Tensor, sigmas: Any, extra_args: Mapping | None = None,
            callback: Callable[[dict], None] | None = None, disable: bool | None = None,
            noise_sampler: Callable | None = None, seed: Any = None, **options: Any) -> torch.Tensor:
-    """Run diffsolve's solver `name` (a k-diffusion or diffsolve name) with k-diffusion's calling convention."""
+    """Run diffsolve's solver `name` (a k-diffusion or diffsolve name) with k-diffusion's calling convention.
+
+    Args:
+        name: a k-diffusion sampler name or a registered solver name.
+        model: the denoiser, `model(x, sigma * s_in, **extra_args)` -> the denoised sample.
+        x: the starting state, noise * sigmas[0] (a floating-point tensor).
+        sigmas: the noise levels, largest first, usually ending with 0.
+        extra_args: keyword arguments every model call gets (None: none).
+        callback: gets k-diffusion's dict (x, i, sigma, sigma_hat, denoised) before each step's update.
+        disable: False shows a progress bar (None or True: none).
+        noise_sampler: `noise_sampler(sigma, sigma_next)` -> step noise; None: k-diffusion's own draws (or
+            diffsolve's step noise for solvers k-diffusion does not have).
+        seed: diffsolve's counter-based, batch-invariant step noise (not with noise_sampler).
+        **options: the solver's options, in k-diffusion's names (s_churn > 0 selects diffsolve's churn solvers).
+
+    Returns:
+        The sample at the last sigma.
+
+    Raises:
+        InvalidArgument: an unknown name or option, a non-float x, invalid sigmas, both noise_sampler and seed,
+            or a noise draw of the wrong shape.
+    """
     sig = _checked_inputs(x, sigmas)
     solver_name, opts = _options(solver_name_of(name), options)
     solver = get_solver(solver_name, **opts)
