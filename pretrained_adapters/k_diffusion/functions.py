@@ -132,7 +132,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         eta (float): the share of ancestral noise (default 1; 0 is deterministic).
         s_noise (float): scales the step noise (default 1).
         noise_sampler (Callable | None): `noise_sampler(sigma, sigma_next)` -> the step noise, of x's shape;
-        None: k-diffusion's own draws from torch's global generator.
+            with None, k-diffusion's own draws from torch's global generator.
         seed (int | None): diffsolve's counter-based, batch-invariant step noise instead (not with noise_sampler).
         **unexpected (Any): any other keyword is refused, naming the valid ones.
 
@@ -162,7 +162,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
         eta (float): the share of ancestral noise (default 1; 0 is deterministic).
         s_noise (float): scales the step noise (default 1).
         noise_sampler (Callable | None): `noise_sampler(sigma, sigma_next)` -> the step noise, of x's shape;
-        None: k-diffusion's own draws from torch's global generator.
+            with None, k-diffusion's own draws from torch's global generator.
         seed (int | None): diffsolve's counter-based, batch-invariant step noise instead (not with noise_sampler).
         **unexpected (Any): any other keyword is refused, naming the valid ones.
 
@@ -242,7 +242,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         eta (float): the share of ancestral noise (default 1; 0 is deterministic).
         s_noise (float): scales the step noise (default 1).
         noise_sampler (Callable | None): `noise_sampler(sigma, sigma_next)` -> the step noise, of x's shape;
-        None: k-diffusion's own draws from torch's global generator.
+            with None, k-diffusion's own draws from torch's global generator.
         solver_type (str): "midpoint" or "heun", the second-order variant.
         seed (int | None): diffsolve's counter-based, batch-invariant step noise instead (not with noise_sampler).
         **unexpected (Any): any other keyword is refused, naming the valid ones.
@@ -273,7 +273,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
         eta (float): the share of ancestral noise (default 1; 0 is deterministic).
         s_noise (float): scales the step noise (default 1).
         noise_sampler (Callable | None): `noise_sampler(sigma, sigma_next)` -> the step noise, of x's shape;
-        None: k-diffusion's own draws from torch's global generator.
+            with None, k-diffusion's own draws from torch's global generator.
         seed (int | None): diffsolve's counter-based, batch-invariant step noise instead (not with noise_sampler).
         **unexpected (Any): any other keyword is refused, naming the valid ones.
 

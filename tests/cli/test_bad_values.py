@@ -302,8 +302,8 @@ def test_solvers_verbose_lists_options_from_the_code(capsys):
 # ------------------------------------------------------------------------------------------------
 # README
 # ------------------------------------------------------------------------------------------------
-def test_readme_documents_the_commands():
+def test_the_docs_document_the_commands():
     from pathlib import Path
-    text = (Path(diffsolve.__file__).parent / "README.md").read_text()
+    text = (Path(diffsolve.__file__).parent / "docs" / "cli.md").read_text()
     for needle in ("diffsolve sample", "--version", "solvers --verbose", "--progress", "budget"):
         assert needle in text, needle

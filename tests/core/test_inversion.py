@@ -186,11 +186,11 @@ def test_readme_block_on_inversion_and_likelihood_runs():
     import io
     import re
     from pathlib import Path
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs/ode-both-ways.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "round_trip" in b)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "docs/ode-both-ways.md", "exec"), {})
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("torch.Size([8, 4]) 40 ")
     assert lines[1].startswith("True ")

@@ -191,11 +191,11 @@ def test_readme_corrections_block_runs():
     import io
     import re
     from pathlib import Path
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs/learned-corrections.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "amed_plugin" in b)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "docs/learned-corrections.md", "exec"), {})
     assert out.getvalue().split() == ["5"]
 
 

@@ -212,10 +212,10 @@ def test_tuner_finds_a_known_minimum_and_refuses_its_own_noise(tmp_path):
 def test_readme_block_runs():
     import re
     from pathlib import Path
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs/skip-tuning.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "skip_tuned(" in b)
     scope = {}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/skip-tuning.md", "exec"), scope)
     assert scope["tuned"].samples.shape == (4, 1, 28, 28) and scope["unet"].skip_scales == [1.0, 1.0, 1.0]
 
 
