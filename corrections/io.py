@@ -105,6 +105,11 @@ class AMEDCorrection:
                 return torch.tensor(grids[steps], dtype=torch.float64)
             if self.is_table:
                 raise InvalidArgument(f"this AMED time table was exported for {sorted(grids)} steps, not {steps}")
+            allowed = ("t_min", "t_max", "final") if schedule is None else ("rho",)
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                raise InvalidArgument(f"grid_options {unknown} do not apply to the default AMED grid "
+                                      f"(no trained grid for {steps} steps); allowed keys: {', '.join(allowed)}")
             if schedule is None:                # a plain velocity field: its default grid, uniform in t
                 return time_uniform(steps, None, **options)
             return amed_grid(steps, schedule, **options)

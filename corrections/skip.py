@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from diffsolve.checks import check_writable
 from diffsolve.errors import InvalidArgument, check_float
 from diffsolve.files import atomic_write_bytes
 from diffsolve.sampler import Sampler, register_field_correction
@@ -276,21 +277,45 @@ def skip_tuned(model: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho
 # Settings files and the tuner
 # ------------------------------------------------------------------------------------------------
 def save_settings(settings: SkipSettings, path: str | Path) -> Path:
-    """Write the settings as JSON: a temp file in the same folder, then an atomic rename."""
+    """Write the settings as JSON: the folder checked first, a temp file in it, then an atomic rename."""
+    if not isinstance(settings, SkipSettings):
+        raise InvalidArgument(f"settings={type(settings).__name__}: give a SkipSettings")
     path = Path(path)
+    check_writable(path.parent, "path")
     atomic_write_bytes(path, (json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
+def _optional(data: dict, key: str, kind: type, where: Path) -> Any:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise InvalidArgument(f"{where}: {key}={value!r} must be a {kind.__name__} or null")
+    return value
+
+
 def load_settings(path: str | Path) -> SkipSettings:
+    """Settings written by `save_settings` / `diffsolve tune skip`, each field checked with its type."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text())
-        active = data.get("active")
-        return SkipSettings(rho_bottom=float(data["rho_bottom"]), rho_top=float(data["rho_top"]),
-                            active=tuple(active) if active is not None else None, model=data.get("model"),
-                            solver=data.get("solver"), nfe=data.get("nfe"), metric=dict(data.get("metric", {})))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
         raise InvalidArgument(f"{path}: not a skip-tuning settings file ({e})") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{path}: not a skip-tuning settings file (it holds a {type(data).__name__}, not an "
+                              "object with rho_bottom, rho_top, active, model)")
+    missing = [k for k in ("rho_bottom", "rho_top") if k not in data]
+    if missing:
+        raise InvalidArgument(f"{path}: not a skip-tuning settings file (missing {missing})")
+    active = data.get("active")
+    if active is not None and not isinstance(active, list):
+        raise InvalidArgument(f"{path}: active={active!r} must be a pair [s_lo, s_hi] or null")
+    rb, rt, active = _check_settings(data["rho_bottom"], data["rho_top"], active)
+    metric = data.get("metric", {})
+    if not isinstance(metric, dict):
+        raise InvalidArgument(f"{path}: metric={metric!r} must be an object")
+    nfe = _optional(data, "nfe", int, path)
+    return SkipSettings(rho_bottom=rb, rho_top=rt, active=active, model=_optional(data, "model", str, path),
+                        solver=_optional(data, "solver", str, path), nfe=nfe, metric=dict(metric))
 
 
 def golden_section(f: Callable[[float], float], lo: float, hi: float, evaluations: int = 10,
