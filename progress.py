@@ -69,6 +69,7 @@ class Progress:
         self.enabled, self.announce = enabled, announce
         self.done = 0
         self._lines = 0
+        self._note = ""
         self._lock = threading.Lock()
         self._closed = False
         self._bar = None
@@ -114,15 +115,30 @@ class Progress:
         while not self._stop.wait(min(self.every, 1.0)):
             with self._lock:
                 if not self._closed and self._due():
-                    self._emit("running")
+                    self._emit(f"running {self._note}" if self._note else "running")
 
-    def update(self, n: int = 1) -> None:
+    def note(self, text: str) -> None:
+        """What the task is doing now (a bar's postfix; 'running <text>' in the plain lines)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            self._note = text
+            if self._bar is not None:
+                self._bar.set_postfix_str(text)
+
+    def update(self, n: int = 1, message: str | None = None) -> None:
+        """n more units done; `message` (a finished unit's result) becomes a line of its own outside a terminal."""
         if not self.enabled:
             return
         with self._lock:
             self.done += n
             if self._bar is not None:
                 self._bar.update(n)
+            elif message is not None:
+                say(f"[{self.stage}] {message}  ({self.done}/{self.total} done, "
+                    f"{_duration(self.clock() - self.start)} elapsed)", self.stream)
+                self._lines += 1
+                self._last = self.clock()
             elif self._due():
                 self._emit()
 
