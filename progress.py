@@ -95,8 +95,11 @@ class Progress:
     # --- reporting ---------------------------------------------------------------------------------
     def line(self, note: str = "", estimate: bool = True) -> str:
         elapsed = self.clock() - self.start
-        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
-        parts = [f"{self.stage}: {count}{' ' + self.unit if self.unit else ''}", f"{_duration(elapsed)} elapsed"]
+        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}" if self.done else ""
+        head = f"{self.stage}: {count}{' ' + self.unit if self.unit and count else ''}".rstrip()
+        parts = [head if count else f"{self.stage}: {_duration(elapsed)} elapsed"]
+        if count:
+            parts.append(f"{_duration(elapsed)} elapsed")
         if estimate and self.total and 0 < self.done < self.total:
             parts.append(f"about {_duration(elapsed * (self.total - self.done) / self.done)} left")
         if note:

@@ -17,6 +17,7 @@ from diffsolve.bench.models import BENCH_MODELS
 from diffsolve.cli import argtypes
 from diffsolve.errors import InvalidArgument
 from diffsolve.models.data import load_mnist
+from diffsolve.progress import Progress
 
 MODELS = ("gmm", "gaussian", "mnist-unet")
 OLD_NAMES = {"mixture": "gmm", "mnist": "mnist-unet"}
@@ -110,5 +111,8 @@ def run(args: argparse.Namespace) -> int:
     settings = LikelihoodSettings(model=args.model, data=args.data, samples=args.samples, divergence=args.divergence,
                                   probes=args.probes, probe=args.probe, seed=args.seed, solver=args.solver,
                                   steps=args.steps, rtol=args.rtol, atol=args.atol, dequantize=args.dequantize)
-    print(json.dumps(likelihood_report(settings), indent=1))
+    with Progress("likelihood") as report:      # one long solve: heartbeat lines outside a terminal
+        report.note(f"{settings.solver} on {settings.samples} {settings.model} samples")
+        result = likelihood_report(settings)
+    print(json.dumps(result, indent=1))
     return 0
