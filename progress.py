@@ -129,6 +129,18 @@ class Progress:
             if self._bar is not None:
                 self._bar.set_postfix_str(text)
 
+    def log(self, text: str) -> None:
+        """Print a task's own log line on stdout (flushed), as its note; the next heartbeat line is due `every`
+        seconds later, so heartbeats fill only the silences."""
+        print(text, flush=True)
+        if not self.enabled:
+            return
+        with self._lock:
+            self._note = text if len(text) <= 80 else text[:77] + "..."
+            self._last = self.clock()
+            if self._bar is not None:
+                self._bar.set_postfix_str(self._note)
+
     def update(self, n: int = 1, message: str | None = None) -> None:
         """n more units done; `message` (a finished unit's result) becomes a line of its own outside a terminal."""
         if not self.enabled:
