@@ -58,11 +58,14 @@ class Progress:
     """One task's progress (see the module docstring). `total=None`: a count without an end (no estimate).
     `bar=None` chooses by the stream (a tty: a bar); `heartbeat` keeps plain lines coming while nothing calls
     update(); `clock` is the time source (tests pass a fake one). `announce=False` (short tasks, such as one
-    Sampler.run): no start line, and an end line only if a line was printed while it ran."""
+    Sampler.run): no start line, and an end line only if a line was printed while it ran. The start line waits
+    `grace` seconds (a refusal in the first second prints no progress at all, only its error); the end line comes
+    only after a start line."""
 
     def __init__(self, stage: str, total: int | None = None, *, unit: str = "", stream: TextIO | None = None,
                  every: float = EVERY, clock: Callable[[], float] | None = None, bar: bool | None = None,
-                 heartbeat: bool = True, leave: bool = True, enabled: bool = True, announce: bool = True):
+                 heartbeat: bool = True, leave: bool = True, enabled: bool = True, announce: bool = True,
+                 grace: float = 1.0):
         self.stage, self.total, self.unit = stage, total, unit
         self.stream = sys.stderr if stream is None else stream
         self.every, self.clock = float(every), clock if clock is not None else time.monotonic
@@ -70,6 +73,7 @@ class Progress:
         self.done = 0
         self._lines = 0
         self._note = ""
+        self._pending, self.grace = False, float(grace)
         self._lock = threading.Lock()
         self._closed = False
         self._bar = None
@@ -86,8 +90,9 @@ class Progress:
                 pass
             self._bar = tqdm(total=total, desc=stage, unit=unit or "it", file=self.stream, leave=leave)
             return
-        if announce:
-            self._emit("started")
+        self._pending = announce
+        if announce and grace <= 0:
+            self._start()
         if heartbeat:
             self._thread = threading.Thread(target=self._beat, name=f"progress:{stage}", daemon=True)
             self._thread.start()
@@ -112,7 +117,15 @@ class Progress:
         self._last = self.clock()
 
     def _due(self) -> bool:
+        if self._pending:
+            if self.clock() - self.start >= self.grace:
+                self._start()
+            return False
         return self.clock() - self._last >= self.every
+
+    def _start(self) -> None:
+        self._pending = False
+        self._emit(f"started, {self._note}" if self._note else "started")
 
     def _beat(self) -> None:
         while not self._stop.wait(min(self.every, 1.0)):
@@ -137,6 +150,7 @@ class Progress:
             return
         with self._lock:
             self._note = text if len(text) <= 80 else text[:77] + "..."
+            self._due()
             self._last = self.clock()
             if self._bar is not None:
                 self._bar.set_postfix_str(self._note)
@@ -150,6 +164,7 @@ class Progress:
             if self._bar is not None:
                 self._bar.update(n)
             elif message is not None:
+                self._due()
                 say(f"[{self.stage}] {message}  ({self.done}/{self.total} done, "
                     f"{_duration(self.clock() - self.start)} elapsed)", self.stream)
                 self._lines += 1
@@ -167,7 +182,7 @@ class Progress:
             self._closed = True
             if self._bar is not None:
                 self._bar.close()
-            elif self.announce or self._lines:
+            elif self._lines:
                 self._emit(note, estimate=False)
 
     def __enter__(self) -> "Progress":

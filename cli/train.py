@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from diffsolve.checks import check_writable
 from diffsolve.cli import argtypes
 from diffsolve.models.builtin import WEIGHTS
 from diffsolve.training.configs import AdversarialConfig, ConsistencyConfig
@@ -78,6 +79,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(args.out, "--out")                   # every output place before any training
+    if args.save_student is not None:
+        check_writable(args.save_student.parent, "--save-student")
+    if args.couplings is not None:
+        check_writable(args.couplings, "--couplings")
     torch.set_num_threads(args.threads)
     if args.what in MOONS:
         for what in (tuple(MOONS_DEFAULTS) if args.what == "moons" else (args.what.removeprefix("moons-"),)):

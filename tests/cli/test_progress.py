@@ -30,7 +30,7 @@ class Tty(io.StringIO):
 @given(gaps=st.lists(st.floats(0.0, 7.0), min_size=1, max_size=60))
 def test_a_log_gets_a_line_at_start_about_every_ten_seconds_and_at_the_end(gaps):
     clock, out = Clock(), io.StringIO()
-    with Progress("reference solve", total=len(gaps), stream=out, clock=clock, heartbeat=False) as p:
+    with Progress("reference solve", total=len(gaps), stream=out, clock=clock, heartbeat=False, grace=0) as p:
         emitted_at = [clock.now]
         for gap in gaps:
             clock.now += gap
@@ -52,7 +52,7 @@ def test_a_log_gets_a_line_at_start_about_every_ten_seconds_and_at_the_end(gaps)
 
 def test_lines_carry_done_total_elapsed_and_an_estimate():
     clock, out = Clock(), io.StringIO()
-    p = Progress("cells", total=4, unit="cells", stream=out, clock=clock, heartbeat=False)
+    p = Progress("cells", total=4, unit="cells", stream=out, clock=clock, heartbeat=False, grace=0)
     clock.now += 12
     p.update()
     p.close()
@@ -65,7 +65,7 @@ def test_lines_carry_done_total_elapsed_and_an_estimate():
 def test_a_blocking_call_still_gets_heartbeat_lines():
     import time
     out = io.StringIO()
-    with Progress("reference solve", stream=out, every=0.05):
+    with Progress("reference solve", stream=out, every=0.05, grace=0.05):
         time.sleep(0.4)
     lines = out.getvalue().splitlines()
     assert lines[0].endswith("started") and lines[-1].endswith("done")
@@ -112,3 +112,11 @@ def test_short_sampler_runs_write_nothing_into_a_log_and_long_ones_plain_lines(m
     Sampler(problem, "euler", progress=True).run(steps=8, batch_size=2, seed=0)
     text = err.getvalue()
     assert "\r" not in text and text.count("\n") >= 2 and "euler:" in text and "/8 steps" in text
+
+
+def test_a_refusal_in_the_first_second_prints_no_progress_at_all():
+    out = io.StringIO()
+    with pytest.raises(ValueError):
+        with Progress("sample", total=16, stream=out):
+            raise ValueError("bad --seeds")
+    assert out.getvalue() == ""
