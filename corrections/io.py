@@ -109,7 +109,7 @@ class AMEDCorrection:
             unknown = sorted(set(options) - set(allowed))
             if unknown:
                 raise InvalidArgument(f"grid_options {unknown} do not apply to the default AMED grid "
-                                      "(used where the predictor has no trained grid); allowed keys: {', '.join(allowed)}")
+                                      f"(used where the predictor has no trained grid); allowed keys: {', '.join(allowed)}")
             if schedule is None:                # a plain velocity field: its default grid, uniform in t
                 return time_uniform(steps, None, **options)
             return amed_grid(steps, schedule, **options)
