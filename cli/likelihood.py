@@ -75,7 +75,8 @@ def add_parser(sub) -> None:
     p.add_argument("--probes", type=argtypes.positive_int, default=1)
     p.add_argument("--probe", default="rademacher", choices=PROBES)
     p.add_argument("--seed", type=argtypes.seed_below(2 ** 46), default=0)
-    p.add_argument("--solver", type=solver_name, default="dopri5", help=f"{', '.join(ADAPTIVE)}, or a Runge-Kutta name with --steps")
+    p.add_argument("--solver", type=solver_name, default="dopri5",
+                   help=f"{', '.join(ADAPTIVE)}, or a Runge-Kutta name with --steps")
     p.add_argument("--steps", type=argtypes.positive_int, default=None)
     p.add_argument("--rtol", type=argtypes.positive_float, default=1e-5)
     p.add_argument("--atol", type=argtypes.positive_float, default=1e-5)

@@ -108,8 +108,8 @@ class AMEDCorrection:
             allowed = ("t_min", "t_max", "final") if schedule is None else ("rho",)
             unknown = sorted(set(options) - set(allowed))
             if unknown:
-                raise InvalidArgument(f"grid_options {unknown} do not apply to the default AMED grid "
-                                      f"(used where the predictor has no trained grid); allowed keys: {', '.join(allowed)}")
+                raise InvalidArgument(f"grid_options {unknown} do not apply to the default AMED grid (used where "
+                                      f"the predictor has no trained grid); allowed keys: {', '.join(allowed)}")
             if schedule is None:                # a plain velocity field: its default grid, uniform in t
                 return time_uniform(steps, None, **options)
             return amed_grid(steps, schedule, **options)

@@ -10,7 +10,8 @@ whose outputs are skip features; `inputs_of=`: modules whose first input is one)
 exception) and, for a diffsolve field or a model that declares its spec, a field wrapper that composes with every
 other wrapper and scales only during its own calls. The network itself is never changed: hooks installed once read
 the factors per call and per thread, so other threads, other samplers and plain callers of the same network see it
-unscaled, and contexts may overlap and exit in any order. `active=(s_lo, s_hi)` limits the scaling to EDM noise levels in that range.
+unscaled, and contexts may overlap and exit in any order. `active=(s_lo, s_hi)` limits the scaling to EDM noise
+levels in that range.
 """
 from __future__ import annotations
 
