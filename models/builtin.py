@@ -95,4 +95,4 @@ def load_mnist_classifier(path: str | Path | None = None) -> MnistClassifier:
 
 def load_feature_stats(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     """Real-image feature statistics: {train,heldout}_{mu,cov} (float64) for the Frechet distance."""
-    return load_file(str(Path(path) if path is not None else WEIGHTS / "mnist_feature_stats.safetensors"))
+    return load_weights(Path(path) if path is not None else WEIGHTS / "mnist_feature_stats.safetensors")[0]

@@ -46,3 +46,23 @@ def test_truncated_files_raise_our_error(tmp_path, cut, junk):
 def test_a_missing_file_names_the_path(tmp_path):
     with pytest.raises(InvalidArgument, match="nope.safetensors.*missing"):
         load_mnist_consistency(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("name", ["load_moons_flow", "load_moons_shortcut"])
+def test_toy_loaders_refuse_missing_and_foreign_files_naming_them(tmp_path, name):
+    from diffsolve.models import toy2d
+    load = getattr(toy2d, name)
+    with pytest.raises(InvalidArgument, match="nope.safetensors.*missing"):
+        load(path=tmp_path / "nope.safetensors")
+    with pytest.raises(InvalidArgument, match="another model"):
+        load(path=WEIGHTS / "mnist_consistency.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00")
+    with pytest.raises(InvalidArgument, match="cut.safetensors"):
+        load(path=tmp_path / "cut.safetensors")
+
+
+def test_feature_stats_from_a_truncated_file_raise_our_error(tmp_path):
+    from diffsolve.models.builtin import load_feature_stats
+    (tmp_path / "s.safetensors").write_bytes(b"junk")
+    with pytest.raises(InvalidArgument, match="s.safetensors"):
+        load_feature_stats(tmp_path / "s.safetensors")
