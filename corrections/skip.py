@@ -169,7 +169,7 @@ class SkipTuned:
         self.rho_bottom, self.rho_top, self.active = _check_settings(rho_bottom, rho_top, active)
         self.target = _Target(net, outputs_of, inputs_of)
         if rho is not None:
-            if isinstance(rho, (str, bytes)) or not isinstance(rho, Sequence):
+            if isinstance(rho, (str, bytes)) or not hasattr(rho, "__iter__"):
                 raise InvalidArgument(f"rho={rho!r}: give one factor per skip level (top to bottom)")
             scales = [check_float(f"rho[{k}]", v, positive=True) for k, v in enumerate(rho)]
             if len(scales) != self.target.levels:

@@ -1,5 +1,5 @@
-"""Skip-Tuning: exact against scaling by hand, a no-op at rho = 1, hooks that never outlive their context, and a
-tuner that finds a known minimum without scoring on its own tuning noise."""
+"""Skip-Tuning: exact against scaling by hand, a no-op at rho = 1, a network unchanged outside a context (its hooks
+stay, inert), and a tuner that finds a known minimum without scoring on its own tuning noise."""
 from __future__ import annotations
 
 import pytest
