@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from diffsolve.errors import NonFiniteError
+from diffsolve.progress import progress_iter
 from diffsolve.solvers.base import Solver
 from diffsolve.solvers.run import Evaluator, SampleResult, StepInfo
 from diffsolve.solvers.span import budget_exhausted, finish_span
@@ -57,9 +58,8 @@ def integrate(solver: Solver, ev: Evaluator, x: torch.Tensor, plan: Any, *,
     state = solver.init(plan)
     traj = [x] if return_trajectory else None
     steps = range(plan.steps)
-    if progress:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc=solver.name, leave=False)
+    if progress:    # a bar in a terminal; plain lines every ~10 s elsewhere (log files, CI)
+        steps = progress_iter(steps, solver.name, unit="steps", leave=False, announce=False, heartbeat=False)
     for i in steps:
         ev.step = i
         x, _, state = solver.step(ev, x, plan.points[i], plan.points[i + 1], state, plan.coeffs[i])

@@ -49,7 +49,8 @@ from typing import Any, Callable
 import torch
 import torchdiffeq
 
-from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.analysis.likelihood_checks import ADAPTIVE, check_data, check_flow, check_numbers, check_span
+from diffsolve.errors import InvalidArgument
 from diffsolve.field import EvalPoint, Field, as_field
 from diffsolve.loop import Evaluator
 from diffsolve.noise import NoiseSource
@@ -57,11 +58,6 @@ from diffsolve.solvers.runge_kutta import TABLEAUX, ButcherTableau
 
 __all__ = ["likelihood", "LikelihoodResult", "gaussian_log_prob"]
 
-DIVERGENCES = ("exact", "hutchinson")
-PROBES = ("rademacher", "gaussian")
-DEQUANTIZE = (None, "uniform")
-FRAMES = ("auto", "logs", "time")
-ADAPTIVE = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 EULER = ButcherTableau("euler", (0,), ((),), (1,), 1)
 
 
@@ -171,10 +167,12 @@ def likelihood(model_or_field: Any, x: torch.Tensor, *, divergence: str = "exact
     and the dequantization noise; without it they come from torch's global generator.
     """
     field: Field = as_field(model_or_field)
-    _check_options(x, divergence=divergence, probes=probes, probe=probe, frame=frame, dequantize=dequantize,
-                   solver=solver, steps=steps)
-    if dtype is not None:
-        x = x.to(dtype)
+    check_flow(field)
+    probes, steps, rtol, atol, bins = check_numbers(
+        divergence=divergence, probes=probes, probe=probe, frame=frame, dequantize=dequantize, solver=solver,
+        steps=steps, rtol=rtol, atol=atol, bins=bins)
+    t_start, t_end = check_span(field, t_start, t_end)
+    x = check_data(field, x, dtype)
     noise = NoiseSource.for_run(x.shape, seed=seed, device=x.device, dtype=x.dtype)
     x, jac, how = _data_end(field, x, noise, dequantize, bins, data_range)
     span = _Span.of(field, t_start, t_end, frame)
@@ -201,25 +199,6 @@ def likelihood(model_or_field: Any, x: torch.Tensor, *, divergence: str = "exact
                             t_start=span.ts, t_end=span.te, stats=stats)
 
 
-def _check_options(x: Any, *, divergence: str, probes: Any, probe: str, frame: str, dequantize: Any, solver: str,
-                   steps: Any) -> None:
-    check_choice("divergence", divergence, DIVERGENCES)
-    check_choice("probe", probe, PROBES)
-    check_choice("frame", frame, FRAMES)
-    if dequantize not in DEQUANTIZE:
-        raise InvalidArgument(f"dequantize={dequantize!r}; allowed values: None, 'uniform'")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise InvalidArgument(f"probes={probes!r}: must be an integer >= 1")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
-        raise InvalidArgument("x must be a floating-point tensor [batch, ...]")
-    if solver not in ADAPTIVE and solver not in TABLEAUX and solver != "euler":
-        raise InvalidArgument(f"solver={solver!r}; allowed values: {', '.join(ADAPTIVE)} (torchdiffeq, adaptive) "
-                              f"or a Runge-Kutta tableau with steps=: euler, {', '.join(TABLEAUX)}")
-    if solver not in ADAPTIVE and (steps is None or isinstance(steps, bool) or not isinstance(steps, int)
-                                   or steps < 1):
-        raise InvalidArgument(f"solver={solver!r} runs a fixed grid: give steps= (an integer >= 1)")
-
-
 def _data_end(field: Field, x: torch.Tensor, noise: NoiseSource, dequantize: str | None, bins: int,
               data_range: tuple[float, float] | None) -> tuple[torch.Tensor, float, str]:
     """The data end: (x, dequantized when asked; the Jacobian term in nats; what was done)."""
@@ -232,8 +211,6 @@ def _data_end(field: Field, x: torch.Tensor, noise: NoiseSource, dequantize: str
     if dequantize == "uniform":
         if rng is None:
             raise InvalidArgument("dequantize='uniform' needs data_range=(low, high) (the model declares none)")
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise InvalidArgument(f"bins={bins!r}: must be an integer >= 2")
         k = torch.round((x.to(torch.float64) - lo) / (hi - lo) * (bins - 1)).clamp(0, bins - 1)
         u = _uniform_from_normal(noise.draw(0, 0))
         x = (lo + (hi - lo) * (k + u) / bins).to(x.dtype)
@@ -325,14 +302,18 @@ def _solve_adaptive(slope: _Slope, y0: torch.Tensor, u0: float, u1: float, solve
             ys_, ds_ = state[0].reshape(B, -1), state[1].reshape(B, 1)
         return torch.cat([ys_.to(ds_.dtype), ds_], 1).pow(2).mean(1).sqrt().max()
 
-    ys = torchdiffeq.odeint(func, (y0, zero), tt, method=solver, rtol=rtol, atol=atol,
-                            options={"norm": per_sample_norm})
+    try:
+        ys = torchdiffeq.odeint(func, (y0, zero), tt, method=solver, rtol=rtol, atol=atol,
+                                options={"norm": per_sample_norm})
+    except AssertionError as e:       # torchdiffeq asserts when its step size underflows
+        raise InvalidArgument(f"{solver} could not meet rtol={rtol:g}, atol={atol:g} ({e}); loosen the tolerances "
+                              "or use a fixed-step solver with steps=") from None
     return ys[0][-1], ys[1][-1], {"rtol": rtol, "atol": atol}
 
 
 def _solve_fixed(slope: _Slope, y0: torch.Tensor, u0: float, u1: float, solver: str,
                  steps: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    tab = EULER if solver == "euler" else TABLEAUX[solver]
+    tab = EULER if solver == "euler" else TABLEAUX[solver]          # check_numbers allowed exactly these
     us = [u0 + (u1 - u0) * i / steps for i in range(steps + 1)]
     us[-1] = u1
     y1, delta = _fixed_rk(slope, tab, y0, us)

@@ -1,8 +1,8 @@
 """The bench's work, chunk by chunk (chunks are the unit of sharding): the reference solves, every solver at every
-NFE and the peers on one chunk's noise, with a progress bar or log line per finished cell."""
+NFE and the peers on one chunk's noise, reported through diffsolve.progress (a bar, or a line per finished cell and
+about every 10 s, also during a long reference solve)."""
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -14,31 +14,6 @@ from diffsolve.errors import BudgetExceeded
 from diffsolve.evaluation import metrics
 from diffsolve.evaluation.reference import solve_reference
 from diffsolve.noise import draw_noise
-
-
-class Progress:
-    """A tqdm bar ('bar'), one line on stderr per finished cell ('log': a log file shows where a long run is), or
-    nothing ('none')."""
-
-    def __init__(self, total: int, desc: str, mode: str):
-        from tqdm.auto import tqdm
-        self.mode, self.desc, self.total, self.done = mode, desc, total, 0
-        self.start = time.perf_counter()
-        self.bar = tqdm(total=total, desc=desc, leave=False, disable=mode != "bar", dynamic_ncols=True)
-
-    def set_postfix_str(self, text: str) -> None:
-        self.bar.set_postfix_str(text)
-
-    def update(self, n: int = 1, line: str | None = None) -> None:
-        self.done += n
-        self.bar.update(n)
-        if self.mode == "log" and line is not None:
-            print(f"[{self.desc}] {line}  ({self.done}/{self.total} done, {time.perf_counter() - self.start:.1f} s)",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        self.bar.close()
-
 
 
 def cell_line(name: str, n: int, item: dict, where: str) -> str:
@@ -57,7 +32,7 @@ def run_chunk(job: Job, seeds: list[int], bar, where: str = "") -> dict:
     chunk: dict[str, Any] = {"refs": {}, "runs": {}, "peers": {}}
     refs = {}
     for t0, times in job.ref_times.items():
-        bar.set_postfix_str("reference")
+        bar.note("reference")
         ref = solve_reference(job.net, noise.to(dev), times, settings=job.reference, cache=cfg.cache,
                               cache_dir=cfg.cache_dir, seeds=seeds)
         refs[t0] = ref
@@ -69,7 +44,7 @@ def run_chunk(job: Job, seeds: list[int], bar, where: str = "") -> dict:
     x_in = noise.to(device=dev, dtype=job.dtype)
     for r in job.ok:
         name, n, kind = r["solver"], r["nfe_requested"], r["kind"]
-        bar.set_postfix_str(f"{name} nfe={n}")
+        bar.note(f"{name} nfe={n}")
         s = job.samplers[name]
         traj = job.trajectory and kind == "ode"
         sync(dev)
@@ -98,7 +73,7 @@ def run_chunk(job: Job, seeds: list[int], bar, where: str = "") -> dict:
         bar.update(1, cell_line(name, n, item, where))
     for peer in job.peers:
         for n in job.nfes:
-            bar.set_postfix_str(f"{peer.name} nfe={n}")
+            bar.note(f"{peer.name} nfe={n}")
             t_start = time.perf_counter()
             try:
                 xs = peer.run(x_in, n)

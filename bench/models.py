@@ -6,6 +6,7 @@ factory or a `BenchModel`, or a model object; `resolve_model` turns any of these
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import importlib
 import os
 from dataclasses import dataclass, field as dc_field
@@ -16,7 +17,7 @@ import torch
 
 from diffsolve.errors import InvalidArgument, unknown_name
 from diffsolve.evaluation.reference import ReferenceSettings
-from diffsolve.field import model_spec_of
+from diffsolve.field import Field, model_spec_of
 from diffsolve.models.builtin import load_mnist_unet, load_mnist_unet_deep
 from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
 from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
@@ -144,16 +145,8 @@ def resolve_model(model: Any) -> tuple[BenchModel, Any]:
     elif isinstance(model, str) and model in BENCH_MODELS:
         entry = BENCH_MODELS[model]
     elif isinstance(model, str) and ":" in model:
-        obj = import_object(model, "model")
-        if isinstance(obj, BenchModel):
-            entry = obj
-        else:
-            if callable(obj) and not isinstance(obj, torch.nn.Module) and model_spec_of(obj) is None:
-                obj = obj()     # a factory
-            if isinstance(obj, BenchModel):
-                entry = obj
-            else:
-                entry = _entry_for_object(obj, name=model)
+        obj = _model_or_factory(import_object(model, "model"), model)
+        entry = obj if isinstance(obj, BenchModel) else _entry_for_object(obj, name=model)
     elif isinstance(model, str):
         raise unknown_name("model", model, list(BENCH_MODELS) + ["<module>:<attr>"])
     else:
@@ -162,6 +155,37 @@ def resolve_model(model: Any) -> tuple[BenchModel, Any]:
     if why:
         raise InvalidArgument(f"model={entry.name!r} is not available here: {why}")
     return entry, entry.build()
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, (BenchModel, torch.nn.Module, Field)) or model_spec_of(obj) is not None
+
+
+def _what(obj: Any) -> str:
+    if not hasattr(obj, "__qualname__"):
+        return f"a {type(obj).__name__} ({obj!r:.40})"
+    kind = "a built-in function" if inspect.isbuiltin(obj) else f"a {type(obj).__name__}"
+    return f"{kind} ({getattr(obj, '__module__', None)}.{obj.__qualname__})"
+
+
+def _model_or_factory(obj: Any, spec: str) -> Any:
+    """What a 'module:attr' names: a model (a module, a field, a model declaring its spec), a BenchModel, or a
+    factory of one taking no arguments; anything else is refused in one line saying what it is."""
+    if _is_model(obj):
+        return obj
+    need = "name a model (torch.nn.Module, diffsolve field, or a model with diffsolve_spec), a BenchModel, or " \
+           "a factory of one taking no arguments"
+    if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)):
+        raise InvalidArgument(f"model={spec!r} is {_what(obj)}, not a model: {need}")
+    try:
+        inspect.signature(obj).bind()
+    except TypeError:
+        raise InvalidArgument(f"model={spec!r} is {_what(obj)} that needs arguments, not a model factory: "
+                              f"{need}") from None
+    built = obj()
+    if not _is_model(built):
+        raise InvalidArgument(f"model={spec!r}: the factory returned {_what(built)}, not a model: {need}")
+    return built
 
 
 def _entry_for_object(obj: Any, name: str) -> BenchModel:

@@ -16,12 +16,13 @@ import torch
 
 from diffsolve.analysis.straightness import straightness
 from diffsolve.bench.assembly import assemble
-from diffsolve.bench.cells import Progress, run_chunk
+from diffsolve.bench.cells import run_chunk
 from diffsolve.bench.models import BenchModel, resolve_model
 from diffsolve.bench.planning import Job, prepare
 from diffsolve.bench.report import format_report, write_outputs
 from diffsolve.bench.settings import BenchSettings, OutputError, check_settings, progress_mode
 from diffsolve.distributed import Dist, chunk_bounds, sample_seeds
+from diffsolve.progress import Progress
 from diffsolve.errors import DiffsolveError, InvalidArgument, unknown_name
 from diffsolve.noise import draw_noise
 
@@ -63,10 +64,15 @@ def _run(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettin
     mine = dist.my_chunks(len(bounds))
     n_work = len(mine) * (len(job.ref_times) + len(job.ok) + len(job.peers) * len(job.nfes))
     mode = progress_mode(cfg.progress) if dist.is_main else "none"
-    bar = Progress(n_work, f"bench {entry.name}", mode)
-    results = {c: run_chunk(job, seeds[bounds[c][0]:bounds[c][1]], bar,
-                             f"chunk {c + 1}/{len(bounds)}" if len(bounds) > 1 else "") for c in mine}
-    bar.close()
+    if cfg.verbose and dist.is_main:
+        # what runs, first: the full header (with the reference's timings) comes with the tables at the end
+        print(f"diffsolve bench: model={entry.name}, {job.batch} samples, {len(job.ok)} solver x NFE cells, "
+              f"reference {job.reference.method} rtol={job.reference.rtol:g}; progress on stderr", flush=True)
+    bar = Progress(f"bench {entry.name}", n_work, unit="cells", bar=mode == "bar", enabled=mode != "none",
+                   leave=False)
+    with bar:       # closed (its heartbeat stopped) also when a cell raises
+        results = {c: run_chunk(job, seeds[bounds[c][0]:bounds[c][1]], bar,
+                                f"chunk {c + 1}/{len(bounds)}" if len(bounds) > 1 else "") for c in mine}
     chunks = dist.gather_chunks(results)
 
     report = assemble(job, chunks)

@@ -23,8 +23,9 @@ from diffsolve import __version__
 from diffsolve.bench.models import data_range_of, resolve_model
 from diffsolve.bench.settings import model_dtype, resolve_dtype
 from diffsolve.checks import check_device, check_seed, check_writable
-from diffsolve.errors import InvalidArgument
+from diffsolve.errors import InvalidArgument, check_bool, check_int
 from diffsolve.files import atomic_write_bytes
+from diffsolve.progress import Progress
 from diffsolve.sampler import Sampler
 
 
@@ -43,26 +44,35 @@ class SampleSettings:
     dtype: Any = "auto"
     batch_size: int | None = None
     plots: bool = True
+    progress: bool = False      # diffsolve.progress lines/bar on stderr (the command line turns it on)
 
 
 def write_samples(cfg: SampleSettings) -> list[str]:
     """`sample_to_folder` with the settings of one `SampleSettings`; the paths written."""
     return sample_to_folder(cfg.model, cfg.solver, cfg.seeds, cfg.out, nfe=cfg.nfe, steps=cfg.steps, grid=cfg.grid,
-                            device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, plot=cfg.plots)
+                            device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, plot=cfg.plots,
+                            progress=cfg.progress)
 
 
 def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | Path, *, nfe: int | None = None,
                      steps: int | None = None, grid: Any = None, device: Any = None, dtype: Any = "auto",
-                     batch_size: int | None = None, plot: bool = True) -> list[str]:
-    """Draw one sample per seed and write them to `out`; returns the paths written."""
+                     batch_size: int | None = None, plot: bool = True, progress: bool = False) -> list[str]:
+    """Draw one sample per seed and write them to `out`; returns the paths written. `progress`: report on stderr
+    (diffsolve.progress: a bar in a terminal, plain lines about every 10 s elsewhere)."""
     seeds = [check_seed(s, option="seeds") for s in seeds]
     if not seeds:
         raise InvalidArgument("seeds: give at least one seed")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise InvalidArgument(f"batch_size={batch_size!r}: must be an integer >= 1")
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, minimum=1)
     check_device(device, "--device")
     folder = check_writable(out, "--out")          # before the model is built or anything is solved
+    with Progress("sample", len(seeds), unit="samples", enabled=check_bool("progress", progress)) as report:
+        report.note("loading the model")
+        return _sample(model, solver, seeds, folder, nfe, steps, grid, device, dtype, batch_size, plot, report)
+
+
+def _sample(model: Any, solver: str, seeds: list[int], folder: Path, nfe: int | None, steps: int | None, grid: Any,
+            device: Any, dtype: Any, batch_size: int | None, plot: bool, report: Progress) -> list[str]:
     entry, net = resolve_model(model)
     run_dtype = resolve_dtype(dtype)
     if run_dtype is None:
@@ -79,6 +89,7 @@ def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | P
     plan = smp.plan(steps, nfe)             # a budget the solver cannot meet fails here, before any model call
     chunk = len(seeds) if batch_size is None else batch_size
     parts, used, steps_taken = [], 0, None
+    report.note(f"solving with {smp.solver.name}")
     with torch.no_grad():
         for i in range(0, len(seeds), chunk):
             part = seeds[i:i + chunk]
@@ -86,6 +97,8 @@ def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | P
             parts.append(res.samples.detach().cpu())
             used = max(used, res.nfe)
             steps_taken = res.steps
+            report.update(len(part))
+    report.note("writing")
     samples = torch.cat(parts)
     if not torch.isfinite(samples).all():
         raise FloatingPointError("the samples contain NaN/Inf")

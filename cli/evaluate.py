@@ -25,6 +25,8 @@ from diffsolve.grids import GRIDS
 from diffsolve.models.builtin import (WEIGHTS, load_feature_stats, load_mnist_classifier, load_mnist_consistency,
                                       load_mnist_unet)
 from diffsolve.models.data import load_mnist
+from diffsolve.progress import Progress
+from diffsolve.checks import check_writable
 from diffsolve.models.quality import cached_samples, sample_model, save_grid, score
 from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
 from diffsolve.sampler import Sampler
@@ -132,12 +134,17 @@ def run(args: argparse.Namespace) -> int:
     if args.models == ["moons"]:
         print(json.dumps(evaluate_moons(), indent=1))
         return 0
+    # output folders proven writable before any model is loaded or sampled
+    check_writable(args.grid_out, "--grid-out")
+    if args.cache is not None:
+        check_writable(args.cache, "--cache")
     settings = EvaluateSettings(
         samples=args.samples, solver=args.solver, steps=args.steps, models=tuple(args.models),
         ddpm_grid=args.ddpm_grid, grid=args.grid, final=args.final, grid_out=args.grid_out,
         grid_nfe=None if args.grid_nfe is None else tuple(args.grid_nfe), grid_solvers=tuple(args.grid_solvers),
         cache=args.cache, sample_only=args.sample_only, unet=args.unet, consistency=args.consistency, seed=args.seed)
-    evaluate_mnist(settings)
+    with Progress(f"evaluate {','.join(settings.models)}"):      # heartbeat lines while models sample
+        evaluate_mnist(settings)
     return 0
 
 

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from diffsolve.analysis.likelihood import ADAPTIVE, DIVERGENCES, PROBES, likelihood
+from diffsolve.analysis.likelihood import likelihood
+from diffsolve.analysis.likelihood_checks import ADAPTIVE, DIVERGENCES, FIXED, PROBES
 from diffsolve.bench.models import BENCH_MODELS
 from diffsolve.cli import argtypes
+from diffsolve.errors import InvalidArgument
 from diffsolve.models.data import load_mnist
+from diffsolve.progress import Progress
 
 MODELS = ("gmm", "gaussian", "mnist-unet")
 OLD_NAMES = {"mixture": "gmm", "mnist": "mnist-unet"}
@@ -49,6 +52,14 @@ def model_name(text: str) -> str:
     return name
 
 
+def solver_name(text: str) -> str:
+    """argparse type: an adaptive torchdiffeq method or a Runge-Kutta tableau."""
+    if text not in ADAPTIVE + FIXED:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed: {', '.join(ADAPTIVE)} (adaptive) or, with --steps, "
+                                         f"{', '.join(FIXED)}")
+    return text
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("likelihood", help="log-likelihood and bits/dim through the probability-flow ODE",
                        description="Per-sample log-likelihoods and bits/dim through the probability-flow ODE "
@@ -64,7 +75,8 @@ def add_parser(sub) -> None:
     p.add_argument("--probes", type=argtypes.positive_int, default=1)
     p.add_argument("--probe", default="rademacher", choices=PROBES)
     p.add_argument("--seed", type=argtypes.seed_below(2 ** 46), default=0)
-    p.add_argument("--solver", default="dopri5", help=f"{', '.join(ADAPTIVE)}, or a Runge-Kutta name with --steps")
+    p.add_argument("--solver", type=solver_name, default="dopri5",
+                   help=f"{', '.join(ADAPTIVE)}, or a Runge-Kutta name with --steps")
     p.add_argument("--steps", type=argtypes.positive_int, default=None)
     p.add_argument("--rtol", type=argtypes.positive_float, default=1e-5)
     p.add_argument("--atol", type=argtypes.positive_float, default=1e-5)
@@ -93,10 +105,15 @@ def likelihood_report(s: LikelihoodSettings) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.solver not in ADAPTIVE and args.steps is None:
+        raise InvalidArgument(f"--solver {args.solver} runs a fixed grid: give --steps N (an integer >= 1)")
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = LikelihoodSettings(model=args.model, data=args.data, samples=args.samples, divergence=args.divergence,
                                   probes=args.probes, probe=args.probe, seed=args.seed, solver=args.solver,
                                   steps=args.steps, rtol=args.rtol, atol=args.atol, dequantize=args.dequantize)
-    print(json.dumps(likelihood_report(settings), indent=1))
+    with Progress("likelihood") as report:      # one long solve: heartbeat lines outside a terminal
+        report.note(f"{settings.solver} on {settings.samples} {settings.model} samples")
+        result = likelihood_report(settings)
+    print(json.dumps(result, indent=1))
     return 0

@@ -17,6 +17,7 @@ from diffsolve.bench.models import BENCH_MODELS, resolve_model
 from diffsolve.cli import argtypes
 from diffsolve.models.toy2d import MODELS as TOY_MODELS
 from diffsolve.training.reflow import generate_couplings
+from diffsolve.progress import Progress
 
 
 def add_parser(sub) -> None:
@@ -49,9 +50,11 @@ def reflow_model(name: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    res = generate_couplings(reflow_model(args.model), args.out, args.samples, solver=args.solver, steps=args.steps,
-                             batch_size=args.batch_size, shard_size=args.shard_size, seed=args.seed,
-                             dtype=args.dtype, log=True)
+    # rank 0 alone keeps the heartbeat lines (the shard lines name their rank)
+    with Progress("reflow", enabled=int(os.environ.get("RANK", "0")) == 0):
+        res = generate_couplings(reflow_model(args.model), args.out, args.samples, solver=args.solver,
+                                 steps=args.steps, batch_size=args.batch_size, shard_size=args.shard_size,
+                                 seed=args.seed, dtype=args.dtype, log=True)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": str(res.out_dir), "n": res.manifest["n"], "shards": len(res.manifest["shards"]),
                           "computed": len(res.computed), "kept": len(res.kept),

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 def sample_settings(args: argparse.Namespace) -> SampleSettings:
     return SampleSettings(model=args.model, solver=args.solver, seeds=tuple(args.seeds), out=args.out, nfe=args.nfe,
                           steps=args.steps, grid=args.grid, device=args.device, dtype=args.dtype,
-                          batch_size=args.batch_size, plots=not args.no_plots)
+                          batch_size=args.batch_size, plots=not args.no_plots, progress=True)
 
 
 def run(args: argparse.Namespace) -> int:

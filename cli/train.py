@@ -8,11 +8,13 @@ from typing import Callable
 
 import torch
 
+from diffsolve.checks import check_writable
 from diffsolve.cli import argtypes
 from diffsolve.models.builtin import WEIGHTS
 from diffsolve.training.configs import AdversarialConfig, ConsistencyConfig
 from diffsolve.training.recipes import STAGE_CHOICES, WHAT, MnistTrainSettings, train_mnist
 from diffsolve.training.toy2d import DEFAULTS as MOONS_DEFAULTS, train_moons
+from diffsolve.progress import Progress
 
 MOONS = tuple(f"moons-{k}" for k in MOONS_DEFAULTS) + ("moons",)
 
@@ -77,15 +79,25 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(args.out, "--out")                   # every output place before any training
+    if args.save_student is not None:
+        check_writable(args.save_student.parent, "--save-student")
+    if args.couplings is not None:
+        check_writable(args.couplings, "--couplings")
     torch.set_num_threads(args.threads)
     if args.what in MOONS:
         for what in (tuple(MOONS_DEFAULTS) if args.what == "moons" else (args.what.removeprefix("moons-"),)):
-            train_moons(what, args.out, iters=args.iters, couplings=args.couplings,
-                        log=lambda s: print(s, flush=True))
+            with Progress(f"train {what}") as report:
+                train_moons(what, args.out, iters=args.iters, couplings=args.couplings, log=report.log)
         return 0
+    with Progress(f"train {args.what}"):       # heartbeat lines between the trainer's own log lines
+        _train_mnist(args)
+    return 0
+
+
+def _train_mnist(args: argparse.Namespace) -> None:
     train_mnist(MnistTrainSettings(
         what=args.what, out=args.out, iters=args.iters, seed=args.seed, threads=args.threads,
         checkpoint_every=args.checkpoint_every, channels=args.channels, lr=args.lr, init=args.init,
         resume=args.resume, stages=args.stages, overrides=dict(args.set or []),
         adversarial_overrides=dict(args.set_adversarial or []), save_student=args.save_student))
-    return 0

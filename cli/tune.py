@@ -9,6 +9,7 @@ import dataclasses
 from diffsolve.bench.models import import_object, resolve_model
 from diffsolve.corrections import tuners as _builtin  # noqa: F401  (registers the built-in tuners)
 from diffsolve.corrections.tuning import TUNERS, TuneContext, check_out, flag_of, get_tuner, tune
+from diffsolve.progress import Progress
 
 MODEL_HELP = "built-in bench model name (mnist-unet, gmm, ...) or 'module:attr' (default mnist-unet)"
 
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     check_out(settings)                       # before the model is built or anything trained
     entry, model = resolve_model(args.model)
-    context = TuneContext(model_name=entry.name, dtype=entry.dtype or TuneContext.dtype, reference=entry.reference,
-                          image=entry.kind == "image", log=lambda s: print(s, flush=True), import_object=import_object)
-    tune(args.tuner, model, settings, context)
+    with Progress(f"tune {args.tuner}") as report:      # heartbeat lines through a long teacher solve or epoch
+        context = TuneContext(model_name=entry.name, dtype=entry.dtype or TuneContext.dtype,
+                              reference=entry.reference, image=entry.kind == "image", log=report.log,
+                              import_object=import_object)
+        tune(args.tuner, model, settings, context)
     return 0

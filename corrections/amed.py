@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.errors import InvalidArgument, check_choice, check_int
 from diffsolve.field import EvalPoint, Field, per_sample
 from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
 from diffsolve.corrections.base_rules import afs_denoised, base_step, default_order
@@ -114,7 +114,8 @@ class AMEDSolver(Solver):
         self.order = 2
         # the half steps' rule: the registered base solver (AMED-Solver and DPM-Solver-2 start with Euler)
         self.rule = get_solver("euler" if base in SINGLE_STEP_BASES else base)
-        self.max_order = int(max_order if max_order is not None else default_order(self.rule))
+        self.max_order = (check_int("max_order", max_order, minimum=1) if max_order is not None
+                          else default_order(self.rule))
         if afs is not None and not isinstance(afs, bool):
             raise InvalidArgument(f"afs={afs!r}: must be True, False or None (follow the predictor)")
         self.afs_option = afs

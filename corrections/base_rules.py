@@ -96,5 +96,9 @@ def afs_denoised(y0: torch.Tensor, s0: float, mean: torch.Tensor | None) -> torc
     k = 1.0 - s0 / math.sqrt(1.0 + s0 * s0)
     if mean is None:
         return y0 * k
+    if tuple(mean.shape[-(y0.dim() - 1):]) != tuple(y0.shape[1:]) or mean.dim() > y0.dim():
+        raise InvalidArgument(f"this correction's data mean (its analytical first step) has shape "
+                              f"{tuple(mean.shape)}; these samples have shape {tuple(y0.shape[1:])}: it was learned "
+                              "on another model (give one learned on this model, or afs=False)")
     mu = mean.to(device=y0.device, dtype=y0.dtype)
     return mu + (y0 - mu) * k

@@ -1,5 +1,6 @@
-"""Learned corrections on disk: a safetensors file plus a JSON sidecar (`<file>.json`) that records the model
-identity (`field.identity()`), the base solver, the NFE and the grid. Both are written atomically (a temporary
+"""Learned corrections on disk: a safetensors file whose metadata holds the record (model identity
+(`field.identity()`), base solver, NFE, grids), plus a JSON sidecar (`<file>.json`) with the file's sha256 and a
+readable copy of the record (checked on load by corrections.record). Both are written atomically (a temporary
 file beside the target, then a rename); loading onto another model is refused with a clear error.
 
 Three kinds: `AMEDCorrection` (a predictor, its base solver, AFS data and the grids it was trained on),
@@ -16,14 +17,16 @@ from typing import Any, Callable
 
 import torch
 
+from safetensors.torch import save as save_tensors
+
+from diffsolve.checks import check_writable
 from diffsolve.files import atomic_write_bytes
 from diffsolve.grids import karras, register_field_grid, time_uniform
 from diffsolve.errors import InvalidArgument
 from diffsolve.corrections.features import denoise_with_features
 from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
+from diffsolve.corrections.record import FORMAT, VERSION, CorruptCorrection, read_record, sidecar_path
 
-FORMAT = "diffsolve-correction"
-VERSION = 1
 SHIPPED = Path(__file__).resolve().parent / "weights"
 
 
@@ -102,6 +105,11 @@ class AMEDCorrection:
                 return torch.tensor(grids[steps], dtype=torch.float64)
             if self.is_table:
                 raise InvalidArgument(f"this AMED time table was exported for {sorted(grids)} steps, not {steps}")
+            allowed = ("t_min", "t_max", "final") if schedule is None else ("rho",)
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                raise InvalidArgument(f"grid_options {unknown} do not apply to the default AMED grid (used where "
+                                      f"the predictor has no trained grid); allowed keys: {', '.join(allowed)}")
             if schedule is None:                # a plain velocity field: its default grid, uniform in t
                 return time_uniform(steps, None, **options)
             return amed_grid(steps, schedule, **options)
@@ -296,69 +304,49 @@ def as_coefficient_correction(obj: Any) -> CoefficientCorrection:
 # ------------------------------------------------------------------------------------------------
 # Reading and writing
 # ------------------------------------------------------------------------------------------------
-def sidecar_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
 def _save(path: str | Path, tensors: dict[str, torch.Tensor], side: dict) -> Path:
-    from safetensors.torch import save
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise InvalidArgument(f"{path}: a correction is saved as a .safetensors file (plus a .json sidecar)")
-    blob = save(tensors, metadata={"diffsolve": json.dumps(side, sort_keys=True)})
+    check_writable(path.parent, "path")
+    # the record goes inside the file, so the file's sha256 covers it; the sidecar holds that sha256 and a copy
+    blob = save_tensors(tensors, metadata={"diffsolve": json.dumps(side, sort_keys=True)})
     side = {**side, "sha256": hashlib.sha256(blob).hexdigest(), "file": path.name}
     atomic_write_bytes(path, blob)
     atomic_write_bytes(sidecar_path(path), (json.dumps(side, indent=1, sort_keys=True) + "\n").encode())
     return path
 
 
-def read_sidecar(path: str | Path) -> dict:
-    side = sidecar_path(path)
-    if not side.is_file():
-        raise InvalidArgument(f"{side} is missing: a correction is a .safetensors file and its .json sidecar")
-    info = json.loads(side.read_text())
-    if info.get("format") != FORMAT:
-        raise InvalidArgument(f"{side} is not a diffsolve correction sidecar")
-    return info
-
-
-def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | GridCorrection | CoefficientCorrection:
-    """A saved correction; with `field=`, refused (IdentityMismatch) unless it was trained for that model."""
-    from safetensors.torch import load
-
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgument(f"{path} does not exist")
-    info = read_sidecar(path)
-    blob = path.read_bytes()
-    if info.get("sha256") and hashlib.sha256(blob).hexdigest() != info["sha256"]:
-        raise InvalidArgument(f"{path} does not match the checksum in its sidecar (a partial or foreign file)")
-    tensors = load(blob)
-    grids = {int(k): tuple(float(x) for x in v) for k, v in info.get("grids", {}).items()}
-    if info["kind"] == "amed":
-        pred = info["predictor"]
-        if pred["type"] == "table":
-            predictor: Any = TimeTable(tuple(pred["grid"]), tuple(tuple(r) for r in pred["rows"]))
-        else:
+def _amed_from(rec: dict, tensors: dict[str, torch.Tensor], path: Path) -> AMEDCorrection:
+    pred = rec["predictor"]
+    if pred["type"] == "table":
+        predictor: Any = TimeTable(pred["grid"], pred["rows"])
+    else:
+        try:
             predictor = AMEDPredictor(**pred["config"])
             state = {k[len("predictor."):]: v for k, v in tensors.items() if k.startswith("predictor.")}
             predictor.load_state_dict(state, strict=True)
-            predictor.eval().requires_grad_(False)
-        corr: Any = AMEDCorrection(predictor, info["base"], bool(info["afs"]), tensors.get("afs_mean"), grids,
-                                   info.get("model_identity"), info.get("meta", {}))
-    elif info["kind"] == "coefficients":
-        weights = {int(k): tuple(tuple(float(x) for x in r) for r in v) for k, v in info.get("weights", {}).items()}
-        if set(weights) != set(grids) or any(len(weights[k]) != len(grids[k]) - 1 for k in grids):
-            raise InvalidArgument(f"{path}: every learned grid needs one row of weights per step")
-        corr = CoefficientCorrection(grids, weights, info["base"], bool(info["afs"]), tensors.get("afs_mean"),
-                                     info.get("model_identity"), info.get("meta", {}))
-    elif info["kind"] in ("gits", "learned"):
-        corr = GridCorrection(info["kind"], grids, info["base"], info.get("model_identity"), info.get("meta", {}),
-                              tensors.get("afs_mean"))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise CorruptCorrection(f"{path}: its predictor does not match its config ({e})"[:400]) from None
+        predictor.eval().requires_grad_(False)
+    return AMEDCorrection(predictor, rec["base"], rec["afs"], tensors.get("afs_mean"), rec["grids"],
+                          rec["identity"], rec["meta"])
+
+
+def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | GridCorrection | CoefficientCorrection:
+    """A saved correction; with `field=`, refused (IdentityMismatch) unless it was trained for that model. The
+    record inside the file is the one used; a sidecar that differs from it, or a file that does not match the
+    sidecar's checksum, is refused (CorruptCorrection)."""
+    path = Path(path)
+    rec, tensors = read_record(path)
+    if rec["kind"] == "amed":
+        corr: Any = _amed_from(rec, tensors, path)
+    elif rec["kind"] == "coefficients":
+        corr = CoefficientCorrection(rec["grids"], rec["weights"], rec["base"], rec["afs"], tensors.get("afs_mean"),
+                                     rec["identity"], rec["meta"])
     else:
-        raise InvalidArgument(f"{path}: unknown correction kind {info['kind']!r}")
+        corr = GridCorrection(rec["kind"], rec["grids"], rec["base"], rec["identity"], rec["meta"],
+                              tensors.get("afs_mean"))
     if field is not None:
         corr.check_field(field)
     return corr
@@ -373,6 +361,8 @@ def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | P
         try:
             info = json.loads(side.read_text())
         except (OSError, ValueError):
+            continue
+        if not isinstance(info, dict):
             continue
         seen.append(f"{info.get('kind')}[{info.get('base')}]")
         if info.get("kind") != kind or info.get("model_identity") != ident or ident is None:

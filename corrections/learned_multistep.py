@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from diffsolve.errors import InvalidArgument, check_choice
+from diffsolve.errors import InvalidArgument, check_choice, check_int
 from diffsolve.field import EvalPoint, Field
 from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
 from diffsolve.corrections.base_rules import afs_denoised, corrected_step, default_order
@@ -79,8 +79,8 @@ class LearnedMultistep(Solver):
 
     def __init__(self, coefficients: Any = None, base: str = "deis", max_order: int | None = None):
         check_choice("base", base, COEFFICIENT_BASES)
-        if max_order is not None and max_order < 1:
-            raise InvalidArgument(f"max_order={max_order!r}: must be a positive integer")
+        if max_order is not None:
+            max_order = check_int("max_order", max_order, minimum=1)
         self.base = base
         self._max_order = max_order
         self.rule = get_solver(base)            # the step: the registered base solver's own weights

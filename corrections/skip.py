@@ -6,20 +6,25 @@ rho_k, linear in depth from rho_top to rho_bottom. It works on the built-in MNIS
 argument), on diffusers' `UNet2DModel` / `UNet2DConditionModel` (forward pre-hooks on the up blocks that scale the
 residual tuples they receive), and on any other `nn.Module` whose skip features you name (`outputs_of=`: modules
 whose outputs are skip features; `inputs_of=`: modules whose first input is one). The result is a context manager
-(`with skip_tuned(unet): pipe(...)`: hooks for the block, removed on exit, also after an exception) and, for a
-diffsolve field or a model that declares its spec, a field wrapper that composes with every other wrapper and
-scales only during its own calls. `active=(s_lo, s_hi)` limits the scaling to EDM noise levels in that range.
+(`with skip_tuned(unet): pipe(...)`: the calls the entering thread makes inside the block are scaled, also up to an
+exception) and, for a diffsolve field or a model that declares its spec, a field wrapper that composes with every
+other wrapper and scales only during its own calls. The network itself is never changed: hooks installed once read
+the factors per call and per thread, so other threads, other samplers and plain callers of the same network see it
+unscaled, and contexts may overlap and exit in any order. `active=(s_lo, s_hi)` limits the scaling to EDM noise
+levels in that range.
 """
 from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from diffsolve.checks import check_writable
 from diffsolve.errors import InvalidArgument, check_float
 from diffsolve.files import atomic_write_bytes
 from diffsolve.sampler import Sampler, register_field_correction
@@ -90,45 +95,71 @@ class _Target:
     def levels(self) -> int:
         return self.net.num_skip_levels if self.kind == "keyword" else len(self.modules)
 
-    def install(self, scales: Sequence[float]) -> list:
-        """Hooks scaling level k by scales[k]; the caller removes them."""
-        handles = []
-        for module, rho in zip(self.modules, scales):
-            if rho == 1.0:
-                continue
-            if self.kind == "up_blocks":
-                handles.append(module.register_forward_pre_hook(_scale_residuals(rho), with_kwargs=True))
-            elif self.kind == "inputs":
-                handles.append(module.register_forward_pre_hook(_scale_first_input(rho), with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(_scale_output(rho)))
-        return handles
+    def entries(self, scales: Sequence[float]) -> list[tuple[torch.nn.Module, str, Any]]:
+        """(module, kind, factor) for each hooked module; levels at rho 1 are left out (no multiply at all)."""
+        if self.kind == "keyword":
+            return [(self.net, "keyword", list(scales))]
+        return [(m, self.kind, rho) for m, rho in zip(self.modules, scales) if rho != 1.0]
 
 
-def _scale_residuals(rho: float):
-    def hook(module, args, kwargs):
-        if "res_hidden_states_tuple" in kwargs:
-            kwargs = {**kwargs, "res_hidden_states_tuple": tuple(r * rho for r in kwargs["res_hidden_states_tuple"])}
+# The scaling reaches the network per call: hooks installed once per module (marked on the module, so a deepcopy
+# that copies the hooks copies the mark too) read the factors that the calling thread has entered. A network
+# shared with other threads, other samplers or plain callers is never changed: outside an active context of the
+# calling thread the hooks do nothing.
+_LOCAL = threading.local()
+_MARK = "_diffsolve_skip_hooks"
+_INSTALL = threading.Lock()
+
+
+def _active(module: torch.nn.Module) -> list:
+    table = getattr(_LOCAL, "active", None)
+    return table.get(id(module), []) if table else []
+
+
+def _install(module: torch.nn.Module, post: bool) -> None:
+    with _INSTALL:
+        marks = module.__dict__.get(_MARK, frozenset())
+        want = "post" if post else "pre"
+        if want in marks:
+            return
+        if post:
+            module.register_forward_hook(_post_hook)
         else:
-            args = (args[0], tuple(r * rho for r in args[1]), *args[2:])
-        return args, kwargs
-    return hook
+            module.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+        module.__dict__[_MARK] = marks | {want}
 
 
-def _scale_first_input(rho: float):
-    def hook(module, args, kwargs):
-        return (args[0] * rho, *args[1:]), kwargs
-    return hook
+def _pre_hook(module, args, kwargs):
+    entries = _active(module)
+    if not entries:
+        return None
+    for _, kind, factor in entries:
+        if kind == "keyword":
+            given = kwargs.get("skip_scale")
+            scales = list(factor) if given is None else [a * b for a, b in zip(given, factor)]
+            kwargs = {**kwargs, "skip_scale": scales}
+        elif kind == "up_blocks":
+            if "res_hidden_states_tuple" in kwargs:
+                kwargs = {**kwargs, "res_hidden_states_tuple": tuple(r * factor
+                                                                     for r in kwargs["res_hidden_states_tuple"])}
+            else:
+                args = (args[0], tuple(r * factor for r in args[1]), *args[2:])
+        elif kind == "inputs":
+            args = (args[0] * factor, *args[1:])
+    return args, kwargs
 
 
-def _scale_output(rho: float):
-    def hook(module, args, out):
-        return out * rho if isinstance(out, torch.Tensor) else (out[0] * rho, *out[1:])
-    return hook
+def _post_hook(module, args, out):
+    for _, kind, factor in _active(module):
+        if kind == "outputs":
+            out = out * factor if isinstance(out, torch.Tensor) else (out[0] * factor, *out[1:])
+    return out
 
 
 class SkipTuned:
-    """The scaling as a context manager on a network (see the module docstring)."""
+    """The scaling as a context manager on a network (see the module docstring). It applies to the network's calls
+    made by the thread that entered it, while it is entered; contexts may nest, overlap across threads and exit
+    in any order."""
 
     def __init__(self, net: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho: Sequence[float] | None = None,
                  outputs_of: Sequence[str] | None = None, inputs_of: Sequence[str] | None = None,
@@ -138,6 +169,8 @@ class SkipTuned:
         self.rho_bottom, self.rho_top, self.active = _check_settings(rho_bottom, rho_top, active)
         self.target = _Target(net, outputs_of, inputs_of)
         if rho is not None:
+            if isinstance(rho, (str, bytes)) or not hasattr(rho, "__iter__"):
+                raise InvalidArgument(f"rho={rho!r}: give one factor per skip level (top to bottom)")
             scales = [check_float(f"rho[{k}]", v, positive=True) for k, v in enumerate(rho)]
             if len(scales) != self.target.levels:
                 raise InvalidArgument(f"rho= has {len(scales)} factors; this network has {self.target.levels} "
@@ -145,8 +178,9 @@ class SkipTuned:
         else:
             scales = depth_scales(self.target.levels, self.rho_top, self.rho_bottom)
         self.scales = scales
-        self._handles: list = []
-        self._saved: list[float] | None = None
+        self._entries = self.target.entries(scales)
+        for module, kind, _ in self._entries:
+            _install(module, post=kind == "outputs")
 
     @property
     def net(self) -> torch.nn.Module:
@@ -160,22 +194,27 @@ class SkipTuned:
         return self.active[0] <= p.s <= self.active[1]
 
     def __enter__(self) -> "SkipTuned":
-        if self._handles or self._saved is not None:
-            raise InvalidArgument("this skip tuning is active already (contexts of one object do not nest)")
-        if self.target.kind == "keyword":
-            self._saved = list(self.net.skip_scales)
-            self.net.skip_scales = list(self.scales)
-        else:
-            self._handles = self.target.install(self.scales)
+        if not hasattr(_LOCAL, "active"):
+            _LOCAL.active, _LOCAL.tokens = {}, {}
+        token = object()
+        for module, kind, factor in self._entries:
+            _LOCAL.active.setdefault(id(module), []).append((token, kind, factor))
+        _LOCAL.tokens.setdefault(id(self), []).append(token)
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        if self._saved is not None:
-            self.net.skip_scales = self._saved
-            self._saved = None
+        tokens = getattr(_LOCAL, "tokens", {}).get(id(self))
+        if not tokens:
+            return
+        token = tokens.pop()
+        if not tokens:
+            del _LOCAL.tokens[id(self)]
+        for module, _, _ in self._entries:
+            kept = [e for e in _LOCAL.active.get(id(module), []) if e[0] is not token]
+            if kept:
+                _LOCAL.active[id(module)] = kept
+            else:
+                _LOCAL.active.pop(id(module), None)
 
 
 class SkipTunedField(FieldWrapper):
@@ -239,21 +278,45 @@ def skip_tuned(model: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho
 # Settings files and the tuner
 # ------------------------------------------------------------------------------------------------
 def save_settings(settings: SkipSettings, path: str | Path) -> Path:
-    """Write the settings as JSON: a temp file in the same folder, then an atomic rename."""
+    """Write the settings as JSON: the folder checked first, a temp file in it, then an atomic rename."""
+    if not isinstance(settings, SkipSettings):
+        raise InvalidArgument(f"settings={type(settings).__name__}: give a SkipSettings")
     path = Path(path)
+    check_writable(path.parent, "path")
     atomic_write_bytes(path, (json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
+def _optional(data: dict, key: str, kind: type, where: Path) -> Any:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise InvalidArgument(f"{where}: {key}={value!r} must be a {kind.__name__} or null")
+    return value
+
+
 def load_settings(path: str | Path) -> SkipSettings:
+    """Settings written by `save_settings` / `diffsolve tune skip`, each field checked with its type."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text())
-        active = data.get("active")
-        return SkipSettings(rho_bottom=float(data["rho_bottom"]), rho_top=float(data["rho_top"]),
-                            active=tuple(active) if active is not None else None, model=data.get("model"),
-                            solver=data.get("solver"), nfe=data.get("nfe"), metric=dict(data.get("metric", {})))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
         raise InvalidArgument(f"{path}: not a skip-tuning settings file ({e})") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{path}: not a skip-tuning settings file (it holds a {type(data).__name__}, not an "
+                              "object with rho_bottom, rho_top, active, model)")
+    missing = [k for k in ("rho_bottom", "rho_top") if k not in data]
+    if missing:
+        raise InvalidArgument(f"{path}: not a skip-tuning settings file (missing {missing})")
+    active = data.get("active")
+    if active is not None and not isinstance(active, list):
+        raise InvalidArgument(f"{path}: active={active!r} must be a pair [s_lo, s_hi] or null")
+    rb, rt, active = _check_settings(data["rho_bottom"], data["rho_top"], active)
+    metric = data.get("metric", {})
+    if not isinstance(metric, dict):
+        raise InvalidArgument(f"{path}: metric={metric!r} must be an object")
+    nfe = _optional(data, "nfe", int, path)
+    return SkipSettings(rho_bottom=rb, rho_top=rt, active=active, model=_optional(data, "model", str, path),
+                        solver=_optional(data, "solver", str, path), nfe=nfe, metric=dict(metric))
 
 
 def golden_section(f: Callable[[float], float], lo: float, hi: float, evaluations: int = 10,

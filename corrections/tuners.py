@@ -17,10 +17,13 @@ one machine and thread count.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from diffsolve.errors import InvalidArgument
 from diffsolve.evaluation.reference import ReferenceSettings
@@ -224,6 +227,9 @@ class SkipTuneSettings(TuneSettings):
         check_count("--eval-samples", self.eval_samples)
         check_count("--evaluations", self.evaluations)
         check_rate("--rho-top", self.rho_top)
+        if len(self.nfe) != 1:
+            raise InvalidArgument(f"--nfe {','.join(map(str, self.nfe))!r}: skip tuning takes one NFE (rho is tuned "
+                                  "for one budget), e.g. --nfe 5")
 
     def default_out(self) -> str:
         return f"skip-{self.solver}-nfe{self.nfe[0]}.json"
@@ -239,9 +245,28 @@ def _metric(spec: str | None, model: Any, ctx: TuneContext):
     if ctx.import_object is None:
         raise InvalidArgument("--metric 'module:attr' needs a context that imports objects")
     obj = ctx.import_object(spec, "--metric")
-    if not callable(obj):
-        raise InvalidArgument(f"--metric {spec!r}: not callable")
-    return obj, spec
+    what = (f"{'a built-in function' if inspect.isbuiltin(obj) else 'a ' + type(obj).__name__} "
+            f"({getattr(obj, '__module__', None)}.{obj.__qualname__})" if hasattr(obj, "__qualname__")
+            else f"a {type(obj).__name__} ({obj!r:.40})")
+    need = "name a callable metric(samples) -> float (lower is better)"
+    if not callable(obj) or isinstance(obj, type):
+        raise InvalidArgument(f"--metric {spec!r} is {what}, not a metric: {need}")
+    try:
+        inspect.signature(obj).bind(None)
+    except TypeError:
+        raise InvalidArgument(f"--metric {spec!r} is {what} that does not take one samples argument: {need}"
+                              ) from None
+    except ValueError:          # no signature to read (some extension functions): judged by its first result
+        pass
+
+    def checked(samples: torch.Tensor) -> float:
+        value = obj(samples)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"--metric {spec!r} returned {type(value).__name__}, not a number: {need}"
+                                  ) from None
+    return checked, spec
 
 
 def run_skip(model: Any, st: SkipTuneSettings, ctx: TuneContext) -> Path:

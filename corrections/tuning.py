@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -76,7 +77,7 @@ def parse_pair(text: str, flag: str) -> tuple[float, float]:
 # Checks
 # ------------------------------------------------------------------------------------------------
 def check_count(flag: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InvalidArgument(f"{flag} {value!r}: must be an integer >= {minimum}")
 
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from diffsolve.checks import check_device
+from diffsolve.errors import InvalidArgument
 from diffsolve.field import state_dict_digest
+from diffsolve.sampler import FLOAT_DTYPES, as_dtype
 from diffsolve.models.classifier import MnistClassifier
 from diffsolve.models.consistency import ConsistencyUNet
 from diffsolve.models.unet import UNet
@@ -21,117 +25,72 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 def load_weights(path: str | Path) -> tuple[dict, dict]:
-    """A shipped model file's state dict and its training record (the `config` metadata).
-
-    Args:
-        path: the safetensors file.
-
-    Returns:
-        The state dict and the training record (an empty dict when the file has none).
-
-    Raises:
-        FileNotFoundError: the file is missing (train it with `diffsolve train`).
-    """
+    """A shipped model file's state dict and its training record (the `config` metadata); a missing, truncated or
+    foreign file raises InvalidArgument naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: train it with `diffsolve train`")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return load_file(str(path)), json.loads(meta.get("config", "{}"))
+        raise InvalidArgument(f"path={str(path)!r} is missing: train it with `diffsolve train`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+        cfg = json.loads(meta.get("config", "{}"))
+    except Exception as e:          # safetensors raises its own error types for a truncated or foreign file
+        raise InvalidArgument(f"path={str(path)!r} is not a readable model file ({type(e).__name__}: {e})"[:400]
+                              ) from None
+    if not isinstance(cfg, dict):
+        raise InvalidArgument(f"path={str(path)!r}: its config metadata is a {type(cfg).__name__}, not an object")
+    return state, cfg
 
 
-def _ready(model: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def _built(make: Callable[[dict], torch.nn.Module], path: str | Path | None, default: str, device: Any,
+           dtype: Any) -> Any:
+    """The model `make(config)` with the file's weights, in eval mode without gradients; dtype and device are
+    checked before the file is read, and a file holding another model's weights is refused naming it."""
+    run_dtype = as_dtype(dtype)
+    if run_dtype is None:
+        raise InvalidArgument(f"dtype=None: name a floating dtype ({', '.join(FLOAT_DTYPES)})")
+    device = check_device(device)
+    file = Path(path) if path is not None else WEIGHTS / default
+    state, cfg = load_weights(file)
+    try:
+        model = make(cfg)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise InvalidArgument(f"path={str(file)!r} holds another model's weights ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())})"[:400]) from None
     # Hashed in float32 before any conversion: its float16 and bfloat16 copies then keep the identity that the
     # shipped corrections are filed under (field.identity recognises a rounding of a network it has hashed).
     state_dict_digest(model)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return model.to(device=device, dtype=run_dtype).eval().requires_grad_(False)
 
 
 def load_mnist_unet(path: str | Path | None = None, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> UNet:
-    """The built-in MNIST EDM denoiser (1 x 28 x 28, data in [-1, 1]), in eval mode without gradients.
-
-    Args:
-        path: the safetensors file; None: the shipped one under models/weights/.
-        device: where the model is put (default "cpu").
-        dtype: the model's dtype (default float32); it is hashed in float32 first, so half and bfloat16 copies keep
-            the identity the shipped corrections are filed under.
-
-    Returns:
-        The UNet (channels, embedding width and blocks per level from the file's training record).
-
-    Raises:
-        FileNotFoundError: the file is missing (train it with `diffsolve train`).
-        RuntimeError: the file's keys or shapes do not match the architecture (torch's load_state_dict).
-    """
-    state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_unet.safetensors")
-    model = UNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)),
-                 blocks_per_level=int(cfg.get("blocks_per_level", 1)))
-    model.load_state_dict(state, strict=True)
-    return _ready(model, device, dtype)
+    """The built-in MNIST EDM denoiser (1 x 28 x 28, data in [-1, 1]), in eval mode without gradients."""
+    return _built(lambda cfg: UNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)),
+                                   blocks_per_level=int(cfg.get("blocks_per_level", 1))),
+                  path, "mnist_unet.safetensors", device, dtype)
 
 
 def load_mnist_unet_deep(path: str | Path | None = None, device: str | torch.device = "cpu",
                          dtype: torch.dtype = torch.float32) -> UNet:
     """A deeper built-in MNIST EDM denoiser (four levels of two blocks: eight skips), Skip-Tuning's test bed; its
-    weights ship in float16 and load in `dtype`.
-
-    Args:
-        path: the safetensors file; None: the shipped one under models/weights/.
-        device: where the model is put (default "cpu").
-        dtype: the model's dtype (default float32); it is hashed in float32 first, so half and bfloat16 copies keep
-            the identity the shipped corrections are filed under.
-
-    Returns:
-        The UNet, in eval mode without gradients.
-
-    Raises:
-        FileNotFoundError: the file is missing (train it with `diffsolve train`).
-        RuntimeError: the file's keys or shapes do not match the architecture (torch's load_state_dict).
-    """
-    state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_unet_deep.safetensors")
-    model = UNet(tuple(cfg.get("channels", (16, 32, 64, 64))), int(cfg.get("emb_dim", 64)),
-                 blocks_per_level=int(cfg.get("blocks_per_level", 2)))
-    model.load_state_dict(state, strict=True)
-    return _ready(model, device, dtype)
+    weights ship in float16 and load in `dtype`."""
+    return _built(lambda cfg: UNet(tuple(cfg.get("channels", (16, 32, 64, 64))), int(cfg.get("emb_dim", 64)),
+                                   blocks_per_level=int(cfg.get("blocks_per_level", 2))),
+                  path, "mnist_unet_deep.safetensors", device, dtype)
 
 
 def load_mnist_consistency(path: str | Path | None = None, device: str | torch.device = "cpu",
                            dtype: torch.dtype = torch.float32) -> ConsistencyUNet:
-    """The built-in MNIST consistency model distilled from the UNet (Song et al. 2023), eval mode, no gradients.
-
-    Args:
-        path: the safetensors file; None: the shipped one under models/weights/.
-        device: where the model is put (default "cpu").
-        dtype: the model's dtype (default float32); it is hashed in float32 first, so half and bfloat16 copies keep
-            the identity the shipped corrections are filed under.
-
-    Returns:
-        The ConsistencyUNet.
-
-    Raises:
-        FileNotFoundError: the file is missing (train it with `diffsolve train`).
-        RuntimeError: the file's keys or shapes do not match the architecture (torch's load_state_dict).
-    """
-    state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_consistency.safetensors")
-    model = ConsistencyUNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64)))
-    model.load_state_dict(state, strict=True)
-    return _ready(model, device, dtype)
+    """The built-in MNIST consistency model distilled from the UNet (Song et al. 2023), eval mode, no gradients."""
+    return _built(lambda cfg: ConsistencyUNet(tuple(cfg.get("channels", (16, 32, 64))), int(cfg.get("emb_dim", 64))),
+                  path, "mnist_consistency.safetensors", device, dtype)
 
 
 def load_mnist_classifier(path: str | Path | None = None) -> MnistClassifier:
-    """The feature classifier used for FD and confidence scores (inputs in [-1, 1]).
-
-    Args:
-        path: the safetensors file; None: the shipped one under models/weights/.
-
-    Returns:
-        The MnistClassifier on the CPU in float32, in eval mode without gradients.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        RuntimeError: the file's keys or shapes do not match (torch's load_state_dict).
-    """
+    """The feature classifier used for FD and confidence scores (inputs in [-1, 1])."""
     state, cfg = load_weights(Path(path) if path is not None else WEIGHTS / "mnist_classifier.safetensors")
     model = MnistClassifier(width=int(cfg.get("width", 32)))
     model.load_state_dict(state, strict=True)
@@ -139,15 +98,5 @@ def load_mnist_classifier(path: str | Path | None = None) -> MnistClassifier:
 
 
 def load_feature_stats(path: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """Real-image feature statistics: {train,heldout}_{mu,cov} (float64) for the Frechet distance.
-
-    Args:
-        path: the safetensors file; None: the shipped one under models/weights/.
-
-    Returns:
-        The four tensors by name.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-    """
-    return load_file(str(Path(path) if path is not None else WEIGHTS / "mnist_feature_stats.safetensors"))
+    """Real-image feature statistics: {train,heldout}_{mu,cov} (float64) for the Frechet distance."""
+    return load_weights(Path(path) if path is not None else WEIGHTS / "mnist_feature_stats.safetensors")[0]

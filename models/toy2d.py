@@ -14,10 +14,10 @@ from typing import Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
-from diffsolve.errors import check_choice
+from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.field import ModelSpec
+from diffsolve.models.builtin import load_weights
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 FILES = {"1rf": "moons_1rf.safetensors", "2rf": "moons_2rf.safetensors", "shortcut": "moons_shortcut.safetensors"}
@@ -99,10 +99,14 @@ def toy_metadata(path: str | Path) -> dict:
 
 def _load(path: Path, shortcut: bool) -> MoonsMLP:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: train it with `diffsolve train --what moons`")
-    meta = toy_metadata(path)
-    model = MoonsMLP(int(meta.get("width", 128)), int(meta.get("depth", 3)), shortcut=shortcut)
-    model.load_state_dict(load_file(str(path)), strict=True)
+        raise InvalidArgument(f"path={str(path)!r} is missing: train it with `diffsolve train --what moons`")
+    state, meta = load_weights(path)        # a truncated or foreign file: InvalidArgument naming it
+    try:
+        model = MoonsMLP(int(meta.get("width", 128)), int(meta.get("depth", 3)), shortcut=shortcut)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InvalidArgument(f"path={str(path)!r} holds another model's weights ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())})"[:400]) from None
     return model.eval().requires_grad_(False)
 
 

@@ -210,22 +210,30 @@ def _check_shard(path: Path, settings: dict, start: int, stop: int, noise_check:
 # ------------------------------------------------------------------------------------------------
 # Settings and the manifest
 # ------------------------------------------------------------------------------------------------
-def _compare_settings(found: dict, want: dict, where: Path) -> None:
+def _compare_settings(found: dict, want: dict, where: Path, recover: str = "") -> None:
     if found.get("format") != FORMAT:
         raise CouplingsError(f"{where} is not a diffsolve coupling folder of format {FORMAT} "
-                             f"(format={found.get('format')!r}); use a new --out folder")
+                             f"(format={found.get('format')!r}); use a new --out folder{recover}")
     diff = [k for k in SETTING_NAMES if found.get(k) != want.get(k)]
     if diff:
         detail = "; ".join(f"{k}={want.get(k)!r} but the folder holds {k}={found.get(k)!r}" for k in diff)
         raise CouplingsError(f"refusing to resume into {where}: it was made with other settings ({detail}); "
-                             "rerun with the folder's settings or use a new output folder")
+                             f"rerun with the folder's settings or use a new output folder{recover}")
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, recover: str = "") -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise CouplingsError(f"{path} cannot be read as JSON ({e})") from None
+        raise CouplingsError(f"{path} cannot be read as JSON ({e}){recover}") from None
+    if not isinstance(data, dict):
+        raise CouplingsError(f"{path} holds a {type(data).__name__}, not an object{recover}")
+    return data
+
+
+# The manifest only records what the shards already prove (their names and sha256); the settings file fixes the run.
+_MANIFEST_RECOVERY = ("; delete it to recover: the next run checks every shard against settings.json, keeps the "
+                      "complete ones and writes a new manifest")
 
 
 def _bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -334,6 +342,12 @@ def _out_folder(out_dir: Any) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InvalidArgument(f"out_dir={str(out)!r} exists and is not a folder")
+    # checked before any work, created only once the run's other arguments have passed too
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidArgument(f"out_dir={str(out)!r}: {str(parent)!r} is not a writable folder")
     return out
 
 
@@ -345,8 +359,9 @@ def _open_folder(out: Path, settings: dict, dist: Any) -> dict[str, str]:
         _compare_settings(_read_json(out / SETTINGS), settings, out)
     known: dict[str, str] = {}
     if (out / MANIFEST).exists():
-        found = _read_json(out / MANIFEST)
-        _compare_settings(found, settings, out)
+        # settings.json matched this run (or is absent): a manifest that disagrees is the file to delete
+        found = _read_json(out / MANIFEST, _MANIFEST_RECOVERY)
+        _compare_settings(found, settings, out / MANIFEST, _MANIFEST_RECOVERY)
         known = {s.get("name"): s.get("sha256") for s in found.get("shards", []) if isinstance(s, dict)}
     dist.barrier()
     if dist.is_main and not (out / SETTINGS).exists():
@@ -430,14 +445,19 @@ def verify_couplings(out_dir: str | Path) -> dict:
     path = out / MANIFEST
     if not path.is_file():
         raise CouplingsError(f"{out}: no {MANIFEST} (the generator has not finished; rerun it to resume)")
-    manifest = _read_json(path)
+    manifest = _read_json(path, _MANIFEST_RECOVERY)
     if manifest.get("format") != FORMAT:
-        raise CouplingsError(f"{path}: format={manifest.get('format')!r}, expected {FORMAT!r}")
-    want = _bounds(int(manifest["n"]), int(manifest["shard_size"]))
-    shards = manifest.get("shards", [])
-    if [(s["start"], s["stop"]) for s in shards] != want or any(s["name"] != shard_name(k)
-                                                                 for k, s in enumerate(shards)):
-        raise CouplingsError(f"{path}: its shard list does not cover samples 0..{manifest['n'] - 1} in order")
+        raise CouplingsError(f"{path}: format={manifest.get('format')!r}, expected {FORMAT!r}{_MANIFEST_RECOVERY}")
+    try:
+        want = _bounds(check_int("n", manifest["n"], 1), check_int("shard_size", manifest["shard_size"], 1))
+        shards = manifest.get("shards", [])
+        ok = [(s["start"], s["stop"]) for s in shards] == want and all(
+            s["name"] == shard_name(k) and isinstance(s["sha256"], str) for k, s in enumerate(shards))
+    except (KeyError, TypeError, InvalidArgument) as e:
+        raise CouplingsError(f"{path}: malformed ({type(e).__name__}: {e}){_MANIFEST_RECOVERY}") from None
+    if not ok:
+        raise CouplingsError(f"{path}: its shard list does not cover samples 0..{manifest['n'] - 1} in order"
+                             f"{_MANIFEST_RECOVERY}")
     for s in shards:
         f = out / s["name"]
         if not f.is_file():

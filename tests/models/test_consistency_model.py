@@ -88,14 +88,14 @@ def test_spec_and_strict_loader(cm, tmp_path):
     missing = tmp_path / "missing.safetensors"
     from safetensors.torch import save_file
     save_file({k: v for k, v in list(state.items())[1:]}, str(missing), metadata={"config": json.dumps(meta)})
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InvalidArgument, match="another model.*Missing key"):
         load_mnist_consistency(missing)
     extra = tmp_path / "extra.safetensors"
     save_file({**state, "net.bogus": torch.zeros(1)}, str(extra), metadata={"config": json.dumps(meta)})
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InvalidArgument, match="another model.*Unexpected key"):
         load_mnist_consistency(extra)
     # the UNet's own weights (without the `net.` prefix) are not a consistency model
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InvalidArgument, match="another model"):
         load_mnist_consistency(WEIGHTS / "mnist_unet.safetensors")
 
 

@@ -1,0 +1,190 @@
+"""The one record of a learned correction and its checks.
+
+The record (format, kind, model identity, base solver, AFS, grids, weights, predictor) lives inside the
+safetensors file's own metadata, so the sha256 of the file covers the record and the tensors together. The JSON
+sidecar beside it holds that sha256 and a readable copy of the record; on load the checksum must match and the
+copy must equal the record field for field, so an edited sidecar (a removed model identity, edited grids) is
+refused instead of used. Every field is then parsed with its type; anything malformed raises
+`CorruptCorrection` (an InvalidArgument) naming the file and the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+
+from diffsolve.errors import InvalidArgument
+
+FORMAT = "diffsolve-correction"
+VERSION = 1
+KINDS = ("amed", "gits", "learned", "coefficients")
+SIDECAR_ONLY = ("sha256", "file")          # what the sidecar adds to the record
+
+
+class CorruptCorrection(InvalidArgument):
+    """A correction file or its sidecar is missing, edited, truncated or malformed."""
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _json(text: str | bytes, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptCorrection(f"{where} is not valid JSON ({e}); rebuild the correction with `diffsolve tune`"
+                                ) from None
+
+
+def embedded_record(blob: bytes, path: Path) -> dict:
+    """The record stored in a safetensors file's metadata (its header is read by hand: a truncated or foreign
+    file gets our error, not the parser's)."""
+    if len(blob) < 8:
+        raise CorruptCorrection(f"{path}: {len(blob)} bytes, not a safetensors file (truncated?)")
+    (size,) = struct.unpack("<Q", blob[:8])
+    if size > len(blob) - 8:
+        raise CorruptCorrection(f"{path}: its header claims {size} bytes but the file has {len(blob) - 8} (truncated?)")
+    header = _json(blob[8:8 + size], f"{path} (safetensors header)")
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("diffsolve"), str):
+        raise CorruptCorrection(f"{path}: no diffsolve correction record in its metadata (not a correction file)")
+    record = _json(meta["diffsolve"], f"{path} (the record in its metadata)")
+    if not isinstance(record, dict):
+        raise CorruptCorrection(f"{path}: its record is a {type(record).__name__}, not an object")
+    return record
+
+
+def read_record(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checked record and the tensors of a correction file: the sidecar's sha256 must match the file and its
+    copy of the record must equal the one inside the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgument(f"{path} does not exist")
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise CorruptCorrection(f"{side} is missing: a correction is a .safetensors file and its .json sidecar")
+    info = _json(side.read_bytes(), str(side))
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CorruptCorrection(f"{side} is not a diffsolve correction sidecar")
+    blob = path.read_bytes()
+    digest = info.get("sha256")
+    if not isinstance(digest, str):
+        raise CorruptCorrection(f"{side}: field 'sha256' missing or not a string")
+    if hashlib.sha256(blob).hexdigest() != digest:
+        raise CorruptCorrection(f"{path} does not match the checksum in its sidecar (a partial, edited or foreign "
+                                "file)")
+    record = embedded_record(blob, path)
+    copy = {k: v for k, v in info.items() if k not in SIDECAR_ONLY}
+    changed = sorted(k for k in set(record) | set(copy) if record.get(k, _MISSING) != copy.get(k, _MISSING))
+    if changed:
+        raise CorruptCorrection(f"{side} differs from the record inside {path.name} in {changed}: the sidecar was "
+                                "edited; the file's own record is the one that counts (restore the sidecar or "
+                                "rebuild the correction)")
+    try:
+        tensors = load_tensors(blob)
+    except Exception as e:          # safetensors raises its own error types for malformed data
+        raise CorruptCorrection(f"{path}: its tensors cannot be read ({type(e).__name__}: {e})") from None
+    return parse_record(record, path), tensors
+
+
+_MISSING = object()
+
+
+def _field(record: dict, name: str, kinds: type | tuple, path: Path, *, optional: bool = False) -> Any:
+    if name not in record:
+        if optional:
+            return None
+        raise CorruptCorrection(f"{path}: field {name!r} is missing")
+    value = record[name]
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise CorruptCorrection(f"{path}: field {name!r} is {value!r}, not a {_names(kinds)}")
+    if not isinstance(value, kinds):
+        raise CorruptCorrection(f"{path}: field {name!r} is {value!r}, not a {_names(kinds)}")
+    return value
+
+
+def _names(kinds: type | tuple) -> str:
+    return " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+
+
+def _floats(value: Any, where: str, path: Path) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in value):
+        raise CorruptCorrection(f"{path}: {where} must be a list of finite numbers, got {value!r}"[:300])
+    return tuple(float(v) for v in value)
+
+
+def _steps(key: Any, where: str, path: Path) -> int:
+    if not (isinstance(key, str) and key.isdigit() and int(key) >= 1):
+        raise CorruptCorrection(f"{path}: {where} key {key!r} is not a step count")
+    return int(key)
+
+
+def parse_grids(record: dict, path: Path) -> dict[int, tuple[float, ...]]:
+    grids = {}
+    for key, value in _field(record, "grids", dict, path).items():
+        steps = _steps(key, "grids", path)
+        grid = _floats(value, f"grids[{key!r}]", path)
+        down, up = all(b < a for a, b in zip(grid, grid[1:])), all(b > a for a, b in zip(grid, grid[1:]))
+        if len(grid) != steps + 1 or not (down or up) or min(grid) < 0:
+            raise CorruptCorrection(f"{path}: grids[{key!r}] must hold {steps + 1} strictly monotone times >= 0")
+        grids[steps] = grid
+    return grids
+
+
+def parse_record(record: dict, path: Path) -> dict:
+    """The record's fields with their types checked; grids and weights as tuples keyed by step count."""
+    if _field(record, "format", str, path) != FORMAT:
+        raise CorruptCorrection(f"{path}: format {record['format']!r} is not {FORMAT!r}")
+    if _field(record, "version", int, path) != VERSION:
+        raise CorruptCorrection(f"{path}: version {record['version']!r}; this diffsolve reads version {VERSION}")
+    kind = _field(record, "kind", str, path)
+    if kind not in KINDS:
+        raise CorruptCorrection(f"{path}: unknown correction kind {kind!r}; allowed values: {', '.join(KINDS)}")
+    out = {"kind": kind, "identity": _field(record, "model_identity", str, path, optional=True),
+           "base": _field(record, "base", str, path), "grids": parse_grids(record, path),
+           "meta": _field(record, "meta", dict, path, optional=True) or {}}
+    if kind in ("amed", "coefficients"):
+        out["afs"] = _field(record, "afs", bool, path)
+    if kind == "coefficients":
+        weights = {}
+        for key, rows in _field(record, "weights", dict, path).items():
+            steps = _steps(key, "weights", path)
+            if not isinstance(rows, list):
+                raise CorruptCorrection(f"{path}: weights[{key!r}] must be a list of rows")
+            weights[steps] = tuple(_floats(r, f"weights[{key!r}] row", path) for r in rows)
+        if set(weights) != set(out["grids"]) or any(len(weights[k]) != k for k in weights):
+            raise CorruptCorrection(f"{path}: every learned grid needs one row of weights per step")
+        out["weights"] = weights
+    if kind == "amed":
+        out["predictor"] = _predictor(_field(record, "predictor", dict, path), path)
+    return out
+
+
+def _predictor(pred: dict, path: Path) -> dict:
+    kind = pred.get("type")
+    if kind == "table":
+        grid = _floats(pred.get("grid"), "predictor.grid", path)
+        rows = pred.get("rows")
+        if not isinstance(rows, list):
+            raise CorruptCorrection(f"{path}: predictor.rows must be a list of (r, c, a) rows")
+        rows = tuple(_floats(r, "predictor.rows row", path) for r in rows)
+        if any(len(r) != 3 for r in rows):
+            raise CorruptCorrection(f"{path}: predictor.rows must hold (r, c, a) triples")
+        return {"type": "table", "grid": grid, "rows": rows}
+    if kind == "network":
+        config = pred.get("config")
+        if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+            raise CorruptCorrection(f"{path}: predictor.config must be an object of keyword arguments")
+        return {"type": "network", "config": config}
+    raise CorruptCorrection(f"{path}: predictor.type {kind!r}; allowed values: 'table', 'network'")
