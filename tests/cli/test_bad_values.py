@@ -304,6 +304,6 @@ def test_solvers_verbose_lists_options_from_the_code(capsys):
 # ------------------------------------------------------------------------------------------------
 def test_the_docs_document_the_commands():
     from pathlib import Path
-    text = (Path(diffsolve.__file__).parent / "docs" / "cli.md").read_text()
+    text = "".join(p.read_text() for p in (Path(diffsolve.__file__).parent / "docs").rglob("*.md"))
     for needle in ("diffsolve sample", "--version", "solvers --verbose", "--progress", "budget"):
         assert needle in text, needle
