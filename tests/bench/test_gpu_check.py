@@ -21,6 +21,7 @@ def test_the_shell_wrapper_runs_the_script():
     assert "scripts/gpu_check.py" in wrapper
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_section(monkeypatch, capsys):
     # gpu_check sets these for the smoke run; monkeypatch restores them for the other tests
     monkeypatch.setenv("TRITON_INTERPRET", "1")

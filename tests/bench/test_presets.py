@@ -77,6 +77,7 @@ def test_preset_settings_refuse_what_the_preset_does_not_read():
     assert PresetSettings("sde", steps=(3,), quick=True).steps == (3,)
 
 
+@pytest.mark.slow
 def test_preset_learned_lists_every_shipped_correction_with_its_training_cost(capsys):
     from diffsolve.corrections.report import shipped_learned
     assert main(["bench", "--preset", "learned", "--batch-size", "2", "--nfe", "3"]) == 0

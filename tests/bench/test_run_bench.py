@@ -47,6 +47,7 @@ def _independent_reference(problem: GaussianMixtureProblem, noise: torch.Tensor)
     return problem.denoise(x_min, smin)
 
 
+@pytest.mark.slow
 def test_bench_gmm_outputs_and_numbers_match_independent_computation(tmp_path, capsys):
     out = tmp_path / "out"
     B, seed = 48, 3
@@ -105,6 +106,7 @@ def test_cli_bench_gaussian_and_errors(tmp_path, capsys):
         run_bench("no-such-model", out=None)
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "diffsolve", "solvers"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -135,6 +137,7 @@ def tiny_images_entry() -> BenchModel:
                       trajectory=False)
 
 
+@pytest.mark.slow
 def test_module_attr_models_and_image_grid(tmp_path):
     rep = run_bench(f"{__name__}:tiny_images_entry", ["euler"], None, out=tmp_path, cache=False, progress=False,
                     verbose=False)
@@ -192,6 +195,7 @@ class _EpsMixture(torch.nn.Module):
         return (x - a * self.inner.denoise(x, t)) / s
 
 
+@pytest.mark.slow
 def test_diffusers_peers_on_a_discrete_vp_eps_model():
     pytest.importorskip("diffusers")
     rep = run_bench(_EpsMixture(), ["ddim", "dpmpp_2m"], [5, 10], batch_size=16, cache=False, progress=False,

@@ -179,6 +179,7 @@ def test_adaptive_solver_runs_and_a_budget_overrun_marks_only_its_cell(tmp_path,
     assert "budget" in line
 
 
+@pytest.mark.slow
 def test_stochastic_solver_is_scored_by_distribution_not_endpoint(capsys):
     B = 64
     opts = dict(batch_size=B, seed=1, cache=False, reference=CHEAP, trajectory=False, progress="none")
@@ -206,6 +207,7 @@ def test_stochastic_solver_is_scored_by_distribution_not_endpoint(capsys):
 # ------------------------------------------------------------------------------------------------
 # Progress lines outside a terminal
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_progress_lines_when_stderr_is_not_a_terminal(capsys):
     opts = dict(batch_size=4, chunk_size=2, cache=False, reference=CHEAP, trajectory=False, verbose=False)
     run_bench("gaussian", ["euler", "heun"], [4, 8], **opts)         # auto: stderr is captured, not a TTY

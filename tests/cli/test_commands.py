@@ -25,6 +25,7 @@ def test_help_works(capsys):
     assert info.value.code == 0 and "--sizes" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_small_table_and_a_bad_size(capsys):
     assert kernel_bench.main(["--sizes", "toy", "--terms", "2", "--impls", "eager", "--device", "cpu",
                               "--min-time", "0.01"]) == 0

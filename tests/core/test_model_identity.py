@@ -59,6 +59,7 @@ def test_a_shipped_correction_applies_to_a_converted_copy(convert):
     assert torch.isfinite(out.samples).all()
 
 
+@pytest.mark.slow
 def test_a_fresh_process_loading_a_half_copy_finds_the_shipped_correction():
     """The loaders hash the float32 network before converting it, so `load_mnist_unet(dtype=float16)` in a new
     process keeps the identity its corrections ship under (no "untrained" warning)."""

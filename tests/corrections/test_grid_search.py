@@ -124,6 +124,7 @@ def test_learned_grid_keeps_the_best_of_several_starts(gmm):
     assert many.meta["starts"] == ["karras", "time_uniform"]
 
 
+@pytest.mark.slow
 def test_tune_command_writes_a_reproducible_file(tmp_path, capsys):
     from diffsolve.cli import main
     outs = []
@@ -166,6 +167,7 @@ def test_shipped_corrections_run_on_the_builtin_unet():
         assert out.nfe == 5 and out.t[-1] == 0.0
 
 
+@pytest.mark.slow
 def test_learned_grid_with_data_mean_afs_as_an_amed_table(gmm, held_out):
     """A 2M-step iPNDM grid learned with the data-mean AFS is AMED-Plugin(iPNDM) with per-step constants; a feature
     predictor started from those constants reproduces them before any training."""

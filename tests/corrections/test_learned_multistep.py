@@ -82,6 +82,7 @@ def test_nfe_accounting_matches_the_model_calls(gmm, afs):
         assert out.nfe == model.calls == steps - (1 if afs else 0)
 
 
+@pytest.mark.slow
 def test_learned_weights_beat_the_base_on_its_learned_grid(gmm, held_out, learned):
     """Trained on other seeds: the offsets improve on the same base rule run on the same learned grid (measured
     here, on held-out noise), and on the base solver's default grid."""

@@ -100,6 +100,7 @@ def _elsewhere(fn):
     return out[0]
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(rhos=st.lists(st.sampled_from([0.3, 0.5, 0.7, 0.9, 1.0]), min_size=1, max_size=4),
        order=st.randoms(use_true_random=False))

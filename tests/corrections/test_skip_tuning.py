@@ -282,6 +282,7 @@ def test_deep_unet_blocks_share_their_level_scale():
         assert seen == [16 + 16, 16 + 16, 16 + 16, 16 + 16, 16 + 16, 16 + 16, 8 + 16, 8 + 8]
 
 
+@pytest.mark.slow
 def test_tune_skip_command_writes_settings_the_sampler_loads(unet, tmp_path, capsys):
     from diffsolve.cli import main
     out = tmp_path / "skip.json"
@@ -306,6 +307,7 @@ def test_tune_skip_command_writes_settings_the_sampler_loads(unet, tmp_path, cap
     assert load_settings(custom).metric["name"] == "torch:std"
 
 
+@pytest.mark.slow
 def test_skip_table_scores_tuned_and_untuned_on_held_out_noise(tmp_path):
     import json
     from diffsolve.bench.skip_table import EVAL_SEED, TUNE_SEED, format_table, skip_rows, write

@@ -50,6 +50,7 @@ def matches(printed: str, expected: str) -> bool:
     return printed.strip() == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", fenced("python"))
 def test_python_snippet_runs_and_prints_what_it_says(block, tmp_path, monkeypatch):
     if "diffusers" in block:

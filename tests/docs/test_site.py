@@ -31,6 +31,7 @@ def package_modules() -> set[str]:
     return out
 
 
+@pytest.mark.slow
 def test_every_public_module_has_an_api_reference_entry():
     documented = set(re.findall(r"^::: (\S+)", "\n".join(p.read_text() for p in (DOCS / "api").glob("*.md")), re.M))
     assert package_modules() - documented == set()

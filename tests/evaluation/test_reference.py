@@ -50,6 +50,7 @@ def test_reference_matches_exact_gaussian_solution(schedule):
     assert 0 < float(ref.gap_rmse.max()) < 1e-5
 
 
+@pytest.mark.slow
 def test_two_tolerance_gap_is_far_below_solver_errors():
     p = GaussianMixtureProblem.default(dim=4, components=3)
     noise = _noise(32, 4, seed=1)
@@ -170,6 +171,7 @@ def test_failed_write_leaves_no_file_and_no_temp(tmp_path, monkeypatch):
     assert list(path.parent.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_killed_writer_leaves_nothing_that_is_read(tmp_path):
     """SIGKILL a process in the middle of writing a cache entry; the next solve must recompute, not read it."""
     p = GaussianMixtureProblem.default(dim=4, components=3)

@@ -2,6 +2,7 @@
 solved but not cached, and a guided field can be solved at all."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from diffsolve import ClassifierFreeGuidance, CustomSchedule, Sampler, VectorField, VPDiscrete
@@ -44,6 +45,7 @@ def _entries(folder) -> list:
     return list((folder / "reference").glob("*.safetensors")) if (folder / "reference").is_dir() else []
 
 
+@pytest.mark.slow
 def test_guided_field_reference_solve_works_and_follows_the_scale(tmp_path):
     noise = draw_noise((6, 4), seed=0, dtype=torch.float32)
     f1, f3 = _guided(1.0), _guided(3.0)
@@ -62,6 +64,7 @@ def test_guided_field_reference_solve_works_and_follows_the_scale(tmp_path):
     assert f3.model.w.dtype == torch.float32 and f3.inner.model.w.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_guidance_scales_do_not_share_a_cache_entry(tmp_path):
     noise = draw_noise((4, 4), seed=1, dtype=torch.float32)
     t = _times(_guided(1.0))
@@ -86,6 +89,7 @@ def _vp_custom(beta_max: float) -> CustomSchedule:
                           name="same-name")
 
 
+@pytest.mark.slow
 def test_custom_schedules_with_one_name_are_never_cached(tmp_path):
     noise = draw_noise((4, 2), seed=2, dtype=torch.float64)
     fields = [VectorField(GaussianMixtureProblem.default(dim=2, components=2), prediction="x0", schedule=_vp_custom(b),

@@ -171,6 +171,7 @@ def test_tiny_distillation_is_deterministic_and_uses_a_diffsolve_solver_step(tea
     assert d.losses[0] != a.losses[0]
 
 
+@pytest.mark.slow
 def test_one_step_samples_beat_the_teachers_one_euler_step(cm, teacher):
     clf, ref = load_mnist_classifier(), load_feature_stats()
     x_cm, nfe = sample_model(cm, 200, solver="consistency", steps=1, seed=HELD_OUT_SEED)
@@ -209,6 +210,7 @@ def test_teacher_trajectories_are_the_solvers_solutions_on_jittered_karras_grids
         teacher_trajectories(teacher, 4, 1, "dpmpp_3m", seed=3)
 
 
+@pytest.mark.slow
 def test_adversarial_stage_is_deterministic_regresses_on_endpoints_and_its_critic_acts(cm, teacher):
     data = load_mnist("train")[0][:32]
     init = {k: v.clone() for k, v in cm.state_dict().items()}

@@ -100,6 +100,7 @@ def test_denoiser_preconditioning_and_hooks(unet):
             unet(noisy, 0.5, skip_scale=[1.0])
 
 
+@pytest.mark.slow
 def test_classifier_accuracy_on_heldout_real_images():
     x, y = load_mnist("heldout")
     f, p = featurize(load_mnist_classifier(), x)
@@ -108,6 +109,7 @@ def test_classifier_accuracy_on_heldout_real_images():
     assert f.shape == (1000, 128)
 
 
+@pytest.mark.slow
 def test_shipped_feature_stats_match_the_real_images():
     stats = load_feature_stats()
     clf = load_mnist_classifier()
@@ -137,6 +139,7 @@ def _mean(v):
     return sum(v) / len(v)
 
 
+@pytest.mark.slow
 def test_unet_training_smoke_loss_falls():
     data = load_mnist("train")[0][:256]
     cfg = UNetConfig(channels=(8, 16, 16), emb_dim=32, iters=60, batch_size=16, lr=2e-3, warmup=1, log_every=0)
@@ -149,6 +152,7 @@ def test_unet_training_smoke_loss_falls():
     assert again.losses == res.losses[:5]
 
 
+@pytest.mark.slow
 def test_classifier_training_smoke_loss_falls():
     res = train_classifier(ClassifierConfig(width=16, iters=60, batch_size=32, lr=3e-3, log_every=0))
     assert _mean(res.losses[-10:]) < 0.85 * _mean(res.losses[:10])

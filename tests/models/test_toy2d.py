@@ -50,6 +50,7 @@ def test_shipped_models_declare_their_specs_and_training_record():
         load_moons_flow(3)
 
 
+@pytest.mark.slow
 def test_two_rectified_flow_is_straighter_and_closer_in_one_step(heldout):
     noise, target = heldout
     rf1, rf2 = load_moons_flow(1), load_moons_flow(2)
@@ -79,6 +80,7 @@ class DSpy(torch.nn.Module):
         return self.inner(x, t, d)
 
 
+@pytest.mark.slow
 def test_shortcut_model_is_told_the_step_and_samples_in_one_step(heldout):
     noise, target = heldout
     spy = DSpy(load_moons_shortcut())

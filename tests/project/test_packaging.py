@@ -4,9 +4,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_wheel_has_only_the_diffsolve_namespace(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path)], check=True, capture_output=True)
@@ -27,6 +30,7 @@ def test_public_imports():
     import diffsolve.solvers  # noqa: F401
 
 
+@pytest.mark.slow
 def test_core_imports_without_optional_packages():
     code = ("import sys; sys.modules['diffusers'] = None; sys.modules['triton'] = None; sys.modules['matplotlib'] = None\n"
             "import diffsolve, diffsolve.solvers, diffsolve.kernels, diffsolve.pretrained_adapters\n"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ast
 
+import pytest
+
 from project.source_graph import cycles, graph, imports, package_files
 
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 500
 
 
+@pytest.mark.slow
 def test_no_import_circle():
     assert cycles(graph()) == []
 

@@ -239,6 +239,7 @@ def test_ancestral_samplers_from_pure_noise_on_rectified_flow():
         assert torch.all((ratio - 1).abs() < 0.15), (name, ratio)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, steps", [("dpmpp_2m_sde", (32, 64, 128)), ("dpmpp_3m_sde", (1024, 2048, 4096))])
 def test_sde_multistep_with_eta_zero_has_its_declared_deterministic_order(name, steps):
     """eta = 0 turns the SDE multistep samplers into ODE methods: measure the order they then declare. (3M SDE

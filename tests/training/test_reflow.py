@@ -280,6 +280,7 @@ def test_cli_rejects_unknown_model_and_bad_numbers(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_old_module_name_warns_reexports_and_still_runs(tmp_path):
     import importlib
     _script(tmp_path)

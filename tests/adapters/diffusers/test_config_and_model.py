@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # ------------------------------------------------------------------------------------------------
 # Without the diffusers library: configs as plain dicts
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_core_and_adapter_import_without_diffusers():
     """diffusers is optional: with it blocked, diffsolve and the adapter import and read a config dict."""
     code = (
@@ -60,6 +61,7 @@ def test_prediction_types(ptype, ours):
     assert ad.prediction_of({"prediction_type": ptype}) == ours
 
 
+@pytest.mark.slow
 def test_bad_config_values_name_the_argument():
     with pytest.raises(InvalidArgument, match="prediction_type"):
         ad.prediction_of({"prediction_type": "score"})
