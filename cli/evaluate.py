@@ -103,8 +103,8 @@ def add_parser(sub) -> None:
     # The Frechet distance needs a covariance: at least 2 samples.
     ap.add_argument("--samples", "--n", dest="samples", type=argtypes.int_at_least(2), default=1000,
                     help="samples per model (>= 2)")
-    ap.add_argument("--solver", type=_solver_name, default="heun")
-    ap.add_argument("--steps", type=argtypes.positive_int, default=50)
+    ap.add_argument("--solver", type=_solver_name, default="heun", help="solver the FD is measured with")
+    ap.add_argument("--steps", type=argtypes.positive_int, default=50, help="solver steps per sample")
     ap.add_argument("--models", type=_names, default="builtin,ddpm",
                     help="comma list of builtin, ddpm, consistency (the last with --solver consistency); or moons")
     ap.add_argument("--ddpm-grid", choices=sorted(GRIDS), default=None,
@@ -123,7 +123,7 @@ def add_parser(sub) -> None:
     ap.add_argument("--unet", type=_file, default=None, help="UNet weights to score (default: the shipped ones)")
     ap.add_argument("--consistency", type=_file, default=None,
                     help="consistency-model weights to score (default: the shipped ones)")
-    ap.add_argument("--threads", type=argtypes.positive_int, default=1)
+    ap.add_argument("--threads", type=argtypes.positive_int, default=1, help="torch CPU threads")
     # seed and seed + 1 are used (the grids' noise)
     ap.add_argument("--seed", type=argtypes.seed_below(argtypes.SEED_LIMIT >> 1), default=0,
                     help="seed in [0, 2**62)")

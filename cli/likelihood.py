@@ -72,17 +72,21 @@ def add_parser(sub) -> None:
                    help="how many samples (the first ones of the split, or drawn)")
     p.add_argument("--divergence", default=None, choices=DIVERGENCES,
                    help="default: exact for the analytic problems, hutchinson for mnist-unet")
-    p.add_argument("--probes", type=argtypes.positive_int, default=1)
-    p.add_argument("--probe", default="rademacher", choices=PROBES)
-    p.add_argument("--seed", type=argtypes.seed_below(2 ** 46), default=0)
+    p.add_argument("--probes", type=argtypes.positive_int, default=1,
+                   help="Hutchinson probes per sample (with --divergence hutchinson)")
+    p.add_argument("--probe", default="rademacher", choices=PROBES, help="Hutchinson probe distribution")
+    p.add_argument("--seed", type=argtypes.seed_below(2 ** 46), default=0,
+                   help="seed of the data draw, the dequantization and the probes")
     p.add_argument("--solver", type=solver_name, default="dopri5",
                    help=f"{', '.join(ADAPTIVE)}, or a Runge-Kutta name with --steps")
-    p.add_argument("--steps", type=argtypes.positive_int, default=None)
-    p.add_argument("--rtol", type=argtypes.positive_float, default=1e-5)
-    p.add_argument("--atol", type=argtypes.positive_float, default=1e-5)
+    p.add_argument("--steps", type=argtypes.positive_int, default=None,
+                   help="fixed steps for a Runge-Kutta --solver (default: adaptive, no fixed steps)")
+    p.add_argument("--rtol", type=argtypes.positive_float, default=1e-5, help="adaptive solver's relative tolerance")
+    p.add_argument("--atol", type=argtypes.positive_float, default=1e-5, help="adaptive solver's absolute tolerance")
     p.add_argument("--dequantize", default=None, choices=["uniform"],
                    help="default: uniform for mnist-unet (256 levels over [-1, 1]), none for the analytic problems")
-    p.add_argument("--threads", type=argtypes.positive_int, default=None)
+    p.add_argument("--threads", type=argtypes.positive_int, default=None,
+                   help="torch CPU threads (default: torch's own choice)")
 
 
 def likelihood_report(s: LikelihoodSettings) -> dict:

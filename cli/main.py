@@ -29,13 +29,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     for module in COMMANDS.values():
         module.add_parser(sub)
+    for command in sub.choices.values():
+        _state_defaults(command)
     return p
+
+
+def _state_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help ends with its default, unless its text already says it (one place, for every command)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _state_defaults(sub)
+        elif (action.option_strings and action.help not in (None, argparse.SUPPRESS)
+              and action.default not in (None, False, argparse.SUPPRESS) and "default" not in action.help):
+            shown = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+            action.help = f"{action.help} (default: {str(shown).replace('%', '%%')})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and hasattr(COMMANDS.get(argv[0]), "forward"):
-        return COMMANDS[argv[0]].forward(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

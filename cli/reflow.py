@@ -32,11 +32,12 @@ def add_parser(sub) -> None:
                     help="number of couplings (--n is an alias, but not usable under torchrun)")
     sp.add_argument("--out", required=True, help="output folder (resumed when it holds a run with these settings)")
     sp.add_argument("--solver", default="heun", help="solver name (default heun)")
-    sp.add_argument("--steps", type=argtypes.positive_int, default=64)
-    sp.add_argument("--batch-size", type=argtypes.positive_int, default=1024)
-    sp.add_argument("--shard-size", type=argtypes.positive_int, default=4096)
-    sp.add_argument("--seed", type=argtypes.int_at_least(0), default=0)
-    sp.add_argument("--dtype", default="float32")
+    sp.add_argument("--steps", type=argtypes.positive_int, default=64, help="solver steps per trajectory")
+    sp.add_argument("--batch-size", type=argtypes.positive_int, default=1024, help="trajectories per solver run")
+    sp.add_argument("--shard-size", type=argtypes.positive_int, default=4096, help="pairs per shard file")
+    sp.add_argument("--seed", type=argtypes.int_at_least(0), default=0,
+                    help="base seed; pair i's noise comes from (seed, i)")
+    sp.add_argument("--dtype", default="float32", help="state dtype of the solves")
     sp.add_argument("--threads", type=argtypes.positive_int, default=1,
                     help="torch threads per process (keep it the same in runs whose files must match byte for byte)")
 

@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
     ap.add_argument("--checkpoint-every", type=argtypes.int_at_least(0), default=300,
                     help="iterations between checkpoints (0: none)")
     ap.add_argument("--channels", type=_channels, default=None, help="UNet widths per level, e.g. 16,32,64")
-    ap.add_argument("--lr", type=argtypes.positive_float, default=None)
+    ap.add_argument("--lr", type=argtypes.positive_float, default=None,
+                    help="learning rate (default: the recipe's for --what)")
     ap.add_argument("--init", type=Path, default=None,
                     help="unet: continue from these UNet weights (one stage, with --lr); default: all UNET_STAGES "
                          "from scratch; consistency: the teacher (default: the shipped UNet)")

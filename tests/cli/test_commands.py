@@ -2,13 +2,14 @@
 scripts/kernel_bench.py) and the sample command's plot flag."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from diffsolve.cli import kernel_bench
+from diffsolve.cli import build_parser, kernel_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +48,22 @@ def test_sample_takes_no_plots_and_the_old_no_plot():
     from diffsolve.cli import build_parser
     for flag in ("--no-plots", "--no-plot"):
         assert build_parser().parse_args(["sample", flag]).no_plots is True
+
+
+def _options(parser, path=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, (*path, name))
+        elif action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield path, action
+
+
+def test_every_option_has_help_that_states_its_default():
+    options = list(_options(build_parser()))
+    assert len(options) > 100
+    for path, action in options:
+        where = f"diffsolve {' '.join(path)} {action.option_strings[0]}"
+        assert action.help and action.help != argparse.SUPPRESS, f"{where} has no help text"
+        if action.default not in (None, False):
+            assert "default" in action.help, f"{where}: its help does not state the default {action.default!r}"
