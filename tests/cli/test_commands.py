@@ -65,5 +65,5 @@ def test_every_option_has_help_that_states_its_default():
     for path, action in options:
         where = f"diffsolve {' '.join(path)} {action.option_strings[0]}"
         assert action.help and action.help != argparse.SUPPRESS, f"{where} has no help text"
-        if action.default not in (None, False):
+        if action.default not in (None, False, argparse.SUPPRESS):
             assert "default" in action.help, f"{where}: its help does not state the default {action.default!r}"
