@@ -5,21 +5,25 @@ DPMSolver*/UniPC/DEIS feed the network on karras sigmas, and DPMSolverSinglestep
 `Sampler(unet, scheduler=...)`); `loop="clean"` keeps the clean grid."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.field import FieldOutput, FieldWrapper, VectorField, per_sample, velocity_from_x0
+from diffsolve.kernels import lincomb
+from diffsolve.pretrained_adapters.diffusers.model import DynamicThresholding, threshold_sample
 from diffsolve.pretrained_adapters.diffusers.timesteps import LOWER_ORDER_FINAL_BELOW, node_sigmas
 from diffsolve.schedules import VPDiscrete
 from diffsolve.solvers.base import Plan, Solver, get_solver
 from diffsolve.solvers.consistency import Consistency, consistency_coefficients
 from diffsolve.solvers.dpm_solver import DPMSolverSinglestep, SinglestepCoefficients, lambda_of
-from diffsolve.solvers.euler import ddim_coefficients
+from diffsolve.solvers.euler import Euler, ddim_coefficients
 
 LOOPS = ("scheduler", "clean")
 # Classes whose spaced sigmas keep fractional timesteps (the network gets them as they are).
@@ -390,6 +394,55 @@ class DDIMStepTargets(Solver):
         return self.inner.model_calls(steps, field, ends_at_zero)
 
 
+class DDIMModelNoise(Solver):
+    """DDIMScheduler with clip_sample or thresholding: its step keeps the network's own noise next to the clipped
+    (or thresholded) data prediction P(x0), x' = alpha' P(x0) + sigma' (x - alpha x0) / sigma, unless the pipeline
+    passes use_clipped_model_output=True (`clipped_model_output`). diffsolve's DDIM on a clipping field re-derives
+    the noise from P(x0) (diffusers' use_clipped_model_output=True), so the field comes unclipped and P is applied
+    here. `inner` plans as DDIM does (ddim / euler, alone or in DDIMStepTargets)."""
+
+    def __init__(self, inner: Solver, process: Callable[[torch.Tensor], torch.Tensor]):
+        self.inner, self.process, self.clipped_model_output = inner, process, False
+        self.name, self.order, self.calls_per_step = inner.name, inner.order, inner.calls_per_step
+
+    @property
+    def deterministic(self) -> bool:   # type: ignore[override]
+        return self.inner.deterministic
+
+    def plan(self, field: Any, t: torch.Tensor) -> Plan:
+        return self.inner.plan(field, t)
+
+    def init(self, plan: Plan) -> Any:
+        return self.inner.init(plan)
+
+    def step(self, ev: Any, x: torch.Tensor, t0: Any, t1: Any, state: Any, coeffs: Any):
+        x0 = ev.denoise(x, t0)
+        a, b = coeffs.a, coeffs.b          # x' = a x + b x0 with a = sigma'/sigma, b = alpha' - alpha a
+        if self.clipped_model_output:
+            return lincomb((a, b), (x, self.process(x0))), None, state
+        return lincomb((a, b + t0.alpha * a, -t0.alpha * a), (x, self.process(x0), x0)), None, state
+
+    def model_calls(self, steps: int, field: Any, ends_at_zero: bool) -> int:
+        return self.inner.model_calls(steps, field, ends_at_zero)
+
+
+def ddim_model_noise(field: Any, solver: Any) -> tuple[Any, Any]:
+    """(the field without its clip or thresholding, DDIMModelNoise(solver)) when a DDIMScheduler config's field
+    clips or thresholds its data prediction and the solver is DDIM (ddim / euler); otherwise both unchanged."""
+    base = solver.inner if isinstance(solver, DDIMStepTargets) else solver
+    if not isinstance(base, Euler):
+        return field, solver
+    if isinstance(field, DynamicThresholding):
+        process = functools.partial(threshold_sample, ratio=field.ratio, max_value=field.max_value)
+        return field.inner, DDIMModelNoise(solver, process)
+    if isinstance(field, VectorField) and field.clip_x0 is not None:
+        low, high = field.clip_x0
+        field = copy.copy(field)
+        field.clip_x0 = None
+        return field, DDIMModelNoise(solver, lambda x0: x0.clamp(low, high))
+    return field, solver
+
+
 class DropZeroLengthEnd(Solver):
     """DPMSolverMultistep/UniPC/DEIS on spaced sigmas ending at sigma_min: the grid ends with diffusers' zero-length
     step (one ulp long here). From 15 steps on (or with lower_order_final=False) diffusers' lower-order-final rule
@@ -480,9 +533,9 @@ def scheduler_loop(cfg: Mapping, field: VectorField, solver: Any, options: dict,
         if hasattr(type(inner), "coefficients") and type(inner).coefficients is not Solver.coefficients:
             final_t = 0.0 if cfg.get("set_alpha_to_one", True) else float(field.schedule.t_from_index(
                 torch.tensor(0.0)))
-            return field, DDIMStepTargets(inner, int(cfg.get("num_train_timesteps", 1000)), final_t)
+            return ddim_model_noise(field, DDIMStepTargets(inner, int(cfg.get("num_train_timesteps", 1000)), final_t))
     return field, solver
 
 
 __all__ = ["LOOPS", "LCMBoundary", "TCDSteps", "RoundedModelTime", "model_time_rounding", "singlestep_orders", "SchedulerSinglestep",
-           "DDIMStepTargets", "DropZeroLengthEnd", "scheduler_loop"]
+           "DDIMStepTargets", "DDIMModelNoise", "ddim_model_noise", "DropZeroLengthEnd", "scheduler_loop"]

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.pretrained_adapters.diffusers.config import config_of, is_flow_config, source_config_of
 from diffsolve.pretrained_adapters.diffusers.loops import (
-    LOOPS, DDIMStepTargets, DropZeroLengthEnd, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, model_time_rounding, scheduler_loop)
+    LOOPS, DDIMModelNoise, DDIMStepTargets, DropZeroLengthEnd, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, model_time_rounding, scheduler_loop)
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
 from diffsolve.pretrained_adapters.diffusers.solver_map import (
     UnmatchedScheduler, UnmatchedSolver, solver_and_options_of)
@@ -84,7 +84,7 @@ def sampler_parts(model: Callable[..., Any], scheduler: Any, *, prediction: str 
             field = RoundedModelTime(field, rounding)
     else:
         field, solver = scheduler_loop(cfg, field, solver, options, loop)
-    if isinstance(solver, (DDIMStepTargets, DropZeroLengthEnd)):
+    if isinstance(solver, (DDIMModelNoise, DDIMStepTargets, DropZeroLengthEnd)):
         options = {}       # built into the wrapped solver
     return SamplerParts(field, solver, options, grid, grid_options)
 

@@ -35,8 +35,9 @@ from diffsolve.errors import InvalidArgument, check_int
 from diffsolve.grids import make_grid
 from diffsolve.noise import NoiseSource
 from diffsolve.pretrained_adapters.diffusers.config import (
-    alphas_cumprod_of, betas_of, config_of, rescale_zero_terminal_snr, source_config_of, used_defaults)
-from diffsolve.pretrained_adapters.diffusers.loops import RoundedModelTime, model_time_rounding
+    alphas_cumprod_of, betas_of, config_of, rescale_zero_terminal_snr, source_config_of, style_of, used_defaults)
+from diffsolve.pretrained_adapters.diffusers.loops import (
+    DDIMModelNoise, RoundedModelTime, ddim_model_noise, model_time_rounding)
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
 from diffsolve.pretrained_adapters.diffusers.scheduler_run import (
     DryEvaluator, Feed, NeedModel, ReplayEvaluator, SchedulerRun, timesteps_tensor)
@@ -66,7 +67,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     both give the same samples from the same noise. `grid=` / `grid_options=` change the timesteps (a diffsolve
     grid name or an explicit list of times), `solver_options=` the solver's options, `seed=` the step noise of
     stochastic solvers (as `Sampler.run(seed=)`). The sample the pipeline carries is diffsolve's state: for a
-    variance-preserving config `init_noise_sigma` is 1 and `scale_model_input` is the identity.
+    variance-preserving config `scale_model_input` is the identity and `init_noise_sigma` is 1, or the source
+    class's start in diffsolve's state: sigma(t_max) for Euler-family configs with 'linspace' / 'trailing' spacing.
 
     As a diffusers scheduler it has `betas`, `alphas`, `alphas_cumprod` (variance-preserving configs) and, after
     `set_timesteps`, `sigmas` (the noise level of each listed timestep, then the final one), with diffusers'
@@ -155,6 +157,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         cfg = self._source_config()
         self._feed = Feed()
         self.field = from_diffusers(self._feed, cfg)
+        if cfg.get("_class_name") == "DDIMScheduler":      # its clipped prediction beside the network's own noise
+            self.field, self.solver = ddim_model_noise(self.field, self.solver)
         rounding = model_time_rounding(cfg, spaced_like_dpmsolver=True)
         if rounding is not None and isinstance(self.field.schedule, VPDiscrete):
             self.field = RoundedModelTime(self.field, rounding)       # the integer timesteps diffusers lists
@@ -203,7 +207,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def init_noise_sigma(self) -> float:
         """The prior's standard deviation at the run's first time (diffusers' starting noise scale)."""
         sch = self.field.schedule
-        t0 = float(self.run.plan.t[0]) if self.run is not None else None
+        t0 = float(self._full_run().plan.t[0]) if self.run is not None else None
+        src = self._source_config()
+        if t0 is not None and isinstance(sch, VPDiscrete) and style_of(src) == "euler" and \
+                src.get("timestep_spacing", "linspace") in ("linspace", "trailing"):
+            # diffusers' Euler family then starts x / alpha from noise * sigma_max (not sqrt(sigma_max^2 + 1)):
+            # in diffsolve's state that is a standard deviation of sigma(t0) < 1
+            return float(sch.sigma(t0))
         return float(sch.prior_std(t0))
 
     def _final(self) -> str:
@@ -444,6 +454,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 without scale_model_input.
         """
         run = self._begin(timestep)
+        if isinstance(self.solver, DDIMModelNoise):       # DDIMPipeline's option, as DDIMScheduler reads it
+            self.solver.clipped_model_output = bool(kwargs.get("use_clipped_model_output"))
         i, k = run.calls[run.index]
         if k == 0:
             if i == 0 and not run.first_at_input[0] and not run.scaled:
