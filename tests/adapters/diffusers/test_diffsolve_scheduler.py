@@ -14,7 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from diffsolve import ClassifierFreeGuidance, InvalidArgument, Sampler  # noqa: E402
 from diffsolve.pretrained_adapters.diffusers import (  # noqa: E402
-    DiffsolveScheduler, from_diffusers, grid_options_of, supported_solvers)
+    DiffsolveScheduler, from_diffusers, grid_options_of, noise_scale_of, supported_solvers)
 
 SIZE, BATCH = 8, 2
 ATOL = 1e-5           # pipelines return images in [0, 1]: absolute float32 agreement
@@ -167,8 +167,10 @@ def test_text_pipeline_with_guidance_equals_sampler(text_parts, solver):
         cond, uncond = enc(ids), enc(torch.zeros_like(ids))
         field = ClassifierFreeGuidance(from_diffusers(unet, orig), 3.0, {"encoder_hidden_states": uncond})
         grid, grid_opts = grid_options_of(orig)
+        # the pipeline starts at init_noise_sigma: the Euler family's sigma_max start, as diffusers does
+        start = noise * noise_scale_of(orig, 5)
         ref = Sampler(field, solver, grid, grid_options=grid_opts, progress=False, **opts).run(
-            5, noise=noise, seed=5, encoder_hidden_states=cond).samples
+            5, noise=start, noise_scale="prior", seed=5, encoder_hidden_states=cond).samples
     err = float((got - ref).norm() / ref.norm())
     assert err < 1e-5, f"{solver}: relative difference {err:.3g}"
 
