@@ -79,7 +79,7 @@ class LikelihoodResult:
         frame: The frame integrated in: 'logs' (EDM frame against log s) or 'time'.
         t_start: The data end of the span, in model time.
         t_end: The noise end of the span, in model time.
-        stats: The solve's counters (steps accepted and rejected where adaptive), the prior and the model kwargs.
+        stats: The solve's settings (rtol and atol, or fixed steps), the prior used and the model kwargs' names.
     """
 
     log_prob: torch.Tensor           # nats per sample (of the discrete data when dequantized)
@@ -213,8 +213,8 @@ def likelihood(model_or_field: Any, x: torch.Tensor, *, divergence: str = "exact
         The log-likelihoods, bits per dimension, their parts and how they were computed.
 
     Raises:
-        InvalidArgument: A setting or the data fails its check, the model has no probability-flow ODE, or the
-            log-likelihood came out NaN or Inf.
+        InvalidArgument: A setting or the data fails its check, the model has no probability-flow ODE, an
+            adaptive solver cannot meet the tolerances, or the log-likelihood came out NaN or Inf.
     """
     field: Field = as_field(model_or_field)
     check_flow(field)
