@@ -70,8 +70,7 @@ def _diffusers_scheduler(sch: VPDiscrete):
 
 def build(batch: int, dim: int, steps: int,
           seed: int = 0) -> tuple[dict[str, Callable[[], torch.Tensor]], list[str]]:
-    """The solvers of one problem, as name -> run() returning the samples, and notes: a line where the grids
-    differ.
+    """The solvers of one problem, as name -> run() returning the samples, and notes: a line where the grids differ.
 
     Args:
         batch: Number of samples.

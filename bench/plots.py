@@ -16,17 +16,10 @@ def _savefig(fig, path: Path) -> None:
 
 
 def write_plots(rep: dict, out: Path, chunks: list[dict], nfes: list[int], names: list[str]) -> list[str]:
-    """error_vs_nfe.png, and samples.png for image and 2-D models; the paths written.
+    """error_vs_nfe.png, and samples.png for image and 2-D models, in `out`; the paths written (none without plots).
 
-    Args:
-        rep: The bench report (`results` rows and fitted `orders`).
-        out: Folder the images are written to.
-        chunks: The chunks' results (their samples feed samples.png).
-        nfes: The NFE budgets.
-        names: The solver names, one curve each.
-
-    Returns:
-        The paths written; empty when matplotlib is not installed.
+    `rep` is the bench report (results and fitted orders), `chunks` the chunks' results (their samples feed
+    samples.png), `nfes` the NFE budgets and `names` the solver names (one curve each).
     """
     try:
         import matplotlib

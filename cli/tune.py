@@ -27,8 +27,9 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field) -> None:
 
 
 def add_parser(sub) -> None:
-    """Add the `tune` subcommand and its options to the command line. One sub-subcommand per registered tuner, one option
-    per field of its settings dataclass.
+    """Add the `tune` subcommand and its options to the command line.
+
+    One sub-subcommand per registered tuner, one option per field of its settings dataclass.
 
     Args:
         sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
