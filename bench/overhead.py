@@ -31,7 +31,12 @@ from diffsolve.schedules import VPDiscrete
 
 
 class IdentityEps(torch.nn.Module):
-    """eps_hat(x, t) = x: a model whose cost is nil, so the loop's own cost is all that is measured."""
+    """eps_hat(x, t) = x: a model whose cost is nil, so the loop's own cost is all that is measured.
+
+    Args:
+        dim: Size of each flat sample.
+        schedule: The discrete VP schedule the model declares.
+    """
 
     def __init__(self, dim: int, schedule: VPDiscrete):
         super().__init__()

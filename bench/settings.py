@@ -20,7 +20,12 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 
 
 class OutputError(DiffsolveError, OSError):
-    """The bench finished (its table was printed) but writing its files failed; `report` holds the results."""
+    """The bench finished (its table was printed) but writing its files failed; `report` holds the results.
+
+    Args:
+        message: What failed, naming the output folder.
+        report: The bench's report, or None.
+    """
 
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)

@@ -54,7 +54,7 @@ def reflow_model(name: str) -> Any:
         name: The --model value.
 
     Returns:
-        (Any): The built model.
+        The built model.
 
     Raises:
         InvalidArgument: Not a toy or bench model, or the path names no model.
