@@ -39,7 +39,7 @@ class BenchSettings:
     Attributes:
         batch_size: Number of samples.
         chunk_size: Samples per chunk: the unit of work and of sharding.
-        seed: Seed of the first sample (sample i uses seed + i).
+        seed: The run's seed; sample i's noise comes from seed * 2**24 + i.
         device: Device to run on; None runs on the CPU.
         dtype: Dtype name or torch dtype the solvers run in; None or 'auto' takes the entry's or the model's own.
         grid: Grid name for every solver; None takes each solver's default.
@@ -54,7 +54,7 @@ class BenchSettings:
         out: Folder for bench.json, bench.csv and plots; None writes no files.
         plots: Write the PNG plots (with `out`).
         progress: True/'auto': a bar on a terminal, else a log line per cell; 'bar', 'log', False/'none'.
-        verbose: Print the report.
+        verbose: Print what runs, failing peer providers and the report's tables on stdout.
         straightness: Measure the model's straightness and one-step gap (diffsolve.analysis.straightness).
     """
 
