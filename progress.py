@@ -24,6 +24,14 @@ EVERY = 10.0        # seconds between plain lines
 
 
 def is_terminal(stream: Any) -> bool:
+    """Whether `stream` is an open terminal (a tty).
+
+    Args:
+        stream: Any object; one without `isatty`, or a closed stream, is not a terminal.
+
+    Returns:
+        True for an open tty.
+    """
     isatty = getattr(stream, "isatty", None)
     try:
         return bool(isatty()) if callable(isatty) else False
@@ -44,7 +52,12 @@ def _duration(seconds: float) -> str:
 
 def say(line: str, stream: TextIO | None = None) -> None:
     """One plain line on `stream` (default stderr), after flushing stdout so that headers printed there first
-    appear first."""
+    appear first.
+
+    Args:
+        line: The text, without a newline.
+        stream: Where to write it; None writes to stderr.
+    """
     stream = sys.stderr if stream is None else stream
     try:
         sys.stdout.flush()
@@ -60,7 +73,22 @@ class Progress:
     update(); `clock` is the time source (tests pass a fake one). `announce=False` (short tasks, such as one
     Sampler.run): no start line, and an end line only if a line was printed while it ran. The start line waits
     `grace` seconds (a refusal in the first second prints no progress at all, only its error); the end line comes
-    only after a start line."""
+    only after a start line.
+
+    Args:
+        stage: Name of the task, at the start of every line.
+        total: Units in the task; None counts without an end (no estimate).
+        unit: Name of a unit (e.g. "samples"), shown after the count.
+        stream: Where lines and the bar go; None writes to stderr.
+        every: Seconds between plain lines.
+        clock: The time source, in seconds; None takes `time.monotonic`.
+        bar: True for a tqdm bar, False for plain lines; None chooses by the stream (a tty: a bar).
+        heartbeat: Keep plain lines coming from a thread while nothing calls update().
+        leave: Leave the bar on screen when closed.
+        enabled: False reports nothing (every method returns at once; `log` still prints).
+        announce: Print a start line (after `grace`); False also prints an end line only if a line was printed.
+        grace: Seconds the start line waits.
+    """
 
     def __init__(self, stage: str, total: int | None = None, *, unit: str = "", stream: TextIO | None = None,
                  every: float = EVERY, clock: Callable[[], float] | None = None, bar: bool | None = None,
@@ -99,6 +127,15 @@ class Progress:
 
     # --- reporting ---------------------------------------------------------------------------------
     def line(self, note: str = "", estimate: bool = True) -> str:
+        """The current plain line: stage, done/total, time elapsed, estimate of the time left, note.
+
+        Args:
+            note: Text appended last; empty appends nothing.
+            estimate: Include the estimate of the time left (when total is known and the task is under way).
+
+        Returns:
+            The line, without a newline.
+        """
         elapsed = self.clock() - self.start
         count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}" if self.done else ""
         head = f"{self.stage}: {count}{' ' + self.unit if self.unit and count else ''}".rstrip()
@@ -134,7 +171,11 @@ class Progress:
                     self._emit(f"running {self._note}" if self._note else "running")
 
     def note(self, text: str) -> None:
-        """What the task is doing now (a bar's postfix; 'running <text>' in the plain lines)."""
+        """What the task is doing now (a bar's postfix; 'running <text>' in the plain lines).
+
+        Args:
+            text: The note.
+        """
         if not self.enabled:
             return
         with self._lock:
@@ -144,7 +185,11 @@ class Progress:
 
     def log(self, text: str) -> None:
         """Print a task's own log line on stdout (flushed), as its note; the next heartbeat line is due `every`
-        seconds later, so heartbeats fill only the silences."""
+        seconds later, so heartbeats fill only the silences.
+
+        Args:
+            text: The line (printed whole; the note is cut to 80 characters).
+        """
         print(text, flush=True)
         if not self.enabled:
             return
@@ -156,7 +201,12 @@ class Progress:
                 self._bar.set_postfix_str(self._note)
 
     def update(self, n: int = 1, message: str | None = None) -> None:
-        """n more units done; `message` (a finished unit's result) becomes a line of its own outside a terminal."""
+        """n more units done; `message` (a finished unit's result) becomes a line of its own outside a terminal.
+
+        Args:
+            n: Units just finished.
+            message: A finished unit's result; None prints a plain line only when one is due.
+        """
         if not self.enabled:
             return
         with self._lock:
@@ -173,6 +223,11 @@ class Progress:
                 self._emit()
 
     def close(self, note: str = "done") -> None:
+        """Stop the heartbeat and close the bar, or print the end line (only after a start line); idempotent.
+
+        Args:
+            note: Text of the end line ("done", or what stopped the task).
+        """
         if not self.enabled or self._closed:
             return
         self._stop.set()
@@ -193,7 +248,17 @@ class Progress:
 
 
 def progress_iter(items: Iterable, stage: str, total: int | None = None, **options: Any) -> Iterator:
-    """Iterate `items`, reporting one unit per item (Progress options: stream, every, clock, bar, leave ...)."""
+    """Iterate `items`, reporting one unit per item (Progress options: stream, every, clock, bar, leave ...).
+
+    Args:
+        items: The items.
+        stage: Name of the task.
+        total: Number of items; None takes len(items) where it has one.
+        **options: Keyword arguments of `Progress`.
+
+    Yields:
+        Each item, the progress updated after the caller is done with it.
+    """
     if total is None and hasattr(items, "__len__"):
         total = len(items)
     with Progress(stage, total, **options) as p:

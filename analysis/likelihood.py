@@ -63,7 +63,24 @@ EULER = ButcherTableau("euler", (0,), ((),), (1,), 1)
 
 @dataclass
 class LikelihoodResult:
-    """Per-sample log-likelihoods ([batch] float64 tensors) and how they were computed."""
+    """Per-sample log-likelihoods ([batch] float64 tensors) and how they were computed.
+
+    Attributes:
+        log_prob: Nats per sample (of the discrete data when dequantized).
+        bits_per_dim: -log_prob / (d ln 2).
+        prior_log_prob: log p_prior(x(t_end)), in x's units.
+        delta_log_prob: log_prob - prior_log_prob: the ODE's integral (and Jacobian terms).
+        nfe: Model evaluations per sample (forward passes).
+        vjps: Vector-Jacobian products per sample.
+        latent: x(t_end).
+        dequantization: What was done to the data (none, or the uniform dequantization and its bins).
+        divergence: How the divergence was computed (exact, or Hutchinson with its probes).
+        solver: The solver's name.
+        frame: The frame integrated in: 'logs' (EDM frame against log s) or 'time'.
+        t_start: The data end of the span, in model time.
+        t_end: The noise end of the span, in model time.
+        stats: The solve's settings (rtol and atol, or fixed steps), the prior used and the model kwargs' names.
+    """
 
     log_prob: torch.Tensor           # nats per sample (of the discrete data when dequantized)
     bits_per_dim: torch.Tensor
@@ -82,7 +99,15 @@ class LikelihoodResult:
 
 
 def gaussian_log_prob(x: torch.Tensor, std: float = 1.0) -> torch.Tensor:
-    """log N(x; 0, std^2 I) per sample ([B, ...] -> [B], float64)."""
+    """log N(x; 0, std^2 I) per sample ([B, ...] -> [B], float64).
+
+    Args:
+        x: The samples, [B, ...].
+        std: Standard deviation of the Gaussian.
+
+    Returns:
+        The log densities, [B] float64.
+    """
     z = x.reshape(x.shape[0], -1).to(torch.float64)
     d = z.shape[1]
     return -0.5 * (z / std).pow(2).sum(1) - d * math.log(std) - 0.5 * d * math.log(2 * math.pi)
@@ -162,9 +187,34 @@ def likelihood(model_or_field: Any, x: torch.Tensor, *, divergence: str = "exact
                frame: str = "auto", dtype: Any = None, **model_kwargs: Any) -> LikelihoodResult:
     """Per-sample log-likelihood of `x` under the model's probability-flow ODE (see the module docstring).
 
-    `t_start` (default the schedule's t_min) is the data end: the value is log p_{t_start}(x), the model's density
-    at the smallest noise level; `t_end` defaults to t_max. `seed` (an int, or one per sample) seeds the probes
-    and the dequantization noise; without it they come from torch's global generator.
+    Args:
+        model_or_field: A model or field with a probability-flow ODE.
+        x: The data, a finite floating [batch, *sample_shape] tensor.
+        divergence: "exact" (one VJP per dimension) or "hutchinson" (`probes` probe vectors).
+        probes: Hutchinson probe vectors per sample.
+        probe: "rademacher" or "gaussian".
+        seed: An int, or one per sample: seeds the probes and the dequantization noise; None takes them from
+            torch's global generator.
+        solver: An adaptive torchdiffeq method (dopri5, dopri8, bosh3, adaptive_heun) or a Runge-Kutta tableau.
+        rtol: Relative tolerance of an adaptive solver.
+        atol: Absolute tolerance of an adaptive solver.
+        steps: Steps of a fixed-grid solver (required there).
+        dequantize: None, or "uniform" for discrete data.
+        bins: Quantization levels of the discrete data.
+        data_range: (low, high) of the data; None takes the model's declared range.
+        t_start: The data end: the value is log p_{t_start}(x); None takes the schedule's t_min.
+        t_end: The noise end; None takes t_max.
+        prior: Exact terminal log density, [B, ...] -> [B]; None takes N(0, prior_std(t_end)^2 I).
+        frame: "auto", "logs" (EDM frame against log s) or "time".
+        dtype: Dtype to run in; None keeps `x`'s.
+        **model_kwargs: Passed to the model at every evaluation.
+
+    Returns:
+        The log-likelihoods, bits per dimension, their parts and how they were computed.
+
+    Raises:
+        InvalidArgument: A setting or the data fails its check, the model has no probability-flow ODE, an
+            adaptive solver cannot meet the tolerances, or the log-likelihood came out NaN or Inf.
     """
     field: Field = as_field(model_or_field)
     check_flow(field)

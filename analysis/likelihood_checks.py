@@ -23,7 +23,14 @@ MIN_RTOL = 1e-13
 
 
 def check_flow(field: Field) -> None:
-    """Refuse a model family without a probability-flow ODE (a consistency model maps noise to data directly)."""
+    """Refuse a model family without a probability-flow ODE (a consistency model maps noise to data directly).
+
+    Args:
+        field: The model's field; its spec's `solver` names the model family's sampler, if any.
+
+    Raises:
+        InvalidArgument: That sampler is stochastic (the model has no probability-flow ODE).
+    """
     spec = getattr(field, "spec", None)
     family = getattr(spec, "solver", None)
     if family is not None and not get_solver(family).deterministic:
@@ -33,7 +40,20 @@ def check_flow(field: Field) -> None:
 
 
 def check_data(field: Field, x: Any, dtype: Any) -> torch.Tensor:
-    """x as a finite floating [batch, *sample_shape] tensor on a real device, in `dtype` when given."""
+    """x as a finite floating [batch, *sample_shape] tensor on a real device, in `dtype` when given.
+
+    Args:
+        field: The model's field (its `sample_shape`, when declared, must match).
+        x: The data batch.
+        dtype: Dtype to convert `x` to; None keeps its own.
+
+    Returns:
+        The checked (and converted) batch.
+
+    Raises:
+        InvalidArgument: `x` is not a floating tensor [batch, ...], is on the meta device, is empty, has the
+            wrong sample shape or holds NaN or Inf.
+    """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
         got = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise InvalidArgument(f"x must be a floating-point tensor [batch, ...]; got {got}")
@@ -55,7 +75,26 @@ def check_data(field: Field, x: Any, dtype: Any) -> torch.Tensor:
 
 def check_numbers(*, divergence: Any, probes: Any, probe: Any, frame: Any, dequantize: Any, solver: Any,
                   steps: Any, rtol: Any, atol: Any, bins: Any) -> tuple[int, int | None, float, float, int]:
-    """(probes, steps, rtol, atol, bins) checked; the names checked against their allowed values."""
+    """(probes, steps, rtol, atol, bins) checked; the names checked against their allowed values.
+
+    Args:
+        divergence: One of `DIVERGENCES`.
+        probes: Hutchinson probes per sample, an integer >= 1.
+        probe: One of `PROBES`.
+        frame: One of `FRAMES`.
+        dequantize: None or 'uniform'.
+        solver: An adaptive torchdiffeq method (`ADAPTIVE`) or a fixed-grid tableau (`FIXED`).
+        steps: Steps of a fixed-grid solver (needed there, an integer >= 1); ignored for adaptive ones.
+        rtol: Relative tolerance in [MIN_RTOL, 1).
+        atol: Absolute tolerance, >= 0.
+        bins: Quantization bins of the data, an integer >= 2.
+
+    Returns:
+        The checked probes, steps, rtol, atol and bins.
+
+    Raises:
+        InvalidArgument: A value of the wrong type or outside its allowed values or range.
+    """
     check_choice("divergence", divergence, DIVERGENCES)
     check_choice("probe", probe, PROBES)
     check_choice("frame", frame, FRAMES)
@@ -78,7 +117,19 @@ def check_numbers(*, divergence: Any, probes: Any, probe: Any, frame: Any, dequa
 
 
 def check_span(field: Field, t_start: Any, t_end: Any) -> tuple[float | None, float | None]:
-    """t_start and t_end as numbers inside the schedule's [t_min, t_max] (plain fields: [0, 1])."""
+    """t_start and t_end as numbers inside the schedule's [t_min, t_max] (plain fields: [0, 1]).
+
+    Args:
+        field: The model's field (its schedule gives the span).
+        t_start: Start time of the integration; None keeps the default.
+        t_end: End time; None keeps the default.
+
+    Returns:
+        The two times as floats, each None where None was given.
+
+    Raises:
+        InvalidArgument: A time that is not a number or lies outside the span.
+    """
     sch = field.schedule
     lo, hi = (float(sch.t_min), float(sch.t_max)) if sch is not None else (0.0, 1.0)
     out = []

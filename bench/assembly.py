@@ -20,7 +20,15 @@ _ENDPOINT_NULLS = ("rmse_mean", "rmse_median", "rmse_p90", "rmse_max", "maxabs_m
 
 
 def assemble(job: Job, chunks: list[dict]) -> dict:
-    """The report from every chunk's results, in chunk order."""
+    """The report from every chunk's results, in chunk order.
+
+    Args:
+        job: The planned bench.
+        chunks: Every chunk's results from `run_chunk`, in chunk order.
+
+    Returns:
+        The report (see bench.json): header, reference summary, one result row per solver x NFE, peers, orders.
+    """
     ref_info, ref_end = _reference_summary(job, chunks)
     problem, data = _exact_metrics(job, ref_info, ref_end)
     ref_sw = metrics.SlicedWasserstein(ref_end, seed=job.cfg.seed)

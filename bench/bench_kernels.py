@@ -45,6 +45,15 @@ def _impl(name: str):
 @pytest.mark.parametrize("dtype", BENCH_DTYPES)
 @pytest.mark.parametrize("size", BENCH_SIZES)
 def test_update_step(benchmark, size, dtype, k, impl):
+    """Time one update step of `impl` and record bytes moved and bandwidth in `extra_info`.
+
+    Args:
+        benchmark: The pytest-benchmark fixture.
+        size: A key of `SIZES` (tensor shape of the case).
+        dtype: A key of `DTYPES`.
+        k: Number of terms of the linear combination.
+        impl: "eager", "compile" or "triton" (Triton is skipped off CUDA).
+    """
     fn = _impl(impl)
     coeffs, ts = make_inputs(SIZES[size], DTYPES[dtype], k, DEVICE)
 

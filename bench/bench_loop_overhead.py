@@ -22,6 +22,12 @@ RUNS, _ = build(BATCH, DIM, STEPS)
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_loop(benchmark, name):
+    """Time one full solve of the loop named `name` under no_grad.
+
+    Args:
+        benchmark: The pytest-benchmark fixture.
+        name: A key of `RUNS` (diffsolve, diffusers or k-diffusion loop).
+    """
     benchmark.extra_info.update(batch=BATCH, dim=DIM, steps=STEPS)
     with torch.no_grad():
         benchmark(RUNS[name])

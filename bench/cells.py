@@ -17,6 +17,18 @@ from diffsolve.noise import draw_noise
 
 
 def cell_line(name: str, n: int, item: dict, where: str) -> str:
+    """One progress line for a finished solver cell.
+
+    Args:
+        name: The solver's name.
+        n: The NFE requested for the cell.
+        item: The cell's result: `budget` when the budget was exceeded, else `nfe`, `wall` and (for ODE
+            solvers) `rmse` per sample.
+        where: Where the chunk ran (shard or device), appended in brackets; empty adds nothing.
+
+    Returns:
+        The line, without a newline.
+    """
     if "budget" in item:
         what = "budget exceeded"
     elif "rmse" in item:
@@ -27,6 +39,17 @@ def cell_line(name: str, n: int, item: dict, where: str) -> str:
 
 
 def run_chunk(job: Job, seeds: list[int], bar, where: str = "") -> dict:
+    """Run one chunk: the reference solves, every solver at every NFE and the peers, on the chunk's noise.
+
+    Args:
+        job: The planned bench (settings, samplers, peers, reference times).
+        seeds: One seed per sample of the chunk; they draw the initial and the step noise.
+        bar: A `diffsolve.progress.Progress` that gets a note and an update per cell.
+        where: Where the chunk runs, appended to progress lines; empty adds nothing.
+
+    Returns:
+        The chunk's results: `refs` by start time, `runs` by (solver, NFE), `peers` by (peer, NFE).
+    """
     cfg, dev = job.cfg, job.device
     noise = draw_noise((len(seeds), *job.field.sample_shape), seed=seeds, dtype=torch.float32)
     chunk: dict[str, Any] = {"refs": {}, "runs": {}, "peers": {}}

@@ -28,6 +28,20 @@ SIZES = {
 
 @dataclass
 class Row:
+    """One cell of the bandwidth table: an implementation timed at one size, dtype and K.
+
+    Attributes:
+        size: Name of the size, a key of `SIZES`.
+        shape: The tensors' shape.
+        dtype: Name of the dtype, a key of `bench.settings.DTYPES`.
+        k: Number of terms of the linear combination.
+        impl: Implementation name: "eager", "compile" or "triton".
+        seconds: Median seconds per update step; None when not measured.
+        gbps: Bytes moved per second in GB/s; None when not measured.
+        frac: Fraction of the large-buffer copy bandwidth (the device's peak); None when not measured.
+        frac_same: Fraction of a copy moving the same bytes (cache effects included); None when not measured.
+        note: Why the cell was not measured, or empty.
+    """
     size: str
     shape: tuple
     dtype: str
@@ -41,6 +55,17 @@ class Row:
 
 
 def make_inputs(shape, dtype, k, device):
+    """Fixed inputs of one update step: K coefficients and K seeded normal tensors.
+
+    Args:
+        shape (tuple): Shape of each tensor.
+        dtype (torch.dtype): Dtype of each tensor.
+        k (int): Number of terms.
+        device (torch.device): Device the tensors are moved to.
+
+    Returns:
+        (tuple[list[float], list[torch.Tensor]]): The coefficients 0.9, 0.8, ... and the tensors (seed 0).
+    """
     g = torch.Generator().manual_seed(0)
     ts = [torch.randn(shape, generator=g).to(device=device, dtype=dtype) for _ in range(k)]
     coeffs = [0.9 - 0.1 * j for j in range(k)]
@@ -49,7 +74,11 @@ def make_inputs(shape, dtype, k, device):
 
 def compiled_reference() -> Callable | str:
     """A fresh torch.compile of the reference (after a dynamo reset: one cell must not hit another's recompile
-    limit and silently fall back to eager), or why it is unavailable."""
+    limit and silently fall back to eager), or why it is unavailable.
+
+    Returns:
+        The compiled function, or a string naming the error when torch.compile fails.
+    """
     try:
         torch._dynamo.reset()
         return torch.compile(lincomb_reference, dynamic=False)
@@ -58,7 +87,15 @@ def compiled_reference() -> Callable | str:
 
 
 def implementations(device: torch.device, want: list[str]) -> dict[str, Callable | str]:
-    """name -> callable(coeffs, tensors), or a string saying why it is not available here."""
+    """name -> callable(coeffs, tensors), or a string saying why it is not available here.
+
+    Args:
+        device: The device the table is measured on (Triton is measured on CUDA only).
+        want: Implementation names to include: any of "eager", "compile", "triton".
+
+    Returns:
+        The wanted implementations by name; unavailable ones map to the reason.
+    """
     impls: dict[str, Callable | str] = {}
     if "eager" in want:
         impls["eager"] = lincomb_reference
@@ -74,7 +111,20 @@ def implementations(device: torch.device, want: list[str]) -> dict[str, Callable
 
 def measure_updates(sizes: list[str], dtypes: list[str], terms: list[int], device: torch.device,
                     impl_names: list[str], min_time: float = 0.2) -> tuple[float, list[Row]]:
-    """The copy bandwidth of this device and one row per size x dtype x K x implementation."""
+    """The copy bandwidth of this device and one row per size x dtype x K x implementation.
+
+    Args:
+        sizes: Size names, keys of `SIZES`.
+        dtypes: Dtype names, keys of `bench.settings.DTYPES`.
+        terms: Values of K (terms of the linear combination).
+        device: The device to time on.
+        impl_names: Implementations to time: any of "eager", "compile", "triton".
+        min_time: Seconds each timing runs for (see `time_fn`).
+
+    Returns:
+        The peak copy bandwidth in bytes per second and the rows; a failing or unavailable implementation
+            gets a row with its reason in `note`.
+    """
     peak = copy_bandwidth(device)
     impls = implementations(device, impl_names)
     rows: list[Row] = []
@@ -109,6 +159,16 @@ def measure_updates(sizes: list[str], dtypes: list[str], terms: list[int], devic
 
 
 def format_bandwidth_table(peak: float, rows: list[Row], device: torch.device) -> str:
+    """The bandwidth table as text: a header naming device, torch and threads, then one line per row.
+
+    Args:
+        peak: The copy bandwidth in bytes per second (100 %peak).
+        rows: The rows from `measure_updates`.
+        device: The device they were measured on.
+
+    Returns:
+        The table, lines joined by newlines.
+    """
     lines = [f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
              f"torch {torch.__version__}, threads {torch.get_num_threads()}",
              f"copy bandwidth (read+write of a 256 MiB buffer, same run): {peak / 1e9:.2f} GB/s = %peak's 100; "

@@ -30,9 +30,21 @@ SHARED = Path(os.environ.get("DIFFSOLVE_SHARED", Path(__file__).resolve().parent
 class BenchModel:
     """A model for the benchmark and how to benchmark it by default.
 
-    kind: 'vector' (flat samples), 'image' ([C, H, W]: a sample grid is drawn) or 'points' (2-D).
-    dtype None runs the solvers in the model's own dtype; `trajectory` asks for errors at every grid point
-    (a reference state at each of them); `available` returns None, or why the model cannot be built here.
+    Attributes:
+        name: Registry name (`diffsolve bench --model NAME`).
+        build: Builds the model (a module, field or problem), taking no arguments.
+        summary: One line describing the model in listings.
+        kind: 'vector' (flat samples), 'image' ([C, H, W]: a sample grid is drawn) or 'points' (2-D).
+        batch_size: Default number of samples.
+        chunk_size: Samples per chunk (the unit of sharding and of reference solves).
+        nfe: Default NFE budgets.
+        dtype: Dtype the solvers run in; None runs them in the model's own dtype.
+        solvers: Default solver names; None tries `DEFAULT_SOLVERS`.
+        reference: How the reference solution is solved.
+        trajectory: Ask for errors at every grid point (a reference state at each of them).
+        data_samples: Samples of the data distribution used by distribution metrics.
+        threads: Torch CPU threads while benchmarking; None leaves torch's setting.
+        available: Returns None, or why the model cannot be built here.
     """
 
     name: str
@@ -55,7 +67,14 @@ BENCH_MODELS: dict[str, BenchModel] = {}
 
 
 def register_bench_model(entry: BenchModel) -> None:
-    """Add a named model to `diffsolve bench --model` (names are unique)."""
+    """Add a named model to `diffsolve bench --model` (names are unique).
+
+    Args:
+        entry: The model and its bench defaults; `entry.name` becomes its registry name.
+
+    Raises:
+        InvalidArgument: A model of that name is registered already.
+    """
     if entry.name in BENCH_MODELS:
         raise InvalidArgument(f"bench model {entry.name!r} is registered already")
     BENCH_MODELS[entry.name] = entry
@@ -127,7 +146,18 @@ DEFAULT_SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc_bh2", "deis",
 
 
 def import_object(spec: str, argument: str) -> Any:
-    """The object a 'module:attr' (attr may be dotted) path names, or the library's error naming `argument`."""
+    """The object a 'module:attr' (attr may be dotted) path names, or the library's error naming `argument`.
+
+    Args:
+        spec: The path, 'module:attr' with a dotted attr allowed.
+        argument: Name of the argument or flag the path came from, used in the error.
+
+    Returns:
+        The imported object.
+
+    Raises:
+        InvalidArgument: The module cannot be imported or has no such attribute.
+    """
     mod, _, attr = spec.partition(":")
     try:
         obj = importlib.import_module(mod)
@@ -139,7 +169,18 @@ def import_object(spec: str, argument: str) -> Any:
 
 
 def resolve_model(model: Any) -> tuple[BenchModel, Any]:
-    """A BenchModel and the built model from a registry name, a 'module:attr' path or a model object."""
+    """A BenchModel and the built model from a registry name, a 'module:attr' path or a model object.
+
+    Args:
+        model: A `BenchModel`, a name in `BENCH_MODELS`, a 'module:attr' path naming a model, a BenchModel or a
+            factory of one taking no arguments, or a model object (module, field, model declaring its spec).
+
+    Returns:
+        The entry (defaults derived from the model's spec for a user model) and the built model.
+
+    Raises:
+        InvalidArgument: The name is unknown, the path names no model, or the model is not available here.
+    """
     if isinstance(model, BenchModel):
         entry = model
     elif isinstance(model, str) and model in BENCH_MODELS:
@@ -202,7 +243,14 @@ def _entry_for_object(obj: Any, name: str) -> BenchModel:
 
 
 def data_range_of(model: Any) -> tuple[float, float] | None:
-    """The data range the model declares (`ModelSpec.data_range`), or None when it declares none."""
+    """The data range the model declares (`ModelSpec.data_range`), or None when it declares none.
+
+    Args:
+        model: Any model, field or problem.
+
+    Returns:
+        The (low, high) range as floats, or None.
+    """
     spec = model_spec_of(model)
     rng = spec.data_range if spec is not None else None
     return (float(rng[0]), float(rng[1])) if rng is not None else None

@@ -31,7 +31,12 @@ from diffsolve.schedules import VPDiscrete
 
 
 class IdentityEps(torch.nn.Module):
-    """eps_hat(x, t) = x: a model whose cost is nil, so the loop's own cost is all that is measured."""
+    """eps_hat(x, t) = x: a model whose cost is nil, so the loop's own cost is all that is measured.
+
+    Args:
+        dim: Size of each flat sample.
+        schedule: The discrete VP schedule the model declares.
+    """
 
     def __init__(self, dim: int, schedule: VPDiscrete):
         super().__init__()
@@ -40,9 +45,19 @@ class IdentityEps(torch.nn.Module):
 
     @property
     def diffsolve_spec(self) -> ModelSpec:
+        """The model's spec: eps prediction on its schedule, flat samples of size `dim`."""
         return ModelSpec(prediction="eps", schedule=self.schedule, sample_shape=(self.dim,))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Return `x` unchanged as the predicted noise.
+
+        Args:
+            x: The noisy samples.
+            t: The times (unused).
+
+        Returns:
+            `x` itself.
+        """
         return x
 
 
@@ -60,8 +75,20 @@ def _diffusers_scheduler(sch: VPDiscrete):
 
 def build(batch: int, dim: int, steps: int,
           seed: int = 0) -> tuple[dict[str, Callable[[], torch.Tensor]], list[str]]:
-    """The solvers of one problem, as name -> run() returning the samples, and notes: a line where the grids
-    differ."""
+    """The solvers of one problem, as name -> run() returning the samples, and notes: a line where the grids differ.
+
+    Args:
+        batch: Number of samples.
+        dim: Size of each flat sample.
+        steps: Solver steps of DPM-Solver++(2M).
+        seed: Seed of the noise all runs share.
+
+    Returns:
+        The runs by name (peers that are not installed are left out) and the notes.
+
+    Raises:
+        RuntimeError: diffsolve's default grid does not span [0, t_max].
+    """
     notes: list[str] = []
     sch = VPDiscrete.linear()
     model = IdentityEps(dim, sch)
@@ -133,6 +160,13 @@ def measure(runs: dict[str, Callable[[], torch.Tensor]], repeats: int) -> list[d
 
     The runs take turns (one repetition of each, then the next round), so a machine whose load drifts during the
     measurement slows every implementation alike instead of whichever ran last.
+
+    Args:
+        runs: The runs by name, from `build`; the first is the baseline of the differences.
+        repeats: Timed rounds after the warm-up.
+
+    Returns:
+        One dict per run: name, median_s, min_s, maxdiff (largest |x - first's x|) and scale (first's max |x|).
     """
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
@@ -149,6 +183,15 @@ def measure(runs: dict[str, Callable[[], torch.Tensor]], repeats: int) -> list[d
 
 
 def format_rows(rows: list[dict], steps: int) -> str:
+    """The timing table as text, times also per step and relative to the first row.
+
+    Args:
+        rows: The rows from `measure`.
+        steps: Solver steps of each run (for ms/step).
+
+    Returns:
+        The table, lines joined by newlines, ending with the samples' scale.
+    """
     base = rows[0]["median_s"]
     w = max(len(r["name"]) for r in rows)
     lines = [f"{'implementation'.ljust(w)}  {'median ms':>10} {'min ms':>8} {'ms/step':>8} {'x diffsolve':>11} "
@@ -165,7 +208,21 @@ PEERS = ("diffusers DPMSolverMultistepScheduler", "k-diffusion sample_dpmpp_2m")
 
 def loop_overhead(batch: int = 256, dim: int = 3072, steps: int = 10, repeats: int = 15,
                   threads: int = 1) -> tuple[list[dict], str]:
-    """The comparison's rows (see `measure`) and its report as text; torch's thread setting is restored after."""
+    """The comparison's rows (see `measure`) and its report as text; torch's thread setting is restored after.
+
+    Args:
+        batch: Number of samples (flag `--batch-size`).
+        dim: Size of each flat sample.
+        steps: Solver steps.
+        repeats: Timed rounds per run.
+        threads: Torch CPU threads during the measurement.
+
+    Returns:
+        The rows and the report (header, table, notes, peers left out).
+
+    Raises:
+        InvalidArgument: An argument is not an integer >= 1.
+    """
     for name, value in (("batch_size", batch), ("dim", dim), ("steps", steps), ("repeats", repeats),
                         ("threads", threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

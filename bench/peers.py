@@ -17,7 +17,13 @@ from diffsolve.schedules import VPDiscrete
 
 @dataclass
 class PeerRun:
-    """One peer sampler: `run(noise, nfe) -> samples` (noise standard normal, as our Sampler takes it)."""
+    """One peer sampler: `run(noise, nfe) -> samples` (noise standard normal, as our Sampler takes it).
+
+    Attributes:
+        name: The peer's name, e.g. 'diffusers:DPMSolverMultistepScheduler'.
+        ours: The diffsolve solver it is compared with at equal NFE.
+        run: Takes the standard-normal noise and an NFE budget, returns the samples.
+    """
 
     name: str                   # e.g. 'diffusers:DPMSolverMultistepScheduler'
     ours: str                   # the diffsolve solver it is compared with at equal NFE

@@ -21,6 +21,19 @@ from diffsolve.solvers import available_solvers
 
 
 def resolve_solvers(solvers: Sequence[str] | str | None, entry: BenchModel) -> list[str]:
+    """The solver names a bench runs, checked against the registry, duplicates dropped.
+
+    Args:
+        solvers: Names, or one comma-separated string; ["all"] takes every deterministic solver; None takes the
+            model's defaults (or `DEFAULT_SOLVERS`), leaving out names not registered.
+        entry: The bench model whose defaults apply.
+
+    Returns:
+        The names in the order given.
+
+    Raises:
+        InvalidArgument: A name is not a registered solver, or the list is empty.
+    """
     known = available_solvers()
     if solvers is None:
         wanted = entry.solvers if entry.solvers is not None else DEFAULT_SOLVERS
@@ -40,7 +53,29 @@ def resolve_solvers(solvers: Sequence[str] | str | None, entry: BenchModel) -> l
 
 @dataclass
 class Job:
-    """Everything the run resolved before any work: the model on its device, the solvers' plans, the references."""
+    """Everything the run resolved before any work: the model on its device, the solvers' plans, the references.
+
+    Attributes:
+        entry: The bench model.
+        net: The built model.
+        field: Its vector field.
+        dist: The process group (one process when not distributed).
+        cfg: The bench settings.
+        names: The solver names.
+        nfes: The NFE budgets, sorted.
+        batch: Total number of samples.
+        chunk: Samples per chunk.
+        reference: How references are solved.
+        trajectory: Whether errors are measured at every grid point.
+        device: Device the solvers run on.
+        dtype: Dtype the solvers run in.
+        samplers: One Sampler per solver name.
+        runs: One row per solver x NFE, status 'ok' or why not.
+        ok: The rows that run.
+        ref_times: Start time -> every time point a reference state is needed at.
+        main_t0: The latest start time (the peers' reference).
+        peers: The peer samplers.
+    """
 
     entry: BenchModel
     net: Any
@@ -64,6 +99,7 @@ class Job:
 
 
 def prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettings) -> Job:
+    """Resolve the bench (see `resolve_solvers`) into a Job; InvalidArgument when nothing can run as asked."""
     names = resolve_solvers(solvers, entry)
     nfes = sorted({int(n) for n in (entry.nfe if nfe is None else nfe)})
     if not nfes or nfes[0] < 1:
@@ -145,6 +181,13 @@ def prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSet
 
 
 def solver_kind(solver: Any) -> str:
-    """'ode' (fixed grid), 'adaptive' (its own step sizes) or 'sde' (stochastic)."""
+    """'ode' (fixed grid), 'adaptive' (its own step sizes) or 'sde' (stochastic).
+
+    Args:
+        solver: A solver object (its `deterministic` and `adaptive` flags decide).
+
+    Returns:
+        The kind.
+    """
     return "sde" if not solver.deterministic else ("adaptive" if solver.adaptive else "ode")
 

@@ -16,7 +16,11 @@ def _savefig(fig, path: Path) -> None:
 
 
 def write_plots(rep: dict, out: Path, chunks: list[dict], nfes: list[int], names: list[str]) -> list[str]:
-    """error_vs_nfe.png, and samples.png for image and 2-D models; the paths written."""
+    """error_vs_nfe.png, and samples.png for image and 2-D models, in `out`; the paths written (none without plots).
+
+    `rep` is the bench report (results and fitted orders), `chunks` the chunks' results (their samples feed
+    samples.png), `nfes` the NFE budgets and `names` the solver names (one curve each).
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")

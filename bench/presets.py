@@ -74,7 +74,21 @@ class PresetSettings:
     """What one preset table is run with; None: the preset's own default (see the module docstring).
 
     Only the fields the preset reads (`PRESET_OPTIONS`) may differ from their defaults: any other is refused
-    rather than ignored.
+    rather than ignored (InvalidArgument, as is a non-positive count).
+
+    Attributes:
+        preset: The preset's name, a key of `PRESETS`.
+        nfe: NFE budgets (columns).
+        batch_size: Number of samples.
+        solvers: diffsolve solver names (rows).
+        skip_mnist: diffusers: leave out the shared MNIST DDPM (the slow part).
+        ref_steps: diffusers: steps of the dpmpp_3m reference solve (at least 2).
+        rtols: adaptive: relative tolerances.
+        steps: sde: step counts.
+        quick: adaptive, sde, skip: fewer samples and settings.
+        models: skip: bench model names.
+        out: skip: folder for skip_tuning.json and its sample grid.
+        repeats: overhead: timed solves per implementation.
     """
 
     preset: str
@@ -113,7 +127,14 @@ class PresetSettings:
 
 
 def run_preset(cfg: PresetSettings) -> int:
-    """Print the preset's table(s) on stdout, each as soon as it is ready; CPU, one torch thread (restored after)."""
+    """Print the preset's table(s) on stdout, each as soon as it is ready; CPU, one torch thread (restored after).
+
+    Args:
+        cfg: The preset and its settings.
+
+    Returns:
+        The exit status, 0.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -168,6 +189,7 @@ _PRESET_RUNS = {"diffusers": _diffusers, "adaptive": _adaptive, "sde": _sde, "ov
 # preset diffusers: fast ODE solvers, ours and diffusers', endpoint RMSE vs NFE
 # ------------------------------------------------------------------------------------------------
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root mean square of `a - b` over all elements, computed in float64."""
     return float(((a.double() - b.double()) ** 2).mean().sqrt())
 
 
@@ -179,7 +201,16 @@ def _cell(v: float | None, short: bool = False) -> str:
 
 
 def nfe_table(title: str, rows: dict[str, dict[int, tuple[float, int] | None]], nfes: Sequence[int]) -> str:
-    """Markdown: one row per sampler, one column per NFE; '-' cannot run, '(x)' ran with fewer model calls."""
+    """Markdown: one row per sampler, one column per NFE; '-' cannot run, '(x)' ran with fewer model calls.
+
+    Args:
+        title: Header of the first column.
+        rows: Sampler name -> {nfe: (RMSE, NFE used) or None}.
+        nfes: The columns' NFE budgets.
+
+    Returns:
+        The table.
+    """
     lines = [f"| {title} | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---|" * len(nfes)]
     for name, cells in rows.items():
         out = []
@@ -191,7 +222,20 @@ def nfe_table(title: str, rows: dict[str, dict[int, tuple[float, int] | None]], 
 
 
 def solver_rows(model, noise, ref, nfes, solvers, grid=None, grid_options=None) -> dict:
-    """name -> {nfe: (RMSE to ref, NFE used) or None} for our solvers (default FAST_SOLVERS) on one grid."""
+    """name -> {nfe: (RMSE to ref, NFE used) or None} for our solvers (default FAST_SOLVERS) on one grid.
+
+    Args:
+        model: The model or problem sampled.
+        noise (torch.Tensor): Initial noise shared by every run.
+        ref (torch.Tensor): Reference samples from the same noise.
+        nfes (Sequence[int]): NFE budgets.
+        solvers (Sequence[str] | None): Solver names; empty or None takes FAST_SOLVERS.
+        grid (str | None): Grid name; None takes the Sampler's default.
+        grid_options (dict | None): Options of the grid.
+
+    Returns:
+        The rows; a solver that fails at a budget gets None there.
+    """
     rows: dict[str, dict] = {}
     for name in solvers or FAST_SOLVERS:
         rows[name] = {}
@@ -207,6 +251,14 @@ def solver_rows(model, noise, ref, nfes, solvers, grid=None, grid_options=None) 
 
 
 def mixture_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequence[str] | None = None) -> str:
+    """The section's text: our solvers on the Gaussian mixture (float64) against a dpmpp_3m reference.
+
+    Args:
+        batch: Number of samples (noise seed 0).
+        nfes: NFE budgets.
+        ref_steps: Steps of the reference (an rk4 check takes half as many).
+        solvers: Solver names; None takes FAST_SOLVERS.
+    """
     prob = GaussianMixtureProblem.default()
     noise = torch.randn(batch, prob.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
@@ -226,12 +278,17 @@ class MnistAsUNet(torch.nn.Module):
         self.model = model
 
     def forward(self, sample: torch.Tensor, timestep) -> torch.Tensor:
+        """The model's noise prediction for `sample` at time timestep / 1000 (timestep broadcast over the batch)."""
         t = torch.as_tensor(timestep, dtype=sample.dtype, device=sample.device).reshape(-1)
         return self.model(sample, t.expand(sample.shape[0]) / 1000.0)
 
 
 def diffusers_schedulers(betas: torch.Tensor) -> dict:
-    """diffusers' schedulers on these betas, each with its default timesteps: name -> (scheduler, calls per step)."""
+    """diffusers' schedulers on these betas, each with its default timesteps: name -> (scheduler, calls per step).
+
+    Args:
+        betas: The model's beta_t, passed as trained_betas (ImportError when diffusers is not installed).
+    """
     import diffusers as D
     common = dict(num_train_timesteps=betas.numel(), trained_betas=betas.double().numpy())
     return {
@@ -251,7 +308,14 @@ def diffusers_schedulers(betas: torch.Tensor) -> dict:
 
 
 def run_diffusers(scheduler, unet, noise: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
-    """diffusers' documented sampling loop; returns the samples and the number of model calls."""
+    """diffusers' documented sampling loop; returns the samples and the number of model calls.
+
+    Args:
+        scheduler: A diffusers scheduler (copied, so it is not changed).
+        unet: Called as unet(sample, timestep).
+        noise: Standard-normal noise, scaled by the scheduler's init_noise_sigma.
+        steps: Scheduler steps.
+    """
     sch = copy.deepcopy(scheduler)
     sch.set_timesteps(steps)
     x = noise * sch.init_noise_sigma
@@ -265,7 +329,15 @@ def run_diffusers(scheduler, unet, noise: torch.Tensor, steps: int) -> tuple[tor
 
 def diffusers_rows(model, noise: torch.Tensor, ref: torch.Tensor, nfes: Sequence[int],
                    schedulers: dict | None = None) -> dict:
-    """name -> {nfe: (RMSE to ref, model calls) or None} for diffusers' schedulers on the shared MNIST DDPM."""
+    """name -> {nfe: (RMSE to ref, model calls) or None} for diffusers' schedulers on the shared MNIST DDPM.
+
+    Args:
+        model: The MNIST DDPM (its beta_t gives the schedulers' betas).
+        noise: Initial noise shared by every run.
+        ref: Reference samples from the same noise.
+        nfes: NFE budgets; a run needing more model calls, or failing, gets None.
+        schedulers: From `diffusers_schedulers`; None builds them.
+    """
     scheds = schedulers if schedulers is not None else diffusers_schedulers(model.beta_t.detach().clone())
     unet = MnistAsUNet(model)
     rows: dict[str, dict] = {}
@@ -284,7 +356,20 @@ def diffusers_rows(model, noise: torch.Tensor, ref: torch.Tensor, nfes: Sequence
 def mnist_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequence[str] | None = None) -> str:
     """The shared MNIST DDPM driven by diffusers through `MnistAsUNet` and trained_betas = the model's beta_t, so
     both libraries use the same alphas_cumprod (up to float32 cumprod round-off, printed). All runs and the
-    reference end at zero noise."""
+    reference end at zero noise.
+
+    Args:
+        batch: Number of images (noise seed 0).
+        nfes: NFE budgets.
+        ref_steps: Steps of the dpmpp_3m reference on the log-SNR grid.
+        solvers: Solver names; None takes FAST_SOLVERS.
+
+    Returns:
+        The section's text: header, our two tables, the alphas_cumprod check and diffusers' table.
+
+    Raises:
+        InvalidArgument: The shared MNIST DDPM file is missing.
+    """
     if not MNIST_DDPM.is_file():
         raise InvalidArgument(f"{MNIST_DDPM} is missing (the shared model folder); pass --skip-mnist")
     model = load_mnist_ddpm(MNIST_DDPM)
@@ -314,7 +399,16 @@ def mnist_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequ
 # preset adaptive: adaptive ODE solvers against a tight reference
 # ------------------------------------------------------------------------------------------------
 def adaptive_rows(prob, n: int, rtols: Sequence[float]) -> list[dict]:
-    """Endpoint RMSE against torchdiffeq dopri5 at rtol 1e-9 from the same noise; atol = rtol / 10."""
+    """Endpoint RMSE against torchdiffeq dopri5 at rtol 1e-9 from the same noise; atol = rtol / 10.
+
+    Args:
+        prob: The analytic problem sampled.
+        n: Number of samples (noise seed 0).
+        rtols: Relative tolerances of each adaptive solver.
+
+    Returns:
+        One row per solver and tolerance (reference first, paper defaults last): NFE, steps, RMSE, seconds.
+    """
     noise = torch.randn(n, prob.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = Sampler(prob, "odeint_dopri5", grid="karras", rtol=1e-9, atol=1e-10, progress=False).run(noise=noise)
     rows = [{"solver": "reference dopri5", "tol": 1e-9, "nfe": ref.nfe, "acc": ref.stats["accepted"],
@@ -343,6 +437,7 @@ def adaptive_rows(prob, n: int, rtols: Sequence[float]) -> list[dict]:
 
 
 def adaptive_report(n: int, rtols: Sequence[float]) -> str:
+    """The adaptive preset's markdown report on the Gaussian mixture (see `adaptive_rows` for the arguments)."""
     prob = GaussianMixtureProblem.default()
     lines = [f"# Adaptive ODE solvers on GaussianMixtureProblem.default() (dim {prob.dim}, EDM schedule, karras "
              f"span, float64, CPU 1 thread)", "",
@@ -359,7 +454,14 @@ def adaptive_report(n: int, rtols: Sequence[float]) -> str:
 # ------------------------------------------------------------------------------------------------
 def sde_rows(prob, n: int, steps_list: Sequence[int], torchsde_steps: Sequence[int]) -> tuple[list[dict], float]:
     """Sliced W1 to n exact data samples and mean exact log-likelihood per sampler and step count; also the noise
-    floor, the sliced W1 between two independent exact sample sets of the same size."""
+    floor, the sliced W1 between two independent exact sample sets of the same size.
+
+    Args:
+        prob: The analytic problem (exact samples and log-density).
+        n: Number of samples (seeds 0..n-1).
+        steps_list: Step counts of our samplers.
+        torchsde_steps: Step counts of the torchsde samplers.
+    """
     data = prob.sample_data(n, generator=torch.Generator().manual_seed(1))
     floor = sliced_wasserstein(prob.sample_data(n, generator=torch.Generator().manual_seed(2)), data)
     seeds = list(range(n))
@@ -380,6 +482,7 @@ def sde_rows(prob, n: int, steps_list: Sequence[int], torchsde_steps: Sequence[i
 
 
 def sde_report(n: int, steps_list: Sequence[int], torchsde_steps: Sequence[int]) -> str:
+    """The sde preset's markdown report on the Gaussian mixture (see `sde_rows` for the arguments)."""
     prob = GaussianMixtureProblem.default()
     rows, floor = sde_rows(prob, n, steps_list, torchsde_steps)
     own = float(prob.log_prob(prob.sample_data(n, generator=torch.Generator().manual_seed(1))).mean())

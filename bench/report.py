@@ -20,7 +20,14 @@ def _fmt(v: Any, width: int = 9) -> str:
 
 
 def format_report(rep: dict) -> str:
-    """The report as plain-text tables (what the command line prints)."""
+    """The report as plain-text tables (what the command line prints).
+
+    Args:
+        rep: The bench report (see bench.json).
+
+    Returns:
+        The tables: header, one per solver kind, peers and footer, lines joined by newlines.
+    """
     lines = _header_lines(rep)
     lines += _solver_tables(rep)
     lines += _peer_lines(rep)
@@ -168,7 +175,22 @@ CSV_FIELDS = ("solver", "kind", "nfe_requested", "nfe", "steps", "status", "rmse
 
 def write_outputs(rep: dict, out: Path, chunks: list[dict], *, plots: bool, nfes: list[int],
                   names: list[str]) -> list[str]:
-    """bench.json, bench.csv and (with `plots`) the PNG plots in `out`, each written atomically; the paths written."""
+    """bench.json, bench.csv and (with `plots`) the PNG plots in `out`, each written atomically; the paths written.
+
+    Args:
+        rep: The bench report.
+        out: Folder to write to (created if missing).
+        chunks: The chunks' results (samples for the plots).
+        plots: Also write the plots (needs matplotlib).
+        nfes: The NFE budgets.
+        names: The solver names.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        OSError: A file cannot be written.
+    """
     out.mkdir(parents=True, exist_ok=True)
     written = []
     atomic_write_bytes(out / "bench.json", json.dumps(rep, indent=2, sort_keys=False, default=str).encode())

@@ -34,6 +34,21 @@ def run_bench(model: Any = "gmm", solvers: Sequence[str] | str | None = None, nf
     """Benchmark solvers x NFE on one model and the same noise; returns the report (see bench.json).
 
     `options` are `BenchSettings` fields and override those of `settings`.
+
+    Args:
+        model: A bench model name, a 'module:attr' path, a `BenchModel` or a model object (see `resolve_model`).
+        solvers: Solver names or one comma-separated string; "all" takes every deterministic solver; None takes
+            the model's defaults.
+        nfe: NFE budgets; None takes the model's defaults.
+        settings: How to run; None takes `BenchSettings()`.
+        **options: `BenchSettings` fields overriding those of `settings`.
+
+    Returns:
+        The report: settings, one result row per solver x NFE, peers, fitted orders.
+
+    Raises:
+        InvalidArgument: An unknown option, a settings object of the wrong type, or an invalid value.
+        OutputError: The bench finished but writing its files to `out` failed (the error holds the report).
     """
     fields = {f.name for f in dataclasses.fields(BenchSettings)}
     for key in options:

@@ -31,7 +31,22 @@ from diffsolve.sampler import Sampler
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """What `diffsolve sample` draws and where it writes it (see `sample_to_folder`, which checks every value)."""
+    """What `diffsolve sample` draws and where it writes it (see `sample_to_folder`, which checks every value).
+
+    Attributes:
+        model: A bench model name, a 'module:attr' path or a model object.
+        solver: Solver name.
+        seeds: One seed per sample.
+        out: Folder for samples.safetensors and samples.png.
+        nfe: NFE budget; None uses `steps` (one of the two is needed unless the solver is adaptive).
+        steps: Solver steps; None uses `nfe`.
+        grid: Grid name; None takes the solver's default.
+        device: Device to sample on; None samples on the CPU.
+        dtype: Dtype name or torch dtype; 'auto' takes the entry's or the model's own.
+        batch_size: Samples per solve; None solves all seeds at once.
+        plots: Also write samples.png (needs matplotlib).
+        progress: diffsolve.progress lines/bar on stderr (the command line turns it on).
+    """
 
     model: Any = "gmm"
     solver: str = "dpmpp_2m"
@@ -48,7 +63,14 @@ class SampleSettings:
 
 
 def write_samples(cfg: SampleSettings) -> list[str]:
-    """`sample_to_folder` with the settings of one `SampleSettings`; the paths written."""
+    """`sample_to_folder` with the settings of one `SampleSettings`; the paths written.
+
+    Args:
+        cfg: What to draw and where.
+
+    Returns:
+        The paths written.
+    """
     return sample_to_folder(cfg.model, cfg.solver, cfg.seeds, cfg.out, nfe=cfg.nfe, steps=cfg.steps, grid=cfg.grid,
                             device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, plot=cfg.plots,
                             progress=cfg.progress)
@@ -58,7 +80,29 @@ def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | P
                      steps: int | None = None, grid: Any = None, device: Any = None, dtype: Any = "auto",
                      batch_size: int | None = None, plot: bool = True, progress: bool = False) -> list[str]:
     """Draw one sample per seed and write them to `out`; returns the paths written. `progress`: report on stderr
-    (diffsolve.progress: a bar in a terminal, plain lines about every 10 s elsewhere)."""
+    (diffsolve.progress: a bar in a terminal, plain lines about every 10 s elsewhere).
+
+    Args:
+        model: A bench model name, a 'module:attr' path or a model object (see `resolve_model`).
+        solver: Solver name.
+        seeds: One seed per sample.
+        out: Folder to write to (checked writable before the model is built).
+        nfe: NFE budget; None uses `steps`.
+        steps: Solver steps; None uses `nfe` (one of the two is needed unless the solver is adaptive).
+        grid: Grid name; None takes the solver's default.
+        device: Device to sample on; None samples on the CPU.
+        dtype: Dtype name or torch dtype; 'auto' takes the model entry's or the model's own.
+        batch_size: Samples per solve; None solves all seeds at once.
+        plot: Also write samples.png.
+        progress: Report progress on stderr.
+
+    Returns:
+        The paths written: samples.safetensors (samples, seeds, metadata) and, with `plot`, samples.png.
+
+    Raises:
+        InvalidArgument: No seeds, an invalid value, a model without a sample shape, neither nfe nor steps.
+        FloatingPointError: The samples contain NaN or Inf.
+    """
     seeds = [check_seed(s, option="seeds") for s in seeds]
     if not seeds:
         raise InvalidArgument("seeds: give at least one seed")
@@ -128,7 +172,21 @@ def _seed_text(seeds: Sequence[int]) -> str:
 
 
 def sample_png(samples: torch.Tensor, kind: str, data_range: tuple[float, float] | None, title: str) -> bytes:
-    """PNG bytes: an image grid ([N, C, H, W] with C in 1, 3), else a scatter plot of the first two coordinates."""
+    """PNG bytes: an image grid ([N, C, H, W] with C in 1, 3), else a scatter plot of the first two coordinates.
+
+    Args:
+        samples: The samples.
+        kind: The bench model's kind ('image', 'points' or 'vector').
+        data_range: The range images are shown in; None shows them as they are.
+        title: The figure's title.
+
+    Returns:
+        The PNG file's bytes.
+
+    Raises:
+        InvalidArgument: An image model's samples are not [N, 1|3, H, W].
+        ImportError: matplotlib is not installed.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

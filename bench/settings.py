@@ -20,7 +20,12 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 
 
 class OutputError(DiffsolveError, OSError):
-    """The bench finished (its table was printed) but writing its files failed; `report` holds the results."""
+    """The bench finished (its table was printed) but writing its files failed; `report` holds the results.
+
+    Args:
+        message: What failed, naming the output folder.
+        report: The bench's report, or None.
+    """
 
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
@@ -31,8 +36,26 @@ class OutputError(DiffsolveError, OSError):
 class BenchSettings:
     """How to run the benchmark. None means: the model entry's default (see `BenchModel`).
 
-    threads: torch CPU threads during the run (the small analytic problems use 1, since OpenMP start-up costs more
-    than their tiny tensors gain); torch's setting is restored after.
+    Attributes:
+        batch_size: Number of samples.
+        chunk_size: Samples per chunk: the unit of work and of sharding.
+        seed: The run's seed; sample i's noise comes from seed * 2**24 + i.
+        device: Device to run on; None runs on the CPU.
+        dtype: Dtype name or torch dtype the solvers run in; None or 'auto' takes the entry's or the model's own.
+        grid: Grid name for every solver; None takes each solver's default.
+        grid_options: Options of the grid.
+        threads: Torch CPU threads during the run (the small analytic problems use 1, since OpenMP start-up costs
+            more than their tiny tensors gain); torch's setting is restored after.
+        reference: How the reference is solved.
+        trajectory: Measure errors at every grid point.
+        cache: Reuse references cached on disk (and cache new ones).
+        cache_dir: Folder of the reference cache; None takes `default_cache_dir()`.
+        peers: Also run other libraries' samplers on the same noise.
+        out: Folder for bench.json, bench.csv and plots; None writes no files.
+        plots: Write the PNG plots (with `out`).
+        progress: True/'auto': a bar on a terminal, else a log line per cell; 'bar', 'log', False/'none'.
+        verbose: Print what runs, failing peer providers and the report's tables on stdout.
+        straightness: Measure the model's straightness and one-step gap (diffsolve.analysis.straightness).
     """
 
     batch_size: int | None = None
@@ -63,7 +86,14 @@ def _positive_or_none(name: str, value: Any) -> None:
 
 def check_settings(cfg: BenchSettings) -> None:
     """Every user value checked before any work: no value is silently replaced by a default, and an unusable
-    output or cache folder fails here, in well under a second, rather than after the whole run."""
+    output or cache folder fails here, in well under a second, rather than after the whole run.
+
+    Args:
+        cfg: The settings to check.
+
+    Raises:
+        InvalidArgument: A value is invalid, naming its field or flag.
+    """
     for name in ("batch_size", "chunk_size", "threads"):
         _positive_or_none(name, getattr(cfg, name))
     check_seed(cfg.seed, BENCH_SEED_LIMIT, "seed")
@@ -79,6 +109,17 @@ def check_settings(cfg: BenchSettings) -> None:
 
 
 def progress_mode(progress: bool | str) -> str:
+    """The progress mode a `BenchSettings.progress` value stands for.
+
+    Args:
+        progress: True or 'auto' (a bar on a terminal, else log lines), 'bar', 'log', False or 'none'.
+
+    Returns:
+        'bar', 'log' or 'none'.
+
+    Raises:
+        InvalidArgument: Not one of those values.
+    """
     if progress is True:
         progress = "auto"
     elif progress is False:
@@ -96,7 +137,17 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.f
 
 
 def resolve_dtype(dtype: Any) -> torch.dtype | None:
-    """The torch dtype a name (or dtype) stands for; None for 'auto' (the model entry's or the model's own)."""
+    """The torch dtype a name (or dtype) stands for; None for 'auto' (the model entry's or the model's own).
+
+    Args:
+        dtype: A key of `DTYPES`, a torch dtype, 'auto' or None.
+
+    Returns:
+        The dtype, or None for None and 'auto'.
+
+    Raises:
+        InvalidArgument: An unknown dtype name.
+    """
     if dtype is None or dtype == "auto":
         return None
     if isinstance(dtype, torch.dtype):
@@ -107,7 +158,14 @@ def resolve_dtype(dtype: Any) -> torch.dtype | None:
 
 
 def model_dtype(model: Any) -> torch.dtype:
-    """The dtype of a network's first floating parameter or buffer (float32 for anything else)."""
+    """The dtype of a network's first floating parameter or buffer (float32 for anything else).
+
+    Args:
+        model: A torch module, or any other model object.
+
+    Returns:
+        The dtype.
+    """
     if isinstance(model, torch.nn.Module):
         for p in list(model.parameters()) + list(model.buffers()):
             if p.is_floating_point():

@@ -65,7 +65,23 @@ def _runnable(model: Any, name: str, nfe: int) -> str | None:
 def skip_rows(model_name: str, solvers: Sequence[str], nfes: Sequence[int], *, n: int = 1000, tune_n: int = 500,
               rmse_n: int = 64, tune_nfe: int = 5, evaluations: int = 6, rho_range: tuple[float, float] = (0.5, 1.0),
               log: Callable[[str], None] | None = None) -> list[dict]:
-    """One row per (solver, NFE): rho, FD / confidence / RMSE untuned and tuned, tuning seconds."""
+    """One row per (solver, NFE): rho, FD / confidence / RMSE untuned and tuned, tuning seconds.
+
+    Args:
+        model_name: A bench model name (a built-in MNIST UNet).
+        solvers: Solver names; `amed_plugin[deis]` names AMED-Plugin on DEIS.
+        nfes: NFE budgets scored on held-out seeds.
+        n: Held-out samples scored by FD and confidence.
+        tune_n: Samples whose FD the rho search minimizes.
+        rmse_n: Samples compared with the float64 reference.
+        tune_nfe: NFE the search tunes at.
+        evaluations: FD evaluations of the golden-section search.
+        rho_range: Interval of rho_bottom searched.
+        log: Takes one progress line; None prints it.
+
+    Returns:
+        The rows; a solver that cannot run gets rows whose `status` says why.
+    """
     log = log or (lambda line: print(line, flush=True))
     entry, model = resolve_model(model_name)
     spec = model_spec_of(model)
@@ -121,7 +137,14 @@ def skip_rows(model_name: str, solvers: Sequence[str], nfes: Sequence[int], *, n
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown: one line per model x solver x NFE."""
+    """Markdown: one line per model x solver x NFE.
+
+    Args:
+        rows: The rows from `skip_rows`.
+
+    Returns:
+        The table.
+    """
     lines = ["| model | solver | NFE | rho_bottom | FD untuned | FD tuned | ratio | confidence untuned -> tuned | "
              "RMSE untuned -> tuned | tuning s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -136,7 +159,15 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write(rows: list[dict], out: Path) -> list[Path]:
-    """rows as JSON and a sample grid (10 held-out digits untuned and tuned per solver at NFE 5), atomically."""
+    """rows as JSON and a sample grid (10 held-out digits untuned and tuned per solver at NFE 5), atomically.
+
+    Args:
+        rows: The rows from `skip_rows`.
+        out: Folder to write skip_tuning.json and skip_tuning_nfe5.png to (created if missing).
+
+    Returns:
+        The paths written (no grid when no row at NFE 5 ran).
+    """
     out.mkdir(parents=True, exist_ok=True)
     plain = [{k: v for k, v in r.items() if not k.startswith("grid_")} for r in rows]
     path = out / "skip_tuning.json"
@@ -156,7 +187,18 @@ def write(rows: list[dict], out: Path) -> list[Path]:
 
 def skip_report(nfes: Sequence[int] | None, solvers: Sequence[str] | None, models: Sequence[str] | None,
                 quick: bool, out: str | Path | None) -> str:
-    """The skip table (markdown) over models x solvers x NFE; with `out`, its JSON and sample grid written there."""
+    """The skip table (markdown) over models x solvers x NFE; with `out`, its JSON and sample grid written there.
+
+    Args:
+        nfes: NFE budgets; None or empty takes `SKIP_NFES` (5 alone with `quick`).
+        solvers: Solver names; None or empty takes `SKIP_SOLVERS` (euler, dpmpp_2m with `quick`).
+        models: Bench model names; None or empty takes `SKIP_MODELS`.
+        quick: Fewer samples and search evaluations.
+        out: Folder for the JSON and grid; None writes nothing.
+
+    Returns:
+        The table.
+    """
     nfes = tuple(nfes) if nfes else ((5,) if quick else SKIP_NFES)
     solvers = tuple(solvers) if solvers else (("euler", "dpmpp_2m") if quick else SKIP_SOLVERS)
     models = tuple(models) if models else SKIP_MODELS

@@ -19,7 +19,17 @@ from diffsolve.errors import InvalidArgument
 
 
 def positive_int(text: str) -> int:
-    """An integer >= 1."""
+    """An integer >= 1 (argparse type).
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The integer.
+
+    Raises:
+        ArgumentTypeError: Not an integer, or below 1.
+    """
     try:
         v = int(text)
     except (TypeError, ValueError):
@@ -30,6 +40,14 @@ def positive_int(text: str) -> int:
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type for integers >= `low` (it raises ArgumentTypeError otherwise).
+
+    Args:
+        low: The smallest value accepted.
+
+    Returns:
+        The type, named "int>=low" in argparse's messages.
+    """
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -43,7 +61,17 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
 
 def positive_int_list(text: str) -> list[int]:
-    """Comma- or space-separated integers >= 1, e.g. 4,8,16."""
+    """Comma- or space-separated integers >= 1, e.g. 4,8,16 (argparse type).
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The integers, in the order given.
+
+    Raises:
+        ArgumentTypeError: A value is not an integer or is below 1, or none is given.
+    """
     try:
         vals = [int(v) for v in text.replace(",", " ").split()]
     except ValueError:
@@ -54,7 +82,17 @@ def positive_int_list(text: str) -> list[int]:
 
 
 def positive_float_list(text: str) -> list[float]:
-    """Comma- or space-separated finite numbers > 0, e.g. 1e-2,1e-3."""
+    """Comma- or space-separated finite numbers > 0, e.g. 1e-2,1e-3 (argparse type).
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The numbers, in the order given.
+
+    Raises:
+        ArgumentTypeError: A value is not a finite number > 0, or none is given.
+    """
     try:
         vals = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
@@ -65,7 +103,17 @@ def positive_float_list(text: str) -> list[float]:
 
 
 def name_list(text: str) -> list[str]:
-    """Comma-separated names (at least one)."""
+    """Comma-separated names (at least one; argparse type).
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The names, stripped, empty ones dropped.
+
+    Raises:
+        ArgumentTypeError: No name is given.
+    """
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names:
         raise argparse.ArgumentTypeError(f"{text!r}: give at least one name")
@@ -73,7 +121,17 @@ def name_list(text: str) -> list[str]:
 
 
 def positive_float(text: str) -> float:
-    """A finite number > 0."""
+    """A finite number > 0 (argparse type).
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The number.
+
+    Raises:
+        ArgumentTypeError: Not a number, or not finite and > 0.
+    """
     try:
         v = float(text)
     except (TypeError, ValueError):
@@ -84,6 +142,14 @@ def positive_float(text: str) -> float:
 
 
 def seed_below(limit: int) -> Callable[[str], int]:
+    """An argparse type for one seed in [0, limit) (it raises ArgumentTypeError otherwise).
+
+    Args:
+        limit: One above the largest seed accepted (a power of two).
+
+    Returns:
+        The type, named "seed" in argparse's messages.
+    """
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -101,7 +167,17 @@ bench_seed = seed_below(BENCH_SEED_LIMIT)
 
 
 def seed_list(text: str) -> list[int]:
-    """Seeds as '0-15', '3,5,9' or '0-3,10-11' (ranges inclusive), each in [0, 2**63), no repeats."""
+    """Seeds as '0-15', '3,5,9' or '0-3,10-11' (ranges inclusive), each in [0, 2**63), no repeats.
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The seeds, in the order given.
+
+    Raises:
+        ArgumentTypeError: Malformed, out of range, repeated, empty, or over 65536 in one range.
+    """
     out: list[int] = []
     for part in text.replace(" ", "").split(","):
         if not part:
@@ -127,7 +203,17 @@ def seed_list(text: str) -> list[int]:
 
 
 def device(text: str) -> str:
-    """argparse type: a device torch can use on this machine."""
+    """argparse type: a device torch can use on this machine.
+
+    Args:
+        text: The option's value, e.g. cpu or cuda:0.
+
+    Returns:
+        The text unchanged.
+
+    Raises:
+        ArgumentTypeError: torch cannot use that device here.
+    """
     try:
         check_device(text, option="")
     except InvalidArgument as e:

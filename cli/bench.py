@@ -92,6 +92,12 @@ def _preset_arguments(b: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def add_parser(sub) -> None:
+    """Add the `bench` subcommand and its options to the command line. Records every option's flags and default for
+    the check that refuses options the chosen mode does not read.
+
+    Args:
+        sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
+    """
     b = sub.add_parser("bench", help="every solver at every NFE on the same noise, against a float64 reference",
                        description="Benchmark solvers x NFE on one model and the same noise: endpoint and trajectory "
                                    "error against a float64 adaptive reference solve, distribution metrics where "
@@ -123,7 +129,14 @@ def _refuse_unused(args: argparse.Namespace) -> None:
 
 
 def preset_settings(args: argparse.Namespace) -> PresetSettings:
-    """The typed settings of `--preset NAME` (only the options that preset reads; the others were refused)."""
+    """The typed settings of `--preset NAME` (only the options that preset reads; the others were refused).
+
+    Args:
+        args: The parsed options of `diffsolve bench`.
+
+    Returns:
+        The preset's settings (lists turned into tuples).
+    """
     values = {"nfe": args.nfe, "batch_size": args.batch_size, "solvers": args.solvers, "skip_mnist": args.skip_mnist,
               "ref_steps": args.ref_steps, "rtols": args.rtols, "steps": args.steps, "quick": args.quick,
               "models": args.models, "out": args.out, "repeats": args.repeats}
@@ -133,7 +146,17 @@ def preset_settings(args: argparse.Namespace) -> PresetSettings:
 
 def bench_settings(args: argparse.Namespace) -> BenchSettings:
     """The typed settings of the solver x NFE bench, the reference's included (the model entry's, overridden by
-    --ref-method/--ref-rtol/--ref-atol)."""
+    --ref-method/--ref-rtol/--ref-atol).
+
+    Args:
+        args: The parsed options of `diffsolve bench`.
+
+    Returns:
+        The settings, checked (a bad --out or --cache-dir fails before the model is built).
+
+    Raises:
+        InvalidArgument: A value fails `check_settings`, or the model cannot be resolved for its reference.
+    """
     settings = BenchSettings(batch_size=args.batch_size, chunk_size=args.chunk_size, seed=args.seed,
                              device=args.device, dtype=args.dtype, grid=args.grid, threads=args.threads,
                              trajectory=False if args.no_trajectory else None,
@@ -153,6 +176,17 @@ def bench_settings(args: argparse.Namespace) -> BenchSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run a preset, or the solver x NFE bench, as the options say.
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InvalidArgument: An option the chosen mode does not read was given, or a value is invalid.
+    """
     _refuse_unused(args)
     if args.preset:
         return run_preset(preset_settings(args))

@@ -42,7 +42,25 @@ CONSISTENCY_GRID_NFE = (1, 2, 4)
 
 @dataclass
 class EvaluateSettings:
-    """What `diffsolve evaluate` draws and scores (see the options' help); grid_nfe None: the solver's default rows."""
+    """What `diffsolve evaluate` draws and scores (see the options' help); grid_nfe None: the solver's default rows.
+
+    Attributes:
+        samples: Samples per model (at least 2: the Frechet distance needs a covariance).
+        solver: Solver the FD is measured with.
+        steps: Solver steps per sample.
+        models: Models to score: builtin, ddpm, consistency.
+        ddpm_grid: Grid for the DDPM; None takes its schedule's default.
+        grid: Grid for the built-in UNet; None takes its schedule's default (karras).
+        final: "zero" ends the grid at zero noise, "min" at the schedule's smallest level.
+        grid_out: Folder for the sample grids.
+        grid_nfe: NFE budgets of the grid rows; None takes the defaults (5, 10, 50; 1, 2, 4 for consistency).
+        grid_solvers: Solvers of the grid rows.
+        cache: Folder to keep and reuse drawn samples; None keeps nothing.
+        sample_only: Draw (and cache) the samples without scoring them.
+        unet: UNet weights to score; None takes the shipped ones.
+        consistency: Consistency-model weights to score; None takes the shipped ones.
+        seed: Base seed of the drawn noise.
+    """
 
     samples: int = 1000
     solver: str = "heun"
@@ -98,6 +116,11 @@ def _file(text: str) -> Path:
 
 
 def add_parser(sub) -> None:
+    """Add the `evaluate` subcommand and its options to the command line.
+
+    Args:
+        sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
+    """
     ap = sub.add_parser("evaluate", help="FD and classifier confidence of the built-in model vs the shared DDPM",
                         description=__doc__.split("\n\n")[1].replace("\n", " "))
     # The Frechet distance needs a covariance: at least 2 samples.
@@ -130,6 +153,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Score the models (or print the moons table), after checking the output folders are writable.
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InvalidArgument: An output folder is not writable, or a grid row is impossible.
+    """
     torch.set_num_threads(args.threads)
     if args.models == ["moons"]:
         print(json.dumps(evaluate_moons(), indent=1))
@@ -149,7 +183,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate_mnist(s: EvaluateSettings) -> None:
-    """Draw (or read from the cache) each model's samples and grid rows, then print the FD / confidence table."""
+    """Draw (or read from the cache) each model's samples and grid rows, then print the FD / confidence table.
+
+    Args:
+        s: What to draw and score.
+
+    Raises:
+        InvalidArgument: A grid row cannot be planned at its NFE budget (checked before any sampling).
+    """
     loaded = [(name, *_load(name, s)) for name in s.models]
     for name, model, grid, _ in loaded:         # refuse an impossible grid row before any sampling
         for solver, budget in _grid_rows(name, s):

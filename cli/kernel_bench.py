@@ -33,6 +33,15 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Print the kernel bandwidth table (`bench.kernels.measure_updates`) for the sizes, dtypes and K asked for.
+
+    Args:
+        argv: The command-line arguments; None reads sys.argv.
+        prog: The program name in usage and errors; None takes argparse's.
+
+    Returns:
+        The exit status, 0 (argparse exits with status 2 on an unknown size or dtype).
+    """
     ap = _parser(prog)
     a = ap.parse_args(argv)
     sizes, dtypes = a.sizes.split(","), a.dtypes.split(",")
@@ -49,7 +58,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def deprecated_main() -> int:
-    """The `diffsolve-kernel-bench` console script: kept for old instructions; the script is the way now."""
+    """The `diffsolve-kernel-bench` console script: kept for old instructions; the script is the way now.
+
+    Returns:
+        The exit status of `main`.
+    """
     print("diffsolve-kernel-bench is deprecated: run `python scripts/kernel_bench.py` from the repository",
           file=sys.stderr)
     return main(prog="diffsolve-kernel-bench")

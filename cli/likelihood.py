@@ -28,7 +28,22 @@ SEED_STRIDE = 100003
 
 @dataclass
 class LikelihoodSettings:
-    """What `diffsolve likelihood` computes; None picks the model's default (see the options' help)."""
+    """What `diffsolve likelihood` computes; None picks the model's default (see the options' help).
+
+    Attributes:
+        model: gmm, gaussian or mnist-unet.
+        data: mnist-unet: the real split (None: heldout); analytic problems draw samples with `seed`.
+        samples: How many samples.
+        divergence: None: exact for the analytic problems, hutchinson for mnist-unet.
+        probes: Hutchinson probes per sample.
+        probe: Hutchinson probe distribution.
+        seed: Seed of the data draw, the dequantization and the probes.
+        solver: An adaptive torchdiffeq method, or a Runge-Kutta name with `steps`.
+        steps: Fixed steps for a Runge-Kutta solver; None for an adaptive one.
+        rtol: Adaptive solver's relative tolerance.
+        atol: Adaptive solver's absolute tolerance.
+        dequantize: None: uniform for mnist-unet, none for the analytic problems.
+    """
 
     model: str = "gmm"
     data: str | None = None
@@ -45,7 +60,17 @@ class LikelihoodSettings:
 
 
 def model_name(text: str) -> str:
-    """argparse type: a model this command can score, by its bench name or an old name."""
+    """argparse type: a model this command can score, by its bench name or an old name.
+
+    Args:
+        text: The option's value (mixture and mnist are old names).
+
+    Returns:
+        The bench name.
+
+    Raises:
+        ArgumentTypeError: Not a model this command can score.
+    """
     name = OLD_NAMES.get(text, text)
     if name not in MODELS:
         raise argparse.ArgumentTypeError(f"{text!r}: allowed: {', '.join(MODELS)} (old names: mixture, mnist)")
@@ -53,7 +78,17 @@ def model_name(text: str) -> str:
 
 
 def solver_name(text: str) -> str:
-    """argparse type: an adaptive torchdiffeq method or a Runge-Kutta tableau."""
+    """argparse type: an adaptive torchdiffeq method or a Runge-Kutta tableau.
+
+    Args:
+        text: The option's value.
+
+    Returns:
+        The name unchanged.
+
+    Raises:
+        ArgumentTypeError: Neither.
+    """
     if text not in ADAPTIVE + FIXED:
         raise argparse.ArgumentTypeError(f"{text!r}: allowed: {', '.join(ADAPTIVE)} (adaptive) or, with --steps, "
                                          f"{', '.join(FIXED)}")
@@ -61,6 +96,11 @@ def solver_name(text: str) -> str:
 
 
 def add_parser(sub) -> None:
+    """Add the `likelihood` subcommand and its options to the command line.
+
+    Args:
+        sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
+    """
     p = sub.add_parser("likelihood", help="log-likelihood and bits/dim through the probability-flow ODE",
                        description="Per-sample log-likelihoods and bits/dim through the probability-flow ODE "
                                    "(diffsolve.likelihood), printed as JSON.")
@@ -90,7 +130,14 @@ def add_parser(sub) -> None:
 
 
 def likelihood_report(s: LikelihoodSettings) -> dict:
-    """Resolve the model and its data, run `likelihood`, and return what the command prints."""
+    """Resolve the model and its data, run `likelihood`, and return what the command prints.
+
+    Args:
+        s: What to compute.
+
+    Returns:
+        The settings used, the counts, and the per-sample and mean log-likelihoods and bits per dimension.
+    """
     model = BENCH_MODELS[s.model].build()
     if s.model == "mnist-unet":
         x = load_mnist(s.data or "heldout")[0][: s.samples]
@@ -109,6 +156,17 @@ def likelihood_report(s: LikelihoodSettings) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Compute the log-likelihoods and print them as JSON.
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InvalidArgument: A fixed-grid --solver without --steps, or an invalid setting.
+    """
     if args.solver not in ADAPTIVE and args.steps is None:
         raise InvalidArgument(f"--solver {args.solver} runs a fixed grid: give --steps N (an integer >= 1)")
     if args.threads:

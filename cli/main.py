@@ -24,6 +24,11 @@ COMMANDS = {"bench": bench, "sample": sample, "solvers": solvers, "tune": tune, 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `diffsolve` parser: one subcommand per module of `COMMANDS`, every option's default stated in its help.
+
+    Returns:
+        The parser.
+    """
     p = argparse.ArgumentParser(prog="diffsolve", description="Fast, accurate samplers for diffusion and flow models.")
     p.add_argument("--version", action="version", version=f"diffsolve {__version__}")
     sub = p.add_subparsers(dest="command")
@@ -47,6 +52,15 @@ def _state_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `diffsolve` subcommand; the library's errors become one line on stderr.
+
+    Args:
+        argv: The command-line arguments; None reads sys.argv.
+
+    Returns:
+        The exit status: the subcommand's, 1 when only its output files could not be written, 2 on a
+            DiffsolveError or without a subcommand.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)

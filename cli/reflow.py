@@ -21,6 +21,11 @@ from diffsolve.progress import Progress
 
 
 def add_parser(sub) -> None:
+    """Add the `reflow` subcommand and its options to the command line.
+
+    Args:
+        sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
+    """
     sp = sub.add_parser("reflow", help="reflow couplings: noise and ODE endpoints of a flow, in resumable shards",
                         description="Solve noise draws to their endpoints and write them as resumable, verified "
                                     "shards (diffsolve.training.reflow.generate_couplings); under torchrun the "
@@ -43,13 +48,31 @@ def add_parser(sub) -> None:
 
 
 def reflow_model(name: str) -> Any:
-    """A shipped toy model ('moons-1rf', 'moons-2rf', 'moons-shortcut'), a bench model name or 'module:attr'."""
+    """A shipped toy model ('moons-1rf', 'moons-2rf', 'moons-shortcut'), a bench model name or 'module:attr'.
+
+    Args:
+        name: The --model value.
+
+    Returns:
+        The built model.
+
+    Raises:
+        InvalidArgument: Not a toy or bench model, or the path names no model.
+    """
     if name in TOY_MODELS:
         return TOY_MODELS[name]()
     return resolve_model(name)[1]
 
 
 def run(args: argparse.Namespace) -> int:
+    """Generate the couplings and, on rank 0, print a JSON summary.
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The exit status, 0.
+    """
     torch.set_num_threads(args.threads)
     # rank 0 alone keeps the heartbeat lines (the shard lines name their rank)
     with Progress("reflow", enabled=int(os.environ.get("RANK", "0")) == 0):

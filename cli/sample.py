@@ -9,6 +9,11 @@ from diffsolve.cli import argtypes
 
 
 def add_parser(sub) -> None:
+    """Add the `sample` subcommand and its options to the command line.
+
+    Args:
+        sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
+    """
     sp = sub.add_parser("sample", help="samples from given seeds: a PNG (image grid or 2-D scatter) and the tensors",
                         description="Draw one sample per seed with one solver and write samples.png (an image grid "
                                     "for image models, a scatter plot otherwise) and samples.safetensors (samples, "
@@ -33,12 +38,28 @@ def add_parser(sub) -> None:
 
 
 def sample_settings(args: argparse.Namespace) -> SampleSettings:
+    """The typed settings of `diffsolve sample` (progress on).
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The settings.
+    """
     return SampleSettings(model=args.model, solver=args.solver, seeds=tuple(args.seeds), out=args.out, nfe=args.nfe,
                           steps=args.steps, grid=args.grid, device=args.device, dtype=args.dtype,
                           batch_size=args.batch_size, plots=not args.no_plots, progress=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Draw the samples, write them and print the paths written.
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The exit status, 0.
+    """
     files = write_samples(sample_settings(args))
     print("wrote: " + ", ".join(files))
     return 0

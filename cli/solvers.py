@@ -9,6 +9,11 @@ from diffsolve.solvers import get_solver, registry_entries
 
 
 def add_parser(sub) -> None:
+    """Add the `solvers` subcommand and its options to the command line.
+
+    Args:
+        sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
+    """
     sv = sub.add_parser("solvers", help="list the registered solvers")
     sv.add_argument("--verbose", "-v", action="store_true",
                     help="also each solver's options, with their types and defaults (from the code)")
@@ -16,7 +21,14 @@ def add_parser(sub) -> None:
 
 def solver_options(entry) -> list[tuple[str, str, str, bool]]:
     """(name, type, default, set_by_name) of each option: what the registry reads from the factory's signature
-    (`RegistryEntry.parameters`, the same source that checks option types), then the settings the name fixes."""
+    (`RegistryEntry.parameters`, the same source that checks option types), then the settings the name fixes.
+
+    Args:
+        entry (RegistryEntry): The solver's registry entry.
+
+    Returns:
+        One tuple per option: its name, type, default ("required" when it has none) and whether the name sets it.
+    """
     out = []
     for name, (hint, default) in entry.parameters().items():
         typ = "any" if hint is typing.Any else str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
@@ -29,6 +41,14 @@ def solver_options(entry) -> list[tuple[str, str, str, bool]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """List the registered solvers (with --verbose, also their kind, order and options).
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The exit status, 0.
+    """
     verbose = args.verbose
     for name, e in sorted(registry_entries().items()):
         print(f"{name:24s} {e.summary}")

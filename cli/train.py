@@ -45,6 +45,11 @@ def _field_value(config: type) -> Callable[[str], tuple[str, str]]:
 
 
 def add_parser(sub) -> None:
+    """Add the `train` subcommand and its options to the command line.
+
+    Args:
+        sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
+    """
     ap = sub.add_parser("train", help="retrain the built-in models (MNIST UNets, classifier, consistency, moons flows)",
                         description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--what", choices=WHAT + MOONS, required=True,
@@ -80,6 +85,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train what --what names, after checking every output place is writable.
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InvalidArgument: An output place is not writable, or a setting is invalid.
+    """
     check_writable(args.out, "--out")                   # every output place before any training
     if args.save_student is not None:
         check_writable(args.save_student.parent, "--save-student")

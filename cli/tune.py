@@ -27,6 +27,13 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field) -> None:
 
 
 def add_parser(sub) -> None:
+    """Add the `tune` subcommand and its options to the command line.
+
+    One sub-subcommand per registered tuner, one option per field of its settings dataclass.
+
+    Args:
+        sub (argparse._SubParsersAction): The `diffsolve` parser's subcommands.
+    """
     t = sub.add_parser("tune", help="train a learned correction (AMED predictor, GITS or learned grid, multistep "
                                     "weights, skip scales) for one model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +48,17 @@ def add_parser(sub) -> None:
 
 def settings_from(args: argparse.Namespace):
     """The tuner's settings from the options given (each read by its field's parser; the rest keep the
-    dataclass defaults)."""
+    dataclass defaults).
+
+    Args:
+        args: The parsed options of `diffsolve tune <tuner>`.
+
+    Returns:
+        (Any): The tuner's settings dataclass.
+
+    Raises:
+        InvalidArgument: A value the settings refuse.
+    """
     tuner = get_tuner(args.tuner)
     given = {}
     for f in dataclasses.fields(tuner.settings):
@@ -53,6 +70,17 @@ def settings_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Tune the correction the options name for the model, after checking the output place.
+
+    Args:
+        args: The parsed options of the subcommand.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InvalidArgument: An invalid setting or model, or an unwritable output place.
+    """
     settings = settings_from(args)
     check_out(settings)                       # before the model is built or anything trained
     entry, model = resolve_model(args.model)

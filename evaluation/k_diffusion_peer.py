@@ -19,7 +19,7 @@ _PACKAGE = "_diffsolve_k_diffusion"     # the stand-in package; never 'k_diffusi
 
 
 class KDiffusionMissing(DiffsolveError, ImportError):
-    pass
+    """k-diffusion is not installed; the message names the package and how to install it."""
 
 
 def _append_dims(x, target_dims):
@@ -34,7 +34,13 @@ def _append_dims(x, target_dims):
 def load_k_diffusion_sampling() -> types.ModuleType:
     """k-diffusion's `sampling` module (sample_euler, sample_dpmpp_2m, get_sigmas_karras, ...).
 
-    Raises KDiffusionMissing, naming the package and how to install it, when k-diffusion is not installed.
+    Loaded once (cached) under a stand-in package name, so the real `k_diffusion` package stays unloaded.
+
+    Returns:
+        The module.
+
+    Raises:
+        KDiffusionMissing: k-diffusion is not installed (the message names the package and how to install it).
     """
     spec = importlib.util.find_spec("k_diffusion")      # locates the package without running its __init__
     path = Path(next(iter(spec.submodule_search_locations or ())), "sampling.py") if spec else None

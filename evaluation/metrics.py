@@ -24,20 +24,52 @@ def _same_shape(x: torch.Tensor, ref: torch.Tensor, what: str) -> None:
 
 
 def rmse_per_sample(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Root-mean-square difference over each sample's entries ([B, ...] -> [B], float64)."""
+    """Root-mean-square difference over each sample's entries ([B, ...] -> [B], float64).
+
+    Args:
+        x: The samples, [B, ...].
+        ref: The reference samples, of the same shape (moved to x's device).
+
+    Returns:
+        The RMSE per sample, [B] float64.
+
+    Raises:
+        InvalidArgument: The shapes differ.
+    """
     _same_shape(x, ref, "rmse_per_sample")
     d = _flat(x) - _flat(ref.to(x.device))
     return d.pow(2).mean(dim=1).sqrt()
 
 
 def maxabs_per_sample(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Largest absolute difference over each sample's entries ([B, ...] -> [B], float64)."""
+    """Largest absolute difference over each sample's entries ([B, ...] -> [B], float64).
+
+    Args:
+        x: The samples, [B, ...].
+        ref: The reference samples, of the same shape (moved to x's device).
+
+    Returns:
+        The largest absolute difference per sample, [B] float64.
+
+    Raises:
+        InvalidArgument: The shapes differ.
+    """
     _same_shape(x, ref, "maxabs_per_sample")
     return (_flat(x) - _flat(ref.to(x.device))).abs().amax(dim=1)
 
 
 def summarize(values: torch.Tensor) -> dict[str, float]:
-    """mean, median, 90th percentile and max of a 1-D tensor (as Python floats)."""
+    """mean, median, 90th percentile and max of a 1-D tensor (as Python floats).
+
+    Args:
+        values: The values (flattened, in float64).
+
+    Returns:
+        The statistics under the keys mean, median, p90 and max.
+
+    Raises:
+        InvalidArgument: `values` is empty.
+    """
     v = values.detach().reshape(-1).to(torch.float64).cpu()
     if v.numel() == 0:
         raise InvalidArgument("summarize: no values")
@@ -46,7 +78,18 @@ def summarize(values: torch.Tensor) -> dict[str, float]:
 
 
 def trajectory_rmse(traj: torch.Tensor, ref_traj: torch.Tensor) -> torch.Tensor:
-    """Per grid point and per sample RMSE of a trajectory ([P, B, ...] each) -> [P, B] float64."""
+    """Per grid point and per sample RMSE of a trajectory ([P, B, ...] each) -> [P, B] float64.
+
+    Args:
+        traj: The states at P grid points, [P, B, ...].
+        ref_traj: The reference states at the same points, of the same shape.
+
+    Returns:
+        The RMSE per grid point and sample, [P, B] float64.
+
+    Raises:
+        InvalidArgument: The shapes differ.
+    """
     _same_shape(traj, ref_traj, "trajectory_rmse")
     P, B = traj.shape[:2]
     d = traj.reshape(P, B, -1).to(torch.float64) - ref_traj.reshape(P, B, -1).to(traj.device, torch.float64)
@@ -58,12 +101,37 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256, seed
 
     Directions are uniform on the sphere from a seeded generator; the 1-D distances compare quantile functions, so
     the two sets may differ in size (then both are read at the midpoints of 2048 quantile levels).
+
+    Args:
+        x: One sample set, [N, ...].
+        y: The other, [M, ...] with the same sample size.
+        n_proj: Number of random directions.
+        seed: Seed of the directions.
+        p: The Wasserstein order, 1 or 2.
+
+    Returns:
+        The distance.
+
+    Raises:
+        InvalidArgument: An invalid `n_proj` or `p`, an empty set, or sets of different dimensions.
     """
     return SlicedWasserstein(y, n_proj=n_proj, seed=seed, p=p)(x)
 
 
 class SlicedWasserstein:
-    """Sliced Wasserstein distance to a fixed sample set whose sorted projections are computed once."""
+    """Sliced Wasserstein distance to a fixed sample set whose sorted projections are computed once.
+
+    Calling the object with a sample set `x` returns its distance to `y` (see `sliced_wasserstein`).
+
+    Args:
+        y: The fixed sample set, [M, ...].
+        n_proj: Number of random directions.
+        seed: Seed of the directions.
+        p: The Wasserstein order, 1 or 2.
+
+    Raises:
+        InvalidArgument: `n_proj` is not an integer >= 1, `p` is not 1 or 2, or `y` is empty.
+    """
 
     LEVELS = 2048
 
@@ -112,6 +180,15 @@ def convergence_order(nfe: Sequence[float], err: Sequence[float], last: int = 3,
 
     Points with error at or below `floor` (e.g. a multiple of the reference's own error) or not finite are dropped
     first; None when fewer than two points remain.
+
+    Args:
+        nfe: The NFE values.
+        err: The errors at those NFE (None entries are dropped).
+        last: Number of points (largest NFE) the fit uses.
+        floor: Errors at or below it are dropped.
+
+    Returns:
+        The order, or None when fewer than two distinct NFE remain.
     """
     pts = [(float(n), float(e)) for n, e in zip(nfe, err)
            if e is not None and math.isfinite(float(e)) and float(e) > floor and float(n) > 0]
@@ -128,7 +205,18 @@ def convergence_order(nfe: Sequence[float], err: Sequence[float], last: int = 3,
 
 def gaussian_mixture_metrics(problem, samples: torch.Tensor, data: "torch.Tensor | SlicedWasserstein",
                              n_proj: int = 256, seed: int = 0) -> dict[str, float]:
-    """Exact mean log-likelihood under the problem (when it has log_prob) and sliced W1 to exact data samples."""
+    """Exact mean log-likelihood under the problem (when it has log_prob) and sliced W1 to exact data samples.
+
+    Args:
+        problem: The analytic problem; its `log_prob`, when it has one, gives the log-likelihood.
+        samples: The samples to score.
+        data: Exact data samples, or a `SlicedWasserstein` built on them (reused as is).
+        n_proj: Number of directions when `data` is a tensor.
+        seed: Seed of the directions when `data` is a tensor.
+
+    Returns:
+        sliced_w1, and loglik_mean when the problem has log_prob.
+    """
     out = {}
     if hasattr(problem, "log_prob"):
         out["loglik_mean"] = float(problem.log_prob(_flat(samples).cpu()).mean())

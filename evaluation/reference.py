@@ -40,7 +40,18 @@ CACHE_VERSION = 2     # 2: keys cover every field setting (guidance, clipping) a
 
 @dataclass(frozen=True)
 class ReferenceSettings:
-    """How the reference is computed: torchdiffeq method, tolerances (float64), and the looser check solve."""
+    """How the reference is computed: torchdiffeq method, tolerances (float64), and the looser check solve.
+
+    Attributes:
+        method: One of `METHODS`: a torchdiffeq method, or 'rk4' on a fixed grid.
+        rtol: Relative tolerance, positive and finite.
+        atol: Absolute tolerance, positive and finite.
+        check_factor: The check solve uses rtol * check_factor, atol * check_factor (must be > 1).
+        rk4_steps: Only for method='rk4': fixed steps between consecutive requested times.
+
+    Raises:
+        InvalidArgument: An unknown method, a tolerance that is not positive and finite, or check_factor <= 1.
+    """
 
     method: str = "dopri8"
     rtol: float = 1e-10
@@ -58,6 +69,7 @@ class ReferenceSettings:
             raise InvalidArgument(f"check_factor={self.check_factor!r}: must be > 1")
 
     def loosened(self) -> "ReferenceSettings":
+        """The check solve's settings: tolerances times `check_factor`, a quarter of the rk4 steps (at least 1)."""
         return ReferenceSettings(self.method, self.rtol * self.check_factor, self.atol * self.check_factor,
                                  self.check_factor, max(self.rk4_steps // 4, 1))
 
@@ -68,6 +80,16 @@ class Reference:
 
     `states[k]` is the state at `times[k]` ([K, B, ...], float64); `gap_rmse` / `gap_maxabs` are per time point the
     largest per-sample RMSE / max-abs difference to the looser check solve; `nfe` counts the main solve's evaluations.
+
+    Attributes:
+        times: The requested times, float64, largest (the start) first.
+        states: The state at each time, [K, B, ...] float64.
+        gap_rmse: Per time, the largest per-sample RMSE to the check solve.
+        gap_maxabs: Per time, the largest absolute difference to the check solve.
+        nfe: Model evaluations of the main solve.
+        seconds: Wall time of both solves.
+        frame: The frame integrated in ("time", "edm" or "logsnr").
+        cached: Whether it was read from the cache.
     """
 
     times: torch.Tensor
@@ -80,7 +102,17 @@ class Reference:
     cached: bool = False
 
     def at(self, t: Sequence[float] | torch.Tensor) -> torch.Tensor:
-        """States at the given times (each must be one of the requested times, matched exactly): [len(t), B, ...]."""
+        """States at the given times (each must be one of the requested times, matched exactly): [len(t), B, ...].
+
+        Args:
+            t: The times.
+
+        Returns:
+            The states, [len(t), B, ...].
+
+        Raises:
+            InvalidArgument: A time is not one of the requested times.
+        """
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
         idx = []
         for v in t.tolist():
@@ -92,6 +124,7 @@ class Reference:
 
     @property
     def endpoint(self) -> torch.Tensor:
+        """The state at the smallest time (the end of the solve), [B, ...]."""
         return self.states[int(torch.argmin(self.times))]
 
 
@@ -107,14 +140,29 @@ def _tensor_bytes(v: torch.Tensor) -> bytes:
 
 def field_identity(field: Field) -> dict | None:
     """What identifies the field's output for the cache (`field.identity()`), or None when it cannot be identified:
-    then nothing is cached, since a wrong hit would silently measure every solver against another model's answer."""
+    then nothing is cached, since a wrong hit would silently measure every solver against another model's answer.
+
+    Args:
+        field: The field to identify.
+
+    Returns:
+        {"field": identity string}, or None.
+    """
     ident = field.identity()
     return None if ident is None else {"field": str(ident)}
 
 
 def reference_key(field: VectorField, noise: torch.Tensor, times: torch.Tensor, settings: ReferenceSettings,
                   seeds: Sequence[int] | None = None) -> tuple[str | None, dict | None]:
-    """The cache key (sha256 hex) and the description it hashes; (None, None) when the field cannot be identified."""
+    """The cache key (sha256 hex) and the description it hashes; (None, None) when the field cannot be identified.
+
+    Args:
+        field: The field solved.
+        noise: The standard-normal noise (hashed in float64).
+        times: The requested times.
+        settings: The reference settings.
+        seeds: The seeds the noise was drawn from, or None.
+    """
     ident = field_identity(field)
     if ident is None:
         return None, None
@@ -132,6 +180,7 @@ def reference_key(field: VectorField, noise: torch.Tensor, times: torch.Tensor, 
 
 
 def default_cache_dir() -> Path:
+    """The cache folder: $DIFFSOLVE_CACHE when set, else ~/.cache/diffsolve."""
     env = os.environ.get("DIFFSOLVE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "diffsolve"
 
@@ -152,11 +201,27 @@ def _payload_sha(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def cache_path(cache_dir: str | Path, key: str) -> Path:
+    """The entry's file, `cache_dir`/reference/`key`.safetensors.
+
+    Args:
+        cache_dir: The cache folder.
+        key: The entry's key (see `reference_key`).
+    """
     return Path(cache_dir) / "reference" / f"{key}.safetensors"
 
 
 def save_reference(path: str | Path, ref: Reference, key: str, desc: dict) -> None:
-    """Write atomically: a temporary file in the same folder, flushed and fsynced, then os.replace."""
+    """Write atomically: a temporary file in the same folder, flushed and fsynced, then os.replace.
+
+    Args:
+        path: The entry's file (its folder is created if missing).
+        ref: The reference to store.
+        key: Its cache key.
+        desc: The description the key hashes, stored in the metadata.
+
+    Raises:
+        OSError: The file cannot be written.
+    """
     from safetensors.torch import save
 
     path = Path(path)
@@ -199,7 +264,15 @@ def _check_entry(meta: Any, tensors: dict[str, torch.Tensor], key: str) -> None:
 
 def load_reference(path: str | Path, key: str) -> Reference | None:
     """The cached entry if it exists, parses, carries this key and every metadata field, and its tensors match
-    their checksum; else None (with a warning), so that the caller recomputes it and overwrites it atomically."""
+    their checksum; else None (with a warning), so that the caller recomputes it and overwrites it atomically.
+
+    Args:
+        path: The entry's file.
+        key: The key it must carry.
+
+    Returns:
+        The reference (with `cached` set), or None when missing or unusable (a RuntimeWarning says why).
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -234,6 +307,12 @@ def float64_field(field: VectorField) -> VectorField:
 
     Wrapper fields (ClassifierFreeGuidance) call the model through an inner field that holds it too: every field
     reachable through the wrapper's attributes gets the copy, or the inner calls would still run in float32.
+
+    Args:
+        field: The field; returned as is when its model has no floating tensor other than float64.
+
+    Returns:
+        The float64 field.
     """
     model = field.model
     tensors = list(model.parameters()) + list(model.buffers()) if isinstance(model, torch.nn.Module) else []
@@ -256,6 +335,15 @@ def _with_model(field: VectorField, old: Any, new: Any, done: dict) -> VectorFie
 
 
 def choose_frame(field: Field, t0: float) -> str:
+    """The frame the reference integrates in (`integration_frame` with its default preference).
+
+    Args:
+        field: The field solved.
+        t0: The start (noisiest) time.
+
+    Returns:
+        "time", "edm" or "logsnr".
+    """
     return integration_frame(field, t0)
 
 
@@ -340,6 +428,23 @@ def solve_reference(model: Any, noise: torch.Tensor, times: Sequence[float] | to
 
     The start state is `noise * prior_std(t_start)`, exactly as `Sampler.solve` scales it. Works in float64 on a
     float64 copy of the model, on the noise's device.
+
+    Args:
+        model: A model or field.
+        noise: Standard-normal noise, [B, ...].
+        times: Schedule times, any order (duplicates dropped); the largest is the start.
+        settings: How to solve; None takes `ReferenceSettings()`.
+        cache: Read and write the on-disk cache (a field that cannot be identified is never cached).
+        cache_dir: The cache folder; None takes `default_cache_dir()`.
+        seeds: The seeds the noise was drawn from, part of the cache key.
+        model_kwargs: Passed to the model at every evaluation.
+
+    Returns:
+        The states at the times (on the CPU), the gaps to the check solve, NFE, seconds and frame.
+
+    Raises:
+        InvalidArgument: `noise` is not a tensor, or the times are not finite non-negative numbers.
+        FloatingPointError: The solve produced NaN or Inf.
     """
     settings = settings or ReferenceSettings()
     field = as_field(model)
