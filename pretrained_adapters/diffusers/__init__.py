@@ -19,8 +19,9 @@ from typing import Any
 from diffsolve.pretrained_adapters.diffusers.config import (
     PREDICTION_TYPES, STYLES, alphas_cumprod_of, betas_of, config_of, infer_class_name, is_flow_config, prediction_of,
     schedule_from_diffusers, style_of)
+from diffsolve.pretrained_adapters.diffusers.ddim import DDIMStepTargets
 from diffsolve.pretrained_adapters.diffusers.loops import (
-    LOOPS, DDIMStepTargets, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, singlestep_orders)
+    LOOPS, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, singlestep_orders)
 from diffsolve.pretrained_adapters.diffusers.model import DiffusersModel, from_diffusers, sample_shape_of
 from diffsolve.pretrained_adapters.diffusers.sampling import sampler_from_diffusers, sampler_parts
 from diffsolve.pretrained_adapters.diffusers.solver_map import (

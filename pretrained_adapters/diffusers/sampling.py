@@ -7,8 +7,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from diffsolve.errors import InvalidArgument, check_choice
 from diffsolve.pretrained_adapters.diffusers.config import config_of, is_flow_config, source_config_of
+from diffsolve.pretrained_adapters.diffusers.ddim import DDIMModelNoise, DDIMStepTargets
 from diffsolve.pretrained_adapters.diffusers.loops import (
-    LOOPS, DDIMModelNoise, DDIMStepTargets, DropZeroLengthEnd, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, model_time_rounding, scheduler_loop)
+    LOOPS, DropZeroLengthEnd, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, model_time_rounding,
+    scheduler_loop)
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
 from diffsolve.pretrained_adapters.diffusers.solver_map import (
     UnmatchedScheduler, UnmatchedSolver, solver_and_options_of)

@@ -36,26 +36,17 @@ from diffsolve.grids import make_grid
 from diffsolve.noise import NoiseSource
 from diffsolve.pretrained_adapters.diffusers.config import (
     alphas_cumprod_of, betas_of, config_of, rescale_zero_terminal_snr, source_config_of, style_of, used_defaults)
-from diffsolve.pretrained_adapters.diffusers.loops import (
-    DDIMModelNoise, RoundedModelTime, ddim_model_noise, model_time_rounding)
+from diffsolve.pretrained_adapters.diffusers.ddim import DDIMModelNoise, ddim_model_noise
+from diffsolve.pretrained_adapters.diffusers.loops import RoundedModelTime, model_time_rounding
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
 from diffsolve.pretrained_adapters.diffusers.scheduler_run import (
-    DryEvaluator, Feed, NeedModel, ReplayEvaluator, SchedulerRun, timesteps_tensor)
+    DryEvaluator, Feed, NeedModel, ReplayEvaluator, SchedulerRun, supported_solvers, timesteps_tensor)
 from diffsolve.pretrained_adapters.diffusers.scheduler_times import (
     check_model_times, check_steps, custom_sigmas, custom_timesteps, diffusers_sigmas, flow_times, locate,
     same_timestep, timestep_value)
 from diffsolve.pretrained_adapters.diffusers.timesteps import SIGMA_SPACINGS, diffusers_grid, grid_options_of
 from diffsolve.schedules import RectifiedFlow, VPDiscrete
-from diffsolve.solvers.base import Solver, available_solvers, get_solver
-
-
-def supported_solvers() -> list[str]:
-    """Registered solvers a diffusers pipeline can drive: every fixed-grid solver (adaptive ones are refused).
-
-    Returns:
-        Their registry names.
-    """
-    return [n for n in available_solvers() if not get_solver(n).adaptive]
+from diffsolve.solvers.base import Solver, get_solver
 
 
 class DiffsolveScheduler(SchedulerMixin, ConfigMixin):

@@ -13,7 +13,7 @@ from diffsolve.errors import InvalidArgument
 from diffsolve.field import EvalPoint, FieldOutput
 from diffsolve.loop import Evaluator
 from diffsolve.noise import NoiseSource
-from diffsolve.solvers.base import Plan
+from diffsolve.solvers.base import Plan, available_solvers, get_solver
 
 
 class NeedModel(Exception):
@@ -188,4 +188,16 @@ def timesteps_tensor(values: Sequence[float], device: Any) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32)).to(device)
 
 
-__all__ = ["NeedModel", "Feed", "DryEvaluator", "ReplayEvaluator", "SchedulerRun", "timesteps_tensor"]
+
+
+def supported_solvers() -> list[str]:
+    """Registered solvers a diffusers pipeline can drive: every fixed-grid solver (adaptive ones are refused).
+
+    Returns:
+        Their registry names.
+    """
+    return [n for n in available_solvers() if not get_solver(n).adaptive]
+
+
+__all__ = ["NeedModel", "Feed", "DryEvaluator", "ReplayEvaluator", "SchedulerRun", "timesteps_tensor",
+           "supported_solvers"]

@@ -345,7 +345,7 @@ def test_flux_pipeline():
 def test_ddim_clipping_keeps_the_network_noise(unet):
     """DDIMScheduler(clip_sample=True) steps x' = alpha' clip(x0) + sigma' eps with the network's eps; diffsolve's
     DDIM on a clipping field would re-derive eps from clip(x0), diffusers' use_clipped_model_output=True."""
-    from diffsolve.pretrained_adapters.diffusers.loops import DDIMModelNoise
+    from diffsolve.pretrained_adapters.diffusers.ddim import DDIMModelNoise
     scheduler = diffusers.DDIMScheduler()
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     out = {}
