@@ -176,7 +176,7 @@ class AMEDPredictor(nn.Module):
         return r, c, a
 
     def time_table(self, grid: Sequence[float] | torch.Tensor, schedule: Any = None) -> "TimeTable":
-        """Per-step constants (r_n, c_n, a_n) with zero features on a grid: the export for models with no accessible features.
+        """Per-step constants (r_n, c_n, a_n) with zero features on a grid: the export for models without features.
 
         Args:
             grid: The schedule times of the grid.
