@@ -67,25 +67,16 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
 
     Args:
         model: The model or field to learn for (a Gaussian path is needed).
-        base: The base solver whose weights are offset (default "deis").
+        base: The base solver whose weights are offset (default "deis"), at order `max_order` (None: its own).
         nfe: The model-call budgets to learn for, one grid and weight table each.
         afs: Use the analytical first step with the data mean (default True).
         grid: Starting grids (a `learn_grid` result with the same AFS setting); None learns them first with
             `learn_grid(..., starts=grid_starts, **grid_options)` (default: 64 trajectories, batches of 16,
-            16 epochs at learning rate 0.2).
-        n: Number of teacher trajectories.
-        batch_size: Trajectories per optimiser step.
-        epochs: Passes over the trajectories.
-        lr: The grid's learning rate in this joint stage.
-        weight_lr: The offsets' learning rate.
-        seed: Seed of the noise and the batch order.
-        teacher: How the teacher endpoints are computed ("reference": an accurate ODE solve).
-        teacher_options: Options for the teacher; None uses its defaults.
-        grid_options: Options passed to `learn_grid` when `grid` is None.
-        dtype: Dtype of the samples.
-        max_order: The base rule's highest order; None is the base solver's own.
-        grid_starts: The starting grid families `learn_grid` tries.
-        log: Progress printer; None is silent.
+            16 epochs at learning rate 0.2), `grid_starts` being the starting grid families it tries.
+        n: Number of teacher trajectories, fitted in batches of `batch_size` for `epochs` passes.
+        lr: The grid's learning rate in this joint stage; `weight_lr` is the offsets'; `seed` seeds noise and order.
+        teacher: How the teacher endpoints are computed ("reference": an accurate ODE solve), with
+            `teacher_options` (None: its defaults), in `dtype`; `log` prints progress (None: silent).
 
     Returns:
         The grids, the per-step weight offsets and the training record.
