@@ -1,6 +1,6 @@
 """Learned few-step corrections for a given network: AMED-Solver / AMED-Plugin predictors, GITS and learned
-time grids, learned multistep weights. Each is trained once per model (`diffsolve tune`), saved as safetensors plus a JSON sidecar that
-records the model identity, and used through the ordinary Sampler:
+time grids, learned multistep weights. Each is trained once per model (`diffsolve tune`), saved as safetensors
+plus a JSON sidecar that records the model identity, and used through the ordinary Sampler:
 
     Sampler(model, "amed_plugin", base="ipndm", predictor="amed.safetensors").run(nfe=5)
     Sampler(model, "ipndm", grid=load_correction("gits.safetensors").grid(5)).run()

@@ -47,8 +47,23 @@ SINGLE_STEP_BASES = ("amed", "euler", "dpm_solver_2")
 
 @dataclass(frozen=True)
 class AMEDStep(StepCoefficients):
-    """One step's host data: noise levels, the EDM-frame scale alpha at both ends, the AFS flag, and (for a
-    time-only table) the constants (r, c, a); `predictor`: the AMEDCorrection resolved for the field."""
+    """One step's host data for AMEDSolver.step.
+
+    Noise levels, the EDM-frame scale alpha at both ends, the AFS flag, and (for a time-only table) the constants
+    (r, c, a); `predictor`: the AMEDCorrection resolved for the field.
+
+    Attributes:
+        index: The step's position in the plan (0 for the first step).
+        s0: EDM noise level s = sigma / alpha at the step's start.
+        s1: EDM noise level at the step's end.
+        s1_geo: End of the geometric interpolation (s_min on a step into zero noise, else s1).
+        alpha0: The schedule's alpha at the step's start.
+        alpha1: The schedule's alpha at the step's end.
+        afs: True when this step takes the analytical first step instead of a model call.
+        fixed: The constants (r, c, a) from a time-only table, or None when the predictor runs per sample.
+        predictor: The AMEDCorrection resolved for the field.
+        plain: True on a plain velocity field: then s0, s1 are the field's own times t0, t1.
+    """
 
     index: int
     s0: float
@@ -64,9 +79,28 @@ class AMEDStep(StepCoefficients):
 
 def resolve_amed(given: Any, field: Field | None, base: str, afs: bool | None = None, who: str = "amed",
                  warn: bool = True) -> AMEDCorrection:
-    """The AMEDCorrection a solver with `predictor=given` uses on `field`: the one given (checked against the
-    field's identity), else the one shipped for the field's model, else (with a warning when `warn`) the
-    untrained starting point r = 1/2, c = a = 1 (the geometric midpoint rule inside the base solver)."""
+    """The AMEDCorrection a solver with `predictor=given` uses on `field`.
+
+    The one given (checked against the field's identity), else the one shipped for the field's model, else (with a
+    warning when `warn`) the untrained starting point r = 1/2, c = a = 1 (the geometric midpoint rule inside the base
+    solver).
+
+    Args:
+        given: An AMEDCorrection, a path to a saved one, a bare AMEDPredictor / TimeTable, or None (look up the
+            shipped one).
+        field: The field to check against and to find a shipped correction for; None skips the identity check.
+        base: The base solver the correction must have been trained for.
+        afs: Whether to use the analytical first step; None follows the correction's training.
+        who: The solver name that opens the warning.
+        warn: Warn when falling back to the untrained midpoint rule (default True).
+
+    Returns:
+        The resolved correction.
+
+    Raises:
+        InvalidArgument: `given` and `field` are both None, the correction is not an AMED one, it was trained for
+            another base, or it does not match the field's identity.
+    """
     if given is not None:
         corr = as_amed_correction(given, base, afs)
         if field is not None:
@@ -94,10 +128,18 @@ def resolve_amed(given: Any, field: Field | None, base: str, afs: bool | None = 
 class AMEDSolver(Solver):
     """AMED-Solver (`base='amed'`) or AMED-Plugin on another base solver, with a learned predictor.
 
-    `predictor`: an `AMEDCorrection` (diffsolve.corrections; what `train_amed` returns and `load_correction`
-    reads), a path to a saved one, a bare `AMEDPredictor` / `TimeTable`, or None: the predictor shipped for the
-    field's model (the built-in MNIST UNet), found by its identity; for other models a warning, and the untrained
-    starting point (r = 1/2, c = a = 1). `afs=None` follows the predictor's training.
+    Args:
+        predictor: An `AMEDCorrection` (diffsolve.corrections; what `train_amed` returns and `load_correction`
+            reads), a path to a saved one, a bare `AMEDPredictor` / `TimeTable`, or None: the predictor shipped for
+            the field's model (the built-in MNIST UNet), found by its identity; for other models a warning, and the
+            untrained starting point (r = 1/2, c = a = 1).
+        base: The base solver whose rule runs the half steps; "amed" (default) is AMED-Solver itself.
+        afs: Use the analytical first step; None (default) follows the predictor's training.
+        max_order: Highest order of the base rule; None (default) is the base solver's own order.
+        plugin: True for AMED-Plugin (base may be any of PLUGIN_BASES); False allows only base="amed".
+
+    Raises:
+        InvalidArgument: `base` is not allowed, `max_order` is below 1, or `afs` is not True, False or None.
     """
 
     deterministic = True
@@ -123,23 +165,68 @@ class AMEDSolver(Solver):
 
     # --- the predictor ------------------------------------------------------------------------------
     def correction(self, field: Field | None, warn: bool = False) -> AMEDCorrection:
-        """The AMEDCorrection this solver uses on `field` (resolve_amed; nothing is kept between calls)."""
+        """The AMEDCorrection this solver uses on `field` (resolve_amed; nothing is kept between calls).
+
+        Args:
+            field: The field the solver runs on, or None.
+            warn: Warn when falling back to the untrained midpoint rule (default False).
+
+        Returns:
+            (AMEDCorrection): The resolved correction.
+        """
         return resolve_amed(self._given, field, self.base, self.afs_option, self.name, warn)
 
     def uses_afs(self, field: Field | None) -> bool:
+        """Whether this solver takes the analytical first step on `field`.
+
+        Args:
+            field: The field the solver runs on, or None.
+
+        Returns:
+            The `afs` option when given, else the correction's own AFS setting.
+        """
         if self.afs_option is not None:
             return self.afs_option
         return self.correction(field).afs
 
     def grid_for(self, field: Field):
-        """The default grid when the Sampler is given none: the one the predictor was trained on."""
+        """The default grid when the Sampler is given none: the one the predictor was trained on.
+
+        Args:
+            field: The field the solver runs on.
+
+        Returns:
+            (Callable): The correction's grid function: its trained grids, else the default AMED grid.
+        """
         return self.correction(field).grid_function()
 
     # --- planning -------------------------------------------------------------------------------------
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        """Model calls for a run of `steps` steps: two per step, one fewer with the analytical first step.
+
+        Args:
+            steps: Number of steps.
+            field: The field the solver runs on.
+            ends_at_zero: Whether the grid ends at zero noise (unused: the count is the same).
+
+        Returns:
+            The number of model calls.
+        """
         return 2 * steps - (1 if self.uses_afs(field) else 0)
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The per-step host data for a run over the grid `t` on a Gaussian field (plain fields go to plan_plain).
+
+        Args:
+            field: The field the solver runs on.
+            t: The time grid, from the start to the end of the run.
+
+        Returns:
+            The plan: the grid points and one AMEDStep per step.
+
+        Raises:
+            InvalidArgument: The field does not suit the solver, or the grid starts at pure noise (alpha = 0).
+        """
         if not field.has_schedule:
             return self.plan_plain(field, t)
         self.check_field(field)
@@ -159,11 +246,24 @@ class AMEDSolver(Solver):
         return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=2 * len(coeffs) - (1 if afs else 0))
 
     def plan_plain(self, field: Field, t: torch.Tensor) -> Plan:
-        """AMED on a plain velocity field (schedule=None), in the field's own time t: the intermediate time is
-        t_mid = t_n + r (t_{n+1} - t_n) (linear: a plain field has no noise level whose logarithm would be the
-        natural variable, and log t is singular at the final t = 0), the evaluation time t_n+1 + a (t_mid - t_n+1)
-        kept inside the step, and the base rules act on f = dx/dt in t. With r = 1/2, c = a = 1, 'amed' is the
-        explicit midpoint rule. No AFS (it needs a Gaussian path)."""
+        """AMED on a plain velocity field (schedule=None), in the field's own time t.
+
+        The intermediate time is t_mid = t_n + r (t_{n+1} - t_n) (linear: a plain field has no noise level whose
+        logarithm would be the natural variable, and log t is singular at the final t = 0), the evaluation time
+        t_n+1 + a (t_mid - t_n+1) kept inside the step, and the base rules act on f = dx/dt in t. With r = 1/2,
+        c = a = 1, 'amed' is the explicit midpoint rule. No AFS (it needs a Gaussian path).
+
+        Args:
+            field: The plain velocity field.
+            t: The time grid.
+
+        Returns:
+            The plan: the grid points and one AMEDStep (plain=True) per step.
+
+        Raises:
+            InvalidArgument: The base needs a Gaussian schedule, the correction uses AFS, or the predictor reads
+                network features other than the velocity.
+        """
         if self.base not in PLAIN_BASES:
             raise InvalidArgument(f"{self.name} on a plain velocity field (schedule=None): base={self.base!r} needs a "
                                   f"Gaussian schedule; bases in native time: {', '.join(PLAIN_BASES)}")
@@ -184,6 +284,18 @@ class AMEDSolver(Solver):
         return Plan(t=t, points=pts, coeffs=tuple(coeffs), nfe=2 * len(coeffs))
 
     def step_plain(self, ev, x: torch.Tensor, t0: EvalPoint, state: Any, co: AMEDStep):
+        """One AMED step on a plain velocity field, in the field's own time.
+
+        Args:
+            ev: The evaluator that calls the model.
+            x: The state at the step's start.
+            t0: The evaluation point at the step's start.
+            state: The base rule's velocity history, newest first.
+            co: This step's AMEDStep (plain=True).
+
+        Returns:
+            (tuple): (x at the step's end, None, the new history).
+        """
         corr = co.predictor
         v0 = ev.velocity(x, t0)
         h = co.s1 - co.s0
@@ -215,14 +327,43 @@ class AMEDSolver(Solver):
         return x1.to(x.dtype), None, state
 
     def inversion_refusal(self) -> str | None:
+        """Why this solver does not run an inversion (data to noise).
+
+        Returns:
+            The reason, shown when an inversion is asked for.
+        """
         return ("its intermediate times and weights were learned for steps from noise to data; an inversion "
                 "would apply them to steps they were never fitted to. Invert with its base solver")
 
     def init(self, plan: Plan) -> Any:
+        """The starting state: an empty slope history.
+
+        Args:
+            plan: The run's plan (unused).
+
+        Returns:
+            An empty tuple.
+        """
         return ()
 
     # --- the step ---------------------------------------------------------------------------------------
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: AMEDStep):
+        """One AMED step from t0 to t1 in the EDM frame (plain fields go to step_plain).
+
+        Args:
+            ev: The evaluator that calls the model.
+            x: The state at t0.
+            t0: The evaluation point at the step's start.
+            t1: The evaluation point at the step's end.
+            state: The base rule's history ((s, d, D), ...), newest first.
+            coeffs: This step's AMEDStep.
+
+        Returns:
+            (tuple): (x at t1, None, the new history).
+
+        Raises:
+            InvalidArgument: The correction's data mean or feature module does not match this model.
+        """
         co = coeffs
         if co.plain:
             return self.step_plain(ev, x, t0, state, co)

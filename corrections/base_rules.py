@@ -27,7 +27,14 @@ RULE_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m")
 
 
 def default_order(solver: Solver) -> int:
-    """The highest order a base solver's steps use (its `order=` option; 1 for Euler)."""
+    """The highest order a base solver's steps use (its `order=` option; 1 for Euler).
+
+    Args:
+        solver: A registered solver instance.
+
+    Returns:
+        Its `solver_order`, or 1 when it has none.
+    """
     return int(getattr(solver, "solver_order", 1))
 
 
@@ -46,8 +53,26 @@ def _edm_point(s: Any) -> EvalPoint:
 
 def base_step(solver: Solver, y0: torch.Tensor, hist: Sequence[tuple], s0: Any, s1: Any,
               max_order: int) -> torch.Tensor:
-    """y at s1 from y0 at s0 by one step of the registered `solver` at order min(max_order, len(hist)) (warm
-    start), its full order otherwise; hist = ((s, d, D), ...) newest first, hist[0] at s0."""
+    """y at s1 from y0 at s0 by one step of the registered `solver`.
+
+    The step runs at order min(max_order, len(hist)) (a warm start while the history is short), its full order
+    otherwise.
+
+    Args:
+        solver: The base solver whose rule is taken: Euler, a slope multistep solver (iPNDM, iPNDM_v, DEIS) or
+            DPM-Solver++ multistep.
+        y0: The EDM-frame state at s0.
+        hist: ((s, d, D), ...) newest first, hist[0] at s0.
+        s0: The level at the step's start (a float or a tensor).
+        s1: The level at the step's end (a float or a tensor).
+        max_order: The highest order to use.
+
+    Returns:
+        The state at s1.
+
+    Raises:
+        InvalidArgument: `solver` is none of RULE_BASES.
+    """
     k = min(max_order, len(hist))
     if isinstance(solver, DPMSolverPP3M):
         return _data_step(y0, hist, s0, s1, k)
@@ -75,8 +100,24 @@ def _data_step(y0: torch.Tensor, hist: Sequence[tuple], s0: Any, s1: Any, k: int
 
 def corrected_step(solver: Solver, y0: torch.Tensor, hist: Sequence[tuple], s0: Any, s1: Any, max_order: int,
                    weights: Any = None) -> torch.Tensor:
-    """`base_step` plus (s1 - s0) sum_j weights[j] d_j over hist = ((s, d, D), ...) newest first; weights
-    (floats, or scalar tensors with gradient) may be shorter than the history, or None (the base rule alone)."""
+    """`base_step` plus (s1 - s0) sum_j weights[j] d_j over the slope history.
+
+    Args:
+        solver: The base solver whose rule is taken (see `base_step`).
+        y0: The EDM-frame state at s0.
+        hist: ((s, d, D), ...) newest first, hist[0] at s0.
+        s0: The level at the step's start.
+        s1: The level at the step's end.
+        max_order: The highest order of the base rule.
+        weights: Offsets (floats, or scalar tensors with gradient), which may be shorter than the history; None
+            (default) is the base rule alone. Exact float zeros leave the base rule bit for bit.
+
+    Returns:
+        The state at s1.
+
+    Raises:
+        InvalidArgument: `solver` is none of RULE_BASES.
+    """
     y1 = base_step(solver, y0, hist, s0, s1, max_order)
     if weights is None:
         return y1
@@ -91,8 +132,21 @@ def corrected_step(solver: Solver, y0: torch.Tensor, hist: Sequence[tuple], s0: 
 
 
 def afs_denoised(y0: torch.Tensor, s0: float, mean: torch.Tensor | None) -> torch.Tensor:
-    """The analytical first step's data prediction: mu + (y - mu)(1 - s / sqrt(1 + s^2)), i.e. d = (y - mu) /
-    sqrt(1 + s^2); mu = 0 is diff-sampler's AFS."""
+    """The analytical first step's data prediction: mu + (y - mu)(1 - s / sqrt(1 + s^2)).
+
+    That is d = (y - mu) / sqrt(1 + s^2); mu = 0 is diff-sampler's AFS.
+
+    Args:
+        y0: The EDM-frame state at the largest noise.
+        s0: The EDM noise level there.
+        mean: The data mean mu (broadcast over the batch), or None for mu = 0.
+
+    Returns:
+        The data prediction, shaped like y0.
+
+    Raises:
+        InvalidArgument: `mean` does not fit the samples' shape (it was learned on another model).
+    """
     k = 1.0 - s0 / math.sqrt(1.0 + s0 * s0)
     if mean is None:
         return y0 * k

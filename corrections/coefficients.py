@@ -26,7 +26,13 @@ GRID_STARTS = ("karras", "logsnr_uniform", "time_quadratic")
 
 
 class CoefficientModel(torch.nn.Module):
-    """A grid (GapGrid over log-sigma gaps) and one row of `order` weight offsets per step, starting at zero."""
+    """A grid (GapGrid over log-sigma gaps) and one row of `order` weight offsets per step, starting at zero.
+
+    Args:
+        s_init: The starting EDM noise levels, from the largest to 0.
+        s_min: The smallest positive noise level the grid may reach.
+        order: Number of weight offsets per step (the base rule's order).
+    """
 
     def __init__(self, s_init: Sequence[float], s_min: float, order: int):
         super().__init__()
@@ -34,9 +40,19 @@ class CoefficientModel(torch.nn.Module):
         self.weights = torch.nn.Parameter(torch.zeros(len(s_init) - 1, order, dtype=torch.float64))
 
     def forward(self) -> list[Any]:
+        """The grid's current noise levels.
+
+        Returns:
+            The levels, from the largest to 0 (tensors with gradient).
+        """
         return self.grid()
 
     def rows(self) -> tuple[tuple[float, ...], ...]:
+        """The current weight offsets as host floats.
+
+        Returns:
+            One tuple of `order` offsets per step.
+        """
         return tuple(tuple(float(v) for v in r) for r in self.weights.detach())
 
 
@@ -49,9 +65,26 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
                        log: Callable[[str], None] | None = print) -> CoefficientCorrection:
     """Weight offsets and grids for `base` (deis, ipndm, ipndm_v) at each NFE, fitted against teacher endpoints.
 
-    `grid`: starting grids (a `learn_grid` result with the same AFS setting); None learns them first with
-    `learn_grid(..., starts=grid_starts, **grid_options)` (default: 64 trajectories, batches of 16, 16 epochs at
-    learning rate 0.2). `lr` is the grid's learning rate in this joint stage, `weight_lr` the offsets'."""
+    Args:
+        model: The model or field to learn for (a Gaussian path is needed).
+        base: The base solver whose weights are offset (default "deis"), at order `max_order` (None: its own).
+        nfe: The model-call budgets to learn for, one grid and weight table each.
+        afs: Use the analytical first step with the data mean (default True).
+        grid: Starting grids (a `learn_grid` result with the same AFS setting); None learns them first with
+            `learn_grid(..., starts=grid_starts, **grid_options)` (default: 64 trajectories, batches of 16,
+            16 epochs at learning rate 0.2), `grid_starts` being the starting grid families it tries.
+        n: Number of teacher trajectories, fitted in batches of `batch_size` for `epochs` passes.
+        lr: The grid's learning rate in this joint stage; `weight_lr` is the offsets'; `seed` seeds noise and order.
+        teacher: How the teacher endpoints are computed ("reference": an accurate ODE solve), with
+            `teacher_options` (None: its defaults), in `dtype`; `log` prints progress (None: silent).
+
+    Returns:
+        The grids, the per-step weight offsets and the training record.
+
+    Raises:
+        InvalidArgument: `base` is not a coefficient base, the field is a plain velocity field, `afs` is not a bool,
+            `grid` was learned with another AFS setting or lacks a grid for some NFE, or it does not match the model.
+    """
     check_choice("base", base, COEFFICIENT_BASES)
     field = field_of(model)
     if not field.has_schedule:

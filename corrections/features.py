@@ -10,8 +10,23 @@ from diffsolve.field import EvalPoint, _network_of
 
 
 def denoise_with_features(ev, x: torch.Tensor, p: EvalPoint, module: str | None) -> tuple[torch.Tensor, Any]:
-    """The data prediction and the feature of `module` at the same call: from a FeatureCapture wrapper when the
-    field has one (`ev.features`), else by a forward hook held only during this call."""
+    """The data prediction and the feature of `module` at the same call.
+
+    From a FeatureCapture wrapper when the field has one (`ev.features`), else by a forward hook held only during
+    this call.
+
+    Args:
+        ev: The evaluator that calls the model.
+        x: The state.
+        p: The evaluation point.
+        module: Dotted name of the network's submodule whose output is the feature; None takes no feature.
+
+    Returns:
+        The data prediction, and the feature (None when `module` is None).
+
+    Raises:
+        InvalidArgument: The network has no submodule `module`, or no feature was captured during the call.
+    """
     if module is None:
         return ev.denoise(x, p), None
     net = _network_of(ev.field)

@@ -39,7 +39,11 @@ PLAIN_BASES = ("euler", "ipndm", "ipndm_v", "lms", "heun", "midpoint", "rk4")
 
 
 def check_plain_base(field: Field, base: str, who: str) -> None:
-    """On a plain velocity field (no Gaussian path) only bases that integrate in native time; a clear error else."""
+    """On a plain velocity field (no Gaussian path) only bases that integrate in native time; a clear error else.
+
+    Raises:
+        InvalidArgument: `field` has no schedule and `base` needs one (the message names `who`).
+    """
     if field.has_schedule:
         return
     if get_solver(base).needs_schedule:
@@ -48,6 +52,11 @@ def check_plain_base(field: Field, base: str, who: str) -> None:
 
 
 def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -> int:
+    """The most steps of `base` (with `solver_options`, e.g. afs=True) that fit in `nfe` model calls on `field`.
+
+    Raises:
+        InvalidArgument: Not even one step fits in `nfe`.
+    """
     solver = get_solver(base, **solver_options)
     steps = 0
     while solver.model_calls(steps + 1, field, True) <= nfe:
@@ -61,8 +70,15 @@ def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -
 # GITS
 # ------------------------------------------------------------------------------------------------
 def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """C[i, j] (i < j) = mean over samples of the RMSE of one Euler jump from states[i] at times[i] to times[j],
-    against states[j]; +inf elsewhere. `states`: [K, B, ...] teacher points at the decreasing `times`."""
+    """The [K, K] float64 cost matrix: C[i, j] (i < j) = mean per-sample RMSE of one Euler jump, +inf elsewhere.
+
+    Args:
+        field: The field whose model makes the jumps.
+        times: The decreasing fine grid, K points.
+        states: [K, B, ...] teacher points at `times`; the jump from states[i] to times[j] is measured against
+            states[j].
+        batch_size: Samples per model call.
+    """
     plain = not field.has_schedule          # a plain velocity field: x_j = x_i + (t_j - t_i) f(x_i, t_i)
     K = times.numel()
     pts = [field.at(float(v)) for v in times]
@@ -84,9 +100,14 @@ def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, ba
 
 
 def gits_dynamic_programming(C: torch.Tensor, steps: int, weight: float = GITS_WEIGHT) -> tuple[list[int], float]:
-    """The path 0 -> K-1 of exactly `steps` jumps minimising sum_m weight^(m - 1) C[i_{m-1}, i_m] (m = 1..steps)
-    through the cost-to-go V_k[j] = min_{i > j} C[j, i] + weight V_{k-1}[i], V_1[j] = C[j, K-1] (diff-sampler's
-    `dp`: the cost computed at the previous stage is weighted by 1.15); returns (indices, cost)."""
+    """(indices, cost) of the path 0 -> K-1 of `steps` jumps minimising sum_m weight^(m - 1) C[i_{m-1}, i_m].
+
+    Through the cost-to-go V_k[j] = min_{i > j} C[j, i] + weight V_{k-1}[i], V_1[j] = C[j, K-1] (diff-sampler's
+    `dp`: the cost computed at the previous stage is weighted by `weight`, default 1.15); `steps` is 1 to K - 1.
+
+    Raises:
+        InvalidArgument: `steps` is out of range, or no finite path exists.
+    """
     K = C.shape[0]
     if not 1 <= steps <= K - 1:
         raise InvalidArgument(f"steps={steps}: need 1 <= steps <= {K - 1} on a fine grid of {K} points")
@@ -109,9 +130,22 @@ def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7,
               rho: float = 7.0, n: int = 128, seed: int = 0, weight: float = GITS_WEIGHT, teacher: str = "reference",
               teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
               log: Callable[[str], None] | None = print, **solver_options: Any) -> GridCorrection:
-    """GITS grids for `base` at each NFE, from `n` teacher trajectories on a fine EDM grid of fine_steps + 1 points
-    (karras, rho 7, ending at t = 0). On a plain velocity field (schedule=None) the fine grid is uniform in the
-    field's own time t (1 to 0) and the cost of a jump is one Euler step x + (t_j - t_i) f(x_i, t_i)."""
+    """A GridCorrection "gits": grids for `base` at each NFE, from `n` teacher trajectories on a fine grid.
+
+    The fine grid: fine_steps + 1 points, karras (exponent `rho`) ending at t = 0; on a plain velocity field
+    (schedule=None) uniform in its own time t (1 to 0), a jump's cost from one step x + (t_j - t_i) f(x_i, t_i).
+
+    Args:
+        model: The model or field.
+        nfe: The model-call budgets, one grid each (steps_for_budget with `solver_options`).
+        seed: Seed of the teacher noise (seeds seed * 10^6 + i).
+        weight: The dynamic programming's stage weight.
+        teacher: How the trajectories are computed ("reference": an accurate solve), with `teacher_options` (None:
+            its defaults), in `dtype`; `log` prints progress (None: silent).
+
+    Raises:
+        InvalidArgument: `base` needs a schedule the field lacks, or an NFE is too small for it.
+    """
     field = field_of(model)
     check_plain_base(field, base, "gits")
     start = time.perf_counter()
@@ -149,12 +183,19 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
                        max_order: int | None = None, afs: bool = False,
                        afs_mean: torch.Tensor | None = None, solver_orders: bool = True,
                        weights: Sequence[Any] | None = None) -> torch.Tensor:
-    """The base solver over EDM noise levels `s` (tensors with gradient; a final 0 as a float) in the EDM frame,
-    written with torch arithmetic so that the result is differentiable in the levels. `afs`: the first data
-    prediction is the analytical one around `afs_mean` (corrections.base_rules.afs_denoised), no model call.
-    `solver_orders`: each step's order as the registered solver takes it (DEIS lowers it on its last steps, as
-    diffusers does); False: the full order throughout, as AMED-Plugin's base rule takes it. `weights`: one row of
-    learned offsets per step (corrections.learned_multistep), with gradient or not."""
+    """The state at the last level after the base solver over EDM noise levels `s`, differentiable in the levels.
+
+    Args:
+        s: The levels (tensors with gradient; a final 0 as a float); `x` is the state at s[0].
+        max_order: The rule's highest order; None is the solver's own.
+        afs: The first data prediction is the analytical one around `afs_mean` (None: zero), as in afs_denoised.
+        solver_orders: Each step's order as the registered solver takes it (DEIS lowers it on its last steps, as
+            diffusers does); False: the full order throughout, as AMED-Plugin's base rule takes it.
+        weights: One row of learned offsets per step (corrections.learned_multistep), with gradient or not.
+
+    Raises:
+        InvalidArgument: `base` is none of DIFFERENTIABLE_BASES.
+    """
     if base not in DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}; a learned grid supports {', '.join(DIFFERENTIABLE_BASES)}")
     solver = get_solver(base)
@@ -195,8 +236,14 @@ PLAIN_DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v")
 
 def differentiable_run_plain(field: Field, x: torch.Tensor, t: Sequence[Any], base: str, k: int,
                              afs: bool = False) -> torch.Tensor:
-    """The base solver on a plain velocity field over times `t` (tensors with gradient or floats) in native time:
-    the same Adams-Bashforth rules as the solvers' `plan_plain`, history (t, f) newest first."""
+    """The state at t[-1] after the base solver on a plain velocity field (the Adams-Bashforth rules of plan_plain).
+
+    Args:
+        t: The times (tensors with gradient, or floats); `x` is the state at t[0], `k` the rule's highest order.
+
+    Raises:
+        InvalidArgument: `base` is none of PLAIN_DIFFERENTIABLE_BASES, or `afs` is True (no Gaussian path).
+    """
     if base not in PLAIN_DIFFERENTIABLE_BASES:
         raise InvalidArgument(f"base={base!r}: on a plain velocity field a learned grid supports "
                               f"{', '.join(PLAIN_DIFFERENTIABLE_BASES)}")
@@ -214,7 +261,10 @@ def differentiable_run_plain(field: Field, x: torch.Tensor, t: Sequence[Any], ba
 
 
 class TimeGapGrid(torch.nn.Module):
-    """Times t_0 = t_max > t_1 > ... > t_n = 0 of a plain velocity field: gaps in t from a softmax over n logits."""
+    """Times t_0 = t_max > t_1 > ... > t_n = 0 of a plain velocity field: gaps in t from a softmax over n logits.
+
+    `init`: the starting times, from t_max down to 0 (InvalidArgument otherwise).
+    """
 
     def __init__(self, init: Sequence[float]):
         super().__init__()
@@ -226,6 +276,7 @@ class TimeGapGrid(torch.nn.Module):
         self.logits = torch.nn.Parameter(torch.log(gaps / gaps.sum()))
 
     def forward(self) -> list[Any]:
+        """The current times: t_max, the interior times (with gradient), then 0.0."""
         g = torch.softmax(self.logits, 0)
         inner = self.t_max * (1.0 - torch.cumsum(g, 0)[:-1])
         return [torch.tensor(self.t_max, dtype=torch.float64)] + [v.reshape(1) for v in inner] + [0.0]
@@ -233,7 +284,10 @@ class TimeGapGrid(torch.nn.Module):
 
 class GapGrid(torch.nn.Module):
     """Noise levels s_0 = sigma_max > s_1 > ... > s_{n-1} > sigma_min (then 0): log-sigma gaps from a softmax over
-    n logits, the last gap being the slack down to sigma_min."""
+    n logits, the last gap being the slack down to sigma_min.
+
+    `init`: the starting levels, from sigma_max down to 0 (InvalidArgument otherwise); `s_min` is sigma_min.
+    """
 
     def __init__(self, init: Sequence[float], s_min: float):
         super().__init__()
@@ -247,6 +301,7 @@ class GapGrid(torch.nn.Module):
         self.logits = torch.nn.Parameter(torch.log(gaps / gaps.sum()))
 
     def forward(self) -> list[Any]:
+        """The current levels: sigma_max, the interior levels (with gradient), then 0.0."""
         g = torch.softmax(self.logits, 0)
         span = math.log(self.s_max) - math.log(self.s_min)
         logs = math.log(self.s_max) - span * torch.cumsum(g, 0)[:-1]
@@ -309,14 +364,23 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
                teacher: str = "reference", teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
                afs: bool = False, log: Callable[[str], None] | None = print, starts: Sequence[Any] = (),
                **solver_options: Any) -> GridCorrection:
-    """Grids for `base` at each NFE, optimized through a differentiable run against teacher endpoints (L2).
+    """A GridCorrection "learned": grids for `base` at each NFE, fitted by a differentiable run to teacher endpoints.
 
     The endpoint loss has local minima in the grid; `starts` (grid names or functions) are fitted too, besides
     `init`, and the grid with the lowest training loss (its best epoch) is kept.
 
-    `afs=True`: the first step is the analytical one around the measured mean data prediction (one more step for
-    the same NFE); such a grid runs through `to_amed_table` (AMED-Plugin with per-step constants), since the
-    plain solvers' AFS assumes a zero mean."""
+    Args:
+        model: The model or field.
+        n: Teacher endpoints, fitted by Adam (`lr`) in batches of `batch_size` for `epochs` passes.
+        init: The first starting grid (a name, a function or times); None is the AMED default grid.
+        teacher: How the endpoints are computed, with `teacher_options`, `seed`, `dtype`, `log` as in gits_grid.
+        afs: The first step is the analytical one around the measured mean data prediction (one more step for the
+            same NFE); such a grid runs through `to_amed_table` (AMED-Plugin with per-step constants), since the
+            plain solvers' AFS assumes a zero mean.
+
+    Raises:
+        InvalidArgument: `base` is not differentiable on this field, an NFE is too small, or afs on a plain field.
+    """
     field = field_of(model)
     if not field.has_schedule:
         return _learn_grid_plain(field, base=base, nfe=nfe, n=n, batch_size=batch_size, epochs=epochs, lr=lr,
@@ -407,9 +471,15 @@ def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, ba
 
 
 def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | None = None):
-    """A learned grid of 2M steps as AMED-Plugin per-step constants: the even points are the main grid, each odd
-    point the intermediate time (r from its place in log s; c = a = 1). With the grid's AFS the result runs at the
-    grid's NFE through `Sampler(model, "amed_plugin", base=..., predictor=table)`."""
+    """A learned grid of 2M steps as AMED-Plugin per-step constants (grids of an odd step count are skipped).
+
+    The even points are the main grid, each odd point the intermediate time (r from its place in log s; c = a = 1).
+    With the grid's AFS the result runs at the grid's NFE through `Sampler(model, "amed_plugin", base=...,
+    predictor=table)`. `field`: the model or field it was learned on; `afs_mean`: None takes the grid's own.
+
+    Returns:
+        (dict[int, AMEDCorrection]): One time table per main-grid step count M.
+    """
     field = field_of(field)
     sch = field.schedule
     afs = bool(grid.meta.get("afs"))

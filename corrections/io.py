@@ -64,7 +64,17 @@ def _grid_tensors(grids: dict, afs_mean: torch.Tensor | None) -> dict[str, torch
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class AMEDCorrection:
-    """A trained AMED predictor (or its time-only table) with everything a solver needs to use it."""
+    """A trained AMED predictor (or its time-only table) with everything a solver needs to use it.
+
+    Attributes:
+        predictor: The network predictor, or its time-only table.
+        base: The base solver it was trained for ("amed": AMED-Solver itself).
+        afs: Whether the first step is the analytical one.
+        afs_mean: The mean data prediction at the largest noise, for AFS; None is zero.
+        grids: Step count -> the schedule times it was trained on.
+        identity: The model identity it was trained for; None matches any model.
+        meta: The training record (settings, losses, timings).
+    """
 
     predictor: AMEDPredictor | TimeTable
     base: str = "amed"
@@ -76,28 +86,37 @@ class AMEDCorrection:
 
     @property
     def is_table(self) -> bool:
+        """True for a time-only table (per-step constants), False for a network predictor."""
         return isinstance(self.predictor, TimeTable)
 
     @property
     def needs_features(self) -> bool:
+        """True when the predictor reads a network feature at each step's start."""
         return not self.is_table and self.predictor.needs_features
 
     def predictor_s_floor(self) -> float:
+        """The smallest noise level a step into zero aims at (0.002 for a table)."""
         return 0.002 if self.is_table else self.predictor.s_floor
 
     def fixed_row(self, t0: float, t1: float) -> tuple[float, float, float]:
+        """A table's constants (r, c, a) for the step from time `t0` to `t1`."""
         return self.predictor.row_for(t0, t1)
 
     def check_field(self, field: Any) -> None:
+        """Refuse (IdentityMismatch) a `field` of another model than the recorded identity; None passes."""
         _check_identity(self.identity, field, "AMED predictor")
 
     def denoise_with_features(self, ev, x: torch.Tensor, p) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data prediction of `ev` at (`x`, `p`) and the predictor's feature."""
         if self.predictor.features == "denoised":
             D = ev.denoise(x, p)
             return D, D
         return denoise_with_features(ev, x, p, self.predictor.module)
 
     def grid_function(self) -> Callable[..., torch.Tensor]:
+        """The grid function (steps, schedule, **options): a trained grid, else the default AMED grid (uniform in t on a
+        plain velocity field); a table or unknown options raise InvalidArgument for an untrained step count.
+        """
         grids = dict(self.grids)
 
         def amed_trained_grid(steps: int, schedule: Any, **options: Any) -> torch.Tensor:
@@ -116,7 +135,13 @@ class AMEDCorrection:
         return amed_trained_grid
 
     def to_table(self, schedule: Any) -> "AMEDCorrection":
-        """The time-only export: per-step constants on each trained grid (features replaced by zeros)."""
+        """The time-only export: per-step constants on each trained grid (features replaced by zeros).
+
+        `schedule`: the noise schedule the trained grid's times belong to.
+
+        Raises:
+            InvalidArgument: The predictor has more than one trained grid (use select_steps first).
+        """
         if self.is_table:
             return self
         if len(self.grids) != 1:
@@ -128,16 +153,19 @@ class AMEDCorrection:
                               {**self.meta, "exported_from": "time_only_predictor"})
 
     def select_steps(self, steps: int) -> "AMEDCorrection":
+        """A copy holding only the grid of `steps` steps (InvalidArgument when it has none)."""
         if steps not in self.grids:
             raise InvalidArgument(f"no grid for {steps} steps; have {sorted(self.grids)}")
         return AMEDCorrection(self.predictor, self.base, self.afs, self.afs_mean, {steps: self.grids[steps]},
                               self.identity, dict(self.meta))
 
     def nfe_for(self, steps: int) -> int:
+        """Model calls of a run of `steps` steps: two per step, one fewer with AFS."""
         return 2 * steps - (1 if self.afs else 0)
 
     # --- files -----------------------------------------------------------------------------------------
     def sidecar(self) -> dict:
+        """The record written into the file and its JSON sidecar."""
         return {"format": FORMAT, "version": VERSION, "kind": "amed", "model_identity": self.identity,
                 "base": self.base, "afs": self.afs,
                 "nfe": {_grid_key(k): self.nfe_for(k) for k in sorted(self.grids)},
@@ -148,6 +176,7 @@ class AMEDCorrection:
                 "meta": self.meta}
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of the file: predictor weights or table rows, and the AFS mean."""
         out = {}
         if not self.is_table:
             out.update({f"predictor.{k}": v.detach().cpu().float().contiguous()
@@ -159,11 +188,20 @@ class AMEDCorrection:
         return out
 
     def save(self, path: str | Path) -> Path:
+        """Write `path` (.safetensors) and its sidecar atomically; returns the path (InvalidArgument on a bad path)."""
         return _save(path, self.tensors(), self.sidecar())
 
 
 def as_amed_correction(obj: Any, base: str = "amed", afs: bool | None = None) -> AMEDCorrection:
-    """An AMEDCorrection from itself, a file, or a bare predictor / table (used with `base`, AFS off unless asked)."""
+    """An AMEDCorrection from itself, a file, or a bare predictor / table (used with `base`, AFS off unless asked).
+
+    Args:
+        obj: An AMEDCorrection, an AMEDPredictor, a TimeTable, or the path of a saved predictor.
+        base: The base solver a bare predictor is used with; `afs`: its AFS setting (None: off).
+
+    Raises:
+        InvalidArgument: `obj` is none of these, or the file holds a grid.
+    """
     if isinstance(obj, AMEDCorrection):
         return obj
     if isinstance(obj, (AMEDPredictor, TimeTable)):
@@ -183,7 +221,16 @@ def as_amed_correction(obj: Any, base: str = "amed", afs: bool | None = None) ->
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class GridCorrection:
-    """Optimized grids (schedule times, one list per step count) for one model and base solver."""
+    """Optimized grids (schedule times, one list per step count) for one model and base solver.
+
+    Attributes:
+        kind: "gits" or "learned".
+        grids: Step count -> schedule times.
+        base: The base solver the grids were optimized for.
+        identity: The model identity; None matches any model.
+        meta: The search or training record.
+        afs_mean: The data mean for grids learned with AFS (see grid_search.to_amed_table), else None.
+    """
 
     kind: str                                   # 'gits' or 'learned'
     grids: dict[int, tuple[float, ...]]         # steps -> times
@@ -193,15 +240,18 @@ class GridCorrection:
     afs_mean: torch.Tensor | None = None        # grids learned with the data-mean AFS (see grid_search.to_amed_table)
 
     def check_field(self, field: Any) -> None:
+        """Refuse (IdentityMismatch) a `field` of another model than the recorded identity; None passes."""
         _check_identity(self.identity, field, f"{self.kind} grid")
 
     def grid(self, steps: int) -> list[float]:
+        """The times of the `steps`-step grid (InvalidArgument when the file has none)."""
         if steps not in self.grids:
             raise InvalidArgument(f"no {self.kind} grid for {steps} steps; this file has {sorted(self.grids)} "
                                   "(train more with `diffsolve tune`)")
         return list(self.grids[steps])
 
     def grid_function(self) -> Callable[..., torch.Tensor]:
+        """The grid function (steps, schedule) for `grid=`; it takes no grid options."""
         def optimized_grid(steps: int, schedule: Any, **options: Any) -> torch.Tensor:
             if options:
                 raise InvalidArgument(f"an optimized grid takes no grid options, got {sorted(options)}")
@@ -210,17 +260,21 @@ class GridCorrection:
         return optimized_grid
 
     def sidecar(self) -> dict:
+        """The record written into the file and its JSON sidecar."""
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "model_identity": self.identity,
                 "base": self.base, "nfe": self.meta.get("nfe", {}),
                 "grids": {_grid_key(k): list(v) for k, v in sorted(self.grids.items())}, "meta": self.meta}
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of the file: one per grid, and the AFS mean."""
         return _grid_tensors(self.grids, self.afs_mean)
 
     def save(self, path: str | Path) -> Path:
+        """Write `path` (.safetensors) and its sidecar atomically; returns the path."""
         return _save(path, self.tensors(), self.sidecar())
 
     def merged(self, other: "GridCorrection") -> "GridCorrection":
+        """The grids of both (`other` wins on a shared step count); same model and kind only (else InvalidArgument)."""
         if other.identity != self.identity or other.kind != self.kind:
             raise InvalidArgument("only grids of the same kind for the same model merge")
         meta = {**self.meta, **other.meta, "nfe": {**self.meta.get("nfe", {}), **other.meta.get("nfe", {})}}
@@ -232,7 +286,17 @@ class GridCorrection:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class CoefficientCorrection:
-    """Learned weight offsets of a multistep base rule (corrections.learned_multistep), each set on its learned grid."""
+    """Learned weight offsets of a multistep base rule (corrections.learned_multistep), each set on its learned grid.
+
+    Attributes:
+        grids: Step count -> schedule times.
+        weights: Step count -> one row of offsets per step, newest first.
+        base: The base solver (deis, ipndm, ipndm_v).
+        afs: Whether the first step is the analytical one.
+        afs_mean: The data mean for AFS; None is zero.
+        identity: The model identity; None matches any model.
+        meta: The training record.
+    """
 
     grids: dict[int, tuple[float, ...]]                      # steps -> schedule times
     weights: dict[int, tuple[tuple[float, ...], ...]]        # steps -> one row of offsets per step, newest first
@@ -244,12 +308,15 @@ class CoefficientCorrection:
     kind = "coefficients"
 
     def check_field(self, field: Any) -> None:
+        """Refuse (IdentityMismatch) a `field` of another model than the recorded identity; None passes."""
         _check_identity(self.identity, field, "set of learned coefficients")
 
     def nfe_for(self, steps: int) -> int:
+        """Model calls of a run of `steps` steps: one per step, one fewer with AFS."""
         return steps - (1 if self.afs else 0)
 
     def grid_function(self) -> Callable[..., torch.Tensor]:
+        """The grid function (steps, schedule) for the learned step counts."""
         grids = dict(self.grids)
 
         def coefficients_grid(steps: int, schedule: Any, **options: Any) -> torch.Tensor:
@@ -262,8 +329,11 @@ class CoefficientCorrection:
         return coefficients_grid
 
     def weights_for(self, t: torch.Tensor) -> tuple[tuple[float, ...], ...]:
-        """The offsets for the grid `t`, which must be the grid they were learned on; zeros when none were learned
-        (the untrained starting point)."""
+        """The offsets for the grid `t`, which must be the grid they were learned on; zeros when none were learned.
+
+        Raises:
+            InvalidArgument: `t` is not one of the learned grids.
+        """
         steps = int(t.numel()) - 1
         if not self.grids:
             return tuple(() for _ in range(steps))
@@ -276,6 +346,7 @@ class CoefficientCorrection:
         return self.weights[steps]
 
     def sidecar(self) -> dict:
+        """The record written into the file and its JSON sidecar."""
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "model_identity": self.identity,
                 "base": self.base, "afs": self.afs,
                 "nfe": {_grid_key(k): self.nfe_for(k) for k in sorted(self.grids)},
@@ -284,13 +355,16 @@ class CoefficientCorrection:
                 "meta": self.meta}
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of the file: one per grid, and the AFS mean."""
         return _grid_tensors(self.grids, self.afs_mean)
 
     def save(self, path: str | Path) -> Path:
+        """Write `path` (.safetensors) and its sidecar atomically; returns the path."""
         return _save(path, self.tensors(), self.sidecar())
 
 
 def as_coefficient_correction(obj: Any) -> CoefficientCorrection:
+    """A CoefficientCorrection from itself or the path of a saved one (`obj`); InvalidArgument otherwise."""
     if isinstance(obj, CoefficientCorrection):
         return obj
     if isinstance(obj, (str, Path)):
@@ -334,9 +408,16 @@ def _amed_from(rec: dict, tensors: dict[str, torch.Tensor], path: Path) -> AMEDC
 
 
 def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | GridCorrection | CoefficientCorrection:
-    """A saved correction; with `field=`, refused (IdentityMismatch) unless it was trained for that model. The
-    record inside the file is the one used; a sidecar that differs from it, or a file that does not match the
-    sidecar's checksum, is refused (CorruptCorrection)."""
+    """A saved correction (the record inside the file is the one used); with `field=`, it must fit that model.
+
+    Args:
+        path: The .safetensors file.
+        field: A field (or None) whose model the correction must fit.
+
+    Raises:
+        IdentityMismatch: It was trained for another model than `field`'s.
+        CorruptCorrection: A sidecar that differs from the record, or a file that does not match its checksum.
+    """
     path = Path(path)
     rec, tensors = read_record(path)
     if rec["kind"] == "amed":
@@ -353,7 +434,20 @@ def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | Gri
 
 
 def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | Path | None = None):
-    """The correction of `kind` shipped for this field's model (and base solver, for AMED), or a clear error."""
+    """The correction of `kind` shipped for this field's model (and base solver, for AMED), or a clear error.
+
+    Args:
+        field: The field whose model identity is looked up.
+        kind: "amed", "gits", "learned" or "coefficients".
+        base: The base solver it must be for; None takes any.
+        folder: Where to look; None is the shipped corrections/weights.
+
+    Returns:
+        (AMEDCorrection | GridCorrection | CoefficientCorrection): The loaded correction.
+
+    Raises:
+        InvalidArgument: None ships for this model (and base).
+    """
     ident = field.correction_identity()
     folder = Path(folder) if folder is not None else SHIPPED
     seen = []
@@ -377,15 +471,16 @@ def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | P
 
 
 def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:
-    """The default AMED grid: steps + 1 EDM-polynomial levels from sigma_max to sigma_min, the last replaced by 0
-    (a final step straight to the data, its intermediate point placed against sigma_min)."""
+    """The default AMED grid: steps + 1 EDM-polynomial levels (exponent `rho`) from sigma_max to sigma_min, the last
+    replaced by 0 (a final step straight to the data, its intermediate point placed against sigma_min).
+    """
     t = karras(steps, schedule, rho=rho, final="min")
     t[0], t[-1] = schedule.t_max, 0.0
     return t
 
 
 def shipped_grid(kind: str) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
-    """The `grid='gits'` / `grid='learned'` resolver: the shipped grid for the field's model."""
+    """The `grid='gits'` / `grid='learned'` resolver (`kind`): the shipped grid for the field's model."""
     def resolve(field: Any, solver: Any) -> Callable[..., torch.Tensor]:
         base = getattr(solver, "name", None)
         try:

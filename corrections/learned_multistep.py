@@ -31,9 +31,26 @@ COEFFICIENT_BASES = ("deis", "ipndm", "ipndm_v")
 
 def resolve_coefficients(given: Any, field: Field | None, base: str, who: str = "learned_multistep",
                          warn: bool = True) -> CoefficientCorrection:
-    """The CoefficientCorrection a solver with `coefficients=given` uses on `field`: the one given (checked
-    against the field's identity), else the one shipped for the field's model, else (with a warning when `warn`)
-    zero offsets, the base rule alone."""
+    """The CoefficientCorrection a solver with `coefficients=given` uses on `field`.
+
+    The one given (checked against the field's identity), else the one shipped for the field's model, else (with a
+    warning when `warn`) zero offsets, the base rule alone.
+
+    Args:
+        given: A CoefficientCorrection, the path of a saved one, or None (look up the shipped one).
+        field: The field to check against and to find a shipped correction for; None skips the identity check.
+        base: The base solver the coefficients must have been learned for.
+        who: The solver name that opens the warning.
+        warn: Warn when falling back to zero offsets (default True).
+
+    Returns:
+        The resolved correction.
+
+    Raises:
+        InvalidArgument: `given` and `field` are both None, `given` is not a coefficient correction, or it was
+            learned for another base.
+        IdentityMismatch: `given` was learned for another model than the field's.
+    """
     if given is not None:
         corr = as_coefficient_correction(given)
         if field is not None:
@@ -55,7 +72,19 @@ def resolve_coefficients(given: Any, field: Field | None, base: str, who: str = 
 
 @dataclass(frozen=True)
 class LearnedStep(StepCoefficients):
-    """One step's host data: noise levels, the EDM-frame scale at both ends, the AFS flag and the weight offsets."""
+    """One step's host data: noise levels, the EDM-frame scale at both ends, the AFS flag and the weight offsets.
+
+    Attributes:
+        index: The step's position in the plan.
+        s0: EDM noise level at the step's start.
+        s1: EDM noise level at the step's end.
+        alpha0: The schedule's alpha at the step's start.
+        alpha1: The schedule's alpha at the step's end.
+        afs: True when this step takes the analytical first step instead of a model call.
+        weights: This step's offsets on the slope history, newest first.
+        max_order: The base rule's highest order.
+        afs_mean: The data mean for the analytical first step (first step only), else None.
+    """
 
     index: int
     s0: float
@@ -69,7 +98,17 @@ class LearnedStep(StepCoefficients):
 
 
 class LearnedMultistep(Solver):
-    """Base multistep rule plus learned weight offsets on the grid they were learned on (`coefficients=`)."""
+    """Base multistep rule plus learned weight offsets on the grid they were learned on (`coefficients=`).
+
+    Args:
+        coefficients: A CoefficientCorrection, the path of a saved one, or None: the one shipped for the field's
+            model, else (with a warning) zero offsets.
+        base: The base rule: "deis" (default), "ipndm" or "ipndm_v".
+        max_order: The base rule's highest order; None uses the order the offsets were learned with.
+
+    Raises:
+        InvalidArgument: `base` is not a coefficient base, or `max_order` is below 1.
+    """
 
     name = "learned_multistep"
     deterministic = True
@@ -91,23 +130,71 @@ class LearnedMultistep(Solver):
         self._given = coefficients
 
     def options(self) -> dict:
+        """The solver's options as given.
+
+        Returns:
+            The keys "base" and "max_order".
+        """
         return {"base": self.base, "max_order": self._max_order}
 
     def correction(self, field: Field | None, warn: bool = False) -> CoefficientCorrection:
-        """The CoefficientCorrection used on `field` (resolve_coefficients; nothing is kept between calls)."""
+        """The CoefficientCorrection used on `field` (resolve_coefficients; nothing is kept between calls).
+
+        Args:
+            field: The field the solver runs on, or None.
+            warn: Warn when falling back to zero offsets (default False).
+
+        Returns:
+            The resolved correction.
+        """
         return resolve_coefficients(self._given, field, self.base, self.name, warn)
 
     def grid_for(self, field: Field):
+        """The default grid when the Sampler is given none: the grids the coefficients were learned on.
+
+        Args:
+            field: The field the solver runs on.
+
+        Returns:
+            (Callable | None): The correction's grid function, or None when it holds no grids (zero offsets).
+        """
         corr = self.correction(field)
         return corr.grid_function() if corr.grids else None
 
     def model_calls(self, steps: int, field: Field, ends_at_zero: bool) -> int:
+        """Model calls for a run of `steps` steps: one per step, one fewer with the analytical first step.
+
+        Args:
+            steps: Number of steps.
+            field: The field the solver runs on.
+            ends_at_zero: Whether the grid ends at zero noise (unused).
+
+        Returns:
+            The number of model calls.
+        """
         return steps - (1 if self.correction(field).afs else 0)
 
     def inversion_refusal(self) -> str | None:
+        """Why this solver does not run an inversion (data to noise).
+
+        Returns:
+            The reason, shown when an inversion is asked for.
+        """
         return ("its weights were learned for steps from noise to data on one grid; invert with its base solver")
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
+        """The per-step host data for a run over the grid `t`, which must be a grid the offsets were learned on.
+
+        Args:
+            field: The field the solver runs on.
+            t: The time grid.
+
+        Returns:
+            The plan: the grid points and one LearnedStep per step.
+
+        Raises:
+            InvalidArgument: The field does not suit the solver, `t` is not a learned grid, or it starts at pure noise.
+        """
         self.check_field(field)
         corr = self.correction(field, warn=True)
         rows = corr.weights_for(t)
@@ -123,9 +210,30 @@ class LearnedMultistep(Solver):
         return Plan(t=t, points=pts, coeffs=coeffs, nfe=len(coeffs) - (1 if corr.afs else 0))
 
     def init(self, plan: Plan) -> Any:
+        """The starting state: an empty slope history.
+
+        Args:
+            plan: The run's plan (unused).
+
+        Returns:
+            An empty tuple.
+        """
         return ()
 
     def step(self, ev, x: torch.Tensor, t0: EvalPoint, t1: EvalPoint, state: Any, coeffs: LearnedStep):
+        """One step from t0 to t1: the base rule plus this step's offsets, in the EDM frame.
+
+        Args:
+            ev: The evaluator that calls the model.
+            x: The state at t0.
+            t0: The evaluation point at the step's start.
+            t1: The evaluation point at the step's end.
+            state: The history ((s, d, D), ...), newest first.
+            coeffs: This step's LearnedStep.
+
+        Returns:
+            (tuple): (x at t1, None, the new history).
+        """
         co = coeffs
         y0 = x / co.alpha0 if co.alpha0 != 1.0 else x
         D0 = afs_denoised(y0, co.s0, co.afs_mean) if co.afs else ev.denoise(x, t0)

@@ -27,7 +27,13 @@ FEATURE_KINDS = ("module", "denoised", "none")
 
 
 class SinusoidalEmbedding(nn.Module):
-    """cos/sin of u * f_k for log-spaced frequencies f_k; u is a log noise level (about -7 .. 5)."""
+    """cos/sin of u * f_k for log-spaced frequencies f_k; u is a log noise level (about -7 .. 5).
+
+    Args:
+        dim: Embedding width (dim // 2 frequencies, each with cos and sin).
+        min_freq: The lowest frequency.
+        max_freq: The highest frequency.
+    """
 
     def __init__(self, dim: int = 8, min_freq: float = 0.1, max_freq: float = 3.0):
         super().__init__()
@@ -36,13 +42,31 @@ class SinusoidalEmbedding(nn.Module):
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """The embedding of `u`.
+
+        Args:
+            u: Log noise levels, any shape (flattened).
+
+        Returns:
+            [N, dim]: the cosines, then the sines.
+        """
         a = u.reshape(-1, 1) * self.freqs.to(u.dtype)
         return torch.cat([torch.cos(a), torch.sin(a)], dim=1)
 
 
 def pool_features(feat: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, C, H, W] -> channel mean pooled to [B, size * size]; [B, D] (or any other shape) -> [B, size * size] by
-    1-D adaptive average pooling of the flattened values."""
+    """A network feature pooled to [B, size * size].
+
+    [B, C, H, W]: the channel mean pooled to size x size; [B, D] (or any other shape): 1-D adaptive average pooling
+    of the flattened values (kept as they are when they already number size * size). The feature is detached.
+
+    Args:
+        feat: The feature, batch first.
+        size: The side of the pooled map.
+
+    Returns:
+        The pooled features, [B, size * size].
+    """
     feat = feat.detach()
     if feat.dim() == 4:
         m = feat.mean(dim=1, keepdim=True)
@@ -56,8 +80,22 @@ def pool_features(feat: torch.Tensor, size: int) -> torch.Tensor:
 class AMEDPredictor(nn.Module):
     """(features, s_n, s_{n+1}) -> (r, c, a), each [B].
 
-    `features`: 'module' (a submodule output of the network, named by `module`, e.g. 'mid'), 'denoised' (the data
-    prediction at the step's start, for networks without hooks, e.g. analytic problems) or 'none' (time-only).
+    The heads start at zero: r = 1/2, c = a = 1, the midpoint rule.
+
+    Args:
+        features: 'module' (a submodule output of the network, named by `module`), 'denoised' (the data prediction
+            at the step's start, for networks without hooks, e.g. analytic problems) or 'none' (time-only).
+        module: The submodule path of the network whose output is read (default 'mid'); used only with 'module'.
+        feature_size: The side of the pooled feature map.
+        hidden: Width of the feature encoder's hidden layer.
+        bottleneck: Width of the feature encoder's output.
+        emb_dim: Width of each time embedding.
+        delta_c: c lies in [1 - delta_c, 1 + delta_c]; in (0, 1).
+        delta_a: a lies in [1 - delta_a, 1 + delta_a]; in (0, 1).
+        s_floor: The smallest noise level fed to the time embedding (log of zero is avoided).
+
+    Raises:
+        InvalidArgument: `features` is not one of FEATURE_KINDS, 'module' without `module`, or a delta outside (0, 1).
     """
 
     def __init__(self, features: str = "module", module: str | None = "mid", feature_size: int = 8,
@@ -90,15 +128,36 @@ class AMEDPredictor(nn.Module):
 
     @property
     def needs_features(self) -> bool:
+        """True unless the predictor is time-only (features='none')."""
         return self.features != "none"
 
     def log_s(self, s: Any, like: torch.Tensor) -> torch.Tensor:
+        """log max(s, s_floor) on the device and in the dtype of `like`.
+
+        Args:
+            s: A host float (filled on the device, no copy or sync) or a tensor of levels.
+            like: A tensor whose device and dtype the result takes.
+
+        Returns:
+            The log levels, 1-D.
+        """
         if not isinstance(s, torch.Tensor):        # a host float: a fill on the device, no copy or sync
             return torch.full((1,), math.log(max(float(s), self.s_floor)), dtype=like.dtype, device=like.device)
         return torch.log(s.to(device=like.device, dtype=like.dtype).reshape(-1).clamp_min(self.s_floor))
 
     def forward(self, feat: torch.Tensor | None, s0: Any, s1: Any, batch: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step's (r, c, a) for each sample.
+
+        Args:
+            feat: The network feature at the step's start, or None (zeros, as for a time-only predictor).
+            s0: The EDM noise level at the step's start (a float or a per-sample tensor).
+            s1: The EDM noise level at the step's end.
+            batch: The batch size when `feat` is None; None is 1.
+
+        Returns:
+            r in (0, 1), c and a near 1, each [B].
+        """
         w = self.enc0.weight
         if feat is None or not self.needs_features:
             B = batch if batch is not None else (feat.shape[0] if feat is not None else 1)
@@ -117,8 +176,15 @@ class AMEDPredictor(nn.Module):
         return r, c, a
 
     def time_table(self, grid: Sequence[float] | torch.Tensor, schedule: Any = None) -> "TimeTable":
-        """Per-step constants (r_n, c_n, a_n) with zero features on a grid of schedule times (EDM sigmas when
-        `schedule` is None): the export for models with no accessible features."""
+        """Per-step constants (r_n, c_n, a_n) with zero features on a grid: the export for models without features.
+
+        Args:
+            grid: The schedule times of the grid.
+            schedule: The schedule that maps them to EDM sigmas; None takes the grid as EDM sigmas.
+
+        Returns:
+            The table for `grid`.
+        """
         t = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
         s = schedule.edm_sigma(t) if schedule is not None else t
         rows = []
@@ -131,7 +197,16 @@ class AMEDPredictor(nn.Module):
 
 @dataclass(frozen=True)
 class TimeTable:
-    """Per-step constants (r_n, c_n, a_n) for one grid of schedule times (len(grid) - 1 rows)."""
+    """Per-step constants (r_n, c_n, a_n) for one grid of schedule times (len(grid) - 1 rows).
+
+    Attributes:
+        grid: The schedule times, from the start to the end.
+        rows: One (r, c, a) per step.
+        needs_features: Always False: a table reads no features.
+
+    Raises:
+        InvalidArgument: The row count is not one per step, or a row has r outside [0, 1] or c, a not positive.
+    """
 
     grid: tuple[float, ...]
     rows: tuple[tuple[float, float, float], ...]
@@ -146,6 +221,18 @@ class TimeTable:
                 raise InvalidArgument(f"time table row (r={r}, c={c}, a={a}) is out of range")
 
     def row_for(self, t0: float, t1: float) -> tuple[float, float, float]:
+        """The constants of the step from `t0` to `t1`.
+
+        Args:
+            t0: The step's start time (matched to the grid to rel 1e-9).
+            t1: The step's end time.
+
+        Returns:
+            (r, c, a).
+
+        Raises:
+            InvalidArgument: The table has no such step (it was exported for another grid).
+        """
         for i in range(len(self.rows)):
             if math.isclose(self.grid[i], t0, rel_tol=1e-9, abs_tol=1e-12) and \
                     math.isclose(self.grid[i + 1], t1, rel_tol=1e-9, abs_tol=1e-12):

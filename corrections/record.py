@@ -32,6 +32,14 @@ class CorruptCorrection(InvalidArgument):
 
 
 def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar beside a correction file: `<file>.json`.
+
+    Args:
+        path: The .safetensors file.
+
+    Returns:
+        The sidecar's path.
+    """
     path = Path(path)
     return path.with_name(path.name + ".json")
 
@@ -45,8 +53,20 @@ def _json(text: str | bytes, where: str) -> Any:
 
 
 def embedded_record(blob: bytes, path: Path) -> dict:
-    """The record stored in a safetensors file's metadata (its header is read by hand: a truncated or foreign
-    file gets our error, not the parser's)."""
+    """The record stored in a safetensors file's metadata.
+
+    The header is read by hand: a truncated or foreign file gets our error, not the parser's.
+
+    Args:
+        blob: The file's bytes.
+        path: The file, named in errors.
+
+    Returns:
+        (dict): The record, not yet parsed.
+
+    Raises:
+        CorruptCorrection: The file is truncated, its header is not JSON, or it holds no diffsolve record.
+    """
     if len(blob) < 8:
         raise CorruptCorrection(f"{path}: {len(blob)} bytes, not a safetensors file (truncated?)")
     (size,) = struct.unpack("<Q", blob[:8])
@@ -63,8 +83,21 @@ def embedded_record(blob: bytes, path: Path) -> dict:
 
 
 def read_record(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The checked record and the tensors of a correction file: the sidecar's sha256 must match the file and its
-    copy of the record must equal the one inside the file."""
+    """The checked record and the tensors of a correction file.
+
+    The sidecar's sha256 must match the file and its copy of the record must equal the one inside the file.
+
+    Args:
+        path: The .safetensors file.
+
+    Returns:
+        The parsed record (parse_record) and the tensors by name.
+
+    Raises:
+        InvalidArgument: The file does not exist.
+        CorruptCorrection: The sidecar is missing or malformed, the checksum differs, the sidecar's copy differs from
+            the record, the tensors cannot be read, or a field is malformed.
+    """
     path = Path(path)
     if not path.is_file():
         raise InvalidArgument(f"{path} does not exist")
@@ -131,6 +164,18 @@ def _steps(key: Any, where: str, path: Path) -> int:
 
 
 def parse_grids(record: dict, path: Path) -> dict[int, tuple[float, ...]]:
+    """The record's "grids": step count -> strictly monotone times >= 0, steps + 1 of them.
+
+    Args:
+        record: The record read from the file.
+        path: The file, named in errors.
+
+    Returns:
+        The grids as tuples keyed by step count.
+
+    Raises:
+        CorruptCorrection: "grids" is missing or malformed.
+    """
     grids = {}
     for key, value in _field(record, "grids", dict, path).items():
         steps = _steps(key, "grids", path)
@@ -143,7 +188,19 @@ def parse_grids(record: dict, path: Path) -> dict[int, tuple[float, ...]]:
 
 
 def parse_record(record: dict, path: Path) -> dict:
-    """The record's fields with their types checked; grids and weights as tuples keyed by step count."""
+    """The record's fields with their types checked; grids and weights as tuples keyed by step count.
+
+    Args:
+        record: The record read from the file.
+        path: The file, named in errors.
+
+    Returns:
+        (dict): "kind", "identity", "base", "grids", "meta", and by kind "afs", "weights", "predictor".
+
+    Raises:
+        CorruptCorrection: A field is missing or malformed, or the format, version or kind is not one this
+            diffsolve reads.
+    """
     if _field(record, "format", str, path) != FORMAT:
         raise CorruptCorrection(f"{path}: format {record['format']!r} is not {FORMAT!r}")
     if _field(record, "version", int, path) != VERSION:

@@ -41,7 +41,11 @@ LEARNED = (("AMED-Solver", "amed", {}, None, "amed-mnist-unet"),
 
 
 def shipped_learned() -> list[tuple]:
-    """The LEARNED entries whose correction ships, each with its training cost in wall seconds (sidecar meta)."""
+    """The LEARNED entries whose correction ships, each with its training cost in wall seconds (sidecar meta).
+
+    Returns:
+        (label, solver, options, grid, seconds) per shipped correction; seconds is None when not recorded.
+    """
     out = []
     for label, name, opts, grid, stem in LEARNED:
         side = SHIPPED / f"{stem}.safetensors.json"
@@ -58,7 +62,22 @@ def _label(name: str, opts: dict) -> str:
 
 def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baseline_cache: str | None = None,
              learned: bool = True) -> dict:
+    """Endpoint RMSE against the float64 reference of every baseline (solver x grid) and every shipped correction.
 
+    On `n` held-out seeds from EVAL_SEED on the built-in MNIST UNet; per NFE the best of each side and their ratio.
+
+    Args:
+        nfes: The model-call budgets to compare at.
+        n: Number of held-out samples.
+        log: Progress printer; None is silent.
+        baseline_cache: A JSON file of the baselines' results: read when it holds the same `n` and every NFE,
+            written otherwise; None computes them every time.
+        learned: Also evaluate the learned corrections (False returns the baselines alone).
+
+    Returns:
+        "rows" per NFE ("baselines", "learned", "best_baseline", "best_learned", "ratio"), with the model, the
+        held-out seed range, `n`, the training seconds and the wall seconds; only "rows" when `learned` is False.
+    """
     torch.set_num_threads(1)
     field = as_field(load_mnist_unet())
     seeds = list(range(EVAL_SEED, EVAL_SEED + n))
@@ -115,10 +134,22 @@ def evaluate(nfes: Sequence[int] = (3, 5, 7, 9), n: int = 64, log=print, baselin
 
 
 def fd_at(nfe: int, result: dict, n: int = 1000, log=print) -> dict:
-    """FD (built-in classifier) at `nfe` on n held-out seeds from EVAL_SEED, of every un-learned baseline and the
-    best learned run: to the held-out real digits, and to the exact ODE samples from the same noise (a fine
-    DPM-Solver++(3M) solve, the teachers' 'fine' mode). The exact samples' own FD to the digits is the floor no
-    solver of this ODE can go far below; FD to the exact samples measures the solver's error alone."""
+    """FD (built-in classifier) at `nfe` on n held-out seeds from EVAL_SEED, of every un-learned baseline and the best
+    learned run.
+
+    To the held-out real digits, and to the exact ODE samples from the same noise (a fine DPM-Solver++(3M) solve, the
+    teachers' 'fine' mode). The exact samples' own FD to the digits is the floor no solver of this ODE can go far
+    below; FD to the exact samples measures the solver's error alone.
+
+    Args:
+        nfe: The model-call budget.
+        result: What `evaluate` returned (it names the baselines and the best learned run at `nfe`).
+        n: Number of held-out samples (default 1000).
+        log: Progress printer; None is silent.
+
+    Returns:
+        The FDs of the exact samples, of each baseline and of the learned run, the best un-learned ones and the ratios.
+    """
 
     classifier, digits = load_mnist_classifier(), load_feature_stats()
     field = as_field(load_mnist_unet())
@@ -162,6 +193,16 @@ def fd_at(nfe: int, result: dict, n: int = 1000, log=print) -> dict:
 
 
 def fd_lines(nfe: int, f: dict) -> str:
+    """Two readable lines of an `fd_at` result: FD to the digits and FD to the exact samples, best learned against best
+    un-learned.
+
+    Args:
+        nfe: The model-call budget the result is for.
+        f: What `fd_at` returned.
+
+    Returns:
+        The two lines.
+    """
     a, b = f["best_un-learned_fd"], f["best_un-learned_fd_to_exact"]
     return (f"FD at NFE {nfe} ({f['n']} held-out samples), to held-out digits: exact ODE samples {f['exact']['fd']:.1f} "
             f"(the floor); best learned ({f['learned']['name']}) {f['learned']['fd']:.1f}; best un-learned "
@@ -171,6 +212,14 @@ def fd_lines(nfe: int, f: dict) -> str:
 
 
 def table(result: dict) -> str:
+    """The Markdown table of an `evaluate` result: per NFE the best un-learned run, each learned one, and the ratio.
+
+    Args:
+        result: What `evaluate` returned (with learned runs).
+
+    Returns:
+        The table, with a first row of training seconds.
+    """
     learned_names = list(result.get("train_seconds", {}))
     head = ("| NFE | best un-learned (solver / grid) | RMSE | " + " | ".join(learned_names)
             + " | best learned / best un-learned |")

@@ -32,7 +32,11 @@ from diffsolve.field import EvalPoint, Field, FieldOutput, FieldWrapper, VectorF
 
 
 def depth_scales(levels: int, rho_top: float = 1.0, rho_bottom: float = 0.8) -> list[float]:
-    """rho per skip level, index 0 the highest resolution: linear in depth from rho_top to rho_bottom."""
+    """rho per skip level (`levels`), index 0 the highest resolution: linear in depth from rho_top to rho_bottom.
+
+    Raises:
+        InvalidArgument: `levels` is below 1.
+    """
     if levels < 1:
         raise InvalidArgument(f"a UNet needs at least one skip level, got {levels}")
     if levels == 1:
@@ -42,7 +46,17 @@ def depth_scales(levels: int, rho_top: float = 1.0, rho_bottom: float = 0.8) -> 
 
 @dataclass(frozen=True)
 class SkipSettings:
-    """What a tuned run uses; saved as JSON beside the model's identity."""
+    """What a tuned run uses; saved as JSON beside the model's identity.
+
+    Attributes:
+        rho_bottom: The factor on the deepest skip level.
+        rho_top: The factor on the highest-resolution skip level.
+        active: EDM noise levels (s_lo, s_hi) where the scaling applies; None is everywhere.
+        model: The network's identity, checked on load; None skips the check.
+        solver: The solver it was tuned with.
+        nfe: The model-call budget it was tuned at.
+        metric: What the tuner measured (tuning and held-out noise).
+    """
 
     rho_bottom: float = 0.8
     rho_top: float = 1.0
@@ -157,9 +171,16 @@ def _post_hook(module, args, out):
 
 
 class SkipTuned:
-    """The scaling as a context manager on a network (see the module docstring). It applies to the network's calls
-    made by the thread that entered it, while it is entered; contexts may nest, overlap across threads and exit
-    in any order."""
+    """The scaling as a context manager on a torch network `net` (see the module docstring).
+
+    It applies to the network's calls made by the thread that entered it, while it is entered; contexts may nest,
+    overlap across threads and exit in any order. `rho=` gives one factor per skip level (top to bottom) instead of
+    the linear `rho_top` .. `rho_bottom`; `outputs_of=` / `inputs_of=` name the modules that output or receive the
+    skips for a network diffsolve does not know; `active=` as in SkipSettings.
+
+    Raises:
+        InvalidArgument: `net` is not a torch module, a factor or `active` is invalid, or the skips are not found.
+    """
 
     def __init__(self, net: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho: Sequence[float] | None = None,
                  outputs_of: Sequence[str] | None = None, inputs_of: Sequence[str] | None = None,
@@ -184,9 +205,11 @@ class SkipTuned:
 
     @property
     def net(self) -> torch.nn.Module:
+        """The tuned network."""
         return self.target.net
 
     def applies_at(self, p: EvalPoint) -> bool:
+        """Whether the point `p` lies in the active range (InvalidArgument for a per-sample point)."""
         if self.active is None:
             return True
         if p.per_sample:
@@ -218,7 +241,7 @@ class SkipTuned:
 
 
 class SkipTunedField(FieldWrapper):
-    """The scaling as a field wrapper: active during this wrapper's own model calls only."""
+    """The scaling as a field wrapper of `field`: `tuning` is active during this wrapper's own calls only."""
 
     stacks_on_corrections = True     # Skip-Tuning is applied on top of any solver, a learned one too
 
@@ -227,6 +250,7 @@ class SkipTunedField(FieldWrapper):
         self.tuning = tuning
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
+        """The inner field's output at (`x`, `p`), the scaling entered where it applies."""
         if not self.tuning.applies_at(p):
             return self.inner.evaluate(x, p, kind, **kwargs)
         with self.tuning:
@@ -240,6 +264,7 @@ class SkipTunedField(FieldWrapper):
         self.tuning.__exit__(*exc)
 
     def own_identity(self) -> str | None:
+        """This wrapper's part of the field identity: the factors and the active range."""
         t = self.tuning
         return f"skip={[round(v, 12) for v in t.scales]}, active={t.active}"
 
@@ -255,7 +280,14 @@ def skip_tuned(model: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho
                outputs_of: Sequence[str] | None = None, inputs_of: Sequence[str] | None = None,
                active: tuple[float, float] | None = None, settings: "SkipSettings | str | Path | None" = None):
     """Skip-Tuning of a network (Ma et al. 2024): a context manager, and a field wrapper for fields and models that
-    declare their spec. `settings=` takes a tuner's result (a SkipSettings or its JSON file)."""
+    declare their spec. `settings=` takes a tuner's result (a SkipSettings or its JSON file); the others as SkipTuned.
+
+    Returns:
+        (SkipTunedField | SkipTuned): A field wrapper for a field or a model with a spec, else the context manager.
+
+    Raises:
+        InvalidArgument: The settings are invalid or were tuned on another model, or as SkipTuned.
+    """
     if settings is not None:
         if not isinstance(settings, (SkipSettings, str, Path)):
             raise InvalidArgument(f"settings={settings!r}: give a SkipSettings or the path of the JSON file that "
@@ -278,7 +310,11 @@ def skip_tuned(model: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho
 # Settings files and the tuner
 # ------------------------------------------------------------------------------------------------
 def save_settings(settings: SkipSettings, path: str | Path) -> Path:
-    """Write the settings as JSON: the folder checked first, a temp file in it, then an atomic rename."""
+    """Write the settings as JSON to `path`: the folder checked first, a temp file in it, then an atomic rename.
+
+    Raises:
+        InvalidArgument: `settings` is not a SkipSettings, or the folder is not writable.
+    """
     if not isinstance(settings, SkipSettings):
         raise InvalidArgument(f"settings={type(settings).__name__}: give a SkipSettings")
     path = Path(path)
@@ -295,7 +331,11 @@ def _optional(data: dict, key: str, kind: type, where: Path) -> Any:
 
 
 def load_settings(path: str | Path) -> SkipSettings:
-    """Settings written by `save_settings` / `diffsolve tune skip`, each field checked with its type."""
+    """Settings written by `save_settings` / `diffsolve tune skip` to `path`, each field checked with its type.
+
+    Raises:
+        InvalidArgument: The file cannot be read, is not a settings file, or holds a malformed field.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -321,7 +361,10 @@ def load_settings(path: str | Path) -> SkipSettings:
 
 def golden_section(f: Callable[[float], float], lo: float, hi: float, evaluations: int = 10,
                    report: Callable[[float, float], None] | None = None) -> tuple[float, float, list]:
-    """Minimise a unimodal f on [lo, hi] with `evaluations` calls (golden-section search; Kiefer 1953)."""
+    """Minimise a unimodal f on [lo, hi] with `evaluations` calls (golden-section search; Kiefer 1953).
+
+    `report(x, f(x))` is called after each evaluation. Returns (best x, its f, history of (x, f(x))).
+    """
     g = (math.sqrt(5.0) - 1.0) / 2.0
     history = []
 
@@ -352,7 +395,10 @@ def skip_samples(model: Any, solver: str, nfe: int, seeds: Sequence[int], rho_bo
                  rho_top: float = 1.0, *, active: tuple[float, float] | None = None,
                  solver_options: Mapping[str, Any] | None = None, skip_options: Mapping[str, Any] | None = None,
                  **run_kwargs: Any) -> torch.Tensor:
-    """Samples of `solver` at `nfe` from the per-seed noise of `seeds`, the skips scaled (rho 1: the bare model)."""
+    """Samples of `solver` at `nfe` from the per-seed noise of `seeds`, the skips scaled (rho 1: the bare model).
+
+    `solver_options` go to the Sampler, `skip_options` to `skip_tuned`, `run_kwargs` to `Sampler.run`.
+    """
     field = skip_tuned(model, rho_bottom, rho_top, active=active, **dict(skip_options or {})) \
         if rho_bottom != 1.0 or rho_top != 1.0 else (model if isinstance(model, Field) else VectorField(model))
     s = Sampler(field, solver, progress=False, **dict(solver_options or {}))
@@ -364,7 +410,8 @@ def search_rho(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor
                evaluations: int = 8, progress: Callable[[str], None] | None = print,
                **sample_options: Any) -> tuple[float, float, float, list]:
     """Golden-section search of rho_bottom on the tuning noise only: (best rho, its metric, the untuned metric,
-    history). rho_bottom = 1 wins when no scaling beats the bare model."""
+    history). rho_bottom = 1 wins when no scaling beats the bare model.
+    """
     say = progress or (lambda _: None)
     tune = [int(v) for v in tune_seeds]
     best, best_value, history = golden_section(
@@ -383,11 +430,19 @@ def tune_skip(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor]
               solver_options: Mapping[str, Any] | None = None, skip_options: Mapping[str, Any] | None = None,
               progress: Callable[[str], None] | None = print, tune_rho_top: bool = False,
               active_choices: Sequence[tuple[float, float] | None] = (), **run_kwargs: Any) -> SkipSettings:
-    """Search rho_bottom (golden section on `rho_range`) minimising `metric(samples)` on samples from
-    `tune_seeds`, then score the choice and the untuned model on `eval_seeds`, which must not overlap.
+    """Search rho_bottom (golden section on `rho_range`) minimising `metric(samples)` on samples from `tune_seeds`.
+
+    Then score the choice and the untuned model on `eval_seeds`, which must not overlap.
     `tune_rho_top`: then a golden section of rho_top between rho_bottom and 1; `active_choices`: noise ranges
     (EDM levels, or None for everywhere) tried with the rho found, the best on the tuning noise kept.
-    `skip_options` go to `skip_tuned` (outputs_of= / inputs_of= for a network diffsolve does not know)."""
+    `skip_options` go to `skip_tuned` (outputs_of= / inputs_of= for a network diffsolve does not know).
+
+    Returns:
+        The chosen settings, with the tuning and held-out metrics (tuned and untuned) and the search history.
+
+    Raises:
+        InvalidArgument: A seed list is empty, they overlap, or `rho_range` is not 0 < lo < hi.
+    """
     tune, held = [int(s) for s in tune_seeds], [int(s) for s in eval_seeds]
     if not tune or not held:
         raise InvalidArgument("tune_seeds= and eval_seeds= must both name seeds")

@@ -25,10 +25,29 @@ FEATURE_MODULES = ("mid", "mid_block", "middle_block", "gt.blocks.2")
 
 
 def field_of(model: Any) -> Field:
+    """The Field of `model`: itself when it is one, else `as_field(model)`.
+
+    Args:
+        model: A Field, or a model `as_field` accepts.
+
+    Returns:
+        The field.
+    """
     return model if isinstance(model, Field) else as_field(model)
 
 
 def sample_shape_of(field: Field) -> tuple[int, ...]:
+    """The shape of one sample the field declares.
+
+    Args:
+        field: The field.
+
+    Returns:
+        Its `sample_shape`, as a tuple.
+
+    Raises:
+        InvalidArgument: The model does not declare its sample shape.
+    """
     shape = getattr(field, "sample_shape", None)
     if shape is None:
         raise InvalidArgument("the model does not declare its sample shape; wrap it in a VectorField with "
@@ -37,11 +56,32 @@ def sample_shape_of(field: Field) -> tuple[int, ...]:
 
 
 def noise_for(field: Field, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: Any = None):
+    """Standard-normal noise, one sample per seed (the library's seeded draw), in the field's sample shape.
+
+    Args:
+        field: The field whose sample shape is used.
+        seeds: One seed per sample.
+        dtype: Dtype of the noise (default float32).
+        device: Where to draw it; None is the default device.
+
+    Returns:
+        (torch.Tensor): [len(seeds), *sample_shape].
+
+    Raises:
+        InvalidArgument: The model does not declare its sample shape.
+    """
     return draw_noise((len(seeds), *sample_shape_of(field)), seed=list(seeds), dtype=dtype, device=device)
 
 
 def default_feature_module(field: Field) -> str | None:
-    """The bottleneck of known networks (FEATURE_MODULES), or None."""
+    """The bottleneck of known networks (FEATURE_MODULES), or None.
+
+    Args:
+        field: The field whose network is searched.
+
+    Returns:
+        The first of FEATURE_MODULES the network has, or None (no such module, or not a torch module).
+    """
     net = _network_of(field)
     if not isinstance(net, torch.nn.Module):
         return None
@@ -54,7 +94,14 @@ def default_feature_module(field: Field) -> str | None:
 
 @contextlib.contextmanager
 def frozen(field: Field):
-    """The network's parameters without gradients for the duration (restored afterwards)."""
+    """The network's parameters without gradients for the duration (restored afterwards).
+
+    Args:
+        field: The field whose network is frozen (a non-torch network is left alone).
+
+    Returns:
+        A context manager.
+    """
     net = _network_of(field)
     params = list(net.parameters()) if isinstance(net, torch.nn.Module) else []
     flags = [p.requires_grad for p in params]
@@ -70,8 +117,25 @@ def frozen(field: Field):
 def teacher_states(field: Field, noise: torch.Tensor, times: Sequence[float] | torch.Tensor, *,
                    mode: str = "reference", fine_steps: int = 96, solver: str = "dpmpp_3m",
                    settings: Any = None, cache: bool = True, seeds: Sequence[int] | None = None) -> torch.Tensor:
-    """States at `times` (returned in decreasing order, the first the start) from standard-normal `noise`:
-    [len(times), B, ...] in noise's dtype."""
+    """States at `times` (returned in decreasing order, the first the start) from standard-normal `noise`.
+
+    Args:
+        field: The field to solve.
+        noise: Standard-normal noise, [B, ...].
+        times: The times wanted (deduplicated and sorted from the largest; the first is the start).
+        mode: "reference" (the adaptive float64 solve, cached on disk) or "fine" (a fine-grid diffsolve solve).
+        fine_steps: Steps of the fine EDM grid in "fine" mode.
+        solver: The solver of "fine" mode (default DPM-Solver++(3M)).
+        settings: ReferenceSettings for "reference" mode; None is its defaults.
+        cache: Use the on-disk cache of reference solves.
+        seeds: The noise seeds, keys of the reference cache; None when unknown.
+
+    Returns:
+        [len(times), B, ...] in noise's dtype.
+
+    Raises:
+        InvalidArgument: `mode` is neither "reference" nor "fine".
+    """
     t = torch.as_tensor(times, dtype=torch.float64).reshape(-1).unique(sorted=True).flip(0)
     if mode == "reference":
         ref = solve_reference(field, noise, t, settings=settings or ReferenceSettings(), cache=cache, seeds=seeds)
@@ -92,7 +156,18 @@ def teacher_states(field: Field, noise: torch.Tensor, times: Sequence[float] | t
 
 def mean_denoised_at_start(field: Field, t_start: float, n: int = 128, seed: int = 987_654,
                            batch: int = 64) -> torch.Tensor:
-    """The mean data prediction at the largest noise (sample shape), from n noise draws: the AFS offset."""
+    """The mean data prediction at the largest noise (sample shape), from n noise draws: the AFS offset.
+
+    Args:
+        field: The field (a Gaussian path).
+        t_start: The largest time, where the data prediction is taken.
+        n: Number of noise draws.
+        seed: The first noise seed (seeds seed .. seed + n - 1).
+        batch: Samples per model call.
+
+    Returns:
+        The mean, float32, in the sample shape.
+    """
     total = None
     with torch.no_grad():
         p = field.at(float(t_start))

@@ -31,7 +31,18 @@ LOSSES = ("step", "endpoint")
 
 
 def steps_for_nfe(nfe: int, afs: bool) -> int:
-    """AMED steps for an NFE budget: 2 calls per step, one fewer with AFS."""
+    """AMED steps for an NFE budget: 2 calls per step, one fewer with AFS.
+
+    Args:
+        nfe: The model-call budget.
+        afs: Whether the first step is the analytical one.
+
+    Returns:
+        The number of steps.
+
+    Raises:
+        InvalidArgument: Not even one step fits.
+    """
     steps = (nfe + (1 if afs else 0)) // 2
     if steps < 1:
         raise InvalidArgument(f"nfe={nfe} is too small for AMED (2 calls per step)")
@@ -63,12 +74,33 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
                log: Callable[[str], None] | None = print) -> AMEDCorrection:
     """Train an AMED-Solver (`base='amed'`) or AMED-Plugin predictor for `model` on the grids of the given NFEs.
 
-    `features`: 'auto' (the bottleneck of known networks, else the data prediction), 'module' (with `module=`),
-    'denoised' or 'none' (time-only: per-step constants). `afs_mean=True` measures the mean data prediction at
-    the largest noise once, for the analytical first step; False keeps diff-sampler's zero-mean AFS.
-    `init`: time tables (AMEDCorrections holding TimeTables, e.g. from `grid_search.to_amed_table`) to start from:
-    their grids become the training grids and the predictor first reproduces their (r, c, a) exactly (its
-    feature branch starts at zero), so training refines a good time-only solver per sample.
+    Args:
+        model: The model or field (the network stays frozen).
+        base: "amed" (AMED-Solver) or the AMED-Plugin base (PLUGIN_BASES).
+        nfe: The model-call budgets; one grid per budget.
+        afs: Use the analytical first step.
+        grid: The grids: None (the AMED default grid), a grid name or function, or a dict steps -> times.
+        loss: "step" (the paper's step-wise loss) or "endpoint".
+        features: 'auto' (the bottleneck of known networks, else the data prediction), 'module' (with `module=`),
+            'denoised' or 'none' (time-only: per-step constants).
+        module: The network's submodule whose output the predictor reads; None: the known bottleneck.
+        n_train: Training trajectories (seeds seed * 10^6 + i), unless `train_seeds` lists the seeds.
+        batch_size: Trajectories per batch.
+        epochs: Passes over the trajectories; `lr` is Adam's learning rate, `seed` seeds weights, noise and order.
+        teacher: How the teacher states are computed, with `teacher_options` (None: defaults).
+        predictor_options: Further AMEDPredictor options (s_floor defaults to the schedule's sigma_min).
+        afs_mean: True measures the mean data prediction at the largest noise once, for the analytical first step;
+            False keeps diff-sampler's zero-mean AFS; a tensor is that mean.
+        init: Time tables (AMEDCorrections holding TimeTables, e.g. from `grid_search.to_amed_table`) to start from:
+            their grids become the training grids and the predictor first reproduces their (r, c, a) exactly (its
+            feature branch starts at zero), so training refines a good time-only solver per sample.
+        dtype: Dtype of the samples; `log` prints progress (None: silent).
+
+    Returns:
+        The trained correction, its training record in meta.
+
+    Raises:
+        InvalidArgument: An option is not allowed (also on a plain velocity field), or the grids start apart.
     """
     check_choice("loss", loss, LOSSES)
     if base != "amed":
@@ -199,8 +231,19 @@ def _train_batch(solver, field, plan, target: torch.Tensor, opt, loss: str, sing
 
 def fit_time_table(predictor: AMEDPredictor, tables: Sequence[tuple[Any, Any]], iters: int = 600,
                    log: Callable[[str], None] | None = None) -> float:
-    """Make `predictor` reproduce per-step (r, c, a) rows with its feature branch off: enc1 is zeroed (so any
-    feature gives the same output at first) and the time branch and heads are fitted by Adam (no model calls)."""
+    """Make `predictor` reproduce per-step (r, c, a) rows with its feature branch off (no model calls).
+
+    enc1 is zeroed (so any feature gives the same output at first) and the time branch and heads are fitted by Adam.
+
+    Args:
+        predictor: The predictor to fit, in place.
+        tables: (TimeTable, schedule) pairs; the schedule maps the table's times to EDM sigmas.
+        iters: Adam iterations (learning rate 0.01).
+        log: Progress printer; None is silent.
+
+    Returns:
+        The final mean squared error.
+    """
     with torch.no_grad():
         predictor.enc1.weight.zero_()
         predictor.enc1.bias.zero_()

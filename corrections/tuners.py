@@ -49,7 +49,17 @@ def _check_starts(starts: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class GradientSettings(TuneSettings):
-    """A tuner trained by Adam on minibatches."""
+    """A tuner trained by Adam on minibatches: TuneSettings plus the training options.
+
+    Attributes:
+        epochs: Passes over the training trajectories (default 20).
+        batch_size: Minibatch size (--batch-size, old --batch; default 32).
+        lr: Adam's learning rate (default 0.05).
+        starts: Grid names also fitted from (the lowest training loss is kept); empty: none.
+
+    Raises:
+        InvalidArgument: A field is invalid, or a start is not a registered grid (the message names the flag).
+    """
 
     epochs: int = option(20, "epochs", parse=parse_int)
     batch_size: int = option(32, "minibatch size", aliases=("--batch",), parse=parse_int)
@@ -67,6 +77,25 @@ class GradientSettings(TuneSettings):
 
 @dataclass(frozen=True)
 class AMEDTuneSettings(GradientSettings):
+    """Settings of `diffsolve tune amed`: GradientSettings with its own defaults, plus the predictor's options.
+
+    Attributes:
+        solver: "amed" (AMED-Solver, the default) or the AMED-Plugin base solver.
+        samples: Training trajectories; None is 128 (64 for the --from-grid stage).
+        epochs: Training epochs (default 10).
+        lr: Adam's learning rate (default 5e-3).
+        loss: "step" (step-wise, the default) or "endpoint".
+        no_afs: No analytical first step (one more NFE).
+        features: "auto" (default), "module", "denoised" or "none" (time-only).
+        module: The submodule whose output feeds the predictor; None: the known bottleneck.
+        from_grid: First learn 2(N-1)-step grids of the base with the data-mean AFS and start the predictor from
+            them as per-step constants (how the shipped MNIST one was made).
+        grid_epochs: Epochs of the --from-grid stage (default 8).
+        grid_lr: Learning rate of the --from-grid stage (default 0.05).
+
+    Raises:
+        InvalidArgument: A field is invalid (the message names its flag).
+    """
     solver: str = option("amed", "amed (AMED-Solver) or the AMED-Plugin base solver")
     samples: int | None = option(None, "training trajectories (default 128; 64 for the --from-grid stage)",
                                  aliases=("--n",), parse=parse_int)
@@ -89,25 +118,61 @@ class AMEDTuneSettings(GradientSettings):
         check_rate("--grid-lr", self.grid_lr)
 
     def default_out(self) -> str:
+        """The output file when `out` is None.
+
+        Returns:
+            "amed-<solver>.safetensors".
+        """
         return f"amed-{self.solver}.safetensors"
 
 
 @dataclass(frozen=True)
 class GITSTuneSettings(TuneSettings):
+    """Settings of `diffsolve tune gits`: those of TuneSettings (samples: teacher trajectories, default 128)."""
     def default_out(self) -> str:
+        """The output file when `out` is None.
+
+        Returns:
+            "gits-<solver>.safetensors".
+        """
         return f"gits-{self.solver}.safetensors"
 
 
 @dataclass(frozen=True)
 class GridTuneSettings(GradientSettings):
+    """Settings of `diffsolve tune grid` (a grid learned by gradient): GradientSettings with its own sample count.
+
+    Attributes:
+        samples: Training trajectories (default 96).
+    """
     samples: int = option(96, "training trajectories (default 96)", aliases=("--n",), parse=parse_int)
 
     def default_out(self) -> str:
+        """The output file when `out` is None.
+
+        Returns:
+            "learned-<solver>.safetensors".
+        """
         return f"learned-{self.solver}.safetensors"
 
 
 @dataclass(frozen=True)
 class WeightsTuneSettings(GradientSettings):
+    """Settings of `diffsolve tune weights` (learned multistep weight offsets and their grid).
+
+    Attributes:
+        solver: The base rule: "deis" (default), "ipndm" or "ipndm_v".
+        epochs: Epochs of the joint stage (default 30).
+        batch_size: Minibatch size (default 16).
+        lr: Learning rate of the grid in the joint stage (default 0.02).
+        weight_lr: Learning rate of the offsets (default 5e-3).
+        grid_lr: Learning rate of the starting-grid stage (default 0.2).
+        no_afs: No analytical first step (one more NFE).
+        starts: The starting grids (default GRID_STARTS).
+
+    Raises:
+        InvalidArgument: A field is invalid (the message names its flag).
+    """
     solver: str = option("deis", "base rule: deis, ipndm or ipndm_v")
     epochs: int = option(30, "epochs (default 30)", parse=parse_int)
     batch_size: int = option(16, "minibatch size (default 16)", aliases=("--batch",), parse=parse_int)
@@ -124,6 +189,11 @@ class WeightsTuneSettings(GradientSettings):
         check_rate("--grid-lr", self.grid_lr)
 
     def default_out(self) -> str:
+        """The output file when `out` is None.
+
+        Returns:
+            "weights-<solver>.safetensors".
+        """
         return f"weights-{self.solver}.safetensors"
 
 
@@ -148,6 +218,19 @@ def _save(corr: Any, settings: TuneSettings, ctx: TuneContext, start: float) -> 
 
 
 def tune_amed(model: Any, st: AMEDTuneSettings, ctx: TuneContext) -> Path:
+    """The `amed` tuner: train an AMED predictor (after a learned-grid stage with --from-grid) and save it.
+
+    Args:
+        model: The model or field.
+        st: The tuner's settings.
+        ctx: What the caller knows about the model.
+
+    Returns:
+        The written file's path.
+
+    Raises:
+        InvalidArgument: --from-grid on a plain velocity field, or an option train_amed / learn_grid refuses.
+    """
     start = time.perf_counter()
     teacher, teach = _teacher(st, ctx)
     plain = not as_field(model).has_schedule      # a plain velocity field: native time, no AFS
@@ -168,6 +251,19 @@ def tune_amed(model: Any, st: AMEDTuneSettings, ctx: TuneContext) -> Path:
 
 
 def tune_gits(model: Any, st: GITSTuneSettings, ctx: TuneContext) -> Path:
+    """The `gits` tuner: GITS grids (gits_grid) for the settings' solver and NFEs, saved.
+
+    Args:
+        model: The model or field.
+        st: The tuner's settings.
+        ctx: What the caller knows about the model.
+
+    Returns:
+        The written file's path.
+
+    Raises:
+        InvalidArgument: An option gits_grid refuses.
+    """
     start = time.perf_counter()
     teacher, teach = _teacher(st, ctx)
     corr = gits_grid(model, base=st.solver, nfe=st.nfe, n=st.samples, seed=st.seed, teacher=teacher, dtype=ctx.dtype,
@@ -176,6 +272,19 @@ def tune_gits(model: Any, st: GITSTuneSettings, ctx: TuneContext) -> Path:
 
 
 def tune_grid(model: Any, st: GridTuneSettings, ctx: TuneContext) -> Path:
+    """The `grid` tuner: grids learned by gradient (learn_grid), saved.
+
+    Args:
+        model: The model or field.
+        st: The tuner's settings.
+        ctx: What the caller knows about the model.
+
+    Returns:
+        The written file's path.
+
+    Raises:
+        InvalidArgument: An option learn_grid refuses.
+    """
     start = time.perf_counter()
     teacher, teach = _teacher(st, ctx)
     corr = learn_grid(model, base=st.solver, nfe=st.nfe, n=st.samples, batch_size=st.batch_size, epochs=st.epochs,
@@ -185,6 +294,19 @@ def tune_grid(model: Any, st: GridTuneSettings, ctx: TuneContext) -> Path:
 
 
 def tune_weights(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Path:
+    """The `weights` tuner: learned multistep weight offsets and their grids (learn_coefficients), saved.
+
+    Args:
+        model: The model or field.
+        st: The tuner's settings.
+        ctx: What the caller knows about the model.
+
+    Returns:
+        The written file's path.
+
+    Raises:
+        InvalidArgument: An option learn_coefficients refuses.
+    """
     start = time.perf_counter()
     teacher, teach = _teacher(st, ctx)
     corr = learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=not st.no_afs, n=st.samples,
@@ -198,12 +320,42 @@ def tune_weights(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Path:
 # Skip-Tuning
 # ------------------------------------------------------------------------------------------------
 def parse_ranges(text: str, flag: str) -> tuple[tuple[float, float] | None, ...]:
-    """'lo,hi;lo,hi' noise ranges; 'all' for everywhere (None)."""
+    """'lo,hi;lo,hi' noise ranges; 'all' for everywhere (None).
+
+    Args:
+        text: The text given.
+        flag: The option string, named in the error.
+
+    Returns:
+        (tuple): One (lo, hi) pair or None per range.
+
+    Raises:
+        InvalidArgument: A range is not two numbers.
+    """
     return tuple(None if c.strip() == "all" else parse_pair(c, flag) for c in text.split(";") if c.strip())
 
 
 @dataclass(frozen=True)
 class SkipTuneSettings(TuneSettings):
+    """Settings of `diffsolve tune skip` (Skip-Tuning's rho for one solver and one NFE); the output is a .json file.
+
+    Attributes:
+        solver: The solver whose runs are tuned (default dpmpp_2m).
+        samples: Tuning samples (default 1000).
+        eval_samples: Held-out samples for the final score (--eval-samples, old --eval-n; default 1000).
+        rho_range: Search interval of rho_bottom (default 0.5, 1.0).
+        rho_top: rho of the highest-resolution skip (default 1).
+        active: EDM noise levels (lo, hi) where the scaling applies; None is everywhere.
+        tune_rho_top: Then search rho_top between the rho_bottom found and 1.
+        active_choices: Noise ranges (None: everywhere) to try with the rho found; the best on the tuning noise is kept.
+        evaluations: Metric evaluations of the search (default 8).
+        grid: The solver's grid; None is the model's.
+        metric: 'module:attr', a callable metric(samples) -> float to minimise; None is the built-in classifier's FD
+            (MNIST-shaped models only).
+
+    Raises:
+        InvalidArgument: A field is invalid, or more than one NFE is given.
+    """
     solver: str = option("dpmpp_2m", "the solver whose runs are tuned (default dpmpp_2m)")
     samples: int = option(1000, "tuning samples (default 1000)", aliases=("--n",), parse=parse_int)
     eval_samples: int = option(1000, "held-out samples for the final score (default 1000)", aliases=("--eval-n",),
@@ -232,6 +384,11 @@ class SkipTuneSettings(TuneSettings):
                                   "for one budget), e.g. --nfe 5")
 
     def default_out(self) -> str:
+        """The output file when `out` is None.
+
+        Returns:
+            "skip-<solver>-nfe<N>.json".
+        """
         return f"skip-{self.solver}-nfe{self.nfe[0]}.json"
 
 
@@ -270,6 +427,20 @@ def _metric(spec: str | None, model: Any, ctx: TuneContext):
 
 
 def run_skip(model: Any, st: SkipTuneSettings, ctx: TuneContext) -> Path:
+    """The `skip` tuner: search rho_bottom on the tuning seeds, score it on held-out seeds, save the settings as JSON.
+
+    Args:
+        model: The model or field.
+        st: The tuner's settings.
+        ctx: What the caller knows about the model (its import_object reads --metric).
+
+    Returns:
+        The written file's path.
+
+    Raises:
+        InvalidArgument: More than one NFE, a --metric that is not a callable metric(samples) -> float (or the
+            default FD on a model whose samples are not MNIST digits), or an option tune_skip refuses.
+    """
     start = time.perf_counter()
     if len(st.nfe) != 1:
         raise InvalidArgument(f"--nfe {','.join(map(str, st.nfe))!r}: skip tuning takes one NFE (rho is tuned for "

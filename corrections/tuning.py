@@ -27,13 +27,32 @@ TEACHERS = ("reference", "fine")
 
 def option(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (),
            parse: Callable[[str, str], Any] | None = None, metavar: str | None = None) -> Any:
-    """A settings field that is also a command-line option: `flag` (default --field-name), older spellings
-    `aliases`, and `parse(text, flag)` reading its text (None: a switch for a bool field, else the text itself)."""
+    """A settings field that is also a command-line option.
+
+    Args:
+        default: The field's default value.
+        help: The option's help text.
+        flag: The option string; None is --field-name.
+        aliases: Older spellings accepted as further option strings.
+        parse: `parse(text, flag)` reading the option's text; None: a switch for a bool field, else the text itself.
+        metavar: The placeholder shown in the help; None is the parser's default.
+
+    Returns:
+        (dataclasses.Field): The field, its option data in its metadata.
+    """
     return dataclasses.field(default=default, metadata={"flag": flag, "aliases": aliases, "help": help,
                                                         "parse": parse, "metavar": metavar})
 
 
 def flag_of(f: dataclasses.Field) -> str:
+    """The option string of a settings field: its metadata's flag, else --field-name.
+
+    Args:
+        f: A field made by `option`.
+
+    Returns:
+        The flag, e.g. "--batch-size".
+    """
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
@@ -41,6 +60,18 @@ def flag_of(f: dataclasses.Field) -> str:
 # Reading option text (each error names the flag)
 # ------------------------------------------------------------------------------------------------
 def parse_int(text: str, flag: str) -> int:
+    """An option's text as an integer.
+
+    Args:
+        text: The text given.
+        flag: The option string, named in the error.
+
+    Returns:
+        The integer.
+
+    Raises:
+        InvalidArgument: The text is not an integer.
+    """
     try:
         return int(text)
     except ValueError:
@@ -48,6 +79,18 @@ def parse_int(text: str, flag: str) -> int:
 
 
 def parse_float(text: str, flag: str) -> float:
+    """An option's text as a number.
+
+    Args:
+        text: The text given.
+        flag: The option string, named in the error.
+
+    Returns:
+        The number.
+
+    Raises:
+        InvalidArgument: The text is not a number.
+    """
     try:
         return float(text)
     except ValueError:
@@ -55,6 +98,18 @@ def parse_float(text: str, flag: str) -> float:
 
 
 def parse_ints(text: str, flag: str) -> tuple[int, ...]:
+    """An option's text as positive integers, separated by commas or spaces.
+
+    Args:
+        text: The text given, e.g. "3,5,7".
+        flag: The option string, named in the error.
+
+    Returns:
+        The integers.
+
+    Raises:
+        InvalidArgument: A value is not an integer, none is given, or one is below 1.
+    """
     vals = tuple(parse_int(v, flag) for v in text.replace(",", " ").split())
     if not vals or min(vals) < 1:
         raise InvalidArgument(f"{flag} {text!r}: give positive integers")
@@ -62,10 +117,31 @@ def parse_ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def parse_names(text: str, flag: str) -> tuple[str, ...]:
+    """An option's text as comma-separated names (blanks dropped).
+
+    Args:
+        text: The text given.
+        flag: The option string (unused: any text is valid).
+
+    Returns:
+        The names.
+    """
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def parse_pair(text: str, flag: str) -> tuple[float, float]:
+    """An option's text as two numbers 'lo,hi'.
+
+    Args:
+        text: The text given.
+        flag: The option string, named in the error.
+
+    Returns:
+        (lo, hi).
+
+    Raises:
+        InvalidArgument: The text is not two numbers.
+    """
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
@@ -77,24 +153,72 @@ def parse_pair(text: str, flag: str) -> tuple[float, float]:
 # Checks
 # ------------------------------------------------------------------------------------------------
 def check_count(flag: str, value: Any, minimum: int = 1) -> None:
+    """Refuse a count that is not an integer >= `minimum` (a bool is refused too).
+
+    Args:
+        flag: The option string, named in the error.
+        value: The value to check.
+        minimum: The smallest allowed value (default 1: zero is refused).
+
+    Raises:
+        InvalidArgument: The value is not an integer >= minimum.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InvalidArgument(f"{flag} {value!r}: must be an integer >= {minimum}")
 
 
 def check_rate(flag: str, value: Any) -> None:
+    """Refuse a rate that is not a finite number > 0.
+
+    Args:
+        flag: The option string, named in the error.
+        value: The value to check.
+
+    Raises:
+        InvalidArgument: The value is not a finite number > 0.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise InvalidArgument(f"{flag} {value!r}: must be a finite number > 0")
 
 
 def check_one_of(flag: str, value: Any, allowed: tuple) -> None:
+    """Refuse a value that is not one of `allowed`.
+
+    Args:
+        flag: The option string, named in the error.
+        value: The value to check.
+        allowed: The allowed values.
+
+    Raises:
+        InvalidArgument: The value is not allowed; the message lists the allowed values.
+    """
     if value not in allowed:
         raise InvalidArgument(f"{flag} {value!r}; allowed values: {', '.join(map(str, allowed))}")
 
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """What every tuner takes: the base solver, the NFE budgets, the output file, the seed, the sample count
-    (each tuner its own default), the teacher and torch's CPU threads."""
+    """What every tuner takes.
+
+    The base solver, the NFE budgets, the output file, the seed, the sample count (each tuner its own default), the
+    teacher and torch's CPU threads. Checked when made.
+
+    Attributes:
+        solver: The base solver (--solver).
+        nfe: The NFE budgets (--nfe, default 3,5,7,9).
+        out: The output file; None names it after the tuner and the solver.
+        seed: Seed of the weights, noise and batch order, in [0, 2**63).
+        samples: Training trajectories (--samples, old --n); None in a subclass is the tuner's own default.
+        teacher: "reference" (adaptive float64 solve) or "fine" (a fine-grid solve); None is "fine" for image models,
+            else "reference".
+        ref_rtol: With the reference teacher, dopri5 at this rtol = atol in float64 instead of the model's reference
+            settings; None keeps those.
+        threads: torch CPU threads (default 1).
+        suffix: What the output file must end with (".safetensors").
+
+    Raises:
+        InvalidArgument: A field is invalid (the message names its flag).
+    """
 
     solver: str = option("ipndm", "base solver")
     nfe: tuple[int, ...] = option((3, 5, 7, 9), "comma-separated NFE budgets (default 3,5,7,9)", parse=parse_ints)
@@ -124,17 +248,34 @@ class TuneSettings:
             raise InvalidArgument(f"--out {self.out!r}: this tuner writes a {self.suffix} file")
 
     def default_out(self) -> str:
+        """The output file when `out` is None.
+
+        Returns:
+            "correction-<solver>.safetensors" here; each tuner names its own.
+        """
         return f"correction-{self.solver}{self.suffix}"
 
     def out_path(self) -> Path:
+        """The output file: `out`, else `default_out()`.
+
+        Returns:
+            The path.
+        """
         return Path(self.out if self.out is not None else self.default_out())
 
 
 @dataclass(frozen=True)
 class TuneContext:
-    """What the caller knows about the model besides the model itself: its name (recorded in the file), the
-    dtype to train in, its reference-solve settings, whether it is an image model (the 'fine' teacher by
-    default), where progress goes, and how a 'module:attr' option is imported."""
+    """What the caller knows about the model besides the model itself.
+
+    Attributes:
+        model_name: The model's name, recorded in the file; None records none.
+        dtype: The dtype to train in.
+        reference: The model's reference-solve settings; None is the default settings.
+        image: Whether it is an image model (the 'fine' teacher by default).
+        log: Where progress goes; None is silent.
+        import_object: How a 'module:attr' option is imported, as import_object(spec, flag); None refuses such options.
+    """
 
     model_name: str | None = None
     dtype: torch.dtype = torch.float32
@@ -146,6 +287,14 @@ class TuneContext:
 
 @dataclass(frozen=True)
 class Tuner:
+    """One registered tuner.
+
+    Attributes:
+        name: The name `diffsolve tune <name>` takes.
+        settings: Its settings dataclass (derived from TuneSettings).
+        run: run(model, settings, context) -> the written file's path.
+        summary: One line for the command's help.
+    """
     name: str
     settings: type
     run: Callable[[Any, Any, TuneContext], Path]
@@ -157,28 +306,72 @@ TUNERS: dict[str, Tuner] = {}
 
 def register_tuner(name: str, settings: type, run: Callable[[Any, Any, TuneContext], Path],
                    summary: str = "") -> None:
-    """Make `diffsolve tune <name>` train with `run(model, settings, context)`; `settings` is a frozen dataclass
-    derived from TuneSettings whose fields are the command's options."""
+    """Make `diffsolve tune <name>` train with `run(model, settings, context)`.
+
+    Args:
+        name: The tuner's name (replaces a tuner of that name).
+        settings: A frozen dataclass derived from TuneSettings whose fields are the command's options.
+        run: Trains the correction, writes it to `settings.out_path()` and returns that path.
+        summary: One line for the command's help.
+
+    Raises:
+        InvalidArgument: `settings` is not a TuneSettings class.
+    """
     if not (isinstance(settings, type) and issubclass(settings, TuneSettings)):
         raise InvalidArgument(f"tuner {name!r}: settings must be a TuneSettings dataclass")
     TUNERS[name] = Tuner(name, settings, run, summary)
 
 
 def get_tuner(name: str) -> Tuner:
+    """The registered tuner `name`.
+
+    Args:
+        name: The tuner's name.
+
+    Returns:
+        The tuner.
+
+    Raises:
+        InvalidArgument: No tuner has that name; the message lists the registered ones.
+    """
     if name not in TUNERS:
         raise InvalidArgument(f"tuner {name!r}; allowed values: {', '.join(sorted(TUNERS))}")
     return TUNERS[name]
 
 
 def check_out(settings: TuneSettings) -> Path:
-    """The output file, its folder proven writable: before any training."""
+    """The output file, its folder proven writable: before any training.
+
+    Args:
+        settings: The tuner's settings.
+
+    Returns:
+        The output file's path.
+
+    Raises:
+        InvalidArgument: The folder cannot be written (named as --out).
+    """
     path = settings.out_path()
     check_writable(path.parent if str(path.parent) else Path("."), "--out")
     return path
 
 
 def tune(name: str, model: Any, settings: TuneSettings, context: TuneContext = TuneContext()) -> Path:
-    """Run the registered tuner `name` on `model` and write its file; returns the file's path."""
+    """Run the registered tuner `name` on `model` and write its file; returns the file's path.
+
+    Args:
+        name: The tuner's name.
+        model: The model or field to tune for.
+        settings: The tuner's settings, an instance of its settings class.
+        context: What the caller knows about the model (default: a TuneContext of defaults).
+
+    Returns:
+        The written file's path.
+
+    Raises:
+        InvalidArgument: No tuner has that name, `settings` is of another class, the output folder cannot be
+            written, or the tuner refuses the model or settings.
+    """
     tuner = get_tuner(name)
     if not isinstance(settings, tuner.settings):
         raise InvalidArgument(f"tuner {name!r} takes {tuner.settings.__name__}, not {type(settings).__name__}")
