@@ -238,7 +238,9 @@ def test_half_precision_diffusers_unet_sees_float32_timesteps(dtype):
                                  layers_per_block=1, norm_num_groups=4,
                                  down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D"))
-    sch = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    # unclipped: diffusers' clip_sample step keeps the network's raw eps beside the clamped x0, which amplifies the
+    # half-precision error of a random network beyond what this test is about (the time input's dtype)
+    sch = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing", clip_sample=False)
     half = diffusers.UNet2DModel.from_config(unet.config)
     half.load_state_dict(unet.state_dict())
     half = half.to(dtype)
