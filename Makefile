@@ -25,7 +25,7 @@ bench: setup
 test: setup
 	$(PY) -m pytest -n 2 --durations=15 $(ARGS)
 
-# Everything but the tests marked slow (each about 1 s or more): the quick check while editing, under 90 s.
+# Everything but the tests marked slow (each about 0.75 s or more): the quick check while editing, under 90 s.
 test-fast: setup
 	$(PY) -m pytest -n 2 -m "not slow" $(ARGS)
 

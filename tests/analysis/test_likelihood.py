@@ -36,6 +36,7 @@ def test_exact_divergence_matches_the_closed_form(kind, schedule):
     torch.testing.assert_close(g.delta_log_prob, r.delta_log_prob, atol=5e-3, rtol=0)
 
 
+@pytest.mark.slow
 def test_fixed_rk_grid_converges():
     problem = GaussianMixtureProblem.default(dim=4, components=3, schedule=EDM)
     x = problem.sample_data(4, torch.Generator().manual_seed(1))

@@ -140,6 +140,7 @@ def test_api_rejects_what_the_command_line_rejects(monkeypatch):
             run_bench("gaussian", cache=False, **bad)
 
 
+@pytest.mark.slow
 def test_defaults_are_not_substituted_for_given_values():
     # threads=1 / chunk_size=1 are honoured as given (no `value or default`): 3 chunks of one sample.
     rep = run_bench("gaussian", ["euler"], [4], batch_size=3, chunk_size=1, threads=1, cache=False, verbose=False,
@@ -232,6 +233,7 @@ def _load(path):
         return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["diffsolve"])
 
 
+@pytest.mark.slow
 def test_sample_writes_tensors_and_scatter_and_depends_only_on_seeds(tmp_path, capsys):
     assert main(["sample", "--model", "gmm", "--solver", "dpmpp_2m", "--nfe", "10", "--seeds", "0-3",
                  "--out", str(tmp_path / "a")]) == 0

@@ -215,6 +215,7 @@ class _TimeRecorder:
 HALF_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_builtin_unet(dtype):
     from diffsolve.models import load_mnist_unet

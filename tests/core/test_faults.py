@@ -135,6 +135,7 @@ OUTPUT_FORMS = {
 }
 
 
+@pytest.mark.slow
 @FAST
 @given(form=st.sampled_from(sorted(OUTPUT_FORMS)), solver=st.sampled_from(["dpmpp_2m", "euler", "heun",
                                                                            "dpm_adaptive", "odeint_dopri5"]),

@@ -92,6 +92,7 @@ ORDER_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ORDER_CASES))
 def test_inversion_and_round_trip_converge_at_the_solver_order(name):
     problem = GaussianProblem.default(schedule=VP)

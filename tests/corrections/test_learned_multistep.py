@@ -102,6 +102,7 @@ def test_learned_weights_beat_the_base_on_its_learned_grid(gmm, held_out, learne
         assert e < 0.9 * e0 and e < 0.5 * ep, (nfe, e, e0, ep)
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_and_refusal(gmm, held_out, learned, tmp_path):
     noise, _ = held_out
     path = learned.save(tmp_path / "coef.safetensors")

@@ -73,6 +73,7 @@ def test_two_tolerance_gap_is_far_below_solver_errors():
     assert float(ref.gap_rmse.max()) < 1e-3 * min(errs)
 
 
+@pytest.mark.slow
 def test_rk4_reference_agrees_with_dopri8():
     p = GaussianMixtureProblem.default(dim=3, components=2)
     noise = _noise(4, 3, seed=2)
@@ -118,6 +119,7 @@ def _first_entry(tmp_path: Path) -> Path:
     return entry
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip_payload_byte", "truncate", "garbage", "wrong_key"])
 def test_corrupted_cache_entry_is_detected_and_recomputed(tmp_path, damage):
     p = GaussianMixtureProblem.default(dim=4, components=3)

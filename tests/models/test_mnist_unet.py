@@ -24,6 +24,7 @@ def unet():
     return load_mnist_unet()
 
 
+@pytest.mark.slow
 def test_data_split_is_fixed_disjoint_and_scaled():
     x, y = load_mnist("train")
     h, yh = load_mnist("heldout")
@@ -62,6 +63,7 @@ def test_shipped_unet_declares_its_spec_and_samples_without_arguments(unet):
     assert float((x > 0.5).float().mean()) > 0.05
 
 
+@pytest.mark.slow
 def test_heun_samples_are_recognised_digits(unet):
     torch.manual_seed(0)
     res = Sampler(unet, "heun", progress=False).run(steps=8, batch_size=32, seed=1)

@@ -104,6 +104,7 @@ def test_shortcut_model_is_told_the_step_and_samples_in_one_step(heldout):
     assert sliced_w1(sample(sc, noise, 32, "rk4"), target) < 0.15
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["1rf", "2rf", "shortcut"])
 def test_training_is_seeded(what, one_thread):
     pairs = init = None

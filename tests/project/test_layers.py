@@ -34,6 +34,7 @@ def _lint(package_parent: Path | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_every_module_belongs_to_a_layer():
     layers = _layers()
     stray = [m for m in package_modules() if m not in ("diffsolve", "diffsolve.__main__")

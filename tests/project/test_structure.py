@@ -17,6 +17,7 @@ def test_no_import_circle():
     assert cycles(graph()) == []
 
 
+@pytest.mark.slow
 def test_the_cycle_finder_finds_a_planted_circle():
     edges = {k: set(v) for k, v in graph().items()}
     edges.setdefault("diffsolve.errors", set()).add("diffsolve.sampler")        # sampler -> ... -> errors exists
@@ -30,6 +31,7 @@ def test_our_modules_are_imported_at_module_level():
     assert inner == []
 
 
+@pytest.mark.slow
 def test_argparse_only_in_the_command_line():
     sites = [m for m, p in package_files().items() if not m.startswith("diffsolve.cli")
              and any(isinstance(n, (ast.Import, ast.ImportFrom)) and "argparse" in
@@ -38,6 +40,7 @@ def test_argparse_only_in_the_command_line():
     assert sites == []
 
 
+@pytest.mark.slow
 def test_functions_and_modules_stay_small():
     long_functions, long_modules = [], []
     for module, path in package_files().items():

@@ -35,6 +35,7 @@ def rmse(a, b) -> float:
     return float((a - b).pow(2).mean().sqrt())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver,opts", [("dpm_adaptive", {"order": 2}), ("dpm_adaptive", {"order": 3}),
                                          ("odeint_dopri5", {}), ("odeint_bosh3", {})])
 def test_error_falls_with_tolerance(setup, solver, opts):
@@ -62,6 +63,7 @@ def _calls_to_reach(setup, solver, target, **opts):
     raise AssertionError(f"{solver} never reached {target}")
 
 
+@pytest.mark.slow
 def test_dpm_solver_23_needs_fewer_model_calls_than_dopri5(setup):
     target = 1e-3
     dpm = _calls_to_reach(setup, "dpm_adaptive", target, order=3)

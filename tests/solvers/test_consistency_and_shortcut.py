@@ -213,6 +213,7 @@ def test_straightness_of_a_straight_flow_is_zero():
     assert r.straightness == pytest.approx(0.0, abs=1e-20) and r.one_step_gap == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_straightness_of_the_gaussian_pf_ode_matches_its_closed_form():
     """Rectified-flow path x_t = (1 - t) x0 + t z, data N(mu, s_i^2): X_t = (1 - t) mu + g_i(t) z with
     g_i = sqrt((1 - t)^2 s_i^2 + t^2), so S = sum_i E[z^2] (int g_i'^2 - (1 - s_i)^2) = sum_i s_i (2 - pi / 2)."""
@@ -229,6 +230,7 @@ def test_straightness_of_the_gaussian_pf_ode_matches_its_closed_form():
     assert r.one_step_gap > r2.one_step_gap > 0
 
 
+@pytest.mark.slow
 def test_bench_reports_the_models_straightness():
     from diffsolve.distributed import sample_seeds
     from diffsolve.bench.running import STRAIGHTNESS_SAMPLES, STRAIGHTNESS_STEPS, run_bench

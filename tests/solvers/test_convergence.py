@@ -36,6 +36,7 @@ def test_registry_has_the_foundation_solvers():
         assert name in DETERMINISTIC
 
 
+@pytest.mark.slow
 @untrained_corrections
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_declared_order_on_gaussian(name):

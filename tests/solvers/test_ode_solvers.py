@@ -118,6 +118,7 @@ CONVERGENCE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options,grid,steps,expected", CONVERGENCE,
                          ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CONVERGENCE])
 def test_convergence_order(name, options, grid, steps, expected):
@@ -328,6 +329,7 @@ def test_afs_is_the_analytic_slope_and_saves_one_call():
         assert e_afs < 2 * e_base + 1e-3, (name, e_base, e_afs)
 
 
+@pytest.mark.slow
 def test_afs_error_is_first_order():
     """The analytic first slope is exact only for zero-mean unit-variance data: it leaves an O(h_0) error, so a
     run with AFS converges at order 1 once the solver's own error is below it (documented, measured here)."""

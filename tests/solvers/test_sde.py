@@ -85,6 +85,7 @@ def test_torchsde_weak_convergence(method, steps, batch):
     assert fine < 0.12
 
 
+@pytest.mark.slow
 def test_torchsde_strong_order_on_a_fixed_brownian_path():
     """Additive noise (the reverse SDE of a Gaussian path): Euler-Maruyama has strong order 1 (not 0.5).
 
@@ -139,6 +140,7 @@ def test_sample_is_bitwise_batch_invariant(solver):
     assert not torch.equal(smp.run(6, seed=[s + 100 for s in seeds], batch_size=8).samples, full)
 
 
+@pytest.mark.slow
 def test_brownian_tree_is_invariant_to_grid_refinement():
     """The per-sample tree samples one path per seed: a refined grid converges to the same limit, and a run with
     a different seed does not."""

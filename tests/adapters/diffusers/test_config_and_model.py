@@ -179,6 +179,7 @@ def test_zero_terminal_snr_config_matches_diffusers():
     assert torch.equal(ours, theirs) and float(ours[-1]) == 2.0 ** -24
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 def test_config_betas_reproduce_diffusers_bitwise(kind):
     diffusers = pytest.importorskip("diffusers")
