@@ -239,14 +239,14 @@ def tune_amed(model: Any, st: AMEDTuneSettings, ctx: TuneContext) -> Path:
         if plain:
             raise InvalidArgument("--from-grid starts from the data-mean AFS, which a plain velocity field (schedule="
                                   "None) has not; train without --from-grid")
-        g = learn_grid(model, base=st.solver, nfe=st.nfe, afs=True, n=st.samples or 64, batch_size=st.batch_size,
-                       epochs=st.grid_epochs, lr=st.grid_lr, seed=st.seed, teacher=teacher, dtype=ctx.dtype,
-                       log=ctx.log, starts=st.starts, **teach)
+        g = learn_grid(model, base=st.solver, nfe=st.nfe, afs=True, n=64 if st.samples is None else st.samples,
+                       batch_size=st.batch_size, epochs=st.grid_epochs, lr=st.grid_lr, seed=st.seed, teacher=teacher,
+                       dtype=ctx.dtype, log=ctx.log, starts=st.starts, **teach)
         init = to_amed_table(g, model)
     corr = train_amed(model, base=st.solver, nfe=st.nfe, afs=not (st.no_afs or plain), loss=st.loss,
-                      features=st.features, init=init, module=st.module, n_train=st.samples or 128,
-                      batch_size=st.batch_size, epochs=st.epochs, lr=st.lr, seed=st.seed, teacher=teacher,
-                      dtype=ctx.dtype, log=ctx.log, **teach)
+                      features=st.features, init=init, module=st.module,
+                      n_train=128 if st.samples is None else st.samples, batch_size=st.batch_size, epochs=st.epochs,
+                      lr=st.lr, seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log, **teach)
     return _save(corr, st, ctx, start)
 
 
