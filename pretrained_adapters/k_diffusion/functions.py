@@ -293,8 +293,8 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
                         rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0., icoeff=1., dcoeff=0., accept_safety=0.81,
                         eta=0., s_noise=1., noise_sampler=None, return_info=False, **unexpected):
     """DPM-Solver-12/23 with adaptive steps from sigma_max down to sigma_min, run by diffsolve's 'dpm_adaptive'
-    (DPM-Solver's own step-size rule; k-diffusion's PID coefficients other than its default, and eta > 0, are
-    refused). `return_info=True` also returns {'nfe', 'n_accept', 'n_reject', 'steps'}.
+    (DPM-Solver's own step-size rule: k-diffusion's PID coefficients and accept_safety other than their defaults,
+    and eta > 0, are refused). `return_info=True` also returns {'steps', 'nfe'}.
 
     Args:
         model (Callable): the denoiser, `model(x, sigma * s_in, **extra_args)` -> the denoised sample.
@@ -311,7 +311,7 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         pcoeff (float): must be 0.
         icoeff (float): must be 1.
         dcoeff (float): must be 0.
-        accept_safety (float): a step is accepted below this error ratio (its square root is the solver's theta).
+        accept_safety (float): must be 0.81 (the solver keeps DPM-Solver's own acceptance rule).
         eta (float): must be 0.
         s_noise (float): unused (k-diffusion's signature).
         noise_sampler (Callable | None): unused (k-diffusion's signature).
@@ -322,30 +322,35 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         (Tensor | tuple): the sample, or (sample, info) with return_info=True.
 
     Raises:
-        InvalidArgument: other PID coefficients or eta, sigmas out of order or not finite, or an unknown keyword.
+        InvalidArgument: other PID coefficients, accept_safety or eta, sigmas out of order or not finite, or an
+            unknown keyword.
     """
     _refuse_unknown(sample_dpm_adaptive, unexpected)
-    if (pcoeff, icoeff, dcoeff) != (0., 1., 0.) or eta:
+    if (pcoeff, icoeff, dcoeff, accept_safety) != (0., 1., 0., 0.81) or eta:
         raise InvalidArgument("sample_dpm_adaptive runs DPM-Solver's integral step-size rule without noise: "
-                              "pcoeff=0, icoeff=1, dcoeff=0 and eta=0 only")
+                              "pcoeff=0, icoeff=1, dcoeff=0, accept_safety=0.81 and eta=0 only")
     lo, hi = float(sigma_min), float(sigma_max)
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
         raise InvalidArgument(f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}: need 0 < sigma_min < sigma_max")
     sigmas = torch.tensor([hi, lo], dtype=torch.float64)
     out = _adaptive_run(model, x, sigmas, extra_args, callback, disable, order=order, rtol=rtol, atol=atol,
-                        h_init=h_init, theta=math.sqrt(accept_safety))
+                        h_init=h_init)
     return out if return_info else out[0]
 
 
 def _adaptive_run(model, x, sigmas, extra_args, callback, disable, **opts):
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"steps": 0, "nfe": 0}
 
     def keep(d):
         info["steps"] = int(d["i"]) + 1
         if callback is not None:
             callback(d)
 
-    samples = sample("dpm_adaptive", model, x, sigmas, extra_args, keep, disable, **opts)
+    def counted(x, sigma, **kwargs):
+        info["nfe"] += 1
+        return model(x, sigma, **kwargs)
+
+    samples = sample("dpm_adaptive", counted, x, sigmas, extra_args, keep, disable, **opts)
     return samples, info
 
 

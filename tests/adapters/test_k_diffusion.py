@@ -255,13 +255,15 @@ def test_dpm_adaptive_takes_sigma_min_and_sigma_max(K, setup):
     x = noise * 20.0
     ref = K.sample_dpm_adaptive(den, x.clone(), 0.03, 20.0, disable=True, rtol=1e-3, atol=1e-4)
     got, info = kd.sample_dpm_adaptive(den, x.clone(), 0.03, 20.0, rtol=1e-3, atol=1e-4, return_info=True)
-    assert rel(got, ref) < 5e-3 and info["steps"] > 1
+    assert rel(got, ref) < 5e-3 and info["steps"] > 1 and info["nfe"] >= 3 * info["steps"]
     tight = kd.sample_dpm_adaptive(den, x.clone(), 0.03, 20.0, rtol=1e-6, atol=1e-7)
     assert rel(got, tight) < 5e-3
     with pytest.raises(InvalidArgument, match="sigma_min"):
         kd.sample_dpm_adaptive(den, x, 20.0, 0.03)
     with pytest.raises(InvalidArgument, match="pcoeff"):
         kd.sample_dpm_adaptive(den, x, 0.03, 20.0, pcoeff=0.3)
+    with pytest.raises(InvalidArgument, match="accept_safety"):
+        kd.sample_dpm_adaptive(den, x, 0.03, 20.0, accept_safety=0.5)
 
 
 @pytest.mark.parametrize("name,nearest", [("dpm_fast", "sample_dpm_solver_3"),
