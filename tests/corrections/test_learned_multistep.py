@@ -198,14 +198,13 @@ def test_untrained_orders_of_the_other_bases(base):
     """Zero offsets on the other bases converge at the order the solver declares (as tests/solvers/test_convergence)."""
     import warnings
 
-    from convergence import SETTINGS, TOL, errors_of, slope
-
-    from diffsolve import VPContinuous, get_solver
-    from diffsolve.problems import GaussianProblem
-    problem = GaussianProblem.default(schedule=VPContinuous(t_min=1e-2))
-    grid, steps = SETTINGS.get(base, ("time_uniform", (16, 32, 64, 128)))
+    from diffsolve import get_solver
+    from diffsolve.analysis.convergence import (
+        ORDER_SETTINGS, ORDER_TOLERANCE, STEPS, convergence_errors, order_problem, slope)
+    problem = order_problem()
+    grid, steps = ORDER_SETTINGS.get(base, ("time_uniform", STEPS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)          # nothing ships for this problem: zero offsets
-        errs = errors_of("learned_multistep", problem, grid, {"base": base}, steps)
+        errs = convergence_errors("learned_multistep", problem, grid, {"base": base}, steps)
     order = get_solver("learned_multistep", base=base).order
-    assert abs(slope(errs, steps) - order) <= TOL, (base, order, errs)
+    assert abs(slope(errs, steps) - order) <= ORDER_TOLERANCE, (base, order, errs)
