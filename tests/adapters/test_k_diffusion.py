@@ -19,6 +19,7 @@ from diffsolve.pretrained_adapters import k_diffusion as kd
 from diffsolve.pretrained_adapters.k_diffusion import outbound
 from diffsolve.pretrained_adapters.k_diffusion import sample_dpm_2, sample_dpmpp_2m
 from diffsolve.solvers import available_solvers
+from diffsolve.solvers.peers import PEER_MATCHES
 
 RTOL = 1e-5
 
@@ -50,21 +51,22 @@ def setup(K):
     return sigmas, noise, (lambda s, s_next: table[float(s)])
 
 
-@pytest.mark.parametrize("name,opts", [
-    ("euler", {}), ("heun", {}), ("lms", {}), ("dpm_2", {}), ("dpmpp_2m", {}),
-    ("dpmpp_2s_ancestral", {"eta": 0.0}), ("dpmpp_2m_sde", {"fixed_noise": True}),
-    ("dpmpp_2m_sde", {"fixed_noise": True, "solver_type": "heun"}), ("dpmpp_3m_sde", {"fixed_noise": True}),
-    ("euler_ancestral", {"fixed_noise": True})])
-def test_same_samples_as_k_diffusion(K, setup, name, opts):
+K_DIFFUSION_MATCHES = [m for m in PEER_MATCHES if m.library == "k-diffusion"]
+
+
+@pytest.mark.parametrize("match", K_DIFFUSION_MATCHES, ids=[f"{m.peer}-{m.peer_options}" for m in K_DIFFUSION_MATCHES])
+def test_same_samples_as_k_diffusion(K, setup, match):
+    """Each k-diffusion row of diffsolve.solvers.peers: our sample_<name> (which runs match.solver) against theirs."""
     sigmas, noise, noise_sampler = setup
-    opts = dict(opts)
-    if opts.pop("fixed_noise", False):
+    opts = dict(match.peer_options)
+    if match.same_noise:
         opts["noise_sampler"] = noise_sampler        # both take the same draws per (sigma, sigma_next)
+    assert kd.K_DIFFUSION_TO_DIFFSOLVE[match.peer.removeprefix("sample_")] == match.solver
     x = noise * sigmas[0]
-    ref = getattr(K, f"sample_{name}")(den, x.clone(), sigmas, disable=True, **opts)
-    got = getattr(kd, f"sample_{name}")(den, x.clone(), sigmas, **opts)
+    ref = getattr(K, match.peer)(den, x.clone(), sigmas, disable=True, **opts)
+    got = getattr(kd, match.peer)(den, x.clone(), sigmas, **opts)
     err = rel(got, ref)
-    assert err < RTOL, f"sample_{name}: relative difference {err:.3g}"
+    assert err < match.rtol, f"{match.peer}: relative difference {err:.3g}"
 
 
 def test_callback_receives_k_diffusion_dict(K, setup):
