@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import html
 
+from diffsolve.analysis.convergence import LEARNED_MODULE, ORDER_TOLERANCE, measure_order, why_order_is_not_measured
 from diffsolve.cli import build_parser, solver_options
 from diffsolve.solvers import get_solver, registry_entries
-
-LEARNED_MODULE = "diffsolve.corrections"
+from diffsolve.solvers.peers import peers_of
 
 
 def family(name: str, entry) -> str:
@@ -31,16 +31,38 @@ def _cell(text: str) -> str:
     return html.escape(str(text)).replace("|", "&#124;")
 
 
+def order_cell(name: str) -> str:
+    """Declared order, then the order measured now on the analytic Gaussian, or why it is not measured."""
+    d = get_solver(name).describe()
+    declared = d["order"] if d["deterministic"] else f"weak {d['order']}"
+    reason = why_order_is_not_measured(name)
+    if reason is not None:
+        return f"{declared} (measured —: {_cell(reason)})"
+    m = measure_order(name)
+    return f"{m.declared} (measured {m.measured:.2f})"
+
+
+def peer_cell(name: str) -> str:
+    """Each peer implementation the suite checks this solver against, with the tolerance of that check."""
+    cells = []
+    for m in peers_of(name):
+        opts = ", ".join(f"`{k}={v!r}`" for k, v in {**m.options, **m.peer_options}.items())
+        rtol = f"{m.rtol:.0e}".replace("e-0", "e-")
+        text = f"{m.library} `{m.peer}`" + (f" ({opts})" if opts else "") + f": {rtol}"
+        cells.append(text + (", same noise" if m.same_noise else ""))
+    return "<br>".join(dict.fromkeys(cells)) or "—"
+
+
 def solver_table() -> str:
-    rows = ["| name | family | order | calls per step | summary | options: type = default |",
-            "|---|---|---|---|---|---|"]
+    """The solver table, one row per registered solver (measuring the orders takes a few seconds)."""
+    rows = [f"| name | family | order (measured within {ORDER_TOLERANCE}) | calls per step | summary | options: type = default | peer: tolerance |",
+            "|---|---|---|---|---|---|---|"]
     for name, entry in sorted(registry_entries().items()):
         d = get_solver(name).describe()
-        order = d["order"] if d["deterministic"] else f"weak {d['order']}"
         opts = "<br>".join(f"`{o}`: {_cell(t)} = `{v.replace('|', '/')}`" + (" (set by this name)" if by_name else "")
                            for o, t, v, by_name in solver_options(entry)) or "none"
-        rows.append(f"| `{name}` | {family(name, entry)} | {order} | {d['calls_per_step']} "
-                    f"| {_cell(entry.summary)} | {opts} |")
+        rows.append(f"| `{name}` | {family(name, entry)} | {order_cell(name)} | {d['calls_per_step']} "
+                    f"| {_cell(entry.summary)} | {opts} | {peer_cell(name)} |")
     return "\n".join(rows)
 
 

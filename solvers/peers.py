@@ -83,7 +83,7 @@ PEER_MATCHES: tuple[PeerMatch, ...] = (
     _k_diffusion("dpmpp_2m_sde", "sample_dpmpp_2m_sde", same_noise=True, solver_type="heun"),
     _k_diffusion("dpmpp_3m_sde", "sample_dpmpp_3m_sde", same_noise=True),
     _k_diffusion("euler_ancestral", "sample_euler_ancestral", same_noise=True),
-    PeerMatch("rk38", "torchdiffeq", "rk4", 1e-12, peer_options={"method": "rk4"}, test=TORCHDIFFEQ_TEST),  # float64
+    PeerMatch("rk38", "torchdiffeq", "odeint", 1e-12, peer_options={"method": "rk4"}, test=TORCHDIFFEQ_TEST),  # f64
 )
 
 

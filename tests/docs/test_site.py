@@ -6,8 +6,10 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from diffsolve.analysis.convergence import why_order_is_not_measured
 from diffsolve.cli import build_parser
 from diffsolve.solvers import registry_entries
+from diffsolve.solvers.peers import PEER_MATCHES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -51,6 +53,11 @@ def test_solver_table_is_generated_from_the_registry(built_site):
     for name in registry_entries():
         assert f"<code>{name}</code>" in html, name
     assert "<!-- generated" not in html
+    # measured orders (the numbers tests/solvers/test_convergence.py checks) and the peer table's rows
+    measured = [n for n in registry_entries() if why_order_is_not_measured(n) is None]
+    assert len(re.findall(r"\(measured \d\.\d\d\)", html)) == len(measured)
+    for m in PEER_MATCHES:
+        assert f"{m.library} <code>{m.peer}</code>" in html, m
 
 
 @pytest.mark.slow
