@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from dataclasses import asdict, dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -25,23 +24,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from diffsolve.checks import check_writable
+from diffsolve.corrections.skip_hooks import SkipTuned, check_skip_settings
 from diffsolve.errors import InvalidArgument, check_float
 from diffsolve.files import atomic_write_bytes
 from diffsolve.sampler import Sampler, register_field_correction
 from diffsolve.field import EvalPoint, Field, FieldOutput, FieldWrapper, VectorField, model_identity, model_spec_of
-
-
-def depth_scales(levels: int, rho_top: float = 1.0, rho_bottom: float = 0.8) -> list[float]:
-    """rho per skip level (`levels`), index 0 the highest resolution: linear in depth from rho_top to rho_bottom.
-
-    Raises:
-        InvalidArgument: `levels` is below 1.
-    """
-    if levels < 1:
-        raise InvalidArgument(f"a UNet needs at least one skip level, got {levels}")
-    if levels == 1:
-        return [float(rho_bottom)]
-    return [rho_top + (rho_bottom - rho_top) * k / (levels - 1) for k in range(levels)]
 
 
 @dataclass(frozen=True)
@@ -67,181 +54,13 @@ class SkipSettings:
     metric: dict = dc_field(default_factory=dict)   # what the tuner measured (tuning and held-out noise)
 
 
-def _check_settings(rho_bottom: Any, rho_top: Any, active: Any) -> tuple[float, float, tuple[float, float] | None]:
-    rb = check_float("rho_bottom", rho_bottom, positive=True)
-    rt = check_float("rho_top", rho_top, positive=True)
-    if active is not None:
-        if not (isinstance(active, (tuple, list)) and len(active) == 2):
-            raise InvalidArgument(f"active={active!r}: must be a pair (s_lo, s_hi) of EDM noise levels, or None")
-        lo, hi = check_float("active[0]", active[0], nonnegative=True), float(active[1])
-        if not hi > lo:
-            raise InvalidArgument(f"active={active!r}: need s_lo < s_hi")
-        active = (lo, hi)
-    return rb, rt, active
-
-
-class _Target:
-    """How one network kind takes its skip scales: a call keyword or hooks on named modules (top to bottom)."""
-
-    def __init__(self, net: torch.nn.Module, outputs_of: Sequence[str] | None, inputs_of: Sequence[str] | None):
-        self.net = net
-        modules = dict(net.named_modules())
-        if outputs_of is not None or inputs_of is not None:
-            if outputs_of is not None and inputs_of is not None:
-                raise InvalidArgument("give outputs_of= or inputs_of=, not both")
-            names = list(outputs_of if outputs_of is not None else inputs_of)
-            missing = [n for n in names if n not in modules]
-            if not names or missing:
-                raise InvalidArgument(f"{'outputs_of' if outputs_of is not None else 'inputs_of'}={names!r}: "
-                                      f"not submodules of the network: {missing}")
-            self.kind = "outputs" if outputs_of is not None else "inputs"
-            self.modules = [modules[n] for n in names]
-        elif hasattr(net, "skip_scales") and hasattr(net, "num_skip_levels"):
-            self.kind, self.modules = "keyword", []
-        elif hasattr(net, "up_blocks") and hasattr(net, "down_blocks"):
-            # diffusers UNets: up_blocks[0] is the deepest level and receives the deepest skips
-            self.kind, self.modules = "up_blocks", list(reversed(list(net.up_blocks)))
-        else:
-            raise InvalidArgument(f"{type(net).__name__} has no known skip connections: name the modules whose "
-                                  "outputs are skip features (outputs_of=) or whose inputs receive them (inputs_of=)")
-
-    @property
-    def levels(self) -> int:
-        return self.net.num_skip_levels if self.kind == "keyword" else len(self.modules)
-
-    def entries(self, scales: Sequence[float]) -> list[tuple[torch.nn.Module, str, Any]]:
-        """(module, kind, factor) for each hooked module; levels at rho 1 are left out (no multiply at all)."""
-        if self.kind == "keyword":
-            return [(self.net, "keyword", list(scales))]
-        return [(m, self.kind, rho) for m, rho in zip(self.modules, scales) if rho != 1.0]
-
-
-# The scaling reaches the network per call: hooks installed once per module (marked on the module, so a deepcopy
-# that copies the hooks copies the mark too) read the factors that the calling thread has entered. A network
-# shared with other threads, other samplers or plain callers is never changed: outside an active context of the
-# calling thread the hooks do nothing.
-_LOCAL = threading.local()
-_MARK = "_diffsolve_skip_hooks"
-_INSTALL = threading.Lock()
-
-
-def _active(module: torch.nn.Module) -> list:
-    table = getattr(_LOCAL, "active", None)
-    return table.get(id(module), []) if table else []
-
-
-def _install(module: torch.nn.Module, post: bool) -> None:
-    with _INSTALL:
-        marks = module.__dict__.get(_MARK, frozenset())
-        want = "post" if post else "pre"
-        if want in marks:
-            return
-        if post:
-            module.register_forward_hook(_post_hook)
-        else:
-            module.register_forward_pre_hook(_pre_hook, with_kwargs=True)
-        module.__dict__[_MARK] = marks | {want}
-
-
-def _pre_hook(module, args, kwargs):
-    entries = _active(module)
-    if not entries:
-        return None
-    for _, kind, factor in entries:
-        if kind == "keyword":
-            given = kwargs.get("skip_scale")
-            scales = list(factor) if given is None else [a * b for a, b in zip(given, factor)]
-            kwargs = {**kwargs, "skip_scale": scales}
-        elif kind == "up_blocks":
-            if "res_hidden_states_tuple" in kwargs:
-                kwargs = {**kwargs, "res_hidden_states_tuple": tuple(r * factor
-                                                                     for r in kwargs["res_hidden_states_tuple"])}
-            else:
-                args = (args[0], tuple(r * factor for r in args[1]), *args[2:])
-        elif kind == "inputs":
-            args = (args[0] * factor, *args[1:])
-    return args, kwargs
-
-
-def _post_hook(module, args, out):
-    for _, kind, factor in _active(module):
-        if kind == "outputs":
-            out = out * factor if isinstance(out, torch.Tensor) else (out[0] * factor, *out[1:])
-    return out
-
-
-class SkipTuned:
-    """The scaling as a context manager on a torch network `net` (see the module docstring).
-
-    It applies to the network's calls made by the thread that entered it, while it is entered; contexts may nest,
-    overlap across threads and exit in any order. `rho=` gives one factor per skip level (top to bottom) instead of
-    the linear `rho_top` .. `rho_bottom`; `outputs_of=` / `inputs_of=` name the modules that output or receive the
-    skips for a network diffsolve does not know; `active=` as in SkipSettings.
-
-    Raises:
-        InvalidArgument: `net` is not a torch module, a factor or `active` is invalid, or the skips are not found.
-    """
-
-    def __init__(self, net: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho: Sequence[float] | None = None,
-                 outputs_of: Sequence[str] | None = None, inputs_of: Sequence[str] | None = None,
-                 active: tuple[float, float] | None = None):
-        if not isinstance(net, torch.nn.Module):
-            raise InvalidArgument(f"skip tuning hooks a torch.nn.Module, got {type(net).__name__}")
-        self.rho_bottom, self.rho_top, self.active = _check_settings(rho_bottom, rho_top, active)
-        self.target = _Target(net, outputs_of, inputs_of)
-        if rho is not None:
-            if isinstance(rho, (str, bytes)) or not hasattr(rho, "__iter__"):
-                raise InvalidArgument(f"rho={rho!r}: give one factor per skip level (top to bottom)")
-            scales = [check_float(f"rho[{k}]", v, positive=True) for k, v in enumerate(rho)]
-            if len(scales) != self.target.levels:
-                raise InvalidArgument(f"rho= has {len(scales)} factors; this network has {self.target.levels} "
-                                      "skip levels (top to bottom)")
-        else:
-            scales = depth_scales(self.target.levels, self.rho_top, self.rho_bottom)
-        self.scales = scales
-        self._entries = self.target.entries(scales)
-        for module, kind, _ in self._entries:
-            _install(module, post=kind == "outputs")
-
-    @property
-    def net(self) -> torch.nn.Module:
-        """The tuned network."""
-        return self.target.net
-
-    def applies_at(self, p: EvalPoint) -> bool:
-        """Whether the point `p` lies in the active range (InvalidArgument for a per-sample point)."""
-        if self.active is None:
-            return True
-        if p.per_sample:
-            raise InvalidArgument("active= needs one noise level for the batch; this point is per sample")
-        return self.active[0] <= p.s <= self.active[1]
-
-    def __enter__(self) -> "SkipTuned":
-        if not hasattr(_LOCAL, "active"):
-            _LOCAL.active, _LOCAL.tokens = {}, {}
-        token = object()
-        for module, kind, factor in self._entries:
-            _LOCAL.active.setdefault(id(module), []).append((token, kind, factor))
-        _LOCAL.tokens.setdefault(id(self), []).append(token)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        tokens = getattr(_LOCAL, "tokens", {}).get(id(self))
-        if not tokens:
-            return
-        token = tokens.pop()
-        if not tokens:
-            del _LOCAL.tokens[id(self)]
-        for module, _, _ in self._entries:
-            kept = [e for e in _LOCAL.active.get(id(module), []) if e[0] is not token]
-            if kept:
-                _LOCAL.active[id(module)] = kept
-            else:
-                _LOCAL.active.pop(id(module), None)
-
-
 class SkipTunedField(FieldWrapper):
-    """The scaling as a field wrapper of `field`: `tuning` is active during this wrapper's own calls only."""
+    """The scaling as a field wrapper: the tuning is active during this wrapper's own calls only.
+
+    Args:
+        field: the field whose network is scaled.
+        tuning: the scaling of that field's network.
+    """
 
     stacks_on_corrections = True     # Skip-Tuning is applied on top of any solver, a learned one too
 
@@ -250,7 +69,17 @@ class SkipTunedField(FieldWrapper):
         self.tuning = tuning
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
-        """The inner field's output at (`x`, `p`), the scaling entered where it applies."""
+        """The inner field's output, the scaling entered where it applies.
+
+        Args:
+            x: the state.
+            p: the evaluation point.
+            kind: what to return, as `Field.evaluate` takes it.
+            **kwargs: passed on to the inner field.
+
+        Returns:
+            The inner field's output.
+        """
         if not self.tuning.applies_at(p):
             return self.inner.evaluate(x, p, kind, **kwargs)
         with self.tuning:
@@ -264,7 +93,11 @@ class SkipTunedField(FieldWrapper):
         self.tuning.__exit__(*exc)
 
     def own_identity(self) -> str | None:
-        """This wrapper's part of the field identity: the factors and the active range."""
+        """This wrapper's part of the field identity.
+
+        Returns:
+            The factors and the active range, as text.
+        """
         t = self.tuning
         return f"skip={[round(v, 12) for v in t.scales]}, active={t.active}"
 
@@ -280,7 +113,17 @@ def skip_tuned(model: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho
                outputs_of: Sequence[str] | None = None, inputs_of: Sequence[str] | None = None,
                active: tuple[float, float] | None = None, settings: "SkipSettings | str | Path | None" = None):
     """Skip-Tuning of a network (Ma et al. 2024): a context manager, and a field wrapper for fields and models that
-    declare their spec. `settings=` takes a tuner's result (a SkipSettings or its JSON file); the others as SkipTuned.
+    declare their spec.
+
+    Args:
+        model: a diffsolve field, a model that declares its spec, or any torch network.
+        rho_bottom: the factor on the deepest skip level.
+        rho_top: the factor on the highest-resolution skip level.
+        rho: one factor per skip level (top to bottom) instead of the linear `rho_top` .. `rho_bottom`.
+        outputs_of: names of the modules whose outputs are skip features (a network diffsolve does not know).
+        inputs_of: names of the modules whose first input is a skip feature (instead of `outputs_of`).
+        active: EDM noise levels (s_lo, s_hi) where the scaling applies; None is everywhere.
+        settings: a tuner's result (a SkipSettings or its JSON file), which replaces the three settings above.
 
     Returns:
         (SkipTunedField | SkipTuned): A field wrapper for a field or a model with a spec, else the context manager.
@@ -310,7 +153,14 @@ def skip_tuned(model: Any, rho_bottom: float = 0.8, rho_top: float = 1.0, *, rho
 # Settings files and the tuner
 # ------------------------------------------------------------------------------------------------
 def save_settings(settings: SkipSettings, path: str | Path) -> Path:
-    """Write the settings as JSON to `path`: the folder checked first, a temp file in it, then an atomic rename.
+    """Write the settings as JSON: the folder checked first, a temp file in it, then an atomic rename.
+
+    Args:
+        settings: the settings to write.
+        path: the JSON file to write.
+
+    Returns:
+        The path written.
 
     Raises:
         InvalidArgument: `settings` is not a SkipSettings, or the folder is not writable.
@@ -331,7 +181,13 @@ def _optional(data: dict, key: str, kind: type, where: Path) -> Any:
 
 
 def load_settings(path: str | Path) -> SkipSettings:
-    """Settings written by `save_settings` / `diffsolve tune skip` to `path`, each field checked with its type.
+    """Settings written by `save_settings` or `diffsolve tune skip`, each field checked with its type.
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The settings.
 
     Raises:
         InvalidArgument: The file cannot be read, is not a settings file, or holds a malformed field.
@@ -350,7 +206,7 @@ def load_settings(path: str | Path) -> SkipSettings:
     active = data.get("active")
     if active is not None and not isinstance(active, list):
         raise InvalidArgument(f"{path}: active={active!r} must be a pair [s_lo, s_hi] or null")
-    rb, rt, active = _check_settings(data["rho_bottom"], data["rho_top"], active)
+    rb, rt, active = check_skip_settings(data["rho_bottom"], data["rho_top"], active)
     metric = data.get("metric", {})
     if not isinstance(metric, dict):
         raise InvalidArgument(f"{path}: metric={metric!r} must be an object")
@@ -361,9 +217,17 @@ def load_settings(path: str | Path) -> SkipSettings:
 
 def golden_section(f: Callable[[float], float], lo: float, hi: float, evaluations: int = 10,
                    report: Callable[[float, float], None] | None = None) -> tuple[float, float, list]:
-    """Minimise a unimodal f on [lo, hi] with `evaluations` calls (golden-section search; Kiefer 1953).
+    """Minimise a unimodal function on an interval by golden-section search (Kiefer 1953).
 
-    `report(x, f(x))` is called after each evaluation. Returns (best x, its f, history of (x, f(x))).
+    Args:
+        f: the function to minimise.
+        lo: the interval's lower end.
+        hi: the interval's upper end.
+        evaluations: how many times f is called.
+        report: called as `report(x, f(x))` after each evaluation.
+
+    Returns:
+        (best x, its f, the history of (x, f(x)) in call order).
     """
     g = (math.sqrt(5.0) - 1.0) / 2.0
     history = []
@@ -395,9 +259,22 @@ def skip_samples(model: Any, solver: str, nfe: int, seeds: Sequence[int], rho_bo
                  rho_top: float = 1.0, *, active: tuple[float, float] | None = None,
                  solver_options: Mapping[str, Any] | None = None, skip_options: Mapping[str, Any] | None = None,
                  **run_kwargs: Any) -> torch.Tensor:
-    """Samples of `solver` at `nfe` from the per-seed noise of `seeds`, the skips scaled (rho 1: the bare model).
+    """Samples from per-seed noise with the skips scaled (rho 1 at both ends: the bare model).
 
-    `solver_options` go to the Sampler, `skip_options` to `skip_tuned`, `run_kwargs` to `Sampler.run`.
+    Args:
+        model: the field or model sampled.
+        solver: the solver name.
+        nfe: the model-call budget.
+        seeds: one noise seed per sample.
+        rho_bottom: the factor on the deepest skip level.
+        rho_top: the factor on the highest-resolution skip level.
+        active: EDM noise levels where the scaling applies; None is everywhere.
+        solver_options: passed to the Sampler.
+        skip_options: passed to `skip_tuned`.
+        **run_kwargs: passed to `Sampler.run`.
+
+    Returns:
+        The samples, one per seed.
     """
     field = skip_tuned(model, rho_bottom, rho_top, active=active, **dict(skip_options or {})) \
         if rho_bottom != 1.0 or rho_top != 1.0 else (model if isinstance(model, Field) else VectorField(model))
@@ -409,8 +286,23 @@ def search_rho(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor
                tune_seeds: Sequence[int], rho_range: tuple[float, float] = (0.5, 1.0), rho_top: float = 1.0,
                evaluations: int = 8, progress: Callable[[str], None] | None = print,
                **sample_options: Any) -> tuple[float, float, float, list]:
-    """Golden-section search of rho_bottom on the tuning noise only: (best rho, its metric, the untuned metric,
-    history). rho_bottom = 1 wins when no scaling beats the bare model.
+    """Golden-section search of rho_bottom on the tuning noise only; rho_bottom = 1 wins when no scaling beats the
+    bare model.
+
+    Args:
+        model: the field or model sampled.
+        solver: the solver name.
+        nfe: the model-call budget.
+        metric: lower is better, computed on a batch of samples.
+        tune_seeds: the tuning noise seeds.
+        rho_range: the interval of rho_bottom searched.
+        rho_top: the factor on the highest-resolution skip level.
+        evaluations: how many values of rho_bottom are tried.
+        progress: called with a line per evaluation; None is silent.
+        **sample_options: passed to `skip_samples`.
+
+    Returns:
+        (best rho_bottom, its metric, the untuned metric, the history of (rho_bottom, metric)).
     """
     say = progress or (lambda _: None)
     tune = [int(v) for v in tune_seeds]
@@ -424,18 +316,58 @@ def search_rho(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor
     return best, best_value, untuned, history
 
 
+def _refine(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor], float], tune: list[int],
+            best: float, best_value: float, rho_top: float, options: dict, history: list, *, evaluations: int,
+            tune_rho_top: bool, active_choices: Sequence, say: Callable[[str], None]) -> tuple[float, float]:
+    """After rho_bottom: rho_top by golden section between rho_bottom and 1 (when asked), then each active range,
+    each kept only where it beats the best tuning metric so far. Appends to `history` and sets options['active'];
+    returns (best tuning metric, rho_top)."""
+    if tune_rho_top:
+        top, value, more = golden_section(
+            lambda r: metric(skip_samples(model, solver, nfe, tune, best, r, **options)), best, 1.0,
+            evaluations=max(3, evaluations // 2),
+            report=lambda r, y: say(f"skip tuning: rho_top={r:.4f} metric={y:.6g} (tuning noise)"))
+        if value < best_value:
+            best_value, rho_top = value, top
+        history += [("rho_top", *h) for h in more]
+    for act in active_choices:
+        check_skip_settings(best, rho_top, act)
+        value = float(metric(skip_samples(model, solver, nfe, tune, best, rho_top, **{**options, "active": act})))
+        say(f"skip tuning: active={act} metric={value:.6g} (tuning noise)")
+        history.append(("active", list(act) if act is not None else None, value))
+        if value < best_value:
+            best_value = value
+            options["active"] = act
+    return best_value, rho_top
+
+
 def tune_skip(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor], float], *,
               tune_seeds: Sequence[int], eval_seeds: Sequence[int], rho_range: tuple[float, float] = (0.5, 1.0),
               rho_top: float = 1.0, active: tuple[float, float] | None = None, evaluations: int = 8,
               solver_options: Mapping[str, Any] | None = None, skip_options: Mapping[str, Any] | None = None,
               progress: Callable[[str], None] | None = print, tune_rho_top: bool = False,
               active_choices: Sequence[tuple[float, float] | None] = (), **run_kwargs: Any) -> SkipSettings:
-    """Search rho_bottom (golden section on `rho_range`) minimising `metric(samples)` on samples from `tune_seeds`.
+    """Search rho_bottom minimising a metric on the tuning noise, then score the choice and the untuned model on
+    held-out noise.
 
-    Then score the choice and the untuned model on `eval_seeds`, which must not overlap.
-    `tune_rho_top`: then a golden section of rho_top between rho_bottom and 1; `active_choices`: noise ranges
-    (EDM levels, or None for everywhere) tried with the rho found, the best on the tuning noise kept.
-    `skip_options` go to `skip_tuned` (outputs_of= / inputs_of= for a network diffsolve does not know).
+    Args:
+        model: the field or model sampled.
+        solver: the solver name.
+        nfe: the model-call budget.
+        metric: lower is better, computed on a batch of samples.
+        tune_seeds: the tuning noise seeds.
+        eval_seeds: the held-out noise seeds (must not overlap `tune_seeds`).
+        rho_range: the interval of rho_bottom searched by golden section (0 < lo < hi).
+        rho_top: the factor on the highest-resolution skip level.
+        active: EDM noise levels where the scaling applies; None is everywhere.
+        evaluations: how many values of rho_bottom are tried.
+        solver_options: passed to the Sampler.
+        skip_options: passed to `skip_tuned` (outputs_of= / inputs_of= for a network diffsolve does not know).
+        progress: called with a line per evaluation; None is silent.
+        tune_rho_top: then also search rho_top between rho_bottom and 1.
+        active_choices: noise ranges (EDM levels, or None for everywhere) tried with the rho found; the best on
+            the tuning noise is kept.
+        **run_kwargs: passed to `Sampler.run`.
 
     Returns:
         The chosen settings, with the tuning and held-out metrics (tuned and untuned) and the search history.
@@ -457,36 +389,18 @@ def tune_skip(model: Any, solver: str, nfe: int, metric: Callable[[torch.Tensor]
     best, best_value, untuned_tune, history = search_rho(
         model, solver, nfe, metric, tune_seeds=tune, rho_range=(lo, hi), rho_top=rho_top, evaluations=evaluations,
         progress=progress, **options)
-    say = progress or (lambda _: None)
-    if best != 1.0 and tune_rho_top:
-        given_top = rho_top
-        rho_top, value, more = golden_section(
-            lambda r: metric(skip_samples(model, solver, nfe, tune, best, r, **options)), best, 1.0,
-            evaluations=max(3, evaluations // 2),
-            report=lambda r, y: say(f"skip tuning: rho_top={r:.4f} metric={y:.6g} (tuning noise)"))
-        if value < best_value:
-            best_value = value
-        else:
-            rho_top = given_top
-        history += [("rho_top", *h) for h in more]
     if best != 1.0:
-        for act in active_choices:
-            _check_settings(best, rho_top, act)
-            value = float(metric(skip_samples(model, solver, nfe, tune, best, rho_top,
-                                              **{**options, "active": act})))
-            say(f"skip tuning: active={act} metric={value:.6g} (tuning noise)")
-            history.append(("active", list(act) if act is not None else None, value))
-            if value < best_value:
-                best_value, active = value, act
-                options["active"] = act
+        best_value, rho_top = _refine(model, solver, nfe, metric, tune, best, best_value, rho_top, options, history,
+                                      evaluations=evaluations, tune_rho_top=tune_rho_top,
+                                      active_choices=active_choices, say=progress or (lambda _: None))
     held_tuned = float(metric(skip_samples(model, solver, nfe, held, best, rho_top if best != 1.0 else 1.0,
                                            **options)))
     held_untuned = float(metric(skip_samples(model, solver, nfe, held, 1.0, 1.0, **options)))
     if progress is not None:
         progress(f"skip tuning: chose rho_bottom={best:.4f}; held-out metric {held_tuned:.6g} "
                  f"(untuned {held_untuned:.6g})")
-    return SkipSettings(rho_bottom=best, rho_top=rho_top, active=active, model=model_identity(_network(model)),
-                        solver=solver, nfe=int(nfe),
+    return SkipSettings(rho_bottom=best, rho_top=rho_top, active=options["active"],
+                        model=model_identity(_network(model)), solver=solver, nfe=int(nfe),
                         metric={"tuning": best_value, "tuning_untuned": untuned_tune, "held_out": held_tuned,
                                 "held_out_untuned": held_untuned, "history": [list(h) for h in history],
                                 "tune_seeds": [tune[0], tune[-1], len(tune)],

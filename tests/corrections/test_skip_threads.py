@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from diffsolve import Sampler
-from diffsolve.corrections.skip import depth_scales, skip_tuned
+from diffsolve.corrections.skip import skip_tuned
+from diffsolve.corrections.skip_hooks import depth_scales
 from diffsolve.models.unet import UNet
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from diffsolve import ClassifierFreeGuidance, FeatureCapture, InvalidArgument, Sampler, VectorField
-from diffsolve.corrections.skip import (SkipSettings, depth_scales, golden_section, load_settings, save_settings,
-                                   skip_tuned, tune_skip)
+from diffsolve.corrections.skip import (SkipSettings, golden_section, load_settings, save_settings, skip_tuned,
+                                        tune_skip)
+from diffsolve.corrections.skip_hooks import depth_scales
 
 
 @pytest.fixture(scope="module")
