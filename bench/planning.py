@@ -98,33 +98,25 @@ class Job:
     peers: list[PeerRun]
 
 
-def prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettings) -> Job:
-    """Resolve the bench (see `resolve_solvers`) into a Job; InvalidArgument when nothing can run as asked."""
-    names = resolve_solvers(solvers, entry)
-    nfes = sorted({int(n) for n in (entry.nfe if nfe is None else nfe)})
-    if not nfes or nfes[0] < 1:
-        raise InvalidArgument(f"nfe={nfe!r}: give positive integers")
-    B = int(entry.batch_size if cfg.batch_size is None else cfg.batch_size)
-    csize = int(min(entry.chunk_size, B) if cfg.chunk_size is None else cfg.chunk_size)
-    traj = entry.trajectory if cfg.trajectory is None else bool(cfg.trajectory)
-    dev = dist.device(cfg.device) if cfg.device is not None else torch.device("cpu")
-    run_dtype = resolve_dtype(cfg.dtype)
-    if run_dtype is None:
-        run_dtype = entry.dtype if entry.dtype is not None else model_dtype(net)
-    if isinstance(net, torch.nn.Module):
-        # Networks run in the benchmark's dtype; analytic problems keep their float64 buffers (they compute in
-        # the dtype of x), so their exact metrics stay exact.
-        has_params = any(True for _ in net.parameters())
-        moves = [t for t in list(net.parameters()) + list(net.buffers())
-                 if t.device != dev or (has_params and t.is_floating_point() and t.dtype != run_dtype)]
-        if moves:
-            net = copy.deepcopy(net)        # never convert the caller's model in place
-            net = net.to(device=dev, dtype=run_dtype) if has_params else net.to(device=dev)
-    field = as_field(net)
-    if field.sample_shape is None:
-        raise InvalidArgument(f"model {entry.name!r} does not declare its sample shape (ModelSpec.sample_shape)")
+def _on_device(net: Any, dev: torch.device, run_dtype: torch.dtype) -> Any:
+    """The network on the bench's device and in its dtype: a copy when anything moves (never the caller's model
+    converted in place). Analytic problems keep their float64 buffers (they compute in the dtype of x), so their
+    exact metrics stay exact."""
+    if not isinstance(net, torch.nn.Module):
+        return net
+    has_params = any(True for _ in net.parameters())
+    moves = [t for t in list(net.parameters()) + list(net.buffers())
+             if t.device != dev or (has_params and t.is_floating_point() and t.dtype != run_dtype)]
+    if not moves:
+        return net
+    net = copy.deepcopy(net)
+    return net.to(device=dev, dtype=run_dtype) if has_params else net.to(device=dev)
 
-    # Plans: every solver x NFE, on the host; infeasible pairs are recorded, not run.
+
+def _plan_runs(field: Any, names: list[str], nfes: list[int], solvers: Any,
+               cfg: BenchSettings) -> tuple[dict[str, Sampler], list[dict]]:
+    """Every solver x NFE planned on the host: (one Sampler per solver that can drive the field, one row per
+    solver x NFE with status 'ok' or why not). Infeasible pairs are recorded, not run."""
     samplers: dict[str, Sampler] = {}
     runs: list[dict] = []
     for name in names:
@@ -151,6 +143,58 @@ def prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSet
                 row.update(status="ok", nfe=plan.nfe * field.evals_per_call if fixed else None,
                            steps=plan.steps if fixed else None, t=plan.t)
             runs.append(row)
+    return samplers, runs
+
+
+def _peer_runs(net: Any, field: Any, names: list[str], cfg: BenchSettings, dist: Dist) -> list[PeerRun]:
+    """The peers of the solvers in this run (the point is the ratio at equal NFE); a broken optional peer is
+    reported in verbose mode and never stops the benchmark."""
+    peer_list: list[PeerRun] = []
+    if cfg.peers:
+        for provider in PEER_PROVIDERS:
+            try:
+                peer_list += [pr for pr in provider(net, field) if pr.ours in names]
+            except Exception as e:  # noqa: BLE001 - a broken optional peer never stops the benchmark
+                if cfg.verbose and dist.is_main:
+                    print(f"peer provider {getattr(provider, '__name__', provider)} failed: {e}")
+    return peer_list
+
+
+def prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSettings) -> Job:
+    """Resolve a bench run before any work: solvers, the model on its device and in its dtype, every solver's plan
+    at every NFE, the reference time points and the peers.
+
+    Args:
+        entry: the bench model.
+        net: the built model (moved or converted on a copy, never in place).
+        dist: the process group (one process when not distributed).
+        solvers: solver names as `resolve_solvers` takes them; None is the model's defaults.
+        nfe: NFE budgets; None is the model's own.
+        cfg: the bench settings.
+
+    Returns:
+        The Job: everything the run resolved, with one row per solver x NFE ('ok' or why not).
+
+    Raises:
+        InvalidArgument: a solver or NFE is invalid, the model does not declare its sample shape, or no solver can
+            run at the requested NFE values.
+    """
+    names = resolve_solvers(solvers, entry)
+    nfes = sorted({int(n) for n in (entry.nfe if nfe is None else nfe)})
+    if not nfes or nfes[0] < 1:
+        raise InvalidArgument(f"nfe={nfe!r}: give positive integers")
+    B = int(entry.batch_size if cfg.batch_size is None else cfg.batch_size)
+    csize = int(min(entry.chunk_size, B) if cfg.chunk_size is None else cfg.chunk_size)
+    traj = entry.trajectory if cfg.trajectory is None else bool(cfg.trajectory)
+    dev = dist.device(cfg.device) if cfg.device is not None else torch.device("cpu")
+    run_dtype = resolve_dtype(cfg.dtype)
+    if run_dtype is None:
+        run_dtype = entry.dtype if entry.dtype is not None else model_dtype(net)
+    net = _on_device(net, dev, run_dtype)
+    field = as_field(net)
+    if field.sample_shape is None:
+        raise InvalidArgument(f"model {entry.name!r} does not declare its sample shape (ModelSpec.sample_shape)")
+    samplers, runs = _plan_runs(field, names, nfes, solvers, cfg)
     names = [n for n in names if n in samplers or solvers is not None]
     ok = [r for r in runs if r["status"] == "ok"]
     if not ok:
@@ -163,21 +207,10 @@ def prepare(entry: BenchModel, net: Any, dist: Dist, solvers, nfe, cfg: BenchSet
         pts = t.tolist() if traj and r["kind"] == "ode" else [float(t[0]), float(t[-1])]
         starts.setdefault(float(t[0]), set()).update(pts)
     ref_times = {t0: torch.tensor(sorted(v, reverse=True), dtype=torch.float64) for t0, v in starts.items()}
-
-    peer_list: list[PeerRun] = []
-    if cfg.peers:
-        for provider in PEER_PROVIDERS:
-            try:
-                # Only peers of solvers in this run: the point is the ratio at equal NFE.
-                peer_list += [pr for pr in provider(net, field) if pr.ours in names]
-            except Exception as e:  # noqa: BLE001 - a broken optional peer never stops the benchmark
-                if cfg.verbose and dist.is_main:
-                    print(f"peer provider {getattr(provider, '__name__', provider)} failed: {e}")
     return Job(entry=entry, net=net, field=field, dist=dist, cfg=cfg, names=names, nfes=nfes, batch=B, chunk=csize,
                reference=entry.reference if cfg.reference is None else cfg.reference, trajectory=traj, device=dev,
                dtype=run_dtype, samplers=samplers, runs=runs, ok=ok, ref_times=ref_times, main_t0=max(starts),
-               peers=peer_list)
-
+               peers=_peer_runs(net, field, names, cfg, dist))
 
 
 def solver_kind(solver: Any) -> str:

@@ -31,12 +31,12 @@ from typing import Iterator, Sequence
 
 import torch
 
+from diffsolve.bench.adaptive_sde_tables import adaptive_report, sde_report
 from diffsolve.bench.models import SHARED
 from diffsolve.bench.overhead import loop_overhead
 from diffsolve.bench.skip_table import skip_report
 from diffsolve.corrections.report import evaluate as evaluate_learned, table as learned_table
 from diffsolve.errors import InvalidArgument
-from diffsolve.evaluation.metrics import sliced_wasserstein
 from diffsolve.pretrained_adapters import load_mnist_ddpm
 from diffsolve.pretrained_adapters.diffusers import diffusers_grid
 from diffsolve.problems import GaussianMixtureProblem
@@ -189,7 +189,15 @@ _PRESET_RUNS = {"diffusers": _diffusers, "adaptive": _adaptive, "sde": _sde, "ov
 # preset diffusers: fast ODE solvers, ours and diffusers', endpoint RMSE vs NFE
 # ------------------------------------------------------------------------------------------------
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Root mean square of `a - b` over all elements, computed in float64."""
+    """Root mean square of a difference over all elements, computed in float64.
+
+    Args:
+        a: one tensor.
+        b: the other, of the same shape.
+
+    Returns:
+        sqrt(mean((a - b)^2)).
+    """
     return float(((a.double() - b.double()) ** 2).mean().sqrt())
 
 
@@ -251,13 +259,16 @@ def solver_rows(model, noise, ref, nfes, solvers, grid=None, grid_options=None) 
 
 
 def mixture_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequence[str] | None = None) -> str:
-    """The section's text: our solvers on the Gaussian mixture (float64) against a dpmpp_3m reference.
+    """Our solvers on the Gaussian mixture (float64) against a dpmpp_3m reference.
 
     Args:
         batch: Number of samples (noise seed 0).
         nfes: NFE budgets.
         ref_steps: Steps of the reference (an rk4 check takes half as many).
         solvers: Solver names; None takes FAST_SOLVERS.
+
+    Returns:
+        The section's text: a header with the reference's own error, then the RMSE table.
     """
     prob = GaussianMixtureProblem.default()
     noise = torch.randn(batch, prob.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -271,23 +282,41 @@ def mixture_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Se
 
 
 class MnistAsUNet(torch.nn.Module):
-    """diffusers' calling convention for the MNIST DDPM: unet(sample, timestep) with the integer timestep n."""
+    """diffusers' calling convention for the MNIST DDPM: unet(sample, timestep) with the integer timestep n.
+
+    Args:
+        model: the MNIST DDPM (called with the time timestep / 1000).
+    """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, sample: torch.Tensor, timestep) -> torch.Tensor:
-        """The model's noise prediction for `sample` at time timestep / 1000 (timestep broadcast over the batch)."""
+        """The model's noise prediction.
+
+        Args:
+            sample: the noisy images.
+            timestep: the integer timestep (a number or tensor, broadcast over the batch).
+
+        Returns:
+            The noise prediction at time timestep / 1000.
+        """
         t = torch.as_tensor(timestep, dtype=sample.dtype, device=sample.device).reshape(-1)
         return self.model(sample, t.expand(sample.shape[0]) / 1000.0)
 
 
 def diffusers_schedulers(betas: torch.Tensor) -> dict:
-    """diffusers' schedulers on these betas, each with its default timesteps: name -> (scheduler, calls per step).
+    """diffusers' schedulers on these betas, each with its default timesteps.
 
     Args:
-        betas: The model's beta_t, passed as trained_betas (ImportError when diffusers is not installed).
+        betas: The model's beta_t, passed as trained_betas.
+
+    Returns:
+        Name -> (scheduler, model calls per step).
+
+    Raises:
+        ImportError: diffusers is not installed.
     """
     import diffusers as D
     common = dict(num_train_timesteps=betas.numel(), trained_betas=betas.double().numpy())
@@ -308,13 +337,16 @@ def diffusers_schedulers(betas: torch.Tensor) -> dict:
 
 
 def run_diffusers(scheduler, unet, noise: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
-    """diffusers' documented sampling loop; returns the samples and the number of model calls.
+    """diffusers' documented sampling loop.
 
     Args:
         scheduler: A diffusers scheduler (copied, so it is not changed).
         unet: Called as unet(sample, timestep).
         noise: Standard-normal noise, scaled by the scheduler's init_noise_sigma.
         steps: Scheduler steps.
+
+    Returns:
+        (the samples, the number of model calls).
     """
     sch = copy.deepcopy(scheduler)
     sch.set_timesteps(steps)
@@ -329,7 +361,7 @@ def run_diffusers(scheduler, unet, noise: torch.Tensor, steps: int) -> tuple[tor
 
 def diffusers_rows(model, noise: torch.Tensor, ref: torch.Tensor, nfes: Sequence[int],
                    schedulers: dict | None = None) -> dict:
-    """name -> {nfe: (RMSE to ref, model calls) or None} for diffusers' schedulers on the shared MNIST DDPM.
+    """diffusers' schedulers on the shared MNIST DDPM, each at each NFE budget.
 
     Args:
         model: The MNIST DDPM (its beta_t gives the schedulers' betas).
@@ -337,6 +369,9 @@ def diffusers_rows(model, noise: torch.Tensor, ref: torch.Tensor, nfes: Sequence
         ref: Reference samples from the same noise.
         nfes: NFE budgets; a run needing more model calls, or failing, gets None.
         schedulers: From `diffusers_schedulers`; None builds them.
+
+    Returns:
+        Scheduler name -> {nfe: (RMSE to ref, model calls) or None}.
     """
     scheds = schedulers if schedulers is not None else diffusers_schedulers(model.beta_t.detach().clone())
     unet = MnistAsUNet(model)
@@ -393,106 +428,3 @@ def mnist_section(batch: int, nfes: Sequence[int], ref_steps: int, solvers: Sequ
                  f"{float((ac_diff - model.alpha_t.double()).abs().max()):.2e}")
     lines.append(nfe_table("diffusers (MNIST)", diffusers_rows(model, noise, ref, nfes, scheds), nfes))
     return "\n\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------
-# preset adaptive: adaptive ODE solvers against a tight reference
-# ------------------------------------------------------------------------------------------------
-def adaptive_rows(prob, n: int, rtols: Sequence[float]) -> list[dict]:
-    """Endpoint RMSE against torchdiffeq dopri5 at rtol 1e-9 from the same noise; atol = rtol / 10.
-
-    Args:
-        prob: The analytic problem sampled.
-        n: Number of samples (noise seed 0).
-        rtols: Relative tolerances of each adaptive solver.
-
-    Returns:
-        One row per solver and tolerance (reference first, paper defaults last): NFE, steps, RMSE, seconds.
-    """
-    noise = torch.randn(n, prob.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = Sampler(prob, "odeint_dopri5", grid="karras", rtol=1e-9, atol=1e-10, progress=False).run(noise=noise)
-    rows = [{"solver": "reference dopri5", "tol": 1e-9, "nfe": ref.nfe, "acc": ref.stats["accepted"],
-             "rej": ref.stats["rejected"], "rmse": 0.0, "sec": float("nan")}]
-
-    def err(res) -> float:
-        return float((res.samples - ref.samples).pow(2).mean(dim=1).sqrt().mean())
-
-    configs = [("DPM-Solver-12", "dpm_adaptive", {"order": 2}), ("DPM-Solver-23", "dpm_adaptive", {"order": 3}),
-               ("dopri5", "odeint_dopri5", {}), ("bosh3", "odeint_bosh3", {})]
-    for label, solver, opts in configs:
-        for rtol in rtols:
-            t0 = time.perf_counter()
-            res = Sampler(prob, solver, grid="karras", rtol=rtol, atol=rtol / 10, progress=False,
-                          **opts).run(noise=noise)
-            sec = time.perf_counter() - t0
-            rows.append({"solver": label, "tol": rtol, "nfe": res.nfe, "acc": res.stats["accepted"],
-                         "rej": res.stats["rejected"], "rmse": err(res), "sec": sec})
-    # The paper's default tolerances for DPM-Solver (rtol 0.05, atol 0.0078).
-    for order in (2, 3):
-        res = Sampler(prob, "dpm_adaptive", grid="karras", order=order, progress=False).run(noise=noise)
-        rows.append({"solver": f"DPM-Solver-{order - 1}{order} defaults", "tol": 0.05, "nfe": res.nfe,
-                     "acc": res.stats["accepted"], "rej": res.stats["rejected"], "rmse": err(res),
-                     "sec": float("nan")})
-    return rows
-
-
-def adaptive_report(n: int, rtols: Sequence[float]) -> str:
-    """The adaptive preset's markdown report on the Gaussian mixture (see `adaptive_rows` for the arguments)."""
-    prob = GaussianMixtureProblem.default()
-    lines = [f"# Adaptive ODE solvers on GaussianMixtureProblem.default() (dim {prob.dim}, EDM schedule, karras "
-             f"span, float64, CPU 1 thread)", "",
-             f"Mean per-sample endpoint RMSE vs reference ({n} samples, atol = rtol/10)", "",
-             "| solver | rtol | NFE | accepted | rejected | RMSE | seconds |", "|---|---|---|---|---|---|---|"]
-    for r in adaptive_rows(prob, n, rtols):
-        lines.append(f"| {r['solver']} | {r['tol']:.0e} | {r['nfe']} | {r['acc']} | {r['rej']} | {r['rmse']:.2e} | "
-                     f"{r['sec']:.2f} |")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------
-# preset sde: SDE samplers by distribution distance
-# ------------------------------------------------------------------------------------------------
-def sde_rows(prob, n: int, steps_list: Sequence[int], torchsde_steps: Sequence[int]) -> tuple[list[dict], float]:
-    """Sliced W1 to n exact data samples and mean exact log-likelihood per sampler and step count; also the noise
-    floor, the sliced W1 between two independent exact sample sets of the same size.
-
-    Args:
-        prob: The analytic problem (exact samples and log-density).
-        n: Number of samples (seeds 0..n-1).
-        steps_list: Step counts of our samplers.
-        torchsde_steps: Step counts of the torchsde samplers.
-    """
-    data = prob.sample_data(n, generator=torch.Generator().manual_seed(1))
-    floor = sliced_wasserstein(prob.sample_data(n, generator=torch.Generator().manual_seed(2)), data)
-    seeds = list(range(n))
-    configs = [("dpmpp_2m (ODE baseline)", "dpmpp_2m", {}), ("euler_ancestral", "euler_ancestral", {}),
-               ("dpmpp_2s_ancestral", "dpmpp_2s_ancestral", {}), ("edm_churn (S_churn=40)", "edm_churn", {}),
-               ("restart (0.06,0.30,K=2,3)", "restart", {}), ("dpmpp_2m_sde", "dpmpp_2m_sde", {}),
-               ("dpmpp_3m_sde", "dpmpp_3m_sde", {})]
-    configs += [(f"torchsde_{m} (log-SNR steps)", f"torchsde_{m}", {"brownian": "batch"}) for m in ("euler", "srk")]
-    rows = []
-    for label, solver, opts in configs:
-        for steps in (torchsde_steps if solver.startswith("torchsde_") else steps_list):
-            smp = Sampler(prob, solver, grid="karras", progress=False, **opts)
-            t0 = time.perf_counter()
-            res = smp.run(steps, seed=seeds, batch_size=n, dtype=torch.float64)
-            rows.append({"sampler": label, "steps": steps, "nfe": res.nfe, "sw1": sliced_wasserstein(res.samples, data),
-                         "loglik": float(prob.log_prob(res.samples).mean()), "sec": time.perf_counter() - t0})
-    return rows, floor
-
-
-def sde_report(n: int, steps_list: Sequence[int], torchsde_steps: Sequence[int]) -> str:
-    """The sde preset's markdown report on the Gaussian mixture (see `sde_rows` for the arguments)."""
-    prob = GaussianMixtureProblem.default()
-    rows, floor = sde_rows(prob, n, steps_list, torchsde_steps)
-    own = float(prob.log_prob(prob.sample_data(n, generator=torch.Generator().manual_seed(1))).mean())
-    lines = [f"# SDE samplers on GaussianMixtureProblem.default() (dim {prob.dim}, EDM schedule, karras span, "
-             f"float64, CPU 1 thread)", "",
-             f"Sliced W1 to {n} exact data samples (256 directions) and mean exact log-likelihood (data's own: "
-             f"{own:.3f})", "",
-             f"Noise floor (two independent exact sets of {n}): sliced W1 = {floor:.4f}", "",
-             "| sampler | steps | NFE | sliced W1 | log-lik | seconds |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['sw1']:.4f} | {r['loglik']:.3f} | "
-                     f"{r['sec']:.2f} |")
-    return "\n".join(lines)
