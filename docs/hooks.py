@@ -2,7 +2,10 @@
 
 A page asks for them with a marker line: `<!-- generated: solver-table -->` or `<!-- generated: cli-reference -->`.
 Both read the same sources as `diffsolve solvers --verbose` and `diffsolve --help`, so a renamed solver, option or
-flag changes the site on the next build instead of leaving a stale hand-kept table.
+flag changes the site on the next build instead of leaving a stale hand-kept table. The solver table also measures
+each deterministic solver's order on the analytic Gaussian (`diffsolve.analysis.convergence.measure_order`, the
+measurement tests/solvers/test_convergence.py checks; about 6 s on one quiet core) and shows the peers each solver
+is checked against, from `diffsolve.solvers.peers.PEER_MATCHES`, the table the peer tests read.
 """
 from __future__ import annotations
 
