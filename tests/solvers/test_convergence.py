@@ -116,7 +116,7 @@ def test_plain_field_ab_declared_order(name, grid_of):
     expected = solver.plain_order if name == "ipndm" else 2
     errs = plain_errors(name, grid_of, STEPS)
     measured = slope(errs)
-    assert abs(measured - expected) <= ORDER_TOLERANCE, f"{name}: expected {expected}, measured {measured:.2f}, errors {errs}"
+    assert abs(measured - expected) <= ORDER_TOLERANCE, f"{name}: expected {expected}, measured {measured:.2f}, {errs}"
 
 
 @pytest.mark.parametrize("name", ["ipndm_v", "lms"])
