@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from diffsolve.errors import InvalidArgument, check_int
-from diffsolve.field.source import Source, seeded_draw
+from diffsolve.field.source import Source, describe_source, seeded_draw
 
 _M32 = 0xFFFFFFFF
 _SALT_STEP = 0x5EED5A17          # separates the step-noise stream from the initial noise of the same seed
@@ -149,8 +149,8 @@ def draw_start(shape: Sequence[int], *, source: Source | None = None, seed: int 
             seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=where).item())
         out = seeded_draw(source, shape[0], seed)
     if tuple(out.shape) != shape:
-        raise InvalidArgument(f"source={source!r} drew shape {tuple(out.shape)} where {shape} was asked for: it "
-                              "must return [n, *sample_shape] for every n")
+        raise InvalidArgument(f"source={describe_source(source)} drew shape {tuple(out.shape)} where {shape} was "
+                              "asked for: it must return [n, *sample_shape] for every n")
     return out.to(device=device, dtype=dtype)
 
 

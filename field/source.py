@@ -24,6 +24,19 @@ ALLOWED = ("None (standard normal), a torch.distributions.Distribution whose sam
 PROBE_SEED, PROBE_N = 0, 2
 
 
+def describe_source(source: Any) -> str:
+    """A source's repr on one line (a Distribution's spans several), cut to 160 characters, for messages.
+
+    Args:
+        source: the source.
+
+    Returns:
+        The text.
+    """
+    text = " ".join(repr(source).split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def seeded_draw(source: Source, n: int, seed: int) -> torch.Tensor:
     """`n` samples of `source` from one seed, leaving torch's global random state as it was.
 
@@ -62,27 +75,28 @@ def check_source(source: Any, sample_shape: tuple[int, ...] | None = None) -> tu
     """
     if source is None:
         return None, sample_shape
+    name = describe_source(source)
     if isinstance(source, (str, bytes)) or not (isinstance(source, Distribution) or callable(source)):
-        raise InvalidArgument(f"source={source!r}: must be {ALLOWED}")
+        raise InvalidArgument(f"source={name}: must be {ALLOWED}")
     try:
         probe = seeded_draw(source, PROBE_N, PROBE_SEED)
     except Exception as e:        # the user's code: whatever it raises is reported as a bad source
-        raise InvalidArgument(f"source={source!r} failed to draw {PROBE_N} samples ({type(e).__name__}: {e}); it "
+        raise InvalidArgument(f"source={name} failed to draw {PROBE_N} samples ({type(e).__name__}: {e}); it "
                               f"must be {ALLOWED}") from e
     if not isinstance(probe, torch.Tensor) or not probe.is_floating_point() or probe.dim() < 1:
         what = f"dtype {probe.dtype}" if isinstance(probe, torch.Tensor) else type(probe).__name__
-        raise InvalidArgument(f"source={source!r} returned {what} for {PROBE_N} samples; it must be {ALLOWED}")
+        raise InvalidArgument(f"source={name} returned {what} for {PROBE_N} samples; it must be {ALLOWED}")
     shape = tuple(probe.shape[1:])
     if probe.shape[0] != PROBE_N or (sample_shape is not None and shape != tuple(sample_shape)):
         want = f"[{PROBE_N}, *{tuple(sample_shape)}]" if sample_shape is not None else f"[{PROBE_N}, ...]"
-        raise InvalidArgument(f"source={source!r} returned shape {tuple(probe.shape)} for {PROBE_N} samples, "
+        raise InvalidArgument(f"source={name} returned shape {tuple(probe.shape)} for {PROBE_N} samples, "
                               f"expected {want} (one row per sample, each of the model's sample shape)")
     if isinstance(source, Distribution) and probe.device.type != "cpu":
-        raise InvalidArgument(f"source={source!r} draws on {probe.device}: keep a distribution's parameters on "
+        raise InvalidArgument(f"source={name} draws on {probe.device}: keep a distribution's parameters on "
                               "the CPU (its draws are moved to the run's device, so a seed gives the same starts on "
                               "every device)")
     if not bool(torch.isfinite(probe).all()):
-        raise InvalidArgument(f"source={source!r} drew NaN or Inf values; it must be {ALLOWED}")
+        raise InvalidArgument(f"source={name} drew NaN or Inf values; it must be {ALLOWED}")
     return source, shape
 
 

@@ -10,7 +10,7 @@ import torch
 from diffsolve.errors import InvalidArgument, check_choice, check_float, check_int
 from diffsolve.field.base import EvalPoint, Field, FieldOutput, ModelSpec, per_sample
 from diffsolve.field.identity import identity_of_kwargs, model_identity
-from diffsolve.field.source import check_source, source_identity
+from diffsolve.field.source import check_source, describe_source, source_identity
 from diffsolve.kernels import lincomb
 from diffsolve.predictions import PathPoint, canonical_prediction, to_x0
 from diffsolve.schedules import NoiseSchedule, get_schedule
@@ -298,9 +298,9 @@ def _checked_source(source: Any, sample_shape: tuple[int, ...] | None,
     source, sample_shape = check_source(source, sample_shape)
     if source is not None and schedule is not None:
         raise InvalidArgument(
-            f"source={source!r} is for a plain velocity field (prediction='velocity', schedule=None): on a "
-            "Gaussian path the path fixes the start, N(0, prior_std^2 I); drop schedule= to integrate the "
-            "model's velocity from its own source")
+            f"source={describe_source(source)} is for a plain velocity field (prediction='velocity', "
+            "schedule=None): on a Gaussian path the path fixes the start, N(0, prior_std^2 I); drop schedule= "
+            "to integrate the model's velocity from its own source")
     return source, sample_shape
 
 
