@@ -258,7 +258,7 @@ class Sampler:
         Args:
             steps: the number of steps; None with an explicit grid: the grid's own count.
             nfe: a model-evaluation budget instead of steps (the most steps that fit).
-            noise: the starting noise `(batch, *sample_shape)`; None: drawn (from `seed` or `generator`).
+            noise: the starts `(batch, *sample_shape)`; None: drawn from the field's source (`seed`, `generator`).
             shape: `(batch, *sample_shape)` of the noise to draw; None: `batch_size` samples of the model's shape.
             batch_size: samples to draw (0: an empty result, no model call); None: from noise, shape or seeds, or 1.
             seed: an integer, or one per sample (sample i then does not depend on the batch); None: global RNG.
