@@ -141,6 +141,7 @@ def test_weights_are_package_data():
         assert any(fnmatch.fnmatch(f"weights/{name}", p) for p in patterns), (name, patterns)
 
 
+@pytest.mark.slow
 def test_the_eight_gaussians_flow_names_its_source_and_reaches_the_moons(one_thread):
     model = toy2d.load_moons_8gaussians()
     spec = model.diffsolve_spec
