@@ -14,7 +14,7 @@ import torch
 
 from diffsolve.errors import InvalidArgument
 from diffsolve.loop import Evaluator, SampleResult, integrate
-from diffsolve.noise import draw_noise
+from diffsolve.noise import draw_start
 
 
 class GraphedRun:
@@ -87,7 +87,8 @@ class GraphedRun:
             InvalidArgument: noise of another shape. NonFiniteError: a NaN/Inf model output in the replay.
         """
         if noise is None:
-            noise = draw_noise(self.shape, seed=seed, generator=generator, device=self.device, dtype=self.dtype)
+            noise = draw_start(self.shape, source=self.sampler.field.source, seed=seed, generator=generator,
+                               device=self.device, dtype=self.dtype)
         if tuple(noise.shape) != self.shape:
             raise InvalidArgument(f"noise has shape {tuple(noise.shape)}; this graph was captured for {self.shape}")
         self.static_noise.copy_(noise)

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from diffsolve.errors import InvalidArgument, check_int
+from diffsolve.field.source import Source, describe_source, seeded_draw
 
 _M32 = 0xFFFFFFFF
 _SALT_STEP = 0x5EED5A17          # separates the step-noise stream from the initial noise of the same seed
@@ -97,6 +98,60 @@ def draw_noise(shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
     rows = [torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
             for s in seeds]
     return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def draw_start(shape: Sequence[int], *, source: Source | None = None, seed: int | Sequence[int] | None = None,
+               generator: torch.Generator | None = None, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The starts of a run: `draw_noise` for the standard normal (source None), else draws from the field's source.
+
+    A list of seeds draws each sample alone from its own seed (sample i does not depend on the batch); one seed
+    or a generator draws the whole batch at once (a callable from the generator itself; a Distribution, which
+    takes no generator, from one seed drawn from it). Seeded draws leave torch's global random state unchanged;
+    with neither, a Distribution draws from torch's global generator and a callable from a generator seeded by
+    one global draw.
+
+    Args:
+        shape: `(batch, *sample_shape)`.
+        source: the field's source (`Field.source`, checked there); None: standard normal.
+        seed: one seed, one per sample, or None.
+        generator: a torch.Generator instead of `seed`.
+        device: where the starts go (default CPU).
+        dtype: their dtype (None: float32).
+
+    Returns:
+        The starts, `shape`.
+
+    Raises:
+        InvalidArgument: both seed and generator, a bad seed, a seed list of the wrong length, or a source that
+            drew another shape.
+    """
+    dtype = dtype or torch.float32
+    if source is None:
+        return draw_noise(shape, seed=seed, generator=generator, device=device, dtype=dtype)
+    shape = tuple(int(v) for v in shape)
+    seed = check_seed(seed)
+    if seed is not None and generator is not None:
+        raise InvalidArgument("give seed= or generator=, not both")
+    if isinstance(seed, list):
+        if len(seed) != shape[0]:
+            raise InvalidArgument(f"seed= has {len(seed)} entries but the batch has {shape[0]} samples")
+        rows = [seeded_draw(source, 1, s).to(device=device, dtype=dtype) for s in seed]
+        out = torch.cat(rows) if rows else torch.empty(shape, device=device, dtype=dtype)
+    elif seed is None and isinstance(source, torch.distributions.Distribution) and generator is None:
+        out = source.sample((shape[0],))
+    elif seed is None and generator is not None and not isinstance(source, torch.distributions.Distribution):
+        out = source(shape[0], generator)
+    else:
+        if seed is None:
+            # one draw from the generator (or the global one): reproducible under it, like NoiseSource.for_run
+            where = generator.device if generator is not None else "cpu"
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=where).item())
+        out = seeded_draw(source, shape[0], seed)
+    if tuple(out.shape) != shape:
+        raise InvalidArgument(f"source={describe_source(source)} drew shape {tuple(out.shape)} where {shape} was "
+                              "asked for: it must return [n, *sample_shape] for every n")
+    return out.to(device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from diffsolve.field import Field, as_field, check_sample_shape, device_of
 from diffsolve.grids import (is_increasing, make_grid, refuse_increasing, resolve_field_grid, takes_option,
                              validate_grid)
 from diffsolve.loop import Evaluator, SampleResult, StepInfo, integrate
-from diffsolve.noise import NoiseSource, check_seed, draw_noise
+from diffsolve.noise import NoiseSource, check_seed, draw_start
 from diffsolve.solvers.base import Plan, Solver, get_solver
 
 __all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "RoundTrip", "register_scheduler_adapter",
@@ -217,7 +217,7 @@ class Sampler:
 
     def initial_noise(self, *, noise: torch.Tensor | None, shape: Sequence[int] | None, batch_size: int | None,
                       seed: Any, generator: torch.Generator | None, device: Any, dtype: Any) -> torch.Tensor:
-        """The starting noise: `noise=` checked and moved, else drawn for `shape=` or `batch_size=` (see `run`)."""
+        """The starts: `noise=` checked and moved, else drawn from the field's source for `shape=` or `batch_size=`."""
         sample_shape = self.field.sample_shape
         if noise is not None:
             if not isinstance(noise, torch.Tensor):
@@ -246,7 +246,7 @@ class Sampler:
             batch = batch_size if batch_size is not None else (len(seed) if isinstance(seed, list) else 1)
             _agree(batch_size, seed, batch, "batch_size=")
             shape = (batch, *sample_shape)
-        return draw_noise(shape, seed=seed, generator=generator, device=device, dtype=dtype or torch.float32)
+        return draw_start(shape, source=self.field.source, seed=seed, generator=generator, device=device, dtype=dtype)
 
     def run(self, steps: int | None = None, *, nfe: int | None = None, noise: torch.Tensor | None = None,
             shape: Sequence[int] | None = None, batch_size: int | None = None, seed: Any = None,
@@ -258,7 +258,7 @@ class Sampler:
         Args:
             steps: the number of steps; None with an explicit grid: the grid's own count.
             nfe: a model-evaluation budget instead of steps (the most steps that fit).
-            noise: the starting noise `(batch, *sample_shape)`; None: drawn (from `seed` or `generator`).
+            noise: the starts `(batch, *sample_shape)`; None: drawn from the field's source (`seed`, `generator`).
             shape: `(batch, *sample_shape)` of the noise to draw; None: `batch_size` samples of the model's shape.
             batch_size: samples to draw (0: an empty result, no model call); None: from noise, shape or seeds, or 1.
             seed: an integer, or one per sample (sample i then does not depend on the batch); None: global RNG.

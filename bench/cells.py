@@ -13,7 +13,7 @@ from diffsolve.bench.timing import sync
 from diffsolve.errors import BudgetExceeded
 from diffsolve.evaluation import metrics
 from diffsolve.evaluation.reference import solve_reference
-from diffsolve.noise import draw_noise
+from diffsolve.noise import draw_start
 
 
 def cell_line(name: str, n: int, item: dict, where: str) -> str:
@@ -51,7 +51,7 @@ def run_chunk(job: Job, seeds: list[int], bar, where: str = "") -> dict:
         The chunk's results: `refs` by start time, `runs` by (solver, NFE), `peers` by (peer, NFE).
     """
     cfg, dev = job.cfg, job.device
-    noise = draw_noise((len(seeds), *job.field.sample_shape), seed=seeds, dtype=torch.float32)
+    noise = draw_start((len(seeds), *job.field.sample_shape), source=job.field.source, seed=seeds, dtype=torch.float32)
     chunk: dict[str, Any] = {"refs": {}, "runs": {}, "peers": {}}
     refs = {}
     for t0, times in job.ref_times.items():

@@ -17,7 +17,7 @@ import torch
 
 from diffsolve.errors import InvalidArgument, unknown_name
 from diffsolve.evaluation.reference import ReferenceSettings
-from diffsolve.field import Field, model_spec_of
+from diffsolve.field import Field, model_spec_of, with_source
 from diffsolve.models.builtin import load_mnist_unet, load_mnist_unet_deep
 from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
 from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
@@ -166,6 +166,26 @@ def import_object(spec: str, argument: str) -> Any:
     except (ImportError, AttributeError, ValueError) as e:
         raise InvalidArgument(f"{argument}={spec!r}: cannot import it ({e})") from None
     return obj
+
+
+def model_with_source(model: Any, source: str) -> Any:
+    """The model's field drawing its starts from a source, or from the one a `--source module:attr` names.
+
+    Args:
+        model: The built model (or field).
+        source: The source, or a 'module:attr' path naming it.
+
+    Returns:
+        The field with the source (the model is left unchanged).
+
+    Raises:
+        InvalidArgument: The path names nothing importable, or not a source this model can take.
+    """
+    obj = import_object(source, "--source") if isinstance(source, str) else source
+    try:
+        return with_source(model, obj)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"--source {source!r}: {e}") from None
 
 
 def resolve_model(model: Any) -> tuple[BenchModel, Any]:

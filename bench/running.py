@@ -24,7 +24,7 @@ from diffsolve.bench.settings import BenchSettings, OutputError, check_settings,
 from diffsolve.distributed import Dist, chunk_bounds, sample_seeds
 from diffsolve.progress import Progress
 from diffsolve.errors import DiffsolveError, InvalidArgument, unknown_name
-from diffsolve.noise import draw_noise
+from diffsolve.noise import draw_start
 
 __all__ = ["BenchSettings", "OutputError", "STRAIGHTNESS_SAMPLES", "STRAIGHTNESS_STEPS", "run_bench"]
 
@@ -118,7 +118,8 @@ def _straightness(job: Job, seeds: list[int]) -> dict:
     can take. Heun on the bench grid; the slope on each interval is the chord of the solved trajectory."""
     n = min(len(seeds), STRAIGHTNESS_SAMPLES)
     t0 = time.perf_counter()
-    noise = draw_noise((n, *job.field.sample_shape), seed=seeds[:n], dtype=torch.float64, device=job.device)
+    noise = draw_start((n, *job.field.sample_shape), source=job.field.source, seed=seeds[:n], dtype=torch.float64,
+                       device=job.device)
     grid = job.cfg.grid if job.cfg.grid is not None else None
     try:
         r = straightness(job.field, noise, steps=STRAIGHTNESS_STEPS, solver="heun", grid=grid,

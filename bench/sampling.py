@@ -20,10 +20,11 @@ import torch
 from safetensors.torch import save
 
 from diffsolve import __version__
-from diffsolve.bench.models import data_range_of, resolve_model
+from diffsolve.bench.models import data_range_of, model_with_source, resolve_model
 from diffsolve.bench.settings import model_dtype, resolve_dtype
 from diffsolve.checks import check_device, check_seed, check_writable
 from diffsolve.errors import InvalidArgument, check_bool, check_int
+from diffsolve.field import source_identity
 from diffsolve.files import atomic_write_bytes
 from diffsolve.progress import Progress
 from diffsolve.sampler import Sampler
@@ -46,6 +47,8 @@ class SampleSettings:
         batch_size: Samples per solve; None solves all seeds at once.
         plots: Also write samples.png (needs matplotlib).
         progress: diffsolve.progress lines/bar on stderr (the command line turns it on).
+        source: A plain velocity field's source (a Distribution or a callable `source(n, generator)`) or a
+            'module:attr' path naming it; None: the model's own (N(0, I) unless its spec names one).
     """
 
     model: Any = "gmm"
@@ -60,6 +63,7 @@ class SampleSettings:
     batch_size: int | None = None
     plots: bool = True
     progress: bool = False      # diffsolve.progress lines/bar on stderr (the command line turns it on)
+    source: Any = None
 
 
 def write_samples(cfg: SampleSettings) -> list[str]:
@@ -73,12 +77,13 @@ def write_samples(cfg: SampleSettings) -> list[str]:
     """
     return sample_to_folder(cfg.model, cfg.solver, cfg.seeds, cfg.out, nfe=cfg.nfe, steps=cfg.steps, grid=cfg.grid,
                             device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, plot=cfg.plots,
-                            progress=cfg.progress)
+                            progress=cfg.progress, source=cfg.source)
 
 
 def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | Path, *, nfe: int | None = None,
                      steps: int | None = None, grid: Any = None, device: Any = None, dtype: Any = "auto",
-                     batch_size: int | None = None, plot: bool = True, progress: bool = False) -> list[str]:
+                     batch_size: int | None = None, plot: bool = True, progress: bool = False,
+                     source: Any = None) -> list[str]:
     """Draw one sample per seed and write them to `out`; returns the paths written. `progress`: report on stderr
     (diffsolve.progress: a bar in a terminal, plain lines about every 10 s elsewhere).
 
@@ -95,6 +100,7 @@ def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | P
         batch_size: Samples per solve; None solves all seeds at once.
         plot: Also write samples.png.
         progress: Report progress on stderr.
+        source: A plain velocity field's source, or a 'module:attr' path naming it; None: the model's own.
 
     Returns:
         The paths written: samples.safetensors (samples, seeds, metadata) and, with `plot`, samples.png.
@@ -112,11 +118,13 @@ def sample_to_folder(model: Any, solver: str, seeds: Sequence[int], out: str | P
     folder = check_writable(out, "--out")          # before the model is built or anything is solved
     with Progress("sample", len(seeds), unit="samples", enabled=check_bool("progress", progress)) as report:
         report.note("loading the model")
-        return _sample(model, solver, seeds, folder, nfe, steps, grid, device, dtype, batch_size, plot, report)
+        return _sample(model, solver, seeds, folder, nfe, steps, grid, device, dtype, batch_size, plot, report,
+                       source)
 
 
 def _sample(model: Any, solver: str, seeds: list[int], folder: Path, nfe: int | None, steps: int | None, grid: Any,
-            device: Any, dtype: Any, batch_size: int | None, plot: bool, report: Progress) -> list[str]:
+            device: Any, dtype: Any, batch_size: int | None, plot: bool, report: Progress,
+            source: Any = None) -> list[str]:
     entry, net = resolve_model(model)
     run_dtype = resolve_dtype(dtype)
     if run_dtype is None:
@@ -125,7 +133,7 @@ def _sample(model: Any, solver: str, seeds: list[int], folder: Path, nfe: int | 
     if isinstance(net, torch.nn.Module):
         has_params = any(True for _ in net.parameters())
         net = net.to(device=dev, dtype=run_dtype) if has_params else net.to(device=dev)
-    smp = Sampler(net, solver, grid=grid, progress=False)
+    smp = Sampler(model_with_source(net, source) if source is not None else net, solver, grid=grid, progress=False)
     if smp.field.sample_shape is None:
         raise InvalidArgument(f"model {entry.name!r} does not declare its sample shape (ModelSpec.sample_shape)")
     if nfe is None and steps is None and not smp.solver.adaptive:
@@ -151,7 +159,8 @@ def _sample(model: Any, solver: str, seeds: list[int], folder: Path, nfe: int | 
             "nfe_requested": nfe, "steps_requested": steps, "adaptive": smp.solver.adaptive,
             "grid": smp.grid if isinstance(smp.grid, str) else "custom", "dtype": str(run_dtype).replace("torch.", ""),
             "kind": entry.kind, "data_range": data_range_of(net), "diffsolve": __version__,
-            "plan_nfe": None if smp.solver.adaptive else plan.nfe * smp.field.evals_per_call}
+            "plan_nfe": None if smp.solver.adaptive else plan.nfe * smp.field.evals_per_call,
+            "source": source_identity(smp.field.source)}
     blob = save({"samples": samples.contiguous(), "seeds": torch.tensor(seeds, dtype=torch.int64)},
                 metadata={"diffsolve": json.dumps(meta, sort_keys=True)})
     written = []

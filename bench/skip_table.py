@@ -27,7 +27,7 @@ from diffsolve.field import as_field, model_spec_of
 from diffsolve.files import atomic_write_bytes
 from diffsolve.models.builtin import load_feature_stats, load_mnist_classifier
 from diffsolve.models.quality import fd_metric, save_grid, score, to_unit_range
-from diffsolve.noise import draw_noise
+from diffsolve.noise import draw_start
 from diffsolve.sampler import Sampler
 
 SKIP_NFES = (3, 5, 7, 9, 19)
@@ -92,7 +92,7 @@ def skip_rows(model_name: str, solvers: Sequence[str], nfes: Sequence[int], *, n
     tune = list(range(TUNE_SEED, TUNE_SEED + tune_n))
     field = as_field(model)
     t0 = time.perf_counter()
-    ref_noise = draw_noise((rmse_n, *field.sample_shape), seed=held[:rmse_n], dtype=torch.float32)
+    ref_noise = draw_start((rmse_n, *field.sample_shape), source=field.source, seed=held[:rmse_n], dtype=torch.float32)
     ref = solve_reference(field, ref_noise, [field.schedule.t_max, 0.0], seeds=held[:rmse_n],
                           settings=ReferenceSettings(method="dopri5", rtol=1e-5, atol=1e-5)).endpoint.float()
     log(f"[{model_name}] reference for {rmse_n} held-out samples: {time.perf_counter() - t0:.0f}s")

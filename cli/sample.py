@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
                                     "depends on its seed only, not on the other seeds.")
     sp.add_argument("--model", default="gmm",
                     help=f"bench model name ({', '.join(BENCH_MODELS)}) or 'module:attr' (default: gmm)")
+    sp.add_argument("--source", default=None, metavar="MODULE:ATTR",
+                    help="'module:attr' naming a plain velocity field's source: a torch.distributions.Distribution "
+                         "or a callable source(n, generator) -> [n, *sample_shape] (default: the model's own)")
     sp.add_argument("--solver", default="dpmpp_2m", help="solver name (diffsolve solvers; default dpmpp_2m)")
     budget = sp.add_mutually_exclusive_group()
     budget.add_argument("--nfe", type=argtypes.positive_int, default=None,
@@ -48,7 +51,7 @@ def sample_settings(args: argparse.Namespace) -> SampleSettings:
     """
     return SampleSettings(model=args.model, solver=args.solver, seeds=tuple(args.seeds), out=args.out, nfe=args.nfe,
                           steps=args.steps, grid=args.grid, device=args.device, dtype=args.dtype,
-                          batch_size=args.batch_size, plots=not args.no_plots, progress=True)
+                          batch_size=args.batch_size, plots=not args.no_plots, progress=True, source=args.source)
 
 
 def run(args: argparse.Namespace) -> int:

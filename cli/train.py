@@ -54,7 +54,8 @@ def add_parser(sub) -> None:
                         description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--what", choices=WHAT + MOONS, required=True,
                     help="unet, unet_deep, classifier, stats (the classifier's feature statistics), consistency; "
-                         "moons-1rf, moons-2rf (needs the 1-RF), moons-shortcut, or moons (all three)")
+                         "moons-1rf, moons-2rf (needs the 1-RF), moons-shortcut, moons-8gaussians (a 1-RF from the "
+                         "eight-Gaussians source), or moons (all four)")
     ap.add_argument("--iters", type=argtypes.positive_int, default=None,
                     help="training iterations (default: the shipped config)")
     ap.add_argument("--out", type=Path, default=WEIGHTS, help="folder for the safetensors files")

@@ -16,7 +16,7 @@ from diffsolve.errors import InvalidArgument
 from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
 from diffsolve.field import Field, _network_of, as_field
 from diffsolve.grids import karras
-from diffsolve.noise import draw_noise
+from diffsolve.noise import draw_start
 from diffsolve.sampler import Sampler
 
 # Bottleneck blocks of known networks: the built-in UNet, diffusers' UNet2DModel, ADM/LDM UNets, and the shared MNIST
@@ -56,10 +56,11 @@ def sample_shape_of(field: Field) -> tuple[int, ...]:
 
 
 def noise_for(field: Field, seeds: Sequence[int], dtype: torch.dtype = torch.float32, device: Any = None):
-    """Standard-normal noise, one sample per seed (the library's seeded draw), in the field's sample shape.
+    """The starts of `field`, one sample per seed (the library's seeded draw, batch invariant): standard normal,
+    or drawn from the field's source (`Field.source`).
 
     Args:
-        field: The field whose sample shape is used.
+        field: The field whose sample shape and source are used.
         seeds: One seed per sample.
         dtype: Dtype of the noise (default float32).
         device: Where to draw it; None is the default device.
@@ -70,7 +71,8 @@ def noise_for(field: Field, seeds: Sequence[int], dtype: torch.dtype = torch.flo
     Raises:
         InvalidArgument: The model does not declare its sample shape.
     """
-    return draw_noise((len(seeds), *sample_shape_of(field)), seed=list(seeds), dtype=dtype, device=device)
+    return draw_start((len(seeds), *sample_shape_of(field)), source=getattr(field, "source", None), seed=list(seeds),
+                      dtype=dtype, device=device)
 
 
 def default_feature_module(field: Field) -> str | None:

@@ -26,6 +26,8 @@ class ModelSpec:
         data_range: the data's (low, high), or None.
         solver: the sampler this model family needs (consistency, shortcut), else None.
         step_input: the keyword under which the model takes the step size (shortcut models), else None.
+        source: where a plain velocity field's trajectories start (a Distribution or a callable
+            `source(n, generator)`, see `diffsolve.field.source`); None: the standard normal.
     """
 
     prediction: str
@@ -35,6 +37,7 @@ class ModelSpec:
     data_range: tuple[float, float] | None = None
     solver: str | None = None          # the sampler this model family needs (consistency, shortcut), else None
     step_input: str | None = None      # keyword under which the model takes the step size (shortcut models)
+    source: Any = None                 # the start distribution of a plain velocity field; None: standard normal
 
 
 @dataclass(frozen=True)
@@ -127,9 +130,11 @@ class Field:
 
     Attributes:
         evals_per_call: network evaluations per `evaluate` call (2 under classifier-free guidance).
+        source: where trajectories start (`diffsolve.field.source`); None: the standard normal.
     """
 
     evals_per_call = 1
+    source: Any = None
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
         """One evaluation of the field at `x`, point `p`.

@@ -2,6 +2,7 @@
 the data prediction or the ODE slope; `as_field` builds one from a model (or asks the registered adapters)."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from diffsolve.errors import InvalidArgument, check_choice, check_float, check_int
 from diffsolve.field.base import EvalPoint, Field, FieldOutput, ModelSpec, per_sample
 from diffsolve.field.identity import identity_of_kwargs, model_identity
+from diffsolve.field.source import check_source, describe_source, source_identity
 from diffsolve.kernels import lincomb
 from diffsolve.predictions import PathPoint, canonical_prediction, to_x0
 from diffsolve.schedules import NoiseSchedule, get_schedule
@@ -139,6 +141,10 @@ class VectorField(Field):
         clip_x0: (low, high) to clamp the data prediction.
         model_dtype: the network's dtype (None: detected).
         step_input: the keyword for the step size (shortcut models); None: from the spec, or none.
+        source: where trajectories start, for a plain velocity field trained from another distribution than
+            N(0, I): a torch.distributions.Distribution or a callable `source(n, generator) -> [n, *sample_shape]`
+            (see `diffsolve.field.source`); None: from the spec, or the standard normal. Its sample shape is the
+            model's when `sample_shape` is not given.
 
     Raises:
         InvalidArgument: a model that is not callable, a missing prediction or schedule, or a bad setting.
@@ -148,7 +154,7 @@ class VectorField(Field):
                  schedule: NoiseSchedule | str | None = None, *, time_convention: str | None = None,
                  sample_shape: tuple[int, ...] | None = None, model_kwargs: Mapping[str, Any] | None = None,
                  clip_x0: tuple[float, float] | None = None, model_dtype: torch.dtype | None = None,
-                 step_input: str | None = None):
+                 step_input: str | None = None, source: Any = None):
         if not callable(model):
             raise InvalidArgument(f"model must be callable, got {type(model).__name__}")
         spec = model_spec_of(model)
@@ -173,7 +179,9 @@ class VectorField(Field):
                 f"schedule= is missing: prediction={self.prediction!r} needs a noise schedule (for example "
                 "'edm', 'vp_linear', 'rectified_flow' or a NoiseSchedule); only prediction='velocity' may go without")
         self.model = model
-        self.sample_shape = check_sample_shape(sample_shape)
+        if source is None and spec is not None:
+            source = spec.source
+        self.source, self.sample_shape = _checked_source(source, check_sample_shape(sample_shape), self.schedule)
         if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
             raise InvalidArgument(f"model_kwargs={model_kwargs!r}: must be a mapping of keyword -> value")
         self.model_kwargs = dict(model_kwargs or {})
@@ -265,7 +273,8 @@ class VectorField(Field):
         return FieldOutput(x0 if kind == "x0" else velocity_from_x0(x, x0, path))
 
     def identity(self) -> str | None:
-        """The model's identity, prediction, schedule, time convention, clip and keywords; None if unknown."""
+        """The model's identity, prediction, schedule, time convention, clip, keywords and source; None if
+        unknown."""
         model = model_identity(self.model)
         sch = self.schedule.identity() if self.schedule is not None else "none"
         if model is None or sch is None:
@@ -274,8 +283,55 @@ class VectorField(Field):
         if kwargs is None:
             return None
         step = f", step_input={self.step_input}" if self.step_input is not None else ""
+        # the standard normal adds nothing, so the identities (and caches) of existing fields stay as they were
+        source = source_identity(self.source)
+        if source is None:
+            return None
+        start = f", source={source}" if self.source is not None else ""
         return (f"VectorField(model={model}, prediction={self.prediction}, schedule={sch}, "
-                f"time={self.time_convention}, clip={self.clip_x0}, kwargs={kwargs}{step})")
+                f"time={self.time_convention}, clip={self.clip_x0}, kwargs={kwargs}{step}{start})")
+
+
+def _checked_source(source: Any, sample_shape: tuple[int, ...] | None,
+                    schedule: NoiseSchedule | None) -> tuple[Any, tuple[int, ...] | None]:
+    """`check_source`, and a source other than the standard normal only on a plain velocity field."""
+    source, sample_shape = check_source(source, sample_shape)
+    if source is not None and schedule is not None:
+        raise InvalidArgument(
+            f"source={describe_source(source)} is for a plain velocity field (prediction='velocity', "
+            "schedule=None): on a Gaussian path the path fixes the start, N(0, prior_std^2 I); drop schedule= "
+            "to integrate the model's velocity from its own source")
+    return source, sample_shape
+
+
+def with_source(model_or_field: Any, source: Any) -> Field:
+    """The field of a model drawing its starts from `source`: `as_field(model, source=source)`, or a copy of a
+    field (and of the wrappers around it) with the source set; the model and the field given are left unchanged.
+
+    Args:
+        model_or_field: a network or a Field (a VectorField, or wrappers around one).
+        source: as VectorField's `source=` (None: the standard normal).
+
+    Returns:
+        The Field.
+
+    Raises:
+        InvalidArgument: a bad source (naming `source=`), a source on a Gaussian-path field, or a field that
+            holds no VectorField.
+    """
+    if not isinstance(model_or_field, Field):
+        return as_field(model_or_field, source=source)
+    if isinstance(model_or_field, VectorField):
+        field = copy.copy(model_or_field)
+        field.source, field.sample_shape = _checked_source(source, field.sample_shape, field.schedule)
+        return field
+    inner = getattr(model_or_field, "inner", None)
+    if not isinstance(inner, Field):
+        raise InvalidArgument(f"source= cannot be set on a {type(model_or_field).__name__}: it holds no VectorField; "
+                              "build the field with VectorField(model, ..., source=)")
+    wrapper = copy.copy(model_or_field)
+    wrapper.inner = with_source(inner, source)
+    return wrapper
 
 
 def velocity_from_x0(x: torch.Tensor, x0: torch.Tensor, p: PathPoint) -> torch.Tensor:

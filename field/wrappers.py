@@ -43,6 +43,11 @@ class FieldWrapper(Field):
         """The inner field's schedule."""
         return self.inner.schedule
 
+    @property
+    def source(self) -> Any:
+        """The inner field's source (None: the standard normal)."""
+        return self.inner.source
+
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
         """The inner field's evaluation, unchanged (subclasses change one thing)."""
         return self.inner.evaluate(x, p, kind, **kwargs)

@@ -1,5 +1,5 @@
 """Training and scoring of the 2-D moons flows of `diffsolve.models.toy2d`: 1-rectified flow, 2-rectified flow
-and a shortcut model.
+and a shortcut model from N(0, I), and a 1-rectified flow from the eight-Gaussians source.
 
 - 1-RF (Liu et al. 2023; flow matching, Lipman et al. 2023): v(x_t, t) regressed on x1 - z with the independent
   coupling (z and x1 drawn apart).
@@ -12,8 +12,8 @@ and a shortcut model.
   of multiples of 2d (where the K-step sampler evaluates it); the half steps of the smallest level, 1/256, are
   taken with d = 0. Sample with `Sampler(load_moons_shortcut())` (its spec names the "shortcut" solver).
 
-Train: `diffsolve train --what moons-1rf|moons-2rf|moons-shortcut|moons` (the 2-RF needs the shipped 1-RF); score:
-`diffsolve evaluate --models moons`. Everything is seeded and runs at one thread in a few minutes.
+Train: `diffsolve train --what moons-1rf|moons-2rf|moons-shortcut|moons-8gaussians|moons` (the 2-RF needs the
+shipped 1-RF); score: `diffsolve evaluate --models moons`. Everything is seeded and runs at one thread in a few minutes.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 from diffsolve.analysis.straightness import straightness
 from diffsolve.errors import check_choice
 from diffsolve.evaluation.metrics import sliced_wasserstein
-from diffsolve.models.toy2d import FILES, MODELS, WEIGHTS, MoonsMLP, load_moons_flow, moons, toy_metadata
+from diffsolve.models.toy2d import (FILES, MODELS, SOURCES, WEIGHTS, MoonsMLP, load_moons_flow, moons,
+                                    sample_eight_gaussians, toy_metadata)
 from diffsolve.noise import draw_noise
 from diffsolve.sampler import Sampler
 from diffsolve.training.reflow import coupling_seeds, generate_couplings, load_couplings
@@ -63,6 +64,7 @@ class ToyConfig:
         coupling_solver: the solver of the 2-RF's couplings.
         coupling_steps: its steps per coupling.
         log_every: iterations between progress lines (0: none).
+        source: where the flow starts: "normal" (N(0, I)) or a key of `models.toy2d.SOURCES` (1rf only).
     """
     what: str = "1rf"                # 1rf | 2rf | shortcut
     iters: int = 6000
@@ -76,11 +78,13 @@ class ToyConfig:
     coupling_solver: str = "rk4"
     coupling_steps: int = 64
     log_every: int = 1000
+    source: str = "normal"
 
 
 DEFAULTS = {"1rf": ToyConfig("1rf", iters=10000, lr=2e-3, seed=0),
             "2rf": ToyConfig("2rf", iters=6000, lr=1e-3, seed=2, pool=50_000),
-            "shortcut": ToyConfig("shortcut", iters=20000, lr=2e-3, seed=3)}
+            "shortcut": ToyConfig("shortcut", iters=20000, lr=2e-3, seed=3),
+            "8gaussians": ToyConfig("1rf", iters=10000, lr=2e-3, seed=4, source="8gaussians")}
 
 
 @dataclass
@@ -133,6 +137,13 @@ def _shortcut_loss(model: MoonsMLP, z: torch.Tensor, x1: torch.Tensor, g: torch.
     return (model(xt, t, big) - target).pow(2).sum(1).mean()
 
 
+def _draw_source(cfg: ToyConfig, g: torch.Generator) -> torch.Tensor:
+    """One batch of starts from the config's source."""
+    if cfg.source == "8gaussians":
+        return sample_eight_gaussians(cfg.batch_size, g)
+    return torch.randn(cfg.batch_size, 2, generator=g)
+
+
 def train_toy(cfg: ToyConfig, *, init: MoonsMLP | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
               log: Callable[[str], None] | None = print) -> ToyResult:
     """Train one model. 2rf needs `pairs` = (noise, endpoint) couplings and `init` (the 1-RF); the others start fresh.
@@ -150,16 +161,19 @@ def train_toy(cfg: ToyConfig, *, init: MoonsMLP | None = None, pairs: tuple[torc
         The ToyResult.
 
     Raises:
-        InvalidArgument: `cfg.what` is not "1rf", "2rf" or "shortcut".
+        InvalidArgument: `cfg.what` is not "1rf", "2rf" or "shortcut", or a source other than N(0, I) on a
+            model other than a 1-RF.
         ValueError: "2rf" without `pairs`.
     """
     check_choice("what", cfg.what, ("1rf", "2rf", "shortcut"))
+    check_choice("source", cfg.source, ("normal",) + (tuple(SOURCES) if cfg.what == "1rf" else ()))
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     if init is not None:
         model = copy.deepcopy(init).train().requires_grad_(True)
     else:
-        model = MoonsMLP(cfg.width, cfg.depth, shortcut=cfg.what == "shortcut")
+        model = MoonsMLP(cfg.width, cfg.depth, shortcut=cfg.what == "shortcut",
+                         source=None if cfg.source == "normal" else cfg.source)
     if cfg.what == "2rf":
         if pairs is None:
             raise ValueError("2rf trains on couplings: pass pairs=(noise, endpoint)")
@@ -175,7 +189,7 @@ def train_toy(cfg: ToyConfig, *, init: MoonsMLP | None = None, pairs: tuple[torc
             grp["lr"] = _lr_at(cfg, it)
         idx = torch.randint(0, n_pool, (cfg.batch_size,), generator=g)
         x1 = pool_x[idx]
-        z = pool_z[idx] if pool_z is not None else torch.randn(cfg.batch_size, 2, generator=g)
+        z = pool_z[idx] if pool_z is not None else _draw_source(cfg, g)
         if cfg.what == "shortcut":
             m = int(round(cfg.batch_size * cfg.consistency_fraction))
             t = torch.rand(cfg.batch_size - m, generator=g)
@@ -319,11 +333,12 @@ def make_couplings(model: MoonsMLP, cfg: ToyConfig, folder: Path) -> tuple[tuple
 
 def train_moons(what: str, out: Path = WEIGHTS, *, iters: int | None = None, couplings: Path | None = None,
                 log: Callable[[str], None] = print) -> dict:
-    """Train one shipped moons model ('1rf', '2rf' or 'shortcut') with its DEFAULTS config and save it to
-    out / FILES[what] with its training record (returned).
+    """Train one shipped moons model ('1rf', '2rf', 'shortcut' or '8gaussians') with its DEFAULTS config and save
+    it to out / FILES[what] with its training record (returned).
 
     Args:
-        what: "1rf", "2rf" (needs the 1-RF in `out`) or "shortcut".
+        what: "1rf", "2rf" (needs the 1-RF in `out`), "shortcut" or "8gaussians" (the 1-RF recipe from the
+            eight-Gaussians source).
         out: the folder to write to (default: the shipped weights folder).
         iters: overrides the config's iteration count.
         couplings: the folder of the 2-RF's couplings (resumable; default a temporary folder).
@@ -333,7 +348,7 @@ def train_moons(what: str, out: Path = WEIGHTS, *, iters: int | None = None, cou
         The training record.
 
     Raises:
-        InvalidArgument: `what` is not one of the three.
+        InvalidArgument: `what` is not one of DEFAULTS.
         FileNotFoundError: "2rf" without the 1-RF's file in `out`.
     """
     check_choice("what", what, tuple(DEFAULTS))
