@@ -93,8 +93,7 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
     if not isinstance(afs, bool):
         raise InvalidArgument(f"afs={afs!r}: must be True or False")
     k = int(max_order if max_order is not None else default_order(get_solver(base)))
-    sch = field.schedule
-    start = time.perf_counter()
+    sch, start = field.schedule, time.perf_counter()
     if grid is None:
         n_grid = min(64, field.condition_rows or 64)     # a conditioned field has conditions for so many samples
         opts = {"n": n_grid, "batch_size": 16, "epochs": 16, "lr": 0.2, **(grid_options or {})}
