@@ -10,7 +10,8 @@ import torch
 from diffsolve.errors import InvalidArgument
 from diffsolve.field.base import EvalPoint, Field, FieldOutput
 from diffsolve.field.identity import identity_of_kwargs
-from diffsolve.field.wrappers import FieldWrapper
+from diffsolve.field.vector_field import floating_dtype_of
+from diffsolve.field.wrappers import FieldWrapper, _network_of
 
 
 def check_conditions(conditions: Any, name: str = "conditions") -> dict[str, torch.Tensor]:
@@ -49,7 +50,8 @@ class Conditioned(FieldWrapper):
     `Conditioned(ClassifierFreeGuidance(field, 2.0, {"class_labels": null}), {"class_labels": labels})` samples
     `len(labels)` samples, sample i guided towards labels[i]. The batch must have exactly `condition_rows`
     samples; `select(idx)` is the field of the samples `idx` (what trainers fit minibatches on). Floating
-    conditions are cast to the state's dtype (the float64 reference solve runs a float64 copy of the network).
+    conditions are cast to the network's dtype (the float64 reference solve runs a float64 copy of the network, a
+    half network takes half embeddings).
 
     The identity (the reference cache's key) hashes the conditions; the correction identity names only their
     keywords, so a correction tuned with these conditions applies to the same model with any others, and a
@@ -92,7 +94,8 @@ class Conditioned(FieldWrapper):
         if x.shape[0] != self.condition_rows:
             raise InvalidArgument(f"this field holds conditions for {self.condition_rows} samples but was asked for "
                                   f"{x.shape[0]}; sample exactly that many, or take `field.select(rows)` first")
-        conds = {k: v.to(x.dtype) if v.is_floating_point() and v.dtype != x.dtype else v
+        dtype = floating_dtype_of(_network_of(self.inner)) or x.dtype
+        conds = {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v
                  for k, v in self.conditions.items()}
         return self.inner.evaluate(x, p, kind, **{**conds, **kwargs})
 

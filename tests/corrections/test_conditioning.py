@@ -130,3 +130,24 @@ def test_file_records_the_guidance_scale_and_refuses_another(tmp_path):
         load_correction(path, field=other_scale)
     with pytest.raises(IdentityMismatch):
         load_correction(path, field=VectorField(net))   # unguided
+
+
+class Embedded(torch.nn.Module):
+    """x0 prediction from the point and a float embedding (as a text-conditioned network takes its prompts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x, t, emb):
+        return self.lin(torch.cat([x, emb], 1))
+
+
+def test_float_conditions_follow_the_network_dtype_into_the_float64_reference():
+    torch.manual_seed(0)
+    field = Conditioned(VectorField(Embedded(), prediction="x0", schedule="edm", sample_shape=(2,)),
+                        {"emb": torch.randn(3, 1)})
+    noise = noise_for(field, range(3))
+    ref = teacher_states(field, noise, [2.0, 0.0], cache=False)[-1]       # a float64 copy of the network
+    fine = teacher_states(field, noise, [2.0, 0.0], mode="fine")[-1]
+    assert ref.dtype == torch.float32 and (ref - fine).abs().max() < 1e-3
