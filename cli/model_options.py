@@ -166,40 +166,59 @@ def load_uncond(spec: str, importer: Callable[[str, str], Any] = import_object) 
     return check_conditions(obj, f"--uncond {spec!r}")
 
 
-def conditioned_field(model: Any, opts: ModelOptions, n: int | None, seed: int,
-                      importer: Callable[[str, str], Any] = import_object) -> Any:
-    """The model as the field the options describe: guided (ClassifierFreeGuidance) and conditioned (Conditioned);
-    the model itself without --conditions.
+def load_conditioning(opts: ModelOptions, n: int | None, seed: int,
+                      importer: Callable[[str, str], Any] = import_object) -> tuple[dict | None, dict | None]:
+    """The conditions and unconditional keywords the options name, read before any model is built.
 
     Args:
-        model: The built model or field.
         opts: The options.
         n: The training sample count (see load_conditions).
         seed: Seeds a drawing function.
         importer: How 'module:attr' is imported.
 
     Returns:
-        The model, or the conditioned field.
+        (conditions or None, unconditional keywords or None).
 
     Raises:
         InvalidArgument: As load_conditions and load_uncond, or keywords the unconditional ones lack.
     """
     if opts.conditions is None:
-        return model
+        return None, None
     conds = load_conditions(opts.conditions, n, seed, importer)
+    if opts.guidance_scale is None:
+        return conds, None
+    uncond = load_uncond(opts.uncond, importer)
+    missing = sorted(set(conds) - set(uncond))
+    if missing:
+        raise InvalidArgument(f"--uncond {opts.uncond!r} lacks the keywords {missing} that --conditions gives: "
+                              "the unconditional call would keep the conditions")
+    return conds, uncond
+
+
+def conditioned_field(model: Any, opts: ModelOptions, conds: dict | None, uncond: dict | None) -> Any:
+    """The model as the field the options describe: guided (ClassifierFreeGuidance) and conditioned (Conditioned);
+    the model itself without conditions.
+
+    Args:
+        model: The built model or field.
+        opts: The options (the guidance scale).
+        conds: The per-sample conditions, or None.
+        uncond: The unconditional keywords (with a guidance scale), or None.
+
+    Returns:
+        The model, or the conditioned field.
+    """
+    if conds is None:
+        return model
     field: Field = as_field(model)
     if opts.guidance_scale is not None:
-        uncond = load_uncond(opts.uncond, importer)
-        missing = sorted(set(conds) - set(uncond))
-        if missing:
-            raise InvalidArgument(f"--uncond {opts.uncond!r} lacks the keywords {missing} that --conditions gives: "
-                                  "the unconditional call would keep the conditions")
         field = ClassifierFreeGuidance(field, float(opts.guidance_scale), uncond)
     return Conditioned(field, conds)
 
 
 def build_model(opts: ModelOptions, n: int | None = None, seed: int = 0) -> tuple[BenchModel, Any]:
-    """The bench entry and the model (conditioned field) the options name.
+    """The bench entry and the model (conditioned field) the options name; the conditioning is read and checked
+    before the model is built.
 
     Args:
         opts: The options.
@@ -212,9 +231,10 @@ def build_model(opts: ModelOptions, n: int | None = None, seed: int = 0) -> tupl
     Raises:
         InvalidArgument: An unknown model, or bad conditioning (naming the flag).
     """
+    conds, uncond = load_conditioning(opts, n, seed)
     entry, model = resolve_model(opts.model)
-    return entry, conditioned_field(model, opts, n, seed, import_object)
+    return entry, conditioned_field(model, opts, conds, uncond)
 
 
 __all__ = ["ModelOptions", "add_model_options", "model_options_from", "load_conditions", "load_uncond",
-           "conditioned_field", "build_model", "MODEL_HELP", "DEFAULT_SAMPLES"]
+           "load_conditioning", "conditioned_field", "build_model", "MODEL_HELP", "DEFAULT_SAMPLES"]

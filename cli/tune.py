@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     options = model_options_from(args)
     settings = settings_from(args)
     check_out(settings)                       # before the model is built or anything trained
-    entry, model = build_model(options, getattr(settings, "samples", None), settings.seed)
+    entry, model = build_model(options, settings.samples, settings.seed)
     if options.conditions is not None and settings.samples is None:
         # the tuner's own default count: as many training samples as conditions were given
         settings = dataclasses.replace(settings, samples=model.condition_rows)

@@ -38,12 +38,12 @@ def _fails(capsys, *args: str) -> str:
      "--uncond"),
 ])
 def test_bad_conditioning_is_refused_naming_the_flag(capsys, monkeypatch, args, flag):
-    monkeypatch.setattr("diffsolve.cli.tune.tune", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr("diffsolve.cli.model_options.resolve_model", lambda *a: pytest.fail("model built first"))
     assert flag in _fails(capsys, *args)
 
 
 def test_a_file_must_give_one_condition_per_training_sample(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("diffsolve.cli.tune.tune", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr("diffsolve.cli.model_options.resolve_model", lambda *a: pytest.fail("model built first"))
     conds = tmp_path / "c.safetensors"
     save_file({"class_labels": torch.arange(3)}, str(conds))
     err = _fails(capsys, "--conditions", str(conds))
