@@ -11,7 +11,10 @@ counts guided denoiser evaluations (each two network calls), as the trainers' bu
 Peers: k-diffusion's ODE samplers (euler, heun, dpm_2, lms, dpmpp_2m; the formulas of k_diffusion/sampling.py,
 written out here since the package is not installed) on its karras, exponential and polyexponential sigmas.
 Un-learned diffsolve: every fast solver on five grids. Learned: `learn_grid` (iPNDM and DEIS), `train_amed`
-(AMED-Plugin(DEIS), AMED-Solver) and `learn_coefficients` (DEIS weights), with the tuners' default settings.
+(AMED-Plugin(DEIS), AMED-Solver) and `learn_coefficients` (DEIS weights), with the tuners' default settings; the
+training seconds include the reference teacher's solves, which trainers drawing the same seeds share through the
+reference cache (DEIS's grid reuses iPNDM's endpoints, AMED-Solver AMED-Plugin's trajectories). Set
+DIFFSOLVE_CACHE to an empty folder to time them from scratch.
 """
 from __future__ import annotations
 
@@ -247,16 +250,18 @@ def evaluate(nfes: Sequence[int], n: int, scale: float, log: Callable | None = p
 
 
 def table(result: dict) -> str:
+    """The markdown table of a result."""
     names = list(result["train_seconds"])
     lines = ["| NFE | best peer | RMSE | best un-learned diffsolve | RMSE | " + " | ".join(names)
-             + " | best learned / best peer |", "|" + "---|" * (6 + len(names))]
+             + " | best learned / best peer | best learned / best un-learned |", "|" + "---|" * (7 + len(names))]
     lines.append("| training (s, wall) | | | | | " + " | ".join(f"{result['train_seconds'][k]:.0f}" for k in names)
-                 + " | |")
+                 + " | | |")
     for k, row in result["rows"].items():
         p, o = row["best_peer"], row["best_ours"]
         cells = [f"{row['learned'][m]:.4f}" for m in names]
+        best = row["best_learned"]["rmse"]
         lines.append(f"| {k} | {p['name']} | {p['rmse']:.4f} | {o['name']} | {o['rmse']:.4f} | " + " | ".join(cells)
-                     + f" | {row['best_learned']['rmse'] / p['rmse']:.2f}x |")
+                     + f" | {best / p['rmse']:.2f}x | {best / o['rmse']:.2f}x |")
     return "\n".join(lines)
 
 
