@@ -2,8 +2,8 @@
 from diffsolve.errors import BudgetExceeded, DiffsolveError, InvalidArgument, NonFiniteError
 from diffsolve.schedules import (CustomSchedule, EDMSchedule, NoiseSchedule, RectifiedFlow, VESchedule, VPContinuous,
                         VPDiscrete, get_schedule)
-from diffsolve.field import (ClassifierFreeGuidance, EvalPoint, FeatureCapture, Field, FieldOutput, FieldWrapper, ModelSpec,
-                    StepOptions, VectorField)
+from diffsolve.field import (ClassifierFreeGuidance, Conditioned, EvalPoint, FeatureCapture, Field, FieldOutput,
+                             FieldWrapper, ModelSpec, StepOptions, VectorField)
 from diffsolve.grids import GRIDS, make_grid
 from diffsolve.solvers import Plan, Solver, available_solvers, get_solver, register
 from diffsolve.sampler import SampleResult, Sampler, StepInfo
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Sampler", "SampleResult", "StepInfo", "VectorField", "ModelSpec", "EvalPoint", "ClassifierFreeGuidance",
-    "Field", "FieldOutput", "FieldWrapper", "FeatureCapture", "StepOptions", "integrate", "skip_tuned",
+    "Conditioned", "Field", "FieldOutput", "FieldWrapper", "FeatureCapture", "StepOptions", "integrate", "skip_tuned",
     "likelihood", "LikelihoodResult", "straightness", "Straightness",
     "NoiseSchedule", "VPDiscrete", "VPContinuous", "VESchedule", "EDMSchedule", "RectifiedFlow", "CustomSchedule",
     "get_schedule", "GRIDS", "make_grid", "available_solvers", "get_solver", "Solver", "Plan", "register",

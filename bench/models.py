@@ -19,6 +19,8 @@ from diffsolve.errors import InvalidArgument, unknown_name
 from diffsolve.evaluation.reference import ReferenceSettings
 from diffsolve.field import Field, model_spec_of, with_source
 from diffsolve.models.builtin import load_mnist_unet, load_mnist_unet_deep
+from diffsolve.models.cond_mixture import WEIGHTS_FILE as COND_MIXTURE_WEIGHTS, load_cond_mixture
+from diffsolve.pretrained_adapters.diffusers.folder import is_diffusers_folder, load_diffusers_folder
 from diffsolve.pretrained_adapters.mnist_ddpm import load_mnist_ddpm
 from diffsolve.pretrained_adapters.torchcfm import load_torchcfm_mlp
 from diffsolve.problems import GaussianMixtureProblem, GaussianProblem
@@ -116,6 +118,13 @@ for _flow in ("otcfm", "cfm"):
         batch_size=1024, chunk_size=512, nfe=(2, 4, 8, 16, 32), dtype=torch.float64, threads=1,
         available=_needs(SHARED / "models" / "moons-flow" / f"{_flow}.safetensors")))
 
+register_bench_model(BenchModel(
+    "cond-mixture", load_cond_mixture, "class-conditional 2-D mixture (EDM denoiser MLP, 4 classes + null label; "
+    "unconditional unless conditioned: tune --conditions diffsolve.models.cond_mixture:draw_labels)",
+    kind="points", batch_size=1024, chunk_size=512, nfe=(3, 5, 8, 16), dtype=torch.float64, threads=1,
+    available=_needs(COND_MIXTURE_WEIGHTS)))
+
+
 def _mnist_unet():
     return load_mnist_unet()
 
@@ -192,8 +201,9 @@ def resolve_model(model: Any) -> tuple[BenchModel, Any]:
     """A BenchModel and the built model from a registry name, a 'module:attr' path or a model object.
 
     Args:
-        model: A `BenchModel`, a name in `BENCH_MODELS`, a 'module:attr' path naming a model, a BenchModel or a
-            factory of one taking no arguments, or a model object (module, field, model declaring its spec).
+        model: A `BenchModel`, a name in `BENCH_MODELS`, a local diffusers folder (a pipeline or a UNet with its
+            scheduler), a 'module:attr' path naming a model, a BenchModel or a factory of one taking no arguments,
+            or a model object (module, field, model declaring its spec).
 
     Returns:
         The entry (defaults derived from the model's spec for a user model) and the built model.
@@ -205,6 +215,8 @@ def resolve_model(model: Any) -> tuple[BenchModel, Any]:
         entry = model
     elif isinstance(model, str) and model in BENCH_MODELS:
         entry = BENCH_MODELS[model]
+    elif is_diffusers_folder(model):
+        entry = _diffusers_folder_entry(str(model))
     elif isinstance(model, str) and ":" in model:
         obj = _model_or_factory(import_object(model, "model"), model)
         entry = obj if isinstance(obj, BenchModel) else _entry_for_object(obj, name=model)
@@ -216,6 +228,16 @@ def resolve_model(model: Any) -> tuple[BenchModel, Any]:
     if why:
         raise InvalidArgument(f"model={entry.name!r} is not available here: {why}")
     return entry, entry.build()
+
+
+def _diffusers_folder_entry(path: str) -> BenchModel:
+    """A diffusers folder's entry: an image model (its latent shape from the network config) built once."""
+    field = load_diffusers_folder(path, "model")
+    big = len(field.sample_shape) == 3
+    return BenchModel(path, lambda: field, f"diffusers folder {path}", kind="image" if big else "vector",
+                      batch_size=8 if big else 256, chunk_size=4 if big else 256,
+                      nfe=(5, 10, 20, 50) if big else (4, 8, 16, 32),
+                      reference=ReferenceSettings(method="dopri5", rtol=1e-6, atol=1e-6), trajectory=not big)
 
 
 def _is_model(obj: Any) -> bool:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from diffsolve.bench.models import import_object, model_with_source, resolve_model
+from diffsolve.bench.models import import_object
+from diffsolve.cli.model_options import add_model_options, build_model, model_options_from
 from diffsolve.corrections import tuners as _builtin  # noqa: F401  (registers the built-in tuners)
 from diffsolve.corrections.tuning import TUNERS, TuneContext, check_out, flag_of, get_tuner, tune
 from diffsolve.progress import Progress
-
-MODEL_HELP = "built-in bench model name (mnist-unet, gmm, ...) or 'module:attr' (default mnist-unet)"
-SOURCE_HELP = ("'module:attr' naming the plain velocity field's source: a torch.distributions.Distribution or a "
-               "callable source(n, generator) -> [n, *sample_shape] (default: the model's own, else N(0, I))")
 
 
 def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field) -> None:
@@ -43,8 +40,7 @@ def add_parser(sub) -> None:
     kinds.required = True
     for name, tuner in TUNERS.items():
         p = kinds.add_parser(name, help=tuner.summary, description=tuner.summary)
-        p.add_argument("--model", default="mnist-unet", help=MODEL_HELP)
-        p.add_argument("--source", default=None, metavar="MODULE:ATTR", help=SOURCE_HELP)
+        add_model_options(p)
         for f in dataclasses.fields(tuner.settings):
             _add_field(p, f)
 
@@ -82,13 +78,15 @@ def run(args: argparse.Namespace) -> int:
         The exit status, 0.
 
     Raises:
-        InvalidArgument: An invalid setting or model, or an unwritable output place.
+        InvalidArgument: An invalid setting, model or conditioning (naming the flag), or an unwritable output place.
     """
+    options = model_options_from(args)
     settings = settings_from(args)
     check_out(settings)                       # before the model is built or anything trained
-    entry, model = resolve_model(args.model)
-    if args.source is not None:
-        model = model_with_source(model, args.source)
+    entry, model = build_model(options, settings.samples, settings.seed)
+    if options.conditions is not None and settings.samples is None:
+        # the tuner's own default count: as many training samples as conditions were given
+        settings = dataclasses.replace(settings, samples=model.condition_rows)
     with Progress(f"tune {args.tuner}") as report:      # heartbeat lines through a long teacher solve or epoch
         context = TuneContext(model_name=entry.name, dtype=entry.dtype or TuneContext.dtype,
                               reference=entry.reference, image=entry.kind == "image", log=report.log,

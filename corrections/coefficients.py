@@ -93,10 +93,10 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
     if not isinstance(afs, bool):
         raise InvalidArgument(f"afs={afs!r}: must be True or False")
     k = int(max_order if max_order is not None else default_order(get_solver(base)))
-    sch = field.schedule
-    start = time.perf_counter()
+    sch, start = field.schedule, time.perf_counter()
     if grid is None:
-        opts = {"n": 64, "batch_size": 16, "epochs": 16, "lr": 0.2, **(grid_options or {})}
+        n_grid = min(64, field.condition_rows or 64)     # a conditioned field has conditions for so many samples
+        opts = {"n": n_grid, "batch_size": 16, "epochs": 16, "lr": 0.2, **(grid_options or {})}
         grid = learn_grid(field, base=base, nfe=nfe, afs=afs, seed=seed, teacher=teacher,
                           teacher_options=teacher_options, dtype=dtype, log=log, starts=tuple(grid_starts), **opts)
     elif bool(grid.meta.get("afs")) != afs:
@@ -117,8 +117,8 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
             m = CoefficientModel(s_init, sch.sigma_min if sch.sigma_min > 0 else s_init[-2] * 0.1, k)
 
             def run(idx, times, m=m):
-                return differentiable_run(field, x0[idx], times, base, max_order=k, afs=afs, afs_mean=mean,
-                                          solver_orders=False, weights=list(m.weights))
+                return differentiable_run(field.select(idx), x0[idx], times, base, max_order=k, afs=afs,
+                                          afs_mean=mean, solver_orders=False, weights=list(m.weights))
             hist = _fit_grid(m, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
                              label=f"nfe {budget} ({steps} steps)", start=start, cosine=True,
                              param_groups=[{"params": m.grid.parameters(), "lr": lr},

@@ -34,7 +34,6 @@ from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_sta
 GITS_WEIGHT = 1.15
 DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m")
 
-
 PLAIN_BASES = ("euler", "ipndm", "ipndm_v", "lms", "heun", "midpoint", "rk4")
 
 
@@ -89,7 +88,8 @@ def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, ba
         for i in range(K - 1):
             for b in range(0, B, batch_size):
                 xi = states[i, b:b + batch_size]
-                D = field.velocity(xi, pts[i]) if plain else field.denoise(xi, pts[i])
+                at = field.select(torch.arange(b, b + xi.shape[0]))       # per-sample conditions follow
+                D = at.velocity(xi, pts[i]) if plain else at.denoise(xi, pts[i])
                 for j in range(i + 1, K):
                     a, c = (1.0, float(times[j] - times[i])) if plain else ddim_coefficients(pts[i], pts[j])
                     err = (a * xi + c * D - states[j, b:b + batch_size]).double().flatten(1)
@@ -410,8 +410,8 @@ def learn_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7
                 s_init[-1] = 0.0
                 g = GapGrid(s_init, sch.sigma_min if sch.sigma_min > 0 else s_init[-2] * 0.1)
                 # an AFS grid runs as AMED-Plugin's per-step table, whose base rule keeps the full order
-                run = lambda idx, times: differentiable_run(field, x0[idx], times, base, afs=afs,  # noqa: E731
-                                                            afs_mean=mean, solver_orders=not afs)
+                run = lambda idx, times: differentiable_run(  # noqa: E731
+                    field.select(idx), x0[idx], times, base, afs=afs, afs_mean=mean, solver_orders=not afs)
                 name = "init" if k == 0 else (first if isinstance(first, str) else f"start {k}")
                 hist = _fit_grid(g, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
                                  label=f"nfe {budget} ({steps} steps, from {name})", start=start)
@@ -455,7 +455,7 @@ def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, ba
             t_init = time_uniform(steps, None, t_max=t0) if init is None else torch.as_tensor(
                 init(steps, None) if callable(init) else init, dtype=torch.float64)
             g = TimeGapGrid([float(v) for v in t_init])
-            run = lambda idx, times: differentiable_run_plain(field, noise[idx], times, base, k)  # noqa: E731
+            run = lambda idx, times: differentiable_run_plain(field.select(idx), noise[idx], times, base, k)  # noqa
             hist = _fit_grid(g, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
                              label=f"nfe {budget} ({steps} steps)", start=start)
             with torch.no_grad():

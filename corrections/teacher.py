@@ -36,6 +36,29 @@ def field_of(model: Any) -> Field:
     return model if isinstance(model, Field) else as_field(model)
 
 
+def training_field(field: Field, n: int) -> Field:
+    """The field of a trainer's n training samples: sample i takes row i of the field's per-sample conditions.
+
+    Args:
+        field: The field (conditioned or not).
+        n: The number of training samples the trainer draws.
+
+    Returns:
+        The field itself (no conditions, or exactly n rows), else the field of its first n rows.
+
+    Raises:
+        InvalidArgument: The field holds conditions for fewer than n samples.
+    """
+    rows = field.condition_rows
+    if rows is None or rows == n:
+        return field
+    if rows < n:
+        raise InvalidArgument(f"the field holds conditions for {rows} samples but the trainer draws {n} training "
+                              f"samples: give one condition per training sample (train on {rows} samples, or draw "
+                              f"{n} conditions)")
+    return field.select(torch.arange(n))
+
+
 def sample_shape_of(field: Field) -> tuple[int, ...]:
     """The shape of one sample the field declares.
 
@@ -121,6 +144,8 @@ def teacher_states(field: Field, noise: torch.Tensor, times: Sequence[float] | t
                    settings: Any = None, cache: bool = True, seeds: Sequence[int] | None = None) -> torch.Tensor:
     """States at `times` (returned in decreasing order, the first the start) from standard-normal `noise`.
 
+    On a field with per-sample conditions (Conditioned) sample i is solved with row i of them.
+
     Args:
         field: The field to solve.
         noise: Standard-normal noise, [B, ...].
@@ -136,8 +161,10 @@ def teacher_states(field: Field, noise: torch.Tensor, times: Sequence[float] | t
         [len(times), B, ...] in noise's dtype.
 
     Raises:
-        InvalidArgument: `mode` is neither "reference" nor "fine".
+        InvalidArgument: `mode` is neither "reference" nor "fine", or the field holds per-sample conditions for
+            fewer than B samples.
     """
+    field = training_field(field, noise.shape[0])      # sample i takes row i of per-sample conditions
     t = torch.as_tensor(times, dtype=torch.float64).reshape(-1).unique(sorted=True).flip(0)
     if mode == "reference":
         ref = solve_reference(field, noise, t, settings=settings or ReferenceSettings(), cache=cache, seeds=seeds)
@@ -168,7 +195,7 @@ def mean_denoised_at_start(field: Field, t_start: float, n: int = 128, seed: int
         batch: Samples per model call.
 
     Returns:
-        The mean, float32, in the sample shape.
+        The mean, float32, in the sample shape (over the field's per-sample conditions too, when it has them).
     """
     total = None
     with torch.no_grad():
@@ -177,6 +204,8 @@ def mean_denoised_at_start(field: Field, t_start: float, n: int = 128, seed: int
         for k in range(0, n, batch):
             seeds = range(seed + k, seed + min(n, k + batch))
             x = noise_for(field, seeds) * scale
-            D = field.denoise(x, p).double().sum(0)
+            rows = field.condition_rows     # per-sample conditions: the draws cycle through them
+            at = field if rows is None else field.select(torch.arange(k, k + len(seeds)) % rows)
+            D = at.denoise(x, p).double().sum(0)
             total = D if total is None else total + D
     return (total / n).float()

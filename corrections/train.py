@@ -186,11 +186,12 @@ def _fit_predictor(corr: AMEDCorrection, field: Field, seeds: list, *, loss: str
             total, count = 0.0, 0
             for b in range(0, len(seeds), batch_size):
                 idx = order[b:b + batch_size]
+                batch_field = field.select(idx)         # per-sample conditions follow the samples
                 for steps in steps_list:
                     t = torch.tensor(grids[steps], dtype=torch.float64)
-                    plan = solver.plan(field, t)
+                    plan = solver.plan(batch_field, t)
                     target = teach[[index[float(v)] for v in t]][:, idx]
-                    total += _train_batch(solver, field, plan, target, opt, loss, single)
+                    total += _train_batch(solver, batch_field, plan, target, opt, loss, single)
                     count += 1
             history.append(total / max(count, 1))
             if log:

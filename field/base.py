@@ -135,6 +135,23 @@ class Field:
 
     evals_per_call = 1
     source: Any = None
+    # How many per-sample conditions the field is bound to (Conditioned); None: it takes any batch.
+    condition_rows: int | None = None
+
+    def select(self, index: Any) -> "Field":
+        """The field for the samples `index` of the batch its per-sample conditions describe (see Conditioned).
+
+        Trainers draw n starts, solve a teacher on all n and fit on minibatches: `field.select(idx)` is the field
+        of the minibatch `idx`, its conditions following the samples. A field without per-sample conditions is the
+        same for every sample and returns itself.
+
+        Args:
+            index: the rows, a 1-D integer tensor (or anything a tensor can be indexed with).
+
+        Returns:
+            The field bound to those rows (here: this field).
+        """
+        return self
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
         """One evaluation of the field at `x`, point `p`.

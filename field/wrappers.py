@@ -2,6 +2,7 @@
 options, features captured from named submodules)."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping
 
 import torch
@@ -48,6 +49,27 @@ class FieldWrapper(Field):
         """The inner field's source (None: the standard normal)."""
         return self.inner.source
 
+    @property
+    def condition_rows(self) -> int | None:
+        """The inner field's number of per-sample conditions (None: any batch)."""
+        return self.inner.condition_rows
+
+    def select(self, index: Any) -> Field:
+        """This wrapper around the inner field's `select(index)` (itself when the inner field has no rows).
+
+        Args:
+            index: the rows.
+
+        Returns:
+            The wrapper bound to those rows.
+        """
+        inner = self.inner.select(index)
+        if inner is self.inner:
+            return self
+        out = copy.copy(self)
+        out.inner = inner
+        return out
+
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
         """The inner field's evaluation, unchanged (subclasses change one thing)."""
         return self.inner.evaluate(x, p, kind, **kwargs)
@@ -86,7 +108,9 @@ class ClassifierFreeGuidance(FieldWrapper):
 
     `scale` is a number or a function `scale(p: EvalPoint)` of the point (guidance that changes per step).
 
-    Each call evaluates the inner field twice (conditional and unconditional): `evals_per_call` doubles.
+    Each call evaluates the inner field twice (conditional and unconditional): `evals_per_call` doubles. An
+    unconditional keyword tensor of one row is repeated over the batch (one null label or empty-prompt embedding
+    for all samples). Per-sample conditions go in a `Conditioned` wrapper around this one.
 
     Args:
         field: the field to guide.
@@ -111,7 +135,11 @@ class ClassifierFreeGuidance(FieldWrapper):
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
         """x0_u + w (x0_c - x0_u) (or the same for velocities); aux from the conditional call."""
         cond = self.inner.evaluate(x, p, kind, **kwargs)
-        uncond = self.inner.evaluate(x, p, kind, **{**kwargs, **self.uncond_kwargs})
+        # one unconditional row (the null label, the empty prompt's embedding) serves the whole batch: a network
+        # that reads the batch size off its conditioning (cross-attention) must get one row per sample
+        rows = {k: v.expand(x.shape[0], *v.shape[1:]) if isinstance(v, torch.Tensor) and v.dim() > 0
+                and v.shape[0] == 1 else v for k, v in self.uncond_kwargs.items()}
+        uncond = self.inner.evaluate(x, p, kind, **{**kwargs, **rows})
         w = self.scale(p) if callable(self.scale) else self.scale
         return FieldOutput(uncond.value + w * (cond.value - uncond.value), cond.aux)
 

@@ -8,9 +8,10 @@ the diffusers timesteps as diffsolve times, so a diffsolve solver and a diffuser
 points. diffusers itself is imported only where a scheduler object is built or stepped.
 
 The modules, inbound (diffusers -> diffsolve) first: `config` (configs, class, prediction, path), `timesteps`
-(grids), `model` (networks as fields), `solver_map` (scheduler class -> solver), `loops` (each scheduler's own
-loop), `sampling` (`Sampler(unet, scheduler=...)`, registered on import); outbound: `scheduler`
-(`DiffsolveScheduler`, a diffsolve solver as a diffusers scheduler; needs the diffusers library).
+(grids), `model` (networks as fields), `folder` (a local pipeline or UNet folder as a field), `solver_map`
+(scheduler class -> solver), `loops` (each scheduler's own loop), `sampling` (`Sampler(unet, scheduler=...)`,
+registered on import); outbound: `scheduler` (`DiffsolveScheduler`, a diffsolve solver as a diffusers scheduler;
+needs the diffusers library).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from diffsolve.pretrained_adapters.diffusers.ddim import DDIMStepTargets
 from diffsolve.pretrained_adapters.diffusers.loops import (
     LOOPS, LCMBoundary, RoundedModelTime, SchedulerSinglestep, TCDSteps, singlestep_orders)
 from diffsolve.pretrained_adapters.diffusers.model import DiffusersModel, from_diffusers, sample_shape_of
+from diffsolve.pretrained_adapters.diffusers.folder import folder_parts, is_diffusers_folder, load_diffusers_folder
 from diffsolve.pretrained_adapters.diffusers.sampling import sampler_from_diffusers, sampler_parts
 from diffsolve.pretrained_adapters.diffusers.solver_map import (
     SCHEDULER_SOLVERS, UNMATCHED_SCHEDULERS, UnmatchedScheduler, solver_and_options_of, solver_of, solver_options_of)
@@ -40,7 +42,7 @@ __all__ = ["DiffusersModel", "from_diffusers", "schedule_from_diffusers", "predi
            "UnmatchedScheduler", "solver_and_options_of", "infer_class_name", "PREDICTION_TYPES", "SPACINGS",
            "STYLES", "LOOPS", "betas_of", "is_flow_config", "style_of", "sample_shape_of", "lcm_grid",
            "lcm_timesteps", "LCMBoundary", "TCDSteps", "RoundedModelTime", "singlestep_orders", "SchedulerSinglestep",
-           "DDIMStepTargets"]
+           "DDIMStepTargets", "load_diffusers_folder", "is_diffusers_folder", "folder_parts"]
 
 
 def __getattr__(name: str) -> Any:

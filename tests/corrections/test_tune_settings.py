@@ -35,7 +35,7 @@ BAD = [
 
 @pytest.mark.parametrize("argv,flag", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_values_fail_before_any_work(monkeypatch, capsys, argv, flag):
-    monkeypatch.setattr(cli_tune, "resolve_model", lambda *a: pytest.fail("the model was built before the checks"))
+    monkeypatch.setattr(cli_tune, "build_model", lambda *a: pytest.fail("the model was built before the checks"))
     assert main(["tune", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "".join(err) and "error:" in err[-1] and flag in err[-1], err
@@ -44,7 +44,7 @@ def test_bad_values_fail_before_any_work(monkeypatch, capsys, argv, flag):
 def test_unwritable_out_fails_before_any_work(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    monkeypatch.setattr(cli_tune, "resolve_model", lambda *a: pytest.fail("the model was built before the checks"))
+    monkeypatch.setattr(cli_tune, "build_model", lambda *a: pytest.fail("the model was built before the checks"))
     assert main(["tune", "grid", "--out", str(blocker / "g.safetensors")]) == 2
     assert "--out" in capsys.readouterr().err
 
