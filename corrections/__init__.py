@@ -26,4 +26,5 @@ from diffsolve.corrections.tuning import TuneContext, TuneSettings, register_tun
 __all__ = ["AMEDPredictor", "TimeTable", "AMEDCorrection", "GridCorrection", "CoefficientCorrection",
            "load_correction", "IdentityMismatch", "amed_grid", "find_shipped", "train_amed", "steps_for_nfe",
            "gits_grid", "learn_grid", "gits_cost_matrix", "gits_dynamic_programming", "teacher_states",
-           "learn_coefficients", "skip_tuned", "AutoCorrection", "SolverChoice", "register_tuner", "tune", "TuneSettings", "TuneContext"]
+           "learn_coefficients", "skip_tuned", "AutoCorrection", "SolverChoice", "register_tuner", "tune", "TuneSettings",
+           "TuneContext"]
