@@ -21,8 +21,7 @@ import torch
 from diffsolve.errors import InvalidArgument
 from diffsolve.grids import GRIDS
 from diffsolve.sampler_hooks import CorrectionRun, register_correction_resolver
-from diffsolve.corrections.io import (LOADERS, AMEDCorrection, CoefficientCorrection, GridCorrection,
-                                      IdentityMismatch, correction_from, load_correction)
+from diffsolve.corrections.io import LOADERS, IdentityMismatch, correction_from, load_correction
 from diffsolve.corrections.record import (FORMAT, RECORD_PARSERS, VERSION, CorruptCorrection, field_of_record,
                                           parse_record, write_record)
 
@@ -64,32 +63,6 @@ class SolverChoice:
             An empty mapping.
         """
         return {}
-
-
-def only_steps(corr: Any, steps: int) -> Any:
-    """A copy of a learned correction holding only its `steps`-step budget (the one that won).
-
-    Args:
-        corr: An AMEDCorrection, GridCorrection or CoefficientCorrection.
-        steps: The step count kept.
-
-    Returns:
-        The copy (another kind of object is returned as it is).
-
-    Raises:
-        InvalidArgument: It holds no such budget.
-    """
-    if isinstance(corr, AMEDCorrection):
-        return corr.select_steps(steps)
-    if isinstance(corr, GridCorrection):
-        return GridCorrection(corr.kind, {steps: tuple(corr.grid(steps))}, corr.base, corr.identity, dict(corr.meta),
-                              corr.afs_mean)
-    if isinstance(corr, CoefficientCorrection):
-        if steps not in corr.grids:
-            raise InvalidArgument(f"no learned coefficients for {steps} steps; have {sorted(corr.grids)}")
-        return CoefficientCorrection({steps: corr.grids[steps]}, {steps: corr.weights[steps]}, corr.base, corr.afs,
-                                     corr.afs_mean, corr.identity, dict(corr.meta))
-    return corr
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """What tuning costs in model evaluations, counted once for every tuner: `tune()` hands the tuner its model
 wrapped in a `CountingField`, which adds the batch size of every network call (times the field's evaluations per
 call) to the phase running: "teacher" while `teacher_phase()` is entered (corrections.teacher wraps its solves in
-it), "training" otherwise. The wrapper changes no value, so corrections trained through it fit the bare model.
+it), "check" for the teacher's own check, "validation" for held-out judging (`tune auto`), "training" otherwise. The wrapper changes no value, so corrections trained through it fit the bare model.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from diffsolve.field import EvalPoint, Field, FieldOutput, FieldWrapper
 
 _PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("diffsolve_tuning_phase", default="training")
-PHASES = ("teacher", "training", "check")
+PHASES = ("teacher", "training", "check", "validation")
 _DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar("diffsolve_training_deadline", default=math.inf)
 
 

@@ -160,7 +160,8 @@ def _say_no_bottleneck(field: Field, log: Callable[[str], None] | None) -> None:
     msg = (f"AMED features='auto' found none of the known bottleneck modules ({', '.join(FEATURE_MODULES)}); using "
            f"the data prediction instead (features='denoised'). To feed a network feature, set --module NAME "
            f"(module=NAME) with features='module'; {where}")
-    warnings.warn(msg, UserWarning, stacklevel=3)
+    if names:           # a network whose bottleneck could be named; a plain function has no module to offer
+        warnings.warn(msg, UserWarning, stacklevel=3)
     if log:
         log(msg)
 

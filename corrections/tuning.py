@@ -434,8 +434,9 @@ def cost_line(counts: Mapping[str, int], seconds: float) -> str:
     Returns:
         E.g. "spent 41 s and 123,456 model evaluations (teacher 80,000, training 43,000, teacher check 456)".
     """
+    held_out = f", held-out validation {counts['validation']:,}" if counts.get("validation") else ""
     return (f"spent {seconds:.0f} s and {sum(counts.values()):,} model evaluations (teacher {counts['teacher']:,}, "
-            f"training {counts['training']:,}, teacher check {counts['check']:,})")
+            f"training {counts['training']:,}, teacher check {counts['check']:,}{held_out})")
 
 
 def record_cost(path: Path, counts: Mapping[str, int], seconds: float, log: Callable[[str], None] | None) -> None:
