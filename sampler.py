@@ -96,20 +96,20 @@ class Sampler:
         if scheduler is not None:
             parts = parts_from_scheduler(model, scheduler, prediction, sample_shape)
             model, prediction, schedule, sample_shape = parts.field, None, None, None
-            if grid is None:
+            if grid is None and correction is None:          # a correction names its own solver and grid
                 grid, grid_options = parts.grid, {**parts.grid_options, **(grid_options or {})}
-            if solver is None:
+            if solver is None and correction is None:
                 solver, solver_options = parts.solver, {**parts.solver_options, **solver_options}
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
                               sample_shape=check_sample_shape(sample_shape))
         if skip_tuning is not None:
             self.field = field_correction("skip_tuning")(self.field, skip_tuning)
-        self._tuned = None
+        self.tuned: TunedBudgets | None = None       # the budgets of correction= (None: any budget)
         if correction is not None:          # the file's solver and grid; its budgets are checked by plan()
             runs = resolve_correction(self.field, correction)
             solver, grid, grid_options, solver_options = merge_correction(runs[0], solver, grid, grid_options,
                                                                           solver_options)
-            self._tuned = TunedBudgets(runs, lambda c: Sampler(self.field, correction=c, check_finite=check_finite,
+            self.tuned = TunedBudgets(runs, lambda c: Sampler(self.field, correction=c, check_finite=check_finite,
                                                                progress=progress))
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)
         if self.solver.needs_schedule:
@@ -159,8 +159,8 @@ class Sampler:
     def plan(self, steps: int | None = None, nfe: int | None = None) -> Plan:
         """The Plan (grid, coefficients) of `steps` steps, or of the most that fit `nfe` evaluations, on the host."""
         explicit = not (isinstance(self.grid, str) or callable(self.grid))
-        if self._tuned is not None:
-            target, steps = self._tuned.choose(self, steps, nfe)
+        if self.tuned is not None:
+            target, steps = self.tuned.choose(self, steps, nfe)
             if target is not self:
                 return target.plan(steps)
             nfe = None
@@ -248,8 +248,8 @@ class Sampler:
         Raises:
             InvalidArgument: a bad or disagreeing argument. NonFiniteError: a NaN/Inf model output.
         """
-        if self._tuned is not None and self._tuned.multi:        # a file of several runs: the one for this budget
-            target, steps = self._tuned.choose(self, steps, nfe)
+        if self.tuned is not None and self.tuned.multi:        # a file of several runs: the one for this budget
+            target, steps = self.tuned.choose(self, steps, nfe)
             return target.run(steps, noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
                               callback=callback, return_trajectory=return_trajectory, progress=progress,
                               device=device, dtype=dtype, grad=grad, noise_scale=noise_scale, **model_kwargs)
