@@ -117,11 +117,20 @@ def merge_correction(run: CorrectionRun, solver: Any, grid: Any, grid_options: A
     if grid is not None or grid_options is not None:
         raise InvalidArgument("grid= / grid_options= with correction=: the correction fixes the grid it was tuned on; "
                               "leave them out")
-    clash = sorted(k for k, v in solver_options.items() if k not in options or options[k] is not v and options[k] != v)
+    clash = sorted(k for k, v in solver_options.items() if k not in options or not _same(options[k], v))
     if clash:
         raise InvalidArgument(f"solver options {clash} disagree with correction=, which sets {sorted(options)}: "
                               "leave them out")
     return run.solver, own_grid, own_grid_options, options
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):      # tensors and objects holding them: not comparable as a whole
+        return False
 
 
 class TunedBudgets:

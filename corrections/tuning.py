@@ -11,7 +11,6 @@ refused, never replaced by a default), and the output file before any training.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import numbers
 import time
