@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -15,10 +15,13 @@ from diffsolve.grids import (is_increasing, make_grid, refuse_increasing, resolv
                              validate_grid)
 from diffsolve.loop import Evaluator, SampleResult, StepInfo, integrate
 from diffsolve.noise import NoiseSource, check_seed, draw_start
+from diffsolve.sampler_hooks import (SamplerParts, TunedBudgets, field_correction, merge_correction,
+                                     parts_from_scheduler, register_field_correction, register_scheduler_adapter,
+                                     resolve_correction)
 from diffsolve.solvers.base import Plan, Solver, get_solver
 
 __all__ = ["Sampler", "SampleResult", "StepInfo", "SamplerParts", "RoundTrip", "register_scheduler_adapter",
-           "as_dtype"]
+           "register_field_correction", "as_dtype"]
 
 FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "float64": torch.float64, "half": torch.float16, "float": torch.float32, "double": torch.float64}
@@ -36,17 +39,6 @@ def as_dtype(dtype: Any) -> torch.dtype | None:
 
 
 @dataclass
-class SamplerParts:
-    """What an adapter hands the Sampler for another framework's model + scheduler."""
-
-    field: Field
-    solver: str | Solver
-    solver_options: dict = dc_field(default_factory=dict)
-    grid: Any = None
-    grid_options: dict = dc_field(default_factory=dict)
-
-
-@dataclass
 class RoundTrip:
     """Invert-then-sample with one solver and one grid: `error` is each sample's RMS distance to the data."""
 
@@ -60,43 +52,6 @@ class RoundTrip:
     nfe_sample: int
     t: torch.Tensor                      # the inversion grid (increasing); sampling ran it reversed
     solver: str
-
-
-# Adapters (diffusers) register how they read a scheduler; the core never imports them.
-_SCHEDULER_ADAPTERS: list[Callable[..., SamplerParts | None]] = []
-
-
-def register_scheduler_adapter(adapter: Callable[..., SamplerParts | None]) -> None:
-    """Add `adapter(model, scheduler, prediction=, sample_shape=) -> SamplerParts | None` (None: not its scheduler)."""
-    if adapter not in _SCHEDULER_ADAPTERS:
-        _SCHEDULER_ADAPTERS.append(adapter)
-
-
-# Field corrections (Skip-Tuning): the corrections package registers them on import; the sampler names no module above.
-_FIELD_CORRECTIONS: dict[str, Callable[[Field, Any], Field]] = {}
-
-
-def register_field_correction(keyword: str, apply: Callable[[Field, Any], Field]) -> None:
-    """Let `Sampler(..., keyword=value)` wrap its field as `apply(field, value)`; a second `keyword` is refused."""
-    if keyword in _FIELD_CORRECTIONS:
-        raise InvalidArgument(f"register_field_correction: {keyword!r} is registered already")
-    _FIELD_CORRECTIONS[keyword] = apply
-
-
-def _field_correction(keyword: str) -> Callable[[Field, Any], Field]:
-    if keyword not in _FIELD_CORRECTIONS:
-        raise InvalidArgument(f"{keyword}= needs diffsolve.corrections (import diffsolve)")
-    return _FIELD_CORRECTIONS[keyword]
-
-
-def _parts_from_scheduler(model: Any, scheduler: Any, prediction: str | None,
-                          sample_shape: Sequence[int] | None) -> SamplerParts:
-    for adapter in _SCHEDULER_ADAPTERS:
-        parts = adapter(model, scheduler, prediction=prediction, sample_shape=sample_shape)
-        if parts is not None:
-            return parts
-    raise InvalidArgument(f"scheduler={type(scheduler).__name__}: no adapter reads this scheduler; diffusers "
-                          "schedulers and their configs are read by diffsolve.pretrained_adapters.diffusers")
 
 
 def _agree(batch_size: int | None, seed: Any, batch: int, source: str) -> None:
@@ -128,6 +83,8 @@ class Sampler:
         check_finite: a NaN/Inf model output raises NonFiniteError naming the step. progress: a progress bar.
         scheduler: a diffusers scheduler or its config: schedule, prediction, timesteps and solver read from it.
         skip_tuning: a `SkipSettings` or the JSON file `diffsolve tune skip` writes: scales the UNet's skips.
+        correction: a correction file `diffsolve tune` wrote (or its object): the solver and grid it names, for the
+            budgets it holds (run(steps=/nfe=) of another budget is refused); solver= and grid= must not disagree.
     Unknown solvers or grids, options the solver refuses and inputs that do not fit raise InvalidArgument.
     """
 
@@ -135,18 +92,25 @@ class Sampler:
                  prediction: str | None = None, schedule: Any = None, time_convention: str | None = None,
                  sample_shape: Sequence[int] | None = None, grid_options: dict | None = None,
                  check_finite: bool = True, progress: bool = True, scheduler: Any = None, skip_tuning: Any = None,
-                 **solver_options: Any):
+                 correction: Any = None, **solver_options: Any):
         if scheduler is not None:
-            parts = _parts_from_scheduler(model, scheduler, prediction, sample_shape)
+            parts = parts_from_scheduler(model, scheduler, prediction, sample_shape)
             model, prediction, schedule, sample_shape = parts.field, None, None, None
-            if grid is None:
+            if grid is None and correction is None:          # a correction names its own solver and grid
                 grid, grid_options = parts.grid, {**parts.grid_options, **(grid_options or {})}
-            if solver is None:
+            if solver is None and correction is None:
                 solver, solver_options = parts.solver, {**parts.solver_options, **solver_options}
         self.field = as_field(model, prediction=prediction, schedule=schedule, time_convention=time_convention,
                               sample_shape=check_sample_shape(sample_shape))
         if skip_tuning is not None:
-            self.field = _field_correction("skip_tuning")(self.field, skip_tuning)
+            self.field = field_correction("skip_tuning")(self.field, skip_tuning)
+        self.tuned: TunedBudgets | None = None       # the budgets of correction= (None: any budget)
+        if correction is not None:          # the file's solver and grid; its budgets are checked by plan()
+            runs = resolve_correction(self.field, correction)
+            solver, grid, grid_options, solver_options = merge_correction(runs[0], solver, grid, grid_options,
+                                                                          solver_options)
+            self.tuned = TunedBudgets(runs, lambda c: Sampler(self.field, correction=c, check_finite=check_finite,
+                                                               progress=progress))
         self.solver = get_solver(solver or default_solver_name(self.field), **solver_options)
         if self.solver.needs_schedule:
             self.field.require_schedule(self.solver.name)
@@ -195,6 +159,11 @@ class Sampler:
     def plan(self, steps: int | None = None, nfe: int | None = None) -> Plan:
         """The Plan (grid, coefficients) of `steps` steps, or of the most that fit `nfe` evaluations, on the host."""
         explicit = not (isinstance(self.grid, str) or callable(self.grid))
+        if self.tuned is not None:
+            target, steps = self.tuned.choose(self, steps, nfe)
+            if target is not self:
+                return target.plan(steps)
+            nfe = None
         if steps is not None and nfe is not None:
             raise InvalidArgument("give steps= or nfe=, not both")
         if steps is None and nfe is None and not explicit and not self.solver.adaptive:
@@ -279,6 +248,11 @@ class Sampler:
         Raises:
             InvalidArgument: a bad or disagreeing argument. NonFiniteError: a NaN/Inf model output.
         """
+        if self.tuned is not None and self.tuned.multi:        # a file of several runs: the one for this budget
+            target, steps = self.tuned.choose(self, steps, nfe)
+            return target.run(steps, noise=noise, shape=shape, batch_size=batch_size, seed=seed, generator=generator,
+                              callback=callback, return_trajectory=return_trajectory, progress=progress,
+                              device=device, dtype=dtype, grad=grad, noise_scale=noise_scale, **model_kwargs)
         plan = self.plan(steps, nfe)
         check_choice("noise_scale", noise_scale, NOISE_SCALES)
         given = noise is not None

@@ -1,6 +1,8 @@
 """`diffsolve tune <tuner>`: fit a learned correction to one model and write it. One subcommand per registered
-tuner (diffsolve.corrections.tuning.register_tuner: amed, gits, grid, weights, skip, and any registered later),
-its options read from the fields of the tuner's settings dataclass."""
+tuner (diffsolve.corrections.tuning.register_tuner: amed, gits, grid, weights, skip, auto, and any registered
+later), its options read from the fields of the tuner's settings dataclass. `tune auto` trains every candidate
+within --budget seconds and writes the winner of each NFE; every tune prints its teacher's own error and the
+model evaluations it spent."""
 from __future__ import annotations
 
 import argparse

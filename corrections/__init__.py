@@ -12,6 +12,8 @@ The built-in MNIST UNet ships with trained ones (corrections/weights), so `Sampl
 corrections.tuners): a new learned correction is one module with its solver and its tuner, plus their registration.
 """
 from diffsolve.corrections import amed, learned_multistep, tuners  # noqa: F401  (register the learned solvers, tuners)
+from diffsolve.corrections import auto  # noqa: F401  (registers `tune auto`)
+from diffsolve.corrections.auto_file import AutoCorrection, SolverChoice
 from diffsolve.corrections.coefficients import learn_coefficients
 from diffsolve.corrections.grid_search import gits_cost_matrix, gits_dynamic_programming, gits_grid, learn_grid
 from diffsolve.corrections.io import (AMEDCorrection, CoefficientCorrection, GridCorrection, IdentityMismatch,
@@ -25,4 +27,5 @@ from diffsolve.corrections.tuning import TuneContext, TuneSettings, register_tun
 __all__ = ["AMEDPredictor", "TimeTable", "AMEDCorrection", "GridCorrection", "CoefficientCorrection",
            "load_correction", "IdentityMismatch", "amed_grid", "find_shipped", "train_amed", "steps_for_nfe",
            "gits_grid", "learn_grid", "gits_cost_matrix", "gits_dynamic_programming", "teacher_states",
-           "learn_coefficients", "skip_tuned", "register_tuner", "tune", "TuneSettings", "TuneContext"]
+           "learn_coefficients", "skip_tuned", "AutoCorrection", "SolverChoice", "register_tuner", "tune", "TuneSettings",
+           "TuneContext"]

@@ -10,7 +10,7 @@ Learned: the N - 1 interior noise levels, parameterized by a softmax over log-si
 inside [sigma_min, sigma_max]), optimized by Adam through a differentiable run of the base solver against the
 teacher's endpoints on ~100 samples; the grid ends at t = 0 like the library's grids.
 
-Both return a `GridCorrection`: plain lists of times (`.grid(steps)`) that any solver accepts as `grid=`.
+Both return a `GridCorrection`: lists of times (`.grid(steps)`) any solver takes as `grid=`; `tune auto` stops epochs.
 """
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ from diffsolve.solvers.multistep import step_orders
 from diffsolve.corrections.base_rules import afs_denoised, base_step, corrected_step, default_order
 from diffsolve.corrections.io import AMEDCorrection, GridCorrection, amed_grid
 from diffsolve.corrections.predictor import TimeTable
+from diffsolve.corrections.cost import past_deadline
 from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_start, noise_for, teacher_states
 
 GITS_WEIGHT = 1.15
 DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m")
-
 PLAIN_BASES = ("euler", "ipndm", "ipndm_v", "lms", "heun", "midpoint", "rk4")
 
 
@@ -326,10 +326,9 @@ def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Te
               n: int, batch_size: int, epochs: int, lr: float, gen: torch.Generator,
               log: Callable[[str], None] | None, label: str, start: float, param_groups: list | None = None,
               cosine: bool = False) -> list[float]:
-    """Adam on the grid's parameters (or `param_groups`): mean squared endpoint error of `run(batch indices,
-    grid())` against the teacher's endpoints, minibatches in a seeded order; the mean loss of each epoch. The
-    module keeps the parameters of its best epoch (a large learning rate can leave the minimum late in training).
-    `cosine`: the learning rates decay to zero over the epochs (cosine), so the last epochs settle."""
+    """Adam on the grid's parameters (or `param_groups`): mean squared endpoint error of `run(batch indices, grid())`
+    against the teacher's endpoints, seeded minibatches; returns each epoch's mean loss. The best epoch's parameters
+    are kept (a large rate can leave the minimum late); `cosine`: the rates decay to zero; stops at past_deadline()."""
     opt = torch.optim.Adam(param_groups if param_groups is not None else grid.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1)) if cosine else None
     hist = []
@@ -354,6 +353,8 @@ def _fit_grid(grid: torch.nn.Module, run: Callable[[torch.Tensor, Any], torch.Te
             best = (hist[-1], before_last)
         if log:
             log(f"{label} epoch {epoch + 1}/{epochs}  loss {hist[-1]:.6g}  ({time.perf_counter() - start:.0f}s)")
+        if past_deadline():
+            break
     if best[1] is not None:
         grid.load_state_dict(best[1])
     return hist

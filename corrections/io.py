@@ -3,13 +3,11 @@
 readable copy of the record (checked on load by corrections.record). Both are written atomically (a temporary
 file beside the target, then a rename); loading onto another model is refused with a clear error.
 
-Three kinds: `AMEDCorrection` (a predictor, its base solver, AFS data and the grids it was trained on),
-`GridCorrection` (optimized grids, GITS or learned, one per step count) and `CoefficientCorrection` (learned weight
-offsets of a multistep rule with the grids they were learned on).
+Three kinds, each saying how it is sampled (`solver_settings()`): `AMEDCorrection` (a predictor, its base solver,
+AFS data, trained grids), `GridCorrection` (GITS or learned grids) and `CoefficientCorrection` (learned weight offsets).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
@@ -17,15 +15,11 @@ from typing import Any, Callable
 
 import torch
 
-from safetensors.torch import save as save_tensors
-
-from diffsolve.checks import check_writable
-from diffsolve.files import atomic_write_bytes
 from diffsolve.grids import karras, register_field_grid, time_uniform
 from diffsolve.errors import InvalidArgument
 from diffsolve.corrections.features import denoise_with_features
 from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
-from diffsolve.corrections.record import FORMAT, VERSION, CorruptCorrection, read_record, sidecar_path
+from diffsolve.corrections.record import FORMAT, VERSION, CorruptCorrection, read_record, write_record
 
 SHIPPED = Path(__file__).resolve().parent / "weights"
 
@@ -35,11 +29,9 @@ class IdentityMismatch(InvalidArgument):
 
 
 def _check_identity(saved: str | None, field: Any, what: str) -> None:
-    if field is None:
+    if field is None or saved is None:
         return
     have = field.correction_identity()
-    if saved is None:
-        return
     if have != saved:
         raise IdentityMismatch(
             f"this {what} was trained for another model: it records the model identity\n  {saved[:200]}\nbut this "
@@ -163,6 +155,11 @@ class AMEDCorrection:
         """Model calls of a run of `steps` steps: two per step, one fewer with AFS."""
         return 2 * steps - (1 if self.afs else 0)
 
+    def solver_settings(self) -> tuple[str, dict]:
+        """How it is sampled: ("amed", ...) or ("amed_plugin", {"base": ...}), the predictor (its grids) as option."""
+        plugin = {} if self.base == "amed" else {"base": self.base}
+        return ("amed_plugin" if plugin else "amed"), {**plugin, "predictor": self}
+
     # --- files -----------------------------------------------------------------------------------------
     def sidecar(self) -> dict:
         """The record written into the file and its JSON sidecar."""
@@ -189,7 +186,7 @@ class AMEDCorrection:
 
     def save(self, path: str | Path) -> Path:
         """Write `path` (.safetensors) and its sidecar atomically; returns the path (InvalidArgument on a bad path)."""
-        return _save(path, self.tensors(), self.sidecar())
+        return write_record(path, self.tensors(), self.sidecar())
 
 
 def as_amed_correction(obj: Any, base: str = "amed", afs: bool | None = None) -> AMEDCorrection:
@@ -259,6 +256,10 @@ class GridCorrection:
         optimized_grid.__name__ = self.kind
         return optimized_grid
 
+    def solver_settings(self) -> tuple[str, dict]:
+        """How it is sampled: its base solver on these grids (the grid function as the "grid" option)."""
+        return self.base, {"grid": self.grid_function()}
+
     def sidecar(self) -> dict:
         """The record written into the file and its JSON sidecar."""
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "model_identity": self.identity,
@@ -271,7 +272,7 @@ class GridCorrection:
 
     def save(self, path: str | Path) -> Path:
         """Write `path` (.safetensors) and its sidecar atomically; returns the path."""
-        return _save(path, self.tensors(), self.sidecar())
+        return write_record(path, self.tensors(), self.sidecar())
 
     def merged(self, other: "GridCorrection") -> "GridCorrection":
         """The grids of both (`other` wins on a shared step count); same model and kind only (else InvalidArgument)."""
@@ -345,6 +346,10 @@ class CoefficientCorrection:
                                   f"matching one of NFE {[self.nfe_for(k) for k in sorted(self.grids)]}")
         return self.weights[steps]
 
+    def solver_settings(self) -> tuple[str, dict]:
+        """How it is sampled: ("learned_multistep", {"base": ..., "coefficients": itself}), on its learned grids."""
+        return "learned_multistep", {"base": self.base, "coefficients": self}
+
     def sidecar(self) -> dict:
         """The record written into the file and its JSON sidecar."""
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "model_identity": self.identity,
@@ -360,7 +365,7 @@ class CoefficientCorrection:
 
     def save(self, path: str | Path) -> Path:
         """Write `path` (.safetensors) and its sidecar atomically; returns the path."""
-        return _save(path, self.tensors(), self.sidecar())
+        return write_record(path, self.tensors(), self.sidecar())
 
 
 def as_coefficient_correction(obj: Any) -> CoefficientCorrection:
@@ -378,19 +383,6 @@ def as_coefficient_correction(obj: Any) -> CoefficientCorrection:
 # ------------------------------------------------------------------------------------------------
 # Reading and writing
 # ------------------------------------------------------------------------------------------------
-def _save(path: str | Path, tensors: dict[str, torch.Tensor], side: dict) -> Path:
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise InvalidArgument(f"{path}: a correction is saved as a .safetensors file (plus a .json sidecar)")
-    check_writable(path.parent, "path")
-    # the record goes inside the file, so the file's sha256 covers it; the sidecar holds that sha256 and a copy
-    blob = save_tensors(tensors, metadata={"diffsolve": json.dumps(side, sort_keys=True)})
-    side = {**side, "sha256": hashlib.sha256(blob).hexdigest(), "file": path.name}
-    atomic_write_bytes(path, blob)
-    atomic_write_bytes(sidecar_path(path), (json.dumps(side, indent=1, sort_keys=True) + "\n").encode())
-    return path
-
-
 def _amed_from(rec: dict, tensors: dict[str, torch.Tensor], path: Path) -> AMEDCorrection:
     pred = rec["predictor"]
     if pred["type"] == "table":
@@ -420,17 +412,27 @@ def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | Gri
     """
     path = Path(path)
     rec, tensors = read_record(path)
-    if rec["kind"] == "amed":
-        corr: Any = _amed_from(rec, tensors, path)
-    elif rec["kind"] == "coefficients":
-        corr = CoefficientCorrection(rec["grids"], rec["weights"], rec["base"], rec["afs"], tensors.get("afs_mean"),
-                                     rec["identity"], rec["meta"])
-    else:
-        corr = GridCorrection(rec["kind"], rec["grids"], rec["base"], rec["identity"], rec["meta"],
-                              tensors.get("afs_mean"))
+    corr = correction_from(rec, tensors, path)
     if field is not None:
         corr.check_field(field)
     return corr
+
+
+# Correction kinds defined above this module (the `tune auto` container) register how they are built from a record.
+LOADERS: dict[str, Callable[[dict, dict, Path], Any]] = {}
+
+
+def correction_from(rec: dict, tensors: dict[str, torch.Tensor], path: Path) -> Any:
+    """The correction object of a parsed record and its tensors (`path` named in errors)."""
+    if rec["kind"] in LOADERS:
+        return LOADERS[rec["kind"]](rec, tensors, path)
+    if rec["kind"] == "amed":
+        return _amed_from(rec, tensors, path)
+    if rec["kind"] == "coefficients":
+        return CoefficientCorrection(rec["grids"], rec["weights"], rec["base"], rec["afs"], tensors.get("afs_mean"),
+                                     rec["identity"], rec["meta"])
+    return GridCorrection(rec["kind"], rec["grids"], rec["base"], rec["identity"], rec["meta"],
+                          tensors.get("afs_mean"))
 
 
 def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | Path | None = None):

@@ -14,17 +14,21 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from safetensors.torch import load as load_tensors
+from safetensors.torch import load as load_tensors, save as save_tensors
 
+from diffsolve.checks import check_writable
 from diffsolve.errors import InvalidArgument
+from diffsolve.files import atomic_write_bytes
 
 FORMAT = "diffsolve-correction"
 VERSION = 1
 KINDS = ("amed", "gits", "learned", "coefficients")
 SIDECAR_ONLY = ("sha256", "file")          # what the sidecar adds to the record
+# parse(record, path) of the kinds registered from above (corrections.auto_file: the `tune auto` container)
+RECORD_PARSERS: dict[str, Callable[[dict, Path], dict]] = {}
 
 
 class CorruptCorrection(InvalidArgument):
@@ -131,7 +135,8 @@ def read_record(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 _MISSING = object()
 
 
-def _field(record: dict, name: str, kinds: type | tuple, path: Path, *, optional: bool = False) -> Any:
+def field_of_record(record: dict, name: str, kinds: type | tuple, path: Path, *, optional: bool = False) -> Any:
+    """The record's field `name`, of type `kinds` (None when `optional` and absent); CorruptCorrection otherwise."""
     if name not in record:
         if optional:
             return None
@@ -177,7 +182,7 @@ def parse_grids(record: dict, path: Path) -> dict[int, tuple[float, ...]]:
         CorruptCorrection: "grids" is missing or malformed.
     """
     grids = {}
-    for key, value in _field(record, "grids", dict, path).items():
+    for key, value in field_of_record(record, "grids", dict, path).items():
         steps = _steps(key, "grids", path)
         grid = _floats(value, f"grids[{key!r}]", path)
         down, up = all(b < a for a, b in zip(grid, grid[1:])), all(b > a for a, b in zip(grid, grid[1:]))
@@ -201,21 +206,24 @@ def parse_record(record: dict, path: Path) -> dict:
         CorruptCorrection: A field is missing or malformed, or the format, version or kind is not one this
             diffsolve reads.
     """
-    if _field(record, "format", str, path) != FORMAT:
+    if field_of_record(record, "format", str, path) != FORMAT:
         raise CorruptCorrection(f"{path}: format {record['format']!r} is not {FORMAT!r}")
-    if _field(record, "version", int, path) != VERSION:
+    if field_of_record(record, "version", int, path) != VERSION:
         raise CorruptCorrection(f"{path}: version {record['version']!r}; this diffsolve reads version {VERSION}")
-    kind = _field(record, "kind", str, path)
+    kind = field_of_record(record, "kind", str, path)
+    if kind in RECORD_PARSERS:                  # kinds defined above this module (the `tune auto` container)
+        return RECORD_PARSERS[kind](record, path)
     if kind not in KINDS:
-        raise CorruptCorrection(f"{path}: unknown correction kind {kind!r}; allowed values: {', '.join(KINDS)}")
-    out = {"kind": kind, "identity": _field(record, "model_identity", str, path, optional=True),
-           "base": _field(record, "base", str, path), "grids": parse_grids(record, path),
-           "meta": _field(record, "meta", dict, path, optional=True) or {}}
+        raise CorruptCorrection(f"{path}: unknown correction kind {kind!r}; allowed values: "
+                                f"{', '.join(KINDS + tuple(RECORD_PARSERS))}")
+    out = {"kind": kind, "identity": field_of_record(record, "model_identity", str, path, optional=True),
+           "base": field_of_record(record, "base", str, path), "grids": parse_grids(record, path),
+           "meta": field_of_record(record, "meta", dict, path, optional=True) or {}}
     if kind in ("amed", "coefficients"):
-        out["afs"] = _field(record, "afs", bool, path)
+        out["afs"] = field_of_record(record, "afs", bool, path)
     if kind == "coefficients":
         weights = {}
-        for key, rows in _field(record, "weights", dict, path).items():
+        for key, rows in field_of_record(record, "weights", dict, path).items():
             steps = _steps(key, "weights", path)
             if not isinstance(rows, list):
                 raise CorruptCorrection(f"{path}: weights[{key!r}] must be a list of rows")
@@ -224,7 +232,7 @@ def parse_record(record: dict, path: Path) -> dict:
             raise CorruptCorrection(f"{path}: every learned grid needs one row of weights per step")
         out["weights"] = weights
     if kind == "amed":
-        out["predictor"] = _predictor(_field(record, "predictor", dict, path), path)
+        out["predictor"] = _predictor(field_of_record(record, "predictor", dict, path), path)
     return out
 
 
@@ -245,3 +253,29 @@ def _predictor(pred: dict, path: Path) -> dict:
             raise CorruptCorrection(f"{path}: predictor.config must be an object of keyword arguments")
         return {"type": "network", "config": config}
     raise CorruptCorrection(f"{path}: predictor.type {kind!r}; allowed values: 'table', 'network'")
+
+
+def write_record(path: str | Path, tensors: dict[str, torch.Tensor], side: dict) -> Path:
+    """Write a correction file holding `tensors` and the record `side`, and its sidecar, atomically.
+
+    Args:
+        path: The .safetensors file.
+        tensors: The tensors, by name.
+        side: The record (format, version, kind, ...).
+
+    Returns:
+        The path.
+
+    Raises:
+        InvalidArgument: The path does not end in .safetensors or its folder cannot be written.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InvalidArgument(f"{path}: a correction is saved as a .safetensors file (plus a .json sidecar)")
+    check_writable(path.parent, "path")
+    # the record goes inside the file, so the file's sha256 covers it; the sidecar holds that sha256 and a copy
+    blob = save_tensors(tensors, metadata={"diffsolve": json.dumps(side, sort_keys=True)})
+    side = {**side, "sha256": hashlib.sha256(blob).hexdigest(), "file": path.name}
+    atomic_write_bytes(path, blob)
+    atomic_write_bytes(sidecar_path(path), (json.dumps(side, indent=1, sort_keys=True) + "\n").encode())
+    return path

@@ -18,6 +18,7 @@ from diffsolve.field import Field, _network_of, as_field
 from diffsolve.grids import karras
 from diffsolve.noise import draw_start
 from diffsolve.sampler import Sampler
+from diffsolve.corrections.cost import teacher_phase
 
 # Bottleneck blocks of known networks: the built-in UNet, diffusers' UNet2DModel, ADM/LDM UNets, and the shared MNIST
 # DDPM (no downsampling; its middle block is the second 32-channel 7x7-conv block).
@@ -139,6 +140,7 @@ def frozen(field: Field):
             p.requires_grad_(f)
 
 
+@teacher_phase()           # its model evaluations count as the teacher's (corrections.cost)
 def teacher_states(field: Field, noise: torch.Tensor, times: Sequence[float] | torch.Tensor, *,
                    mode: str = "reference", fine_steps: int = 96, solver: str = "dpmpp_3m",
                    settings: Any = None, cache: bool = True, seeds: Sequence[int] | None = None) -> torch.Tensor:

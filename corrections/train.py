@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
 
 from diffsolve.errors import InvalidArgument, check_choice
-from diffsolve.field import Field
+from diffsolve.field import Field, _network_of
 from diffsolve.grids import make_grid, time_uniform
 from diffsolve.loop import Evaluator
+from diffsolve.corrections.cost import past_deadline
 from diffsolve.corrections.amed import PLAIN_BASES, PLUGIN_BASES, SINGLE_STEP_BASES, AMEDSolver
 from diffsolve.corrections.io import AMEDCorrection, amed_grid
 from diffsolve.corrections.predictor import AMEDPredictor
-from diffsolve.corrections.teacher import (default_feature_module, field_of, frozen, mean_denoised_at_start,
-                                          noise_for, teacher_states)
+from diffsolve.corrections.teacher import (FEATURE_MODULES, default_feature_module, field_of, frozen,
+                                          mean_denoised_at_start, noise_for, teacher_states)
 
 LOSSES = ("step", "endpoint")
 
@@ -113,6 +115,8 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     if features == "auto":
         module = module or default_feature_module(field)
         features = "module" if module else "denoised"
+        if module is None:
+            _say_no_bottleneck(field, log)
     popts = dict(predictor_options or {})
     if field.has_schedule and field.schedule.sigma_min > 0:
         popts.setdefault("s_floor", field.schedule.sigma_min)
@@ -143,6 +147,23 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     _fit_predictor(corr, field, seeds, loss=loss, batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
                    teacher=teacher, teacher_options=teacher_options, dtype=dtype, log=log)
     return corr
+
+
+def _say_no_bottleneck(field: Field, log: Callable[[str], None] | None) -> None:
+    """Warn (and log) that features='auto' found no known bottleneck module, what it uses, and what to set."""
+    net = _network_of(field)
+    names = [n for n, _ in net.named_modules() if n] if isinstance(net, torch.nn.Module) else []
+    middle = [n for n in names if any(k in n.lower() for k in ("mid", "bottleneck", "middle"))]
+    shown = (middle or [n for n in names if "." not in n])[:6]
+    where = (f"candidate modules of {type(net).__name__}: {', '.join(shown)}" if shown else
+             "the network is not a torch.nn.Module, so no module can be read")
+    msg = (f"AMED features='auto' found none of the known bottleneck modules ({', '.join(FEATURE_MODULES)}); using "
+           f"the data prediction instead (features='denoised'). To feed a network feature, set --module NAME "
+           f"(module=NAME) with features='module'; {where}")
+    if names:           # a network whose bottleneck could be named; a plain function has no module to offer
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    if log:
+        log(msg)
 
 
 def _plain_field_features(base: str, afs: bool, features: str) -> str:
@@ -196,6 +217,8 @@ def _fit_predictor(corr: AMEDCorrection, field: Field, seeds: list, *, loss: str
             history.append(total / max(count, 1))
             if log:
                 log(f"epoch {epoch + 1}/{epochs}  loss {history[-1]:.6g}  ({time.perf_counter() - start:.0f}s)")
+            if past_deadline():     # `tune auto`'s time for this candidate is up
+                break
     predictor.eval().requires_grad_(False)
     corr.meta.update({"loss_history": history, "seconds": round(time.perf_counter() - start, 1)})
 

@@ -199,7 +199,7 @@ class WeightsTuneSettings(GradientSettings):
 
 def _teacher(settings: TuneSettings, ctx: TuneContext) -> tuple[str, dict]:
     """The teacher mode and the keyword arguments that pass its settings on."""
-    teacher = settings.teacher or ("fine" if ctx.image else "reference")
+    teacher = settings.teacher or ("fine" if ctx.image else "reference")       # tune() chose it by the model's shape
     if teacher != "reference":
         return teacher, {}
     ref = (ReferenceSettings(method="dopri5", rtol=settings.ref_rtol, atol=settings.ref_rtol)
@@ -465,8 +465,12 @@ def run_skip(model: Any, st: SkipTuneSettings, ctx: TuneContext) -> Path:
     return path
 
 
-register_tuner("amed", AMEDTuneSettings, tune_amed, "train an AMED-Solver or AMED-Plugin predictor")
+# `auto=`: the light recipes `diffsolve tune auto` tries (its deadline stops their epochs early when time is short)
+register_tuner("amed", AMEDTuneSettings, tune_amed, "train an AMED-Solver or AMED-Plugin predictor",
+               auto={"solver": "deis", "samples": 48, "epochs": 12, "batch_size": 16})
 register_tuner("gits", GITSTuneSettings, tune_gits, "a GITS grid (dynamic programming on teacher trajectories)")
-register_tuner("grid", GridTuneSettings, tune_grid, "a grid learned by gradient (LD3-style)")
-register_tuner("weights", WeightsTuneSettings, tune_weights, "learned multistep weight offsets and their grid")
-register_tuner("skip", SkipTuneSettings, run_skip, "Skip-Tuning's rho for one solver and NFE")
+register_tuner("grid", GridTuneSettings, tune_grid, "a grid learned by gradient (LD3-style)",
+               auto={"solver": "deis", "samples": 48, "epochs": 16, "batch_size": 16, "lr": 0.1})
+register_tuner("weights", WeightsTuneSettings, tune_weights, "learned multistep weight offsets and their grid",
+               auto={"solver": "deis", "samples": 48, "epochs": 24, "batch_size": 16, "starts": ("karras",)})
+register_tuner("skip", SkipTuneSettings, run_skip, "Skip-Tuning's rho for one solver and NFE", uses_teacher=False)

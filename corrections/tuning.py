@@ -13,14 +13,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from diffsolve.checks import SEED_LIMIT, check_writable
 from diffsolve.errors import InvalidArgument
+from diffsolve.evaluation.reference import ReferenceSettings
+from diffsolve.corrections.cost import CountingField
+from diffsolve.corrections.io import load_correction
+from diffsolve.corrections.teacher import field_of
+from diffsolve.corrections.teacher_choice import choose_teacher, teacher_error
 
 TEACHERS = ("reference", "fine")
 
@@ -294,18 +300,23 @@ class Tuner:
         settings: Its settings dataclass (derived from TuneSettings).
         run: run(model, settings, context) -> the written file's path.
         summary: One line for the command's help.
+        uses_teacher: Whether it trains against the teacher (its teacher is chosen and checked first).
+        auto: The settings `diffsolve tune auto` tries it with (a light recipe; nfe, out and seed are set there);
+            None: not a candidate of `tune auto`.
     """
     name: str
     settings: type
     run: Callable[[Any, Any, TuneContext], Path]
     summary: str = ""
+    uses_teacher: bool = True
+    auto: Mapping[str, Any] | None = None
 
 
 TUNERS: dict[str, Tuner] = {}
 
 
 def register_tuner(name: str, settings: type, run: Callable[[Any, Any, TuneContext], Path],
-                   summary: str = "") -> None:
+                   summary: str = "", *, uses_teacher: bool = True, auto: Mapping[str, Any] | None = None) -> None:
     """Make `diffsolve tune <name>` train with `run(model, settings, context)`.
 
     Args:
@@ -313,13 +324,22 @@ def register_tuner(name: str, settings: type, run: Callable[[Any, Any, TuneConte
         settings: A frozen dataclass derived from TuneSettings whose fields are the command's options.
         run: Trains the correction, writes it to `settings.out_path()` and returns that path.
         summary: One line for the command's help.
+        uses_teacher: Whether it trains against the teacher (default True; skip-tuning does not).
+        auto: Make it a candidate of `diffsolve tune auto`, trained with these settings (a light recipe, e.g.
+            {"solver": "deis", "samples": 48, "epochs": 40}; `tune auto` sets nfe, out and seed and stops the epochs
+            when its time is up); None: not a candidate.
 
     Raises:
-        InvalidArgument: `settings` is not a TuneSettings class.
+        InvalidArgument: `settings` is not a TuneSettings class, or `auto` is not a mapping of its fields.
     """
     if not (isinstance(settings, type) and issubclass(settings, TuneSettings)):
         raise InvalidArgument(f"tuner {name!r}: settings must be a TuneSettings dataclass")
-    TUNERS[name] = Tuner(name, settings, run, summary)
+    if auto is not None:
+        fields = {f.name for f in dataclasses.fields(settings)}
+        if not isinstance(auto, Mapping) or set(auto) - fields:
+            raise InvalidArgument(f"tuner {name!r}: auto= must map settings fields ({', '.join(sorted(fields))}) to "
+                                  "values")
+    TUNERS[name] = Tuner(name, settings, run, summary, uses_teacher, dict(auto) if auto is not None else None)
 
 
 def get_tuner(name: str) -> Tuner:
@@ -377,4 +397,61 @@ def tune(name: str, model: Any, settings: TuneSettings, context: TuneContext = T
         raise InvalidArgument(f"tuner {name!r} takes {tuner.settings.__name__}, not {type(settings).__name__}")
     check_out(settings)
     torch.set_num_threads(settings.threads)
-    return tuner.run(model, settings, context)
+    start = time.perf_counter()
+    counted = CountingField(field_of(model))        # the cost, counted the same way for every tuner
+    if tuner.uses_teacher:
+        settings = dataclasses.replace(settings, teacher=choose_teacher(counted, settings.teacher, context.image))
+        if context.log:
+            context.log(teacher_error(counted, settings.teacher, reference_settings(settings, context), context.dtype))
+    path = tuner.run(counted, settings, context)
+    record_cost(path, counted.counts, time.perf_counter() - start, context.log)
+    return path
+
+
+def reference_settings(settings: TuneSettings, context: TuneContext) -> Any:
+    """The 'reference' teacher's settings: dopri5 at --ref-rtol when given, else the model's reference settings.
+
+    Args:
+        settings: The tuner's settings.
+        context: What the caller knows about the model.
+
+    Returns:
+        (ReferenceSettings | None): The settings; None is the defaults.
+    """
+    if settings.ref_rtol is not None:
+        return ReferenceSettings(method="dopri5", rtol=settings.ref_rtol, atol=settings.ref_rtol)
+    return context.reference
+
+
+def cost_line(counts: Mapping[str, int], seconds: float) -> str:
+    """What a tuning run spent, as one line.
+
+    Args:
+        counts: Phase -> model evaluations (corrections.cost.CountingField.counts).
+        seconds: Wall-clock seconds.
+
+    Returns:
+        E.g. "spent 41 s and 123,456 model evaluations (teacher 80,000, training 43,000, teacher check 456)".
+    """
+    held_out = f", held-out validation {counts['validation']:,}" if counts.get("validation") else ""
+    return (f"spent {seconds:.0f} s and {sum(counts.values()):,} model evaluations (teacher {counts['teacher']:,}, "
+            f"training {counts['training']:,}, teacher check {counts['check']:,}{held_out})")
+
+
+def record_cost(path: Path, counts: Mapping[str, int], seconds: float, log: Callable[[str], None] | None) -> None:
+    """Print what tuning spent and record it in the written file's meta ("cost"), rewritten atomically.
+
+    Args:
+        path: The file the tuner wrote (a correction file's meta gets it; a skip-tuning .json is left as written).
+        counts: Phase -> model evaluations.
+        seconds: Wall-clock seconds.
+        log: Where the line goes; None: silent.
+    """
+    cost = {"seconds": round(seconds, 1), "model_evaluations": dict(counts)}
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        corr = load_correction(path)
+        corr.meta["cost"] = cost
+        corr.save(path)
+    if log:
+        log(cost_line(counts, seconds))

@@ -44,6 +44,7 @@ class Counting(torch.nn.Module):
         super().__init__()
         self.inner = inner
         self.calls = 0
+        self.samples = 0          # per-sample evaluations: the batch sizes summed over calls
 
     @property
     def diffsolve_spec(self):
@@ -51,6 +52,7 @@ class Counting(torch.nn.Module):
 
     def forward(self, x, t, **kw):
         self.calls += 1
+        self.samples += int(x.shape[0])
         return self.inner(x, t, **kw)
 
 

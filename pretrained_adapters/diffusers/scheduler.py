@@ -39,8 +39,9 @@ from diffsolve.pretrained_adapters.diffusers.config import (
 from diffsolve.pretrained_adapters.diffusers.ddim import DDIMModelNoise, ddim_model_noise
 from diffsolve.pretrained_adapters.diffusers.loops import RoundedModelTime, model_time_rounding
 from diffsolve.pretrained_adapters.diffusers.model import from_diffusers
+from diffsolve.pretrained_adapters.diffusers.scheduler_correction import corrected_times, tuned_sampler
 from diffsolve.pretrained_adapters.diffusers.scheduler_run import (
-    DryEvaluator, Feed, NeedModel, ReplayEvaluator, SchedulerRun, supported_solvers, timesteps_tensor)
+    Feed, NeedModel, ReplayEvaluator, SchedulerRun, dry_run, supported_solvers, timesteps_tensor)
 from diffsolve.pretrained_adapters.diffusers.scheduler_times import (
     check_model_times, check_steps, custom_sigmas, custom_timesteps, diffusers_sigmas, flow_times, locate,
     same_timestep, timestep_value)
@@ -103,6 +104,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         grid: a diffsolve grid name or explicit times; None: the source class's timesteps.
         grid_options: the grid's keywords.
         seed: step noise from diffsolve's NoiseSource keyed as `Sampler.run(seed=)`; None: `step(generator=)`.
+        correction: the path of a file `diffsolve tune` wrote: its solver and grid for the step counts it holds
+            (as `Sampler(unet, scheduler=config, correction=path)`; the model identity is not checked here).
 
     Raises:
         InvalidArgument: a solver not a name, adaptive or unknown; options not mappings; invert_sigmas or
@@ -126,7 +129,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                  time_shift_type: str = "exponential", base_shift: float = 0.5, max_shift: float = 1.15,
                  base_image_seq_len: int = 256, max_image_seq_len: int = 4096, invert_sigmas: bool = False,
                  stochastic_sampling: bool = False, source_class: str | None = None, grid: Any = None,
-                 grid_options: dict | None = None, seed: int | None = None):
+                 grid_options: dict | None = None, seed: int | None = None, correction: str | None = None):
         if not isinstance(solver, str):
             raise InvalidArgument(f"solver={solver!r}: must be a registered solver name (a diffusers config is "
                                   "plain data); supported here: " + ", ".join(supported_solvers()))
@@ -158,6 +161,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self.betas = rescale_zero_terminal_snr(betas) if cfg.get("rescale_betas_zero_snr") else betas
             self.alphas = 1.0 - self.betas
             self.alphas_cumprod = alphas_cumprod_of(cfg).to(torch.float32)
+        self._tuned = None
+        if correction is not None:          # the file names the solver and grid of each budget (scheduler_correction)
+            if solver_options or grid is not None or grid_options:
+                raise InvalidArgument("correction= fixes the solver and grid: leave solver_options= and grid= out")
+            self._tuned = tuned_sampler(self.field, correction)
+            self.solver = self._tuned.solver
         self.order = int(self.solver.calls_per_step)
         self.run: SchedulerRun | None = None
         self.timesteps: torch.Tensor | None = None
@@ -222,6 +231,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return [k for k in SIGMA_SPACINGS if self.config.get(k, False)]
 
     def _times(self, steps: int | None, timesteps: Any, sigmas: Any, mu: float | None = None) -> torch.Tensor:
+        if self._tuned is not None:
+            self.solver, t = corrected_times(self._tuned, steps, any(v is not None for v in (timesteps, sigmas, mu)))
+            self.order = int(self.solver.calls_per_step)
+            return t
         sch = self.field.schedule
         if isinstance(sch, RectifiedFlow) and timesteps is None and \
                 (sigmas is not None or mu is not None or self.config.use_dynamic_shifting):
@@ -326,27 +339,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return None if run is None or not run.started else self._offset + run.index
 
     def _new_run(self, t: torch.Tensor) -> SchedulerRun:
-        plan = self.solver.plan(self.field, t)
-        dry = DryEvaluator(self.field)
-        state = self.solver.init(plan)
-        for i in range(plan.steps):
-            # a fresh random input per step (the points do not depend on it): is the first call made at it?
-            x = torch.randn(1, 4, dtype=torch.float64, generator=dry.gen) + 2.0
-            dry.step, dry.input = i, x
-            _, _, state = self.solver.step(dry, x, plan.points[i], plan.points[i + 1], state, plan.coeffs[i])
-        calls, points, k_of = [], [], {}
-        for i, p in dry.points:
-            k_of[i] = k_of.get(i, -1) + 1
-            calls.append((i, k_of[i]))
-            points.append(p)
-        for i in range(plan.steps):
-            if i not in k_of:
-                raise InvalidArgument(f"solver {self.solver.name!r} makes no model call in step {i}; a diffusers "
-                                      "pipeline calls the network once per listed timestep")
-        fed = self.field.fed_time if isinstance(self.field, RoundedModelTime) else (lambda p: float(p.model_time))
-        return SchedulerRun(plan=plan, calls=calls, points=points, state=self.solver.init(plan),
-                            first_at_input=[dry.first_at_input[i] for i in range(plan.steps)],
-                            listed=[fed(p) for p in points])
+        return dry_run(self.solver, self.field, t)
 
     # --- inside the loop ----------------------------------------------------------------------------
     def _begin(self, timestep: Any) -> SchedulerRun:

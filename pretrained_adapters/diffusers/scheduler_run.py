@@ -13,7 +13,8 @@ from diffsolve.errors import InvalidArgument
 from diffsolve.field import EvalPoint, FieldOutput
 from diffsolve.loop import Evaluator
 from diffsolve.noise import NoiseSource
-from diffsolve.solvers.base import Plan, available_solvers, get_solver
+from diffsolve.pretrained_adapters.diffusers.loops import RoundedModelTime
+from diffsolve.solvers.base import Plan, Solver, available_solvers, get_solver
 
 
 class NeedModel(Exception):
@@ -190,6 +191,43 @@ def timesteps_tensor(values: Sequence[float], device: Any) -> torch.Tensor:
 
 
 
+def dry_run(solver: Solver, field: Any, t: torch.Tensor) -> SchedulerRun:
+    """Plan a run over the grid `t` and dry-run it: where each step calls the model, the timesteps to list.
+
+    Args:
+        solver: The scheduler's solver.
+        field: The scheduler's field.
+        t: The grid.
+
+    Returns:
+        The run, at its start.
+
+    Raises:
+        InvalidArgument: A step makes no model call (a pipeline calls the network once per listed timestep).
+    """
+    plan = solver.plan(field, t)
+    dry = DryEvaluator(field)
+    state = solver.init(plan)
+    for i in range(plan.steps):
+        # a fresh random input per step (the points do not depend on it): is the first call made at it?
+        x = torch.randn(1, 4, dtype=torch.float64, generator=dry.gen) + 2.0
+        dry.step, dry.input = i, x
+        _, _, state = solver.step(dry, x, plan.points[i], plan.points[i + 1], state, plan.coeffs[i])
+    calls, points, k_of = [], [], {}
+    for i, p in dry.points:
+        k_of[i] = k_of.get(i, -1) + 1
+        calls.append((i, k_of[i]))
+        points.append(p)
+    for i in range(plan.steps):
+        if i not in k_of:
+            raise InvalidArgument(f"solver {solver.name!r} makes no model call in step {i}; a diffusers "
+                                  "pipeline calls the network once per listed timestep")
+    fed = field.fed_time if isinstance(field, RoundedModelTime) else (lambda p: float(p.model_time))
+    return SchedulerRun(plan=plan, calls=calls, points=points, state=solver.init(plan),
+                        first_at_input=[dry.first_at_input[i] for i in range(plan.steps)],
+                        listed=[fed(p) for p in points])
+
+
 def supported_solvers() -> list[str]:
     """Registered solvers a diffusers pipeline can drive: every fixed-grid solver (adaptive ones are refused).
 
@@ -200,4 +238,4 @@ def supported_solvers() -> list[str]:
 
 
 __all__ = ["NeedModel", "Feed", "DryEvaluator", "ReplayEvaluator", "SchedulerRun", "timesteps_tensor",
-           "supported_solvers"]
+           "supported_solvers", "dry_run"]
