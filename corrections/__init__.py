@@ -11,7 +11,7 @@ The built-in MNIST UNet ships with trained ones (corrections/weights), so `Sampl
 `diffsolve tune <name>` runs the tuners registered with `register_tuner` (corrections.tuning; the built-in ones in
 corrections.tuners): a new learned correction is one module with its solver and its tuner, plus their registration.
 """
-from diffsolve.corrections import amed, learned_multistep, tuners  # noqa: F401  (register the learned solvers, tuners)
+from diffsolve.corrections import amed, learned_multistep, pas, tuners  # noqa: F401  (register the learned solvers, tuners)
 from diffsolve.corrections.coefficients import learn_coefficients
 from diffsolve.corrections.grid_search import gits_cost_matrix, gits_dynamic_programming, gits_grid, learn_grid
 from diffsolve.corrections.io import (AMEDCorrection, CoefficientCorrection, GridCorrection, IdentityMismatch,

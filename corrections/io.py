@@ -28,6 +28,7 @@ from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
 from diffsolve.corrections.record import FORMAT, VERSION, CorruptCorrection, read_record, sidecar_path
 
 SHIPPED = Path(__file__).resolve().parent / "weights"
+CORRECTION_LOADERS: dict[str, Callable] = {}     # kind -> (record, tensors, path) -> correction, for further kinds
 
 
 class IdentityMismatch(InvalidArgument):
@@ -420,8 +421,10 @@ def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | Gri
     """
     path = Path(path)
     rec, tensors = read_record(path)
-    if rec["kind"] == "amed":
-        corr: Any = _amed_from(rec, tensors, path)
+    if rec["kind"] in CORRECTION_LOADERS:
+        corr: Any = CORRECTION_LOADERS[rec["kind"]](rec, tensors, path)
+    elif rec["kind"] == "amed":
+        corr = _amed_from(rec, tensors, path)
     elif rec["kind"] == "coefficients":
         corr = CoefficientCorrection(rec["grids"], rec["weights"], rec["base"], rec["afs"], tensors.get("afs_mean"),
                                      rec["identity"], rec["meta"])
