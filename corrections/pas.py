@@ -275,58 +275,89 @@ class PASMultistep(LearnedMultistep):
 
 
 class _Coefficients(torch.nn.Module):
-    """The trainable direction coefficients: one row of `rank` per step, starting at zero."""
+    """The trainable rows: `rows`, the direction coefficients (one row of `rank` per step, from zero), and with
+    `offsets` given, the multistep weight offsets too (from those rows)."""
 
-    def __init__(self, steps: int, rank: int):
+    def __init__(self, steps: int, rank: int, offsets: Sequence[Sequence[float]] | None = None):
         super().__init__()
         self.rows = torch.nn.Parameter(torch.zeros(steps, rank, dtype=torch.float64))
+        self.offsets = None if offsets is None else torch.nn.Parameter(torch.tensor(offsets, dtype=torch.float64))
 
     def forward(self) -> None:
         return None
 
 
-def directions_run(solver: PASMultistep, field: Field, plan: Plan, x: torch.Tensor, rows: Any) -> torch.Tensor:
+def directions_run(solver: PASMultistep, field: Field, plan: Plan, x: torch.Tensor, rows: Any,
+                   offsets: Any = None) -> torch.Tensor:
     """The end state of `solver`'s run over `plan` from `x` with direction rows `rows` (tensors with gradient).
 
     The same step function as sampling, the field itself as the evaluator (so gradients reach `rows`).
 
     Args:
-        solver: The solver (its weights fixed).
+        solver: The solver.
         field: The field.
         plan: The solver's plan on its learned grid.
         x: The start state at plan.t[0].
-        rows: One row of coefficients per step.
+        rows: One row of direction coefficients per step.
+        offsets: One row of multistep weight offsets per step in place of the plan's; None keeps the plan's.
 
     Returns:
         The state at the grid's end.
     """
     state = solver.init(plan)
     for i, co in enumerate(plan.coeffs):
-        x, _, state = solver.step(field, x, plan.points[i], plan.points[i + 1], state,
-                                  replace(co, directions=tuple(rows[i])))
+        co = replace(co, directions=tuple(rows[i]))
+        if offsets is not None:
+            co = replace(co, weights=tuple(offsets[i]))
+        x, _, state = solver.step(field, x, plan.points[i], plan.points[i + 1], state, co)
     return x
 
 
+def _fit_one(solver: PASMultistep, field: Field, plan: Plan, m: _Coefficients, x0: torch.Tensor,
+             target: torch.Tensor, *, batch_size: int, epochs: int, lr: float, weight_lr: float | None,
+             gen: torch.Generator, log: Callable[[str], None] | None, start: float) -> list[float]:
+    """Fit `m` on one grid; [the loss before training, then each epoch's]. Nothing better than the start on the
+    training set leaves `m` at its start (zero directions, the given offsets)."""
+    n = target.shape[0]
+    first = {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+    def run(idx: torch.Tensor, _: Any) -> torch.Tensor:
+        return directions_run(solver, field, plan, x0[idx], m.rows, m.offsets)
+    with torch.no_grad():
+        before = float(sum((run(torch.arange(b, min(n, b + batch_size)), None) - target[b:b + batch_size])
+                           .pow(2).sum() for b in range(0, n, batch_size)) / target.numel())
+    groups = [{"params": [m.rows], "lr": lr}]
+    if m.offsets is not None:
+        groups.append({"params": [m.offsets], "lr": weight_lr})
+    hist = _fit_grid(m, run, target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
+                     label=f"directions, {plan.steps} steps", start=start, cosine=True, param_groups=groups)
+    if not min(hist) < before:
+        m.load_state_dict(first)
+    return [before, *hist]
+
+
 def learn_directions(model: Any, coefficients: Any, *, rank: int = DEFAULT_RANK, n: int = 128, batch_size: int = 16,
-                     epochs: int = 20, lr: float = 3e-3, seed: int = 0, teacher: str = "reference",
-                     teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
-                     endpoints: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     epochs: int = 20, lr: float = 3e-3, weight_lr: float | None = None, seed: int = 0,
+                     teacher: str = "reference", teacher_options: dict | None = None,
+                     dtype: torch.dtype = torch.float32, endpoints: tuple[torch.Tensor, torch.Tensor] | None = None,
                      log: Callable[[str], None] | None = print) -> PASCorrection:
     """Direction coefficients for every learned grid of `coefficients`, fitted by Adam against teacher endpoints.
 
     Args:
         model: The model or field the coefficients were learned for.
-        coefficients: Learned multistep weights (a CoefficientCorrection or the path of one), kept fixed.
+        coefficients: Learned multistep weights (a CoefficientCorrection or the path of one); their grids stay.
         rank: Basis vectors per step (the direction, the start, then slopes newest first).
         n: Teacher trajectories (the seeds learn_coefficients trains on), fitted in batches of `batch_size` for
-            `epochs` passes at learning rate `lr` (cosine decay; the best epoch kept).
+            `epochs` passes at learning rate `lr` (cosine decay; the best epoch kept, the start when no epoch beat
+            it on the training set).
+        weight_lr: None keeps the weight offsets fixed; a rate fine-tunes them together with the directions.
         seed: Seeds the noise and the minibatch order.
         teacher: How the endpoints are computed, with `teacher_options`, in `dtype` (as learn_coefficients).
         endpoints: (unit noise, teacher endpoints) computed before (skips the teacher); None computes them.
         log: Prints progress (None: silent).
 
     Returns:
-        The directions with the coefficients they were fitted on.
+        The directions with the coefficients they run on.
 
     Raises:
         InvalidArgument: A bad argument (named), or the coefficients belong to another model.
@@ -337,8 +368,10 @@ def learn_directions(model: Any, coefficients: Any, *, rank: int = DEFAULT_RANK,
     rank = check_int("rank", rank, minimum=1)
     for name, value in (("n", n), ("batch_size", batch_size), ("epochs", epochs)):
         check_int(name, value, minimum=1)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise InvalidArgument(f"lr={lr!r}: must be a positive number")
+    for name, value in (("lr", lr), ("weight_lr", weight_lr)):
+        if value is not None or name == "lr":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InvalidArgument(f"{name}={value!r}: must be a positive number")
     if not corr.grids:
         raise InvalidArgument("coefficients= holds no learned grids (train them with learn_coefficients first)")
     start = time.perf_counter()
@@ -352,28 +385,21 @@ def learn_directions(model: Any, coefficients: Any, *, rank: int = DEFAULT_RANK,
     solver = PASMultistep(PASCorrection(corr, zeros, rank))
     x0 = noise * field.schedule.prior_std(field.t_max)
     gen = torch.Generator().manual_seed(seed)
-    rows, losses, evals = {}, {}, 0
+    rows, offsets, losses, evals = {}, dict(corr.weights), {}, 0
     with frozen(field):
         for steps in sorted(corr.grids):
             plan = solver.plan(field, torch.tensor(corr.grids[steps], dtype=torch.float64))
-            m = _Coefficients(steps, rank)
-            with torch.no_grad():
-                base_loss = float(sum((directions_run(solver, field, plan, x0[b:b + batch_size], m.rows)
-                                       - target[b:b + batch_size]).pow(2).sum() for b in range(0, n, batch_size))
-                                  / target.numel())
-            hist = _fit_grid(m, lambda idx, _, m=m, plan=plan: directions_run(solver, field, plan, x0[idx], m.rows),
-                             target, n=n, batch_size=batch_size, epochs=epochs, lr=lr, gen=gen, log=log,
-                             label=f"directions, {steps} steps", start=start, cosine=True)
-            if not min(hist) < base_loss:
-                # no epoch beat the learned weights alone on the training set: keep them unchanged
-                m.rows.data.zero_()
+            m = _Coefficients(steps, rank, corr.weights[steps] if weight_lr is not None else None)
+            losses[str(steps)] = _fit_one(solver, field, plan, m, x0, target, batch_size=batch_size, epochs=epochs,
+                                          lr=lr, weight_lr=weight_lr, gen=gen, log=log, start=start)
             rows[steps] = tuple(tuple(float(v) for v in r) for r in m.rows.detach())
-            losses[str(steps)] = [base_loss, *hist]
+            if m.offsets is not None:
+                offsets[steps] = tuple(tuple(float(v) for v in r) for r in m.offsets.detach())
             evals += (epochs + 1) * n * plan.nfe
-    return PASCorrection(corr, rows, rank, {"loss_history": losses, "n": n, "epochs": epochs, "lr": lr,
-                                            "training_model_calls": evals,
-                                            "batch_size": batch_size, "seed": seed, "teacher": teacher,
-                                            "seconds": round(time.perf_counter() - start, 1)})
+    return PASCorrection(replace(corr, weights=offsets), rows, rank,
+                         {"loss_history": losses, "n": n, "epochs": epochs, "lr": lr, "weight_lr": weight_lr,
+                          "training_model_calls": evals, "batch_size": batch_size, "seed": seed, "teacher": teacher,
+                          "seconds": round(time.perf_counter() - start, 1)})
 
 
 def _pas_solver(directions: Any = None, max_order: int | None = None) -> PASMultistep:

@@ -1,6 +1,7 @@
 """PAS-style direction corrections on learned DEIS weights, on the shared MNIST DDPM, against diffusers' schedulers.
 
     python scripts/pas_report.py [--nfe 3,5] [--samples 64] [--out DIR] [--rank 4] [--epochs 20] [--lr 3e-3]
+                                 [--weight-lr RATE]
 
 The yardstick of scripts/peer_report.py: endpoint RMSE against DPM-Solver++(3M) on 1,000 log-SNR steps, on held-out
 noise seeds from 100000. Best peer: every diffusers scheduler at its default timesteps; best un-learned: the bench's
@@ -43,6 +44,7 @@ class ReportSettings:
     rank: int
     epochs: int
     lr: float
+    weight_lr: float | None
 
 
 def _cached(path: Path, make):
@@ -70,14 +72,24 @@ def train(model, st: ReportSettings) -> tuple:
     n = WEIGHTS["n"]
     ends = _cached(st.out / f"teacher-{n}.pt", lambda: _teacher_endpoints(
         field_of(model), n, 0, "fine", TEACHER, torch.float32, print, time.perf_counter())[1:])
-    ppath = st.out / f"pas-deis-{tag}-r{st.rank}-e{st.epochs}-lr{st.lr:g}.safetensors"
+    ppath = st.out / f"pas-deis-{tag}-r{st.rank}-e{st.epochs}-lr{st.lr:g}-w{st.weight_lr}.safetensors"
     if ppath.is_file():
         pas = load_correction(ppath, field=field_of(model))
     else:
         pas = learn_directions(model, weights, rank=st.rank, n=n, batch_size=16, epochs=st.epochs, lr=st.lr,
+                               weight_lr=st.weight_lr,
                                seed=0, teacher="fine", teacher_options=TEACHER, endpoints=tuple(ends), log=print)
         pas.save(ppath)
     return weights, pas
+
+
+def unlearned(model, noise: torch.Tensor, ref: torch.Tensor, nfes: Sequence[int]) -> tuple[dict, dict]:
+    """(diffusers' schedulers, the bench's fast solvers on three grids): name -> {nfe: (RMSE, model calls)}."""
+    ours: dict = {}
+    for label, g, opts in (("karras", "karras", None), ("logsnr_uniform", "logsnr_uniform", None),
+                           ("diffusers", diffusers_grid, {"style": "dpmsolver"})):
+        ours.update({f"{k} / {label}": v for k, v in solver_rows(model, noise, ref, nfes, None, g, opts).items()})
+    return diffusers_rows(model, noise, ref, nfes), ours
 
 
 def measure(st: ReportSettings) -> list[dict]:
@@ -93,11 +105,8 @@ def measure(st: ReportSettings) -> list[dict]:
             return Sampler(model, "dpmpp_3m", "logsnr_uniform", progress=False).run(steps=1000, noise=noise).samples
     ref = _cached(st.out / f"reference-{EVAL_SEED}-{n}.pt", reference)
     weights, pas = train(model, st)
-    peers = diffusers_rows(model, noise, ref, st.nfe)
-    ours: dict = {}
-    for label, g, opts in (("karras", "karras", None), ("logsnr_uniform", "logsnr_uniform", None),
-                           ("diffusers", diffusers_grid, {"style": "dpmsolver"})):
-        ours.update({f"{k} / {label}": v for k, v in solver_rows(model, noise, ref, st.nfe, None, g, opts).items()})
+    tag = "-".join(str(k) for k in st.nfe)
+    peers, ours = _cached(st.out / f"peers-{tag}-{n}.pt", lambda: unlearned(model, noise, ref, st.nfe))
     rows = []
     for k in st.nfe:
         def best(table):
@@ -137,10 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="/tmp/diffsolve-pas", help="cache folder (reused when present)")
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the directions")
+    p.add_argument("--weight-lr", type=float, default=None,
+                   help="fine-tune the weight offsets too, at this learning rate (default: fixed)")
     a = p.parse_args(argv)
     st = ReportSettings(tuple(int(v) for v in a.nfe.replace(",", " ").split()), a.samples, Path(a.out), a.rank,
-                        a.epochs, a.lr)
+                        a.epochs, a.lr, a.weight_lr)
     print(table(measure(st)))
     return 0
 
