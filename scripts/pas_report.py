@@ -13,10 +13,10 @@ kept in `--out` and reused when present (the teacher endpoints and the held-out 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -31,11 +31,22 @@ from diffsolve.pretrained_adapters import load_mnist_ddpm
 from diffsolve.pretrained_adapters.diffusers import diffusers_grid
 from diffsolve.sampler import Sampler
 
-from peer_report import EVAL_SEED, GRID_FIT, TEACHER, WEIGHTS, grid_starts
+
+def _peer_report():
+    """scripts/peer_report.py (its yardstick and training recipe), loaded from beside this file."""
+    spec = importlib.util.spec_from_file_location("diffsolve_scripts_peer_report",
+                                                  Path(__file__).resolve().parent / "peer_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@dataclass(frozen=True)
-class ReportSettings:
+_PEER = _peer_report()
+EVAL_SEED, GRID_FIT, TEACHER, WEIGHTS, grid_starts = (_PEER.EVAL_SEED, _PEER.GRID_FIT, _PEER.TEACHER, _PEER.WEIGHTS,
+                                                      _PEER.grid_starts)
+
+
+class ReportSettings(NamedTuple):
     """The command line, parsed: NFEs, held-out samples, cache folder and the direction training's options."""
 
     nfe: tuple[int, ...]
@@ -128,13 +139,14 @@ def measure(st: ReportSettings) -> list[dict]:
 def table(rows: Sequence[dict]) -> str:
     """The markdown table of `measure`'s rows."""
     out = ["| NFE | best peer | best un-learned | learned weights | weights + directions | ratio weights | "
-           "ratio directions | training s (weights; directions) | steps / model evaluations |", "|" + "---|" * 9]
+           "ratio directions | training s (weights; directions) | directions' training model calls (all NFEs) | "
+           "steps / model evaluations per sample |", "|" + "---|" * 10]
     for r in rows:
         peer, un = r["peer"], r["unlearned"]
         sw, sp = r["seconds"]
         out.append(f"| {r['nfe']} | {peer[1]} {peer[0]:.4f} | {un[1]} {un[0]:.4f} | {r['weights']:.4f} | "
                    f"{r['pas']:.4f} | {r['weights'] / peer[0]:.3f}x | {r['pas'] / peer[0]:.3f}x | "
-                   f"{sw}; {sp} | {r['steps']} / {r['evals']} |")
+                   f"{sw}; {sp} | {r['train_calls']} | {r['steps']} / {r['evals']} |")
     return "\n".join(out)
 
 

@@ -171,3 +171,12 @@ def test_tune_directions_command(tmp_path, capsys):
     assert "no grid for NFE [5]" in capsys.readouterr().err
     assert main(["tune", "directions", "--model", "gmm", "--rank", "0", "--out", str(out)]) == 2
     assert "--rank" in capsys.readouterr().err
+
+
+def test_pas_report_table_layout():
+    from corrections.scripts_loader import load_script
+    table = load_script("pas_report").table
+    row = {"nfe": 5, "peer": (0.1, "DDIM"), "unlearned": (0.12, "deis / karras"), "weights": 0.036, "pas": 0.029,
+           "steps": 6, "evals": 5, "seconds": (100.0, 50.0), "train_calls": 1000}
+    assert table([row]).splitlines()[-1] == ("| 5 | DDIM 0.1000 | deis / karras 0.1200 | 0.0360 | 0.0290 | 0.360x | "
+                                             "0.290x | 100.0; 50.0 | 1000 | 6 / 5 |")
