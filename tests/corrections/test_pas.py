@@ -59,7 +59,6 @@ def test_zero_directions_are_the_learned_multistep_rule_exactly(gmm, afs):
     assert not torch.allclose(a.samples, c.samples)
 
 
-@pytest.mark.slow
 def test_solver_and_training_run_are_one_formula(gmm):
     field = as_field(gmm)
     pas = _directions(_coefficients(gmm), 0.1)
@@ -69,7 +68,7 @@ def test_solver_and_training_run_are_one_formula(gmm):
     plan = solver.plan(field, torch.tensor(pas.coefficients.grids[STEPS], dtype=torch.float64))
     rows = torch.tensor(pas.directions[STEPS], dtype=torch.float64, requires_grad=True)
     want = directions_run(solver, field, plan, noise * 80.0, rows)
-    torch.testing.assert_close(out.samples, want, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(out.samples, want, rtol=1e-9, atol=1e-9)
     want.sum().backward()
     assert rows.grad is not None and rows.grad.abs().sum() > 0
 
@@ -77,15 +76,16 @@ def test_solver_and_training_run_are_one_formula(gmm):
 def test_corrected_direction_is_an_orthonormal_correction():
     """With coefficient c on q_0 alone the direction scales by (1 + c); a source already in the span adds nothing;
     each sample's result ignores the others."""
+    # torch.allclose: torch.testing's first call costs about a second of imports
     g = torch.Generator().manual_seed(0)
     v, y = torch.randn(3, 7, generator=g, dtype=torch.float64), torch.randn(3, 7, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(corrected_direction(v, (y,), (0.5, 0.0)), 1.5 * v)
-    torch.testing.assert_close(corrected_direction(v, (2.0 * v,), (0.0, 0.7)), v)
+    assert torch.allclose(corrected_direction(v, (y,), (0.5, 0.0)), 1.5 * v)
+    assert torch.allclose(corrected_direction(v, (2.0 * v,), (0.0, 0.7)), v)
     moved = corrected_direction(v, (y,), (0.0, 0.3))
     q = y - (y * v).sum(1, keepdim=True) / (v * v).sum(1, keepdim=True) * v
-    torch.testing.assert_close(moved, v + 0.3 * v.norm(dim=1, keepdim=True) * q / q.norm(dim=1, keepdim=True))
-    torch.testing.assert_close(corrected_direction(v[1:], (y[1:],), (0.2, 0.3)),
-                               corrected_direction(v, (y,), (0.2, 0.3))[1:])
+    assert torch.allclose(moved, v + 0.3 * v.norm(dim=1, keepdim=True) * q / q.norm(dim=1, keepdim=True))
+    assert torch.allclose(corrected_direction(v[1:], (y[1:],), (0.2, 0.3)),
+                          corrected_direction(v, (y,), (0.2, 0.3))[1:])
 
 
 @pytest.mark.slow
