@@ -186,7 +186,8 @@ class PASMultistep(LearnedMultistep):
     """Learned multistep weights (on their grid) with learned direction corrections (`directions=`).
 
     Args:
-        directions: A PASCorrection or the path of a saved one (required before a run).
+        directions: A PASCorrection or the path of a saved one; None: zero directions on the weights
+            `learned_multistep` would use (its shipped ones, else zero offsets with a warning).
         max_order: The base rule's highest order; None uses the order the weights were learned with.
 
     Raises:
@@ -210,27 +211,28 @@ class PASMultistep(LearnedMultistep):
         return {"directions": self._pas, "max_order": self._max_order}
 
     def correction(self, field: Field | None, warn: bool = False) -> CoefficientCorrection:
-        """The learned multistep weights under the directions, checked against `field`'s model.
+        """The learned multistep weights under the directions, checked against `field`'s model; without
+        `directions=`, those `learned_multistep` would use (shipped, else zero offsets with a warning).
 
         Raises:
-            InvalidArgument: No `directions=` was given.
             IdentityMismatch: They were learned for another model.
         """
         if self._pas is None:
-            raise InvalidArgument("pas: directions= is missing (a PASCorrection or the path of a saved one; "
-                                  "train one with diffsolve.corrections.pas.learn_directions)")
+            return super().correction(field, warn)
         if field is not None:
             self._pas.check_field(field)
         return self._pas.coefficients
 
     def plan(self, field: Field, t: torch.Tensor) -> Plan:
-        """The learned multistep plan with each step's direction coefficients (see LearnedMultistep.plan).
+        """The learned multistep plan with each step's direction coefficients (see LearnedMultistep.plan); without
+        `directions=`, zero ones: `learned_multistep` exactly.
 
         Raises:
             InvalidArgument: As LearnedMultistep.plan, or no directions were learned for this step count.
         """
         base = super().plan(field, t)
-        rows = self._pas.directions_for(len(base.coeffs))
+        n = len(base.coeffs)
+        rows = self._pas.directions_for(n) if self._pas is not None else ((0.0,) * DEFAULT_RANK,) * n
         steps = tuple(PASStep(**{k: getattr(c, k) for k in LearnedStep.__dataclass_fields__}, directions=tuple(r))
                       for c, r in zip(base.coeffs, rows))
         return replace(base, coeffs=steps)

@@ -13,6 +13,7 @@ TOL = 0.3
 SETTINGS = {
     "deis": ("time_uniform", (64, 128, 256, 512)),
     "learned_multistep": ("time_uniform", (64, 128, 256, 512)),     # untrained: DEIS at full order
+    "pas": ("time_uniform", (64, 128, 256, 512)),                   # untrained: learned_multistep exactly
     "lms": ("logsnr_uniform", (32, 64, 128, 256)),
     "ipndm_v": ("logsnr_uniform", (32, 64, 128, 256)),
     "unipc_bh2": ("logsnr_uniform", (16, 32, 64, 128)),
