@@ -26,6 +26,7 @@ ORDER_TOLERANCE = 0.3
 ORDER_SETTINGS: dict[str, tuple[str, tuple[int, ...]]] = {
     "deis": ("time_uniform", (64, 128, 256, 512)),
     "learned_multistep": ("time_uniform", (64, 128, 256, 512)),     # untrained: DEIS at full order
+    "pas": ("time_uniform", (64, 128, 256, 512)),                   # untrained: learned_multistep exactly
     "lms": ("logsnr_uniform", (32, 64, 128, 256)),
     "ipndm_v": ("logsnr_uniform", (32, 64, 128, 256)),
     "unipc_bh2": ("logsnr_uniform", (16, 32, 64, 128)),

@@ -25,7 +25,7 @@ from diffsolve.files import atomic_write_bytes
 
 FORMAT = "diffsolve-correction"
 VERSION = 1
-KINDS = ("amed", "gits", "learned", "coefficients")
+KINDS = ("amed", "gits", "learned", "coefficients", "pas")
 SIDECAR_ONLY = ("sha256", "file")          # what the sidecar adds to the record
 # parse(record, path) of the kinds registered from above (corrections.auto_file: the `tune auto` container)
 RECORD_PARSERS: dict[str, Callable[[dict, Path], dict]] = {}
@@ -219,21 +219,29 @@ def parse_record(record: dict, path: Path) -> dict:
     out = {"kind": kind, "identity": field_of_record(record, "model_identity", str, path, optional=True),
            "base": field_of_record(record, "base", str, path), "grids": parse_grids(record, path),
            "meta": field_of_record(record, "meta", dict, path, optional=True) or {}}
-    if kind in ("amed", "coefficients"):
+    if kind in ("amed", "coefficients", "pas"):
         out["afs"] = field_of_record(record, "afs", bool, path)
-    if kind == "coefficients":
-        weights = {}
-        for key, rows in field_of_record(record, "weights", dict, path).items():
-            steps = _steps(key, "weights", path)
-            if not isinstance(rows, list):
-                raise CorruptCorrection(f"{path}: weights[{key!r}] must be a list of rows")
-            weights[steps] = tuple(_floats(r, f"weights[{key!r}] row", path) for r in rows)
-        if set(weights) != set(out["grids"]) or any(len(weights[k]) != k for k in weights):
-            raise CorruptCorrection(f"{path}: every learned grid needs one row of weights per step")
-        out["weights"] = weights
+    if kind in ("coefficients", "pas"):
+        out["weights"] = _step_rows(record, "weights", out["grids"], path)
+    if kind == "pas":
+        out["rank"] = field_of_record(record, "rank", int, path)
+        out["directions"] = _step_rows(record, "directions", out["grids"], path)
     if kind == "amed":
         out["predictor"] = _predictor(field_of_record(record, "predictor", dict, path), path)
     return out
+
+
+def _step_rows(record: dict, name: str, grids: dict, path: Path) -> dict:
+    """Step count -> one row of floats per step, for every learned grid (`name`: "weights" or "directions")."""
+    rows_of = {}
+    for key, rows in field_of_record(record, name, dict, path).items():
+        steps = _steps(key, name, path)
+        if not isinstance(rows, list):
+            raise CorruptCorrection(f"{path}: {name}[{key!r}] must be a list of rows")
+        rows_of[steps] = tuple(_floats(r, f"{name}[{key!r}] row", path) for r in rows)
+    if set(rows_of) != set(grids) or any(len(rows_of[k]) != k for k in rows_of):
+        raise CorruptCorrection(f"{path}: every learned grid needs one row of {name} per step")
+    return rows_of
 
 
 def _predictor(pred: dict, path: Path) -> dict:

@@ -197,8 +197,16 @@ class WeightsTuneSettings(GradientSettings):
         return f"weights-{self.solver}.safetensors"
 
 
-def _teacher(settings: TuneSettings, ctx: TuneContext) -> tuple[str, dict]:
-    """The teacher mode and the keyword arguments that pass its settings on."""
+def teacher_of(settings: TuneSettings, ctx: TuneContext) -> tuple[str, dict]:
+    """The teacher mode and the keyword arguments that pass its settings on to a trainer.
+
+    Args:
+        settings: The tuner's settings (--teacher, --ref-rtol).
+        ctx: What the caller knows about the model (its reference settings, whether it is image-shaped).
+
+    Returns:
+        (mode, keyword arguments): "fine" or "reference", and `teacher_options` for the reference teacher.
+    """
     teacher = settings.teacher or ("fine" if ctx.image else "reference")       # tune() chose it by the model's shape
     if teacher != "reference":
         return teacher, {}
@@ -207,7 +215,18 @@ def _teacher(settings: TuneSettings, ctx: TuneContext) -> tuple[str, dict]:
     return teacher, {"teacher_options": {"settings": ref}}
 
 
-def _save(corr: Any, settings: TuneSettings, ctx: TuneContext, start: float) -> Path:
+def save_tuned(corr: Any, settings: TuneSettings, ctx: TuneContext, start: float) -> Path:
+    """Write a trained correction to the settings' output file (the model's name in its meta) and log it.
+
+    Args:
+        corr: The correction (anything with `meta` and `save(path)`).
+        settings: The tuner's settings (the output path).
+        ctx: The model's name and the log.
+        start: `time.perf_counter()` when tuning began (the logged seconds).
+
+    Returns:
+        The written file's path.
+    """
     if ctx.model_name is not None:
         corr.meta["model"] = ctx.model_name
     path = corr.save(settings.out_path())
@@ -232,7 +251,7 @@ def tune_amed(model: Any, st: AMEDTuneSettings, ctx: TuneContext) -> Path:
         InvalidArgument: --from-grid on a plain velocity field, or an option train_amed / learn_grid refuses.
     """
     start = time.perf_counter()
-    teacher, teach = _teacher(st, ctx)
+    teacher, teach = teacher_of(st, ctx)
     plain = not as_field(model).has_schedule      # a plain velocity field: native time, no AFS
     init = None
     if st.from_grid:
@@ -247,7 +266,7 @@ def tune_amed(model: Any, st: AMEDTuneSettings, ctx: TuneContext) -> Path:
                       features=st.features, init=init, module=st.module,
                       n_train=128 if st.samples is None else st.samples, batch_size=st.batch_size, epochs=st.epochs,
                       lr=st.lr, seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log, **teach)
-    return _save(corr, st, ctx, start)
+    return save_tuned(corr, st, ctx, start)
 
 
 def tune_gits(model: Any, st: GITSTuneSettings, ctx: TuneContext) -> Path:
@@ -265,10 +284,10 @@ def tune_gits(model: Any, st: GITSTuneSettings, ctx: TuneContext) -> Path:
         InvalidArgument: An option gits_grid refuses.
     """
     start = time.perf_counter()
-    teacher, teach = _teacher(st, ctx)
+    teacher, teach = teacher_of(st, ctx)
     corr = gits_grid(model, base=st.solver, nfe=st.nfe, n=st.samples, seed=st.seed, teacher=teacher, dtype=ctx.dtype,
                      log=ctx.log, **teach)
-    return _save(corr, st, ctx, start)
+    return save_tuned(corr, st, ctx, start)
 
 
 def tune_grid(model: Any, st: GridTuneSettings, ctx: TuneContext) -> Path:
@@ -286,11 +305,11 @@ def tune_grid(model: Any, st: GridTuneSettings, ctx: TuneContext) -> Path:
         InvalidArgument: An option learn_grid refuses.
     """
     start = time.perf_counter()
-    teacher, teach = _teacher(st, ctx)
+    teacher, teach = teacher_of(st, ctx)
     corr = learn_grid(model, base=st.solver, nfe=st.nfe, n=st.samples, batch_size=st.batch_size, epochs=st.epochs,
                       lr=st.lr, seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log, starts=st.starts,
                       **teach)
-    return _save(corr, st, ctx, start)
+    return save_tuned(corr, st, ctx, start)
 
 
 def tune_weights(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Path:
@@ -308,12 +327,12 @@ def tune_weights(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Path:
         InvalidArgument: An option learn_coefficients refuses.
     """
     start = time.perf_counter()
-    teacher, teach = _teacher(st, ctx)
+    teacher, teach = teacher_of(st, ctx)
     corr = learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=not st.no_afs, n=st.samples,
                               batch_size=st.batch_size, epochs=st.epochs, lr=st.lr, weight_lr=st.weight_lr,
                               seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log,
                               grid_options={"lr": st.grid_lr}, grid_starts=st.starts, **teach)
-    return _save(corr, st, ctx, start)
+    return save_tuned(corr, st, ctx, start)
 
 
 # ------------------------------------------------------------------------------------------------
