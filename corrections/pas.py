@@ -489,4 +489,6 @@ def tune_directions(model: Any, st: DirectionsTuneSettings, ctx: TuneContext) ->
 
 
 register_tuner("directions", DirectionsTuneSettings, tune_directions,
-               "PAS-style direction corrections on learned multistep weights (solver 'pas')")
+               "PAS-style direction corrections on learned multistep weights (solver 'pas')",
+               auto={"solver": "deis", "samples": 48, "epochs": 24, "batch_size": 16, "starts": ("karras",),
+                     "directions_epochs": 12})
