@@ -26,14 +26,13 @@ from diffsolve.grids import karras, make_grid, time_uniform
 from diffsolve.solvers import get_solver
 from diffsolve.solvers.euler import ddim_coefficients
 from diffsolve.solvers.multistep import step_orders
-from diffsolve.corrections.base_rules import afs_denoised, base_step, corrected_step, default_order
+from diffsolve.corrections.base_rules import afs_denoised, corrected_step, default_order
 from diffsolve.corrections.io import AMEDCorrection, GridCorrection, amed_grid
 from diffsolve.corrections.predictor import TimeTable
 from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_start, noise_for, teacher_states
 
 GITS_WEIGHT = 1.15
 DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m")
-
 
 PLAIN_BASES = ("euler", "ipndm", "ipndm_v", "lms", "heun", "midpoint", "rk4")
 
@@ -208,7 +207,7 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
             orders = list(step_orders([0.0] * (len(s) - 1) + [math.inf if ends else 1.0], k,
                                       solver.lower_order_final, ends, getattr(solver, "singular_end", True)))
     if not field.has_schedule:
-        return differentiable_run_plain(field, x, s, base, k, afs)
+        return differentiable_run_plain(field, x, s, base, k, afs, weights)
     sch = field.schedule
     a0 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[0])))))))
     y = x / a0
@@ -235,11 +234,12 @@ PLAIN_DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v")
 
 
 def differentiable_run_plain(field: Field, x: torch.Tensor, t: Sequence[Any], base: str, k: int,
-                             afs: bool = False) -> torch.Tensor:
+                             afs: bool = False, weights: Sequence[Any] | None = None) -> torch.Tensor:
     """The state at t[-1] after the base solver on a plain velocity field (the Adams-Bashforth rules of plan_plain).
 
     Args:
         t: The times (tensors with gradient, or floats); `x` is the state at t[0], `k` the rule's highest order.
+        weights: One row of learned offsets per step on the velocity history, as in differentiable_run.
 
     Raises:
         InvalidArgument: `base` is none of PLAIN_DIFFERENTIABLE_BASES, or `afs` is True (no Gaussian path).
@@ -256,7 +256,7 @@ def differentiable_run_plain(field: Field, x: torch.Tensor, t: Sequence[Any], ba
         p = field.at(t0.reshape(1) if isinstance(t0, torch.Tensor) else float(t0))
         v = field.velocity(x, p)
         hist = ((t0, v, None), *hist)[:k]
-        x = base_step(solver, x, hist, t0, t1, k)
+        x = corrected_step(solver, x, hist, t0, t1, k, None if weights is None else weights[i])
     return x
 
 

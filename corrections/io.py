@@ -21,7 +21,7 @@ from safetensors.torch import save as save_tensors
 
 from diffsolve.checks import check_writable
 from diffsolve.files import atomic_write_bytes
-from diffsolve.grids import karras, register_field_grid, time_uniform
+from diffsolve.grids import karras, time_uniform
 from diffsolve.errors import InvalidArgument
 from diffsolve.corrections.features import denoise_with_features
 from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
@@ -284,6 +284,10 @@ class GridCorrection:
 # ------------------------------------------------------------------------------------------------
 # Learned multistep weights
 # ------------------------------------------------------------------------------------------------
+TIME_WORDS = {"edm": "in the EDM frame of a Gaussian path", "native": "on a plain velocity field, in its own time t"}
+COEFFICIENT_TIMES = tuple(TIME_WORDS)
+
+
 @dataclass
 class CoefficientCorrection:
     """Learned weight offsets of a multistep base rule (corrections.learned_multistep), each set on its learned grid.
@@ -296,6 +300,7 @@ class CoefficientCorrection:
         afs_mean: The data mean for AFS; None is zero.
         identity: The model identity; None matches any model.
         meta: The training record.
+        time: "edm" (the EDM frame of a Gaussian path) or "native" (a plain velocity field's own time t).
     """
 
     grids: dict[int, tuple[float, ...]]                      # steps -> schedule times
@@ -305,10 +310,21 @@ class CoefficientCorrection:
     afs_mean: torch.Tensor | None = None
     identity: str | None = None
     meta: dict = dc_field(default_factory=dict)
+    time: str = "edm"
     kind = "coefficients"
 
+    def __post_init__(self) -> None:
+        if self.time not in COEFFICIENT_TIMES:
+            raise InvalidArgument(f"time={self.time!r}; allowed values: {', '.join(COEFFICIENT_TIMES)}")
+
     def check_field(self, field: Any) -> None:
-        """Refuse (IdentityMismatch) a `field` of another model than the recorded identity; None passes."""
+        """Refuse (IdentityMismatch) a `field` of another model than the recorded identity, or a plain velocity field
+        for weights learned in the EDM frame of a Gaussian path (and the reverse); None passes."""
+        if field is not None and field.has_schedule != (self.time == "edm"):
+            raise IdentityMismatch(
+                f"these learned coefficients were learned {TIME_WORDS[self.time]}; this field "
+                f"{'has a Gaussian path' if field.has_schedule else 'is a plain velocity field (schedule=None)'}: "
+                "learn them for this model with `diffsolve tune weights` (learn_coefficients)")
         _check_identity(self.identity, field, "set of learned coefficients")
 
     def nfe_for(self, steps: int) -> int:
@@ -348,7 +364,7 @@ class CoefficientCorrection:
     def sidecar(self) -> dict:
         """The record written into the file and its JSON sidecar."""
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "model_identity": self.identity,
-                "base": self.base, "afs": self.afs,
+                "base": self.base, "afs": self.afs, "time": self.time,
                 "nfe": {_grid_key(k): self.nfe_for(k) for k in sorted(self.grids)},
                 "grids": {_grid_key(k): list(v) for k, v in sorted(self.grids.items())},
                 "weights": {_grid_key(k): [list(r) for r in v] for k, v in sorted(self.weights.items())},
@@ -424,50 +440,13 @@ def load_correction(path: str | Path, field: Any = None) -> AMEDCorrection | Gri
         corr: Any = _amed_from(rec, tensors, path)
     elif rec["kind"] == "coefficients":
         corr = CoefficientCorrection(rec["grids"], rec["weights"], rec["base"], rec["afs"], tensors.get("afs_mean"),
-                                     rec["identity"], rec["meta"])
+                                     rec["identity"], rec["meta"], rec["time"])
     else:
         corr = GridCorrection(rec["kind"], rec["grids"], rec["base"], rec["identity"], rec["meta"],
                               tensors.get("afs_mean"))
     if field is not None:
         corr.check_field(field)
     return corr
-
-
-def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | Path | None = None):
-    """The correction of `kind` shipped for this field's model (and base solver, for AMED), or a clear error.
-
-    Args:
-        field: The field whose model identity is looked up.
-        kind: "amed", "gits", "learned" or "coefficients".
-        base: The base solver it must be for; None takes any.
-        folder: Where to look; None is the shipped corrections/weights.
-
-    Returns:
-        (AMEDCorrection | GridCorrection | CoefficientCorrection): The loaded correction.
-
-    Raises:
-        InvalidArgument: None ships for this model (and base).
-    """
-    ident = field.correction_identity()
-    folder = Path(folder) if folder is not None else SHIPPED
-    seen = []
-    for side in sorted(folder.glob("*.safetensors.json")):
-        try:
-            info = json.loads(side.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(info, dict):
-            continue
-        seen.append(f"{info.get('kind')}[{info.get('base')}]")
-        if info.get("kind") != kind or info.get("model_identity") != ident or ident is None:
-            continue
-        if base is not None and info.get("base") != base:
-            continue
-        return load_correction(side.with_name(side.name[: -len(".json")]))
-    what = f"{kind} correction" + (f" for base={base!r}" if base else "")
-    raise InvalidArgument(f"no {what} ships for this model (shipped: {', '.join(seen) or 'none'}, all for the "
-                          "built-in MNIST UNet); train one with `diffsolve tune` and pass the file it writes as "
-                          "predictor=, coefficients= or grid=")
 
 
 def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:
@@ -477,21 +456,3 @@ def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:
     t = karras(steps, schedule, rho=rho, final="min")
     t[0], t[-1] = schedule.t_max, 0.0
     return t
-
-
-def shipped_grid(kind: str) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
-    """The `grid='gits'` / `grid='learned'` resolver (`kind`): the shipped grid for the field's model."""
-    def resolve(field: Any, solver: Any) -> Callable[..., torch.Tensor]:
-        base = getattr(solver, "name", None)
-        try:
-            corr = find_shipped(field, kind, base)
-        except InvalidArgument:
-            corr = find_shipped(field, kind)       # a grid tuned for one base solver still helps another
-        return corr.grid_function()
-    return resolve
-
-
-gits_shipped = shipped_grid("gits")
-learned_shipped = shipped_grid("learned")
-register_field_grid("gits", gits_shipped)
-register_field_grid("learned", learned_shipped)

@@ -220,6 +220,10 @@ def parse_record(record: dict, path: Path) -> dict:
             if not isinstance(rows, list):
                 raise CorruptCorrection(f"{path}: weights[{key!r}] must be a list of rows")
             weights[steps] = tuple(_floats(r, f"weights[{key!r}] row", path) for r in rows)
+        # files from before plain-field weights hold no "time": they were all learned in the EDM frame
+        out["time"] = _field(record, "time", str, path, optional=True) or "edm"
+        if out["time"] not in ("edm", "native"):
+            raise CorruptCorrection(f"{path}: time {out['time']!r} is neither 'edm' nor 'native'")
         if set(weights) != set(out["grids"]) or any(len(weights[k]) != k for k in weights):
             raise CorruptCorrection(f"{path}: every learned grid needs one row of weights per step")
         out["weights"] = weights

@@ -309,10 +309,13 @@ def tune_weights(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Path:
     """
     start = time.perf_counter()
     teacher, teach = _teacher(st, ctx)
-    corr = learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=not st.no_afs, n=st.samples,
+    # a plain velocity field: native time, no AFS, and the default starts (named by a noise schedule) left out
+    plain = not as_field(model).has_schedule
+    corr = learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=None if not st.no_afs else False, n=st.samples,
                               batch_size=st.batch_size, epochs=st.epochs, lr=st.lr, weight_lr=st.weight_lr,
                               seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log,
-                              grid_options={"lr": st.grid_lr}, grid_starts=st.starts, **teach)
+                              grid_options={"lr": st.grid_lr},
+                              grid_starts=None if plain and st.starts == GRID_STARTS else st.starts, **teach)
     return _save(corr, st, ctx, start)
 
 
