@@ -143,7 +143,7 @@ def test_gaussian_weights_refused_on_a_plain_field():
     ({"afs": True}, "afs=True needs a Gaussian path"),
     ({"afs": "yes"}, "afs='yes'"),
     ({"grid_options": {"epoch": 3}}, r"grid_options: unknown keys \['epoch'\]"),
-    ({"grid_options": {"probe_epochs": 0}}, r"grid_options\['probe_epochs'\]"),
+    ({"grid_options": {"keep": 0}}, r"grid_options\['keep'\]"),
 ])
 def test_bad_arguments_are_refused_naming_them(kwargs, match):
     with pytest.raises(InvalidArgument, match=match):
