@@ -247,7 +247,8 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
     mean = None
     if afs:
         mean = grid.afs_mean if grid is not None and grid.afs_mean is not None else mean_denoised_at_start(field, t0)
-    gen = torch.Generator().manual_seed(seed)
+    # the batch orders of the two stages: one generator each, as when the grids came from learn_grid
+    gen, grid_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     grids, weights, losses, grid_losses, nfes = {}, {}, {}, {}, {}
     with frozen(field):
         for budget in nfe:
@@ -256,7 +257,7 @@ def learn_coefficients(model: Any, *, base: str = "deis", nfe: Sequence[int] = (
             if grid is None:
                 t_init, grid_losses[str(steps)] = starting_grid(
                     field, steps, starts, lambda idx, lv: coefficient_run(field, x0[idx], lv, base, k, afs, mean),
-                    target, stage=stage, gen=gen, log=log, label=label, start=start)
+                    target, stage=stage, gen=grid_gen, log=log, label=label, start=start)
             elif steps in grid.grids:
                 t_init = grid.grids[steps]
             else:

@@ -12,6 +12,8 @@ import torch
 from diffsolve import Sampler
 from diffsolve.corrections import CoefficientCorrection, IdentityMismatch, learn_coefficients, load_correction
 from diffsolve.corrections.grid_search import differentiable_run
+from diffsolve.corrections.tuners import WeightsTuneSettings
+from diffsolve.corrections.tuning import TuneContext, tune
 from diffsolve.errors import InvalidArgument
 from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
 from diffsolve.field import as_field
@@ -157,3 +159,16 @@ def test_the_solver_refuses_a_gaussian_only_base_on_a_plain_field():
         Sampler(problem, "learned_multistep", base="deis", coefficients=corr, progress=False).run(nfe=5, batch_size=1)
     with pytest.raises(InvalidArgument, match="time='eps'"):
         CoefficientCorrection({}, {}, "deis", False, None, None, {}, "eps")
+
+
+@pytest.mark.slow
+def test_tune_weights_on_a_plain_field_writes_a_native_time_file(tmp_path):
+    """`diffsolve tune weights` on a plain velocity field: no AFS, no schedule-named starting grids, native time."""
+    settings = WeightsTuneSettings(solver="ipndm", nfe=(3,), samples=16, epochs=1, ref_rtol=1e-6, out=str(tmp_path / "w.safetensors"))
+    path = tune("weights", LinearFlowProblem(), settings, TuneContext(dtype=torch.float64, log=None))
+    corr = load_correction(path, field=as_field(LinearFlowProblem()))
+    assert corr.time == "native" and corr.afs is False and sorted(corr.grids) == [3]
+    with pytest.raises(InvalidArgument, match="base='deis'"):
+        tune("weights", LinearFlowProblem(), WeightsTuneSettings(nfe=(3,), samples=16, epochs=1,
+                                                                 out=str(tmp_path / "d.safetensors")),
+             TuneContext(log=None))
