@@ -34,7 +34,7 @@ from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_sta
 GRID_STARTS = ("karras", "logsnr_uniform", "time_quadratic")
 # the starting-grid stage: trajectories, batch size, epochs, learning rate, and how many starts are fitted (those with
 # the lowest loss before fitting; the rest are only evaluated)
-GRID_STAGE = {"n": 64, "batch_size": 16, "epochs": 16, "lr": 0.2, "keep": 1}
+GRID_STAGE = {"n": 64, "batch_size": 16, "epochs": 16, "lr": 0.2, "keep": 1, "cosine": True}
 
 
 class CoefficientModel(torch.nn.Module):
@@ -149,7 +149,7 @@ def starting_grid(field: Field, steps: int, starts: Sequence[Any], run: Callable
         starts: Grid names, functions or times fitted besides the default start.
         run: run(batch indices, levels) -> endpoints, against `target`.
         target: The teacher endpoints of the stage's trajectories.
-        stage: "n", "batch_size", "epochs", "lr", "keep" (GRID_STAGE).
+        stage: "n", "batch_size", "epochs", "lr", "keep", "cosine" (the learning rate decays) (GRID_STAGE).
         gen: The generator of the batch order.
         log: Progress (None: silent); `label` opens each line; `start` is the clock's origin.
 
@@ -171,7 +171,7 @@ def starting_grid(field: Field, steps: int, starts: Sequence[Any], run: Callable
     best = None
     for _, _, g, name in sorted(ranked, key=lambda r: r[:2])[:stage["keep"]]:
         hist = _fit_grid(g, run, target, n=n, batch_size=bs, epochs=stage["epochs"], lr=stage["lr"], gen=gen,
-                         log=log, label=f"{label}, grid from {name}", start=start)
+                         log=log, label=f"{label}, grid from {name}", start=start, cosine=stage["cosine"])
         if best is None or min(hist) < min(best[1]):
             best = (g, hist)
     with torch.no_grad():
@@ -195,6 +195,8 @@ def _check_arguments(field: Field, base: str, afs: Any, grid: GridCorrection | N
         raise InvalidArgument(f"grid_options: unknown keys {unknown}; allowed values: {', '.join(GRID_STAGE)}")
     for key in ("n", "batch_size", "epochs", "keep"):
         check_int(f"grid_options[{key!r}]", stage[key], minimum=1)
+    if not isinstance(stage["cosine"], bool):
+        raise InvalidArgument(f"grid_options['cosine']={stage['cosine']!r}: must be True or False")
     if grid is not None:
         if bool(grid.meta.get("afs")) != afs:
             raise InvalidArgument(f"the starting grids were learned with afs={bool(grid.meta.get('afs'))}, not {afs}")
