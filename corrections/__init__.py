@@ -17,8 +17,9 @@ from diffsolve.corrections.auto_file import AutoCorrection, SolverChoice
 from diffsolve.corrections.coefficients import learn_coefficients
 from diffsolve.corrections.grid_search import gits_cost_matrix, gits_dynamic_programming, gits_grid, learn_grid
 from diffsolve.corrections.io import (AMEDCorrection, CoefficientCorrection, GridCorrection, IdentityMismatch,
-                                      amed_grid, find_shipped, load_correction)
+                                      amed_grid, load_correction)
 from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
+from diffsolve.corrections.shipped import find_shipped
 from diffsolve.corrections.skip import skip_tuned
 from diffsolve.corrections.teacher import teacher_states
 from diffsolve.corrections.train import steps_for_nfe, train_amed

@@ -37,7 +37,8 @@ from diffsolve.errors import InvalidArgument, check_choice, check_int
 from diffsolve.field import EvalPoint, Field, per_sample
 from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
 from diffsolve.corrections.base_rules import afs_denoised, base_step, default_order
-from diffsolve.corrections.io import AMEDCorrection, as_amed_correction, find_shipped
+from diffsolve.corrections.io import AMEDCorrection, as_amed_correction
+from diffsolve.corrections.shipped import find_shipped
 from diffsolve.corrections.predictor import AMEDPredictor
 
 PLUGIN_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m", "dpm_solver_2")

@@ -3,14 +3,13 @@
 GITS: teacher trajectories on a fine EDM grid; `C[i, j]` = mean per-sample RMSE of one Euler (DDIM) jump from
 the teacher's point i to time j against the teacher's point j; dynamic programming over the number of steps on the
 cost-to-go, `V_k[j] = min_i C[j, i] + 1.15 V_{k-1}[i]` (diff-sampler's recursion: the cost found at the earlier
-stage is weighted by 1.15, so the m-th jump of a path counts 1.15^(m-1) times), then following the choices from the
-start to the final point (t = 0).
+stage is weighted by 1.15, so the m-th jump of a path counts 1.15^(m-1) times), then the choices from the start
+to t = 0.
 
 Learned: the N - 1 interior noise levels, parameterized by a softmax over log-sigma gaps (so they stay ordered and
 inside [sigma_min, sigma_max]), optimized by Adam through a differentiable run of the base solver against the
-teacher's endpoints on ~100 samples; the grid ends at t = 0 like the library's grids.
-
-Both return a `GridCorrection`: lists of times (`.grid(steps)`) any solver takes as `grid=`; `tune auto` stops epochs.
+teacher's endpoints on ~100 samples; the grid ends at t = 0 like the library's grids. Both return a
+`GridCorrection`: lists of times (`.grid(steps)`) any solver takes as `grid=`; `tune auto`'s deadline stops epochs.
 """
 from __future__ import annotations
 
@@ -26,9 +25,8 @@ from diffsolve.grids import karras, make_grid, time_uniform
 from diffsolve.solvers import get_solver
 from diffsolve.solvers.euler import ddim_coefficients
 from diffsolve.solvers.multistep import step_orders
-from diffsolve.corrections.base_rules import afs_denoised, base_step, corrected_step, default_order
-from diffsolve.corrections.io import AMEDCorrection, GridCorrection, amed_grid
-from diffsolve.corrections.predictor import TimeTable
+from diffsolve.corrections.base_rules import afs_denoised, corrected_step, default_order
+from diffsolve.corrections.io import GridCorrection, amed_grid
 from diffsolve.corrections.cost import past_deadline
 from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_start, noise_for, teacher_states
 
@@ -208,7 +206,7 @@ def differentiable_run(field: Field, x: torch.Tensor, s: Sequence[Any], base: st
             orders = list(step_orders([0.0] * (len(s) - 1) + [math.inf if ends else 1.0], k,
                                       solver.lower_order_final, ends, getattr(solver, "singular_end", True)))
     if not field.has_schedule:
-        return differentiable_run_plain(field, x, s, base, k, afs)
+        return differentiable_run_plain(field, x, s, base, k, afs, weights)
     sch = field.schedule
     a0 = float(sch.alpha(torch.tensor(float(sch.t_from_edm_sigma(torch.as_tensor(float(s[0])))))))
     y = x / a0
@@ -235,11 +233,12 @@ PLAIN_DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v")
 
 
 def differentiable_run_plain(field: Field, x: torch.Tensor, t: Sequence[Any], base: str, k: int,
-                             afs: bool = False) -> torch.Tensor:
+                             afs: bool = False, weights: Sequence[Any] | None = None) -> torch.Tensor:
     """The state at t[-1] after the base solver on a plain velocity field (the Adams-Bashforth rules of plan_plain).
 
     Args:
         t: The times (tensors with gradient, or floats); `x` is the state at t[0], `k` the rule's highest order.
+        weights: One row of learned offsets per step on the velocity history, as in differentiable_run.
 
     Raises:
         InvalidArgument: `base` is none of PLAIN_DIFFERENTIABLE_BASES, or `afs` is True (no Gaussian path).
@@ -256,7 +255,7 @@ def differentiable_run_plain(field: Field, x: torch.Tensor, t: Sequence[Any], ba
         p = field.at(t0.reshape(1) if isinstance(t0, torch.Tensor) else float(t0))
         v = field.velocity(x, p)
         hist = ((t0, v, None), *hist)[:k]
-        x = base_step(solver, x, hist, t0, t1, k)
+        x = corrected_step(solver, x, hist, t0, t1, k, None if weights is None else weights[i])
     return x
 
 
@@ -470,32 +469,3 @@ def _learn_grid_plain(field: Field, *, base: str, nfe: Sequence[int], n: int, ba
                            "teacher": teacher, "afs": False, "time": "native",
                            "seconds": round(time.perf_counter() - start, 1)})
 
-
-def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | None = None):
-    """A learned grid of 2M steps as AMED-Plugin per-step constants (grids of an odd step count are skipped).
-
-    The even points are the main grid, each odd point the intermediate time (r from its place in log s; c = a = 1).
-    With the grid's AFS the result runs at the grid's NFE through `Sampler(model, "amed_plugin", base=...,
-    predictor=table)`. `field`: the model or field it was learned on; `afs_mean`: None takes the grid's own.
-
-    Returns:
-        (dict[int, AMEDCorrection]): One time table per main-grid step count M.
-    """
-    field = field_of(field)
-    sch = field.schedule
-    afs = bool(grid.meta.get("afs"))
-    mean = afs_mean if afs_mean is not None else grid.afs_mean
-    s_floor = sch.sigma_min
-    out = {}
-    for steps, t in grid.grids.items():
-        if steps % 2:
-            continue
-        s = [float(v) for v in sch.edm_sigma(torch.tensor(t, dtype=torch.float64))]
-        rows = []
-        for n in range(0, steps, 2):
-            s0, sm, s1 = s[n], s[n + 1], s[n + 2] if s[n + 2] > 0 else min(s_floor, 0.5 * s[n])
-            rows.append((math.log(s0 / sm) / math.log(s0 / s1), 1.0, 1.0))
-        main = tuple(t[0::2])
-        out[steps // 2] = AMEDCorrection(TimeTable(main, tuple(rows)), grid.base, afs, mean, {steps // 2: main},
-                                         grid.identity, {"from": "learned grid", **grid.meta})
-    return out

@@ -8,14 +8,15 @@ AFS data, trained grids), `GridCorrection` (GITS or learned grids) and `Coeffici
 """
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from diffsolve.grids import karras, register_field_grid, time_uniform
+from diffsolve.field import Field, as_field
+from diffsolve.grids import karras, time_uniform
 from diffsolve.errors import InvalidArgument
 from diffsolve.corrections.features import denoise_with_features
 from diffsolve.corrections.predictor import AMEDPredictor, TimeTable
@@ -285,6 +286,10 @@ class GridCorrection:
 # ------------------------------------------------------------------------------------------------
 # Learned multistep weights
 # ------------------------------------------------------------------------------------------------
+TIME_WORDS = {"edm": "in the EDM frame of a Gaussian path", "native": "on a plain velocity field, in its own time t"}
+COEFFICIENT_TIMES = tuple(TIME_WORDS)
+
+
 @dataclass
 class CoefficientCorrection:
     """Learned weight offsets of a multistep base rule (corrections.learned_multistep), each set on its learned grid.
@@ -297,6 +302,7 @@ class CoefficientCorrection:
         afs_mean: The data mean for AFS; None is zero.
         identity: The model identity; None matches any model.
         meta: The training record.
+        time: "edm" (the EDM frame of a Gaussian path) or "native" (a plain velocity field's own time t).
     """
 
     grids: dict[int, tuple[float, ...]]                      # steps -> schedule times
@@ -306,10 +312,21 @@ class CoefficientCorrection:
     afs_mean: torch.Tensor | None = None
     identity: str | None = None
     meta: dict = dc_field(default_factory=dict)
+    time: str = "edm"
     kind = "coefficients"
 
+    def __post_init__(self) -> None:
+        if self.time not in COEFFICIENT_TIMES:
+            raise InvalidArgument(f"time={self.time!r}; allowed values: {', '.join(COEFFICIENT_TIMES)}")
+
     def check_field(self, field: Any) -> None:
-        """Refuse (IdentityMismatch) a `field` of another model than the recorded identity; None passes."""
+        """Refuse (IdentityMismatch) a `field` of another model than the recorded identity, or a plain velocity field
+        for weights learned in the EDM frame of a Gaussian path (and the reverse); None passes."""
+        if field is not None and field.has_schedule != (self.time == "edm"):
+            raise IdentityMismatch(
+                f"these learned coefficients were learned {TIME_WORDS[self.time]}; this field "
+                f"{'has a Gaussian path' if field.has_schedule else 'is a plain velocity field (schedule=None)'}: "
+                "learn them for this model with `diffsolve tune weights` (learn_coefficients)")
         _check_identity(self.identity, field, "set of learned coefficients")
 
     def nfe_for(self, steps: int) -> int:
@@ -353,7 +370,7 @@ class CoefficientCorrection:
     def sidecar(self) -> dict:
         """The record written into the file and its JSON sidecar."""
         return {"format": FORMAT, "version": VERSION, "kind": self.kind, "model_identity": self.identity,
-                "base": self.base, "afs": self.afs,
+                "base": self.base, "afs": self.afs, "time": self.time,
                 "nfe": {_grid_key(k): self.nfe_for(k) for k in sorted(self.grids)},
                 "grids": {_grid_key(k): list(v) for k, v in sorted(self.grids.items())},
                 "weights": {_grid_key(k): [list(r) for r in v] for k, v in sorted(self.weights.items())},
@@ -430,46 +447,9 @@ def correction_from(rec: dict, tensors: dict[str, torch.Tensor], path: Path) -> 
         return _amed_from(rec, tensors, path)
     if rec["kind"] == "coefficients":
         return CoefficientCorrection(rec["grids"], rec["weights"], rec["base"], rec["afs"], tensors.get("afs_mean"),
-                                     rec["identity"], rec["meta"])
+                                     rec["identity"], rec["meta"], rec["time"])
     return GridCorrection(rec["kind"], rec["grids"], rec["base"], rec["identity"], rec["meta"],
                           tensors.get("afs_mean"))
-
-
-def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | Path | None = None):
-    """The correction of `kind` shipped for this field's model (and base solver, for AMED), or a clear error.
-
-    Args:
-        field: The field whose model identity is looked up.
-        kind: "amed", "gits", "learned" or "coefficients".
-        base: The base solver it must be for; None takes any.
-        folder: Where to look; None is the shipped corrections/weights.
-
-    Returns:
-        (AMEDCorrection | GridCorrection | CoefficientCorrection): The loaded correction.
-
-    Raises:
-        InvalidArgument: None ships for this model (and base).
-    """
-    ident = field.correction_identity()
-    folder = Path(folder) if folder is not None else SHIPPED
-    seen = []
-    for side in sorted(folder.glob("*.safetensors.json")):
-        try:
-            info = json.loads(side.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(info, dict):
-            continue
-        seen.append(f"{info.get('kind')}[{info.get('base')}]")
-        if info.get("kind") != kind or info.get("model_identity") != ident or ident is None:
-            continue
-        if base is not None and info.get("base") != base:
-            continue
-        return load_correction(side.with_name(side.name[: -len(".json")]))
-    what = f"{kind} correction" + (f" for base={base!r}" if base else "")
-    raise InvalidArgument(f"no {what} ships for this model (shipped: {', '.join(seen) or 'none'}, all for the "
-                          "built-in MNIST UNet); train one with `diffsolve tune` and pass the file it writes as "
-                          "predictor=, coefficients= or grid=")
 
 
 def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:
@@ -481,19 +461,31 @@ def amed_grid(steps: int, schedule: Any, *, rho: float = 7.0) -> torch.Tensor:
     return t
 
 
-def shipped_grid(kind: str) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
-    """The `grid='gits'` / `grid='learned'` resolver (`kind`): the shipped grid for the field's model."""
-    def resolve(field: Any, solver: Any) -> Callable[..., torch.Tensor]:
-        base = getattr(solver, "name", None)
-        try:
-            corr = find_shipped(field, kind, base)
-        except InvalidArgument:
-            corr = find_shipped(field, kind)       # a grid tuned for one base solver still helps another
-        return corr.grid_function()
-    return resolve
+def to_amed_table(grid: GridCorrection, field: Any, afs_mean: torch.Tensor | None = None):
+    """A learned grid of 2M steps as AMED-Plugin per-step constants (grids of an odd step count are skipped).
 
+    The even points are the main grid, each odd point the intermediate time (r from its place in log s; c = a = 1).
+    With the grid's AFS the result runs at the grid's NFE through `Sampler(model, "amed_plugin", base=...,
+    predictor=table)`. `field`: the model or field it was learned on; `afs_mean`: None takes the grid's own.
 
-gits_shipped = shipped_grid("gits")
-learned_shipped = shipped_grid("learned")
-register_field_grid("gits", gits_shipped)
-register_field_grid("learned", learned_shipped)
+    Returns:
+        (dict[int, AMEDCorrection]): One time table per main-grid step count M.
+    """
+    field = field if isinstance(field, Field) else as_field(field)
+    sch = field.schedule
+    afs = bool(grid.meta.get("afs"))
+    mean = afs_mean if afs_mean is not None else grid.afs_mean
+    s_floor = sch.sigma_min
+    out = {}
+    for steps, t in grid.grids.items():
+        if steps % 2:
+            continue
+        s = [float(v) for v in sch.edm_sigma(torch.tensor(t, dtype=torch.float64))]
+        rows = []
+        for n in range(0, steps, 2):
+            s0, sm, s1 = s[n], s[n + 1], s[n + 2] if s[n + 2] > 0 else min(s_floor, 0.5 * s[n])
+            rows.append((math.log(s0 / sm) / math.log(s0 / s1), 1.0, 1.0))
+        main = tuple(t[0::2])
+        out[steps // 2] = AMEDCorrection(TimeTable(main, tuple(rows)), grid.base, afs, mean, {steps // 2: main},
+                                         grid.identity, {"from": "learned grid", **grid.meta})
+    return out

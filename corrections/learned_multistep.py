@@ -11,6 +11,13 @@ order on every step, w the
 learned offsets (zero: the base solver). With the analytical first step (AFS) the first slope is
 (y - mu) / sqrt(1 + s^2) around the mean data prediction mu at the largest noise (no model call). Weights and grid
 are fitted together by `diffsolve.corrections.learn_coefficients`; they belong to the grid they were fitted on.
+
+On a plain velocity field (schedule=None: a flow whose source need not be Gaussian) the same form runs in the
+field's own time t on the velocity history f_j = dx/dt (as iPNDM and iPNDM_v integrate such fields):
+
+    x_{n+1} = base(x_n, f_n, f_{n-1}, ...; t_n -> t_{n+1}) + (t_{n+1} - t_n) sum_j w_{n,j} f_{n-j},
+
+without AFS; such weights are recorded as learned in native time and refused on a Gaussian field (and the reverse).
 """
 from __future__ import annotations
 
@@ -24,9 +31,11 @@ from diffsolve.errors import InvalidArgument, check_choice, check_int
 from diffsolve.field import EvalPoint, Field
 from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
 from diffsolve.corrections.base_rules import afs_denoised, corrected_step, default_order
-from diffsolve.corrections.io import CoefficientCorrection, as_coefficient_correction, find_shipped
+from diffsolve.corrections.io import CoefficientCorrection, as_coefficient_correction
+from diffsolve.corrections.shipped import find_shipped
 
 COEFFICIENT_BASES = ("deis", "ipndm", "ipndm_v")
+NATIVE_TIME_BASES = ("ipndm", "ipndm_v")          # the bases whose rule runs in a plain field's own time
 
 
 def resolve_coefficients(given: Any, field: Field | None, base: str, who: str = "learned_multistep",
@@ -64,7 +73,8 @@ def resolve_coefficients(given: Any, field: Field | None, base: str, who: str = 
             if warn:
                 warnings.warn(f"{who}: {e}. Running the base rule {base!r} with zero offsets.",
                               UserWarning, stacklevel=4)
-            corr = CoefficientCorrection({}, {}, base, False, None, None, {"untrained": True})
+            corr = CoefficientCorrection({}, {}, base, False, None, None, {"untrained": True},
+                                         "edm" if field.has_schedule else "native")
     if corr.base != base:
         raise InvalidArgument(f"these coefficients were learned for base={corr.base!r}, not {base!r}")
     return corr
@@ -76,14 +86,15 @@ class LearnedStep(StepCoefficients):
 
     Attributes:
         index: The step's position in the plan.
-        s0: EDM noise level at the step's start.
-        s1: EDM noise level at the step's end.
+        s0: EDM noise level at the step's start (on a plain velocity field: its time t).
+        s1: EDM noise level at the step's end (on a plain velocity field: its time t).
         alpha0: The schedule's alpha at the step's start.
         alpha1: The schedule's alpha at the step's end.
         afs: True when this step takes the analytical first step instead of a model call.
         weights: This step's offsets on the slope history, newest first.
         max_order: The base rule's highest order.
         afs_mean: The data mean for the analytical first step (first step only), else None.
+        native: True on a plain velocity field: the step runs in its own time on the velocity history.
     """
 
     index: int
@@ -95,6 +106,7 @@ class LearnedStep(StepCoefficients):
     weights: tuple[float, ...]
     max_order: int
     afs_mean: Any = None
+    native: bool = False
 
 
 class LearnedMultistep(Solver):
@@ -112,7 +124,7 @@ class LearnedMultistep(Solver):
 
     name = "learned_multistep"
     deterministic = True
-    needs_schedule = True
+    needs_schedule = False      # plain velocity fields: native time (iPNDM, iPNDM_v); Gaussian fields: the EDM frame
     calls_per_step = 1
     citation = "LD3 (Tong et al. 2024) times, S4S (Frankel et al. 2025) coefficients; diffsolve's EDM-frame form"
 
@@ -193,14 +205,23 @@ class LearnedMultistep(Solver):
             The plan: the grid points and one LearnedStep per step.
 
         Raises:
-            InvalidArgument: The field does not suit the solver, `t` is not a learned grid, or it starts at pure noise.
+            InvalidArgument: The field does not suit the solver (a plain velocity field and a base that needs a
+                Gaussian path), `t` is not a learned grid, or it starts at pure noise.
         """
         self.check_field(field)
+        if not field.has_schedule and self.base not in NATIVE_TIME_BASES:
+            raise InvalidArgument(f"learned_multistep on a plain velocity field (schedule=None) runs in its own time: "
+                                  f"base= one of {', '.join(NATIVE_TIME_BASES)}, not {self.base!r}")
         corr = self.correction(field, warn=True)
         rows = corr.weights_for(t)
         # the order the offsets were learned with, unless max_order= says otherwise
         k = int(self._max_order or corr.meta.get("max_order") or default_order(self.rule))
         pts = self.grid_points(field, t)
+        if not field.has_schedule:
+            tv = [float(v) for v in t]
+            coeffs = tuple(LearnedStep(i, tv[i], tv[i + 1], 1.0, 1.0, False, tuple(rows[i]), k, None, True)
+                           for i in range(len(tv) - 1))
+            return Plan(t=t, points=pts, coeffs=coeffs, nfe=len(coeffs))
         if float(pts[0].alpha) == 0.0:
             raise InvalidArgument(f"{self.name} integrates in the EDM frame; start the grid below pure noise")
         coeffs = tuple(LearnedStep(i, float(pts[i].s), float(pts[i + 1].s), float(pts[i].alpha),
@@ -228,13 +249,17 @@ class LearnedMultistep(Solver):
             x: The state at t0.
             t0: The evaluation point at the step's start.
             t1: The evaluation point at the step's end.
-            state: The history ((s, d, D), ...), newest first.
+            state: The history ((s, d, D), ...), newest first (plain fields: ((t, f, None), ...)).
             coeffs: This step's LearnedStep.
 
         Returns:
             (tuple): (x at t1, None, the new history).
         """
         co = coeffs
+        if co.native:
+            hist = ((co.s0, ev.velocity(x, t0), None), *state)
+            x1 = corrected_step(self.rule, x, hist, co.s0, co.s1, co.max_order, co.weights)
+            return x1.to(x.dtype), None, hist[: co.max_order - 1]
         y0 = x / co.alpha0 if co.alpha0 != 1.0 else x
         D0 = afs_denoised(y0, co.s0, co.afs_mean) if co.afs else ev.denoise(x, t0)
         hist = ((co.s0, (y0 - D0) / co.s0, D0), *state)

@@ -223,6 +223,10 @@ def parse_record(record: dict, path: Path) -> dict:
         out["afs"] = field_of_record(record, "afs", bool, path)
     if kind in ("coefficients", "pas"):
         out["weights"] = _step_rows(record, "weights", out["grids"], path)
+        # files from before plain-field weights hold no "time": they were all learned in the EDM frame
+        out["time"] = field_of_record(record, "time", str, path, optional=True) or "edm"
+        if out["time"] not in ("edm", "native"):
+            raise CorruptCorrection(f"{path}: time {out['time']!r} is neither 'edm' nor 'native'")
     if kind == "pas":
         out["rank"] = field_of_record(record, "rank", int, path)
         out["directions"] = _step_rows(record, "directions", out["grids"], path)

@@ -31,7 +31,8 @@ from diffsolve.field import as_field, model_spec_of
 from diffsolve.grids import GRIDS
 from diffsolve.models.quality import fd_metric
 from diffsolve.corrections.coefficients import GRID_STARTS, learn_coefficients
-from diffsolve.corrections.grid_search import gits_grid, learn_grid, to_amed_table
+from diffsolve.corrections.grid_search import gits_grid, learn_grid
+from diffsolve.corrections.io import to_amed_table
 from diffsolve.corrections.skip import save_settings, tune_skip
 from diffsolve.corrections.train import train_amed
 from diffsolve.corrections.tuning import (TuneContext, TuneSettings, check_count, check_one_of, check_rate,
@@ -328,10 +329,13 @@ def tune_weights(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Path:
     """
     start = time.perf_counter()
     teacher, teach = teacher_of(st, ctx)
-    corr = learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=not st.no_afs, n=st.samples,
+    # a plain velocity field: native time, no AFS, and the default starts (named by a noise schedule) left out
+    plain = not as_field(model).has_schedule
+    corr = learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=None if not st.no_afs else False, n=st.samples,
                               batch_size=st.batch_size, epochs=st.epochs, lr=st.lr, weight_lr=st.weight_lr,
                               seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log,
-                              grid_options={"lr": st.grid_lr}, grid_starts=st.starts, **teach)
+                              grid_options={"lr": st.grid_lr},
+                              grid_starts=None if plain and st.starts == GRID_STARTS else st.starts, **teach)
     return save_tuned(corr, st, ctx, start)
 
 

@@ -21,7 +21,8 @@ import torch
 
 from diffsolve.bench.presets import MNIST_DDPM, diffusers_rows, rmse, solver_rows
 from diffsolve.corrections.coefficients import learn_coefficients
-from diffsolve.corrections.grid_search import learn_grid, to_amed_table
+from diffsolve.corrections.grid_search import learn_grid
+from diffsolve.corrections.io import to_amed_table
 from diffsolve.corrections.io import load_correction
 from diffsolve.corrections.teacher import field_of
 from diffsolve.corrections.train import train_amed

@@ -172,7 +172,7 @@ def test_learned_grid_with_data_mean_afs_as_an_amed_table(gmm, held_out):
     """A 2M-step iPNDM grid learned with the data-mean AFS is AMED-Plugin(iPNDM) with per-step constants; a feature
     predictor started from those constants reproduces them before any training."""
     from diffsolve.corrections import train_amed
-    from diffsolve.corrections.grid_search import to_amed_table
+    from diffsolve.corrections.io import to_amed_table
     noise, ref = held_out
     g = learn_grid(gmm, base="ipndm", nfe=(5,), n=64, epochs=6, afs=True, teacher="fine", dtype=torch.float64,
                    log=None)
