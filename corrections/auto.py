@@ -136,7 +136,8 @@ class HeldOut:
                                          **({"settings": ref} if st.teacher == "reference" else {}))[-1]
 
     def error(self, nfe: int, **sampler: Any) -> float:
-        """Endpoint RMSE of `Sampler(field, **sampler).run(nfe=nfe)` from the held-out noise.
+        """Endpoint RMSE of `Sampler(field, **sampler).run(nfe=nfe)` from the held-out noise; a correction runs at the
+        largest budget it holds within `nfe` (AMED without AFS holds even budgets only).
 
         Args:
             nfe: The budget.
@@ -148,8 +149,14 @@ class HeldOut:
         Raises:
             InvalidArgument: The sampler refuses (no such budget, a solver that needs a schedule, ...).
         """
+        s = Sampler(self.field, progress=False, check_finite=False, **sampler)
+        if s.tuned is not None:         # a correction runs at the largest budget it holds within nfe (AMED: even)
+            within = [b for _, _, b in s.tuned.held(s) if b <= nfe]
+            if not within:
+                raise InvalidArgument(f"it holds no budget within NFE {nfe}")
+            nfe = max(within)
         with torch.no_grad(), counting_phase("validation"):
-            out = Sampler(self.field, progress=False, check_finite=False, **sampler).run(nfe=nfe, noise=self.noise)
+            out = s.run(nfe=nfe, noise=self.noise)
         if out.nfe != nfe:
             raise InvalidArgument(f"it makes {out.nfe} model evaluations, not {nfe}")
         return _rmse(out.samples, self.target)

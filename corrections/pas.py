@@ -29,14 +29,13 @@ from diffsolve.errors import InvalidArgument, check_int
 from diffsolve.field import EvalPoint, Field
 from diffsolve.solvers.base import Plan, register
 from diffsolve.corrections.base_rules import afs_denoised, corrected_step
-from diffsolve.corrections.coefficients import learn_coefficients
 from diffsolve.corrections.grid_search import _fit_grid, _teacher_endpoints
 from diffsolve.corrections.io import (LOADERS, CoefficientCorrection, _check_identity,
                                       as_coefficient_correction, load_correction)
 from diffsolve.corrections.learned_multistep import LearnedMultistep, LearnedStep
 from diffsolve.corrections.teacher import field_of, frozen
 from diffsolve.corrections.record import write_record
-from diffsolve.corrections.tuners import WeightsTuneSettings, save_tuned, teacher_of
+from diffsolve.corrections.tuners import WeightsTuneSettings, save_tuned, teacher_of, weights_of
 from diffsolve.corrections.tuning import TuneContext, check_count, check_rate, option, parse_float, parse_int, \
     register_tuner
 
@@ -377,6 +376,9 @@ def learn_directions(model: Any, coefficients: Any, *, rank: int = DEFAULT_RANK,
                 raise InvalidArgument(f"{name}={value!r}: must be a positive number")
     if not corr.grids:
         raise InvalidArgument("coefficients= holds no learned grids (train them with learn_coefficients first)")
+    if not field.has_schedule:
+        raise InvalidArgument("the direction corrections run in the EDM frame of a Gaussian path; a plain velocity "
+                              "field (schedule=None) has none: use its learned weights (learn_coefficients) alone")
     start = time.perf_counter()
     if endpoints is None:
         _, noise, target = _teacher_endpoints(field, n, seed, teacher, teacher_options, dtype, log, start)
@@ -446,14 +448,10 @@ class DirectionsTuneSettings(WeightsTuneSettings):
         return f"pas-{self.solver}.safetensors"
 
 
-def _weights_for(model: Any, st: DirectionsTuneSettings, ctx: TuneContext, teach: dict) -> CoefficientCorrection:
+def _weights_for(model: Any, st: DirectionsTuneSettings, ctx: TuneContext) -> CoefficientCorrection:
     """The learned weights at st.nfe: the grids of --from-weights (refused when one is missing), else learned."""
-    teacher = teach.pop("teacher")
     if st.from_weights is None:
-        return learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=not st.no_afs, n=st.samples,
-                                  batch_size=st.batch_size, epochs=st.epochs, lr=st.lr, weight_lr=st.weight_lr,
-                                  seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log,
-                                  grid_options={"lr": st.grid_lr}, grid_starts=st.starts, **teach)
+        return weights_of(model, st, ctx)
     corr = as_coefficient_correction(st.from_weights)
     corr.check_field(field_of(model))
     by_nfe = {corr.nfe_for(k): k for k in corr.grids}
@@ -481,7 +479,7 @@ def tune_directions(model: Any, st: DirectionsTuneSettings, ctx: TuneContext) ->
     """
     start = time.perf_counter()
     teacher, teach = teacher_of(st, ctx)
-    weights = _weights_for(model, st, ctx, {"teacher": teacher, **teach})
+    weights = _weights_for(model, st, ctx)
     corr = learn_directions(model, weights, rank=st.rank, n=st.samples, batch_size=st.batch_size,
                             epochs=st.directions_epochs, lr=st.directions_lr, seed=st.seed, teacher=teacher,
                             dtype=ctx.dtype, log=ctx.log, **teach)

@@ -38,6 +38,7 @@ from diffsolve.corrections.train import train_amed
 from diffsolve.corrections.tuning import (TuneContext, TuneSettings, check_count, check_one_of, check_rate,
                                           option, parse_float, parse_int, parse_names, parse_pair, register_tuner)
 
+PLAIN_STARTS = ("time_uniform",)        # the starting grids a plain velocity field (no noise schedule) can take
 SKIP_TUNE_SEED, SKIP_EVAL_SEED = 7_000_000, 9_000_000     # tuning and held-out noise of `tune skip`: disjoint
 
 
@@ -328,15 +329,33 @@ def tune_weights(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Path:
         InvalidArgument: An option learn_coefficients refuses.
     """
     start = time.perf_counter()
+    return save_tuned(weights_of(model, st, ctx), st, ctx, start)
+
+
+def weights_of(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Any:
+    """Learned multistep weights as the settings ask (learn_coefficients), the frame taken from the model.
+
+    On a plain velocity field the weights run in the field's own time without AFS, and starting grids that need a
+    noise schedule (karras, logsnr_uniform, ...) are left out.
+
+    Args:
+        model: The model or field.
+        st: The weights settings (or a settings class derived from them).
+        ctx: What the caller knows about the model.
+
+    Returns:
+        (CoefficientCorrection): The learned weights and grids.
+
+    Raises:
+        InvalidArgument: An option learn_coefficients refuses.
+    """
     teacher, teach = teacher_of(st, ctx)
-    # a plain velocity field: native time, no AFS, and the default starts (named by a noise schedule) left out
     plain = not as_field(model).has_schedule
-    corr = learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=None if not st.no_afs else False, n=st.samples,
+    starts = tuple(v for v in st.starts if v in PLAIN_STARTS) if plain else st.starts
+    return learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=False if st.no_afs else None, n=st.samples,
                               batch_size=st.batch_size, epochs=st.epochs, lr=st.lr, weight_lr=st.weight_lr,
                               seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log,
-                              grid_options={"lr": st.grid_lr},
-                              grid_starts=None if plain and st.starts == GRID_STARTS else st.starts, **teach)
-    return save_tuned(corr, st, ctx, start)
+                              grid_options={"lr": st.grid_lr}, grid_starts=starts, **teach)
 
 
 # ------------------------------------------------------------------------------------------------

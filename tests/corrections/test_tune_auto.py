@@ -18,6 +18,7 @@ from diffsolve.corrections.tuners import GridTuneSettings
 from diffsolve.corrections.tuning import TUNERS, TuneContext, TuneSettings, register_tuner
 from diffsolve.evaluation.reference import ReferenceSettings
 from diffsolve.field import ModelSpec, VectorField, as_field
+from diffsolve.models.toy2d import load_moons_8gaussians
 
 
 class UnitGaussianDenoiser(torch.nn.Module):
@@ -136,3 +137,19 @@ def test_auto_settings_refuse_bad_values():
         AutoTuneSettings(val_samples=0)
     with pytest.raises(InvalidArgument, match="auto= must map settings fields"):
         register_tuner("x", TuneSettings, _bad_grid, auto={"no_such_field": 1})
+
+
+@pytest.mark.slow
+def test_tune_auto_on_a_plain_flow_from_its_own_source_runs_its_native_time_candidates(tmp_path):
+    flow = load_moons_8gaussians()
+    lines = []
+    st = AutoTuneSettings(nfe=(3,), budget=2.0, samples=16, val_samples=16, solver="ipndm_v", ref_rtol=1e-6,
+                          out=str(tmp_path / "auto.safetensors"))
+    path = tune("auto", flow, st, TuneContext(model_name="moons-8gaussians", log=lines.append))
+    rows = {r["candidate"]: r for r in load_correction(path, as_field(flow)).meta["table"]}
+    # the weights and the grid run in the flow's own time; AMED runs at the even budget it holds within NFE 3
+    assert rows["weights[ipndm_v]"]["held_out_rmse"] is not None and rows["grid[ipndm_v]"]["held_out_rmse"] is not None
+    assert rows["amed[ipndm_v]"]["held_out_rmse"] is not None
+    assert "EDM frame" in rows["directions[ipndm_v]"]["note"]
+    out = Sampler(flow, correction=path, progress=False).run(nfe=3, seed=list(range(4)))
+    assert out.nfe == 3 and torch.isfinite(out.samples).all()
