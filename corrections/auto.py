@@ -118,6 +118,9 @@ def _rmse(x: torch.Tensor, target: torch.Tensor) -> float:
 class HeldOut:
     """The held-out noise and the teacher's endpoints from it: what every candidate is judged against.
 
+    A conditioned field (per-sample conditions) is judged with its training conditions in turn, one per held-out
+    noise seed: the noise is new, the conditions are those the model is tuned for.
+
     Args:
         field: The field tuned for.
         st: The settings (teacher mode, samples, dtype through `dtype`).
@@ -125,6 +128,8 @@ class HeldOut:
     """
 
     def __init__(self, field: Any, st: AutoTuneSettings, ctx: TuneContext):
+        if field.condition_rows is not None:    # a conditioned field: its conditions in turn, on held-out noise
+            field = field.select(torch.arange(st.val_samples) % field.condition_rows)
         self.field = field
         seeds = list(range(VALIDATION_SEEDS, VALIDATION_SEEDS + st.val_samples))
         t = Sampler(field, progress=False).times(2)

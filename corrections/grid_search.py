@@ -49,14 +49,14 @@ def check_plain_base(field: Field, base: str, who: str) -> None:
 
 
 def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -> int:
-    """The most steps of `base` (with `solver_options`, e.g. afs=True) that fit in `nfe` model calls on `field`.
+    """The most steps of `base` (with `solver_options`, e.g. afs=True) that fit in `nfe` network evaluations.
 
     Raises:
         InvalidArgument: Not even one step fits in `nfe`.
     """
     solver = get_solver(base, **solver_options)
     steps = 0
-    while solver.model_calls(steps + 1, field, True) <= nfe:
+    while solver.model_calls(steps + 1, field, True) * field.evals_per_call <= nfe:     # guidance: 2 per call
         steps += 1
     if steps < 1:
         raise InvalidArgument(f"nfe={nfe} is too small for {base!r}")

@@ -106,6 +106,11 @@ class PASCorrection:
                                       f"of a learned grid ({sorted(self.coefficients.grids)} steps)")
 
     @property
+    def grids(self) -> dict[int, tuple[float, ...]]:
+        """The learned grids the directions serve (step count -> times): the budgets this correction holds."""
+        return self.coefficients.grids
+
+    @property
     def identity(self) -> str | None:
         """The model identity of the underlying coefficients."""
         return self.coefficients.identity
@@ -324,7 +329,7 @@ def _fit_one(solver: PASMultistep, field: Field, plan: Plan, m: _Coefficients, x
     first = {k: v.detach().clone() for k, v in m.state_dict().items()}
 
     def run(idx: torch.Tensor, _: Any) -> torch.Tensor:
-        return directions_run(solver, field, plan, x0[idx], m.rows, m.offsets)
+        return directions_run(solver, field.select(idx), plan, x0[idx], m.rows, m.offsets)
     with torch.no_grad():
         before = float(sum((run(torch.arange(b, min(n, b + batch_size)), None) - target[b:b + batch_size])
                            .pow(2).sum() for b in range(0, n, batch_size)) / target.numel())

@@ -124,11 +124,11 @@ def train_amed(model: Any, *, base: str = "amed", nfe: Sequence[int] = (3, 5, 7,
     tables = list(init.values()) if isinstance(init, dict) else ([init] if init is not None else [])
     if tables:
         grid = {k: v for tab in tables for k, v in tab.grids.items()}
-        nfe = [tab.nfe_for(k) for tab in tables for k in tab.grids]
+        nfe = [tab.nfe_for(k) * field.evals_per_call for tab in tables for k in tab.grids]
         afs = tables[0].afs
         if isinstance(afs_mean, bool) and tables[0].afs_mean is not None:
             afs_mean = tables[0].afs_mean
-    steps_list = sorted({steps_for_nfe(int(n), afs) for n in nfe})
+    steps_list = sorted({steps_for_nfe(int(n) // field.evals_per_call, afs) for n in nfe})    # guidance: 2 per call
     grids = {k: _grid_times(grid, k, field) for k in steps_list}
     if tables:
         fit_time_table(predictor, [(tab.predictor, field.schedule) for tab in tables], log=log)
