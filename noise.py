@@ -154,6 +154,68 @@ def draw_start(shape: Sequence[int], *, source: Source | None = None, seed: int 
     return out.to(device=device, dtype=dtype)
 
 
+def _agree(batch_size: int | None, seed: object, batch: int, what: str) -> None:
+    """batch_size=, a list of seeds and the noise or shape must name one batch size."""
+    if batch_size is not None and batch_size != batch:
+        raise InvalidArgument(f"batch_size={batch_size} disagrees with {what}, which holds {batch} samples")
+    if isinstance(seed, list) and len(seed) != batch:
+        raise InvalidArgument(f"seed= has {len(seed)} entries (one per sample) but {what} gives {batch} samples")
+
+
+def start_noise(sample_shape: Sequence[int] | None, source: Source | None, *, noise: torch.Tensor | None,
+                shape: Sequence[int] | None, batch_size: int | None, seed: int | list[int] | None,
+                generator: torch.Generator | None, device: torch.device | str | None,
+                dtype: torch.dtype | None) -> torch.Tensor:
+    """The starts of a run: `noise=` checked and moved, else drawn (`draw_start`) for `shape=` or `batch_size=`.
+
+    Args:
+        sample_shape: The model's shape of one sample (no batch); None: not declared.
+        source: The field's source of starts (`Field.source`); None: standard normal.
+        noise: Given starts `(batch, *sample_shape)`, or None to draw them.
+        shape: `(batch, *sample_shape)` of the noise to draw (or to check `noise` against), or None.
+        batch_size: The number of samples to draw when `shape` is None (None: one per seed, or 1).
+        seed: A checked seed (`check_seed`): one, one per sample, or None.
+        generator: A torch.Generator instead of `seed`, or None.
+        device: Where the starts go; None keeps `noise`'s device (drawn starts: CPU).
+        dtype: The starts' dtype; None keeps `noise`'s (drawn starts: float32).
+
+    Returns:
+        torch.Tensor: The starts, `(batch, *sample_shape)`.
+
+    Raises:
+        InvalidArgument: `noise` is not a floating tensor of the model's shape, `shape` is malformed or does not
+            fit `sample_shape`, no shape is known, or batch_size=, the seeds and noise/shape disagree.
+    """
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor):
+            raise InvalidArgument(f"noise= must be a torch.Tensor, got {type(noise).__name__}")
+        want = tuple(shape) if shape is not None else (
+            (noise.shape[0], *sample_shape) if sample_shape is not None else None)
+        if want is not None and tuple(noise.shape) != want:
+            raise InvalidArgument(f"noise has shape {tuple(noise.shape)} but the model expects {want} "
+                                  "(batch, *sample_shape)")
+        if not noise.is_floating_point():
+            raise InvalidArgument(f"noise= must be a floating-point tensor, got dtype {noise.dtype}")
+        _agree(batch_size, seed, noise.shape[0], "noise=")
+        return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
+    if shape is not None:
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)) or not shape:
+            raise InvalidArgument(f"shape={shape!r}: must be (batch, *sample_shape), a tuple of integers")
+        shape = tuple(check_int(f"shape[{i}]", v, 0 if i == 0 else 1) for i, v in enumerate(shape))
+        if sample_shape is not None and shape[1:] != tuple(sample_shape):
+            raise InvalidArgument(f"shape={shape} does not fit the model, whose samples have shape "
+                                  f"{tuple(sample_shape)}: pass shape=(batch, *{tuple(sample_shape)})")
+        _agree(batch_size, seed, shape[0], "shape=")
+    else:
+        if sample_shape is None:
+            raise InvalidArgument("shape= is missing: the model does not declare its sample shape; "
+                                  "pass shape=(batch, ...) or noise=")
+        batch = batch_size if batch_size is not None else (len(seed) if isinstance(seed, list) else 1)
+        _agree(batch_size, seed, batch, "batch_size=")
+        shape = (batch, *sample_shape)
+    return draw_start(shape, source=source, seed=seed, generator=generator, device=device, dtype=dtype)
+
+
 # ------------------------------------------------------------------------------------------------
 # Counter-based hashing (host side for keys, tensor side for draws)
 # ------------------------------------------------------------------------------------------------

@@ -1,20 +1,18 @@
 """The Sampler: a field, a solver and a grid; `run()` draws noise, plans on the host and calls the one loop."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from diffsolve.capture import GraphedRun
-from diffsolve.checks import MAX_STEPS, check_device, check_steps
+from diffsolve.checks import check_device, check_steps
 from diffsolve.errors import InvalidArgument, check_bool, check_choice, check_int
 from diffsolve.field import Field, as_field, check_sample_shape, device_of
-from diffsolve.grids import (is_increasing, make_grid, refuse_increasing, resolve_field_grid, takes_option,
-                             validate_grid)
+from diffsolve.grids import make_grid, resolve_field_grid
+from diffsolve.inversion import RoundTrip, inversion_grid, invert_data, measure_round_trip, plan_inversion
 from diffsolve.loop import Evaluator, SampleResult, StepInfo, integrate
-from diffsolve.noise import NoiseSource, check_seed, draw_start
+from diffsolve.noise import NoiseSource, check_seed, start_noise
 from diffsolve.sampler_hooks import (SamplerParts, TunedBudgets, field_correction, merge_correction,
                                      parts_from_scheduler, register_field_correction, register_scheduler_adapter,
                                      resolve_correction)
@@ -30,7 +28,18 @@ NOISE_SCALES = ("unit", "prior")     # noise= is standard normal / already scale
 
 
 def as_dtype(dtype: Any) -> torch.dtype | None:
-    """A floating torch dtype from a dtype or its name in FLOAT_DTYPES; None stays None; else InvalidArgument."""
+    """The floating torch dtype that `dtype` names.
+
+    Args:
+        dtype: A floating torch dtype, its name in FLOAT_DTYPES ("float32", "half", ...; a "torch." prefix is
+            allowed), or None.
+
+    Returns:
+        torch.dtype | None: The dtype; None when `dtype` is None.
+
+    Raises:
+        InvalidArgument: `dtype` is not a floating dtype or one of the names (the message lists them).
+    """
     if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         return dtype
     if isinstance(dtype, str) and dtype.replace("torch.", "") in FLOAT_DTYPES:
@@ -38,32 +47,16 @@ def as_dtype(dtype: Any) -> torch.dtype | None:
     raise InvalidArgument(f"dtype={dtype!r} is not a floating dtype; allowed values: {', '.join(FLOAT_DTYPES)}")
 
 
-@dataclass
-class RoundTrip:
-    """Invert-then-sample with one solver and one grid: `error` is each sample's RMS distance to the data."""
-
-    data: torch.Tensor
-    noise: torch.Tensor                  # standard-normal latent (Sampler.run(noise=...) maps it back)
-    reconstruction: torch.Tensor
-    error: torch.Tensor                  # [batch] RMS over each sample's entries
-    rms: float                           # RMS over the whole batch
-    max_abs: float
-    nfe_invert: int
-    nfe_sample: int
-    t: torch.Tensor                      # the inversion grid (increasing); sampling ran it reversed
-    solver: str
-
-
-def _agree(batch_size: int | None, seed: Any, batch: int, source: str) -> None:
-    """batch_size=, a list of seeds and the noise or shape must name one batch size."""
-    if batch_size is not None and batch_size != batch:
-        raise InvalidArgument(f"batch_size={batch_size} disagrees with {source}, which holds {batch} samples")
-    if isinstance(seed, list) and len(seed) != batch:
-        raise InvalidArgument(f"seed= has {len(seed)} entries (one per sample) but {source} gives {batch} samples")
-
-
 def default_solver_name(field: Field) -> str:
-    """The model family's own sampler when its spec names one (consistency, shortcut), else an ODE solver."""
+    """The solver a Sampler uses when none is given.
+
+    Args:
+        field: The field to sample; its model spec (if any) may name the family's own sampler.
+
+    Returns:
+        str: The registered name: the spec's solver (e.g. consistency, shortcut) if it names one, else "dpmpp_2m"
+            on a field with a noise schedule and "heun" on a plain flow.
+    """
     spec = getattr(field, "spec", None)
     if spec is not None and spec.solver is not None:
         return spec.solver
@@ -126,11 +119,34 @@ class Sampler:
         self.progress = check_bool("progress", progress)
 
     def times(self, steps: int) -> torch.Tensor:
-        """The sampling grid of `steps` steps (float64 times, decreasing), from `grid` and `grid_options`."""
+        """The sampling grid of `steps` steps, from the Sampler's `grid` and `grid_options`.
+
+        Args:
+            steps: The number of steps (None for an explicit grid: its own count).
+
+        Returns:
+            torch.Tensor: `steps + 1` float64 times, decreasing from the noisiest.
+
+        Raises:
+            InvalidArgument: The grid refuses `steps` or its options, or does not fit the field's schedule.
+        """
         return make_grid(self.grid, steps, self.field.schedule, **self.grid_options)
 
     def steps_for_nfe(self, nfe: int) -> int:
-        """The most steps whose run makes at most `nfe` model evaluations."""
+        """The most steps whose run makes at most `nfe` model evaluations.
+
+        Counts the solver's model calls on this grid (ending at zero or not) times the field's evaluations per
+        call, then rounds down to a step count the solver takes (`fit_steps`).
+
+        Args:
+            nfe: The model-evaluation budget, at least 1.
+
+        Returns:
+            int: The step count.
+
+        Raises:
+            InvalidArgument: `nfe` is not a positive integer, or is too small for one step of the solver.
+        """
         nfe = check_int("nfe", nfe, 1)
         ends_zero = self._ends_at_zero()
         per_eval = self.field.evals_per_call
@@ -157,7 +173,22 @@ class Sampler:
         return float(torch.as_tensor(self.grid, dtype=torch.float64)[-1]) == 0.0
 
     def plan(self, steps: int | None = None, nfe: int | None = None) -> Plan:
-        """The Plan (grid, coefficients) of `steps` steps, or of the most that fit `nfe` evaluations, on the host."""
+        """The Plan (grid, coefficients) of `steps` steps, or of the most that fit `nfe` evaluations, on the host.
+
+        With `correction=` the budget must be one the correction holds; adaptive solvers plan over the grid's span
+        with `nfe` as their budget.
+
+        Args:
+            steps: The number of steps; None with an explicit grid or an adaptive solver: their own.
+            nfe: A model-evaluation budget instead of steps: the most steps that fit.
+
+        Returns:
+            Plan: The grid and the solver's precomputed coefficients for it.
+
+        Raises:
+            InvalidArgument: Both steps= and nfe=, or neither where one is needed; a non-positive or too large
+                budget; `nfe` too small for the solver on this grid; a budget the correction does not hold.
+        """
         explicit = not (isinstance(self.grid, str) or callable(self.grid))
         if self.tuned is not None:
             target, steps = self.tuned.choose(self, steps, nfe)
@@ -186,36 +217,26 @@ class Sampler:
 
     def initial_noise(self, *, noise: torch.Tensor | None, shape: Sequence[int] | None, batch_size: int | None,
                       seed: Any, generator: torch.Generator | None, device: Any, dtype: Any) -> torch.Tensor:
-        """The starts: `noise=` checked and moved, else drawn from the field's source for `shape=` or `batch_size=`."""
-        sample_shape = self.field.sample_shape
-        if noise is not None:
-            if not isinstance(noise, torch.Tensor):
-                raise InvalidArgument(f"noise= must be a torch.Tensor, got {type(noise).__name__}")
-            want = tuple(shape) if shape is not None else (
-                (noise.shape[0], *sample_shape) if sample_shape is not None else None)
-            if want is not None and tuple(noise.shape) != want:
-                raise InvalidArgument(f"noise has shape {tuple(noise.shape)} but the model expects {want} "
-                                      "(batch, *sample_shape)")
-            if not noise.is_floating_point():
-                raise InvalidArgument(f"noise= must be a floating-point tensor, got dtype {noise.dtype}")
-            _agree(batch_size, seed, noise.shape[0], "noise=")
-            return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
-        if shape is not None:
-            if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)) or not shape:
-                raise InvalidArgument(f"shape={shape!r}: must be (batch, *sample_shape), a tuple of integers")
-            shape = tuple(check_int(f"shape[{i}]", v, 0 if i == 0 else 1) for i, v in enumerate(shape))
-            if sample_shape is not None and shape[1:] != tuple(sample_shape):
-                raise InvalidArgument(f"shape={shape} does not fit the model, whose samples have shape "
-                                      f"{tuple(sample_shape)}: pass shape=(batch, *{tuple(sample_shape)})")
-            _agree(batch_size, seed, shape[0], "shape=")
-        else:
-            if sample_shape is None:
-                raise InvalidArgument("shape= is missing: the model does not declare its sample shape; "
-                                      "pass shape=(batch, ...) or noise=")
-            batch = batch_size if batch_size is not None else (len(seed) if isinstance(seed, list) else 1)
-            _agree(batch_size, seed, batch, "batch_size=")
-            shape = (batch, *sample_shape)
-        return draw_start(shape, source=self.field.source, seed=seed, generator=generator, device=device, dtype=dtype)
+        """The starting states: `noise=` checked and moved, else drawn from the field's source.
+
+        Args:
+            noise: Given starts `(batch, *sample_shape)`, or None to draw them.
+            shape: `(batch, *sample_shape)` of the noise to draw (or to check `noise` against), or None.
+            batch_size: The number of samples to draw when `shape` is None (None: one per seed, or 1).
+            seed: An integer, a list of one per sample, or None (torch's global RNG).
+            generator: A torch.Generator to draw from instead of `seed`, or None.
+            device: Where the starts go; None keeps `noise`'s device.
+            dtype: The starts' dtype; None keeps `noise`'s dtype.
+
+        Returns:
+            torch.Tensor: The starts, of shape `(batch, *sample_shape)`.
+
+        Raises:
+            InvalidArgument: `noise` is not a floating tensor of the model's shape, `shape` is malformed or does
+                not fit the model, the shape is unknown, or batch_size=, seeds and noise/shape disagree.
+        """
+        return start_noise(self.field.sample_shape, self.field.source, noise=noise, shape=shape,
+                           batch_size=batch_size, seed=seed, generator=generator, device=device, dtype=dtype)
 
     def run(self, steps: int | None = None, *, nfe: int | None = None, noise: torch.Tensor | None = None,
             shape: Sequence[int] | None = None, batch_size: int | None = None, seed: Any = None,
@@ -288,9 +309,27 @@ class Sampler:
     def solve(self, plan: Plan, noise: torch.Tensor, *, callback: Callable[[StepInfo], None] | None = None,
               return_trajectory: bool = False, progress: bool | None = None, step_noise: NoiseSource | None = None,
               grad: bool = False, noise_scale: str = "unit", **model_kwargs: Any) -> SampleResult:
-        """Run a prepared plan from standard-normal `noise` (scaled here by the prior's std at the first time), or
-        with `noise_scale="prior"` from noise already at the prior's scale (used as is); other keywords as in `run`.
-        `step_noise` feeds stochastic solvers (`ev.noise(j)`); without it one is seeded from torch's global RNG.
+        """Run a prepared plan from `noise` to data (the loop `run` ends in).
+
+        Args:
+            plan: The Plan to run (from `plan`).
+            noise: The starts `(batch, *sample_shape)`.
+            callback: Called with a StepInfo after each step, or None.
+            return_trajectory: Keep every step's state in `result.trajectory`.
+            progress: Show a progress bar; None: the Sampler's setting.
+            step_noise: The noise stochastic solvers draw (`ev.noise(j)`); None: one seeded from torch's global
+                RNG. Deterministic solvers ignore it.
+            grad: Record the autograd graph through the run.
+            noise_scale: "unit": `noise` is standard normal, scaled here by the prior's std at the first time;
+                "prior": already at the prior's scale, used as is.
+            **model_kwargs: Passed to the network at every call.
+
+        Returns:
+            SampleResult: The samples, the NFE made, the grid and the trajectory if asked.
+
+        Raises:
+            InvalidArgument: A bool argument that is not a bool, or an unknown `noise_scale`.
+            NonFiniteError: A NaN/Inf model output, with `check_finite`.
         """
         check_bool("grad", grad)
         check_bool("return_trajectory", return_trajectory)
@@ -311,7 +350,23 @@ class Sampler:
     def graphed(self, steps: int | None = None, *, nfe: int | None = None, shape: Sequence[int] | None = None,
                 batch_size: int | None = None, device: Any = None, dtype: Any = None, **model_kwargs: Any):
         """The fixed-step loop captured in a CUDA graph (CUDA only); `.run(noise)` / `.run(seed=)` replays it.
-        `shape` defaults to `batch_size` (or 1) samples; dtype to float32; returns a `capture.GraphedRun`."""
+
+        Args:
+            steps: The number of steps (as in `plan`).
+            nfe: A model-evaluation budget instead of steps.
+            shape: `(batch, *sample_shape)` of the states; None: `batch_size` samples of the model's shape.
+            batch_size: Samples per replay when `shape` is None; None: 1.
+            device: The CUDA device; None: the model's.
+            dtype: The states' dtype (a torch dtype or its name); None: float32.
+            **model_kwargs: Passed to the network at every call (captured with the graph).
+
+        Returns:
+            GraphedRun: The captured run (see `diffsolve.capture`), replayed by its `.run`.
+
+        Raises:
+            InvalidArgument: No shape is known; a bad budget, device or dtype; a device that is not CUDA; an
+                adaptive or stochastic solver.
+        """
         if shape is None:
             if self.field.sample_shape is None:
                 raise InvalidArgument("shape= is missing: the model does not declare its sample shape")
@@ -321,82 +376,42 @@ class Sampler:
                           dtype=as_dtype(dtype) or torch.float32, **model_kwargs)
 
     def inversion_times(self, steps: int | None = None) -> torch.Tensor:
-        """The inversion grid of `steps` steps (None for an explicit grid): the sampling grid reversed, validated.
+        """The inversion grid of `steps` steps: the sampling grid reversed, validated.
 
         Named grids (those with a `final` option) get `final="min"` unless grid_options say otherwise: the inversion
         starts at t_min, the data taken as the state there. Grid functions without it (GITS, learned) and explicit
-        grids (reversed if decreasing) are used as they come; either may start at exactly t = 0 (see `invert`)."""
-        sch = self.field.schedule
-        if isinstance(self.grid, str) or callable(self.grid):
-            opts = dict(self.grid_options)
-            if "final" not in opts and takes_option(self.grid, "final"):
-                opts["final"] = "min"
-            t = make_grid(self.grid, steps, sch, **opts).flip(0)
-        else:
-            t = torch.as_tensor(self.grid, dtype=torch.float64).clone()
-            if not is_increasing(t):
-                t = t.flip(0)
-            if steps is not None and t.numel() - 1 != steps:
-                raise InvalidArgument(f"steps={steps} does not match the explicit grid of {t.numel() - 1} steps")
-        validate_grid(t, sch, "increasing")
-        return t
+        grids (reversed if decreasing) are used as they come; either may start at exactly t = 0 (see `invert`).
 
-    def _zero_start(self, t: torch.Tensor) -> bool:
-        return self.field.has_schedule and float(t[0]) == 0.0
+        Args:
+            steps: The number of steps; None for an explicit grid (its own count).
+
+        Returns:
+            torch.Tensor: The increasing float64 times, from the data end to the noisiest time.
+
+        Raises:
+            InvalidArgument: `steps` disagrees with an explicit grid, or the grid does not fit the schedule.
+        """
+        return inversion_grid(self, steps)
 
     def inversion_plan(self, steps: int | None = None, nfe: int | None = None) -> tuple[torch.Tensor, Plan | None]:
-        """(inversion grid, the solver's plan of it, None if no step needs one); with nfe=, the most steps that fit:
-        a grid that starts at exactly t = 0 is planned from its second point (invert takes that step, no model call)."""
-        why = self.solver.inversion_refusal()
-        if why is not None:
-            raise refuse_increasing(self.solver.name, why)
-        explicit = not (isinstance(self.grid, str) or callable(self.grid))
-        if steps is not None and nfe is not None:
-            raise InvalidArgument("give steps= or nfe=, not both")
-        if steps is None and nfe is None and not explicit:
-            raise InvalidArgument("steps= or nfe= is missing: say how many steps (or model evaluations) to take")
-        if steps is not None:
-            steps = check_steps(check_int("steps", steps, 1))
+        """The inversion grid and the solver's plan of it, on the host.
 
-        def planned(n):
-            t = self.inversion_times(n)
-            rest = t[1:] if self._zero_start(t) else t
-            plan = self.solver.plan(self.field, rest) if rest.numel() >= 2 else None
-            return t, plan
+        A grid that starts at exactly t = 0 is planned from its second point (`invert` takes that first step with
+        no model call).
 
-        def cost(plan):
-            return (plan.nfe if plan is not None else 0) * self.field.evals_per_call
+        Args:
+            steps: The number of steps; None with an explicit grid: its own count.
+            nfe: A model-evaluation budget instead of steps: the most steps whose inversion fits it.
 
-        if nfe is None or explicit:
-            t, plan = planned(steps)
-        else:
-            nfe = check_int("nfe", nfe, 1)
-            t, plan = planned(1)
-            if cost(plan) > nfe:
-                raise InvalidArgument(f"nfe={nfe} is too small for solver {self.solver.name!r}, which needs "
-                                      f"{cost(plan)} model evaluations for one step")
-            lo = self._most_steps_within(nfe, lambda n: cost(planned(n)[1]))
-            t, plan = planned(lo)
-        if nfe is not None and cost(plan) > nfe:
-            raise InvalidArgument(f"nfe={nfe} is too small: solver {self.solver.name!r} needs {cost(plan)} model "
-                                  "evaluations to invert on this grid")
-        return t, plan
+        Returns:
+            tuple[torch.Tensor, Plan | None]: The increasing grid and the plan of its model steps (None when no
+                step needs a model call).
 
-    def _most_steps_within(self, nfe: int, cost: Callable[[int], int]) -> int:
-        """The most inversion steps whose cost fits `nfe` (cost(1) fits): double, then bisect, up to MAX_STEPS."""
-        try:                                      # refuse a huge budget before planning anything big
-            check_steps(self.steps_for_nfe(nfe), nfe)
-        except InvalidArgument as e:
-            if "too small" not in str(e):         # the free step out of t = 0 may still fit
-                raise
-        lo, hi = 1, 2
-        while hi <= MAX_STEPS and cost(hi) <= nfe:
-            lo, hi = hi, 2 * hi
-        hi = min(hi, MAX_STEPS + 1)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if cost(mid) <= nfe else (lo, mid)
-        return lo
+        Raises:
+            InvalidArgument: The solver cannot invert (stochastic or adaptive span solvers), both steps= and nfe=
+                or neither (named grids), or `nfe` too small for one step.
+        """
+        return plan_inversion(self, steps, nfe)
 
     def invert(self, x0: torch.Tensor, steps: int | None = None, *, nfe: int | None = None,
                callback: Callable[[StepInfo], None] | None = None, return_trajectory: bool = False,
@@ -405,8 +420,15 @@ class Sampler:
         """Integrate the probability-flow ODE from data `x0` to noise on the sampling grid reversed.
 
         Args:
-            x0: a floating batch of data `(batch, *sample_shape)`; never scaled by the prior's std. Other keywords
-                (steps, nfe, callback, return_trajectory, progress, dtype, grad, model keywords) as in `run`.
+            x0: a floating batch of data `(batch, *sample_shape)`; never scaled by the prior's std.
+            steps: the number of steps; None with an explicit grid: its own count.
+            nfe: a model-evaluation budget instead of steps: the most steps whose inversion fits it.
+            callback: called with a StepInfo after each step (a free first step out of t = 0 included).
+            return_trajectory: keep every step's state in `result.trajectory`, `x0` first.
+            progress: show a progress bar; None: the Sampler's setting.
+            dtype: the state's dtype (a torch dtype or its name); None: that of `x0`.
+            grad: record the autograd graph through the run.
+            **model_kwargs: passed to the network at every call (e.g. class labels).
 
         Returns:
             SampleResult whose `.samples` is the latent as standard-normal noise: the state at the grid's noisiest
@@ -420,55 +442,25 @@ class Sampler:
         AFS and `lower_order_final` (sampling's rules) do not apply. Named grids start at t_min, never where the slope
         is 0/0. A grid starting at t = 0 begins with a step with no model call: D = x0 and E[eps | x0] = E[eps] = 0
         (noise is independent of data), so DDIM gives x(t1) = alpha(t1) x0; no eps-network runs at zero noise."""
-        if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
-            raise InvalidArgument("x0 must be a floating-point torch.Tensor (a batch of data)")
-        want = self.field.sample_shape
-        if want is not None and tuple(x0.shape[1:]) != tuple(want):
-            raise InvalidArgument(f"x0 has shape {tuple(x0.shape)} but the model expects (batch, *{tuple(want)})")
-        check_bool("grad", grad)
-        check_bool("return_trajectory", return_trajectory)
-        t, plan = self.inversion_plan(steps, nfe)
-        dtype = as_dtype(dtype)
-        x = x0.to(dtype) if dtype is not None else x0
-        ev = Evaluator(self.field, model_kwargs, self.check_finite)
-        show = self.progress if progress is None else check_bool("progress", progress)
-        zero = self._zero_start(t)
-        traj = [x] if return_trajectory else None
-        with torch.set_grad_enabled(grad):
-            if zero:
-                p0, p1 = self.field.at(0.0), self.field.at(float(t[1]))
-                x = x * (p1.alpha / p0.alpha)     # DDIM from t = 0 with D = x0 and eps_hat = 0: no model call
-                if traj is not None:
-                    traj.append(x)
-                if callback is not None:
-                    callback(StepInfo(0, 0.0, float(t[1]), x, x0, 0))
-            if plan is not None:
-                cb = callback
-                if zero and callback is not None:
-                    cb = lambda info: callback(StepInfo(info.i + 1, info.t, info.t_next, info.x,  # noqa: E731
-                                                        info.denoised, info.nfe))
-                res = integrate(self.solver, ev, x, plan, callback=cb, return_trajectory=return_trajectory,
-                                progress=show)
-                x = res.samples
-                if traj is not None:
-                    traj.extend(res.trajectory[1:])
-        t_end = float(t[-1])
-        scale = self.field.schedule.prior_std(t_end) if self.field.schedule is not None else 1.0
-        return SampleResult(samples=x / scale, nfe=ev.nfe, steps=t.numel() - 1, t=t, solver=self.solver.name,
-                            trajectory=torch.stack(traj) if traj is not None else None,
-                            stats={"direction": "increasing", "x_end": x, "prior_std": scale, "zero_start": zero})
+        return invert_data(self, x0, steps, nfe=nfe, callback=callback, return_trajectory=return_trajectory,
+                           progress=progress, dtype=as_dtype(dtype), grad=grad, **model_kwargs)
 
     def round_trip(self, x0: torch.Tensor, steps: int | None = None, *, nfe: int | None = None,
                    dtype: Any = None, **model_kwargs: Any) -> RoundTrip:
-        """Invert `x0` and sample the latent back with the same solver on the same grid (reversed); report the
-        error against `x0`. `nfe=` bounds the inversion's model evaluations (sampling makes about as many)."""
-        inv = self.invert(x0, steps, nfe=nfe, dtype=dtype, progress=False, **model_kwargs)
-        back = self.solver.plan(self.field, inv.t.flip(0))
-        rec = self.solve(back, inv.samples, progress=False, **model_kwargs)
-        ref = x0.to(rec.samples.dtype)
-        diff = (rec.samples - ref).reshape(ref.shape[0], int(ref[0].numel()) if ref.shape[0] else 0)
-        err = diff.pow(2).mean(dim=1).sqrt()
-        empty = diff.numel() == 0                 # an empty batch: no error to measure (NaN)
-        return RoundTrip(data=x0, noise=inv.samples, reconstruction=rec.samples, error=err,
-                         rms=float(diff.pow(2).mean().sqrt()), max_abs=math.nan if empty else float(diff.abs().max()),
-                         nfe_invert=inv.nfe, nfe_sample=rec.nfe, t=inv.t, solver=self.solver.name)
+        """Invert `x0`, sample the latent back with the same solver on the same grid reversed, and measure the error.
+
+        Args:
+            x0: A floating batch of data `(batch, *sample_shape)`.
+            steps: The number of steps; None with an explicit grid: its own count.
+            nfe: A budget for the inversion's model evaluations (sampling back makes about as many).
+            dtype: The state's dtype (a torch dtype or its name); None: that of `x0`.
+            **model_kwargs: Passed to the network at every call (e.g. class labels).
+
+        Returns:
+            RoundTrip: The latent, the reconstruction, each sample's RMS error against `x0` (NaN max for an empty
+                batch), the whole batch's RMS and max error, both passes' NFE and the inversion grid.
+
+        Raises:
+            InvalidArgument: As `invert`: a solver that cannot invert, a bad `x0` or budget.
+        """
+        return measure_round_trip(self, x0, steps, nfe=nfe, dtype=dtype, **model_kwargs)

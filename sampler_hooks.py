@@ -32,14 +32,34 @@ _SCHEDULER_ADAPTERS: list[Callable[..., SamplerParts | None]] = []
 
 
 def register_scheduler_adapter(adapter: Callable[..., SamplerParts | None]) -> None:
-    """Add `adapter(model, scheduler, prediction=, sample_shape=) -> SamplerParts | None` (None: not its scheduler)."""
+    """Register a reader of another framework's schedulers for `Sampler(model, scheduler=...)`.
+
+    Registering the same adapter twice has no effect; adapters are asked in the order they were registered.
+
+    Args:
+        adapter: `adapter(model, scheduler, prediction=, sample_shape=) -> SamplerParts | None`: the field, solver
+            and grid it makes of the model and scheduler, or None when the scheduler is not one it reads.
+    """
     if adapter not in _SCHEDULER_ADAPTERS:
         _SCHEDULER_ADAPTERS.append(adapter)
 
 
 def parts_from_scheduler(model: Any, scheduler: Any, prediction: str | None,
                          sample_shape: Sequence[int] | None) -> SamplerParts:
-    """The field, solver and grid the first adapter that reads `scheduler` makes of it (InvalidArgument: none)."""
+    """The field, solver and grid the first registered adapter that reads `scheduler` makes of it.
+
+    Args:
+        model: The network the scheduler drives.
+        scheduler: A scheduler (or its config) of another framework, e.g. a diffusers scheduler.
+        prediction: The network's parameterization; None: the adapter reads it from the scheduler.
+        sample_shape: The shape of one sample (no batch); None: read from the model, if it says.
+
+    Returns:
+        SamplerParts: The field, solver (with options) and grid (with options) the adapter made.
+
+    Raises:
+        InvalidArgument: No registered adapter reads `scheduler`.
+    """
     for adapter in _SCHEDULER_ADAPTERS:
         parts = adapter(model, scheduler, prediction=prediction, sample_shape=sample_shape)
         if parts is not None:
@@ -53,14 +73,32 @@ _FIELD_CORRECTIONS: dict[str, Callable[[Field, Any], Field]] = {}
 
 
 def register_field_correction(keyword: str, apply: Callable[[Field, Any], Field]) -> None:
-    """Let `Sampler(..., keyword=value)` wrap its field as `apply(field, value)`; a second `keyword` is refused."""
+    """Let `Sampler(..., keyword=value)` wrap its field as `apply(field, value)` (how Skip-Tuning plugs in).
+
+    Args:
+        keyword: The Sampler keyword that selects the correction (e.g. "skip_tuning").
+        apply: `apply(field, value) -> Field`: the corrected field; it must not change the given one.
+
+    Raises:
+        InvalidArgument: `keyword` is registered already.
+    """
     if keyword in _FIELD_CORRECTIONS:
         raise InvalidArgument(f"register_field_correction: {keyword!r} is registered already")
     _FIELD_CORRECTIONS[keyword] = apply
 
 
 def field_correction(keyword: str) -> Callable[[Field, Any], Field]:
-    """The registered field correction `keyword` (InvalidArgument when diffsolve.corrections is not imported)."""
+    """The field correction registered for the Sampler keyword `keyword`.
+
+    Args:
+        keyword: The Sampler keyword (e.g. "skip_tuning").
+
+    Returns:
+        Callable: `apply(field, value) -> Field`, as registered by `register_field_correction`.
+
+    Raises:
+        InvalidArgument: Nothing is registered for `keyword` (diffsolve.corrections is not imported).
+    """
     if keyword not in _FIELD_CORRECTIONS:
         raise InvalidArgument(f"{keyword}= needs diffsolve.corrections (import diffsolve)")
     return _FIELD_CORRECTIONS[keyword]
@@ -91,12 +129,31 @@ _CORRECTION_RESOLVER: list[Callable[[Field, Any], list[CorrectionRun]]] = []
 
 
 def register_correction_resolver(resolve: Callable[[Field, Any], list[CorrectionRun]]) -> None:
-    """Make `Sampler(model, correction=c)` sample as `resolve(field, c)` says (the corrections package does)."""
+    """Make `Sampler(model, correction=c)` sample as `resolve(field, c)` says; replaces any earlier resolver.
+
+    The corrections package registers the one resolver on import.
+
+    Args:
+        resolve: `resolve(field, correction) -> list[CorrectionRun]`: how a correction file or object is sampled
+            on `field`, after checking it was tuned for that field's model.
+    """
     _CORRECTION_RESOLVER[:] = [resolve]
 
 
 def resolve_correction(field: Field, correction: Any) -> list[CorrectionRun]:
-    """The runs of `correction` (a file or a correction object) for `field`, checked against its identity."""
+    """The runs of `correction` for `field`, by the registered resolver, checked against the field's identity.
+
+    Args:
+        field: The field the Sampler samples.
+        correction: A correction file's path or a loaded correction object.
+
+    Returns:
+        list[CorrectionRun]: One or more ways to sample the correction, each with its solver, options and budgets.
+
+    Raises:
+        InvalidArgument: No resolver is registered (diffsolve.corrections is not imported), or the resolver
+            refuses `correction` (unreadable, or tuned for another model).
+    """
     if not _CORRECTION_RESOLVER:
         raise InvalidArgument("correction= needs diffsolve.corrections (import diffsolve)")
     return _CORRECTION_RESOLVER[0](field, correction)
@@ -104,7 +161,18 @@ def resolve_correction(field: Field, correction: Any) -> list[CorrectionRun]:
 
 def merge_correction(run: CorrectionRun, solver: Any, grid: Any, grid_options: Any,
                      solver_options: dict) -> tuple[str, Any, Any, dict]:
-    """(solver, grid, grid_options, solver options) of `run`; what the caller gave must agree with it.
+    """The solver, grid and options to sample `run` with; what the caller gave besides must agree with it.
+
+    Args:
+        run: The correction run the Sampler samples.
+        solver: The caller's `solver=` (a name or a Solver), or None.
+        grid: The caller's `grid=`; anything but None is refused (the correction fixes its grid).
+        grid_options: The caller's `grid_options=`; anything but None is refused.
+        solver_options: The caller's solver keywords; each must equal the run's own value.
+
+    Returns:
+        tuple[str, Any, Any, dict]: The run's solver name, its grid and grid options (None where it names none),
+            and its solver options without those two.
 
     Raises:
         InvalidArgument: a solver, grid or solver option given besides the correction that differs from its own.
@@ -155,7 +223,15 @@ class TunedBudgets:
         return self._samplers[i]
 
     def held(self, owner: Any) -> list[tuple[Any, int, int]]:
-        """(sampler, steps, nfe) of every budget the correction holds, in the file's order."""
+        """Every budget the correction holds, in the file's order.
+
+        Args:
+            owner: The Sampler these budgets belong to (it samples a file of one run itself).
+
+        Returns:
+            list[tuple[Any, int, int]]: (the Sampler that runs it, its step count, its model evaluations) for each
+                budget; a run tuned for an NFE alone gets the most steps that fit it.
+        """
         out = []
         for i, run in enumerate(self.runs):
             s = self._sampler(i, owner)
@@ -168,6 +244,15 @@ class TunedBudgets:
 
     def choose(self, owner: Any, steps: int | None, nfe: int | None) -> tuple[Any, int]:
         """The Sampler and the step count for a run of `steps` steps or `nfe` evaluations.
+
+        Args:
+            owner: The Sampler these budgets belong to.
+            steps: The step count asked for, or None.
+            nfe: The model-evaluation budget asked for, or None.
+
+        Returns:
+            tuple[Any, int]: The Sampler that runs the matching budget (`owner` for a file of one run) and the
+                budget's step count.
 
         Raises:
             InvalidArgument: both or neither given, or a budget the correction does not hold (named with those held).

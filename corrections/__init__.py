@@ -15,7 +15,8 @@ from diffsolve.corrections import amed, learned_multistep, pas, tuners  # noqa: 
 from diffsolve.corrections import auto  # noqa: F401  (registers `tune auto`)
 from diffsolve.corrections.auto_file import AutoCorrection, SolverChoice
 from diffsolve.corrections.coefficients import learn_coefficients
-from diffsolve.corrections.grid_search import gits_cost_matrix, gits_dynamic_programming, gits_grid, learn_grid
+from diffsolve.corrections.gits import gits_cost_matrix, gits_dynamic_programming, gits_grid
+from diffsolve.corrections.grid_search import learn_grid
 from diffsolve.corrections.io import (AMEDCorrection, CoefficientCorrection, GridCorrection, IdentityMismatch,
                                       amed_grid, load_correction)
 from diffsolve.corrections.predictor import AMEDPredictor, TimeTable

@@ -1,15 +1,10 @@
-"""Optimized time grids for one model: GITS (Chen et al., ICML 2024) and a grid learned by gradient (LD3-style).
-
-GITS: teacher trajectories on a fine EDM grid; `C[i, j]` = mean per-sample RMSE of one Euler (DDIM) jump from
-the teacher's point i to time j against the teacher's point j; dynamic programming over the number of steps on the
-cost-to-go, `V_k[j] = min_i C[j, i] + 1.15 V_{k-1}[i]` (diff-sampler's recursion: the cost found at the earlier
-stage is weighted by 1.15, so the m-th jump of a path counts 1.15^(m-1) times), then the choices from the start
-to t = 0.
+"""Time grids learned by gradient for one model (LD3-style), and the base-solver checks the grid searches share.
 
 Learned: the N - 1 interior noise levels, parameterized by a softmax over log-sigma gaps (so they stay ordered and
 inside [sigma_min, sigma_max]), optimized by Adam through a differentiable run of the base solver against the
-teacher's endpoints on ~100 samples; the grid ends at t = 0 like the library's grids. Both return a
+teacher's endpoints on ~100 samples; the grid ends at t = 0 like the library's grids. `learn_grid` returns a
 `GridCorrection`: lists of times (`.grid(steps)`) any solver takes as `grid=`; `tune auto`'s deadline stops epochs.
+GITS (the dynamic-programming grid search) lives in `diffsolve.corrections.gits`.
 """
 from __future__ import annotations
 
@@ -21,25 +16,32 @@ import torch
 
 from diffsolve.errors import InvalidArgument
 from diffsolve.field import Field
-from diffsolve.grids import karras, make_grid, time_uniform
+from diffsolve.grids import make_grid, time_uniform
 from diffsolve.solvers import get_solver
-from diffsolve.solvers.euler import ddim_coefficients
 from diffsolve.solvers.multistep import step_orders
 from diffsolve.corrections.base_rules import afs_denoised, corrected_step, default_order
 from diffsolve.corrections.io import GridCorrection, amed_grid
 from diffsolve.corrections.cost import past_deadline
 from diffsolve.corrections.teacher import field_of, frozen, mean_denoised_at_start, noise_for, teacher_states
 
-GITS_WEIGHT = 1.15
 DIFFERENTIABLE_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m")
 PLAIN_BASES = ("euler", "ipndm", "ipndm_v", "lms", "heun", "midpoint", "rk4")
 
 
 def check_plain_base(field: Field, base: str, who: str) -> None:
-    """On a plain velocity field (no Gaussian path) only bases that integrate in native time; a clear error else.
+    """Refuse a base solver that needs a Gaussian schedule on a plain velocity field (no schedule).
+
+    On a plain velocity field only bases that integrate in the field's native time can run; on a field with a
+    schedule every registered base is accepted.
+
+    Args:
+        field: The field the grid is searched or learned for.
+        base: The registered name of the base solver the grid is for.
+        who: The caller's name for the error message (e.g. "gits", "learn_grid").
 
     Raises:
-        InvalidArgument: `field` has no schedule and `base` needs one (the message names `who`).
+        InvalidArgument: `field` has no schedule and `base` needs one (the message names `who` and the bases
+            that run in native time).
     """
     if field.has_schedule:
         return
@@ -49,10 +51,19 @@ def check_plain_base(field: Field, base: str, who: str) -> None:
 
 
 def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -> int:
-    """The most steps of `base` (with `solver_options`, e.g. afs=True) that fit in `nfe` network evaluations.
+    """The most steps of `base` that fit in `nfe` network evaluations on `field`, on a grid that ends at t = 0.
+
+    Args:
+        field: The field whose model is called (its network evaluations per call count: 2 under guidance).
+        base: The registered name of the base solver.
+        nfe: The budget in network evaluations.
+        **solver_options: The base solver's options (e.g. afs=True, which saves the first call).
+
+    Returns:
+        int: The largest step count n with `model_calls(n) * evals_per_call <= nfe`.
 
     Raises:
-        InvalidArgument: Not even one step fits in `nfe`.
+        InvalidArgument: Not even one step fits in `nfe`, or `base` / `solver_options` are not a valid solver.
     """
     solver = get_solver(base, **solver_options)
     steps = 0
@@ -61,117 +72,6 @@ def steps_for_budget(field: Field, base: str, nfe: int, **solver_options: Any) -
     if steps < 1:
         raise InvalidArgument(f"nfe={nfe} is too small for {base!r}")
     return steps
-
-
-# ------------------------------------------------------------------------------------------------
-# GITS
-# ------------------------------------------------------------------------------------------------
-def gits_cost_matrix(field: Field, times: torch.Tensor, states: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """The [K, K] float64 cost matrix: C[i, j] (i < j) = mean per-sample RMSE of one Euler jump, +inf elsewhere.
-
-    Args:
-        field: The field whose model makes the jumps.
-        times: The decreasing fine grid, K points.
-        states: [K, B, ...] teacher points at `times`; the jump from states[i] to times[j] is measured against
-            states[j].
-        batch_size: Samples per model call.
-    """
-    plain = not field.has_schedule          # a plain velocity field: x_j = x_i + (t_j - t_i) f(x_i, t_i)
-    K = times.numel()
-    pts = [field.at(float(v)) for v in times]
-    C = torch.full((K, K), math.inf, dtype=torch.float64)
-    B = states.shape[1]
-    sums = torch.zeros((K, K), dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(K - 1):
-            for b in range(0, B, batch_size):
-                xi = states[i, b:b + batch_size]
-                at = field.select(torch.arange(b, b + xi.shape[0]))       # per-sample conditions follow
-                D = at.velocity(xi, pts[i]) if plain else at.denoise(xi, pts[i])
-                for j in range(i + 1, K):
-                    a, c = (1.0, float(times[j] - times[i])) if plain else ddim_coefficients(pts[i], pts[j])
-                    err = (a * xi + c * D - states[j, b:b + batch_size]).double().flatten(1)
-                    sums[i, j] += err.pow(2).mean(1).sqrt().sum()
-        for i in range(K - 1):
-            C[i, i + 1:] = sums[i, i + 1:] / B
-    return C
-
-
-def gits_dynamic_programming(C: torch.Tensor, steps: int, weight: float = GITS_WEIGHT) -> tuple[list[int], float]:
-    """(indices, cost) of the path 0 -> K-1 of `steps` jumps minimising sum_m weight^(m - 1) C[i_{m-1}, i_m].
-
-    Through the cost-to-go V_k[j] = min_{i > j} C[j, i] + weight V_{k-1}[i], V_1[j] = C[j, K-1] (diff-sampler's
-    `dp`: the cost computed at the previous stage is weighted by `weight`, default 1.15); `steps` is 1 to K - 1.
-
-    Raises:
-        InvalidArgument: `steps` is out of range, or no finite path exists.
-    """
-    K = C.shape[0]
-    if not 1 <= steps <= K - 1:
-        raise InvalidArgument(f"steps={steps}: need 1 <= steps <= {K - 1} on a fine grid of {K} points")
-    C = C.to(torch.float64)
-    V = torch.full((steps + 1, K), math.inf, dtype=torch.float64)
-    nxt = torch.full((steps + 1, K), K - 1, dtype=torch.long)
-    V[0, K - 1] = 0.0
-    for k in range(1, steps + 1):
-        cand = C + weight * V[k - 1][None, :] if k > 1 else C + V[0][None, :]     # [j, i]
-        V[k], nxt[k] = cand.min(dim=1)
-    path = [0]
-    for k in range(steps, 0, -1):
-        path.append(int(nxt[k, path[-1]]))
-    if path[-1] != K - 1 or not math.isfinite(float(V[steps, 0])):
-        raise InvalidArgument("no finite path: the cost matrix must be finite above its diagonal")
-    return path, float(V[steps, 0])
-
-
-def gits_grid(model: Any, *, base: str = "ipndm", nfe: Sequence[int] = (3, 5, 7, 9), fine_steps: int = 60,
-              rho: float = 7.0, n: int = 128, seed: int = 0, weight: float = GITS_WEIGHT, teacher: str = "reference",
-              teacher_options: dict | None = None, dtype: torch.dtype = torch.float32,
-              log: Callable[[str], None] | None = print, **solver_options: Any) -> GridCorrection:
-    """A GridCorrection "gits": grids for `base` at each NFE, from `n` teacher trajectories on a fine grid.
-
-    The fine grid: fine_steps + 1 points, karras (exponent `rho`) ending at t = 0; on a plain velocity field
-    (schedule=None) uniform in its own time t (1 to 0), a jump's cost from one step x + (t_j - t_i) f(x_i, t_i).
-
-    Args:
-        model: The model or field.
-        nfe: The model-call budgets, one grid each (steps_for_budget with `solver_options`).
-        seed: Seed of the teacher noise (seeds seed * 10^6 + i).
-        weight: The dynamic programming's stage weight.
-        teacher: How the trajectories are computed ("reference": an accurate solve), with `teacher_options` (None:
-            its defaults), in `dtype`; `log` prints progress (None: silent).
-
-    Raises:
-        InvalidArgument: `base` needs a schedule the field lacks, or an NFE is too small for it.
-    """
-    field = field_of(model)
-    check_plain_base(field, base, "gits")
-    start = time.perf_counter()
-    if field.has_schedule:
-        fine = karras(fine_steps, field.schedule, rho=rho, final="zero")
-        fine[0] = field.schedule.t_max              # exactly, free of the polynomial's round-off
-    else:
-        fine = time_uniform(fine_steps, None)
-    seeds = list(range(seed * 1_000_000, seed * 1_000_000 + n))
-    noise = noise_for(field, seeds, dtype=dtype)
-    states = teacher_states(field, noise, fine, mode=teacher, seeds=seeds, **(teacher_options or {}))
-    if log:
-        log(f"teacher: {n} trajectories on {fine.numel()} points ({teacher}) in {time.perf_counter() - start:.1f}s")
-    C = gits_cost_matrix(field, fine, states)
-    if log:
-        log(f"cost matrix {tuple(C.shape)} in {time.perf_counter() - start:.1f}s")
-    grids, costs, nfes = {}, {}, {}
-    for budget in nfe:
-        steps = steps_for_budget(field, base, int(budget), **solver_options)
-        path, cost = gits_dynamic_programming(C, steps, weight)
-        grids[steps] = tuple(float(fine[i]) for i in path)
-        costs[str(steps)] = cost
-        nfes[str(steps)] = int(budget)
-        if log:
-            log(f"nfe {budget}: {steps} steps, cost {cost:.5g}, grid {[round(v, 4) for v in grids[steps]]}")
-    return GridCorrection("gits", grids, base, field.correction_identity(),
-                          {"nfe": nfes, "cost": costs, "fine_steps": fine_steps, "rho": rho, "n": n, "seed": seed,
-                           "weight": weight, "teacher": teacher, "seconds": round(time.perf_counter() - start, 1)})
 
 
 # ------------------------------------------------------------------------------------------------

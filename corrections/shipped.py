@@ -52,8 +52,20 @@ def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | P
 
 
 def shipped_grid(kind: str) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
-    """The `grid='gits'` / `grid='learned'` resolver (`kind`): the shipped grid for the field's model."""
+    """The resolver of `grid=kind`: the grid of that kind shipped for a field's model (registered as a field grid).
+
+    Args:
+        kind: The kind of grid correction to look up: "gits" or "learned".
+
+    Returns:
+        Callable: `resolve(field, solver) -> grid function`: the shipped grid of `kind` for the field's model,
+            preferring the one tuned for the solver's name as base and else any base.
+
+    Raises:
+        InvalidArgument: Raised by the returned resolver when no grid of `kind` ships for the field's model.
+    """
     def resolve(field: Any, solver: Any) -> Callable[..., torch.Tensor]:
+        """The shipped grid function of `kind` for `field`'s model, for `solver`'s base if one ships."""
         base = getattr(solver, "name", None)
         try:
             corr = find_shipped(field, kind, base)

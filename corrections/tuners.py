@@ -31,7 +31,8 @@ from diffsolve.field import as_field, model_spec_of
 from diffsolve.grids import GRIDS
 from diffsolve.models.quality import fd_metric
 from diffsolve.corrections.coefficients import GRID_STARTS, learn_coefficients
-from diffsolve.corrections.grid_search import gits_grid, learn_grid
+from diffsolve.corrections.gits import gits_grid
+from diffsolve.corrections.grid_search import learn_grid
 from diffsolve.corrections.io import to_amed_table
 from diffsolve.corrections.skip import save_settings, tune_skip
 from diffsolve.corrections.train import train_amed

@@ -86,10 +86,21 @@ class Conditioned(FieldWrapper):
         return Conditioned(self.inner.select(index), {k: v[index] for k, v in self.conditions.items()})
 
     def evaluate(self, x: torch.Tensor, p: EvalPoint, kind: str = "x0", **kwargs: Any) -> FieldOutput:
-        """The inner evaluation with the conditions as keywords (a call's own keywords win).
+        """The inner field's evaluation with the held conditions passed as keywords (a call's own keywords win).
+
+        Floating conditions are cast to the network's floating dtype (else the state's) before the call.
+
+        Args:
+            x: The states, a batch of exactly `condition_rows` samples.
+            p: The evaluation point (time and the schedule's coefficients there).
+            kind: "x0" (the data prediction) or "velocity" (dx/dt in diffusion time).
+            **kwargs: Further model keywords; they override conditions of the same name.
+
+        Returns:
+            FieldOutput: The inner field's output for `x` at `p`.
 
         Raises:
-            InvalidArgument: the batch is not `condition_rows` samples.
+            InvalidArgument: The batch is not `condition_rows` samples.
         """
         if x.shape[0] != self.condition_rows:
             raise InvalidArgument(f"this field holds conditions for {self.condition_rows} samples but was asked for "

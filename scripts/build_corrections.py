@@ -18,7 +18,8 @@ import torch
 
 from diffsolve.models import load_mnist_unet
 from diffsolve.corrections.coefficients import learn_coefficients
-from diffsolve.corrections.grid_search import gits_grid, learn_grid
+from diffsolve.corrections.gits import gits_grid
+from diffsolve.corrections.grid_search import learn_grid
 from diffsolve.corrections.io import to_amed_table
 from diffsolve.corrections.io import SHIPPED, AMEDCorrection, load_correction
 from diffsolve.corrections.train import train_amed

@@ -20,7 +20,8 @@ import torch
 
 from diffsolve.bench.models import SHARED
 from diffsolve.cli.argtypes import positive_int
-from diffsolve.corrections.grid_search import gits_grid, learn_grid
+from diffsolve.corrections.gits import gits_grid
+from diffsolve.corrections.grid_search import learn_grid
 from diffsolve.corrections.train import train_amed
 from diffsolve.evaluation.metrics import sliced_wasserstein
 from diffsolve.evaluation.reference import ReferenceSettings, solve_reference
