@@ -70,7 +70,7 @@ def _draws_too_few(n, generator):
 def test_tune_grid_tunes_the_guided_conditioned_field(tmp_path, capsys):
     out = tmp_path / "g.safetensors"
     assert main(["tune", "grid", "--model", "cond-mixture", "--conditions", DRAW, "--guidance-scale", "2",
-                 "--uncond", NULL, "--nfe", "3", "--samples", "8", "--batch-size", "4", "--epochs", "1",
+                 "--uncond", NULL, "--nfe", "6", "--samples", "8", "--batch-size", "4", "--epochs", "1",
                  "--teacher", "fine", "--out", str(out)]) == 0
     record = json.loads((tmp_path / "g.safetensors.json").read_text())
     assert record["model_identity"].startswith("Conditioned(keys=['class_labels'], ClassifierFreeGuidance(scale=2.0")

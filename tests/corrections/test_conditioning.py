@@ -103,7 +103,7 @@ def test_learn_grid_fits_each_minibatch_with_its_own_labels():
 @pytest.mark.slow
 def test_amed_and_weights_train_with_per_sample_labels():
     net, field = _conditioned(8, scale=2.0, classes=3)
-    corr = train_amed(field, base="ipndm", nfe=(3,), n_train=8, batch_size=4, epochs=1, features="none",
+    corr = train_amed(field, base="ipndm", nfe=(6,), n_train=8, batch_size=4, epochs=1, features="none",
                       teacher="fine", log=None)
     assert "scale=2.0" in corr.identity and corr.identity.startswith("Conditioned(keys=['labels']")
     w = learn_coefficients(field, nfe=(4,), n=8, batch_size=4, epochs=1, teacher="fine", log=None,
@@ -116,7 +116,7 @@ def test_amed_and_weights_train_with_per_sample_labels():
 
 def test_file_records_the_guidance_scale_and_refuses_another(tmp_path):
     _, field = _conditioned(6, scale=2.0, classes=3)
-    corr = learn_grid(field, base="ipndm", nfe=(3,), n=6, batch_size=3, epochs=1, teacher="fine", log=None)
+    corr = learn_grid(field, base="ipndm", nfe=(6,), n=6, batch_size=3, epochs=1, teacher="fine", log=None)
     path = corr.save(tmp_path / "g.safetensors")
     record = json.loads((tmp_path / "g.safetensors.json").read_text())
     assert "ClassifierFreeGuidance(scale=2.0" in record["model_identity"]

@@ -6,7 +6,8 @@ import pytest
 
 from diffsolve.cli import main
 from diffsolve.cli import tune as cli_tune
-from diffsolve.corrections.tuners import AMEDTuneSettings, GridTuneSettings, SkipTuneSettings, WeightsTuneSettings
+from diffsolve.corrections.skip_tuner import SkipTuneSettings
+from diffsolve.corrections.tuners import AMEDTuneSettings, GridTuneSettings, WeightsTuneSettings
 from diffsolve.corrections.tuning import TUNERS
 from diffsolve.errors import InvalidArgument
 

@@ -57,7 +57,7 @@ def test_folder_gives_the_latent_shape_and_the_scheduler_path(pipeline, tmp_path
 def test_tune_grid_on_the_pipeline_with_guidance_then_sample(pipeline, tmp_path):
     out = tmp_path / "g.safetensors"
     assert main(["tune", "grid", "--model", str(pipeline), "--conditions", str(pipeline / "cond.safetensors"),
-                 "--guidance-scale", "3", "--uncond", str(pipeline / "uncond.safetensors"), "--nfe", "3",
+                 "--guidance-scale", "3", "--uncond", str(pipeline / "uncond.safetensors"), "--nfe", "6",
                  "--samples", "4", "--epochs", "1", "--out", str(out)]) == 0
     record = json.loads((tmp_path / "g.safetensors.json").read_text())
     assert record["meta"]["teacher"] == "fine"           # an image-shaped latent: the fast teacher
