@@ -3,16 +3,10 @@
 
 Each step of the learned multistep rule (corrections.learned_multistep: a base rule plus learned weight offsets on its
 learned grid) moves the EDM-frame state along a direction v = (y_{n+1} - y_n) / (s_{n+1} - s_n). PAS corrects v in
-a low-dimensional basis of the trajectory so far. Per sample, Gram-Schmidt orthonormalizes
-
-    v, y_T (the start), d_n, d_{n-1}, ... (the slopes, newest first)
-
-into q_0, q_1, ..., q_{R-1} (a source nearly dependent on the ones before adds nothing), and the step takes
-
-    v' = v + |v| sum_j c_{n,j} q_j,
-
-with R learned coefficients per step (zero: the learned multistep rule bit for bit). The paper searches a PCA basis
-step by step against teacher points; here the basis keeps the base direction first (so c = 0 is the base exactly) and
+a low-dimensional basis of the trajectory so far. Per sample, Gram-Schmidt orthonormalizes v, y_T (the start),
+d_n, d_{n-1}, ... (the slopes, newest first) into q_0, q_1, ..., q_{R-1} (a source nearly dependent on the ones
+before adds nothing), and the step takes v' = v + |v| sum_j c_{n,j} q_j, with R learned coefficients per step
+(zero: the learned multistep rule bit for bit). The paper searches a PCA basis step by step against teacher points; here the basis keeps the base direction first (so c = 0 is the base exactly) and
 all steps' coefficients are fitted together against the teacher's endpoints, the multistep weights and grid fixed.
 The basis is per sample and the coefficients shared, so a sample's result does not depend on its batch.
 """
@@ -145,9 +139,13 @@ class PASCorrection:
                 "directions": {str(k): [list(r) for r in v] for k, v in sorted(self.directions.items())},
                 "meta": {**self.meta, "coefficients_meta": self.coefficients.meta}}
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The file's tensors: those of the weights (the AFS mean)."""
+        return self.coefficients.tensors()
+
     def save(self, path: str | Path) -> Path:
         """Write `path` (.safetensors) and its sidecar atomically; returns the path."""
-        return write_record(path, self.coefficients.tensors(), self.sidecar())
+        return write_record(path, self.tensors(), self.sidecar())
 
 
 def _pas_from(rec: dict, tensors: dict[str, torch.Tensor], path: Path) -> PASCorrection:
