@@ -6,8 +6,9 @@ learned grid) moves the EDM-frame state along a direction v = (y_{n+1} - y_n) / 
 a low-dimensional basis of the trajectory so far. Per sample, Gram-Schmidt orthonormalizes v, y_T (the start),
 d_n, d_{n-1}, ... (the slopes, newest first) into q_0, q_1, ..., q_{R-1} (a source nearly dependent on the ones
 before adds nothing), and the step takes v' = v + |v| sum_j c_{n,j} q_j, with R learned coefficients per step
-(zero: the learned multistep rule bit for bit). The paper searches a PCA basis step by step against teacher points; here the basis keeps the base direction first (so c = 0 is the base exactly) and
-all steps' coefficients are fitted together against the teacher's endpoints, the multistep weights and grid fixed.
+(zero: the learned multistep rule bit for bit). The paper searches a PCA basis step by step against teacher points;
+here the basis keeps the base direction first (so c = 0 is the base exactly) and all steps' coefficients are fitted
+together against the teacher's endpoints, the multistep weights and grid fixed.
 The basis is per sample and the coefficients shared, so a sample's result does not depend on its batch.
 """
 from __future__ import annotations
