@@ -6,10 +6,11 @@ guidance, against k-diffusion's samplers and diffsolve's un-learned solvers on t
 The field: Conditioned(ClassifierFreeGuidance(model, scale, null label), labels). Training (seeded) draws its labels
 from `draw_labels(n, Generator(seed 0))`, one per training sample, and the trainers' own noise seeds; evaluation
 uses noise seeds 900000 and up and labels drawn with generator seed 4242 (never trained on). Endpoint RMSE (root
-mean square over all coordinates) against the float64 adaptive reference solve (the 'reference' teacher's). NFE
-counts guided denoiser evaluations (each two network calls), as the trainers' budgets do.
-Peers: k-diffusion's ODE samplers (euler, heun, dpm_2, lms, dpmpp_2m; the formulas of k_diffusion/sampling.py,
-written out here since the package is not installed) on its karras, exponential and polyexponential sigmas.
+mean square over all coordinates) against the float64 adaptive reference solve (the 'reference' teacher's). The
+table's NFE counts guided denoiser evaluations (each two network calls); the trainers and the Sampler are given
+twice that, in network evaluations.
+Peers: k-diffusion's ODE samplers (euler, heun, dpm_2, lms, dpmpp_2m, from its sampling module through
+diffsolve.evaluation.k_diffusion_peer) on its karras, exponential and polyexponential sigmas.
 Un-learned diffsolve: every fast solver on five grids. Learned: `learn_grid` (iPNDM and DEIS), `train_amed`
 (AMED-Plugin(DEIS), AMED-Solver) and `learn_coefficients` (DEIS weights), with the tuners' default settings; the
 training seconds include the reference teacher's solves, which trainers drawing the same seeds share through the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from typing import Callable, Sequence
 
@@ -31,6 +31,7 @@ from diffsolve.corrections.grid_search import learn_grid
 from diffsolve.corrections.io import amed_grid
 from diffsolve.corrections.teacher import noise_for, teacher_states
 from diffsolve.corrections.train import train_amed
+from diffsolve.evaluation.k_diffusion_peer import load_k_diffusion_sampling
 from diffsolve.field import ClassifierFreeGuidance, Conditioned, VectorField
 from diffsolve.files import atomic_write_bytes
 from diffsolve.models.cond_mixture import draw_labels, load_cond_mixture, null_labels
@@ -47,106 +48,20 @@ def guided(model, scale: float, labels: dict):
     return Conditioned(ClassifierFreeGuidance(VectorField(model), scale, null_labels()), labels)
 
 
-# --- k-diffusion's samplers (k_diffusion/sampling.py, deterministic ones) -----------------------------------------
-def karras(n: int, lo: float = 0.002, hi: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    s = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    return torch.cat([s, s.new_zeros([1])])
-
-
-def exponential(n: int, lo: float = 0.002, hi: float = 80.0) -> torch.Tensor:
-    s = torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64).exp()
-    return torch.cat([s, s.new_zeros([1])])
-
-
-def polyexponential(n: int, lo: float = 0.002, hi: float = 80.0, rho: float = 1.0) -> torch.Tensor:
-    ramp = torch.linspace(1, 0, n, dtype=torch.float64) ** rho
-    s = torch.exp(ramp * (math.log(hi) - math.log(lo)) + math.log(lo))
-    return torch.cat([s, s.new_zeros([1])])
-
-
-def k_euler(D, x, sig):
-    for i in range(len(sig) - 1):
-        d = (x - D(x, sig[i])) / sig[i]
-        x = x + d * (sig[i + 1] - sig[i])
-    return x
-
-
-def k_heun(D, x, sig):
-    for i in range(len(sig) - 1):
-        d = (x - D(x, sig[i])) / sig[i]
-        dt = sig[i + 1] - sig[i]
-        if sig[i + 1] == 0:
-            x = x + d * dt
-        else:
-            x2 = x + d * dt
-            d2 = (x2 - D(x2, sig[i + 1])) / sig[i + 1]
-            x = x + (d + d2) / 2 * dt
-    return x
-
-
-def k_dpm_2(D, x, sig):
-    for i in range(len(sig) - 1):
-        d = (x - D(x, sig[i])) / sig[i]
-        if sig[i + 1] == 0:
-            x = x + d * (sig[i + 1] - sig[i])
-        else:
-            mid = math.exp((math.log(sig[i]) + math.log(sig[i + 1])) / 2)
-            x2 = x + d * (mid - sig[i])
-            d2 = (x2 - D(x2, mid)) / mid
-            x = x + d2 * (sig[i + 1] - sig[i])
-    return x
-
-
-def _lms_coeff(order, t, i, j):
-    from scipy import integrate
-
-    def fn(tau):
-        prod = 1.0
-        for k in range(order):
-            if j != k:
-                prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
-        return prod
-    return integrate.quad(fn, t[i], t[i + 1], epsrel=1e-4)[0]
-
-
-def k_lms(D, x, sig, order=4):
-    ds = []
-    for i in range(len(sig) - 1):
-        ds.append((x - D(x, sig[i])) / sig[i])
-        ds = ds[-order:]
-        cur = min(i + 1, order)
-        coeffs = [_lms_coeff(cur, sig, i, j) for j in range(cur)]
-        x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
-    return x
-
-
-def k_dpmpp_2m(D, x, sig):
-    old = None
-    for i in range(len(sig) - 1):
-        den = D(x, sig[i])
-        t, t_next = -math.log(sig[i]), (-math.log(sig[i + 1]) if sig[i + 1] > 0 else math.inf)
-        h = t_next - t
-        if old is None or sig[i + 1] == 0:
-            dd = den
-        else:
-            r = (t - (-math.log(sig[i - 1]))) / h
-            dd = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * old
-        x = (sig[i + 1] / sig[i]) * x - math.expm1(-h) * dd if sig[i + 1] > 0 else dd
-        old = den
-    return x
-
-
-K_SAMPLERS = {"euler": (k_euler, lambda n: n), "heun": (k_heun, lambda n: 2 * n - 1),
-              "dpm_2": (k_dpm_2, lambda n: 2 * n - 1), "lms": (k_lms, lambda n: n),
-              "dpmpp_2m": (k_dpmpp_2m, lambda n: n)}
-K_SIGMAS = {"karras": karras, "exponential": exponential, "polyexponential": polyexponential}
+# k-diffusion's own deterministic samplers and sigma schedules (its sampling module, loaded by the project's peer
+# loader), each with its network cost in denoiser calls for n steps.
+K = load_k_diffusion_sampling()
+K_SAMPLERS = {"euler": (K.sample_euler, lambda n: n), "heun": (K.sample_heun, lambda n: 2 * n - 1),
+              "dpm_2": (K.sample_dpm_2, lambda n: 2 * n - 1), "lms": (K.sample_lms, lambda n: n),
+              "dpmpp_2m": (K.sample_dpmpp_2m, lambda n: n)}
+K_SIGMAS = {"karras": K.get_sigmas_karras, "exponential": K.get_sigmas_exponential,
+            "polyexponential": K.get_sigmas_polyexponential}
 
 
 def peer_rows(field, noise, ref, nfes) -> dict:
-    """k-diffusion sampler / sigmas -> {nfe: RMSE} at the most steps within each budget."""
-    def D(x, s):
-        return field.denoise(x, field.at(float(s)))
+    """k-diffusion sampler / sigmas -> {nfe: RMSE} at the most steps within each budget (NFE in guided calls)."""
+    def denoiser(x, sigma):                 # k-diffusion passes one sigma per sample; all are equal here
+        return field.denoise(x, field.at(float(sigma.reshape(-1)[0])))
     rows = {}
     for name, (fn, cost) in K_SAMPLERS.items():
         for sname, sigmas in K_SIGMAS.items():
@@ -155,9 +70,9 @@ def peer_rows(field, noise, ref, nfes) -> dict:
                 steps = max((m for m in range(1, k + 1) if cost(m) <= k), default=None)
                 if steps is None:
                     continue
-                sig = [float(v) for v in sigmas(steps)]
+                sig = sigmas(steps, 0.002, 80.0).to(torch.float64)
                 with torch.no_grad():
-                    row[k] = rmse(fn(D, noise * sig[0], sig), ref)
+                    row[k] = rmse(fn(denoiser, noise.double() * sig[0], sig, disable=True), ref)
             rows[f"k-diffusion {name} / {sname}"] = row
     return rows
 
@@ -189,6 +104,7 @@ def train_all(model, scale: float, nfes: Sequence[int], log: Callable | None) ->
     """The learned corrections (tuners' default settings), each with its wall seconds."""
     labels = draw_labels(128, torch.Generator().manual_seed(TRAIN_LABEL_SEED))
     field = guided(model, scale, labels)
+    nfes = [k * field.evals_per_call for k in nfes]         # the trainers count network evaluations
     jobs = {
         "iPNDM + learned grid": lambda: learn_grid(field, base="ipndm", nfe=nfes, log=log),
         "DEIS + learned grid": lambda: learn_grid(field, base="deis", nfe=nfes, log=log),
