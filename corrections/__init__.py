@@ -11,7 +11,7 @@ The built-in MNIST UNet ships with trained ones (corrections/weights), so `Sampl
 `diffsolve tune <name>` runs the tuners registered with `register_tuner` (corrections.tuning; the built-in ones in
 corrections.tuners): a new learned correction is one module with its solver and its tuner, plus their registration.
 """
-from diffsolve.corrections import amed, learned_multistep, pas, skip_tuner, tuners  # noqa: F401  (registrations)
+from diffsolve.corrections import amed, learned_multistep, pas, pas_tuner, skip_tuner, tuners  # noqa: F401
 from diffsolve.corrections import auto  # noqa: F401  (registers `tune auto`)
 from diffsolve.corrections.auto_file import AutoCorrection, SolverChoice
 from diffsolve.corrections.coefficients import learn_coefficients

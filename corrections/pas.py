@@ -30,9 +30,6 @@ from diffsolve.corrections.io import (LOADERS, CoefficientCorrection, _check_ide
 from diffsolve.corrections.learned_multistep import LearnedMultistep, LearnedStep
 from diffsolve.corrections.teacher import field_of, frozen
 from diffsolve.corrections.record import write_record
-from diffsolve.corrections.tuners import WeightsTuneSettings, save_tuned, teacher_of, weights_of
-from diffsolve.corrections.tuning import TuneContext, check_count, check_rate, option, parse_float, parse_int, \
-    register_tuner
 
 DEFAULT_RANK = 4
 _TINY = 1e-30          # guards the division of an all-zero direction
@@ -162,15 +159,25 @@ LOADERS["pas"] = _pas_from
 def as_pas_correction(obj: Any) -> PASCorrection:
     """A PASCorrection from itself or the path of a saved one.
 
+    Args:
+        obj: A PASCorrection, or the path of a file `learn_directions(...).save` wrote.
+
+    Returns:
+        The correction.
+
     Raises:
         InvalidArgument: `obj` is neither, or the file holds another kind of correction.
     """
     if isinstance(obj, PASCorrection):
         return obj
     if isinstance(obj, (str, Path)):
-        corr = load_correction(obj)
+        try:
+            corr = load_correction(obj)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"directions={str(obj)!r}: {e}") from None
         if not isinstance(corr, PASCorrection):
-            raise InvalidArgument(f"{obj} holds a {getattr(corr, 'kind', 'amed')} correction, not learned directions")
+            raise InvalidArgument(f"directions={str(obj)!r} holds a {getattr(corr, 'kind', 'amed')} correction, not "
+                                  "learned directions")
         return corr
     raise InvalidArgument(f"directions={type(obj).__name__}: give a PASCorrection or the path of a saved one")
 
@@ -416,81 +423,3 @@ def _pas_solver(directions: Any = None, max_order: int | None = None) -> PASMult
 
 
 register("pas", _pas_solver, "learned multistep weights with PAS-style learned direction corrections (directions=)")
-
-
-@dataclass(frozen=True)
-class DirectionsTuneSettings(WeightsTuneSettings):
-    """Settings of `diffsolve tune directions`: the weights tuner's options (used when it learns the weights first)
-    plus the directions' own.
-
-    Attributes:
-        from_weights: A learned-weights file to build on (its grids for --nfe); None learns the weights first.
-        rank: Basis vectors per step (default 4).
-        directions_epochs: Epochs of the directions (default 20).
-        directions_lr: Learning rate of the directions (default 3e-3).
-
-    Raises:
-        InvalidArgument: A field is invalid (the message names its flag).
-    """
-    from_weights: str | None = option(None, "learned weights file to build on (default: learn them first)")
-    rank: int = option(DEFAULT_RANK, f"basis vectors per step (default {DEFAULT_RANK})", parse=parse_int)
-    directions_epochs: int = option(20, "epochs of the directions (default 20)", parse=parse_int)
-    directions_lr: float = option(3e-3, "learning rate of the directions (default 3e-3)", parse=parse_float)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_count("--rank", self.rank)
-        check_count("--directions-epochs", self.directions_epochs)
-        check_rate("--directions-lr", self.directions_lr)
-
-    def default_out(self) -> str:
-        """The output file when `out` is None.
-
-        Returns:
-            "pas-<solver>.safetensors".
-        """
-        return f"pas-{self.solver}.safetensors"
-
-
-def _weights_for(model: Any, st: DirectionsTuneSettings, ctx: TuneContext) -> CoefficientCorrection:
-    """The learned weights at st.nfe: the grids of --from-weights (refused when one is missing), else learned."""
-    if st.from_weights is None:
-        return weights_of(model, st, ctx)
-    corr = as_coefficient_correction(st.from_weights)
-    corr.check_field(field_of(model))
-    by_nfe = {corr.nfe_for(k): k for k in corr.grids}
-    missing = [k for k in st.nfe if k not in by_nfe]
-    if missing:
-        raise InvalidArgument(f"--from-weights {st.from_weights}: no grid for NFE {missing}; it holds NFE "
-                              f"{sorted(by_nfe)}")
-    keep = [by_nfe[k] for k in st.nfe]
-    return replace(corr, grids={k: corr.grids[k] for k in keep}, weights={k: corr.weights[k] for k in keep})
-
-
-def tune_directions(model: Any, st: DirectionsTuneSettings, ctx: TuneContext) -> Path:
-    """The `directions` tuner: learned weights (given or learned first), then their direction corrections, saved.
-
-    Args:
-        model: The model or field.
-        st: The tuner's settings.
-        ctx: What the caller knows about the model.
-
-    Returns:
-        The written file's path.
-
-    Raises:
-        InvalidArgument: An option the training refuses, or --from-weights lacks an NFE of --nfe.
-    """
-    start = time.perf_counter()
-    teacher, teach = teacher_of(st, ctx)
-    weights = _weights_for(model, st, ctx)
-    corr = learn_directions(model, weights, rank=st.rank, n=st.samples, batch_size=st.batch_size,
-                            epochs=st.directions_epochs, lr=st.directions_lr, seed=st.seed, teacher=teacher,
-                            dtype=ctx.dtype, log=ctx.log, **teach)
-    return save_tuned(corr, st, ctx, start)
-
-
-register_tuner("directions", DirectionsTuneSettings, tune_directions,
-               "PAS-style direction corrections on learned multistep weights (solver 'pas')",
-               auto={"solver": "deis", "samples": 48, "epochs": 24, "batch_size": 16, "starts": ("karras",),
-                     "directions_epochs": 12})

@@ -1,5 +1,5 @@
 """The built-in tuners of `diffsolve tune`: amed, gits, grid and weights (see corrections.tuning; skip is in
-corrections.skip_tuner, directions in corrections.pas, auto in corrections.auto).
+corrections.skip_tuner, directions in corrections.pas_tuner, auto in corrections.auto).
 
     diffsolve tune amed --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out amed-ipndm.safetensors
     diffsolve tune gits --model mnist-unet --solver ipndm --nfe 3,5,7,9 --out gits-ipndm.safetensors
