@@ -35,11 +35,11 @@ GRID_STARTS = ("time_uniform", "karras", "logsnr_uniform", "time_quadratic")
 # The stages' defaults on a Gaussian path, measured on the shared MNIST DDPM at NFE 5 (learned DEIS weights; held-out
 # RMSE on 64 seeds against a 1000-step solve; CPU seconds on one core of a loaded machine). The grids that end at
 # sigma_min (karras, logsnr_uniform, time_quadratic) spend the last step on almost nothing; time_uniform starts at
-# under half the best of their losses. With it ranked first and fitted alone (12 epochs; a start no epoch improved on is kept as it
-# was: at rate 0.2 the fit can only lose a start this good) and the joint stage on 64 trajectories in batches of 8
-# (as many updates as 128 in 16s): seeds 0 / 1 / 2 gave 0.060 / 0.063 / 0.050 (mean 0.058) in 82-104 s; the former
-# recipe (every start fitted 16 epochs, 128 trajectories in 16s) 0.067-0.072 / 0.045 / 0.069 (mean 0.060-0.062) in
-# 200-230 s.
+# under half the best of their losses. With it ranked first and fitted alone (12 epochs; a start no epoch improved on
+# is kept as it was: at rate 0.2 the fit can only lose a start this good) and the joint stage on 64 trajectories in
+# batches of 8 (as many updates as 128 in 16s): seeds 0 / 1 / 2 gave 0.060 / 0.063 / 0.050 (mean 0.058) in 82-104 s;
+# the former recipe (every start fitted 16 epochs, 128 trajectories in 16s) 0.067-0.072 / 0.045 / 0.069 (mean
+# 0.060-0.062) in 200-230 s.
 # The starting-grid stage: trajectories, batch size, epochs, learning rate, how many starts are fitted (those with
 # the lowest loss before fitting; None: all), and whether the rate decays.
 GRID_STAGE = {"n": 64, "batch_size": 16, "epochs": 12, "lr": 0.2, "keep": 1, "cosine": False}
