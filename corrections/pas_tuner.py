@@ -25,6 +25,8 @@ class DirectionsTuneSettings(WeightsTuneSettings):
     plus the directions' own.
 
     Attributes:
+        samples: Training trajectories of the weights and the directions (default 128).
+        batch_size: Minibatch size (default 16).
         from_weights: A learned-weights file to build on (its grids for --nfe); None learns the weights first.
         rank: Basis vectors per step (default 4).
         directions_epochs: Epochs of the directions (default 20).
@@ -33,6 +35,8 @@ class DirectionsTuneSettings(WeightsTuneSettings):
     Raises:
         InvalidArgument: A field is invalid (the message names its flag).
     """
+    samples: int = option(128, "training trajectories (default 128)", aliases=("--n",), parse=parse_int)
+    batch_size: int = option(16, "minibatch size (default 16)", aliases=("--batch",), parse=parse_int)
     from_weights: str | None = option(None, "learned weights file to build on (default: learn them first)")
     rank: int = option(DEFAULT_RANK, f"basis vectors per step (default {DEFAULT_RANK})", parse=parse_int)
     directions_epochs: int = option(20, "epochs of the directions (default 20)", parse=parse_int)
@@ -93,5 +97,5 @@ def tune_directions(model: Any, st: DirectionsTuneSettings, ctx: TuneContext) ->
 
 register_tuner("directions", DirectionsTuneSettings, tune_directions,
                "PAS-style direction corrections on learned multistep weights (solver 'pas')",
-               auto={"solver": "deis", "samples": 48, "epochs": 24, "batch_size": 16, "starts": ("karras",),
+               auto={"solver": "deis", "samples": 64, "epochs": 24, "batch_size": 8,
                      "directions_epochs": 12})

@@ -64,7 +64,8 @@ class GradientSettings(TuneSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_count("--epochs", self.epochs)
-        check_count("--batch-size", self.batch_size)
+        if self.batch_size is not None:     # None: the tuner's own default (WeightsTuneSettings)
+            check_count("--batch-size", self.batch_size)
         check_rate("--lr", self.lr)
         _check_starts(self.starts)
 
@@ -156,8 +157,8 @@ class WeightsTuneSettings(GradientSettings):
 
     Attributes:
         solver: The base rule: "deis" (default), "ipndm" or "ipndm_v".
-        epochs: Epochs of the joint stage (default 30).
-        batch_size: Minibatch size (default 16).
+        samples: Training trajectories; None: 64 on a Gaussian path, 128 on a plain velocity field.
+        epochs: Epochs of the joint stage (default 30); `batch_size` its minibatch size (None: 8, 16 on a plain field).
         lr: Learning rate of the grid in the joint stage (default 0.02).
         weight_lr: Learning rate of the offsets (default 5e-3).
         grid_lr: Learning rate of the starting-grid stage (default 0.2).
@@ -168,8 +169,9 @@ class WeightsTuneSettings(GradientSettings):
         InvalidArgument: A field is invalid (the message names its flag).
     """
     solver: str = option("deis", "base rule: deis, ipndm or ipndm_v")
+    samples: int | None = option(None, "trajectories (default 64; 128 plain field)", aliases=("--n",), parse=parse_int)
     epochs: int = option(30, "epochs (default 30)", parse=parse_int)
-    batch_size: int = option(16, "minibatch size (default 16)", aliases=("--batch",), parse=parse_int)
+    batch_size: int | None = option(None, "batch (default 8; 16 plain field)", aliases=("--batch",), parse=parse_int)
     lr: float = option(0.02, "learning rate of the grid in the joint stage (default 0.02)", parse=parse_float)
     weight_lr: float = option(5e-3, "learning rate of the offsets (default 5e-3)", parse=parse_float)
     grid_lr: float = option(0.2, "learning rate of the starting-grid stage (default 0.2)", parse=parse_float)
@@ -356,4 +358,4 @@ register_tuner("gits", GITSTuneSettings, tune_gits, "a GITS grid (dynamic progra
 register_tuner("grid", GridTuneSettings, tune_grid, "a grid learned by gradient (LD3-style)",
                auto={"solver": "deis", "samples": 48, "epochs": 16, "batch_size": 16, "lr": 0.1})
 register_tuner("weights", WeightsTuneSettings, tune_weights, "learned multistep weight offsets and their grid",
-               auto={"solver": "deis", "samples": 48, "epochs": 24, "batch_size": 16, "starts": ("karras",)})
+               auto={"solver": "deis", "epochs": 24})     # samples, batches and starts: the library defaults

@@ -11,6 +11,7 @@ import torch
 
 from diffsolve import Sampler
 from diffsolve.corrections import CoefficientCorrection, IdentityMismatch, learn_coefficients, load_correction
+from diffsolve.corrections.coefficients import GRID_STAGE, GRID_STARTS, PLAIN_GRID_STAGE, _stage_settings
 from diffsolve.corrections.grid_search import differentiable_run
 from diffsolve.corrections.tuners import WeightsTuneSettings
 from diffsolve.corrections.tuning import TuneContext, tune
@@ -146,10 +147,23 @@ def test_gaussian_weights_refused_on_a_plain_field():
     ({"afs": "yes"}, "afs='yes'"),
     ({"grid_options": {"epoch": 3}}, r"grid_options: unknown keys \['epoch'\]"),
     ({"grid_options": {"keep": 0}}, r"grid_options\['keep'\]"),
+    ({"n": 0}, r"n=0: must be an integer >= 1"),
+    ({"batch_size": 2.0}, r"batch_size=2.0: must be an integer"),
 ])
 def test_bad_arguments_are_refused_naming_them(kwargs, match):
     with pytest.raises(InvalidArgument, match=match):
         learn_coefficients(LinearFlowProblem(), **{"base": "ipndm", "nfe": (3,), "log": None, **kwargs})
+
+
+def test_stage_defaults_depend_on_the_kind_of_field(gmm):
+    # a Gaussian path gets the fast recipe measured on the MNIST DDPM; a plain field keeps the one measured on it
+    assert _stage_settings(as_field(gmm), None, None, None) == (GRID_STAGE, 64, 8)
+    assert _stage_settings(as_field(LinearFlowProblem()), None, None, None) == (PLAIN_GRID_STAGE, 128, 16)
+    assert PLAIN_GRID_STAGE["epochs"] == 16 and PLAIN_GRID_STAGE["keep"] is None and GRID_STAGE["keep"] == 1
+    assert GRID_STARTS[0] == "time_uniform"      # the one standard start that does not end at sigma_min
+    stage, n, bs = _stage_settings(as_field(gmm), {"keep": None, "epochs": 3}, 96, 16)     # given values are kept
+    assert (stage["keep"], stage["epochs"], stage["lr"], n, bs) == (None, 3, GRID_STAGE["lr"], 96, 16)
+    assert WeightsTuneSettings().samples is None and WeightsTuneSettings().batch_size is None
 
 
 def test_the_solver_refuses_a_gaussian_only_base_on_a_plain_field():
