@@ -3,8 +3,6 @@ options of the default AMED grid, a data mean of another model, Skip-Tuning sett
 from __future__ import annotations
 
 import json
-import os
-import stat
 
 import pytest
 import torch
@@ -80,16 +78,10 @@ def test_skip_settings_round_trip_and_a_list_is_refused(tmp_path):
         load_settings(tmp_path / "list.json")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_skip_settings_to_an_unwritable_folder_fail_before_writing(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        with pytest.raises(InvalidArgument, match="path"):
-            save_settings(SkipSettings(), locked / "s.json")
-    finally:
-        locked.chmod(stat.S_IRWXU)
+    # /proc/self refuses new files even to root (CI runs as root, where a chmod-locked folder stays writable)
+    with pytest.raises(InvalidArgument, match="/proc/self.*not a writable folder"):
+        save_settings(SkipSettings(), "/proc/self/s.json")
 
 
 def test_skip_settings_under_a_file_fail_naming_the_path(tmp_path):

@@ -108,11 +108,7 @@ def inline(prefix: str) -> list:
     return sorted(found)
 
 
-def diffsolve_args(command: str) -> list | None:
-    """The diffsolve arguments of a quoted command, or None for a pattern (alternatives, '...', placeholders)."""
-    if "|" in command or "..." in command:
-        return None
-    words = shlex.split(command)
+def _args_of(words: list) -> list:
     if words[0] == "torchrun":
         words = words[words.index("diffsolve") + 1:]
     elif words[:3] == ["python", "-m", "diffsolve"]:
@@ -122,23 +118,36 @@ def diffsolve_args(command: str) -> list | None:
     return [str(8) if w == "N" else w for w in words]
 
 
+def diffsolve_args(command: str) -> list | None:
+    """The diffsolve arguments of each command a quoted one stands for: a word with alternatives (`a|b|c`) gives one
+    command per alternative; None for a pattern with a placeholder ('...', `<command>`)."""
+    if "..." in command or "<" in command:
+        return None
+    words = shlex.split(command)
+    choices = [w.split("|") for w in words]
+    width = max(len(c) for c in choices)
+    return [_args_of([c[min(i, len(c) - 1)] for c in choices]) for i in range(width)]
+
+
 INLINE = inline("diffsolve") + inline("python -m diffsolve") + inline("torchrun")
 
 
 @pytest.mark.parametrize("command", INLINE)
 def test_quoted_command_parses(command):
-    args = diffsolve_args(command)
-    if args is None:
-        pytest.skip("a pattern, not a command")
-    if "--version" in args or "--help" in args:
-        return
+    variants = diffsolve_args(command)
+    if variants is None:
+        pytest.skip("a pattern with a placeholder ('...', <command>), not a command")
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices
-    if len(args) == 1 and any(a.dest == "command" or a.required for a in commands[args[0]]._actions if a.dest != "help"):
-        return                              # the command's name in a sentence ("`diffsolve tune` trains ...")
-    try:
-        build_parser().parse_args(args)
-    except SystemExit as e:
-        pytest.fail(f"{command!r} does not parse (exit {e.code})")
+    for args in variants:
+        if "--version" in args or "--help" in args:
+            continue
+        if len(args) == 1 and any(a.dest == "command" or a.required for a in commands[args[0]]._actions
+                                  if a.dest != "help"):
+            continue                        # the command's name in a sentence ("`diffsolve tune` trains ...")
+        try:
+            build_parser().parse_args(args)
+        except SystemExit as e:
+            pytest.fail(f"{' '.join(args)!r} (from {command!r}) does not parse (exit {e.code})")
 
 
 # The quoted commands that are cheap to run, each with the settings that keep it short.
@@ -158,7 +167,7 @@ SHORT = {
 @pytest.mark.parametrize("command", sorted(SHORT))
 def test_quoted_command_runs_with_small_settings(command, tmp_path):
     assert command in INLINE, f"{command!r} is no longer quoted by the docs: update SHORT"
-    args = [w.replace("DIR", "out") for w in diffsolve_args(command)] + SHORT[command]
+    args = [w.replace("DIR", "out") for w in diffsolve_args(command)[0]] + SHORT[command]
     proc = run_diffsolve(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
