@@ -212,15 +212,11 @@ class TunedBudgets:
     def __init__(self, runs: list[CorrectionRun], make: Callable[[Any], Any]):
         self.runs = runs
         self.multi = len(runs) > 1
-        self._make = make
-        self._samplers: dict[int, Any] = {}
+        # built once here: a Sampler holds no state that a later run() fills in
+        self._samplers = [make(run.correction) for run in runs] if self.multi else []
 
     def _sampler(self, i: int, owner: Any) -> Any:
-        if not self.multi:
-            return owner
-        if i not in self._samplers:
-            self._samplers[i] = self._make(self.runs[i].correction)
-        return self._samplers[i]
+        return self._samplers[i] if self.multi else owner
 
     def held(self, owner: Any) -> list[tuple[Any, int, int]]:
         """Every budget the correction holds, in the file's order.

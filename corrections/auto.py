@@ -195,6 +195,9 @@ def best_unlearned(held: HeldOut, nfe: int) -> Judged:
     return best
 
 
+CANDIDATE = "candidate:"       # an auto recipe's value naming another candidate's file (trained before it)
+
+
 def _train_one(field: Any, name: str, nfe: int, st: AutoTuneSettings, ctx: TuneContext, folder: Path,
                seconds: float) -> tuple[Any, float, int]:
     """Train candidate `name` for one NFE within `seconds`: (its correction, seconds, model evaluations)."""
@@ -202,7 +205,15 @@ def _train_one(field: Any, name: str, nfe: int, st: AutoTuneSettings, ctx: TuneC
     given = {"nfe": (nfe,), "out": str(folder / f"{name}-{nfe}.safetensors"), "seed": st.seed,
              "teacher": st.teacher, "threads": st.threads, "ref_rtol": st.ref_rtol, "solver": st.solver,
              **({"samples": st.samples} if st.samples is not None else {})}
-    settings = tuner.settings(**{**tuner.auto, **given})
+    recipe = {}
+    for key, value in tuner.auto.items():       # "candidate:NAME": that candidate's file at this NFE, if it ran
+        if isinstance(value, str) and value.startswith(CANDIDATE):
+            built = folder / f"{value[len(CANDIDATE):]}-{nfe}.safetensors"
+            if built.is_file():
+                recipe[key] = str(built)
+        else:
+            recipe[key] = value
+    settings = tuner.settings(**{**recipe, **given})
     counted = CountingField(field)
     start = time.perf_counter()
     with training_deadline(seconds):

@@ -87,7 +87,7 @@ def tune_directions(model: Any, st: DirectionsTuneSettings, ctx: TuneContext) ->
         InvalidArgument: An option the training refuses, or --from-weights lacks an NFE of --nfe.
     """
     start = time.perf_counter()
-    teacher, teach = teacher_of(st, ctx)
+    teacher, teach = teacher_of(model, st, ctx)
     weights = _weights_for(model, st, ctx)
     corr = learn_directions(model, weights, rank=st.rank, n=st.samples, batch_size=st.batch_size,
                             epochs=st.directions_epochs, lr=st.directions_lr, seed=st.seed, teacher=teacher,
@@ -97,5 +97,5 @@ def tune_directions(model: Any, st: DirectionsTuneSettings, ctx: TuneContext) ->
 
 register_tuner("directions", DirectionsTuneSettings, tune_directions,
                "PAS-style direction corrections on learned multistep weights (solver 'pas')",
-               auto={"solver": "deis", "samples": 64, "epochs": 24, "batch_size": 8,
-                     "directions_epochs": 12})
+               auto={"solver": "deis", "samples": 64, "epochs": 24, "batch_size": 8, "directions_epochs": 12,
+                     "from_weights": "candidate:weights"})     # builds on the weights candidate's file

@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from diffsolve.errors import InvalidArgument
-from diffsolve.evaluation.reference import ReferenceSettings
 from diffsolve.field import as_field
 from diffsolve.grids import GRIDS
 from diffsolve.corrections.coefficients import GRID_STARTS, learn_coefficients
 from diffsolve.corrections.gits import gits_grid
 from diffsolve.corrections.grid_search import learn_grid
 from diffsolve.corrections.io import to_amed_table
+from diffsolve.corrections.teacher import field_of
+from diffsolve.corrections.teacher_choice import choose_teacher
 from diffsolve.corrections.train import train_amed
 from diffsolve.corrections.tuning import (TuneContext, TuneSettings, check_count, check_one_of, check_rate,
-                                          option, parse_float, parse_int, parse_names, register_tuner)
+                                          option, parse_float, parse_int, parse_names, reference_settings,
+                                          register_tuner)
 
 PLAIN_STARTS = ("time_uniform",)        # the starting grids a plain velocity field (no noise schedule) can take
 
@@ -193,22 +195,21 @@ class WeightsTuneSettings(GradientSettings):
         return f"weights-{self.solver}.safetensors"
 
 
-def teacher_of(settings: TuneSettings, ctx: TuneContext) -> tuple[str, dict]:
+def teacher_of(model: Any, settings: TuneSettings, ctx: TuneContext) -> tuple[str, dict]:
     """The teacher mode and the keyword arguments that pass its settings on to a trainer.
 
     Args:
+        model: The model or field (its sample shape chooses the teacher when --teacher is not given).
         settings: The tuner's settings (--teacher, --ref-rtol).
         ctx: What the caller knows about the model (its reference settings, whether it is image-shaped).
 
     Returns:
         (mode, keyword arguments): "fine" or "reference", and `teacher_options` for the reference teacher.
     """
-    teacher = settings.teacher or ("fine" if ctx.image else "reference")       # tune() chose it by the model's shape
+    teacher = choose_teacher(field_of(model), settings.teacher, ctx.image)     # tune() has chosen it already
     if teacher != "reference":
         return teacher, {}
-    ref = (ReferenceSettings(method="dopri5", rtol=settings.ref_rtol, atol=settings.ref_rtol)
-           if settings.ref_rtol is not None else ctx.reference)
-    return teacher, {"teacher_options": {"settings": ref}}
+    return teacher, {"teacher_options": {"settings": reference_settings(settings, ctx)}}
 
 
 def save_tuned(corr: Any, settings: TuneSettings, ctx: TuneContext, start: float) -> Path:
@@ -247,7 +248,7 @@ def tune_amed(model: Any, st: AMEDTuneSettings, ctx: TuneContext) -> Path:
         InvalidArgument: --from-grid on a plain velocity field, or an option train_amed / learn_grid refuses.
     """
     start = time.perf_counter()
-    teacher, teach = teacher_of(st, ctx)
+    teacher, teach = teacher_of(model, st, ctx)
     plain = not as_field(model).has_schedule      # a plain velocity field: native time, no AFS
     init = None
     if st.from_grid:
@@ -280,7 +281,7 @@ def tune_gits(model: Any, st: GITSTuneSettings, ctx: TuneContext) -> Path:
         InvalidArgument: An option gits_grid refuses.
     """
     start = time.perf_counter()
-    teacher, teach = teacher_of(st, ctx)
+    teacher, teach = teacher_of(model, st, ctx)
     corr = gits_grid(model, base=st.solver, nfe=st.nfe, n=st.samples, seed=st.seed, teacher=teacher, dtype=ctx.dtype,
                      log=ctx.log, **teach)
     return save_tuned(corr, st, ctx, start)
@@ -301,7 +302,7 @@ def tune_grid(model: Any, st: GridTuneSettings, ctx: TuneContext) -> Path:
         InvalidArgument: An option learn_grid refuses.
     """
     start = time.perf_counter()
-    teacher, teach = teacher_of(st, ctx)
+    teacher, teach = teacher_of(model, st, ctx)
     corr = learn_grid(model, base=st.solver, nfe=st.nfe, n=st.samples, batch_size=st.batch_size, epochs=st.epochs,
                       lr=st.lr, seed=st.seed, teacher=teacher, dtype=ctx.dtype, log=ctx.log, starts=st.starts,
                       **teach)
@@ -343,7 +344,7 @@ def weights_of(model: Any, st: WeightsTuneSettings, ctx: TuneContext) -> Any:
     Raises:
         InvalidArgument: An option learn_coefficients refuses.
     """
-    teacher, teach = teacher_of(st, ctx)
+    teacher, teach = teacher_of(model, st, ctx)
     plain = not as_field(model).has_schedule
     starts = tuple(v for v in st.starts if v in PLAIN_STARTS) if plain else st.starts
     return learn_coefficients(model, base=st.solver, nfe=st.nfe, afs=False if st.no_afs else None, n=st.samples,

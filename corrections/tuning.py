@@ -327,7 +327,8 @@ def register_tuner(name: str, settings: type, run: Callable[[Any, Any, TuneConte
         uses_teacher: Whether it trains against the teacher (default True; skip-tuning does not).
         auto: Make it a candidate of `diffsolve tune auto`, trained with these settings (a light recipe, e.g.
             {"solver": "deis", "samples": 48, "epochs": 40}; `tune auto` sets nfe, out and seed and stops the epochs
-            when its time is up); None: not a candidate.
+            when its time is up); a value "candidate:NAME" is the file candidate NAME wrote at the same NFE
+            (left out when it wrote none); None: not a candidate.
 
     Raises:
         InvalidArgument: `settings` is not a TuneSettings class, or `auto` is not a mapping of its fields.

@@ -78,7 +78,7 @@ def test_skip_settings_round_trip_and_a_list_is_refused(tmp_path):
         load_settings(tmp_path / "list.json")
 
 
-def test_skip_settings_to_an_unwritable_folder_fail_before_writing(tmp_path):
+def test_skip_settings_to_an_unwritable_folder_fail_before_writing():
     # /proc/self refuses new files even to root (CI runs as root, where a chmod-locked folder stays writable)
     with pytest.raises(InvalidArgument, match="/proc/self.*not a writable folder"):
         save_settings(SkipSettings(), "/proc/self/s.json")

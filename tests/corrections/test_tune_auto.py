@@ -11,6 +11,7 @@ from conftest import Counting
 
 from diffsolve import InvalidArgument, Sampler
 from diffsolve.corrections import GridCorrection, SolverChoice, load_correction, train_amed, tune
+from diffsolve.corrections import pas_tuner
 from diffsolve.corrections.auto import VALIDATION_SEEDS, AutoTuneSettings, auto_candidates
 from diffsolve.corrections.teacher import noise_for, teacher_states
 from diffsolve.corrections.teacher_choice import choose_teacher
@@ -153,3 +154,15 @@ def test_tune_auto_on_a_plain_flow_from_its_own_source_runs_its_native_time_cand
     assert "EDM frame" in rows["directions[ipndm_v]"]["note"]
     out = Sampler(flow, correction=path, progress=False).run(nfe=3, seed=list(range(4)))
     assert out.nfe == 3 and torch.isfinite(out.samples).all()
+
+
+@pytest.mark.slow
+def test_the_directions_candidate_builds_on_the_weights_candidates_file(gmm, tmp_path, monkeypatch):
+    def learn_weights_again(*args, **kwargs):
+        raise AssertionError("the directions candidate learned its own weights")
+    monkeypatch.setattr(pas_tuner, "weights_of", learn_weights_again)
+    st = AutoTuneSettings(nfe=(5,), budget=2.0, samples=16, val_samples=8, ref_rtol=1e-6,
+                          candidates=("weights", "directions"), out=str(tmp_path / "auto.safetensors"))
+    path = tune("auto", gmm, st, TuneContext(model_name="gmm", dtype=torch.float64, log=None))
+    rows = {r["candidate"]: r for r in load_correction(path, as_field(gmm)).meta["table"]}
+    assert rows["directions[deis]"]["held_out_rmse"] is not None, rows["directions[deis]"]["note"]
