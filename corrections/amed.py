@@ -27,7 +27,6 @@ to the host. The updates use plain torch arithmetic (per-sample coefficients, an
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,7 @@ from diffsolve.field import EvalPoint, Field, per_sample
 from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
 from diffsolve.corrections.base_rules import afs_denoised, base_step, default_order
 from diffsolve.corrections.io import AMEDCorrection, as_amed_correction
-from diffsolve.corrections.shipped import find_shipped
+from diffsolve.corrections.shipped import shipped_or_untrained
 from diffsolve.corrections.predictor import AMEDPredictor
 
 PLUGIN_BASES = ("euler", "ipndm", "ipndm_v", "deis", "dpmpp_2m", "dpm_solver_2")
@@ -109,13 +108,10 @@ def resolve_amed(given: Any, field: Field | None, base: str, afs: bool | None = 
     elif field is None:
         raise InvalidArgument("predictor= is missing")
     else:
-        try:
-            corr = find_shipped(field, "amed", base)
-        except InvalidArgument as e:
-            if warn:
-                warnings.warn(f"{who}: {e}. Using the untrained midpoint rule (r = 1/2, c = a = 1).",
-                              UserWarning, stacklevel=4)
-            corr = AMEDCorrection(AMEDPredictor(features="none"), base, False, None, {}, None, {"untrained": True})
+        corr = shipped_or_untrained(
+            field, "amed", base,
+            lambda: AMEDCorrection(AMEDPredictor(features="none"), base, False, None, {}, None, {"untrained": True}),
+            "Using the untrained midpoint rule (r = 1/2, c = a = 1)", who, warn)
     if not isinstance(corr, AMEDCorrection):
         raise InvalidArgument("predictor must be an AMED correction")
     if corr.base != base:

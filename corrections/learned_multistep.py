@@ -21,7 +21,6 @@ without AFS; such weights are recorded as learned in native time and refused on 
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ from diffsolve.field import EvalPoint, Field
 from diffsolve.solvers.base import Plan, Solver, StepCoefficients, get_solver, register
 from diffsolve.corrections.base_rules import afs_denoised, corrected_step, default_order
 from diffsolve.corrections.io import CoefficientCorrection, as_coefficient_correction
-from diffsolve.corrections.shipped import find_shipped
+from diffsolve.corrections.shipped import shipped_or_untrained
 
 COEFFICIENT_BASES = ("deis", "ipndm", "ipndm_v")
 NATIVE_TIME_BASES = ("ipndm", "ipndm_v")          # the bases whose rule runs in a plain field's own time
@@ -67,14 +66,11 @@ def resolve_coefficients(given: Any, field: Field | None, base: str, who: str = 
     elif field is None:
         raise InvalidArgument("coefficients= is missing")
     else:
-        try:
-            corr = find_shipped(field, "coefficients", base)
-        except InvalidArgument as e:
-            if warn:
-                warnings.warn(f"{who}: {e}. Running the base rule {base!r} with zero offsets.",
-                              UserWarning, stacklevel=4)
-            corr = CoefficientCorrection({}, {}, base, False, None, None, {"untrained": True},
-                                         "edm" if field.has_schedule else "native")
+        corr = shipped_or_untrained(
+            field, "coefficients", base,
+            lambda: CoefficientCorrection({}, {}, base, False, None, None, {"untrained": True},
+                                          "edm" if field.has_schedule else "native"),
+            f"Running the base rule {base!r} with zero offsets", who, warn)
     if corr.base != base:
         raise InvalidArgument(f"these coefficients were learned for base={corr.base!r}, not {base!r}")
     return corr

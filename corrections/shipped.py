@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +51,30 @@ def find_shipped(field: Any, kind: str, base: str | None = None, folder: str | P
                           "built-in MNIST UNet); train one with `diffsolve tune` and pass the file it writes as "
                           "predictor=, coefficients= or grid=")
 
+
+
+def shipped_or_untrained(field: Any, kind: str, base: str, untrained: Callable[[], Any], fallback: str, who: str,
+                         warn: bool) -> Any:
+    """The correction of `kind` shipped for the field's model, else `untrained()` (with a warning when `warn`).
+
+    Args:
+        field: The field whose model the shipped correction must fit.
+        kind: The correction kind looked up ("amed", "coefficients", ...).
+        base: The base solver it must be for.
+        untrained: Builds the untrained starting point used when none ships.
+        fallback: What the warning says runs instead (e.g. "Running the base rule 'deis' with zero offsets").
+        who: The solver name that opens the warning.
+        warn: Whether to warn when falling back.
+
+    Returns:
+        The shipped correction, or the untrained one.
+    """
+    try:
+        return find_shipped(field, kind, base)
+    except InvalidArgument as e:
+        if warn:
+            warnings.warn(f"{who}: {e}. {fallback}.", UserWarning, stacklevel=5)
+        return untrained()
 
 def shipped_grid(kind: str) -> Callable[[Any, Any], Callable[..., torch.Tensor]]:
     """The resolver of `grid=kind`: the grid of that kind shipped for a field's model (registered as a field grid).
